@@ -1,0 +1,1 @@
+//! Inference engine: GEMM kernels on AMX tiles with AVX-512, AVX2 and scalar fallbacks.

@@ -1,0 +1,1 @@
+//! Placement: which ordered list of disks holds a placement group. No IO, no tokio, no tonic.

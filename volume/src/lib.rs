@@ -1,0 +1,16 @@
+//! Fabric's data plane on one node.
+//!
+//! - [`io`]: the disk seam ([`io::Disk`], [`io::BlockFile`]) with an io_uring backend, a portable
+//!   pread/pwrite backend and a simulated backend for fault injection.
+//! - [`store`]: the extent store, which keeps thin volumes on a disk with a crc32c for every 4 KiB
+//!   block, verified on every read.
+//! - [`volume`]: the [`BlockVolume`] trait, the one interface the NBD server serves.
+//! - [`nbd`]: the NBD protocol codec and server.
+
+pub mod checksum;
+pub mod io;
+pub mod nbd;
+pub mod store;
+pub mod volume;
+
+pub use volume::{BlockVolume, Extent, ExtentState, VolumeError, ZeroFlags};

@@ -1,0 +1,1 @@
+//! NBD front end (fixed newstyle handshake, structured replies, `base:allocation`).
