@@ -1,1 +1,262 @@
-//! Test harness shared by the workspace-level integration tests.
+//! Test harness shared by the workspace-level integration tests: starting and killing real
+//! `fabricd` processes, finding external clients (qemu-img, nbdinfo, fio, ...) and running them.
+//!
+//! External tools are optional on a developer machine: a test that needs a missing tool prints
+//! why it skips. With `FABRIC_REQUIRE_TOOLS=1` (as CI runs) a missing tool fails the test.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How long a starting `fabricd` may take to start serving.
+pub const START_TIMEOUT_MS: u64 = 30_000;
+
+/// Path of a built binary of this workspace (they sit beside the test's own `deps/` directory).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Whether missing external tools fail tests instead of skipping them.
+pub fn tools_required() -> bool {
+    std::env::var("FABRIC_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+}
+
+/// Finds `tool` on PATH. When it is missing: panics under `FABRIC_REQUIRE_TOOLS=1`, otherwise
+/// prints why the calling test skips and returns `None`.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !tools_required(),
+            "{name} is not installed and FABRIC_REQUIRE_TOOLS=1 (install the packages in .ci/run)"
+        );
+        eprintln!("SKIP: {name} is not installed");
+    }
+    found
+}
+
+/// Finds all of `names`, or returns `None` (after the skip/fail rule of [`tool`]).
+pub fn tools(names: &[&str]) -> Option<()> {
+    let mut ok = true;
+    for n in names {
+        ok &= tool(n).is_some();
+    }
+    ok.then_some(())
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Runs a command, failing with its output if it exits non-zero.
+pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Runs a command and returns its stdout as text.
+pub fn run_text(cmd: &mut Command) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&run(cmd)?.stdout).into_owned())
+}
+
+/// A `fabricd dev` process serving one volume on loopback.
+pub struct DevNode {
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub volume: String,
+    pub size_spec: String,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    log: mpsc::Receiver<String>,
+    log_lines: Vec<String>,
+}
+
+impl DevNode {
+    /// Starts `fabricd dev` on a fresh port, serving `volume` (`NAME:SIZE`) from `data_dir`.
+    pub fn start(data_dir: &Path, volume: &str) -> anyhow::Result<DevNode> {
+        Self::start_with(data_dir, volume, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, volume: &str, extra: &[&str]) -> anyhow::Result<DevNode> {
+        let (name, _) = volume.split_once(':').context("volume is NAME:SIZE")?;
+        let (tx, rx) = mpsc::channel();
+        drop(tx);
+        let mut node = DevNode {
+            data_dir: data_dir.to_path_buf(),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            volume: name.to_string(),
+            size_spec: volume.to_string(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: rx,
+            log_lines: Vec::new(),
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    /// `nbd://ADDR/VOLUME`.
+    pub fn uri(&self) -> String {
+        format!("nbd://{}/{}", self.addr, self.volume)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(workspace_bin("fabricd"))
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--nbd-listen")
+            .arg(self.addr.to_string())
+            .arg("--volume")
+            .arg(&self.size_spec)
+            .args(&self.extra_args)
+            .env("FABRIC_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn fabricd")?;
+        // Collect both streams; tests look for log lines (checksum errors, shutdown).
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        self.log = rx;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "fabricd exited during start with {status}:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("fabricd did not start listening within {START_TIMEOUT_MS} ms")
+    }
+
+    /// Everything the process printed so far.
+    pub fn logs(&mut self) -> &[String] {
+        while let Ok(line) = self.log.try_recv() {
+            self.log_lines.push(line);
+        }
+        &self.log_lines
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> anyhow::Result<i32> {
+        let Some(mut c) = self.child.take() else {
+            bail!("not running");
+        };
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().context("wait for fabricd")?;
+        Ok(status.code().unwrap_or(-1))
+    }
+
+    /// Starts the process again with the same data directory and address.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        assert!(self.child.is_none(), "stop or kill the node first");
+        self.log_lines.clear();
+        self.spawn()
+    }
+}
+
+impl Drop for DevNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A command running libnbd's `nbdsh`. Its Python module is installed for the system Python, so
+/// `/usr/bin` goes first on PATH in case another `python3` shadows it.
+pub fn nbdsh() -> Command {
+    let mut c = Command::new("nbdsh");
+    let path = std::env::var("PATH").unwrap_or_default();
+    c.env("PATH", format!("/usr/bin:{path}"));
+    c
+}

@@ -1,1 +1,82 @@
-fn main() {}
+//! `fabricd`: the Fabric daemon.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fabric::config::{DevArgs, DevConfig};
+use fabric::dev::DevError;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "fabricd", version, about = "Fabric storage daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local node that serves volumes over NBD.
+    Dev(DevArgs),
+    /// Run one metadata member (Raft over gRPC) from a TOML file and/or flags.
+    Node(fabric::node::NodeArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("FABRIC_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Dev(args) => {
+            let config = match DevConfig::try_from(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fabricd dev: {e:#}");
+                    return ExitCode::from(fabric::EXIT_BAD_CONFIG as u8);
+                }
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
+            match runtime.block_on(fabric::dev::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(DevError::DataDirLocked(e)) => {
+                    tracing::error!("{e}");
+                    ExitCode::from(fabric::EXIT_DATA_DIR_LOCKED as u8)
+                }
+                Err(DevError::Other(e)) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_node(args: fabric::node::NodeArgs) -> ExitCode {
+    use fabric::node::NodeError;
+    let config = match fabric::meta::server::MemberConfig::try_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fabricd node: {e:#}");
+            return ExitCode::from(fabric::EXIT_BAD_CONFIG as u8);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
+    match runtime.block_on(fabric::node::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ NodeError::DataDirLocked(_)) => {
+            tracing::error!("{e}");
+            ExitCode::from(fabric::EXIT_DATA_DIR_LOCKED as u8)
+        }
+        Err(NodeError::Other(e)) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

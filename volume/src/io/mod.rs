@@ -89,5 +89,5 @@ pub trait BlockFile: Send + Sync {
     fn set_len(&self, len: u64) -> IoFuture<()>;
 
     /// The current file length.
-    fn len(&self) -> IoFuture<u64>;
+    fn file_len(&self) -> IoFuture<u64>;
 }

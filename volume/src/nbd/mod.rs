@@ -1,1 +1,42 @@
-//! NBD front end (fixed newstyle handshake, structured replies, `base:allocation`).
+//! NBD front end: the protocol codec and the server that exports [`BlockVolume`]s to QEMU,
+//! libnbd, fio and the kernel client.
+//!
+//! Spec: the NBD protocol document (`doc/proto.md` of the NBD project). Supported: the fixed
+//! newstyle handshake with `NBD_OPT_GO`/`INFO`/`LIST`/`ABORT`/`EXPORT_NAME`, structured
+//! replies, the `base:allocation` metadata context, `NBD_INFO_BLOCK_SIZE`; commands READ,
+//! WRITE, FLUSH, TRIM, WRITE_ZEROES (with NO_HOLE and FAST_ZERO), BLOCK_STATUS (with REQ_ONE)
+//! and DISC, FUA on all of them; pipelined requests answered out of order; TCP and Unix
+//! sockets. Not supported, and answered as such: TLS, extended headers, NBD_CMD_CACHE.
+//!
+//! Code map, from the wire inwards:
+//! - [`proto`]: constants and frame codecs, no IO; look values up here.
+//! - [`options`]: option data parsing and option reply payloads, no IO.
+//! - [`request`]: checks a request against the export and the negotiation, no IO; every errno
+//!   of a refused request is decided there.
+//! - `dispatch`: runs a checked request against the volume and encodes the reply.
+//! - `handshake`: the option haggling state machine over a socket.
+//! - `transmission`: reader, per-request tasks and the reply writer of one connection.
+//! - `server`: [`NbdServer`], listeners, connection lifecycle and shutdown. Start here.
+//! - `wire`: reading whole frames and payloads off a socket (end of stream vs truncation).
+//!
+//! Architecture invariant: the codec modules (`proto`, `options`, `request`) never do IO, so
+//! they can be property tested and benchmarked in isolation.
+//!
+//! [`BlockVolume`]: crate::volume::BlockVolume
+
+mod dispatch;
+mod handshake;
+pub mod options;
+pub mod proto;
+pub mod request;
+mod server;
+mod transmission;
+mod wire;
+
+pub use dispatch::{BLOCK_STATUS_DESCRIPTORS_MAX, block_descriptors};
+pub use handshake::{BASE_ALLOCATION_CONTEXT_ID, OPTION_DATA_MAX_BYTES, OPTIONS_PER_HANDSHAKE_MAX};
+pub use server::{
+    NbdConfig, NbdConfigError, NbdServer, PAYLOAD_MAX_BYTES, PREFERRED_BLOCK_BYTES,
+    REQUESTS_IN_FLIGHT_MAX_DEFAULT, REQUESTS_IN_FLIGHT_MAX_LIMIT,
+};
+pub use transmission::WRITE_DRAIN_MAX_BYTES;

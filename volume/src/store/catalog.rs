@@ -35,8 +35,8 @@ pub fn load(dir: &Path) -> Result<Vec<VolumeRecord>, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
     };
-    let file: CatalogFile =
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    let file: CatalogFile = serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
     if file.version != CATALOG_VERSION {
         return Err(StoreError::Corrupt(format!(
             "{}: format version {} is not {CATALOG_VERSION}",

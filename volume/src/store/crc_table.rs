@@ -101,7 +101,11 @@ impl CrcTable {
 
     /// Pages (indices) among blocks `[start, end)` that are not cached yet.
     pub fn missing_pages(&self, start: u64, end: u64) -> impl Iterator<Item = u64> + '_ {
-        assert!(start <= end && end <= self.blocks, "blocks {start}..{end} of {}", self.blocks);
+        assert!(
+            start <= end && end <= self.blocks,
+            "blocks {start}..{end} of {}",
+            self.blocks
+        );
         let first = start / ENTRIES_PER_PAGE;
         let last = end.div_ceil(ENTRIES_PER_PAGE);
         (first..last).filter(|&p| self.pages[p as usize].get().is_none())
@@ -156,7 +160,9 @@ mod tests {
         let old = vec![1u8; 4096];
         let new = vec![2u8; 4096];
         let torn: Vec<u8> = old[..2048].iter().chain(&new[2048..]).copied().collect();
-        let e = Entry::UNWRITTEN.advance(content_crc(&old)).advance(content_crc(&new));
+        let e = Entry::UNWRITTEN
+            .advance(content_crc(&old))
+            .advance(content_crc(&new));
         assert!(e.accepts(&old));
         assert!(e.accepts(&new));
         assert!(!e.accepts(&torn));
@@ -178,8 +184,17 @@ mod tests {
             table.fill_page(p, &[0u8; 4096]);
         }
         let bytes = table.advance(510, &[7, 8, 9]);
-        assert_eq!(table.get(511), Entry { current: 8, previous: 0 });
-        assert_eq!(Entry::from_u64(u64::from_le_bytes(bytes[8..16].try_into().unwrap())), table.get(511));
+        assert_eq!(
+            table.get(511),
+            Entry {
+                current: 8,
+                previous: 0
+            }
+        );
+        assert_eq!(
+            Entry::from_u64(u64::from_le_bytes(bytes[8..16].try_into().unwrap())),
+            table.get(511)
+        );
         assert_eq!(table.missing_pages(0, 1000).count(), 0);
     }
 }

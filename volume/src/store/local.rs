@@ -80,10 +80,10 @@ impl LocalVolume {
         stats: Arc<StoreStats>,
         create: bool,
     ) -> Result<Self, StoreError> {
-        assert!(size > 0 && size % BS == 0);
+        assert!(size > 0 && size.is_multiple_of(BS));
         let data_path = dir.join("data");
         let crc_path = dir.join("crc");
-        if !create && !(data_path.exists() && crc_path.exists()) {
+        if !create && (!data_path.exists() || !crc_path.exists()) {
             return Err(StoreError::Corrupt(format!(
                 "volume {name}: files missing in {}",
                 dir.display()
@@ -105,7 +105,7 @@ impl LocalVolume {
                 .await
                 .map_err(|e| StoreError::io(format!("size {}", crc_path.display()), e))?;
         } else {
-            let (dl, cl) = (data.len().await, crc.len().await);
+            let (dl, cl) = (data.file_len().await, crc.file_len().await);
             let (dl, cl) = (
                 dl.map_err(|e| StoreError::io("stat data", e))?,
                 cl.map_err(|e| StoreError::io("stat crc", e))?,
@@ -165,7 +165,10 @@ impl Inner {
     async fn load_entries(&self, blocks: Blocks) -> Result<(), VolumeError> {
         let missing: Vec<u64> = self.table.missing_pages(blocks.start, blocks.end).collect();
         for page in missing {
-            let bytes = self.crc.read_at(page * ENTRIES_PER_PAGE * ENTRY_BYTES, 4096).await?;
+            let bytes = self
+                .crc
+                .read_at(page * ENTRIES_PER_PAGE * ENTRY_BYTES, 4096)
+                .await?;
             self.table.fill_page(page, &bytes);
         }
         Ok(())
@@ -179,7 +182,11 @@ impl Inner {
             .data
             .read_at(blocks.byte_offset(), blocks.byte_len() as usize)
             .await?;
-        assert_eq!(bytes.len() as u64, blocks.byte_len(), "backend returned a short read");
+        assert_eq!(
+            bytes.len() as u64,
+            blocks.byte_len(),
+            "backend returned a short read"
+        );
         let bad = bytes
             .chunks(BS as usize)
             .zip(blocks.start..)
@@ -220,7 +227,12 @@ impl Inner {
 
     /// Reads one block for a read-modify-write; the caller holds its range.
     async fn read_block_locked(&self, block: u64) -> Result<Bytes, VolumeError> {
-        let (bytes, bad) = self.read_checked(Blocks { start: block, end: block + 1 }).await?;
+        let (bytes, bad) = self
+            .read_checked(Blocks {
+                start: block,
+                end: block + 1,
+            })
+            .await?;
         match bad {
             Some(b) => Err(self.corrupt(b)),
             None => Ok(bytes),
@@ -267,7 +279,12 @@ impl Inner {
         Ok(())
     }
 
-    async fn write(self: Arc<Self>, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
+    async fn write(
+        self: Arc<Self>,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> Result<(), VolumeError> {
         let len = data.len() as u64;
         self.check_io(offset, len)?;
         if len == 0 {
@@ -287,13 +304,21 @@ impl Inner {
             a?;
             b?;
         } else {
-            self.data.write_at(blocks.byte_offset(), image, false).await?;
+            self.data
+                .write_at(blocks.byte_offset(), image, false)
+                .await?;
         }
         Ok(())
     }
 
     /// Zeroes `[offset, offset + len)`; whole blocks are punched (`punch`) or zeroed in place.
-    async fn zero(self: Arc<Self>, offset: u64, len: u64, punch: bool, fua: bool) -> Result<(), VolumeError> {
+    async fn zero(
+        self: Arc<Self>,
+        offset: u64,
+        len: u64,
+        punch: bool,
+        fua: bool,
+    ) -> Result<(), VolumeError> {
         self.check_range(offset, len)?;
         if len == 0 {
             return if fua { self.sync_both().await } else { Ok(()) };
@@ -311,26 +336,34 @@ impl Inner {
         if whole.start > whole.end || whole.count() == 0 {
             edges.push((offset, len));
         } else {
-            if offset % BS != 0 {
+            if !offset.is_multiple_of(BS) {
                 edges.push((offset, whole.byte_offset() - offset));
             }
-            if end % BS != 0 {
+            if !end.is_multiple_of(BS) {
                 edges.push((whole.end * BS, end - whole.end * BS));
             }
         }
         for (at, n) in edges {
-            let (blocks, image) = self.whole_blocks(at, Bytes::from(vec![0u8; n as usize])).await?;
+            let (blocks, image) = self
+                .whole_blocks(at, Bytes::from(vec![0u8; n as usize]))
+                .await?;
             let crcs: Vec<u32> = image.chunks(BS as usize).map(content_crc).collect();
             self.advance_entries(blocks, &crcs).await?;
-            self.data.write_at(blocks.byte_offset(), image, false).await?;
+            self.data
+                .write_at(blocks.byte_offset(), image, false)
+                .await?;
         }
         if whole.start < whole.end {
             self.advance_entries(whole, &vec![CRC_ZERO; whole.count() as usize])
                 .await?;
             if punch {
-                self.data.punch_hole(whole.byte_offset(), whole.byte_len()).await?;
+                self.data
+                    .punch_hole(whole.byte_offset(), whole.byte_len())
+                    .await?;
             } else {
-                self.data.zero_range(whole.byte_offset(), whole.byte_len()).await?;
+                self.data
+                    .zero_range(whole.byte_offset(), whole.byte_len())
+                    .await?;
             }
         }
         if fua {
@@ -339,7 +372,11 @@ impl Inner {
         Ok(())
     }
 
-    async fn block_status(self: Arc<Self>, offset: u64, len: u64) -> Result<Vec<Extent>, VolumeError> {
+    async fn block_status(
+        self: Arc<Self>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Extent>, VolumeError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size && len > 0 => {}
             _ => {
@@ -350,8 +387,14 @@ impl Inner {
                 });
             }
         }
-        const DATA: ExtentState = ExtentState { hole: false, zero: false };
-        const HOLE: ExtentState = ExtentState { hole: true, zero: true };
+        const DATA: ExtentState = ExtentState {
+            hole: false,
+            zero: false,
+        };
+        const HOLE: ExtentState = ExtentState {
+            hole: true,
+            zero: true,
+        };
         let end = offset + len;
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = offset;

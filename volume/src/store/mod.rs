@@ -42,7 +42,7 @@ pub const VOLUME_NAME_MAX_BYTES: usize = 64;
 /// Largest volume, in bytes (keeps block numbers and the checksum table's page count sane).
 pub const VOLUME_SIZE_MAX_BYTES: u64 = 1 << 50;
 
-const _: () = assert!(IO_SIZE_MAX_BYTES as u64 % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!((IO_SIZE_MAX_BYTES as u64).is_multiple_of(BLOCK_SIZE_BYTES));
 const _: () = assert!(IO_SIZE_MAX_BYTES as usize <= crate::io::IO_SIZE_MAX_BYTES);
 
 /// Errors of the store's own operations (volume IO errors are [`crate::VolumeError`]).
@@ -50,7 +50,9 @@ const _: () = assert!(IO_SIZE_MAX_BYTES as usize <= crate::io::IO_SIZE_MAX_BYTES
 pub enum StoreError {
     #[error("invalid volume name {0:?}: use 1 to 64 of [A-Za-z0-9._-], not starting with '.'")]
     InvalidName(String),
-    #[error("invalid size {size} for volume {name}: must be a non-zero multiple of 4096 up to 1 PiB")]
+    #[error(
+        "invalid size {size} for volume {name}: must be a non-zero multiple of 4096 up to 1 PiB"
+    )]
     InvalidSize { name: String, size: u64 },
     #[error("volume {name} already exists with size {size}")]
     AlreadyExists { name: String, size: u64 },
@@ -103,12 +105,18 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= VOLUME_NAME_MAX_BYTES
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok { Ok(()) } else { Err(StoreError::InvalidName(name.to_string())) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName(name.to_string()))
+    }
 }
 
 fn validate_size(name: &str, size: u64) -> Result<(), StoreError> {
-    if size == 0 || size % BLOCK_SIZE_BYTES != 0 || size > VOLUME_SIZE_MAX_BYTES {
+    if size == 0 || !size.is_multiple_of(BLOCK_SIZE_BYTES) || size > VOLUME_SIZE_MAX_BYTES {
         return Err(StoreError::InvalidSize {
             name: name.to_string(),
             size,
@@ -161,11 +169,20 @@ impl ExtentStore {
     }
 
     pub fn volumes(&self) -> Vec<Arc<LocalVolume>> {
-        self.volumes.lock().expect("volumes").values().cloned().collect()
+        self.volumes
+            .lock()
+            .expect("volumes")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Creates a thin volume of `size` bytes. Nothing is allocated until it is written.
-    pub async fn create_volume(&self, name: &str, size: u64) -> Result<Arc<LocalVolume>, StoreError> {
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> Result<Arc<LocalVolume>, StoreError> {
         validate_name(name)?;
         validate_size(name, size)?;
         if let Some(existing) = self.volume(name) {
@@ -178,10 +195,20 @@ impl ExtentStore {
         // A directory left by a create that crashed before the catalog was written holds
         // nothing anyone was told about; start it afresh.
         if vdir.exists() {
-            fs::remove_dir_all(&vdir).map_err(|e| StoreError::io(format!("clear {}", vdir.display()), e))?;
+            fs::remove_dir_all(&vdir)
+                .map_err(|e| StoreError::io(format!("clear {}", vdir.display()), e))?;
         }
-        fs::create_dir_all(&vdir).map_err(|e| StoreError::io(format!("create {}", vdir.display()), e))?;
-        let vol = LocalVolume::open(&*self.disk, &vdir, name.to_string(), size, Arc::clone(&self.stats), true).await?;
+        fs::create_dir_all(&vdir)
+            .map_err(|e| StoreError::io(format!("create {}", vdir.display()), e))?;
+        let vol = LocalVolume::open(
+            &*self.disk,
+            &vdir,
+            name.to_string(),
+            size,
+            Arc::clone(&self.stats),
+            true,
+        )
+        .await?;
         fsync_dir(&vdir)?;
         fsync_dir(&self.dir.join("volumes"))?;
 
@@ -192,7 +219,10 @@ impl ExtentStore {
                 size,
             });
         }
-        let mut records: Vec<VolumeRecordRef> = volumes.values().map(|v| (v.name().to_string(), v.size_bytes())).collect();
+        let mut records: Vec<VolumeRecordRef> = volumes
+            .values()
+            .map(|v| (v.name().to_string(), v.size_bytes()))
+            .collect();
         records.push((name.to_string(), size));
         catalog::store(&self.dir, &to_records(records))?;
         let vol = Arc::new(vol);
@@ -203,7 +233,11 @@ impl ExtentStore {
 
     /// Returns the volume `name`, creating it if it does not exist. An existing volume of a
     /// different size is an error: sizes never change silently.
-    pub async fn ensure_volume(&self, name: &str, size: u64) -> Result<Arc<LocalVolume>, StoreError> {
+    pub async fn ensure_volume(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> Result<Arc<LocalVolume>, StoreError> {
         match self.volume(name) {
             Some(v) if v.size_bytes() == size => Ok(v),
             Some(v) => Err(StoreError::AlreadyExists {
@@ -228,7 +262,8 @@ impl ExtentStore {
         catalog::store(&self.dir, &to_records(records))?;
         volumes.remove(name);
         let vdir = volume_dir(&self.dir, name);
-        fs::remove_dir_all(&vdir).map_err(|e| StoreError::io(format!("remove {}", vdir.display()), e))?;
+        fs::remove_dir_all(&vdir)
+            .map_err(|e| StoreError::io(format!("remove {}", vdir.display()), e))?;
         tracing::info!(volume = name, "volume deleted");
         Ok(())
     }

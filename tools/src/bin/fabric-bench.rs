@@ -1,0 +1,355 @@
+//! `fabric-bench`: Fabric's data path against what users would run instead, in one run.
+//!
+//! Starts `fabricd dev` and `qemu-nbd` (serving a raw file on the same disk, O_DIRECT like
+//! Fabric), prefills both so neither serves holes, then runs the same fio jobs through fio's
+//! nbd engine against each, and fio's io_uring engine on a raw file as the local-disk ceiling.
+//! Prints each figure and the ratio fabric / qemu-nbd. Jobs alternate between targets so that
+//! drift in the machine's load hits both alike; `--rounds N` repeats and reports medians.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde_json::Value;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark Fabric's NBD data path against qemu-nbd and the raw disk")]
+struct Args {
+    /// Scratch directory on the disk under test (default: a new directory under the current one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Bytes of the working set, e.g. 1GiB.
+    #[arg(long, default_value = "1GiB")]
+    size: String,
+    /// Seconds per fio job.
+    #[arg(long, default_value_t = 10)]
+    runtime: u32,
+    /// Repetitions of the whole job list; medians are reported.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// fabricd binary (default: beside this binary).
+    #[arg(long)]
+    fabricd: Option<PathBuf>,
+    /// Print the table as JSON as well.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One fio job shape.
+struct Job {
+    name: &'static str,
+    rw: &'static str,
+    bs: &'static str,
+    iodepth: u32,
+    /// Report p50 completion latency (µs) instead of throughput.
+    latency: bool,
+}
+
+const JOBS: &[Job] = &[
+    Job {
+        name: "4k randwrite qd32",
+        rw: "randwrite",
+        bs: "4k",
+        iodepth: 32,
+        latency: false,
+    },
+    Job {
+        name: "4k randread qd32",
+        rw: "randread",
+        bs: "4k",
+        iodepth: 32,
+        latency: false,
+    },
+    Job {
+        name: "4k randwrite qd1 p50",
+        rw: "randwrite",
+        bs: "4k",
+        iodepth: 1,
+        latency: true,
+    },
+    Job {
+        name: "1M seq write",
+        rw: "write",
+        bs: "1M",
+        iodepth: 8,
+        latency: false,
+    },
+    Job {
+        name: "1M seq read",
+        rw: "read",
+        bs: "1M",
+        iodepth: 8,
+        latency: false,
+    },
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Fabric,
+    QemuNbd,
+    RawUring,
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Fabric => "fabric",
+            Target::QemuNbd => "qemu-nbd",
+            Target::RawUring => "raw io_uring",
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_listening(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited during start: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not listen on port {port} within 30 s")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn fio(args: &[String]) -> anyhow::Result<Value> {
+    let out = Command::new("fio")
+        .args(args)
+        .arg("--output-format=json")
+        .output()
+        .context("run fio (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "fio {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // fio may print notes before the JSON document.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find('{').context("fio printed no JSON")?;
+    serde_json::from_str(&text[start..]).context("parse fio JSON")
+}
+
+fn target_args(target: Target, nbd_fabric: &str, nbd_qemu: &str, raw: &Path) -> Vec<String> {
+    match target {
+        Target::Fabric => vec!["--ioengine=nbd".into(), format!("--uri={nbd_fabric}")],
+        Target::QemuNbd => vec!["--ioengine=nbd".into(), format!("--uri={nbd_qemu}")],
+        Target::RawUring => vec![
+            "--ioengine=io_uring".into(),
+            "--direct=1".into(),
+            format!("--filename={}", raw.display()),
+        ],
+    }
+}
+
+/// Runs one job and returns IOPS (or MiB/s for 1M jobs, or p50 µs for latency jobs).
+fn run_job(job: &Job, base: &[String], size: u64, runtime: u32) -> anyhow::Result<f64> {
+    let mut args = base.to_vec();
+    args.extend([
+        format!("--name={}", job.name.replace(' ', "_")),
+        format!("--rw={}", job.rw),
+        format!("--bs={}", job.bs),
+        format!("--iodepth={}", job.iodepth),
+        format!("--size={size}"),
+        format!("--runtime={runtime}"),
+        "--time_based=1".into(),
+        "--ramp_time=1".into(),
+        "--randrepeat=0".into(),
+        "--norandommap=1".into(),
+        "--group_reporting=1".into(),
+    ]);
+    let v = fio(&args)?;
+    let job_v = &v["jobs"][0];
+    let side = if job.rw.contains("write") {
+        "write"
+    } else {
+        "read"
+    };
+    let s = &job_v[side];
+    if job.latency {
+        let p50_ns = s["clat_ns"]["percentile"]["50.000000"]
+            .as_f64()
+            .context("fio p50 latency")?;
+        Ok(p50_ns / 1000.0)
+    } else if job.bs == "1M" {
+        Ok(s["bw_bytes"].as_f64().context("fio bandwidth")? / (1024.0 * 1024.0))
+    } else {
+        s["iops"].as_f64().context("fio iops")
+    }
+}
+
+fn prefill(base: &[String], size: u64) -> anyhow::Result<()> {
+    let mut args = base.to_vec();
+    args.extend([
+        "--name=prefill".to_string(),
+        "--rw=write".into(),
+        "--bs=1M".into(),
+        "--iodepth=8".into(),
+        format!("--size={size}"),
+        "--buffer_compress_percentage=0".into(),
+        "--refill_buffers=1".into(),
+    ]);
+    fio(&args).map(|_| ())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let size = parse_size::Config::new()
+        .with_binary()
+        .parse_size(&args.size)
+        .with_context(|| format!("--size {}", args.size))?;
+    anyhow::ensure!(
+        size % (1 << 20) == 0 && size > 0,
+        "--size must be a multiple of 1 MiB"
+    );
+    let scratch = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./.fabric-bench"));
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("clear {}", scratch.display()))?;
+    }
+    std::fs::create_dir_all(&scratch)?;
+    let fabricd = match &args.fabricd {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("fabricd"),
+    };
+    anyhow::ensure!(
+        fabricd.exists(),
+        "{} not found; build it with `cargo build --release -p fabric`",
+        fabricd.display()
+    );
+
+    let fport = free_port()?;
+    let mut fabric = Server {
+        child: Command::new(&fabricd)
+            .args(["dev", "--data-dir"])
+            .arg(scratch.join("fabric"))
+            .args(["--nbd-listen", &format!("127.0.0.1:{fport}")])
+            .args(["--volume", &format!("bench:{size}")])
+            .env("FABRIC_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start fabricd")?,
+    };
+    wait_listening(fport, &mut fabric.child, "fabricd")?;
+
+    let raw_qemu = scratch.join("qemu.raw");
+    std::fs::File::create(&raw_qemu)?.set_len(size)?;
+    let qport = free_port()?;
+    let mut qemu = Server {
+        child: Command::new("qemu-nbd")
+            .args([
+                "-f",
+                "raw",
+                "--cache=none",
+                "--aio=io_uring",
+                "--persistent",
+                "--shared=16",
+            ])
+            .args(["-x", "bench", "-b", "127.0.0.1", "-p", &qport.to_string()])
+            .arg(&raw_qemu)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start qemu-nbd (is qemu-utils installed?)")?,
+    };
+    wait_listening(qport, &mut qemu.child, "qemu-nbd")?;
+
+    let raw_fio = scratch.join("fio.raw");
+    let nbd_fabric = format!("nbd://127.0.0.1:{fport}/bench");
+    let nbd_qemu = format!("nbd://127.0.0.1:{qport}/bench");
+    let targets = [Target::Fabric, Target::QemuNbd, Target::RawUring];
+    eprintln!("prefilling {} on each target", args.size);
+    for t in targets {
+        prefill(&target_args(t, &nbd_fabric, &nbd_qemu, &raw_fio), size)?;
+    }
+
+    let mut results = vec![vec![Vec::new(); targets.len()]; JOBS.len()];
+    for round in 0..args.rounds {
+        for (j, job) in JOBS.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
+                let base = target_args(*target, &nbd_fabric, &nbd_qemu, &raw_fio);
+                let v = run_job(job, &base, size, args.runtime)?;
+                eprintln!(
+                    "round {round}: {:<22} {:<13} {v:>10.1}",
+                    job.name,
+                    target.label()
+                );
+                results[j][t].push(v);
+            }
+        }
+    }
+    drop(fabric);
+    drop(qemu);
+
+    println!(
+        "{:<22} {:>12} {:>12} {:>14} {:>16}",
+        "job", "fabric", "qemu-nbd", "raw io_uring", "fabric/qemu-nbd"
+    );
+    let mut json_rows = Vec::new();
+    for (j, job) in JOBS.iter().enumerate() {
+        let m: Vec<f64> = results[j].iter_mut().map(|v| median(v)).collect();
+        let unit = if job.latency {
+            "us"
+        } else if job.bs == "1M" {
+            "MiB/s"
+        } else {
+            "IOPS"
+        };
+        println!(
+            "{:<22} {:>12} {:>12} {:>14} {:>16.2}",
+            format!("{} ({unit})", job.name),
+            format!("{:.0}", m[0]),
+            format!("{:.0}", m[1]),
+            format!("{:.0}", m[2]),
+            m[0] / m[1]
+        );
+        json_rows.push(serde_json::json!({
+            "job": job.name, "unit": unit, "fabric": m[0], "qemu_nbd": m[1],
+            "raw_io_uring": m[2], "ratio_fabric_qemu_nbd": m[0] / m[1],
+        }));
+    }
+    println!("(latency rows: lower is better, so a ratio below 1 favours fabric)");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json_rows)?);
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The fixed newstyle handshake: greeting, client flags and option haggling, ending in the
+//! transmission phase (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`) or a closed connection.
+//!
+//! Policy, in the document's terms: NOTLS mode (`NBD_OPT_STARTTLS` gets `NBD_REP_ERR_UNSUP`),
+//! compact headers only (`NBD_OPT_EXTENDED_HEADERS` gets `NBD_REP_ERR_UNSUP`), one metadata
+//! context (`base:allocation`), block size constraints always advertised. Options the server
+//! does not know are answered, never fatal; framing errors and oversized option data end the
+//! connection because the stream can no longer be trusted.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::options::*;
+use super::proto::*;
+use super::request::Negotiated;
+use super::server::{ExportEntry, NbdServer, PREFERRED_BLOCK_BYTES};
+use super::wire::{Frame, read_frame};
+
+/// Largest option data accepted, in bytes. Real options are a few strings of at most 4 KiB;
+/// anything bigger is refused with `NBD_REP_ERR_TOO_BIG` and the connection closed, since
+/// skipping it would mean reading an attacker-chosen amount.
+pub const OPTION_DATA_MAX_BYTES: u32 = 64 * 1024;
+/// Most options in one handshake. Clients send a handful; a client looping forever is
+/// holding a connection slot without purpose.
+pub const OPTIONS_PER_HANDSHAKE_MAX: u32 = 1024;
+/// Context id of `base:allocation` in `NBD_REP_META_CONTEXT` replies to SET.
+pub const BASE_ALLOCATION_CONTEXT_ID: u32 = 1;
+
+/// Where the handshake ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Transmission starts on this export.
+    Transmission(Session),
+    /// The client left during the handshake (`NBD_OPT_ABORT` or end of stream).
+    ClientLeft(&'static str),
+}
+
+/// What the transmission phase needs from the handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    /// Index into the server's exports.
+    pub export: usize,
+    pub negotiated: Negotiated,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// The client broke the protocol; log it and close.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// State negotiated so far.
+#[derive(Debug, Default)]
+struct Haggle {
+    no_zeroes: bool,
+    structured: bool,
+    /// Export for which `base:allocation` was selected by the last SET_META_CONTEXT.
+    meta_export: Option<usize>,
+}
+
+/// Runs the handshake on a fresh connection.
+pub async fn negotiate<R, W>(
+    server: &NbdServer,
+    r: &mut R,
+    w: &mut W,
+) -> Result<Outcome, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(256);
+    put_greeting(&mut out, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    send(w, &mut out).await?;
+
+    let mut flags = [0u8; 4];
+    match read_frame(r, &mut flags).await? {
+        Frame::Full => {}
+        Frame::Eof | Frame::Truncated { .. } => {
+            return Ok(Outcome::ClientLeft("closed before sending client flags"));
+        }
+    }
+    let client_flags = u32::from_be_bytes(flags);
+    if client_flags & !NBD_FLAG_C_KNOWN != 0 {
+        // The document requires dropping a client that sets flags we did not offer.
+        return Err(HandshakeError::Protocol(format!(
+            "unknown client flags {client_flags:#x}"
+        )));
+    }
+    let mut state = Haggle {
+        no_zeroes: client_flags & NBD_FLAG_C_NO_ZEROES != 0,
+        ..Haggle::default()
+    };
+
+    let mut header = [0u8; OPTION_HEADER_BYTES];
+    for _ in 0..OPTIONS_PER_HANDSHAKE_MAX {
+        match read_frame(r, &mut header).await? {
+            Frame::Full => {}
+            Frame::Eof => return Ok(Outcome::ClientLeft("closed during option haggling")),
+            Frame::Truncated { got } => {
+                return Err(HandshakeError::Protocol(format!(
+                    "option header truncated after {got} bytes"
+                )));
+            }
+        }
+        let opt = OptionHeader::parse(&header)
+            .map_err(|e| HandshakeError::Protocol(format!("option header: {e}")))?;
+        if opt.len > OPTION_DATA_MAX_BYTES {
+            put_option_reply(
+                &mut out,
+                opt.option,
+                NBD_REP_ERR_TOO_BIG,
+                b"option data too large",
+            );
+            send(w, &mut out).await?;
+            return Err(HandshakeError::Protocol(format!(
+                "option {} carries {} bytes of data, limit is {OPTION_DATA_MAX_BYTES}",
+                opt.option, opt.len
+            )));
+        }
+        let mut data = vec![0u8; opt.len as usize];
+        match read_frame(r, &mut data).await? {
+            Frame::Full => {}
+            Frame::Eof | Frame::Truncated { .. } => {
+                return Err(HandshakeError::Protocol(format!(
+                    "option {} data truncated",
+                    opt.option
+                )));
+            }
+        }
+        if let Some(outcome) = handle_option(server, &mut state, opt.option, &data, &mut out)? {
+            send(w, &mut out).await?;
+            return Ok(outcome);
+        }
+        send(w, &mut out).await?;
+    }
+    Err(HandshakeError::Protocol(format!(
+        "more than {OPTIONS_PER_HANDSHAKE_MAX} options"
+    )))
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> io::Result<()> {
+    w.write_all(out).await?;
+    w.flush().await?;
+    out.clear();
+    Ok(())
+}
+
+/// The transmission flags of an export for this connection.
+pub fn transmission_flags(multi_conn: bool, structured: bool) -> u16 {
+    let mut flags = NBD_FLAG_HAS_FLAGS
+        | NBD_FLAG_SEND_FLUSH
+        | NBD_FLAG_SEND_FUA
+        | NBD_FLAG_SEND_TRIM
+        | NBD_FLAG_SEND_WRITE_ZEROES
+        | NBD_FLAG_SEND_FAST_ZERO;
+    if structured {
+        // Reads are always answered in one chunk, so "don't fragment" costs nothing; the
+        // document forbids advertising it without structured replies.
+        flags |= NBD_FLAG_SEND_DF;
+    }
+    if multi_conn {
+        flags |= NBD_FLAG_CAN_MULTI_CONN;
+    }
+    flags
+}
+
+/// Answers one option into `out`. Returns the outcome when the option ends the handshake.
+fn handle_option(
+    server: &NbdServer,
+    state: &mut Haggle,
+    option: u32,
+    data: &[u8],
+    out: &mut BytesMut,
+) -> Result<Option<Outcome>, HandshakeError> {
+    let invalid = |out: &mut BytesMut, why: &str| {
+        put_option_reply(out, option, NBD_REP_ERR_INVALID, why.as_bytes())
+    };
+    match option {
+        NBD_OPT_EXPORT_NAME => {
+            // No error reply exists for this option: an unknown name ends the session.
+            let Some(index) = server.find_export(data) else {
+                return Err(HandshakeError::Protocol(format!(
+                    "NBD_OPT_EXPORT_NAME for unknown export {:?}",
+                    String::from_utf8_lossy(data)
+                )));
+            };
+            let export = &server.exports[index];
+            out.extend_from_slice(&export.volume.size().to_be_bytes());
+            out.extend_from_slice(
+                &transmission_flags(server.config.multi_conn, state.structured).to_be_bytes(),
+            );
+            if !state.no_zeroes {
+                out.extend_from_slice(&[0u8; EXPORT_NAME_PADDING_BYTES]);
+            }
+            return Ok(Some(Outcome::Transmission(session(state, index))));
+        }
+        NBD_OPT_ABORT => {
+            // Data with ABORT is to be ignored, not refused.
+            put_option_reply(out, option, NBD_REP_ACK, &[]);
+            return Ok(Some(Outcome::ClientLeft("aborted the handshake")));
+        }
+        NBD_OPT_LIST if !data.is_empty() => invalid(out, "NBD_OPT_LIST carries no data"),
+        NBD_OPT_LIST => {
+            for export in &server.exports {
+                put_option_reply(
+                    out,
+                    option,
+                    NBD_REP_SERVER,
+                    &server_reply_data(&export.name, &export.description),
+                );
+            }
+            put_option_reply(out, option, NBD_REP_ACK, &[]);
+        }
+        NBD_OPT_INFO | NBD_OPT_GO => {
+            let request = match parse_info_request(data) {
+                Ok(request) => request,
+                Err(e) => {
+                    invalid(out, &e.to_string());
+                    return Ok(None);
+                }
+            };
+            let Some(index) = server.find_export(request.export) else {
+                put_option_reply(out, option, NBD_REP_ERR_UNKNOWN, b"no such export");
+                return Ok(None);
+            };
+            put_export_info(
+                server,
+                &server.exports[index],
+                state.structured,
+                &request,
+                option,
+                out,
+            );
+            put_option_reply(out, option, NBD_REP_ACK, &[]);
+            if option == NBD_OPT_GO {
+                return Ok(Some(Outcome::Transmission(session(state, index))));
+            }
+        }
+        NBD_OPT_STRUCTURED_REPLY if !data.is_empty() => {
+            invalid(out, "NBD_OPT_STRUCTURED_REPLY carries no data")
+        }
+        NBD_OPT_STRUCTURED_REPLY => {
+            state.structured = true;
+            put_option_reply(out, option, NBD_REP_ACK, &[]);
+        }
+        NBD_OPT_LIST_META_CONTEXT | NBD_OPT_SET_META_CONTEXT => {
+            let setting = option == NBD_OPT_SET_META_CONTEXT;
+            if setting {
+                // SET replaces the selection even when it fails.
+                state.meta_export = None;
+            }
+            if !state.structured {
+                invalid(out, "negotiate structured replies first");
+                return Ok(None);
+            }
+            let request = match parse_meta_context_request(data) {
+                Ok(request) => request,
+                Err(e) => {
+                    invalid(out, &e.to_string());
+                    return Ok(None);
+                }
+            };
+            let Some(index) = server.find_export(request.export) else {
+                put_option_reply(out, option, NBD_REP_ERR_UNKNOWN, b"no such export");
+                return Ok(None);
+            };
+            let selected = if setting {
+                request
+                    .queries
+                    .iter()
+                    .any(|q| query_selects_base_allocation(q, false))
+            } else {
+                // No query at all lists everything we have.
+                request.queries.is_empty()
+                    || request
+                        .queries
+                        .iter()
+                        .any(|q| query_selects_base_allocation(q, true))
+            };
+            if selected {
+                // Context ids in LIST replies are reserved and should be zero.
+                let id = if setting {
+                    BASE_ALLOCATION_CONTEXT_ID
+                } else {
+                    0
+                };
+                put_option_reply(
+                    out,
+                    option,
+                    NBD_REP_META_CONTEXT,
+                    &meta_context_reply_data(id, BASE_ALLOCATION),
+                );
+                if setting {
+                    state.meta_export = Some(index);
+                }
+            }
+            put_option_reply(out, option, NBD_REP_ACK, &[]);
+        }
+        // NOTLS mode; compact headers only; everything else is unknown to us.
+        _ => put_option_reply(out, option, NBD_REP_ERR_UNSUP, b"option not supported"),
+    }
+    Ok(None)
+}
+
+/// The `NBD_REP_INFO` replies of a successful INFO or GO.
+fn put_export_info(
+    server: &NbdServer,
+    export: &ExportEntry,
+    structured: bool,
+    request: &InfoRequest<'_>,
+    option: u32,
+    out: &mut BytesMut,
+) {
+    let flags = transmission_flags(server.config.multi_conn, structured);
+    put_option_reply(
+        out,
+        option,
+        NBD_REP_INFO,
+        &info_export(export.volume.size(), flags),
+    );
+    if request.wants(NBD_INFO_NAME) {
+        put_option_reply(
+            out,
+            option,
+            NBD_REP_INFO,
+            &info_string(NBD_INFO_NAME, &export.name),
+        );
+    }
+    if request.wants(NBD_INFO_DESCRIPTION) {
+        put_option_reply(
+            out,
+            option,
+            NBD_REP_INFO,
+            &info_string(NBD_INFO_DESCRIPTION, &export.description),
+        );
+    }
+    // Always sent: the maximum is smaller than the protocol's default, and a client that
+    // did not ask may still use it.
+    put_option_reply(
+        out,
+        option,
+        NBD_REP_INFO,
+        &info_block_size(1, PREFERRED_BLOCK_BYTES, export.payload_max_bytes),
+    );
+}
+
+fn session(state: &Haggle, export: usize) -> Session {
+    // Block status needs structured replies and a context selected for this very export.
+    let base_allocation = (state.structured && state.meta_export == Some(export))
+        .then_some(BASE_ALLOCATION_CONTEXT_ID);
+    Session {
+        export,
+        negotiated: Negotiated {
+            structured_replies: state.structured,
+            base_allocation,
+        },
+    }
+}

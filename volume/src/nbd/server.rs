@@ -1,0 +1,365 @@
+//! [`NbdServer`]: exports, configuration, listeners and the life of each connection.
+//!
+//! Every accepted connection runs on its own task; nothing one client does (bad frames, huge
+//! payloads, vanishing mid-request) reaches another. Shutdown stops accepting, asks each
+//! connection to stop reading at the next request boundary, lets in-flight requests finish
+//! and their replies go out, and aborts whatever is still running after the grace period.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::volume::BlockVolume;
+
+use super::handshake::{self, HandshakeError, Outcome};
+use super::proto::STRING_MAX_BYTES;
+use super::request::Geometry;
+use super::transmission::{Ending, Transmission};
+use super::wire::shutdown_requested;
+
+/// Preferred block size advertised in `NBD_INFO_BLOCK_SIZE`, in bytes: the checksum
+/// granularity of the extent store, below which writes become read-modify-write.
+pub const PREFERRED_BLOCK_BYTES: u32 = 4096;
+/// Hard cap on the advertised maximum block size (and so on READ/WRITE payloads), in bytes,
+/// whatever a volume accepts. It bounds per-request memory and keeps a read reply within one
+/// structured chunk; 32 MiB is what the document tells clients to expect at most.
+pub const PAYLOAD_MAX_BYTES: u32 = 32 * 1024 * 1024;
+/// Default bound on requests in flight per connection.
+pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 64;
+/// Largest accepted `requests_in_flight_max`: each in-flight request may hold a payload of up
+/// to [`PAYLOAD_MAX_BYTES`].
+pub const REQUESTS_IN_FLIGHT_MAX_LIMIT: usize = 1024;
+/// Capacity of the per-connection read buffer, in bytes. Small pipelined headers are parsed
+/// from it without a syscall each; large payloads bypass it.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Pause after a failed `accept` (for example out of file descriptors), in milliseconds, so a
+/// persistent failure does not spin.
+pub const ACCEPT_RETRY_DELAY_MS: u64 = 100;
+
+const _: () = assert!(PREFERRED_BLOCK_BYTES.is_power_of_two() && PREFERRED_BLOCK_BYTES >= 512);
+const _: () = assert!(
+    PAYLOAD_MAX_BYTES >= 1 << 20 && PAYLOAD_MAX_BYTES.is_multiple_of(PREFERRED_BLOCK_BYTES)
+);
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct NbdConfig {
+    /// Advertise `NBD_FLAG_CAN_MULTI_CONN`. Only correct when every export's flush is a
+    /// barrier across connections (true of the extent store).
+    pub multi_conn: bool,
+    /// Requests read but not yet answered, per connection; the reader stops reading at this.
+    pub requests_in_flight_max: usize,
+    /// Time a client has to finish the handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Time connections get to finish after shutdown is requested, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for NbdConfig {
+    fn default() -> Self {
+        NbdConfig {
+            multi_conn: true,
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+            handshake_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Why [`NbdServer::new`] refused its input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NbdConfigError {
+    #[error("an NBD server needs at least one export")]
+    NoExports,
+    #[error("export name {0:?} is used twice")]
+    DuplicateName(String),
+    #[error("export name {0:?} is empty, contains NUL or exceeds {STRING_MAX_BYTES} bytes")]
+    BadName(String),
+    #[error(
+        "export {name:?} accepts only {max_io_bytes} bytes per request; at least {PREFERRED_BLOCK_BYTES} are needed"
+    )]
+    MaxIoTooSmall { name: String, max_io_bytes: u32 },
+    #[error("handshake_timeout_ms must be positive")]
+    HandshakeTimeout,
+    #[error("requests_in_flight_max must be 1..={REQUESTS_IN_FLIGHT_MAX_LIMIT}, not {0}")]
+    InFlight(usize),
+}
+
+/// One export as the handshake sees it.
+pub(super) struct ExportEntry {
+    pub volume: Arc<dyn BlockVolume>,
+    pub name: String,
+    pub description: String,
+    /// The advertised maximum block size.
+    pub payload_max_bytes: u32,
+}
+
+/// An NBD server for a fixed set of exports. The first export is the default one (what an
+/// empty export name selects).
+pub struct NbdServer {
+    pub(super) exports: Vec<ExportEntry>,
+    pub(super) config: NbdConfig,
+    next_connection_id: AtomicU64,
+}
+
+impl NbdServer {
+    /// Checks the exports and the configuration.
+    pub fn new(
+        exports: Vec<Arc<dyn BlockVolume>>,
+        config: NbdConfig,
+    ) -> Result<Self, NbdConfigError> {
+        let NbdConfig {
+            multi_conn: _,
+            requests_in_flight_max,
+            handshake_timeout_ms,
+            shutdown_grace_ms: _,
+        } = config;
+        if !(1..=REQUESTS_IN_FLIGHT_MAX_LIMIT).contains(&requests_in_flight_max) {
+            return Err(NbdConfigError::InFlight(requests_in_flight_max));
+        }
+        if handshake_timeout_ms == 0 {
+            return Err(NbdConfigError::HandshakeTimeout);
+        }
+        if exports.is_empty() {
+            return Err(NbdConfigError::NoExports);
+        }
+        let mut entries: Vec<ExportEntry> = Vec::with_capacity(exports.len());
+        for volume in exports {
+            let name = volume.name().to_owned();
+            if name.is_empty() || name.len() > STRING_MAX_BYTES || name.contains('\0') {
+                return Err(NbdConfigError::BadName(name));
+            }
+            if entries.iter().any(|e| e.name == name) {
+                return Err(NbdConfigError::DuplicateName(name));
+            }
+            let max_io_bytes = volume.max_io_bytes();
+            if max_io_bytes < PREFERRED_BLOCK_BYTES {
+                return Err(NbdConfigError::MaxIoTooSmall { name, max_io_bytes });
+            }
+            let description = format!("Fabric volume {name}");
+            entries.push(ExportEntry {
+                volume,
+                name,
+                description,
+                payload_max_bytes: max_io_bytes.min(PAYLOAD_MAX_BYTES),
+            });
+        }
+        Ok(NbdServer {
+            exports: entries,
+            config,
+            next_connection_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Index of the export called `name`; the empty name is the default (first) export.
+    pub(super) fn find_export(&self, name: &[u8]) -> Option<usize> {
+        if name.is_empty() {
+            return Some(0);
+        }
+        self.exports.iter().position(|e| e.name.as_bytes() == name)
+    }
+
+    /// Serves NBD on `listener` until `shutdown` turns true (or its sender is dropped), then
+    /// drains connections as described in the module docs and returns.
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let mut connections = JoinSet::new();
+        let mut stop = shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown_requested(&mut stop) => break,
+                Some(done) = connections.join_next(), if !connections.is_empty() => reap(done),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => {
+                        // Replies are written whole; Nagle would only add latency.
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY not set");
+                        }
+                        let (r, w) = stream.into_split();
+                        self.spawn_connection(&mut connections, r, w, addr.to_string(), shutdown.clone());
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+            }
+        }
+        drop(listener);
+        self.drain(connections).await;
+    }
+
+    /// Like [`serve_tcp`](Self::serve_tcp), on a Unix socket.
+    pub async fn serve_unix(
+        self: Arc<Self>,
+        listener: UnixListener,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let mut connections = JoinSet::new();
+        let mut stop = shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown_requested(&mut stop) => break,
+                Some(done) = connections.join_next(), if !connections.is_empty() => reap(done),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _addr)) => {
+                        // Unix peers are anonymous; name them by their credentials if we can.
+                        let peer = match stream.peer_cred() {
+                            Ok(c) => format!("unix:pid={}", c.pid().map_or(-1, |p| p)),
+                            Err(_) => "unix".to_owned(),
+                        };
+                        let (r, w) = stream.into_split();
+                        self.spawn_connection(&mut connections, r, w, peer, shutdown.clone());
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+            }
+        }
+        drop(listener);
+        self.drain(connections).await;
+    }
+
+    fn spawn_connection<R, W>(
+        self: &Arc<Self>,
+        connections: &mut JoinSet<()>,
+        r: R,
+        w: W,
+        peer: String,
+        shutdown: watch::Receiver<bool>,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("nbd", conn = id);
+        connections.spawn(
+            Arc::clone(self)
+                .connection(r, w, peer, shutdown)
+                .instrument(span),
+        );
+    }
+
+    /// One connection from accept to close.
+    async fn connection<R, W>(
+        self: Arc<Self>,
+        r: R,
+        mut w: W,
+        peer: String,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        tracing::info!(%peer, "nbd connection opened");
+        let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, r);
+        let deadline = Duration::from_millis(self.config.handshake_timeout_ms);
+        let outcome = tokio::select! {
+            biased;
+            _ = shutdown_requested(&mut shutdown) => {
+                tracing::info!(%peer, reason = "server shutting down", "nbd connection closed during handshake");
+                return;
+            }
+            outcome = tokio::time::timeout(deadline, handshake::negotiate(&self, &mut r, &mut w)) => outcome,
+        };
+        let session = match outcome {
+            Ok(Ok(Outcome::Transmission(session))) => session,
+            Ok(Ok(Outcome::ClientLeft(why))) => {
+                tracing::info!(%peer, reason = why, "nbd connection closed during handshake");
+                return;
+            }
+            Ok(Err(HandshakeError::Protocol(error))) => {
+                tracing::warn!(%peer, %error, "nbd protocol error in handshake; closing connection");
+                return;
+            }
+            Ok(Err(HandshakeError::Io(error))) => {
+                tracing::info!(%peer, %error, "nbd connection closed during handshake");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::warn!(%peer, timeout_ms = self.config.handshake_timeout_ms,
+                    "nbd handshake timed out; closing connection");
+                return;
+            }
+        };
+
+        let export = &self.exports[session.export];
+        let export_name = export.name.clone();
+        tracing::debug!(%peer, export = %export_name, structured = session.negotiated.structured_replies,
+            block_status = session.negotiated.base_allocation.is_some(), "nbd transmission started");
+        let transmission = Transmission {
+            volume: Arc::clone(&export.volume),
+            negotiated: session.negotiated,
+            // Read the size once: the export size is fixed for the life of the connection.
+            geometry: Geometry {
+                size_bytes: export.volume.size(),
+                payload_max_bytes: export.payload_max_bytes,
+            },
+            requests_in_flight_max: self.config.requests_in_flight_max,
+        };
+        let (ending, stats) = transmission.run(r, w, shutdown).await;
+        match ending {
+            Ending::Protocol(error) => {
+                tracing::warn!(%peer, export = %export_name, %error, requests = stats.requests,
+                    "nbd protocol error; connection closed");
+            }
+            Ending::Io(error) => {
+                tracing::info!(%peer, export = %export_name, %error, requests = stats.requests,
+                    refused = stats.refused, "nbd connection closed on socket error");
+            }
+            ending => {
+                let reason = match ending {
+                    Ending::Disconnect => "client disconnected",
+                    Ending::ClientClosed => "client closed the socket",
+                    _ => "server shutting down",
+                };
+                tracing::info!(%peer, export = %export_name, reason, requests = stats.requests,
+                    refused = stats.refused, "nbd connection closed");
+            }
+        }
+    }
+
+    /// Waits for connections to finish, up to the grace period, then aborts the rest.
+    async fn drain(&self, mut connections: JoinSet<()>) {
+        if connections.is_empty() {
+            return;
+        }
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let finished = tokio::time::timeout(grace, async {
+            while let Some(done) = connections.join_next().await {
+                reap(done);
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                remaining = connections.len(),
+                grace_ms = self.config.shutdown_grace_ms,
+                "nbd connections still open after the shutdown grace period; aborting them"
+            );
+            connections.shutdown().await;
+        }
+    }
+}
+
+fn reap(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        // A panic is a bug in this server; the connection is lost, the server is not.
+        tracing::error!(error = %e, "nbd connection task panicked");
+    }
+}
+
+async fn accept_failed(e: io::Error) {
+    tracing::warn!(error = %e, "nbd accept failed");
+    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
+}
