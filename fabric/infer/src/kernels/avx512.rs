@@ -1,0 +1,152 @@
+//! AVX-512 block kernels: f32 with FMA, bf16 with `vdpbf16ps` (pairs of K per 32-bit lane, f32
+//! accumulate), int8 with VNNI `vpdpbusd`. Each B tile row of the packed layout is exactly one
+//! zmm. `vpdpbusd` multiplies *unsigned* A bytes by signed B bytes, so A is offset by 128 here
+//! and the GEMM driver subtracts `128 · Σ_k b[k][j]` afterwards (exact in i32).
+
+use std::arch::x86_64::*;
+
+use crate::pack::{BLOCK_COLS, BLOCK_ROWS, Geometry, TILE_ROWS};
+
+/// Rows of C held in registers at once (16 zmm accumulators for 32 columns).
+const SUB_ROWS: usize = 8;
+
+/// # Safety
+/// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn f32_block(
+    a: *const f32,
+    b: *const f32,
+    steps: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    for rg in 0..BLOCK_ROWS / SUB_ROWS {
+        let mut acc = [[_mm512_setzero_ps(); 2]; SUB_ROWS];
+        for s in 0..steps {
+            // SAFETY: step s of each panel holds 32 values.
+            unsafe {
+                let bp = b.add(s * BLOCK_COLS);
+                let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(TILE_ROWS)));
+                let ap = a.add(s * BLOCK_ROWS + rg * SUB_ROWS);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(r));
+                    acc_r[0] = _mm512_fmadd_ps(av, b0, acc_r[0]);
+                    acc_r[1] = _mm512_fmadd_ps(av, b1, acc_r[1]);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            // SAFETY: row rg*8+r of the C block has 32 writable f32.
+            unsafe {
+                let cp = c.add((rg * SUB_ROWS + r) * ldc);
+                _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
+                _mm512_storeu_ps(
+                    cp.add(TILE_ROWS),
+                    _mm512_add_ps(_mm512_loadu_ps(cp.add(TILE_ROWS)), acc_r[1]),
+                );
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and
+/// AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(crate) unsafe fn bf16_block(
+    a: *const u16,
+    b: *const u16,
+    steps: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let geo = Geometry::Bf16;
+    for rg in 0..BLOCK_ROWS / SUB_ROWS {
+        let mut acc = [[_mm512_setzero_ps(); 2]; SUB_ROWS];
+        for s in 0..steps {
+            for p in 0..geo.k_step() / 2 {
+                // SAFETY: tile row p of both B tiles (64 bytes each) and one A pair per row lie
+                // inside step s. __m512i and __m512bh are both 64 plain bytes.
+                unsafe {
+                    let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(
+                        b.add(s * geo.step_len() + geo.b_index(0, 2 * p)).cast(),
+                    ));
+                    let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(
+                        b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 2 * p))
+                            .cast(),
+                    ));
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let ap = a.add(s * geo.step_len() + geo.a_index(rg * SUB_ROWS + r, 2 * p));
+                        let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                            ap.cast::<i32>().read_unaligned(),
+                        ));
+                        acc_r[0] = _mm512_dpbf16_ps(acc_r[0], pair, b0);
+                        acc_r[1] = _mm512_dpbf16_ps(acc_r[1], pair, b1);
+                    }
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            // SAFETY: row rg*8+r of the C block has 32 writable f32.
+            unsafe {
+                let cp = c.add((rg * SUB_ROWS + r) * ldc);
+                _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
+                _mm512_storeu_ps(
+                    cp.add(TILE_ROWS),
+                    _mm512_add_ps(_mm512_loadu_ps(cp.add(TILE_ROWS)), acc_r[1]),
+                );
+            }
+        }
+    }
+}
+
+/// Computes `Σ (a + 128) · b` per element of the block (see the module docs).
+///
+/// # Safety
+/// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and
+/// AVX512-VNNI.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(crate) unsafe fn i8_block(a: *const i8, b: *const i8, steps: usize, c: *mut i32, ldc: usize) {
+    let geo = Geometry::I8;
+    let to_unsigned = 0x8080_8080u32;
+    for rg in 0..BLOCK_ROWS / SUB_ROWS {
+        let mut acc = [[_mm512_setzero_si512(); 2]; SUB_ROWS];
+        for s in 0..steps {
+            for q in 0..geo.k_step() / 4 {
+                // SAFETY: tile row q of both B tiles and one A quad per row lie inside step s.
+                unsafe {
+                    let b0 = _mm512_loadu_si512(
+                        b.add(s * geo.step_len() + geo.b_index(0, 4 * q)).cast(),
+                    );
+                    let b1 = _mm512_loadu_si512(
+                        b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 4 * q))
+                            .cast(),
+                    );
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let ap = a.add(s * geo.step_len() + geo.a_index(rg * SUB_ROWS + r, 4 * q));
+                        let quad = _mm512_set1_epi32(
+                            (ap.cast::<u32>().read_unaligned() ^ to_unsigned) as i32,
+                        );
+                        acc_r[0] = _mm512_dpbusd_epi32(acc_r[0], quad, b0);
+                        acc_r[1] = _mm512_dpbusd_epi32(acc_r[1], quad, b1);
+                    }
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            // SAFETY: row rg*8+r of the C block has 32 writable i32.
+            unsafe {
+                let cp = c.add((rg * SUB_ROWS + r) * ldc);
+                let hi = cp.add(TILE_ROWS);
+                _mm512_storeu_si512(
+                    cp.cast(),
+                    _mm512_add_epi32(_mm512_loadu_si512(cp.cast()), acc_r[0]),
+                );
+                _mm512_storeu_si512(
+                    hi.cast(),
+                    _mm512_add_epi32(_mm512_loadu_si512(hi.cast()), acc_r[1]),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The layers a model is made of, each applied in place to a batch of rows.
+//!
+//! GELU uses the tanh approximation (as in GPT-2 and BERT's fast path): it needs no `erf`,
+//! and differs from the exact form by under 1e-3 everywhere.
+
+use crate::gemm::Engine;
+use crate::pack::{PackedBf16, PackedF32, PackedI8};
+use crate::quant::quantize_rows;
+
+/// One step of a model.
+#[derive(Debug)]
+pub enum Layer {
+    /// `y = x · Wᵀ + b` with bf16 inputs and weights, f32 accumulation.
+    LinearBf16 {
+        weight: PackedBf16,
+        bias: Option<Vec<f32>>,
+    },
+    /// `y = x · Wᵀ + b` in f32.
+    LinearF32 {
+        weight: PackedF32,
+        bias: Option<Vec<f32>>,
+    },
+    /// `y = (q(x) · Wᵀ) · s_x · s_w + b`: rows of x quantized to int8 at run time, W int8
+    /// per output channel with f32 scales `s_w`.
+    LinearInt8 {
+        weight: PackedI8,
+        scales: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+    LayerNorm {
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        eps: f32,
+    },
+    Relu,
+    Gelu,
+    Softmax,
+}
+
+impl Layer {
+    /// Output width for an input of `width` values per row.
+    pub fn out_width(&self, width: usize) -> usize {
+        match self {
+            Layer::LinearBf16 { weight, .. } => weight.n(),
+            Layer::LinearF32 { weight, .. } => weight.n(),
+            Layer::LinearInt8 { weight, .. } => weight.n(),
+            _ => width,
+        }
+    }
+
+    /// Applies the layer to `rows` rows of `x` (each `width` wide), returning the output.
+    pub fn apply(&self, engine: &Engine, rows: usize, width: usize, mut x: Vec<f32>) -> Vec<f32> {
+        assert_eq!(x.len(), rows * width, "activations must be rows × width");
+        match self {
+            Layer::LinearBf16 { weight, bias } => {
+                let mut y = vec![0f32; rows * weight.n()];
+                engine.bf16(rows, &x, weight, &mut y);
+                add_bias(&mut y, bias.as_deref());
+                y
+            }
+            Layer::LinearF32 { weight, bias } => {
+                let mut y = vec![0f32; rows * weight.n()];
+                engine.f32(rows, &x, weight, &mut y);
+                add_bias(&mut y, bias.as_deref());
+                y
+            }
+            Layer::LinearInt8 {
+                weight,
+                scales,
+                bias,
+            } => {
+                let mut q = vec![0i8; x.len()];
+                let row_scales = quantize_rows(&x, width, &mut q);
+                let mut acc = vec![0i32; rows * weight.n()];
+                engine.i8(rows, &q, weight, &mut acc);
+                let mut y: Vec<f32> = Vec::with_capacity(acc.len());
+                for (row, sx) in acc.chunks(weight.n()).zip(&row_scales) {
+                    y.extend(row.iter().zip(scales).map(|(v, sw)| *v as f32 * sx * sw));
+                }
+                add_bias(&mut y, bias.as_deref());
+                y
+            }
+            Layer::LayerNorm { gamma, beta, eps } => {
+                for row in x.chunks_mut(width) {
+                    let mean = row.iter().sum::<f32>() / width as f32;
+                    let var =
+                        row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                        *v = (*v - mean) * inv * g + b;
+                    }
+                }
+                x
+            }
+            Layer::Relu => {
+                x.iter_mut().for_each(|v| *v = v.max(0.0));
+                x
+            }
+            Layer::Gelu => {
+                x.iter_mut().for_each(|v| *v = gelu(*v));
+                x
+            }
+            Layer::Softmax => {
+                for row in x.chunks_mut(width) {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+                    let mut sum = 0.0;
+                    for v in row.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    row.iter_mut().for_each(|v| *v /= sum);
+                }
+                x
+            }
+        }
+    }
+}
+
+/// GELU, tanh approximation.
+pub fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+fn add_bias(y: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(bias) = bias {
+        for row in y.chunks_mut(bias.len()) {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_keep_order() {
+        let engine = Engine::new(crate::Path::Scalar).unwrap();
+        let y = Layer::Softmax.apply(&engine, 2, 3, vec![1.0, 2.0, 3.0, 1000.0, 0.0, -1000.0]);
+        assert!((y[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6 && y[0] < y[1] && y[1] < y[2]);
+        assert!((y[3] - 1.0).abs() < 1e-6, "large logits must not overflow");
+    }
+
+    #[test]
+    fn layer_norm_centres_and_scales_each_row() {
+        let engine = Engine::new(crate::Path::Scalar).unwrap();
+        let ln = Layer::LayerNorm {
+            gamma: vec![1.0; 4],
+            beta: vec![0.5; 4],
+            eps: 1e-5,
+        };
+        let y = ln.apply(&engine, 1, 4, vec![1.0, 2.0, 3.0, 4.0]);
+        let mean = y.iter().sum::<f32>() / 4.0;
+        assert!((mean - 0.5).abs() < 1e-5, "{y:?}");
+    }
+
+    #[test]
+    fn gelu_matches_known_points() {
+        assert_eq!(gelu(0.0), 0.0);
+        assert!((gelu(1.0) - 0.841_192).abs() < 1e-4);
+        assert!(gelu(-10.0).abs() < 1e-6);
+    }
+}
