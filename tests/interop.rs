@@ -194,3 +194,32 @@ fn fio_nbd_engine_random_writes_verify_crc32c() {
     .unwrap();
     assert!(out.contains("err= 0"), "fio reported errors:\n{out}");
 }
+
+#[test]
+fn the_unix_socket_serves_the_same_volume_as_tcp() {
+    let Some(()) = tools(&["nbdinfo", "qemu-io"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nbd.sock");
+    let node = DevNode::start_with(
+        &dir.path().join("data"),
+        "vol0:16MiB",
+        &["--nbd-unix", socket.to_str().unwrap()],
+    )
+    .unwrap();
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x42 0 64k"])
+        .arg(node.uri()))
+    .unwrap();
+    let unix_uri = format!("nbd+unix:///vol0?socket={}", socket.display());
+    let info = run_text(Command::new("nbdinfo").args(["--size", &unix_uri])).unwrap();
+    assert_eq!(info.trim(), "16777216");
+    let out = run_text(
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-c", "read -P 0x42 0 64k"])
+            .arg(&unix_uri),
+    )
+    .unwrap();
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+}

@@ -34,7 +34,10 @@ fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = probe() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {CONVERGE_TIMEOUT_MS} ms waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {CONVERGE_TIMEOUT_MS} ms waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(POLL_MS));
     }
 }
@@ -67,17 +70,32 @@ impl Cluster {
             let nodes = c.ctl(&["node", "list"]).ok()?;
             (nodes.as_array()?.len() == n as usize).then_some(())
         });
-        let pool = c.ctl(&["pool", "create", "default", "--replicas", "3", "--failure-domain", "rack"]);
+        let pool = c.ctl(&[
+            "pool",
+            "create",
+            "default",
+            "--replicas",
+            "3",
+            "--failure-domain",
+            "rack",
+        ]);
         assert!(pool.is_ok(), "create pool: {pool:?}");
         c
     }
 
     fn member(&mut self, id: u64) -> &mut Member {
-        self.members.iter_mut().find(|m| m.id == id).expect("known member")
+        self.members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("known member")
     }
 
     fn spawn(&mut self, id: u64) {
-        let peers: Vec<String> = self.members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect();
+        let peers: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.addr))
+            .collect();
         let extra = self.extra.clone();
         let m = self.member(id);
         let mut cmd = Command::new(workspace_bin("fabricd"));
@@ -87,7 +105,7 @@ impl Cluster {
             .arg(&m.dir)
             .args(["--location", &format!("rack=r{id},host=h{id}")])
             .args(&extra)
-            .env("FABRIC_LOG", "warn")
+            .env("FABRIC_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if id == 1 {
@@ -142,7 +160,10 @@ impl Cluster {
         wait_until("a leader", || {
             let status = self.ctl(&["status"]).ok()?;
             let id = status["leader_id"].as_u64()?;
-            let leader_says = status["nodes"].as_array()?.iter().any(|n| n["id"] == id && n["role"] == "leader");
+            let leader_says = status["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == id && n["role"] == "leader");
             (id != 0 && id != not && leader_says).then_some(id)
         })
     }
@@ -191,12 +212,18 @@ fn leader_killed_during_create_loop_loses_no_acknowledged_create() {
     }
     let new_leader = cluster.leader_other_than(leader);
     assert_ne!(new_leader, leader);
-    assert!(acked.len() >= 30, "most creates succeed across a failover: failed {failed:?}");
+    assert!(
+        acked.len() >= 30,
+        "most creates succeed across a failover: failed {failed:?}"
+    );
 
     let names = cluster.volume_names();
     for name in &acked {
         let copies = names.iter().filter(|n| *n == name).count();
-        assert_eq!(copies, 1, "acknowledged create {name} is present exactly once");
+        assert_eq!(
+            copies, 1,
+            "acknowledged create {name} is present exactly once"
+        );
     }
     let mut dedup = names.clone();
     dedup.dedup();
@@ -227,27 +254,42 @@ fn lagging_member_is_brought_back_by_a_snapshot() {
     let mut cluster = Cluster::start(3, &["--snapshot-logs", "10"]);
     let leader = cluster.leader_other_than(0);
     let lagging = (1..=3).find(|id| *id != leader).unwrap();
-    let before = cluster.member_status(lagging).unwrap()["last_applied_index"].as_u64().unwrap();
+    let before = cluster.member_status(lagging).unwrap()["last_applied_index"]
+        .as_u64()
+        .unwrap();
     cluster.kill9(lagging);
     // Enough writes that the leader snapshots and purges past what the lagging member has.
     let mut i = 0;
-    wait_until("the leader to purge its log past the lagging member", || {
-        for _ in 0..5 {
-            cluster.create(&format!("lag-{i}")).expect("create with one member down");
-            i += 1;
-        }
-        let s = cluster.member_status(cluster.leader_other_than(lagging))?;
-        (s["purged_index"].as_u64()? > before + 1).then_some(())
-    });
-    let target = cluster.member_status(cluster.leader_other_than(lagging)).unwrap()["last_applied_index"]
+    wait_until(
+        "the leader to purge its log past the lagging member",
+        || {
+            for _ in 0..5 {
+                cluster
+                    .create(&format!("lag-{i}"))
+                    .expect("create with one member down");
+                i += 1;
+            }
+            let s = cluster.member_status(cluster.leader_other_than(lagging))?;
+            (s["purged_index"].as_u64()? > before + 1).then_some(())
+        },
+    );
+    let target = cluster
+        .member_status(cluster.leader_other_than(lagging))
+        .unwrap()["last_applied_index"]
         .as_u64()
         .unwrap();
     cluster.spawn(lagging);
-    let status = wait_until("the lagging member to install a snapshot and catch up", || {
-        let s = cluster.member_status(lagging)?;
-        (s["last_applied_index"].as_u64()? >= target).then_some(s)
-    });
-    assert!(status["snapshot_index"].as_u64().unwrap() > before, "caught up through a snapshot: {status}");
+    let status = wait_until(
+        "the lagging member to install a snapshot and catch up",
+        || {
+            let s = cluster.member_status(lagging)?;
+            (s["last_applied_index"].as_u64()? >= target).then_some(s)
+        },
+    );
+    assert!(
+        status["snapshot_index"].as_u64().unwrap() > before,
+        "caught up through a snapshot: {status}"
+    );
     assert_eq!(cluster.volume_names().len(), i);
 }
 
@@ -261,8 +303,15 @@ fn acknowledged_write_survives_kill9_of_every_member() {
     for id in 1..=3 {
         cluster.spawn(id);
     }
-    let names = wait_until("the restarted group to answer", || cluster.ctl(&["volume", "list"]).ok());
-    let names: Vec<&str> = names.as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();
+    let names = wait_until("the restarted group to answer", || {
+        cluster.ctl(&["volume", "list"]).ok()
+    });
+    let names: Vec<&str> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     assert_eq!(names, vec!["survivor"]);
 }
 
@@ -271,13 +320,33 @@ fn bad_requests_are_refused_precisely_and_change_nothing() {
     let cluster = Cluster::start(3, &[]);
     cluster.create("vol-a").expect("create");
     let refused = [
-        (vec!["volume", "create", "vol-a", "--size", "1GiB"], "ALREADY_EXISTS"),
-        (vec!["volume", "create", "vol-b", "--size", "0"], "INVALID_ARGUMENT"),
-        (vec!["volume", "create", "vol-b", "--size", "1000"], "INVALID_ARGUMENT"),
-        (vec!["volume", "create", "vol-b", "--size", "1GiB", "--pool", "nope"], "NOT_FOUND"),
+        (
+            vec!["volume", "create", "vol-a", "--size", "1GiB"],
+            "ALREADY_EXISTS",
+        ),
+        (
+            vec!["volume", "create", "vol-b", "--size", "0"],
+            "INVALID_ARGUMENT",
+        ),
+        (
+            vec!["volume", "create", "vol-b", "--size", "1000"],
+            "INVALID_ARGUMENT",
+        ),
+        (
+            vec![
+                "volume", "create", "vol-b", "--size", "1GiB", "--pool", "nope",
+            ],
+            "NOT_FOUND",
+        ),
         (vec!["volume", "show", "nope"], "NOT_FOUND"),
-        (vec!["volume", "resize", "vol-a", "--size", "4KiB"], "FAILED_PRECONDITION"),
-        (vec!["pool", "create", "wide", "--replicas", "4"], "FAILED_PRECONDITION"),
+        (
+            vec!["volume", "resize", "vol-a", "--size", "4KiB"],
+            "FAILED_PRECONDITION",
+        ),
+        (
+            vec!["pool", "create", "wide", "--replicas", "4"],
+            "FAILED_PRECONDITION",
+        ),
         (vec!["pool", "create", "default"], "ALREADY_EXISTS"),
     ];
     for (args, code) in refused {
@@ -293,14 +362,22 @@ fn bad_requests_are_refused_precisely_and_change_nothing() {
     let leader = cluster.leader_other_than(0);
     let follower = cluster.members.iter().find(|m| m.id != leader).unwrap();
     let v = cluster
-        .ctl_at(&follower.addr, &["volume", "create", "via-follower", "--size", "8MiB"])
+        .ctl_at(
+            &follower.addr,
+            &["volume", "create", "via-follower", "--size", "8MiB"],
+        )
         .expect("forwarded create");
     assert_eq!(v["size_bytes"], 8 << 20);
     let resized = cluster
-        .ctl_at(&follower.addr, &["volume", "resize", "via-follower", "--size", "16MiB"])
+        .ctl_at(
+            &follower.addr,
+            &["volume", "resize", "via-follower", "--size", "16MiB"],
+        )
         .expect("forwarded resize");
     assert_eq!(resized["size_bytes"], 16 << 20);
-    cluster.ctl(&["volume", "delete", "via-follower"]).expect("delete");
+    cluster
+        .ctl(&["volume", "delete", "via-follower"])
+        .expect("delete");
     assert_eq!(cluster.volume_names(), vec!["vol-a"]);
 }
 
@@ -314,8 +391,14 @@ fn status_reports_leader_and_every_member() {
     assert_eq!(nodes.len(), 3);
     for n in nodes {
         assert!(n["pid"].as_u64().unwrap() > 0, "{n}");
-        assert!(n["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{n}");
-        assert!(["leader", "follower"].contains(&n["role"].as_str().unwrap()), "{n}");
+        assert!(
+            n["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{n}"
+        );
+        assert!(
+            ["leader", "follower"].contains(&n["role"].as_str().unwrap()),
+            "{n}"
+        );
         assert!(n["last_applied_index"].as_u64().unwrap() > 0, "{n}");
     }
 }
@@ -324,7 +407,8 @@ fn status_reports_leader_and_every_member() {
 fn dev_with_three_nodes_forms_a_group_with_a_default_pool_and_still_serves_nbd() {
     let dir = tempfile::tempdir().unwrap();
     // `start_with` returns once NBD listens, which is after the group formed.
-    let mut dev = fabric_suite::DevNode::start_with(dir.path(), "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
+    let mut dev = fabric_suite::DevNode::start_with(dir.path(), "vol0:64MiB", &["--nodes", "3"])
+        .expect("start dev");
     let ctl = |args: &[&str]| {
         let out = Command::new(workspace_bin("fabricctl"))
             .arg("--json")
@@ -333,7 +417,11 @@ fn dev_with_three_nodes_forms_a_group_with_a_default_pool_and_still_serves_nbd()
             .args(args)
             .output()
             .expect("run fabricctl");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     let status = ctl(&["status"]);
@@ -341,6 +429,9 @@ fn dev_with_three_nodes_forms_a_group_with_a_default_pool_and_still_serves_nbd()
     let pools = ctl(&["pool", "list"]);
     assert_eq!(pools[0]["name"], "default");
     assert_eq!(pools[0]["replicas"], 3);
-    assert!(std::net::TcpStream::connect(dev.addr).is_ok(), "NBD still served");
+    assert!(
+        std::net::TcpStream::connect(dev.addr).is_ok(),
+        "NBD still served"
+    );
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }

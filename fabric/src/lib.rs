@@ -1,1 +1,16 @@
-//! Fabric control plane.
+//! Fabric's control plane and the `fabricd` daemon.
+//!
+//! - [`dev`]: `fabricd dev`, a local node serving volumes over NBD from one data directory.
+//! - [`config`]: raw command-line input in, validated configuration out.
+//! - [`meta`]: Raft-replicated cluster metadata (openraft + sled + tonic).
+//! - [`node`]: `fabricd node`, one metadata member as its own process.
+
+pub mod config;
+pub mod dev;
+pub mod meta;
+pub mod node;
+
+/// Exit code for an environmental stop: the data directory is held by another process.
+pub const EXIT_DATA_DIR_LOCKED: i32 = 3;
+/// Exit code for invalid configuration.
+pub const EXIT_BAD_CONFIG: i32 = 2;

@@ -1,0 +1,116 @@
+//! The one versioned command enum: every change of the cluster state is exactly one [`Command`],
+//! proposed through Raft and applied by [`crate::meta::state::ClusterState::apply`].
+//!
+//! Commands are stored in the replicated log, so their encoding is forever: a new version of a
+//! command is a new variant (or a new `V2` enum), never a changed one. Everything `apply` needs
+//! travels inside the command (a heartbeat carries its own timestamp), which keeps apply
+//! deterministic on every member.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{
+    Attachment, NodeId, NodeRecord, NodeRegistration, Pool, PoolSpec, Volume, VolumeSpec,
+};
+
+/// A change of the cluster state, tagged with the version of its encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    V1(CommandV1),
+}
+
+/// Version 1 of the commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandV1 {
+    /// A node announces (or re-announces) its addresses, location and disks.
+    RegisterNode(NodeRegistration),
+    /// A node is alive at `at_ms` (wall clock of the proposer).
+    Heartbeat {
+        node: NodeId,
+        at_ms: u64,
+    },
+    CreatePool(PoolSpec),
+    CreateVolume(VolumeSpec),
+    ResizeVolume {
+        name: String,
+        size_bytes: u64,
+    },
+    DeleteVolume {
+        name: String,
+    },
+    /// Grants a new fencing epoch to `client`; `force` takes the volume from another holder.
+    AttachVolume {
+        name: String,
+        client: String,
+        force: bool,
+    },
+}
+
+impl From<CommandV1> for Command {
+    fn from(c: CommandV1) -> Self {
+        Command::V1(c)
+    }
+}
+
+/// What a successfully applied command produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Membership changes and blank entries carry no result.
+    Nothing,
+    Node(NodeRecord),
+    Pool(Pool),
+    Volume(Volume),
+    Deleted,
+    Attached {
+        volume: String,
+        attachment: Attachment,
+    },
+}
+
+/// Why a command changed nothing. Deterministic: every member refuses the same command alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+/// The state machine's answer to one log entry.
+pub type Outcome = Result<Applied, CommandError>;
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Command::V1(c) = self;
+        match c {
+            CommandV1::RegisterNode(r) => write!(f, "register node {} at {}", r.id, r.rpc_addr),
+            CommandV1::Heartbeat { node, at_ms } => {
+                write!(f, "heartbeat of node {node} at {at_ms} ms")
+            }
+            CommandV1::CreatePool(p) => write!(f, "create pool {}", p.name),
+            CommandV1::CreateVolume(v) => write!(
+                f,
+                "create volume {} ({} bytes) in {}",
+                v.name, v.size_bytes, v.pool
+            ),
+            CommandV1::ResizeVolume { name, size_bytes } => {
+                write!(f, "resize volume {name} to {size_bytes} bytes")
+            }
+            CommandV1::DeleteVolume { name } => write!(f, "delete volume {name}"),
+            CommandV1::AttachVolume {
+                name,
+                client,
+                force,
+            } => {
+                write!(
+                    f,
+                    "attach volume {name} to {client}{}",
+                    if *force { " (force)" } else { "" }
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! One running member of the metadata group: the Raft handle, the state machine, and the two
+//! entry points the services use — [`Member::write`] (one command through the log) and
+//! [`Member::read`] (a linearizable query) — which run on the leader, forwarding one hop from a
+//! follower.
+
+use std::time::Duration;
+
+use openraft::ReadPolicy;
+
+use super::command::{Applied, Command, CommandError};
+use super::net::client::PeerChannels;
+use super::net::forward::{ForwardReply, ForwardRequest};
+use super::net::{FORWARD_DEADLINE_MS, MESSAGE_BYTES_MAX};
+use super::query::{Query, QueryReply, evaluate};
+use super::store::StateMachineStore;
+use super::types::Raft;
+
+/// How long a write may wait to be committed and applied before the caller is told to retry.
+pub const WRITE_DEADLINE_MS: u64 = 10_000;
+/// How long a linearizable read may wait for the leader to confirm its leadership.
+pub const READ_DEADLINE_MS: u64 = 10_000;
+
+/// Why a write or read did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The state machine refused the command; nothing changed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// No leader could take the request now; retrying later (or elsewhere) may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A running member.
+pub struct Member {
+    pub id: u64,
+    pub rpc_addr: String,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub peers: PeerChannels,
+}
+
+impl Member {
+    /// A copy of this member's current Raft metrics (role, leader, log progress, membership).
+    pub fn metrics(&self) -> openraft::RaftMetrics<super::types::TypeConfig> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Proposes `command` and returns what applying it produced and its log index.
+    pub async fn write(&self, command: Command) -> Result<(Applied, u64), MetaError> {
+        let reply = self.write_local(command.clone()).await;
+        let reply = self
+            .forward_if_follower(reply, ForwardRequest::Write(command))
+            .await?;
+        match reply {
+            ForwardReply::Written { outcome, log_index } => Ok((outcome?, log_index)),
+            other => Err(MetaError::Unavailable(format!(
+                "unexpected reply to a write: {other:?}"
+            ))),
+        }
+    }
+
+    /// Answers `query` from state that includes every write acknowledged before the call.
+    pub async fn read(&self, query: Query) -> Result<QueryReply, MetaError> {
+        let reply = self.read_local(&query).await;
+        match self
+            .forward_if_follower(reply, ForwardRequest::Read(query))
+            .await?
+        {
+            ForwardReply::Read(r) => Ok(r),
+            other => Err(MetaError::Unavailable(format!(
+                "unexpected reply to a read: {other:?}"
+            ))),
+        }
+    }
+
+    async fn forward_if_follower(
+        &self,
+        reply: ForwardReply,
+        request: ForwardRequest,
+    ) -> Result<ForwardReply, MetaError> {
+        match reply {
+            ForwardReply::NotLeader {
+                leader: Some((id, addr)),
+            } if id != self.id => {
+                let reply = self.forward(&addr, &request).await?;
+                match reply {
+                    ForwardReply::NotLeader { .. } => Err(MetaError::Unavailable(format!(
+                        "leader changed while forwarding to {id}"
+                    ))),
+                    ForwardReply::Unavailable(m) => Err(MetaError::Unavailable(m)),
+                    other => Ok(other),
+                }
+            }
+            ForwardReply::NotLeader { .. } => {
+                Err(MetaError::Unavailable("no leader elected yet".into()))
+            }
+            ForwardReply::Unavailable(m) => Err(MetaError::Unavailable(m)),
+            other => Ok(other),
+        }
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        request: &ForwardRequest,
+    ) -> Result<ForwardReply, MetaError> {
+        let unavailable =
+            |e: String| MetaError::Unavailable(format!("forward to leader at {addr}: {e}"));
+        let mut client = self
+            .peers
+            .raft_client(addr)
+            .map_err(|e| unavailable(e.to_string()))?
+            .max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let data = serde_json::to_vec(request).map_err(|e| unavailable(e.to_string()))?;
+        let mut req = tonic::Request::new(proto::raft::RaftPayload { data });
+        req.set_timeout(Duration::from_millis(FORWARD_DEADLINE_MS));
+        let reply = client
+            .forward(req)
+            .await
+            .map_err(|s| unavailable(s.message().to_string()))?;
+        serde_json::from_slice(&reply.into_inner().data).map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// Proposes `command` on this member, which must be the leader. Never forwards.
+    pub async fn write_local(&self, command: Command) -> ForwardReply {
+        let write = self.raft.client_write(command);
+        match tokio::time::timeout(Duration::from_millis(WRITE_DEADLINE_MS), write).await {
+            Err(_) => {
+                ForwardReply::Unavailable(format!("not committed within {WRITE_DEADLINE_MS} ms"))
+            }
+            Ok(Ok(resp)) => ForwardReply::Written {
+                outcome: resp.data,
+                log_index: resp.log_id.index(),
+            },
+            Ok(Err(e)) => match e.forward_to_leader() {
+                Some(f) => ForwardReply::NotLeader {
+                    leader: f
+                        .leader_id
+                        .zip(f.leader_node.as_ref())
+                        .map(|(id, node)| (id, node.rpc_addr.clone())),
+                },
+                None => ForwardReply::Unavailable(e.to_string()),
+            },
+        }
+    }
+
+    /// Answers `query` on this member after confirming leadership (read index). Never forwards.
+    pub async fn read_local(&self, query: &Query) -> ForwardReply {
+        let confirm = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(Duration::from_millis(READ_DEADLINE_MS), confirm).await {
+            Err(_) => ForwardReply::Unavailable(format!(
+                "leadership not confirmed within {READ_DEADLINE_MS} ms"
+            )),
+            Ok(Ok(_)) => ForwardReply::Read(self.sm.read(|state, _| evaluate(state, query))),
+            Ok(Err(e)) => match e.forward_to_leader() {
+                Some(f) => ForwardReply::NotLeader {
+                    leader: f
+                        .leader_id
+                        .zip(f.leader_node.as_ref())
+                        .map(|(id, node)| (id, node.rpc_addr.clone())),
+                },
+                None => ForwardReply::Unavailable(e.to_string()),
+            },
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Raft-replicated cluster metadata: nodes, pools, volumes, PG maps and fencing epochs.
+//!
+//! Start with [`command`] (the one versioned enum of changes) and [`state`] (the pure,
+//! deterministic apply). Around that core:
+//!
+//! - [`model`]: domain types; [`query`]: reads of the state; [`pgmap`]: the placement seam.
+//! - [`types`]: the openraft type configuration.
+//! - [`store`]: the log and vote in sled (fsynced), the state machine with durable snapshots.
+//! - [`net`]: Raft over gRPC (cached channel per peer, chunked snapshots, leader forwarding).
+//! - [`member`]: a running member, where writes and linearizable reads enter.
+//! - [`service`]: the metadata gRPC service, with wire ↔ domain conversion at its edge.
+//! - [`server`]: starting a member: storage, Raft, gRPC server, bootstrap, registration.
+//! - [`client`]: the client `fabricctl`, the dev launcher and the benchmark use.
+//! - [`launch`]: `fabricd dev --nodes N`, a local group of child processes.
+//!
+//! Architecture invariant: prost types never cross into [`state`], [`command`] or [`model`].
+
+pub mod client;
+pub mod command;
+pub mod launch;
+pub mod member;
+pub mod model;
+pub mod net;
+pub mod pgmap;
+pub mod query;
+pub mod server;
+pub mod service;
+pub mod state;
+#[cfg(test)]
+mod state_sim_test;
+pub mod store;
+pub mod types;

@@ -1,0 +1,176 @@
+//! The cluster's domain types: nodes, locations, pools, rules, volumes and attachments.
+//!
+//! These are what the state machine stores and what the rest of the daemon reasons about. They are
+//! not wire types: the gRPC edge (`service::convert`) converts to and from `proto::meta`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id; the same id names its Raft member.
+pub type NodeId = u64;
+
+/// Smallest unit of volume size: sizes are multiples of it.
+pub const VOLUME_BLOCK_BYTES: u64 = 4096;
+/// Extent size used when a create does not name one.
+pub const EXTENT_SIZE_DEFAULT_BYTES: u64 = 4 << 20;
+/// Largest extent size a pool accepts.
+pub const EXTENT_SIZE_MAX_BYTES: u64 = 1 << 30;
+/// Largest volume size accepted (1 PiB).
+pub const VOLUME_SIZE_MAX_BYTES: u64 = 1 << 50;
+/// Largest number of placement groups in one pool.
+pub const PG_COUNT_MAX: u32 = 65_536;
+/// Longest name of a pool or volume, in bytes.
+pub const NAME_LEN_MAX: usize = 128;
+/// Most replicas a rule may ask for.
+pub const REPLICAS_MAX: u32 = 16;
+
+const _: () = assert!(EXTENT_SIZE_DEFAULT_BYTES.is_multiple_of(VOLUME_BLOCK_BYTES));
+const _: () = assert!(EXTENT_SIZE_DEFAULT_BYTES <= EXTENT_SIZE_MAX_BYTES);
+
+/// Where a node sits in the fault-domain hierarchy, widest level first
+/// (for example `row=r1,rack=r7,host=h3`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Location {
+    pub levels: Vec<(String, String)>,
+}
+
+impl Location {
+    /// The name of this location at `level`, if the location has that level.
+    pub fn at(&self, level: &str) -> Option<&str> {
+        self.levels
+            .iter()
+            .find(|(l, _)| l == level)
+            .map(|(_, n)| n.as_str())
+    }
+
+    /// Whether every `level=name` pair of `filter` is part of this location.
+    pub fn matches(&self, filter: &[(String, String)]) -> bool {
+        filter.iter().all(|(l, n)| self.at(l) == Some(n.as_str()))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .levels
+            .iter()
+            .map(|(l, n)| format!("{l}={n}"))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A disk a node offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    pub name: String,
+    pub capacity_bytes: u64,
+}
+
+/// Whether a node answers heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    Up,
+    Down,
+}
+
+/// Whether a node takes part in placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Participation {
+    In,
+    Out,
+}
+
+/// What a node says about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub id: NodeId,
+    pub rpc_addr: String,
+    pub data_addr: String,
+    pub location: Location,
+    pub disks: Vec<DiskInfo>,
+}
+
+/// A node as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub registration: NodeRegistration,
+    pub health: Health,
+    pub participation: Participation,
+    pub draining: bool,
+    /// Wall-clock milliseconds of the last heartbeat, as stamped by the proposer.
+    pub last_heartbeat_ms: u64,
+}
+
+/// Placement rule of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub replicas: u32,
+    pub min_replicas: u32,
+    /// Level of the hierarchy no two replicas may share (`rack`, `host`, ...).
+    pub failure_domain: String,
+    /// Only nodes whose location has all of these pairs.
+    pub tag_filter: Vec<(String, String)>,
+}
+
+/// A pool as requested.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    pub name: String,
+    pub rule: Rule,
+    pub pg_count: u32,
+}
+
+/// The ordered replica list of every placement group of a pool, at one epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgMap {
+    pub epoch: u64,
+    /// `pgs[pg]` lists node ids, primary first.
+    pub pgs: Vec<Vec<NodeId>>,
+}
+
+/// A pool as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub spec: PoolSpec,
+    pub map: PgMap,
+}
+
+/// A volume as requested.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub pool: String,
+    pub size_bytes: u64,
+    pub extent_size_bytes: u64,
+    /// Names this create across client retries; empty when the client does not retry.
+    pub request_id: String,
+}
+
+/// Who holds a volume, and with which fencing epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub client: String,
+    pub epoch: u64,
+}
+
+/// A volume as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: u64,
+    pub spec: VolumeSpec,
+    /// Highest attach epoch ever granted; the next attach gets a higher one.
+    pub attach_epoch: u64,
+    pub attachment: Option<Attachment>,
+}
+
+/// Epochs that drivers and agents follow, as pushed by the watch stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epochs {
+    pub applied_index: u64,
+    /// Advances on every change of the cluster state.
+    pub cluster_epoch: u64,
+    pub pools: BTreeMap<String, u64>,
+    pub volumes: BTreeMap<String, u64>,
+}

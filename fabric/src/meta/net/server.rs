@@ -1,0 +1,125 @@
+//! The receiving side of the Raft transport: decodes a peer's request, hands it to openraft (or
+//! to the local member for forwarded requests) and encodes the result. Errors travel inside the
+//! payload as text, so a transport failure and a Raft-level refusal stay distinguishable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::raft::raft_service_server::RaftService;
+use proto::raft::{RaftPayload, SnapshotChunk};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::SNAPSHOT_BYTES_MAX;
+use super::forward::ForwardRequest;
+use crate::meta::member::Member;
+use crate::meta::types::{Snapshot, SnapshotMeta, Vote};
+
+/// How long the receiver waits for the next snapshot chunk.
+pub const SNAPSHOT_CHUNK_DEADLINE_MS: u64 = 10_000;
+
+/// Serves the Raft transport of one member.
+pub struct RaftTransport {
+    pub member: Arc<Member>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
+    serde_json::from_slice(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("decode: {e}")))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = serde_json::to_vec(value).map_err(|e| Status::internal(format!("encode: {e}")))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftTransport {
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let res = self
+            .member
+            .raft
+            .vote(decode(req)?)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&res)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let res = self
+            .member
+            .raft
+            .pre_vote(decode(req)?)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&res)
+    }
+
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let res = self
+            .member
+            .raft
+            .append_entries(decode(req)?)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&res)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = req.into_inner();
+        let chunk_deadline = Duration::from_millis(SNAPSHOT_CHUNK_DEADLINE_MS);
+        let mut header: Option<(Vote, SnapshotMeta)> = None;
+        let mut data = Vec::new();
+        loop {
+            let next = tokio::time::timeout(chunk_deadline, stream.message())
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "no snapshot chunk within {chunk_deadline:?}"
+                    ))
+                })??;
+            let Some(chunk) = next else { break };
+            if !chunk.header.is_empty() {
+                if header.is_some() {
+                    return Err(Status::invalid_argument("snapshot header sent twice"));
+                }
+                header = Some(
+                    serde_json::from_slice(&chunk.header)
+                        .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?,
+                );
+            }
+            if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot larger than {SNAPSHOT_BYTES_MAX} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let (vote, meta) =
+            header.ok_or_else(|| Status::invalid_argument("snapshot without header"))?;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: data,
+        };
+        let res = self
+            .member
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&res)
+    }
+
+    async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let reply_value = match decode::<ForwardRequest>(req)? {
+            ForwardRequest::Write(command) => self.member.write_local(command).await,
+            ForwardRequest::Read(query) => self.member.read_local(&query).await,
+        };
+        reply(&reply_value)
+    }
+}

@@ -1,0 +1,305 @@
+//! Starting and stopping one member: open the store, build Raft, serve the Raft transport and
+//! the metadata API on one gRPC listener, bootstrap or join the group, and register the node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Config, SnapshotPolicy};
+use proto::meta::metadata_server::MetadataServer;
+use proto::raft::raft_service_server::RaftServiceServer;
+use tokio::task::JoinHandle;
+
+use super::client::Client;
+use super::command::CommandV1;
+use super::member::Member;
+use super::model::{DiskInfo, Location, NodeRegistration};
+use super::net::MESSAGE_BYTES_MAX;
+use super::net::client::{NetworkFactory, PeerChannels};
+use super::net::server::RaftTransport;
+use super::service::MetadataService;
+use super::types::{MemberNode, Raft};
+
+/// How often a member retries registering itself until it succeeds.
+pub const REGISTER_RETRY_MS: u64 = 500;
+/// How often a registered node proposes a heartbeat.
+pub const NODE_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+
+/// Raft timing and snapshot knobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTuning {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is built after this many applied entries; as many entries are kept behind it.
+    pub snapshot_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 750,
+            election_timeout_max_ms: 1_500,
+            snapshot_logs: 5_000,
+        }
+    }
+}
+
+/// How a member comes to be part of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Formation {
+    /// Start (or restart) as a member of whatever group the store records.
+    Existing,
+    /// On a fresh store, initialize a new group with these voters (id → rpc address).
+    Bootstrap(BTreeMap<u64, String>),
+    /// On a fresh store, ask the group reachable at this address to add this member as a
+    /// learner and then promote it to voter.
+    Join(String),
+}
+
+/// Validated configuration of one member.
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    pub id: u64,
+    /// The member's own directory.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub data_addr: String,
+    pub location: Location,
+    pub disks: Vec<DiskInfo>,
+    pub formation: Formation,
+    pub tuning: RaftTuning,
+}
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("open metadata store in {dir}: {source}")]
+    Store {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    #[error("start raft: {0}")]
+    Raft(String),
+}
+
+/// A member that is running; [`RunningMember::stop`] shuts it down.
+pub struct RunningMember {
+    pub member: Arc<Member>,
+    pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Starts a member and returns once it serves gRPC.
+pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
+    let meta_dir = cfg.data_dir.join("meta");
+    let (log, sm) = super::store::open(&meta_dir)
+        .await
+        .map_err(|source| StartError::Store {
+            dir: meta_dir.clone(),
+            source,
+        })?;
+    let t = &cfg.tuning;
+    let config = Config {
+        cluster_name: "fabric-meta".into(),
+        heartbeat_interval: t.heartbeat_interval_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_logs),
+        max_in_snapshot_log_to_keep: t.snapshot_logs,
+        // The state machine is rebuilt from the log and the committed index is not fsynced, so
+        // a restarted leader must win a new election (and commit in its new term) before it
+        // serves reads; restoring leadership directly could serve a stale state machine.
+        enable_leader_restore: Some(false),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    let channels = PeerChannels::default();
+    let network = NetworkFactory {
+        channels: channels.clone(),
+    };
+    let raft = Raft::new(cfg.id, Arc::new(config), network, log, sm.clone())
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let member = Arc::new(Member {
+        id: cfg.id,
+        rpc_addr: addr.to_string(),
+        raft: raft.clone(),
+        sm,
+        peers: channels,
+    });
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let transport = RaftServiceServer::new(RaftTransport {
+        member: Arc::clone(&member),
+    })
+    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let metadata = MetadataServer::new(MetadataService {
+        member: Arc::clone(&member),
+    })
+    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(transport)
+            .add_service(metadata)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            }),
+    );
+
+    form_group(&raft, &cfg, &addr).await?;
+    let registration = NodeRegistration {
+        id: cfg.id,
+        rpc_addr: addr.to_string(),
+        data_addr: cfg.data_addr.clone(),
+        location: cfg.location.clone(),
+        disks: cfg.disks.clone(),
+    };
+    let background = vec![tokio::spawn(register_and_heartbeat(
+        Arc::clone(&member),
+        registration,
+        stop_tx.subscribe(),
+    ))];
+    Ok(RunningMember {
+        member,
+        addr,
+        stop: stop_tx,
+        server,
+        background,
+    })
+}
+
+async fn form_group(raft: &Raft, cfg: &MemberConfig, addr: &SocketAddr) -> Result<(), StartError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    match &cfg.formation {
+        Formation::Existing => {}
+        Formation::Bootstrap(voters) => {
+            let mut members: BTreeMap<u64, MemberNode> = voters
+                .iter()
+                .map(|(id, a)| {
+                    (
+                        *id,
+                        MemberNode {
+                            rpc_addr: a.clone(),
+                        },
+                    )
+                })
+                .collect();
+            members.entry(cfg.id).or_insert(MemberNode {
+                rpc_addr: addr.to_string(),
+            });
+            raft.initialize(members)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::info!(id = cfg.id, "bootstrapped a new metadata group");
+        }
+        Formation::Join(seed) => {
+            let client = Client::new(vec![seed.clone()]);
+            let (id, rpc_addr) = (cfg.id, addr.to_string());
+            tokio::spawn(async move {
+                match client.join(id, &rpc_addr).await {
+                    Ok(()) => tracing::info!(id, "joined the metadata group as a voter"),
+                    Err(e) => tracing::error!(id, error = %e, "could not join the metadata group"),
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Registers the node (retrying until a leader accepts it), then proposes heartbeats.
+async fn register_and_heartbeat(
+    member: Arc<Member>,
+    registration: NodeRegistration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let id = registration.id;
+    let mut registered = false;
+    loop {
+        let wait = if registered {
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let _ = member
+                .write(CommandV1::Heartbeat { node: id, at_ms }.into())
+                .await;
+            NODE_HEARTBEAT_INTERVAL_MS
+        } else {
+            let already = member.sm.read(|s, _| {
+                s.nodes
+                    .get(&id)
+                    .is_some_and(|n| n.registration == registration)
+            });
+            registered = already
+                || match member
+                    .write(CommandV1::RegisterNode(registration.clone()).into())
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(id, "node registered");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(id, error = %e, "registration not accepted yet");
+                        false
+                    }
+                };
+            if registered {
+                NODE_HEARTBEAT_INTERVAL_MS
+            } else {
+                REGISTER_RETRY_MS
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+impl RunningMember {
+    /// Stops serving, then shuts Raft down.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for b in self.background {
+            b.abort();
+        }
+        let _ = self.server.await;
+        if let Err(e) = self.member.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}

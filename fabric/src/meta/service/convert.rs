@@ -1,0 +1,306 @@
+//! The gRPC edge: wire types (`proto::meta`) in and out of domain types. `TryFrom` is where bad
+//! input is refused with `INVALID_ARGUMENT`, before anything is proposed; rules that depend on
+//! the cluster state (duplicates, unknown pools, unsatisfiable rules) are the state machine's.
+
+use proto::meta as pb;
+use tonic::Status;
+
+use crate::meta::command::CommandError;
+use crate::meta::member::MetaError;
+use crate::meta::model::{
+    Attachment, DiskInfo, EXTENT_SIZE_DEFAULT_BYTES, Epochs, Health, Location, NodeRecord,
+    NodeRegistration, Participation, Pool, PoolSpec, Rule, VOLUME_BLOCK_BYTES, Volume, VolumeSpec,
+};
+
+/// The gRPC status of a failed write or read.
+pub fn status_of(e: MetaError) -> Status {
+    match e {
+        MetaError::Command(CommandError::AlreadyExists(m)) => {
+            Status::already_exists(format!("{m} already exists"))
+        }
+        MetaError::Command(CommandError::NotFound(m)) => {
+            Status::not_found(format!("{m} not found"))
+        }
+        MetaError::Command(CommandError::InvalidArgument(m)) => Status::invalid_argument(m),
+        MetaError::Command(CommandError::FailedPrecondition(m)) => Status::failed_precondition(m),
+        MetaError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+fn check_size(what: &str, size_bytes: u64) -> Result<(), Status> {
+    if size_bytes == 0 {
+        return Err(Status::invalid_argument(format!("{what} must not be zero")));
+    }
+    if !size_bytes.is_multiple_of(VOLUME_BLOCK_BYTES) {
+        return Err(Status::invalid_argument(format!(
+            "{what} {size_bytes} is not a multiple of {VOLUME_BLOCK_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} name is empty")));
+    }
+    Ok(())
+}
+
+fn levels_in(levels: Vec<pb::LocationLevel>) -> Result<Vec<(String, String)>, Status> {
+    levels
+        .into_iter()
+        .map(|l| {
+            if l.level.is_empty() || l.name.is_empty() {
+                Err(Status::invalid_argument(
+                    "location levels need a level and a name",
+                ))
+            } else {
+                Ok((l.level, l.name))
+            }
+        })
+        .collect()
+}
+
+fn levels_out(levels: &[(String, String)]) -> Vec<pb::LocationLevel> {
+    levels
+        .iter()
+        .map(|(level, name)| pb::LocationLevel {
+            level: level.clone(),
+            name: name.clone(),
+        })
+        .collect()
+}
+
+impl TryFrom<pb::CreateVolumeRequest> for VolumeSpec {
+    type Error = Status;
+
+    fn try_from(r: pb::CreateVolumeRequest) -> Result<Self, Status> {
+        let pb::CreateVolumeRequest {
+            name,
+            pool,
+            size_bytes,
+            extent_size_bytes,
+            request_id,
+        } = r;
+        check_name("volume", &name)?;
+        check_name("pool", &pool)?;
+        check_size("size", size_bytes)?;
+        let extent_size_bytes = if extent_size_bytes == 0 {
+            EXTENT_SIZE_DEFAULT_BYTES
+        } else {
+            check_size("extent size", extent_size_bytes)?;
+            extent_size_bytes
+        };
+        Ok(VolumeSpec {
+            name,
+            pool,
+            size_bytes,
+            extent_size_bytes,
+            request_id,
+        })
+    }
+}
+
+impl TryFrom<pb::CreatePoolRequest> for PoolSpec {
+    type Error = Status;
+
+    fn try_from(r: pb::CreatePoolRequest) -> Result<Self, Status> {
+        let pb::CreatePoolRequest {
+            name,
+            rule,
+            pg_count,
+        } = r;
+        check_name("pool", &name)?;
+        let pb::Rule {
+            replicas,
+            min_replicas,
+            failure_domain,
+            tag_filter,
+        } = rule.ok_or_else(|| Status::invalid_argument("pool needs a rule"))?;
+        if replicas == 0 {
+            return Err(Status::invalid_argument("replicas must not be zero"));
+        }
+        if pg_count == 0 {
+            return Err(Status::invalid_argument("pg_count must not be zero"));
+        }
+        if failure_domain.is_empty() {
+            return Err(Status::invalid_argument("failure domain level is empty"));
+        }
+        Ok(PoolSpec {
+            name,
+            rule: Rule {
+                replicas,
+                // Zero asks for the default: a majority of the replicas.
+                min_replicas: if min_replicas == 0 {
+                    replicas / 2 + 1
+                } else {
+                    min_replicas
+                },
+                failure_domain,
+                tag_filter: levels_in(tag_filter)?,
+            },
+            pg_count,
+        })
+    }
+}
+
+impl TryFrom<pb::RegisterNodeRequest> for NodeRegistration {
+    type Error = Status;
+
+    fn try_from(r: pb::RegisterNodeRequest) -> Result<Self, Status> {
+        let pb::RegisterNodeRequest {
+            id,
+            rpc_addr,
+            data_addr,
+            location,
+            disks,
+        } = r;
+        if id == 0 {
+            return Err(Status::invalid_argument("node id must not be zero"));
+        }
+        if rpc_addr.is_empty() {
+            return Err(Status::invalid_argument("node needs an rpc address"));
+        }
+        Ok(NodeRegistration {
+            id,
+            rpc_addr,
+            data_addr,
+            location: Location {
+                levels: levels_in(location.map(|l| l.levels).unwrap_or_default())?,
+            },
+            disks: disks
+                .into_iter()
+                .map(|d| DiskInfo {
+                    name: d.name,
+                    capacity_bytes: d.capacity_bytes,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Checks the new size of a resize.
+pub fn resize_in(r: pb::ResizeVolumeRequest) -> Result<(String, u64), Status> {
+    check_name("volume", &r.name)?;
+    check_size("size", r.size_bytes)?;
+    Ok((r.name, r.size_bytes))
+}
+
+impl From<&NodeRecord> for pb::Node {
+    fn from(n: &NodeRecord) -> Self {
+        let r = &n.registration;
+        pb::Node {
+            id: r.id,
+            rpc_addr: r.rpc_addr.clone(),
+            data_addr: r.data_addr.clone(),
+            location: Some(pb::Location {
+                levels: levels_out(&r.location.levels),
+            }),
+            disks: r
+                .disks
+                .iter()
+                .map(|d| pb::Disk {
+                    name: d.name.clone(),
+                    capacity_bytes: d.capacity_bytes,
+                })
+                .collect(),
+            health: match n.health {
+                Health::Up => "up",
+                Health::Down => "down",
+            }
+            .into(),
+            membership: match n.participation {
+                Participation::In => "in",
+                Participation::Out => "out",
+            }
+            .into(),
+            draining: n.draining,
+            last_heartbeat_ms: n.last_heartbeat_ms,
+        }
+    }
+}
+
+impl From<&Pool> for pb::Pool {
+    fn from(p: &Pool) -> Self {
+        let rule = &p.spec.rule;
+        pb::Pool {
+            name: p.spec.name.clone(),
+            rule: Some(pb::Rule {
+                replicas: rule.replicas,
+                min_replicas: rule.min_replicas,
+                failure_domain: rule.failure_domain.clone(),
+                tag_filter: levels_out(&rule.tag_filter),
+            }),
+            pg_count: p.spec.pg_count,
+            map_epoch: p.map.epoch,
+            pgs: p
+                .map
+                .pgs
+                .iter()
+                .enumerate()
+                .map(|(pg, replicas)| pb::PlacementGroup {
+                    pg: pg as u32,
+                    replicas: replicas.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&Volume> for pb::Volume {
+    fn from(v: &Volume) -> Self {
+        pb::Volume {
+            id: v.id,
+            name: v.spec.name.clone(),
+            pool: v.spec.pool.clone(),
+            size_bytes: v.spec.size_bytes,
+            extent_size_bytes: v.spec.extent_size_bytes,
+            state: if v.attachment.is_some() {
+                "attached"
+            } else {
+                "available"
+            }
+            .into(),
+            attach_epoch: v.attach_epoch,
+            attached_to: v
+                .attachment
+                .as_ref()
+                .map(|a| a.client.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The wire form of an attachment.
+pub fn attachment_out(volume: &str, a: &Attachment) -> pb::Attachment {
+    pb::Attachment {
+        volume: volume.to_string(),
+        client: a.client.clone(),
+        attach_epoch: a.epoch,
+    }
+}
+
+impl From<&Epochs> for pb::WatchEvent {
+    fn from(e: &Epochs) -> Self {
+        pb::WatchEvent {
+            applied_index: e.applied_index,
+            cluster_epoch: e.cluster_epoch,
+            pools: e
+                .pools
+                .iter()
+                .map(|(name, epoch)| pb::PoolEpoch {
+                    name: name.clone(),
+                    map_epoch: *epoch,
+                })
+                .collect(),
+            volumes: e
+                .volumes
+                .iter()
+                .map(|(name, epoch)| pb::VolumeEpoch {
+                    name: name.clone(),
+                    attach_epoch: *epoch,
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The metadata gRPC service (`proto::meta::Metadata`) of one member. Each handler converts the
+//! request at the edge ([`convert`]), runs one write or linearizable read through
+//! [`Member`], and converts the answer back.
+
+pub mod convert;
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use openraft::ServerState;
+use proto::meta as pb;
+use proto::meta::metadata_server::Metadata;
+use tonic::{Request, Response, Status};
+
+use self::convert::{attachment_out, resize_in, status_of};
+use super::command::{Applied, CommandV1};
+use super::member::Member;
+use super::model::{NodeRegistration, PoolSpec, VolumeSpec};
+use super::query::{Query, QueryReply};
+use super::types::MemberNode;
+
+/// Serves the metadata API of one member.
+pub struct MetadataService {
+    pub member: Arc<Member>,
+}
+
+impl MetadataService {
+    async fn write(&self, command: CommandV1) -> Result<Applied, Status> {
+        self.member
+            .write(command.into())
+            .await
+            .map(|(a, _)| a)
+            .map_err(status_of)
+    }
+
+    async fn read(&self, query: Query) -> Result<QueryReply, Status> {
+        self.member.read(query).await.map_err(status_of)
+    }
+
+    fn members(&self) -> Vec<pb::Member> {
+        let metrics = self.member.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                id: *id,
+                rpc_addr: node.rpc_addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::internal(format!("unexpected result of {what}"))
+}
+
+/// The name of a Raft role, as `status` reports it.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[tonic::async_trait]
+impl Metadata for MetadataService {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let m = self.member.metrics();
+        Ok(Response::new(pb::NodeStatus {
+            id: self.member.id,
+            rpc_addr: self.member.rpc_addr.clone(),
+            pid: std::process::id(),
+            role: role_name(m.state).into(),
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            last_applied_index: m.last_applied.as_ref().map_or(0, |l| l.index()),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index()),
+            members: self.members(),
+            purged_index: m.purged.as_ref().map_or(0, |l| l.index()),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesReply>, Status> {
+        match self.read(Query::Nodes).await? {
+            QueryReply::Nodes(nodes) => Ok(Response::new(pb::ListNodesReply {
+                nodes: nodes.iter().map(pb::Node::from).collect(),
+            })),
+            _ => Err(unexpected("list nodes")),
+        }
+    }
+
+    async fn register_node(
+        &self,
+        req: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let reg = NodeRegistration::try_from(req.into_inner())?;
+        match self.write(CommandV1::RegisterNode(reg)).await? {
+            Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
+            _ => Err(unexpected("register node")),
+        }
+    }
+
+    async fn create_pool(
+        &self,
+        req: Request<pb::CreatePoolRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        let spec = PoolSpec::try_from(req.into_inner())?;
+        match self.write(CommandV1::CreatePool(spec)).await? {
+            Applied::Pool(p) => Ok(Response::new(pb::Pool::from(&p))),
+            _ => Err(unexpected("create pool")),
+        }
+    }
+
+    async fn list_pools(
+        &self,
+        _: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsReply>, Status> {
+        match self.read(Query::Pools).await? {
+            QueryReply::Pools(pools) => Ok(Response::new(pb::ListPoolsReply {
+                pools: pools.iter().map(pb::Pool::from).collect(),
+            })),
+            _ => Err(unexpected("list pools")),
+        }
+    }
+
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let spec = VolumeSpec::try_from(req.into_inner())?;
+        match self.write(CommandV1::CreateVolume(spec)).await? {
+            Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
+            _ => Err(unexpected("create volume")),
+        }
+    }
+
+    async fn list_volumes(
+        &self,
+        _: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesReply>, Status> {
+        match self.read(Query::Volumes).await? {
+            QueryReply::Volumes(volumes) => Ok(Response::new(pb::ListVolumesReply {
+                volumes: volumes.iter().map(pb::Volume::from).collect(),
+            })),
+            _ => Err(unexpected("list volumes")),
+        }
+    }
+
+    async fn get_volume(
+        &self,
+        req: Request<pb::GetVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let name = req.into_inner().name;
+        match self.read(Query::Volume(name.clone())).await? {
+            QueryReply::Volume(Some(v)) => Ok(Response::new(pb::Volume::from(&v))),
+            QueryReply::Volume(None) => Err(Status::not_found(format!("volume {name} not found"))),
+            _ => Err(unexpected("get volume")),
+        }
+    }
+
+    async fn resize_volume(
+        &self,
+        req: Request<pb::ResizeVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let (name, size_bytes) = resize_in(req.into_inner())?;
+        match self
+            .write(CommandV1::ResizeVolume { name, size_bytes })
+            .await?
+        {
+            Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
+            _ => Err(unexpected("resize volume")),
+        }
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeReply>, Status> {
+        let name = req.into_inner().name;
+        match self.write(CommandV1::DeleteVolume { name }).await? {
+            Applied::Deleted => Ok(Response::new(pb::DeleteVolumeReply {})),
+            _ => Err(unexpected("delete volume")),
+        }
+    }
+
+    async fn attach_volume(
+        &self,
+        req: Request<pb::AttachVolumeRequest>,
+    ) -> Result<Response<pb::Attachment>, Status> {
+        let pb::AttachVolumeRequest {
+            name,
+            client,
+            force,
+        } = req.into_inner();
+        match self
+            .write(CommandV1::AttachVolume {
+                name,
+                client,
+                force,
+            })
+            .await?
+        {
+            Applied::Attached { volume, attachment } => {
+                Ok(Response::new(attachment_out(&volume, &attachment)))
+            }
+            _ => Err(unexpected("attach volume")),
+        }
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        _: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = tokio_stream::wrappers::WatchStream::new(self.member.sm.subscribe())
+            .map(|epochs| Ok(pb::WatchEvent::from(&epochs)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let pb::AddLearnerRequest { id, rpc_addr } = req.into_inner();
+        if id == 0 || rpc_addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "a learner needs a non-zero id and an rpc address",
+            ));
+        }
+        self.member
+            .raft
+            .add_learner(id, MemberNode { rpc_addr }, true)
+            .await
+            .map_err(membership_status)?;
+        Ok(Response::new(pb::MembershipReply {
+            members: self.members(),
+        }))
+    }
+
+    async fn change_voters(
+        &self,
+        req: Request<pb::ChangeVotersRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument("the voter set must not be empty"));
+        }
+        self.member
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(membership_status)?;
+        Ok(Response::new(pb::MembershipReply {
+            members: self.members(),
+        }))
+    }
+}
+
+fn membership_status<E: std::fmt::Display>(e: E) -> Status {
+    let msg = e.to_string();
+    if msg.contains("forward") || msg.contains("leader") {
+        Status::unavailable(format!("not the leader: {msg}"))
+    } else {
+        Status::failed_precondition(msg)
+    }
+}

@@ -1,0 +1,276 @@
+//! The replicated cluster state and its pure, deterministic `apply`.
+//!
+//! No IO, no clock, no randomness: the same commands in the same order give the same state on
+//! every member. A refused command returns a [`CommandError`] and leaves the state untouched.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{Applied, Command, CommandError, CommandV1, Outcome};
+use super::model::{
+    Attachment, EXTENT_SIZE_MAX_BYTES, Epochs, Health, NAME_LEN_MAX, NodeId, NodeRecord,
+    NodeRegistration, PG_COUNT_MAX, Participation, PgMap, Pool, PoolSpec, REPLICAS_MAX,
+    VOLUME_BLOCK_BYTES, VOLUME_SIZE_MAX_BYTES, Volume, VolumeSpec,
+};
+use super::pgmap::compute_pg_map;
+
+/// Everything the metadata group agrees on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub pools: BTreeMap<String, Pool>,
+    pub volumes: BTreeMap<String, Volume>,
+    pub next_volume_id: u64,
+    /// Advances on every applied change.
+    pub cluster_epoch: u64,
+}
+
+impl ClusterState {
+    /// Applies one command. On error nothing changed.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        let Command::V1(c) = command;
+        let outcome = match c {
+            CommandV1::RegisterNode(r) => self.register_node(r),
+            CommandV1::Heartbeat { node, at_ms } => self.heartbeat(*node, *at_ms),
+            CommandV1::CreatePool(spec) => self.create_pool(spec),
+            CommandV1::CreateVolume(spec) => self.create_volume(spec),
+            CommandV1::ResizeVolume { name, size_bytes } => self.resize_volume(name, *size_bytes),
+            CommandV1::DeleteVolume { name } => self.delete_volume(name),
+            CommandV1::AttachVolume {
+                name,
+                client,
+                force,
+            } => self.attach_volume(name, client, *force),
+        };
+        if outcome.is_ok() {
+            self.cluster_epoch += 1;
+        }
+        outcome
+    }
+
+    /// The epochs drivers and agents follow.
+    pub fn epochs(&self, applied_index: u64) -> Epochs {
+        Epochs {
+            applied_index,
+            cluster_epoch: self.cluster_epoch,
+            pools: self
+                .pools
+                .iter()
+                .map(|(n, p)| (n.clone(), p.map.epoch))
+                .collect(),
+            volumes: self
+                .volumes
+                .iter()
+                .map(|(n, v)| (n.clone(), v.attach_epoch))
+                .collect(),
+        }
+    }
+
+    fn register_node(&mut self, r: &NodeRegistration) -> Outcome {
+        let record = match self.nodes.get(&r.id) {
+            Some(old) => NodeRecord {
+                registration: r.clone(),
+                ..old.clone()
+            },
+            None => NodeRecord {
+                registration: r.clone(),
+                health: Health::Up,
+                participation: Participation::In,
+                draining: false,
+                last_heartbeat_ms: 0,
+            },
+        };
+        self.nodes.insert(r.id, record.clone());
+        self.remap_pools();
+        Ok(Applied::Node(record))
+    }
+
+    fn heartbeat(&mut self, node: NodeId, at_ms: u64) -> Outcome {
+        let record = self
+            .nodes
+            .get_mut(&node)
+            .ok_or_else(|| CommandError::NotFound(format!("node {node}")))?;
+        record.last_heartbeat_ms = record.last_heartbeat_ms.max(at_ms);
+        record.health = Health::Up;
+        Ok(Applied::Node(record.clone()))
+    }
+
+    /// Recomputes every pool's map after the topology changed; a pool whose map changes gets a
+    /// new epoch. A pool the new topology cannot satisfy keeps its last map.
+    fn remap_pools(&mut self) {
+        for pool in self.pools.values_mut() {
+            if let Ok(pgs) = compute_pg_map(&self.nodes, &pool.spec.rule, pool.spec.pg_count)
+                && pgs != pool.map.pgs
+            {
+                pool.map = PgMap {
+                    epoch: pool.map.epoch + 1,
+                    pgs,
+                };
+            }
+        }
+    }
+
+    fn create_pool(&mut self, spec: &PoolSpec) -> Outcome {
+        validate_name("pool", &spec.name)?;
+        let rule = &spec.rule;
+        if rule.replicas == 0 || rule.replicas > REPLICAS_MAX {
+            return Err(CommandError::InvalidArgument(format!(
+                "replicas must be 1..={REPLICAS_MAX}, not {}",
+                rule.replicas
+            )));
+        }
+        if rule.min_replicas == 0 || rule.min_replicas > rule.replicas {
+            return Err(CommandError::InvalidArgument(format!(
+                "min_replicas must be 1..={} (replicas), not {}",
+                rule.replicas, rule.min_replicas
+            )));
+        }
+        if rule.failure_domain.is_empty() {
+            return Err(CommandError::InvalidArgument(
+                "failure domain level is empty".into(),
+            ));
+        }
+        if spec.pg_count == 0 || spec.pg_count > PG_COUNT_MAX {
+            return Err(CommandError::InvalidArgument(format!(
+                "pg_count must be 1..={PG_COUNT_MAX}, not {}",
+                spec.pg_count
+            )));
+        }
+        if self.pools.contains_key(&spec.name) {
+            return Err(CommandError::AlreadyExists(format!("pool {}", spec.name)));
+        }
+        let pgs = compute_pg_map(&self.nodes, rule, spec.pg_count)
+            .map_err(|e| CommandError::FailedPrecondition(format!("pool {}: {e}", spec.name)))?;
+        let pool = Pool {
+            spec: spec.clone(),
+            map: PgMap { epoch: 1, pgs },
+        };
+        self.pools.insert(spec.name.clone(), pool.clone());
+        Ok(Applied::Pool(pool))
+    }
+
+    fn create_volume(&mut self, spec: &VolumeSpec) -> Outcome {
+        validate_name("volume", &spec.name)?;
+        validate_size(spec.size_bytes)?;
+        let e = spec.extent_size_bytes;
+        if e == 0
+            || !e.is_power_of_two()
+            || !e.is_multiple_of(VOLUME_BLOCK_BYTES)
+            || e > EXTENT_SIZE_MAX_BYTES
+        {
+            return Err(CommandError::InvalidArgument(format!(
+                "extent size must be a power of two between {VOLUME_BLOCK_BYTES} and {EXTENT_SIZE_MAX_BYTES} bytes, not {e}"
+            )));
+        }
+        if let Some(existing) = self.volumes.get(&spec.name) {
+            // A retried create (same request id) succeeds once and returns what it created.
+            if !spec.request_id.is_empty() && existing.spec.request_id == spec.request_id {
+                return Ok(Applied::Volume(existing.clone()));
+            }
+            return Err(CommandError::AlreadyExists(format!("volume {}", spec.name)));
+        }
+        if !self.pools.contains_key(&spec.pool) {
+            return Err(CommandError::NotFound(format!("pool {}", spec.pool)));
+        }
+        self.next_volume_id += 1;
+        let volume = Volume {
+            id: self.next_volume_id,
+            spec: spec.clone(),
+            attach_epoch: 0,
+            attachment: None,
+        };
+        self.volumes.insert(spec.name.clone(), volume.clone());
+        Ok(Applied::Volume(volume))
+    }
+
+    fn resize_volume(&mut self, name: &str, size_bytes: u64) -> Outcome {
+        validate_size(size_bytes)?;
+        let volume = self
+            .volumes
+            .get_mut(name)
+            .ok_or_else(|| CommandError::NotFound(format!("volume {name}")))?;
+        if size_bytes < volume.spec.size_bytes {
+            return Err(CommandError::FailedPrecondition(format!(
+                "volume {name}: shrinking from {} to {size_bytes} bytes would drop data",
+                volume.spec.size_bytes
+            )));
+        }
+        volume.spec.size_bytes = size_bytes;
+        Ok(Applied::Volume(volume.clone()))
+    }
+
+    fn delete_volume(&mut self, name: &str) -> Outcome {
+        let volume = self
+            .volumes
+            .get(name)
+            .ok_or_else(|| CommandError::NotFound(format!("volume {name}")))?;
+        if let Some(a) = &volume.attachment {
+            return Err(CommandError::FailedPrecondition(format!(
+                "volume {name} is attached to {}",
+                a.client
+            )));
+        }
+        self.volumes.remove(name);
+        Ok(Applied::Deleted)
+    }
+
+    fn attach_volume(&mut self, name: &str, client: &str, force: bool) -> Outcome {
+        if client.is_empty() {
+            return Err(CommandError::InvalidArgument(
+                "attach needs a client name".into(),
+            ));
+        }
+        let volume = self
+            .volumes
+            .get_mut(name)
+            .ok_or_else(|| CommandError::NotFound(format!("volume {name}")))?;
+        if let Some(a) = &volume.attachment
+            && a.client != client
+            && !force
+        {
+            return Err(CommandError::FailedPrecondition(format!(
+                "volume {name} is attached to {} (force to take it over)",
+                a.client
+            )));
+        }
+        volume.attach_epoch += 1;
+        let attachment = Attachment {
+            client: client.to_string(),
+            epoch: volume.attach_epoch,
+        };
+        volume.attachment = Some(attachment.clone());
+        Ok(Applied::Attached {
+            volume: name.to_string(),
+            attachment,
+        })
+    }
+}
+
+fn validate_name(kind: &str, name: &str) -> Result<(), CommandError> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_LEN_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::InvalidArgument(format!(
+            "invalid {kind} name {name:?}: use 1..={NAME_LEN_MAX} of [A-Za-z0-9._-], not starting with '.'"
+        )))
+    }
+}
+
+fn validate_size(size_bytes: u64) -> Result<(), CommandError> {
+    if size_bytes == 0
+        || !size_bytes.is_multiple_of(VOLUME_BLOCK_BYTES)
+        || size_bytes > VOLUME_SIZE_MAX_BYTES
+    {
+        return Err(CommandError::InvalidArgument(format!(
+            "size must be a non-zero multiple of {VOLUME_BLOCK_BYTES} bytes up to {VOLUME_SIZE_MAX_BYTES}, not {size_bytes}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Persistence of one metadata member: the Raft log and vote in sled ([`LogStore`]), the state
+//! machine in memory with durable snapshots ([`StateMachineStore`]).
+//!
+//! Durability contract: `save_vote` and `append` return (and signal openraft) only after the
+//! bytes are on disk — sled's `flush` followed by an `fdatasync` of sled's data file, because
+//! sled's own flush ends in `sync_file_range`, which does not persist the file's metadata.
+//! Values stay far below sled's blob threshold (~128 KiB), since blob files are not fsynced.
+//!
+//! The state machine is rebuilt at start from the last snapshot plus the committed log, so it
+//! needs no fsync of its own; a snapshot is written to its own file atomically (write, fsync,
+//! rename, fsync the directory) before openraft may purge the log it covers.
+
+mod durable;
+mod log;
+mod sm;
+mod snapshot_file;
+#[cfg(test)]
+mod suite_test;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use durable::DurableDb;
+pub use log::LogStore;
+pub use sm::{SnapshotPayload, StateMachineStore};
+
+/// Largest encoded log entry or vote, in bytes: far below sled's blob threshold, so every value
+/// lives in sled's fsynced data file.
+pub const VALUE_BYTES_MAX: usize = 64 * 1024;
+
+/// Opens (or creates) the log store and state machine of a member in `dir`.
+pub async fn open(dir: &Path) -> io::Result<(LogStore, StateMachineStore)> {
+    std::fs::create_dir_all(dir)?;
+    let dir_owned = dir.to_path_buf();
+    let db = tokio::task::spawn_blocking(move || DurableDb::open(&dir_owned.join("sled")))
+        .await
+        .map_err(io::Error::other)??;
+    let db = Arc::new(db);
+    let log = LogStore::open(Arc::clone(&db))?;
+    let sm = StateMachineStore::open(&dir.join("snapshot"))?;
+    Ok((log, sm))
+}
+
+pub(crate) fn encode<T: serde::Serialize>(what: &str, value: &T) -> io::Result<Vec<u8>> {
+    let bytes =
+        serde_json::to_vec(value).map_err(|e| io::Error::other(format!("encode {what}: {e}")))?;
+    if bytes.len() > VALUE_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{what} is {} bytes, over the {VALUE_BYTES_MAX}-byte limit",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))
+}

@@ -1,0 +1,214 @@
+//! The state machine of one member: the [`ClusterState`] in memory, applied entry by entry,
+//! with durable snapshots and a watch channel of [`Epochs`] for drivers and agents.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::snapshot_file;
+use crate::meta::command::Applied;
+use crate::meta::model::Epochs;
+use crate::meta::state::ClusterState;
+use crate::meta::types::{
+    LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
+
+/// What a snapshot's bytes hold.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotPayload {
+    pub state: ClusterState,
+}
+
+struct AppliedState {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    state: ClusterState,
+    snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+}
+
+struct Inner {
+    data: RwLock<AppliedState>,
+    snapshot_path: PathBuf,
+    /// Serializes snapshot file writes, so an older snapshot never replaces a newer one.
+    snapshot_write: tokio::sync::Mutex<()>,
+    epochs: watch::Sender<Epochs>,
+}
+
+/// The state machine; clones share it (a clone is the snapshot builder).
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine, starting from the snapshot at `snapshot_path` if one exists.
+    pub fn open(snapshot_path: &Path) -> io::Result<StateMachineStore> {
+        let mut data = AppliedState {
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            state: ClusterState::default(),
+            snapshot: None,
+        };
+        if let Some((meta, bytes)) = snapshot_file::read(snapshot_path)? {
+            let payload: SnapshotPayload = super::decode("snapshot", &bytes)?;
+            data.last_applied = meta.last_log_id;
+            data.last_membership = meta.last_membership.clone();
+            data.state = payload.state;
+            data.snapshot = Some((meta, Arc::new(bytes)));
+        }
+        let epochs = data
+            .state
+            .epochs(data.last_applied.as_ref().map_or(0, |l| l.index()));
+        let (tx, _) = watch::channel(epochs);
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                data: RwLock::new(data),
+                snapshot_path: snapshot_path.to_path_buf(),
+                snapshot_write: tokio::sync::Mutex::new(()),
+                epochs: tx,
+            }),
+        })
+    }
+
+    /// Reads the applied state: `f(state, last applied index)`.
+    pub fn read<T>(&self, f: impl FnOnce(&ClusterState, u64) -> T) -> T {
+        let d = self.inner.data.read().expect("state machine lock");
+        f(&d.state, d.last_applied.as_ref().map_or(0, |l| l.index()))
+    }
+
+    /// Epochs now and after every change.
+    pub fn subscribe(&self) -> watch::Receiver<Epochs> {
+        self.inner.epochs.subscribe()
+    }
+
+    fn publish_epochs(&self) {
+        let epochs = self.read(|s, applied| s.epochs(applied));
+        self.inner.epochs.send_if_modified(|cur| {
+            let changed = cur.cluster_epoch != epochs.cluster_epoch;
+            if changed {
+                *cur = epochs;
+            }
+            changed
+        });
+    }
+
+    async fn persist_snapshot(&self, meta: &SnapshotMeta, bytes: Arc<Vec<u8>>) -> io::Result<()> {
+        let _guard = self.inner.snapshot_write.lock().await;
+        {
+            let d = self.inner.data.read().expect("state machine lock");
+            if let Some((cur, _)) = &d.snapshot
+                && cur.last_log_id > meta.last_log_id
+            {
+                return Ok(());
+            }
+        }
+        let path = self.inner.snapshot_path.clone();
+        let meta_w = meta.clone();
+        let bytes_w = Arc::clone(&bytes);
+        tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta_w, &bytes_w))
+            .await
+            .map_err(io::Error::other)??;
+        let mut d = self.inner.data.write().expect("state machine lock");
+        d.snapshot = Some((meta.clone(), bytes));
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    /// Durable before it returns, so openraft may purge the log the snapshot covers.
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (meta, payload) = {
+            let d = self.inner.data.read().expect("state machine lock");
+            let meta = SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.last_membership.clone(),
+            };
+            (
+                meta,
+                SnapshotPayload {
+                    state: d.state.clone(),
+                },
+            )
+        };
+        let bytes = Arc::new(serde_json::to_vec(&payload).map_err(io::Error::other)?);
+        self.persist_snapshot(&meta, Arc::clone(&bytes)).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: bytes.as_ref().clone(),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let d = self.inner.data.read().expect("state machine lock");
+        Ok((d.last_applied, d.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let outcome = {
+                let mut d = self.inner.data.write().expect("state machine lock");
+                d.last_applied = Some(entry.log_id());
+                match entry.payload {
+                    EntryPayload::Blank => Ok(Applied::Nothing),
+                    EntryPayload::Normal(ref command) => d.state.apply(command),
+                    EntryPayload::Membership(ref m) => {
+                        d.last_membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+                        Ok(Applied::Nothing)
+                    }
+                }
+            };
+            if let Some(r) = responder {
+                r.send(outcome);
+            }
+        }
+        self.publish_epochs();
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let payload: SnapshotPayload = super::decode("snapshot", &snapshot)?;
+        {
+            let mut d = self.inner.data.write().expect("state machine lock");
+            d.last_applied = meta.last_log_id;
+            d.last_membership = meta.last_membership.clone();
+            d.state = payload.state;
+        }
+        self.persist_snapshot(meta, Arc::new(snapshot)).await?;
+        self.publish_epochs();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let d = self.inner.data.read().expect("state machine lock");
+        Ok(d.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
+            meta: meta.clone(),
+            snapshot: bytes.as_ref().clone(),
+        }))
+    }
+}

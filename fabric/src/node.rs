@@ -1,0 +1,297 @@
+//! `fabricd node`: one metadata member as its own process, configured from a TOML file and/or
+//! flags (flags win). Raw input ([`NodeArgs`], [`NodeToml`]) is validated once into a
+//! [`MemberConfig`]; the process then serves until SIGINT/SIGTERM.
+//!
+//! The member's directory holds `LOCK` (flock'd while running), `meta/` (sled and the snapshot)
+//! and `node.json` (id, gRPC address, pid) for discovery by `fabricctl`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+use crate::meta::client::{NODE_FILE, NodeFile};
+use crate::meta::model::{DiskInfo, Location};
+use crate::meta::server::{Formation, MemberConfig, RaftTuning};
+
+/// Flags of `fabricd node`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NodeArgs {
+    /// TOML file with any of the settings below (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Node id (non-zero, unique in the cluster).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// The node's own directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (Raft transport and metadata API), IP:PORT.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address of the node's data path, as advertised to drivers.
+    #[arg(long)]
+    pub data_addr: Option<String>,
+    /// Location in the fault-domain hierarchy, widest first: `row=r1,rack=r2,host=h3`.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// On a fresh store, initialize a new group whose voters are --peers (and this node).
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Voters of a new group: `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// On a fresh store, join the group reachable at this address.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Raft heartbeat interval.
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout.
+    #[arg(long)]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout.
+    #[arg(long)]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot every this many entries (and keep as many behind it).
+    #[arg(long)]
+    pub snapshot_logs: Option<u64>,
+}
+
+/// The TOML form of the same settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeToml {
+    pub id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_addr: Option<String>,
+    pub location: Option<String>,
+    pub bootstrap: Option<bool>,
+    pub peers: Option<String>,
+    pub join: Option<String>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+    pub snapshot_logs: Option<u64>,
+}
+
+impl TryFrom<NodeArgs> for MemberConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: NodeArgs) -> anyhow::Result<MemberConfig> {
+        let NodeArgs {
+            config,
+            id,
+            data_dir,
+            listen,
+            data_addr,
+            location,
+            bootstrap,
+            peers,
+            join,
+            heartbeat_interval_ms,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
+            snapshot_logs,
+        } = args;
+        let file = match &config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--config {}", path.display()))?;
+                toml::from_str::<NodeToml>(&text)
+                    .with_context(|| format!("--config {}", path.display()))?
+            }
+            None => NodeToml::default(),
+        };
+        let NodeToml {
+            id: f_id,
+            data_dir: f_data_dir,
+            listen: f_listen,
+            data_addr: f_data_addr,
+            location: f_location,
+            bootstrap: f_bootstrap,
+            peers: f_peers,
+            join: f_join,
+            heartbeat_interval_ms: f_hb,
+            election_timeout_min_ms: f_emin,
+            election_timeout_max_ms: f_emax,
+            snapshot_logs: f_snap,
+        } = file;
+
+        let id = id.or(f_id).context("--id is required")?;
+        if id == 0 {
+            bail!("--id must not be zero");
+        }
+        let data_dir = data_dir.or(f_data_dir).context("--data-dir is required")?;
+        let listen_s = listen.or(f_listen).context("--listen is required")?;
+        let listen: SocketAddr = listen_s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--listen {listen_s:?}: {e} (want IP:PORT)"))?;
+        let location = parse_location(&location.or(f_location).unwrap_or_default())?;
+        let bootstrap = bootstrap || f_bootstrap.unwrap_or(false);
+        let peers = peers.or(f_peers);
+        let join = join.or(f_join);
+        let formation = match (bootstrap, join) {
+            (true, Some(_)) => bail!("--bootstrap and --join exclude each other"),
+            (true, None) => Formation::Bootstrap(parse_peers(peers.as_deref().unwrap_or(""))?),
+            (false, Some(seed)) => Formation::Join(seed),
+            (false, None) => Formation::Existing,
+        };
+        let d = RaftTuning::default();
+        let tuning = RaftTuning {
+            heartbeat_interval_ms: heartbeat_interval_ms
+                .or(f_hb)
+                .unwrap_or(d.heartbeat_interval_ms),
+            election_timeout_min_ms: election_timeout_min_ms
+                .or(f_emin)
+                .unwrap_or(d.election_timeout_min_ms),
+            election_timeout_max_ms: election_timeout_max_ms
+                .or(f_emax)
+                .unwrap_or(d.election_timeout_max_ms),
+            snapshot_logs: snapshot_logs.or(f_snap).unwrap_or(d.snapshot_logs),
+        };
+        if tuning.heartbeat_interval_ms == 0
+            || tuning.heartbeat_interval_ms >= tuning.election_timeout_min_ms
+        {
+            bail!("the heartbeat interval must be non-zero and below the election timeout");
+        }
+        if tuning.election_timeout_min_ms >= tuning.election_timeout_max_ms {
+            bail!("--election-timeout-min-ms must be below --election-timeout-max-ms");
+        }
+        if tuning.snapshot_logs == 0 {
+            bail!("--snapshot-logs must not be zero");
+        }
+        Ok(MemberConfig {
+            id,
+            data_dir,
+            listen,
+            data_addr: data_addr.or(f_data_addr).unwrap_or_default(),
+            location,
+            disks: Vec::<DiskInfo>::new(),
+            formation,
+            tuning,
+        })
+    }
+}
+
+/// Parses `level=name,level=name` (widest first).
+pub fn parse_location(s: &str) -> anyhow::Result<Location> {
+    let mut levels: Vec<(String, String)> = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (level, name) = part.split_once('=').with_context(|| {
+            format!("--location {s:?}: want level=name,... e.g. rack=r1,host=h1")
+        })?;
+        if level.is_empty() || name.is_empty() || levels.iter().any(|(l, _)| l == level) {
+            bail!("--location {s:?}: empty or repeated level in {part:?}");
+        }
+        levels.push((level.to_string(), name.to_string()));
+    }
+    Ok(Location { levels })
+}
+
+/// Parses `id=ip:port,id=ip:port`.
+pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("--peers {s:?}: want id=ip:port,..."))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("--peers {s:?}: bad id {id:?}"))?;
+        addr.parse::<SocketAddr>()
+            .with_context(|| format!("--peers {s:?}: bad address {addr:?}"))?;
+        if id == 0 || peers.insert(id, addr.to_string()).is_some() {
+            bail!("--peers {s:?}: zero or repeated id {id}");
+        }
+    }
+    Ok(peers)
+}
+
+/// Why `run` stopped, for the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data directory {0} is in use by another process")]
+    DataDirLocked(PathBuf),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Runs the member until SIGINT or SIGTERM.
+pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("create {}", cfg.data_dir.display()))?;
+    let _lock = lock_dir(&cfg.data_dir)?;
+    let id = cfg.id;
+    let dir = cfg.data_dir.clone();
+    let running = crate::meta::server::start(cfg)
+        .await
+        .context("start metadata member")?;
+    write_node_file(
+        &dir,
+        &NodeFile {
+            id,
+            rpc_addr: running.addr.to_string(),
+            pid: std::process::id(),
+        },
+    )
+    .context("write node.json")?;
+    println!("fabricd node {id} serving metadata at {}", running.addr);
+    crate::dev::wait_for_stop().await;
+    tracing::info!(id, "stopping");
+    running.stop().await;
+    Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(NodeError::DataDirLocked(dir.to_path_buf()));
+    }
+    Ok(file)
+}
+
+fn write_node_file(dir: &Path, node: &NodeFile) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{NODE_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(node)?)?;
+    std::fs::rename(&tmp, dir.join(NODE_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_and_peers_parse_and_nonsense_is_refused() {
+        let loc = parse_location("rack=r1,host=h1").unwrap();
+        assert_eq!(loc.at("rack"), Some("r1"));
+        assert_eq!(loc.to_string(), "rack=r1,host=h1");
+        for bad in ["rack", "rack=", "=r1", "rack=a,rack=b"] {
+            assert!(parse_location(bad).is_err(), "{bad}");
+        }
+        let peers = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap();
+        assert_eq!(peers.len(), 2);
+        for bad in [
+            "1",
+            "x=127.0.0.1:1",
+            "0=127.0.0.1:1",
+            "1=nowhere",
+            "1=127.0.0.1:1,1=127.0.0.1:2",
+        ] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+    }
+}

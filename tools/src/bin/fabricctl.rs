@@ -1,0 +1,457 @@
+//! `fabricctl`: the operator's view of a Fabric cluster's metadata.
+//!
+//! Finds the cluster from `--endpoints a,b,c` or from the members' `node.json` files under
+//! `--data-dir` (default `./.fabric-dev`), talks to whichever member answers (members forward
+//! writes and linearizable reads to the leader), and prints human tables or, with `--json`,
+//! one JSON document. A refused request prints one line, `fabricctl: CODE: message`, and exits 1.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use fabric::meta::client::{Client, discover};
+use proto::meta as pb;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "fabricctl", version, about = "Administer a Fabric cluster")]
+struct Cli {
+    /// Directory of a local cluster (`fabricd dev`); its members are found from `node-*/node.json`.
+    #[arg(long, global = true, default_value = "./.fabric-dev")]
+    data_dir: PathBuf,
+    /// Member gRPC addresses, comma-separated (instead of --data-dir).
+    #[arg(long, global = true, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every member's role, leader, and log progress.
+    Status,
+    /// Registered nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Storage pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    List,
+}
+
+#[derive(Subcommand)]
+enum PoolCmd {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        /// 0 means a majority of the replicas.
+        #[arg(long, default_value_t = 0)]
+        min_replicas: u32,
+        /// Fault-domain level replicas must not share.
+        #[arg(long, default_value = "rack")]
+        failure_domain: String,
+        #[arg(long, default_value_t = 64)]
+        pg_count: u32,
+        /// Only nodes at level=name (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    Create {
+        name: String,
+        /// Size, e.g. 10GiB.
+        #[arg(long)]
+        size: String,
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// Extent size, e.g. 4MiB (default: the cluster's).
+        #[arg(long)]
+        extent_size: Option<String>,
+        /// Idempotency key: a retried create with the same id succeeds once.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    Resize {
+        name: String,
+        #[arg(long)]
+        size: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("start tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("fabricctl: {}: {}", code_name(s.code()), s.message()),
+                None => eprintln!("fabricctl: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        AlreadyExists => "ALREADY_EXISTS",
+        NotFound => "NOT_FOUND",
+        InvalidArgument => "INVALID_ARGUMENT",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Unavailable => "UNAVAILABLE",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ => "ERROR",
+    }
+}
+
+fn parse_bytes(what: &str, s: &str) -> anyhow::Result<u64> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .with_context(|| format!("{what} {s:?}"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let endpoints: Vec<String> = if cli.endpoints.is_empty() {
+        discover(&cli.data_dir)?
+            .into_iter()
+            .map(|n| n.rpc_addr)
+            .collect()
+    } else {
+        cli.endpoints.clone()
+    };
+    let client = Client::new(endpoints);
+    let out = match cli.command {
+        Cmd::Status => status(&client).await?,
+        Cmd::Node(NodeCmd::List) => {
+            let r = client
+                .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
+                .await?;
+            Output::list(
+                r.nodes.iter().map(node_json).collect(),
+                &["id", "rpc_addr", "location", "health", "membership"],
+            )
+        }
+        Cmd::Pool(PoolCmd::Create {
+            name,
+            replicas,
+            min_replicas,
+            failure_domain,
+            pg_count,
+            tags,
+        }) => {
+            let mut tag_filter = Vec::new();
+            for t in &tags {
+                let (level, name) = t
+                    .split_once('=')
+                    .with_context(|| format!("--tag {t:?}: want level=name"))?;
+                tag_filter.push(pb::LocationLevel {
+                    level: level.into(),
+                    name: name.into(),
+                });
+            }
+            let req = pb::CreatePoolRequest {
+                name,
+                rule: Some(pb::Rule {
+                    replicas,
+                    min_replicas,
+                    failure_domain,
+                    tag_filter,
+                }),
+                pg_count,
+            };
+            let p = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.create_pool(req).await }
+                })
+                .await?;
+            Output::one(pool_json(&p))
+        }
+        Cmd::Pool(PoolCmd::List) => {
+            let r = client
+                .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
+                .await?;
+            Output::list(
+                r.pools.iter().map(pool_json).collect(),
+                &[
+                    "name",
+                    "replicas",
+                    "failure_domain",
+                    "pg_count",
+                    "map_epoch",
+                ],
+            )
+        }
+        Cmd::Volume(VolumeCmd::Create {
+            name,
+            size,
+            pool,
+            extent_size,
+            request_id,
+        }) => {
+            let req = pb::CreateVolumeRequest {
+                name,
+                pool,
+                size_bytes: parse_bytes("--size", &size)?,
+                extent_size_bytes: extent_size
+                    .map(|e| parse_bytes("--extent-size", &e))
+                    .transpose()?
+                    .unwrap_or(0),
+                request_id: request_id.unwrap_or_default(),
+            };
+            Output::one(volume_json(&client.create_volume(req).await?))
+        }
+        Cmd::Volume(VolumeCmd::List) => {
+            let r = client
+                .call(|mut c| async move { c.list_volumes(pb::ListVolumesRequest {}).await })
+                .await?;
+            Output::list(
+                r.volumes.iter().map(volume_json).collect(),
+                &["id", "name", "pool", "size_bytes", "state", "attach_epoch"],
+            )
+        }
+        Cmd::Volume(VolumeCmd::Show { name }) => {
+            let v = client
+                .call(|mut c| {
+                    let name = name.clone();
+                    async move { c.get_volume(pb::GetVolumeRequest { name }).await }
+                })
+                .await?;
+            Output::one(volume_json(&v))
+        }
+        Cmd::Volume(VolumeCmd::Delete { name }) => {
+            client
+                .call(|mut c| {
+                    let name = name.clone();
+                    async move { c.delete_volume(pb::DeleteVolumeRequest { name }).await }
+                })
+                .await?;
+            Output::one(json!({ "deleted": name }))
+        }
+        Cmd::Volume(VolumeCmd::Resize { name, size }) => {
+            let size_bytes = parse_bytes("--size", &size)?;
+            let v = client
+                .call(|mut c| {
+                    let name = name.clone();
+                    async move {
+                        c.resize_volume(pb::ResizeVolumeRequest { name, size_bytes })
+                            .await
+                    }
+                })
+                .await?;
+            Output::one(volume_json(&v))
+        }
+    };
+    out.print(cli.json);
+    Ok(())
+}
+
+/// Asks every known member for its status; members named by others' membership are included.
+async fn status(client: &Client) -> anyhow::Result<Output> {
+    let mut addrs: BTreeMap<String, Option<u64>> = client
+        .endpoints()
+        .iter()
+        .map(|a| (a.clone(), None))
+        .collect();
+    let mut answers: BTreeMap<String, Result<pb::NodeStatus, tonic::Status>> = BTreeMap::new();
+    // Two rounds: the second reaches members only the first round's answers named.
+    for _ in 0..2 {
+        let pending: Vec<String> = addrs
+            .keys()
+            .filter(|a| !answers.contains_key(*a))
+            .cloned()
+            .collect();
+        for addr in pending {
+            let r = client.status_of(&addr).await;
+            if let Ok(s) = &r {
+                for m in &s.members {
+                    addrs.entry(m.rpc_addr.clone()).or_insert(Some(m.id));
+                }
+            }
+            answers.insert(addr, r);
+        }
+    }
+    let mut leader_id = 0;
+    let mut term = 0;
+    let mut nodes = Vec::new();
+    for (addr, r) in &answers {
+        match r {
+            Ok(s) => {
+                if s.term >= term && s.leader_id != 0 {
+                    term = s.term;
+                    leader_id = s.leader_id;
+                }
+                nodes.push(json!({
+                    "id": s.id, "address": s.rpc_addr, "pid": s.pid, "role": s.role,
+                    "term": s.term, "last_applied_index": s.last_applied_index,
+                    "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
+                    "purged_index": s.purged_index,
+                    "reachable": true,
+                }));
+            }
+            Err(e) => nodes.push(json!({
+                "id": addrs.get(addr).copied().flatten(), "address": addr, "pid": null, "role": "unreachable",
+                "reachable": false, "error": e.message(),
+            })),
+        }
+    }
+    nodes.sort_by_key(|n| n["id"].as_u64().unwrap_or(u64::MAX));
+    if nodes.iter().all(|n| n["reachable"] == false) {
+        bail!("no member answered at {:?}", client.endpoints());
+    }
+    Ok(Output::Status { leader_id, nodes })
+}
+
+fn node_json(n: &pb::Node) -> Value {
+    let location: Vec<String> = n
+        .location
+        .iter()
+        .flat_map(|l| l.levels.iter().map(|x| format!("{}={}", x.level, x.name)))
+        .collect();
+    json!({
+        "id": n.id, "rpc_addr": n.rpc_addr, "data_addr": n.data_addr, "location": location.join(","),
+        "health": n.health, "membership": n.membership, "draining": n.draining,
+        "last_heartbeat_ms": n.last_heartbeat_ms,
+    })
+}
+
+fn pool_json(p: &pb::Pool) -> Value {
+    let rule = p.rule.clone().unwrap_or_default();
+    json!({
+        "name": p.name, "replicas": rule.replicas, "min_replicas": rule.min_replicas,
+        "failure_domain": rule.failure_domain, "pg_count": p.pg_count, "map_epoch": p.map_epoch,
+        "pgs": p.pgs.iter().map(|g| g.replicas.clone()).collect::<Vec<_>>(),
+    })
+}
+
+fn volume_json(v: &pb::Volume) -> Value {
+    json!({
+        "id": v.id, "name": v.name, "pool": v.pool, "size_bytes": v.size_bytes,
+        "extent_size_bytes": v.extent_size_bytes, "state": v.state, "attach_epoch": v.attach_epoch,
+        "attached_to": v.attached_to,
+    })
+}
+
+/// What a command prints.
+enum Output {
+    One(Value),
+    List {
+        rows: Vec<Value>,
+        columns: &'static [&'static str],
+    },
+    Status {
+        leader_id: u64,
+        nodes: Vec<Value>,
+    },
+}
+
+impl Output {
+    fn one(v: Value) -> Output {
+        Output::One(v)
+    }
+
+    fn list(rows: Vec<Value>, columns: &'static [&'static str]) -> Output {
+        Output::List { rows, columns }
+    }
+
+    fn print(self, as_json: bool) {
+        match (self, as_json) {
+            (Output::One(v), true) => println!("{v}"),
+            (Output::One(v), false) => {
+                if let Value::Object(m) = v {
+                    for (k, v) in m.iter().filter(|(k, _)| *k != "pgs") {
+                        println!("{k:<18} {}", cell(v));
+                    }
+                }
+            }
+            (Output::List { rows, .. }, true) => println!("{}", Value::Array(rows)),
+            (Output::List { rows, columns }, false) => table(columns, &rows),
+            (Output::Status { leader_id, nodes }, true) => {
+                println!("{}", json!({ "leader_id": leader_id, "nodes": nodes }))
+            }
+            (Output::Status { leader_id, nodes }, false) => {
+                println!(
+                    "leader: {}",
+                    if leader_id == 0 {
+                        "none".into()
+                    } else {
+                        leader_id.to_string()
+                    }
+                );
+                table(
+                    &["id", "address", "pid", "role", "term", "last_applied_index"],
+                    &nodes,
+                );
+            }
+        }
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn table(columns: &[&str], rows: &[Value]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |vals: Vec<String>| {
+        let parts: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for r in cells {
+        line(r);
+    }
+}

@@ -1,0 +1,269 @@
+//! `meta-bench`: metadata commit throughput and leader failover on a 3-member loopback group.
+//!
+//! Prints, side by side: the disk's single-threaded `fdatasync` rate (the ceiling for one
+//! client, since every commit waits for an fsync), commits per second with 1 and with 64
+//! concurrent clients, and the time from `kill -9` of the leader to the first successful write.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fabric::meta::client::Client;
+use proto::meta as pb;
+
+#[derive(Parser)]
+#[command(
+    name = "meta-bench",
+    about = "Benchmark Fabric's Raft metadata on loopback"
+)]
+struct Args {
+    /// Directory for the members' data (on the disk to measure); removed afterwards.
+    #[arg(long, default_value = "./.meta-bench")]
+    dir: PathBuf,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent clients of the second run.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// fdatasync calls in the disk measurement.
+    #[arg(long, default_value_t = 300)]
+    fsyncs: u32,
+}
+
+/// Members of the benchmark group.
+const MEMBERS: u64 = 3;
+/// How long the group may take to form.
+const FORM_TIMEOUT_MS: u64 = 60_000;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    let fsync_rate = fdatasync_rate(&args.dir, args.fsyncs).context("measure fdatasync")?;
+    let runtime = tokio::runtime::Runtime::new().context("start tokio")?;
+    let mut group = Group::start(&args.dir)?;
+    let result = runtime.block_on(bench(&args, &mut group));
+    drop(group);
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let r = result?;
+    println!(
+        "meta-bench: 3 members on loopback, data in {}",
+        args.dir.display()
+    );
+    println!("  disk fdatasync, 1 thread     {fsync_rate:>10.0} /s   (ceiling for 1 client)");
+    println!(
+        "  commits, 1 client            {:>10.0} /s   {:.2} x fdatasync (target >= 0.8)",
+        r.one,
+        r.one / fsync_rate
+    );
+    println!(
+        "  commits, {} clients          {:>10.0} /s   {:.1} x 1 client (target >= 20)",
+        args.clients,
+        r.many,
+        r.many / r.one
+    );
+    println!(
+        "  failover, kill -9 leader     {:>10.0} ms   to the first successful write (target <= 3000)",
+        r.failover.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// 4 KiB overwrite + fdatasync in a loop, one thread: syncs per second.
+fn fdatasync_rate(dir: &Path, n: u32) -> anyhow::Result<f64> {
+    let path = dir.join("fsync-probe");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let block = [0xa5u8; 4096];
+    f.write_all_at(&block, 0)?;
+    f.sync_all()?;
+    let started = Instant::now();
+    for i in 0..n {
+        f.write_all_at(&block, u64::from(i % 16) * 4096)?;
+        f.sync_data()?;
+    }
+    let rate = f64::from(n) / started.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+struct Group {
+    addrs: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+impl Group {
+    fn start(dir: &Path) -> anyhow::Result<Group> {
+        let exe = std::env::current_exe()?;
+        let fabricd = exe.with_file_name("fabricd");
+        if !fabricd.exists() {
+            bail!(
+                "{} not found; build it with `cargo build --release -p fabric`",
+                fabricd.display()
+            );
+        }
+        let addrs: Vec<String> = (0..MEMBERS)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+                Ok(l.local_addr()?.to_string())
+            })
+            .collect::<std::io::Result<_>>()?;
+        let peers: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        let mut children = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut cmd = Command::new(&fabricd);
+            cmd.arg("node")
+                .args(["--id", &id.to_string(), "--listen", addr])
+                .arg("--data-dir")
+                .arg(dir.join(format!("node-{id}")))
+                .args(["--location", &format!("rack=r{id}")])
+                .env("FABRIC_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            if id == 1 {
+                cmd.args(["--bootstrap", "--peers", &peers.join(",")]);
+            }
+            children.push(Some(cmd.spawn().context("spawn fabricd node")?));
+        }
+        Ok(Group { addrs, children })
+    }
+
+    fn kill9(&mut self, id: u64) {
+        if let Some(mut c) = self.children[id as usize - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for id in 1..=MEMBERS {
+            self.kill9(id);
+        }
+    }
+}
+
+struct Results {
+    one: f64,
+    many: f64,
+    failover: Duration,
+}
+
+async fn bench(args: &Args, group: &mut Group) -> anyhow::Result<Results> {
+    let all = Client::new(group.addrs.clone());
+    let deadline = Instant::now() + Duration::from_millis(FORM_TIMEOUT_MS);
+    loop {
+        let nodes = all
+            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
+            .await;
+        if nodes.is_ok_and(|n| n.nodes.len() == MEMBERS as usize) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the group did not form within {FORM_TIMEOUT_MS} ms");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pool = pb::CreatePoolRequest {
+        name: "bench".into(),
+        rule: Some(pb::Rule {
+            replicas: 3,
+            min_replicas: 2,
+            failure_domain: "rack".into(),
+            tag_filter: vec![],
+        }),
+        pg_count: 16,
+    };
+    all.call(|mut c| {
+        let pool = pool.clone();
+        async move { c.create_pool(pool).await }
+    })
+    .await?;
+    let leader = all.leader_status().await?;
+    // Leader first: no forwarding hop in the measurement.
+    let mut ordered = vec![leader.rpc_addr.clone()];
+    ordered.extend(
+        group
+            .addrs
+            .iter()
+            .filter(|a| **a != leader.rpc_addr)
+            .cloned(),
+    );
+    let client = Arc::new(Client::new(ordered));
+    let counter = Arc::new(AtomicU64::new(0));
+    let run = Duration::from_secs(args.seconds);
+    let one = throughput(&client, &counter, 1, run).await?;
+    let many = throughput(&client, &counter, args.clients, run).await?;
+
+    group.kill9(leader.id);
+    let killed = Instant::now();
+    let survivors: Vec<String> = group
+        .addrs
+        .iter()
+        .filter(|a| **a != leader.rpc_addr)
+        .cloned()
+        .collect();
+    let after = Client::new(survivors);
+    after.create_volume(volume_request(u64::MAX)).await?;
+    let failover = killed.elapsed();
+    Ok(Results {
+        one,
+        many,
+        failover,
+    })
+}
+
+fn volume_request(n: u64) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        name: format!("bench-{n}"),
+        pool: "bench".into(),
+        size_bytes: 1 << 30,
+        extent_size_bytes: 0,
+        request_id: String::new(),
+    }
+}
+
+/// Commits per second with `clients` concurrent writers, each sending one create at a time.
+async fn throughput(
+    client: &Arc<Client>,
+    counter: &Arc<AtomicU64>,
+    clients: usize,
+    run: Duration,
+) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (client, counter, done) = (Arc::clone(client), Arc::clone(counter), Arc::clone(&done));
+        tasks.spawn(async move {
+            while started.elapsed() < run {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                client.create_volume(volume_request(n)).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let _ = std::io::stdout().flush();
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,70 @@
+//! The tools as an operator runs them: `placement-sim` output rechecked independently from its
+//! dump, and `fabricctl` failing with one clear line when no member answers.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+#[test]
+fn placement_sim_dump_rechecks_with_distinct_racks_and_no_violations() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("mapping.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_placement-sim"))
+        .args([
+            "--cells",
+            "1",
+            "--racks",
+            "5",
+            "--hosts",
+            "20",
+            "--disks-per-host",
+            "2",
+        ])
+        .args(["--pgs", "2048", "--json", "--dump-mapping"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["violations"]["shared_domain"], 0);
+    assert_eq!(report["violations"]["unusable_disk"], 0);
+
+    // Recheck from the plain-text dump alone: `disk DISK HOST RACK WEIGHT`, `pg PG DISK...`.
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let mut rack_of: HashMap<&str, &str> = HashMap::new();
+    let mut pgs = 0;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.first() {
+            Some(&"disk") => {
+                rack_of.insert(f[1], f[3]);
+            }
+            Some(&"pg") => {
+                pgs += 1;
+                let racks: Vec<&str> = f[2..].iter().map(|d| rack_of[d]).collect();
+                assert_eq!(racks.len(), 3, "{line}");
+                assert!(
+                    racks[0] != racks[1] && racks[1] != racks[2] && racks[0] != racks[2],
+                    "{line}"
+                );
+            }
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    assert_eq!(pgs, 2048);
+    assert_eq!(rack_of.len(), 40);
+}
+
+#[test]
+fn fabricctl_without_a_cluster_fails_with_one_clear_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fabricctl"))
+        .args(["--endpoints", "127.0.0.1:1", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no member answered"), "{stderr}");
+}
