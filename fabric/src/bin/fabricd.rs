@@ -11,8 +11,25 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(name = "fabricd", version, about = "Fabric storage daemon")]
 struct Cli {
+    /// Threads running network and request tasks (default: one less than the CPUs, at least
+    /// one; each disk's io_uring runs on a thread of its own besides these).
+    #[arg(long, global = true)]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Builds the runtime. On small machines the default leaves a core to the io_uring threads:
+/// measured on 2 cores, one worker serves 25-40% more 4 KiB writes than two, which spend their
+/// time waking each other.
+fn runtime(worker_threads: Option<usize>) -> tokio::runtime::Runtime {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = worker_threads.unwrap_or(cpus.saturating_sub(1)).max(1);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("start tokio runtime")
 }
 
 #[derive(Subcommand)]
@@ -33,7 +50,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Node(args) => run_node(args),
+        Command::Node(args) => run_node(args, cli.worker_threads),
         Command::Dev(args) => {
             let config = match DevConfig::try_from(args) {
                 Ok(c) => c,
@@ -42,8 +59,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(fabric::EXIT_BAD_CONFIG as u8);
                 }
             };
-            let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
-            match runtime.block_on(fabric::dev::run(config)) {
+            match runtime(cli.worker_threads).block_on(fabric::dev::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(DevError::DataDirLocked(e)) => {
                     tracing::error!("{e}");
@@ -58,7 +74,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_node(args: fabric::node::NodeArgs) -> ExitCode {
+fn run_node(args: fabric::node::NodeArgs, worker_threads: Option<usize>) -> ExitCode {
     use fabric::node::NodeError;
     let config = match fabric::meta::server::MemberConfig::try_from(args) {
         Ok(c) => c,
@@ -67,8 +83,7 @@ fn run_node(args: fabric::node::NodeArgs) -> ExitCode {
             return ExitCode::from(fabric::EXIT_BAD_CONFIG as u8);
         }
     };
-    let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
-    match runtime.block_on(fabric::node::run(config)) {
+    match runtime(worker_threads).block_on(fabric::node::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ NodeError::DataDirLocked(_)) => {
             tracing::error!("{e}");
