@@ -12,6 +12,8 @@
 //! request; the permit travels with the request and its reply and is released only once the
 //! writer has put the reply on the socket. A client that pipelines more than
 //! `requests_in_flight_max` requests, or stops reading replies, therefore stops being read.
+//! Reads and writes also hold their payload's size from a per-connection byte budget
+//! (`PAYLOAD_BYTES_IN_FLIGHT_MAX`), so many large requests cannot pile up memory either.
 //!
 //! Ending: whatever ends the reader (`NBD_CMD_DISC`, end of stream, a protocol error,
 //! shutdown), requests already read still run to completion and their replies are written
@@ -36,6 +38,13 @@ use super::wire::{Frame, read_frame, read_payload, shutdown_requested, skip};
 /// in bytes. Larger ones end the connection after the error reply. The document asks servers
 /// not to treat anything under 32 MiB as an attack, so the cap sits above that.
 pub const WRITE_DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Payload bytes (write data read, read data to send) one connection may hold at once. Larger
+/// than the largest single payload, so one request always fits.
+pub const PAYLOAD_BYTES_IN_FLIGHT_MAX: u64 = 256 * 1024 * 1024;
+/// Granularity of the byte budget, in bytes.
+const BUDGET_UNIT_BYTES: u64 = 4096;
+const _: () = assert!(PAYLOAD_BYTES_IN_FLIGHT_MAX >= super::server::PAYLOAD_MAX_BYTES as u64);
+
 /// Capacity of the socket write buffer, in bytes. Replies are batched into it and flushed
 /// when no further reply is ready; larger read payloads bypass it.
 pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
@@ -66,6 +75,8 @@ pub struct Stats {
 struct Outgoing {
     frame: ReplyFrame,
     _permit: OwnedSemaphorePermit,
+    /// The payload's share of the byte budget, for reads and writes.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// Aborts the task when dropped, so that a connection task aborted at the end of a shutdown
@@ -101,6 +112,9 @@ impl Transmission {
     {
         assert!(self.requests_in_flight_max > 0);
         let permits = Arc::new(Semaphore::new(self.requests_in_flight_max));
+        let budget = Arc::new(Semaphore::new(
+            (PAYLOAD_BYTES_IN_FLIGHT_MAX / BUDGET_UNIT_BYTES) as usize,
+        ));
         // Every message holds a permit, so the channel never holds more than this.
         let (tx, rx) = mpsc::channel::<Outgoing>(self.requests_in_flight_max);
         let mut writer = AbortOnDrop(tokio::spawn(write_replies(w, rx).in_current_span()));
@@ -133,6 +147,23 @@ impl Transmission {
             };
             stats.requests += 1;
             let checked = check_request(&h, &self.negotiated, &self.geometry);
+            let units = match &checked {
+                Ok(Op::Read { len, .. }) | Ok(Op::Write { len, .. }) => {
+                    u64::from(*len).div_ceil(BUDGET_UNIT_BYTES) as u32
+                }
+                _ => 0,
+            };
+            let held = if units == 0 {
+                None
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown_requested(&mut shutdown) => break Ending::Shutdown,
+                    held = budget.clone().acquire_many_owned(units) => {
+                        Some(held.expect("the budget semaphore is never closed"))
+                    }
+                }
+            };
 
             // A WRITE's payload follows its header whether or not the request is accepted;
             // it must be consumed before the next header can be read.
@@ -169,6 +200,7 @@ impl Transmission {
                             .send(Outgoing {
                                 frame,
                                 _permit: permit,
+                                _budget: None,
                             })
                             .await;
                         break Ending::Protocol(format!(
@@ -191,6 +223,7 @@ impl Transmission {
                             .send(Outgoing {
                                 frame,
                                 _permit: permit,
+                                _budget: held,
                             })
                             .await;
                     };
@@ -215,6 +248,7 @@ impl Transmission {
                         .send(Outgoing {
                             frame,
                             _permit: permit,
+                            _budget: None,
                         })
                         .await
                         .is_err()
