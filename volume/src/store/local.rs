@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use super::crc_table::{CRC_ZERO, CrcTable, ENTRIES_PER_PAGE, ENTRY_BYTES, content_crc};
 use super::range_lock::RangeLock;
 use super::{BLOCK_SIZE_BYTES, CRC_OPEN, DATA_OPEN, IO_SIZE_MAX_BYTES, StoreError, StoreStats};
-use crate::io::{BlockFile, Disk};
+use crate::io::{BlockFile, Disk, OpenOptions};
 use crate::volume::{BlockVolume, Extent, ExtentState, VolFuture, VolumeError, ZeroFlags};
 
 const BS: u64 = BLOCK_SIZE_BYTES;
@@ -83,15 +83,16 @@ impl LocalVolume {
         assert!(size > 0 && size.is_multiple_of(BS));
         let data_path = dir.join("data");
         let crc_path = dir.join("crc");
-        if !create && (!data_path.exists() || !crc_path.exists()) {
-            return Err(StoreError::Corrupt(format!(
-                "volume {name}: files missing in {}",
-                dir.display()
-            )));
-        }
-        let open = |path: &Path, opts| {
-            disk.open(path, opts)
-                .map_err(|e| StoreError::io(format!("open {}", path.display()), e))
+        // Files are opened through the disk seam (not checked on the host file system), so the
+        // simulated disk sees the same sequence as a real one.
+        let open = |path: &Path, opts: OpenOptions| {
+            disk.open(path, OpenOptions { create, ..opts })
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        StoreError::Corrupt(format!("volume {name}: {} is missing", path.display()))
+                    }
+                    _ => StoreError::io(format!("open {}", path.display()), e),
+                })
         };
         let data = open(&data_path, DATA_OPEN)?;
         let crc = open(&crc_path, CRC_OPEN)?;
@@ -104,6 +105,13 @@ impl LocalVolume {
             crc.set_len(crc_len)
                 .await
                 .map_err(|e| StoreError::io(format!("size {}", crc_path.display()), e))?;
+            // The lengths must be durable before the catalog names the volume, or a power
+            // loss could leave a catalogued volume with short files.
+            for (file, path) in [(&data, &data_path), (&crc, &crc_path)] {
+                file.sync_data()
+                    .await
+                    .map_err(|e| StoreError::io(format!("sync {}", path.display()), e))?;
+            }
         } else {
             let (dl, cl) = (data.file_len().await, crc.file_len().await);
             let (dl, cl) = (
