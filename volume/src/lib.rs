@@ -6,11 +6,17 @@
 //!   block, verified on every read.
 //! - [`volume`]: the [`BlockVolume`] trait, the one interface the NBD server serves.
 //! - [`nbd`]: the NBD protocol codec and server.
+//! - [`wire`]: the replica wire protocol codec (no IO).
+//! - [`replica`]: the replica server, serving a node's extent store to volume clients.
+//! - [`client`]: the replicated volume client, a [`BlockVolume`] over replica servers.
 
 pub mod checksum;
+pub mod client;
 pub mod io;
 pub mod nbd;
+pub mod replica;
 pub mod store;
 pub mod volume;
+pub mod wire;
 
 pub use volume::{BlockVolume, Extent, ExtentState, VolumeError, ZeroFlags};

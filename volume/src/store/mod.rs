@@ -160,6 +160,12 @@ impl ExtentStore {
         &self.dir
     }
 
+    /// The disk the store's files live on; the replica server keeps its per-volume records
+    /// on it too.
+    pub fn disk(&self) -> &Arc<dyn Disk> {
+        &self.disk
+    }
+
     pub fn stats(&self) -> &Arc<StoreStats> {
         &self.stats
     }

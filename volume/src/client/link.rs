@@ -1,0 +1,267 @@
+//! [`Link`]: the client's connection to one replica server. Requests are pipelined over one
+//! TCP session and paired with their replies by request id, whatever order they come back in.
+//!
+//! A session that fails (connect error, socket error, a bad frame, a timeout) is closed and
+//! every request waiting on it fails; the next call opens a new session. Each call is bounded
+//! by the link's timeout from start to reply, connecting included, because a frozen replica
+//! keeps its socket open and never answers.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::wire::{Reply, Request, Status, WireError, decode_reply};
+
+/// Initial capacity of a session's read buffer, in bytes.
+pub const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Capacity of a session's write buffer, in bytes.
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Why a call to a replica failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("connection to {0} closed before the reply")]
+    Closed(SocketAddr),
+    #[error("no reply from {addr} within {timeout_ms} ms")]
+    Timeout { addr: SocketAddr, timeout_ms: u64 },
+}
+
+/// How one replica answered one request.
+pub(super) enum Outcome {
+    Acked(Bytes),
+    Fenced(u64),
+    /// A block failed its checksum on the replica, or the reply's payload on the way.
+    Corrupt,
+    Failed(String),
+}
+
+/// How a call's result reads: the reply's status, or the link's failure.
+pub(super) fn outcome(result: Result<Reply, LinkError>) -> Outcome {
+    let reply = match result {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if !reply.payload_intact() {
+        return Outcome::Corrupt;
+    }
+    match reply.header.status {
+        Status::Ok => Outcome::Acked(reply.payload),
+        Status::Fenced => Outcome::Fenced(reply.header.epoch),
+        Status::Checksum => Outcome::Corrupt,
+        other => Outcome::Failed(format!(
+            "replica answered {other:?} (errno {})",
+            reply.header.errno
+        )),
+    }
+}
+
+/// State shared by a session's reader, writer and callers.
+struct Shared {
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    /// Marks the session dead and fails every waiting call (their senders are dropped).
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.pending.lock().expect("pending").clear();
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One TCP session. Dropping it stops its tasks and closes the socket.
+struct Session {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+    _reader: AbortOnDrop,
+    _writer: AbortOnDrop,
+}
+
+/// The connection to one replica, reopened on demand.
+pub struct Link {
+    addr: SocketAddr,
+    timeout: Duration,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    next_id: AtomicU64,
+    in_flight_max: usize,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Link {
+    pub fn new(addr: SocketAddr, timeout: Duration, in_flight_max: usize) -> Link {
+        assert!(in_flight_max > 0 && !timeout.is_zero());
+        Link {
+            addr,
+            timeout,
+            session: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            in_flight_max,
+            in_flight: Arc::new(Semaphore::new(in_flight_max)),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `req` (its request id is assigned here) and waits for the reply, all within the
+    /// link's timeout. A reply whose frame is broken closes the session and fails the call.
+    pub async fn call(&self, mut req: Request) -> Result<Reply, LinkError> {
+        let timeout_ms = self.timeout.as_millis() as u64;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        req.header.request_id = id;
+        let mut used: Option<Arc<Session>> = None;
+        let attempt = async {
+            let _permit = self
+                .in_flight
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            let session = self.session().await?;
+            used = Some(Arc::clone(&session));
+            let (tx, rx) = oneshot::channel();
+            session
+                .shared
+                .pending
+                .lock()
+                .expect("pending")
+                .insert(id, tx);
+            if session.shared.closed.load(Ordering::Acquire) || session.tx.send(req).await.is_err()
+            {
+                return Err(LinkError::Closed(self.addr));
+            }
+            rx.await.map_err(|_| LinkError::Closed(self.addr))
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A replica that does not answer in time is not trusted with the next request.
+                if let Some(s) = used {
+                    s.shared.close();
+                }
+                Err(LinkError::Timeout {
+                    addr: self.addr,
+                    timeout_ms,
+                })
+            }
+        }
+    }
+
+    /// The open session, or a new one.
+    async fn session(&self) -> Result<Arc<Session>, LinkError> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref()
+            && !s.shared.closed.load(Ordering::Acquire)
+        {
+            return Ok(Arc::clone(s));
+        }
+        *slot = None;
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| LinkError::Connect {
+                addr: self.addr,
+                reason: e.to_string(),
+            })?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(addr = %self.addr, error = %e, "TCP_NODELAY not set");
+        }
+        let (r, w) = stream.into_split();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(self.in_flight_max);
+        let addr = self.addr;
+        let reader = tokio::spawn(read_replies(r, Arc::clone(&shared), addr));
+        let writer = tokio::spawn(write_requests(w, rx, Arc::clone(&shared), addr));
+        let session = Arc::new(Session {
+            tx,
+            shared,
+            _reader: AbortOnDrop(reader),
+            _writer: AbortOnDrop(writer),
+        });
+        *slot = Some(Arc::clone(&session));
+        tracing::debug!(%addr, "replica session opened");
+        Ok(session)
+    }
+}
+
+async fn read_replies(mut r: OwnedReadHalf, shared: Arc<Shared>, addr: SocketAddr) {
+    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let why: String = 'session: loop {
+        loop {
+            match decode_reply(&mut buf) {
+                Ok(Some(reply)) => {
+                    let waiter = shared
+                        .pending
+                        .lock()
+                        .expect("pending")
+                        .remove(&reply.header.request_id);
+                    // No waiter: the call timed out and gave up; the reply is dropped.
+                    if let Some(w) = waiter {
+                        let _ = w.send(reply);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => break 'session bad_frame(e),
+            }
+        }
+        match r.read_buf(&mut buf).await {
+            Ok(0) => break "closed by the replica".to_owned(),
+            Ok(_) => {}
+            Err(e) => break format!("read: {e}"),
+        }
+    };
+    tracing::debug!(%addr, reason = %why, "replica session ended");
+    shared.close();
+}
+
+fn bad_frame(e: WireError) -> String {
+    format!("bad reply frame: {e}")
+}
+
+async fn write_requests(
+    w: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Request>,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+) {
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, w);
+    let result: io::Result<()> = async {
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(req) = next {
+                w.write_all(&req.encode_header()).await?;
+                w.write_all(&req.payload).await?;
+                next = rx.try_recv().ok();
+            }
+            w.flush().await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(%addr, error = %e, "replica session write failed");
+        shared.close();
+    }
+}

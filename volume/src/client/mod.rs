@@ -1,0 +1,152 @@
+//! The replicated volume client (the volume driver): a [`BlockVolume`] whose extents live on
+//! replica servers, so the NBD server can export a replicated volume unchanged.
+//!
+//! - Every IO is split at extent boundaries ([`split`]); each extent belongs to one group of
+//!   replicas (its acting set). Here the acting sets are *static*, given at construction as
+//!   [`ActingSets`]; the placement-group map from the metadata service replaces them later.
+//! - Writes, trims and zeroings go to every live replica of the group in parallel and succeed
+//!   when all of them acked, each stamped with the version `(attach_epoch, seq)`, `seq` from a
+//!   per-volume counter. Overlapping mutations are serialised by a block range lock held from
+//!   before their `seq` is taken until every replica answered, so all replicas apply them in
+//!   the same order.
+//! - Reads go to one live replica, the first of the group preferred (the local one, by
+//!   convention of whoever builds the acting sets), and fail over to the next on any error or
+//!   a checksum failure.
+//! - A replica that errors, closes its connection, or does not answer within
+//!   `request_timeout_ms` is reported through [`AclObserver::replica_failed`], and the
+//!   operation waits for that report to be accepted (removal from the acting set) before it
+//!   completes on the remaining replicas. Fewer than `min_replicas` left: IO error.
+//! - A replica answering FENCED means another client attached with a newer epoch: the volume
+//!   reports itself fenced ([`AclObserver::fenced`]) and refuses every further IO.
+//!
+//! Code map: `link` is the pipelined connection to one replica; [`split`] cuts IOs at
+//! extent boundaries and [`tally`] decides how a fan-out ends (both pure); `bounded` runs an
+//! IO's pieces a bounded number at a time; `replicated` is the [`ReplicatedVolume`] itself.
+//! Start at [`ReplicatedVolume::new`].
+//!
+//! [`BlockVolume`]: crate::volume::BlockVolume
+
+mod bounded;
+mod link;
+mod replicated;
+pub mod split;
+pub mod tally;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+pub use link::{Link, LinkError};
+pub use replicated::ReplicatedVolume;
+
+use crate::wire::{EXTENT_SIZE_BYTES, VolumeId};
+
+/// Default time a replica gets to answer one request, in milliseconds.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default requests in flight to one replica.
+pub const REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT: usize = 128;
+/// Largest read or write the volume accepts, in bytes (split into extent pieces).
+pub const IO_SIZE_MAX_BYTES: u32 = 32 * 1024 * 1024;
+/// Pieces of one IO (or trim) sent at a time, so a huge trim cannot flood the replicas.
+pub const PIECES_IN_FLIGHT_MAX: usize = 64;
+
+const _: () = assert!((IO_SIZE_MAX_BYTES as u64).is_multiple_of(EXTENT_SIZE_BYTES));
+
+/// What the client needs to know about the volume it serves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The export name.
+    pub name: String,
+    pub volume: VolumeId,
+    pub size_bytes: u64,
+    /// Granted by the metadata service at attach; every request carries it.
+    pub attach_epoch: u64,
+    /// Writes fail when fewer replicas than this would hold them.
+    pub min_replicas: usize,
+    pub request_timeout_ms: u64,
+    pub requests_in_flight_per_replica_max: usize,
+}
+
+/// Why [`ReplicatedVolume::new`] refused its input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientConfigError {
+    #[error("size {0} must be a non-zero multiple of 4096")]
+    Size(u64),
+    #[error("attach epoch must be positive (0 means never attached)")]
+    Epoch,
+    #[error("min_replicas must be at least 1")]
+    MinReplicas,
+    #[error("request_timeout_ms and requests_in_flight_per_replica_max must be positive")]
+    Limits,
+    #[error(
+        "acting sets must list at least one group, each with at least min_replicas distinct replicas"
+    )]
+    ActingSets,
+}
+
+/// The replicas of each extent group, in preference order. Extent `e` belongs to group
+/// `e % groups.len()`: a stand-in for the placement-group map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActingSets {
+    pub groups: Vec<Vec<SocketAddr>>,
+}
+
+impl ActingSets {
+    /// One group holding every extent on `replicas`.
+    pub fn single(replicas: Vec<SocketAddr>) -> ActingSets {
+        ActingSets {
+            groups: vec![replicas],
+        }
+    }
+
+    pub fn group_of(&self, extent: u64) -> usize {
+        assert!(!self.groups.is_empty());
+        (extent % self.groups.len() as u64) as usize
+    }
+}
+
+/// A replica that failed and must leave a group's acting set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaFailure {
+    pub volume: VolumeId,
+    pub group: usize,
+    pub replica: SocketAddr,
+    pub reason: String,
+}
+
+/// Future of an acting-set change; `Err` says why it could not be made.
+pub type AclFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+/// The seam between the data path and the metadata service: what the client reports, and
+/// what it waits for.
+pub trait AclObserver: Send + Sync + 'static {
+    /// `failure.replica` must leave the acting set of `failure.group`. The operation that
+    /// found the failure completes only after the returned future resolved `Ok`: that is what
+    /// makes it safe to acknowledge a write the replica missed. An `Err` fails the operation,
+    /// and every later write of the group, with an IO error.
+    fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture;
+
+    /// A replica refused the volume's epoch: another client holds a newer attach (`current`).
+    fn fenced(&self, volume: VolumeId, our_epoch: u64, current: u64);
+
+    /// A replica holds a block that failed its checksum at `offset`; the read was served by
+    /// another replica. The seam for repair.
+    fn block_corrupt(&self, volume: VolumeId, replica: SocketAddr, offset: u64) {
+        tracing::warn!(%volume, %replica, offset, "replica returned a checksum failure");
+    }
+}
+
+/// An observer that accepts every removal at once and only logs: for tests and tools without
+/// a metadata service.
+pub struct LoggingObserver;
+
+impl AclObserver for LoggingObserver {
+    fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture {
+        tracing::warn!(volume = %failure.volume, group = failure.group, replica = %failure.replica, reason = %failure.reason, "replica removed from the acting set");
+        Box::pin(async { Ok(()) })
+    }
+
+    fn fenced(&self, volume: VolumeId, our_epoch: u64, current: u64) {
+        tracing::error!(%volume, our_epoch, current, "volume fenced by a newer attach");
+    }
+}

@@ -1,0 +1,550 @@
+//! [`ReplicatedVolume`]: the [`BlockVolume`] over replica servers; see the module docs of
+//! [`client`](super) for the rules it follows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::OnceCell;
+use tokio::task::JoinSet;
+
+use crate::store::range_lock::RangeLock;
+use crate::volume::{BlockVolume, Extent, ExtentState, VolFuture, VolumeError, ZeroFlags};
+use crate::wire::{
+    FLAG_FUA, FLAG_MAY_TRIM, Op, Request, RequestHeader, VERSIONS_PER_REQUEST_MAX, VolumeId,
+    WriteVersion, decode_versions,
+};
+
+use super::bounded::{PieceFuture, run_bounded};
+use super::link::{Link, Outcome, outcome};
+use super::split::{Piece, split};
+use super::tally::{Tally, Verdict};
+use super::{
+    AclObserver, ActingSets, ClientConfig, ClientConfigError, IO_SIZE_MAX_BYTES, ReplicaFailure,
+};
+
+/// Granularity of the client's range lock, in bytes (the store's checksummed block).
+const LOCK_BLOCK_BYTES: u64 = 4096;
+
+/// A replicated volume. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct ReplicatedVolume {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    acting: ActingSets,
+    groups: Vec<Vec<Replica>>,
+    observer: Arc<dyn AclObserver>,
+    next_seq: AtomicU64,
+    /// Zero while not fenced; otherwise the newer epoch a replica reported.
+    fenced_by: AtomicU64,
+    locks: Arc<RangeLock>,
+}
+
+/// One replica in one group's acting set.
+struct Replica {
+    link: Arc<Link>,
+    /// Unset while the replica is in the acting set. Set once it failed: `true` when the
+    /// observer removed it, `false` when the removal failed (the group can then take no
+    /// writes, since the replica is still in the acting set but cannot be written).
+    removal: OnceCell<bool>,
+}
+
+impl Replica {
+    fn live(&self) -> bool {
+        self.removal.get().is_none()
+    }
+    fn stuck(&self) -> bool {
+        self.removal.get() == Some(&false)
+    }
+}
+
+impl ReplicatedVolume {
+    /// Checks the configuration and sets up one link per distinct replica address. No
+    /// connection is made until the first IO.
+    pub fn new(
+        config: ClientConfig,
+        acting: ActingSets,
+        observer: Arc<dyn AclObserver>,
+    ) -> Result<ReplicatedVolume, ClientConfigError> {
+        let ClientConfig {
+            name: _,
+            volume: _,
+            size_bytes,
+            attach_epoch,
+            min_replicas,
+            request_timeout_ms,
+            requests_in_flight_per_replica_max,
+        } = config;
+        if size_bytes == 0 || !size_bytes.is_multiple_of(LOCK_BLOCK_BYTES) {
+            return Err(ClientConfigError::Size(size_bytes));
+        }
+        if attach_epoch == 0 {
+            return Err(ClientConfigError::Epoch);
+        }
+        if min_replicas == 0 {
+            return Err(ClientConfigError::MinReplicas);
+        }
+        if request_timeout_ms == 0 || requests_in_flight_per_replica_max == 0 {
+            return Err(ClientConfigError::Limits);
+        }
+        let distinct = |g: &Vec<SocketAddr>| {
+            let mut s = g.clone();
+            s.sort();
+            s.dedup();
+            s.len() == g.len()
+        };
+        if acting.groups.is_empty()
+            || acting
+                .groups
+                .iter()
+                .any(|g| g.len() < min_replicas || !distinct(g))
+        {
+            return Err(ClientConfigError::ActingSets);
+        }
+        let timeout = Duration::from_millis(request_timeout_ms);
+        let mut links: HashMap<SocketAddr, Arc<Link>> = HashMap::new();
+        let groups = acting
+            .groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|&addr| Replica {
+                        link: Arc::clone(links.entry(addr).or_insert_with(|| {
+                            Arc::new(Link::new(addr, timeout, requests_in_flight_per_replica_max))
+                        })),
+                        removal: OnceCell::new(),
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(ReplicatedVolume {
+            inner: Arc::new(Inner {
+                config,
+                acting,
+                groups,
+                observer,
+                next_seq: AtomicU64::new(1),
+                fenced_by: AtomicU64::new(0),
+                locks: Arc::new(RangeLock::default()),
+            }),
+        })
+    }
+
+    /// The newer attach epoch that fenced this volume, if one did.
+    pub fn fenced_by(&self) -> Option<u64> {
+        match self.inner.fenced_by.load(Ordering::Acquire) {
+            0 => None,
+            e => Some(e),
+        }
+    }
+
+    /// Replicas of `group` still in its acting set, in preference order.
+    pub fn live_replicas(&self, group: usize) -> Vec<SocketAddr> {
+        self.inner.groups[group]
+            .iter()
+            .filter(|r| r.live())
+            .map(|r| r.link.addr())
+            .collect()
+    }
+
+    /// Asks `replica` for the versions of extents `first..first + count` (for resync).
+    pub async fn extent_versions(
+        &self,
+        replica: SocketAddr,
+        first: u64,
+        count: u32,
+    ) -> Result<Vec<WriteVersion>, VolumeError> {
+        assert!(count <= VERSIONS_PER_REQUEST_MAX);
+        let link = self
+            .inner
+            .groups
+            .iter()
+            .flatten()
+            .find(|r| r.link.addr() == replica)
+            .map(|r| Arc::clone(&r.link))
+            .ok_or_else(|| VolumeError::Io(format!("{replica} is not a replica of this volume")))?;
+        let header = self
+            .inner
+            .header(Op::GetExtentVersions, first, count, 0, WriteVersion::NONE);
+        match outcome(link.call(Request::new(header)).await) {
+            Outcome::Acked(payload) => decode_versions(&payload)
+                .filter(|v| v.len() == count as usize)
+                .ok_or_else(|| VolumeError::Io(format!("{replica}: malformed versions reply"))),
+            Outcome::Fenced(e) => Err(VolumeError::Io(format!("{replica}: fenced by epoch {e}"))),
+            Outcome::Corrupt => Err(VolumeError::Io(format!(
+                "{replica}: corrupt versions reply"
+            ))),
+            Outcome::Failed(why) => Err(VolumeError::Io(why)),
+        }
+    }
+}
+
+impl Inner {
+    fn header(&self, op: Op, offset: u64, len: u32, flags: u8, v: WriteVersion) -> RequestHeader {
+        RequestHeader {
+            op,
+            flags,
+            request_id: 0,
+            volume: self.config.volume,
+            offset,
+            len,
+            payload_crc: 0,
+            attach_epoch: self.config.attach_epoch,
+            version: v,
+        }
+    }
+
+    fn volume(&self) -> VolumeId {
+        self.config.volume
+    }
+
+    fn check_open(&self) -> Result<(), VolumeError> {
+        match self.fenced_by.load(Ordering::Acquire) {
+            0 => Ok(()),
+            current => Err(VolumeError::Io(format!(
+                "volume {} is fenced: attach epoch {} was superseded by {current}",
+                self.config.name, self.config.attach_epoch
+            ))),
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.config.size_bytes => Ok(()),
+            _ => Err(VolumeError::OutOfRange {
+                offset,
+                len,
+                size: self.config.size_bytes,
+            }),
+        }
+    }
+
+    fn fence(&self, current: u64) -> VolumeError {
+        if self.fenced_by.swap(current, Ordering::AcqRel) == 0 {
+            self.observer
+                .fenced(self.volume(), self.config.attach_epoch, current);
+        }
+        self.check_open().expect_err("just fenced")
+    }
+
+    /// Reports replica `idx` of `group` failed and waits for its removal; `true` once it is
+    /// out of the acting set. Concurrent reporters of the same replica share one report.
+    async fn remove(&self, group: usize, idx: usize, reason: String) -> bool {
+        let replica = &self.groups[group][idx];
+        let failure = ReplicaFailure {
+            volume: self.volume(),
+            group,
+            replica: replica.link.addr(),
+            reason,
+        };
+        *replica
+            .removal
+            .get_or_init(|| async {
+                tracing::warn!(volume = %failure.volume, group, replica = %failure.replica, reason = %failure.reason, "replica failed");
+                match self.observer.replica_failed(failure.clone()).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(volume = %failure.volume, group, replica = %failure.replica, error = %e, "replica could not be removed from the acting set");
+                        false
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Live replicas of `group` (by index), or why the group cannot take a write.
+    fn writable(&self, group: usize) -> Result<Vec<usize>, VolumeError> {
+        let replicas = &self.groups[group];
+        if let Some(r) = replicas.iter().find(|r| r.stuck()) {
+            return Err(VolumeError::Io(format!(
+                "replica {} failed and could not be removed from group {group}",
+                r.link.addr()
+            )));
+        }
+        let live: Vec<usize> = (0..replicas.len())
+            .filter(|&i| replicas[i].live())
+            .collect();
+        if live.len() < self.config.min_replicas {
+            return Err(VolumeError::Io(format!(
+                "group {group} has {} live replicas, fewer than min_replicas {}",
+                live.len(),
+                self.config.min_replicas
+            )));
+        }
+        Ok(live)
+    }
+
+    /// Sends one mutation to every live replica of `group`; succeeds when every replica that
+    /// did not ack has been removed and at least `min_replicas` acked.
+    async fn mutate_group(self: Arc<Self>, group: usize, req: Request) -> Result<(), VolumeError> {
+        let live = self.writable(group)?;
+        let mut calls = JoinSet::new();
+        for idx in live {
+            let link = Arc::clone(&self.groups[group][idx].link);
+            let req = req.clone();
+            calls.spawn(async move { (idx, outcome(link.call(req).await)) });
+        }
+        let mut tally = Tally::default();
+        while let Some(joined) = calls.join_next().await {
+            let (idx, result) =
+                joined.map_err(|e| VolumeError::Io(format!("replica call: {e}")))?;
+            match result {
+                Outcome::Acked(_) => tally.acked(),
+                Outcome::Fenced(current) => tally.fenced(current),
+                Outcome::Corrupt => {
+                    let why = "checksum failure on the replica, or a damaged reply".to_owned();
+                    tally.failed(self.remove(group, idx, why).await);
+                }
+                Outcome::Failed(why) => tally.failed(self.remove(group, idx, why).await),
+            }
+        }
+        match tally.verdict(self.config.min_replicas) {
+            Verdict::Done => {}
+            Verdict::Fenced { current } => return Err(self.fence(current)),
+            Verdict::Unremoved => {
+                return Err(self
+                    .writable(group)
+                    .expect_err("a replica that could not be removed blocks the group"));
+            }
+            Verdict::BelowMin { acked } => {
+                return Err(VolumeError::Io(format!(
+                    "{:?} at {} reached {acked} replicas of group {group}, fewer than min_replicas {}",
+                    req.header.op, req.header.offset, self.config.min_replicas
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a mutation of `[offset, offset + len)`: takes the range, stamps each piece with the
+    /// next version, and fans the pieces out.
+    async fn mutate(
+        self: Arc<Self>,
+        offset: u64,
+        len: u64,
+        build: impl Fn(&Inner, Piece, WriteVersion) -> Request,
+    ) -> Result<(), VolumeError> {
+        self.check_open()?;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let _range = self
+            .locks
+            .lock(
+                offset / LOCK_BLOCK_BYTES,
+                (offset + len).div_ceil(LOCK_BLOCK_BYTES),
+            )
+            .await;
+        let mut tasks: Vec<PieceFuture<()>> = Vec::new();
+        for piece in split(offset, len) {
+            let version = WriteVersion {
+                epoch: self.config.attach_epoch,
+                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            };
+            let req = build(&self, piece, version);
+            let group = self.acting.group_of(piece.extent);
+            tasks.push(Box::pin(Arc::clone(&self).mutate_group(group, req)));
+        }
+        run_bounded(tasks).await.map(|_| ())
+    }
+
+    /// Reads one piece from the first live replica that returns good data.
+    async fn read_piece(self: Arc<Self>, piece: Piece) -> Result<Bytes, VolumeError> {
+        let group = self.acting.group_of(piece.extent);
+        let header = self.header(Op::Read, piece.offset, piece.len, 0, WriteVersion::NONE);
+        let mut tried = Vec::new();
+        for idx in 0..self.groups[group].len() {
+            let replica = &self.groups[group][idx];
+            if !replica.live() {
+                continue;
+            }
+            let addr = replica.link.addr();
+            match outcome(replica.link.call(Request::new(header)).await) {
+                Outcome::Acked(data) if data.len() == piece.len as usize => return Ok(data),
+                Outcome::Acked(data) => {
+                    let why = format!("read of {} bytes returned {}", piece.len, data.len());
+                    self.remove(group, idx, why.clone()).await;
+                    tried.push(format!("{addr}: {why}"));
+                }
+                Outcome::Fenced(current) => return Err(self.fence(current)),
+                Outcome::Corrupt => {
+                    self.observer
+                        .block_corrupt(self.volume(), addr, piece.offset);
+                    tried.push(format!("{addr}: checksum failure"));
+                }
+                Outcome::Failed(why) => {
+                    self.remove(group, idx, why.clone()).await;
+                    tried.push(format!("{addr}: {why}"));
+                }
+            }
+        }
+        Err(VolumeError::Io(format!(
+            "no replica of group {group} could serve {}+{}: [{}]",
+            piece.offset,
+            piece.len,
+            tried.join("; ")
+        )))
+    }
+
+    async fn read(self: Arc<Self>, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
+        self.check_open()?;
+        if len > IO_SIZE_MAX_BYTES {
+            return Err(VolumeError::TooLarge {
+                len: len.into(),
+                max: IO_SIZE_MAX_BYTES.into(),
+            });
+        }
+        self.check_range(offset, len.into())?;
+        let tasks: Vec<PieceFuture<Bytes>> = split(offset, len.into())
+            .map(|p| Box::pin(Arc::clone(&self).read_piece(p)) as PieceFuture<Bytes>)
+            .collect();
+        let mut pieces = run_bounded(tasks).await?;
+        if pieces.len() == 1 {
+            return Ok(pieces.pop().expect("one piece"));
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for p in pieces {
+            out.extend_from_slice(&p);
+        }
+        assert_eq!(out.len(), len as usize, "pieces tile the read");
+        Ok(out.freeze())
+    }
+
+    /// Flushes every live replica of every group, each distinct replica once.
+    async fn flush(self: Arc<Self>) -> Result<(), VolumeError> {
+        self.check_open()?;
+        let mut members: BTreeMap<SocketAddr, Vec<(usize, usize)>> = BTreeMap::new();
+        for (g, replicas) in self.groups.iter().enumerate() {
+            for (i, r) in replicas.iter().enumerate() {
+                if r.live() {
+                    members.entry(r.link.addr()).or_default().push((g, i));
+                }
+            }
+        }
+        let mut calls = JoinSet::new();
+        for (addr, places) in members {
+            let (g, i) = places[0];
+            let link = Arc::clone(&self.groups[g][i].link);
+            let req = Request::new(self.header(Op::Flush, 0, 0, 0, WriteVersion::NONE));
+            calls.spawn(async move { (addr, places, outcome(link.call(req).await)) });
+        }
+        let mut fenced = None;
+        while let Some(joined) = calls.join_next().await {
+            let (_, places, result) =
+                joined.map_err(|e| VolumeError::Io(format!("flush call: {e}")))?;
+            match result {
+                Outcome::Acked(_) => {}
+                Outcome::Fenced(current) => fenced = Some(current),
+                Outcome::Corrupt | Outcome::Failed(_) => {
+                    let why = match result {
+                        Outcome::Failed(why) => why,
+                        _ => "damaged flush reply".to_owned(),
+                    };
+                    for (g, i) in places {
+                        self.remove(g, i, why.clone()).await;
+                    }
+                }
+            }
+        }
+        if let Some(current) = fenced {
+            return Err(self.fence(current));
+        }
+        for g in 0..self.groups.len() {
+            self.writable(g)?;
+        }
+        Ok(())
+    }
+}
+
+impl BlockVolume for ReplicatedVolume {
+    fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.config.size_bytes
+    }
+
+    fn max_io_bytes(&self) -> u32 {
+        IO_SIZE_MAX_BYTES
+    }
+
+    fn read(&self, offset: u64, len: u32) -> VolFuture<Bytes> {
+        Box::pin(Arc::clone(&self.inner).read(offset, len))
+    }
+
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> VolFuture<()> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            if data.len() > IO_SIZE_MAX_BYTES as usize {
+                return Err(VolumeError::TooLarge {
+                    len: data.len() as u64,
+                    max: IO_SIZE_MAX_BYTES.into(),
+                });
+            }
+            let len = data.len() as u64;
+            let flags = if fua { FLAG_FUA } else { 0 };
+            inner
+                .mutate(offset, len, move |inner, p, v| {
+                    let at = p.at as usize;
+                    let payload = data.slice(at..at + p.len as usize);
+                    Request::write(inner.header(Op::Write, p.offset, p.len, flags, v), payload)
+                })
+                .await
+        })
+    }
+
+    fn flush(&self) -> VolFuture<()> {
+        Box::pin(Arc::clone(&self.inner).flush())
+    }
+
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> VolFuture<()> {
+        let flags = if fua { FLAG_FUA } else { 0 };
+        Box::pin(
+            Arc::clone(&self.inner).mutate(offset, len, move |inner, p, v| {
+                Request::new(inner.header(Op::Trim, p.offset, p.len, flags, v))
+            }),
+        )
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, zf: ZeroFlags) -> VolFuture<()> {
+        // Zeroing is a metadata operation on every replica, so a fast zero is always possible.
+        let flags = if zf.fua { FLAG_FUA } else { 0 } | if zf.may_trim { FLAG_MAY_TRIM } else { 0 };
+        Box::pin(
+            Arc::clone(&self.inner).mutate(offset, len, move |inner, p, v| {
+                Request::new(inner.header(Op::WriteZeroes, p.offset, p.len, flags, v))
+            }),
+        )
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> VolFuture<Vec<Extent>> {
+        // The protocol has no block status yet: report the range as allocated data, which is
+        // always a correct (if unhelpful) answer.
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            inner.check_open()?;
+            if len == 0 {
+                return Err(VolumeError::OutOfRange {
+                    offset,
+                    len,
+                    size: inner.config.size_bytes,
+                });
+            }
+            inner.check_range(offset, len)?;
+            Ok(vec![Extent {
+                len,
+                state: ExtentState {
+                    hole: false,
+                    zero: false,
+                },
+            }])
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! One client connection of the replica server: a reader that decodes frames and spawns one
+//! task per request, and a writer that puts replies on the socket in completion order.
+//!
+//! Backpressure: the reader takes a permit from a per-connection semaphore for each request
+//! it decodes; the permit is released once the reply has been written. A client that
+//! pipelines more than `requests_in_flight_max` requests, or stops reading replies, stops
+//! being read.
+//!
+//! A frame that cannot be decoded ends the reader; requests already read still complete and
+//! their replies are written before the socket closes.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::wire::{REQUEST_HEADER_BYTES, Reply, WireError, decode_request};
+
+use super::execute::execute;
+use super::{ReplicaServer, stopped};
+
+/// Initial capacity of a connection's read buffer, in bytes.
+pub const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Capacity of a connection's write buffer, in bytes; larger payloads bypass it.
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+const _: () = assert!(READ_BUFFER_BYTES >= REQUEST_HEADER_BYTES);
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum Ending {
+    ClientClosed,
+    Shutdown,
+    Io(io::Error),
+    Protocol(WireError),
+    /// The stream ended in the middle of a frame.
+    Truncated,
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::ClientClosed => f.write_str("client closed"),
+            Ending::Shutdown => f.write_str("shutdown"),
+            Ending::Io(e) => write!(f, "socket error: {e}"),
+            Ending::Protocol(e) => write!(f, "protocol error: {e}"),
+            Ending::Truncated => f.write_str("stream ended mid-frame"),
+        }
+    }
+}
+
+struct Outgoing {
+    reply: Reply,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Aborts the writer if the connection task itself is aborted.
+struct AbortOnDrop(JoinHandle<io::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub(super) async fn serve(
+    server: Arc<ReplicaServer>,
+    stream: TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ending {
+    let in_flight_max = server.config.requests_in_flight_max;
+    let (mut r, w) = stream.into_split();
+    let permits = Arc::new(Semaphore::new(in_flight_max));
+    let (tx, rx) = mpsc::channel::<Outgoing>(in_flight_max);
+    let mut writer = AbortOnDrop(tokio::spawn(write_replies(w, rx)));
+    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+
+    let ending = 'conn: loop {
+        loop {
+            let req = match decode_request(&mut buf) {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad frame from replica client; closing its connection");
+                    break 'conn Ending::Protocol(e);
+                }
+            };
+            let permit = tokio::select! {
+                biased;
+                _ = stopped(&mut shutdown) => break 'conn Ending::Shutdown,
+                p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let server = Arc::clone(&server);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let reply = execute(&server, req).await;
+                // The writer is gone only when the connection is being torn down.
+                let _ = tx
+                    .send(Outgoing {
+                        reply,
+                        _permit: permit,
+                    })
+                    .await;
+            });
+        }
+        let n = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break Ending::Shutdown,
+            n = r.read_buf(&mut buf) => n,
+        };
+        match n {
+            Ok(0) if buf.is_empty() => break Ending::ClientClosed,
+            Ok(0) => break Ending::Truncated,
+            Ok(_) => {}
+            Err(e) => break Ending::Io(e),
+        }
+    };
+
+    drop(tx);
+    match (&mut writer.0).await {
+        Ok(Ok(())) => ending,
+        Ok(Err(e)) => match ending {
+            Ending::ClientClosed | Ending::Shutdown => Ending::Io(e),
+            other => other,
+        },
+        Err(join) => Ending::Io(io::Error::other(format!("reply writer failed: {join}"))),
+    }
+}
+
+/// Writes replies until every sender is gone, flushing whenever no further reply is ready.
+/// After a socket error it keeps draining (and dropping) replies so permits are released.
+async fn write_replies<W: AsyncWrite + Unpin>(
+    w: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+) -> io::Result<()> {
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, w);
+    let mut failed = None;
+    while let Some(first) = rx.recv().await {
+        if failed.is_some() {
+            continue;
+        }
+        let mut next = Some(first);
+        while let Some(out) = next {
+            let head = out.reply.encode_header();
+            let written = async {
+                w.write_all(&head).await?;
+                w.write_all(&out.reply.payload).await
+            }
+            .await;
+            if let Err(e) = written {
+                failed = Some(e);
+                break;
+            }
+            drop(out);
+            next = rx.try_recv().ok();
+        }
+        if failed.is_none()
+            && let Err(e) = w.flush().await
+        {
+            failed = Some(e);
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => w.shutdown().await,
+    }
+}

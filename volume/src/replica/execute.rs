@@ -1,0 +1,136 @@
+//! Runs one decoded request against the replica's state and builds its reply. Every refusal's
+//! status is decided here.
+
+use bytes::Bytes;
+
+use crate::volume::{BlockVolume, VolumeError, ZeroFlags};
+use crate::wire::{
+    EXTENT_SIZE_BYTES, FLAG_FUA, FLAG_MAY_TRIM, FLAGS_KNOWN, Op, PAYLOAD_MAX_BYTES, Reply, Request,
+    Status, VERSIONS_PER_REQUEST_MAX, WriteVersion, encode_versions,
+};
+
+use super::{ReplicaServer, ReplicaVolume};
+
+const EIO: u32 = libc::EIO as u32;
+
+/// Answers `req`. Never fails: every failure is a status in the reply.
+pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
+    let h = req.header;
+    let refuse = |status| Reply::status(h.op, h.request_id, status, 0, 0);
+    if h.flags & !FLAGS_KNOWN != 0 {
+        return refuse(Status::BadRequest);
+    }
+    if h.op == Op::Ping {
+        return Reply::ok(h.op, h.request_id, Bytes::new());
+    }
+    let vol = match server.volume(h.volume).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return refuse(Status::NoVolume),
+        Err(e) => {
+            tracing::error!(volume = %h.volume, error = %e, "replica state of volume cannot be opened");
+            return Reply::status(h.op, h.request_id, Status::Error, EIO, 0);
+        }
+    };
+    if h.op == Op::GetExtentVersions {
+        // Not fenced: resync and rebuild read versions on behalf of the control plane.
+        let (first, count) = (h.offset, u64::from(h.len));
+        if h.len > VERSIONS_PER_REQUEST_MAX
+            || first
+                .checked_add(count)
+                .is_none_or(|end| end > vol.versions.extents())
+        {
+            return refuse(Status::OutOfRange);
+        }
+        let versions = vol.versions.get(first, count);
+        return Reply::ok(h.op, h.request_id, encode_versions(&versions));
+    }
+    if h.op == Op::Write && !req.payload_intact() {
+        tracing::warn!(volume = %h.volume, offset = h.offset, "write payload failed its crc32c");
+        return refuse(Status::PayloadCrc);
+    }
+    if h.op.mutates() && h.version == WriteVersion::NONE {
+        return refuse(Status::BadRequest);
+    }
+    if h.op != Op::Flush && !in_range(&vol, h.op, h.offset, h.len) {
+        return refuse(Status::OutOfRange);
+    }
+    if h.op == Op::Flush && (h.offset != 0 || h.len != 0) {
+        return refuse(Status::BadRequest);
+    }
+
+    let _admitted = match vol.fence.admit(h.attach_epoch).await {
+        Ok(Ok(guard)) => guard,
+        Ok(Err(fenced)) => {
+            tracing::info!(volume = %h.volume, epoch = h.attach_epoch, current = fenced.current, "stale request fenced");
+            return Reply::status(h.op, h.request_id, Status::Fenced, 0, fenced.current);
+        }
+        Err(e) => {
+            tracing::error!(volume = %h.volume, error = %e, "attach epoch cannot be persisted");
+            return Reply::status(h.op, h.request_id, Status::Error, EIO, 0);
+        }
+    };
+    match run(&vol, &req).await {
+        Ok(payload) => Reply::ok(h.op, h.request_id, payload),
+        Err(e) => {
+            let status = match e {
+                VolumeError::Checksum { .. } => Status::Checksum,
+                VolumeError::OutOfRange { .. } | VolumeError::TooLarge { .. } => Status::OutOfRange,
+                _ => Status::Error,
+            };
+            Reply::status(h.op, h.request_id, status, e.errno(), 0)
+        }
+    }
+}
+
+/// Whether the op's range lies within the volume and its limits.
+fn in_range(vol: &ReplicaVolume, op: Op, offset: u64, len: u32) -> bool {
+    if op == Op::Read && len > PAYLOAD_MAX_BYTES {
+        return false;
+    }
+    offset
+        .checked_add(u64::from(len))
+        .is_some_and(|end| end <= vol.local.size())
+}
+
+/// The store operation, then (for mutations) the version record; see `versions` for why in
+/// this order.
+async fn run(vol: &ReplicaVolume, req: &Request) -> Result<Bytes, VolumeError> {
+    let h = &req.header;
+    let fua = h.flags & FLAG_FUA != 0;
+    let len = u64::from(h.len);
+    match h.op {
+        Op::Read => return vol.local.read(h.offset, h.len).await,
+        Op::Write => {
+            assert_eq!(
+                req.payload.len() as u64,
+                len,
+                "the codec framed the payload"
+            );
+            vol.local.write(h.offset, req.payload.clone(), fua).await?;
+        }
+        Op::Trim => vol.local.trim(h.offset, len, fua).await?,
+        Op::WriteZeroes => {
+            let flags = ZeroFlags {
+                may_trim: h.flags & FLAG_MAY_TRIM != 0,
+                fua,
+                fast: false,
+            };
+            vol.local.write_zeroes(h.offset, len, flags).await?;
+        }
+        Op::Flush => {
+            vol.local.flush().await?;
+            vol.versions.sync().await?;
+            return Ok(Bytes::new());
+        }
+        Op::GetExtentVersions | Op::Ping => unreachable!("answered before admission"),
+    }
+    if len > 0 {
+        let first = h.offset / EXTENT_SIZE_BYTES;
+        let end = (h.offset + len).div_ceil(EXTENT_SIZE_BYTES);
+        vol.versions.record(first, end, h.version).await?;
+        if fua {
+            vol.versions.sync().await?;
+        }
+    }
+    Ok(Bytes::new())
+}

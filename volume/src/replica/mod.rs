@@ -1,0 +1,188 @@
+//! The replica server: serves the volumes of a node's [`ExtentStore`] to volume clients over
+//! TCP, speaking the [`wire`](crate::wire) protocol.
+//!
+//! Per volume, beside the store's own files, a replica keeps two small records in
+//! `DATA_DIR/replica/NAME/` (`NAME` is [`store_volume_name`] of the volume id):
+//!
+//! - `epoch`: the highest attach epoch seen ([`fence`]). Requests of an older epoch are
+//!   answered [`Status::Fenced`](crate::wire::Status::Fenced), so a stale client can never
+//!   overwrite data.
+//! - `versions`: the version `(attach_epoch, seq)` of each extent's last write ([`versions`]),
+//!   for delta resync, answered by GET_EXTENT_VERSIONS.
+//!
+//! Code map: `connection` reads frames, runs each request as its own task and writes replies
+//! in completion order (bounded in flight per connection); `execute` runs one request against
+//! the store, the fence and the version table. Start at [`ReplicaServer::serve`].
+//!
+//! Invariants: a malformed frame closes its connection and nothing else; every range is
+//! checked against the volume before the store sees it; a mutation's version is recorded only
+//! after its data was written, and before its reply.
+
+mod connection;
+mod execute;
+pub mod fence;
+pub mod versions;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::store::{CRC_OPEN, ExtentStore, LocalVolume, StoreError};
+use crate::volume::BlockVolume;
+use crate::wire::{VolumeId, WriteVersion};
+
+use fence::Fence;
+use versions::VersionTable;
+
+/// Requests read but not yet answered, per connection, by default.
+pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 256;
+/// Upper bound of [`ReplicaConfig::requests_in_flight_max`].
+pub const REQUESTS_IN_FLIGHT_MAX_LIMIT: usize = 4096;
+/// Pause after a failed `accept`, in milliseconds, so a persistent failure does not spin.
+pub const ACCEPT_RETRY_DELAY_MS: u64 = 100;
+
+/// Replica server configuration.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// Requests read but not yet answered per connection; the reader stops reading at this.
+    pub requests_in_flight_max: usize,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Resolves once shutdown is requested; a dropped sender counts as a request.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The name under which a replicated volume's data lives in the extent store.
+pub fn store_volume_name(id: VolumeId) -> String {
+    format!("r-{id}")
+}
+
+/// One volume as a replica serves it: the store's volume, its fence and its versions.
+pub struct ReplicaVolume {
+    pub local: Arc<LocalVolume>,
+    pub fence: Fence,
+    pub versions: VersionTable,
+}
+
+impl ReplicaVolume {
+    /// Versions of extents `first..first + count` (clamped to the volume).
+    pub fn extent_versions(&self, first: u64, count: u64) -> Vec<WriteVersion> {
+        let end = first.saturating_add(count).min(self.versions.extents());
+        self.versions.get(first.min(end), end - first.min(end))
+    }
+}
+
+/// Serves one extent store's volumes to replica clients.
+pub struct ReplicaServer {
+    store: Arc<ExtentStore>,
+    config: ReplicaConfig,
+    volumes: std::sync::Mutex<HashMap<VolumeId, Arc<ReplicaVolume>>>,
+    /// Held while a volume's replica state is opened, so it is opened once.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl ReplicaServer {
+    pub fn new(store: Arc<ExtentStore>, config: ReplicaConfig) -> Arc<ReplicaServer> {
+        assert!((1..=REQUESTS_IN_FLIGHT_MAX_LIMIT).contains(&config.requests_in_flight_max));
+        Arc::new(ReplicaServer {
+            store,
+            config,
+            volumes: std::sync::Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<ExtentStore> {
+        &self.store
+    }
+
+    /// Creates the store volume of `id` if it does not exist yet (the metadata service will
+    /// drive this; tests and tools call it directly).
+    pub async fn ensure_volume(
+        &self,
+        id: VolumeId,
+        size_bytes: u64,
+    ) -> Result<Arc<LocalVolume>, StoreError> {
+        self.store
+            .ensure_volume(&store_volume_name(id), size_bytes)
+            .await
+    }
+
+    /// The replica state of volume `id`, opened on first use; `None` if the store does not
+    /// hold it.
+    pub async fn volume(&self, id: VolumeId) -> io::Result<Option<Arc<ReplicaVolume>>> {
+        if let Some(v) = self.volumes.lock().expect("volumes").get(&id) {
+            return Ok(Some(Arc::clone(v)));
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(v) = self.volumes.lock().expect("volumes").get(&id) {
+            return Ok(Some(Arc::clone(v)));
+        }
+        let name = store_volume_name(id);
+        let Some(local) = self.store.volume(&name) else {
+            return Ok(None);
+        };
+        let dir = self.store.dir().join("replica").join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let fence = Fence::open(dir.join("epoch")).await?;
+        let file = self.store.disk().open(&dir.join("versions"), CRC_OPEN)?;
+        let versions = VersionTable::open(file, local.size()).await?;
+        let v = Arc::new(ReplicaVolume {
+            local,
+            fence,
+            versions,
+        });
+        self.volumes
+            .lock()
+            .expect("volumes")
+            .insert(id, Arc::clone(&v));
+        Ok(Some(v))
+    }
+
+    /// Serves replica clients on `listener` until `shutdown` turns true (or its sender is
+    /// dropped). Connections then stop reading, finish what they read, and close. Aborting
+    /// the task running this future drops every connection at once, like a crash.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let mut connections = JoinSet::new();
+        let mut stop = shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+                        }
+                        let server = Arc::clone(&self);
+                        let stop = shutdown.clone();
+                        connections.spawn(async move {
+                            let ending = connection::serve(server, stream, stop).await;
+                            tracing::debug!(%peer, %ending, "replica connection closed");
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        while connections.join_next().await.is_some() {}
+    }
+}

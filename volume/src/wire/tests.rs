@@ -1,0 +1,188 @@
+//! Property tests of the codec: round trips, arbitrary input never panics, and each kind of
+//! damage is refused with its own error.
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::*;
+
+fn op() -> impl Strategy<Value = Op> {
+    (1u8..=7).prop_map(|v| Op::from_u8(v).expect("1..=7 are ops"))
+}
+
+fn status() -> impl Strategy<Value = Status> {
+    (0u8..=7).prop_map(|v| Status::from_u8(v).expect("0..=7 are statuses"))
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    (
+        op(),
+        any::<u8>(),
+        any::<[u64; 6]>(),
+        any::<u32>(),
+        proptest::collection::vec(any::<u8>(), 0..4096),
+    )
+        .prop_map(|(op, flags, n, len, data)| {
+            let header = RequestHeader {
+                op,
+                flags,
+                request_id: n[0],
+                volume: VolumeId(n[1]),
+                offset: n[2],
+                len,
+                payload_crc: 0,
+                attach_epoch: n[3],
+                version: WriteVersion {
+                    epoch: n[4],
+                    seq: n[5],
+                },
+            };
+            if op == Op::Write {
+                Request::write(header, Bytes::from(data))
+            } else {
+                Request::new(header)
+            }
+        })
+}
+
+fn encode_request(r: &Request) -> BytesMut {
+    let mut b = BytesMut::from(&r.encode_header()[..]);
+    b.extend_from_slice(&r.payload);
+    b
+}
+
+fn sample_request() -> Request {
+    Request::write(
+        RequestHeader {
+            op: Op::Write,
+            flags: FLAG_FUA,
+            request_id: 7,
+            volume: VolumeId(3),
+            offset: 4096,
+            len: 0,
+            payload_crc: 0,
+            attach_epoch: 2,
+            version: WriteVersion { epoch: 2, seq: 9 },
+        },
+        Bytes::from_static(b"hello replica"),
+    )
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip_even_when_split_anywhere(r in request(), cut in 0usize..5000) {
+        let whole = encode_request(&r);
+        let cut = cut.min(whole.len());
+        let mut buf = BytesMut::from(&whole[..cut]);
+        if cut < whole.len() {
+            prop_assert_eq!(decode_request(&mut buf), Ok(None));
+            buf.extend_from_slice(&whole[cut..]);
+        }
+        let back = decode_request(&mut buf).unwrap().unwrap();
+        prop_assert!(back.payload_intact());
+        prop_assert_eq!(back, r);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn replies_round_trip(
+        op in op(), st in status(), id: u64, errno: u32, epoch: u64,
+        data in proptest::collection::vec(any::<u8>(), 0..4096),
+    ) {
+        let reply = if st == Status::Ok {
+            Reply::ok(op, id, Bytes::from(data))
+        } else {
+            Reply::status(op, id, st, errno, epoch)
+        };
+        let mut buf = BytesMut::from(&reply.encode_header()[..]);
+        buf.extend_from_slice(&reply.payload);
+        let back = decode_reply(&mut buf).unwrap().unwrap();
+        prop_assert!(back.payload_intact());
+        prop_assert_eq!(back, reply);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_either_decoder(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut a = BytesMut::from(&data[..]);
+        let _ = decode_request(&mut a);
+        let mut b = BytesMut::from(&data[..]);
+        let _ = decode_reply(&mut b);
+        let _ = decode_versions(&data);
+    }
+
+    #[test]
+    fn any_flipped_header_bit_is_refused(bit in 0usize..REQUEST_HEADER_BYTES * 8) {
+        let mut buf = encode_request(&sample_request());
+        buf[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(decode_request(&mut buf).is_err());
+    }
+
+    #[test]
+    fn versions_round_trip(v in proptest::collection::vec(any::<(u64, u64)>(), 0..512)) {
+        let v: Vec<WriteVersion> = v.into_iter().map(|(epoch, seq)| WriteVersion { epoch, seq }).collect();
+        prop_assert_eq!(decode_versions(&encode_versions(&v)), Some(v));
+    }
+}
+
+#[test]
+fn bad_magic_version_and_crc_get_their_own_errors() {
+    let good = encode_request(&sample_request());
+
+    let mut bad = good.clone();
+    bad[0] ^= 0xff;
+    assert!(matches!(
+        decode_request(&mut bad),
+        Err(WireError::BadMagic(_))
+    ));
+
+    let mut bad = good.clone();
+    bad[4..6].copy_from_slice(&2u16.to_le_bytes());
+    assert_eq!(decode_request(&mut bad), Err(WireError::BadVersion(2)));
+
+    let mut bad = good.clone();
+    bad[30] ^= 1; // inside the offset
+    assert!(matches!(
+        decode_request(&mut bad),
+        Err(WireError::HeaderCrc { .. })
+    ));
+}
+
+#[test]
+fn a_damaged_payload_is_framed_but_reported_as_not_intact() {
+    let mut buf = encode_request(&sample_request());
+    let last = buf.len() - 1;
+    buf[last] ^= 0x10;
+    let r = decode_request(&mut buf).unwrap().unwrap();
+    assert!(!r.payload_intact());
+}
+
+#[test]
+fn an_oversized_write_is_refused_before_its_payload_arrives() {
+    let mut h = sample_request().header;
+    h.len = PAYLOAD_MAX_BYTES + 1;
+    let mut buf = BytesMut::from(&h.encode()[..]);
+    assert_eq!(
+        decode_request(&mut buf),
+        Err(WireError::PayloadTooLarge {
+            len: PAYLOAD_MAX_BYTES + 1,
+            max: PAYLOAD_MAX_BYTES
+        })
+    );
+}
+
+#[test]
+fn a_fenced_reply_carries_the_replicas_epoch() {
+    let r = Reply::status(Op::Write, 1, Status::Fenced, 0, 42);
+    let mut buf = BytesMut::from(&r.encode_header()[..]);
+    let back = decode_reply(&mut buf).unwrap().unwrap();
+    assert_eq!(back.header.status, Status::Fenced);
+    assert_eq!(back.header.epoch, 42);
+}
+
+#[test]
+fn write_versions_order_by_epoch_first() {
+    let older = WriteVersion { epoch: 1, seq: 900 };
+    let newer = WriteVersion { epoch: 2, seq: 1 };
+    assert!(older < newer);
+    assert!(WriteVersion::NONE < older);
+}

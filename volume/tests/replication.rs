@@ -1,0 +1,624 @@
+//! Replicated volumes end to end, on real TCP over 127.0.0.1: three replica servers, each on
+//! its own extent store in a temporary directory, and the replicated client in front of them.
+//! A "killed" replica is one whose server task was aborted: its listener and every
+//! connection close at once, as they would if the process died.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use volume::client::{
+    AclFuture, AclObserver, ActingSets, ClientConfig, ReplicaFailure, ReplicatedVolume,
+};
+use volume::io::portable::PortableDisk;
+use volume::nbd::{NbdConfig, NbdServer};
+use volume::replica::{ReplicaConfig, ReplicaServer, store_volume_name};
+use volume::store::{ExtentStore, LocalVolume};
+use volume::wire::{
+    EXTENT_SIZE_BYTES, Op, Request, RequestHeader, Status, VolumeId, WriteVersion, decode_reply,
+};
+use volume::{BlockVolume, VolumeError};
+
+const VOL: VolumeId = VolumeId(7);
+const SIZE: u64 = 16 * EXTENT_SIZE_BYTES;
+const EXTENT: u64 = EXTENT_SIZE_BYTES;
+/// Request timeout of the scenarios that are not about timeouts: generous, so a slow fsync on
+/// a busy machine does not get a healthy replica removed.
+const SLOW_DISK_TIMEOUT_MS: u64 = 10_000;
+
+// ---- Harness ------------------------------------------------------------------------------
+
+/// One storage node: an extent store in a temporary directory and a replica server on it.
+struct Node {
+    dir: tempfile::TempDir,
+    store: Arc<ExtentStore>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+    _shutdown: watch::Sender<bool>,
+}
+
+impl Node {
+    async fn start() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        Node::start_in(dir).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir) -> Node {
+        let store = Arc::new(
+            ExtentStore::open(dir.path(), Arc::new(PortableDisk::new("test")))
+                .await
+                .unwrap(),
+        );
+        let server = ReplicaServer::new(Arc::clone(&store), ReplicaConfig::default());
+        server.ensure_volume(VOL, SIZE).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(server.serve(listener, rx));
+        Node {
+            dir,
+            store,
+            addr,
+            task,
+            _shutdown: tx,
+        }
+    }
+
+    /// Aborts the server: the listener and all its connections close at once.
+    fn kill(&self) {
+        self.task.abort();
+    }
+
+    /// The volume as this node's store holds it, read without any replication in between.
+    fn local(&self) -> Arc<LocalVolume> {
+        self.store.volume(&store_volume_name(VOL)).unwrap()
+    }
+
+    fn data_file(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("volumes")
+            .join(store_volume_name(VOL))
+            .join("data")
+    }
+}
+
+async fn three_nodes() -> Vec<Node> {
+    vec![
+        Node::start().await,
+        Node::start().await,
+        Node::start().await,
+    ]
+}
+
+/// Records everything the client reports; removals are accepted at once.
+#[derive(Default)]
+struct Recorder {
+    failures: Mutex<Vec<ReplicaFailure>>,
+    fenced: Mutex<Vec<(u64, u64)>>,
+    corrupt: Mutex<Vec<(SocketAddr, u64)>>,
+}
+
+impl AclObserver for Recorder {
+    fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture {
+        self.failures.lock().unwrap().push(failure);
+        Box::pin(async { Ok(()) })
+    }
+    fn fenced(&self, _volume: VolumeId, our_epoch: u64, current: u64) {
+        self.fenced.lock().unwrap().push((our_epoch, current));
+    }
+    fn block_corrupt(&self, _volume: VolumeId, replica: SocketAddr, offset: u64) {
+        self.corrupt.lock().unwrap().push((replica, offset));
+    }
+}
+
+impl Recorder {
+    fn failed_replicas(&self) -> Vec<SocketAddr> {
+        self.failures
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| f.replica)
+            .collect()
+    }
+}
+
+fn client_with(
+    replicas: &[SocketAddr],
+    epoch: u64,
+    min_replicas: usize,
+    timeout_ms: u64,
+) -> (ReplicatedVolume, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let vol = ReplicatedVolume::new(
+        ClientConfig {
+            name: "replicated".into(),
+            volume: VOL,
+            size_bytes: SIZE,
+            attach_epoch: epoch,
+            min_replicas,
+            request_timeout_ms: timeout_ms,
+            requests_in_flight_per_replica_max: 64,
+        },
+        ActingSets::single(replicas.to_vec()),
+        Arc::clone(&recorder) as Arc<dyn AclObserver>,
+    )
+    .unwrap();
+    (vol, recorder)
+}
+
+fn client(nodes: &[Node], epoch: u64, min_replicas: usize) -> (ReplicatedVolume, Arc<Recorder>) {
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    client_with(&addrs, epoch, min_replicas, SLOW_DISK_TIMEOUT_MS)
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    Bytes::from(
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 12) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// Compares bytes without printing megabytes of them when they differ.
+fn same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {at}");
+    }
+}
+
+fn flip_bit(path: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, offset).unwrap();
+    byte[0] ^= 0x04;
+    f.write_all_at(&byte, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+// ---- Scenarios ----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_across_an_extent_boundary_lands_on_every_replica() {
+    let nodes = three_nodes().await;
+    let (vol, _) = client(&nodes, 1, 2);
+    // Unaligned at both ends and crossing from extent 0 into extent 1.
+    let at = EXTENT - 1000;
+    let data = pattern(10_000, 3);
+    vol.write(at, data.clone(), false).await.unwrap();
+    vol.write(5 * EXTENT, pattern(4096, 9), true).await.unwrap();
+    vol.flush().await.unwrap();
+
+    same(&vol.read(at, 10_000).await.unwrap(), &data, "client read");
+    for (i, node) in nodes.iter().enumerate() {
+        let local = node.local();
+        same(
+            &local.read(at, 10_000).await.unwrap(),
+            &data,
+            &format!("replica {i}"),
+        );
+        same(
+            &local.read(5 * EXTENT, 4096).await.unwrap(),
+            &pattern(4096, 9),
+            &format!("replica {i}, FUA write"),
+        );
+        assert!(
+            local
+                .read(at - 4096, 4096)
+                .await
+                .unwrap()
+                .iter()
+                .all(|&b| b == 0),
+            "replica {i}: nothing written before the range"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stream_is_removed_writes_go_on_with_two_and_fail_with_one() {
+    let nodes = three_nodes().await;
+    let (vol, recorder) = client(&nodes, 1, 2);
+
+    // 64 writes of 64 KiB in flight at once; the third replica dies while they run.
+    let mut writes = Vec::new();
+    for i in 0..64u64 {
+        let vol = vol.clone();
+        writes.push(tokio::spawn(async move {
+            vol.write(i * 65536, pattern(65536, i as u8), false).await
+        }));
+        if i == 20 {
+            nodes[2].kill();
+        }
+    }
+    for (i, w) in writes.into_iter().enumerate() {
+        w.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    // Writes issued after the kill notice it too, whichever way the timing went above.
+    vol.write(10 * EXTENT, pattern(4096, 1), true)
+        .await
+        .unwrap();
+    assert_eq!(recorder.failed_replicas(), vec![nodes[2].addr]);
+    assert_eq!(vol.live_replicas(0), vec![nodes[0].addr, nodes[1].addr]);
+
+    for i in 0..64u64 {
+        let want = pattern(65536, i as u8);
+        same(
+            &vol.read(i * 65536, 65536).await.unwrap(),
+            &want,
+            &format!("write {i}"),
+        );
+        for node in &nodes[..2] {
+            let got = node.local().read(i * 65536, 65536).await.unwrap();
+            same(&got, &want, &format!("write {i} on {}", node.addr));
+        }
+    }
+
+    // Down to one replica: below min_replicas 2, writes fail with an IO error.
+    nodes[1].kill();
+    let err = vol.write(0, pattern(4096, 2), false).await.unwrap_err();
+    assert!(matches!(err, VolumeError::Io(_)), "{err}");
+    assert!(recorder.failed_replicas().contains(&nodes[1].addr));
+    let err = vol.write(0, pattern(4096, 2), false).await.unwrap_err();
+    assert!(err.to_string().contains("min_replicas"), "{err}");
+    // Reads still work from the replica that has every acknowledged write. (The failed write
+    // may have landed on it: an unacknowledged write may leave old or new data.)
+    same(
+        &vol.read(65536, 65536).await.unwrap(),
+        &pattern(65536, 1),
+        "after the failure",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_prefer_the_first_replica_and_fail_over_when_it_dies() {
+    let nodes = three_nodes().await;
+    let (vol, recorder) = client(&nodes, 1, 2);
+    let data = pattern(8192, 4);
+    vol.write(EXTENT, data.clone(), true).await.unwrap();
+    same(
+        &vol.read(EXTENT, 8192).await.unwrap(),
+        &data,
+        "from the first",
+    );
+    assert!(recorder.failures.lock().unwrap().is_empty());
+
+    nodes[0].kill();
+    same(
+        &vol.read(EXTENT, 8192).await.unwrap(),
+        &data,
+        "after failover",
+    );
+    assert_eq!(recorder.failed_replicas(), vec![nodes[0].addr]);
+    assert_eq!(vol.live_replicas(0), vec![nodes[1].addr, nodes[2].addr]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_a_dead_replica_misses_removes_it_and_succeeds_on_the_rest() {
+    let nodes = three_nodes().await;
+    let (vol, recorder) = client(&nodes, 1, 2);
+    vol.write(0, pattern(4096, 1), false).await.unwrap();
+    nodes[1].kill();
+    vol.flush().await.unwrap();
+    assert_eq!(recorder.failed_replicas(), vec![nodes[1].addr]);
+    nodes[2].kill();
+    let err = vol.flush().await.unwrap_err();
+    assert!(err.to_string().contains("min_replicas"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_stale_epoch_is_fenced_and_reports_it() {
+    let nodes = three_nodes().await;
+    let (old, old_recorder) = client(&nodes, 1, 2);
+    old.write(0, pattern(4096, 1), false).await.unwrap();
+
+    // Another gateway attaches with a newer epoch and writes.
+    let (new, _) = client(&nodes, 2, 2);
+    new.write(0, pattern(4096, 2), true).await.unwrap();
+
+    let err = old.write(0, pattern(4096, 3), false).await.unwrap_err();
+    assert!(err.to_string().contains("fenced"), "{err}");
+    assert_eq!(old.fenced_by(), Some(2));
+    assert_eq!(*old_recorder.fenced.lock().unwrap(), vec![(1, 2)]);
+    assert!(
+        old_recorder.failures.lock().unwrap().is_empty(),
+        "fencing removes no replica"
+    );
+    // The stale client refuses everything from now on, reads included.
+    assert!(old.read(0, 4096).await.is_err());
+    assert!(old.flush().await.is_err());
+
+    for node in &nodes {
+        let got = node.local().read(0, 4096).await.unwrap();
+        same(&got, &pattern(4096, 2), "the newer gateway's write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_and_extent_versions_survive_a_replica_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().to_path_buf();
+    let node = Node::start_in(dir).await;
+    let (vol, _) = client_with(&[node.addr], 5, 1, SLOW_DISK_TIMEOUT_MS);
+    vol.write(3 * EXTENT, pattern(8192, 1), true).await.unwrap();
+    let before = vol.extent_versions(node.addr, 0, 4).await.unwrap();
+    assert_eq!(before[3].epoch, 5);
+    drop(vol);
+
+    // Stop it and open the same directory again.
+    node.kill();
+    let Node { dir, store, .. } = node;
+    drop(store);
+    wait_for_unlock(&kept).await;
+    let again = Node::start_in(dir).await;
+
+    let (vol, _) = client_with(&[again.addr], 5, 1, SLOW_DISK_TIMEOUT_MS);
+    assert_eq!(vol.extent_versions(again.addr, 0, 4).await.unwrap(), before);
+    same(
+        &vol.read(3 * EXTENT, 8192).await.unwrap(),
+        &pattern(8192, 1),
+        "after restart",
+    );
+    let (stale, _) = client_with(&[again.addr], 4, 1, SLOW_DISK_TIMEOUT_MS);
+    let err = stale.read(0, 4096).await.unwrap_err();
+    assert!(err.to_string().contains("fenced"), "{err}");
+}
+
+/// Waits until the data directory's lock is free (every reference to the store is gone).
+async fn wait_for_unlock(dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match ExtentStore::open(dir, Arc::new(PortableDisk::new("probe"))).await {
+            Ok(store) => {
+                drop(store);
+                return;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "store still locked: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_block_on_one_replica_is_read_from_another() {
+    let nodes = three_nodes().await;
+    let (vol, recorder) = client(&nodes, 1, 2);
+    let data = pattern(65536, 7);
+    vol.write(0, data.clone(), true).await.unwrap();
+
+    // Flip one bit in the first replica's copy of the third block.
+    flip_bit(&nodes[0].data_file(), 8192 + 5);
+    assert!(nodes[0].local().read(8192, 4096).await.is_err());
+
+    same(
+        &vol.read(0, 65536).await.unwrap(),
+        &data,
+        "read around the bad block",
+    );
+    let corrupt = recorder.corrupt.lock().unwrap().clone();
+    assert_eq!(corrupt, vec![(nodes[0].addr, 0)]);
+    assert_eq!(
+        vol.live_replicas(0).len(),
+        3,
+        "a bad block removes no replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extent_versions_follow_the_writes() {
+    let nodes = three_nodes().await;
+    let (vol, _) = client(&nodes, 3, 2);
+    vol.write(0, pattern(4096, 1), false).await.unwrap(); // seq 1, extent 0
+    vol.write(100, pattern(100, 2), false).await.unwrap(); // seq 2, extent 0
+    vol.write(2 * EXTENT + 4096, pattern(4096, 3), false)
+        .await
+        .unwrap(); // seq 3, extent 2
+    vol.trim(5 * EXTENT, EXTENT, false).await.unwrap(); // seq 4, extent 5
+
+    let want = vec![
+        WriteVersion { epoch: 3, seq: 2 },
+        WriteVersion::NONE,
+        WriteVersion { epoch: 3, seq: 3 },
+        WriteVersion::NONE,
+        WriteVersion::NONE,
+        WriteVersion { epoch: 3, seq: 4 },
+    ];
+    for node in &nodes {
+        assert_eq!(vol.extent_versions(node.addr, 0, 6).await.unwrap(), want);
+    }
+    // Asking past the end of the volume is refused, not clamped.
+    assert!(vol.extent_versions(nodes[0].addr, 15, 2).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_is_removed_after_the_timeout_and_the_write_completes() {
+    let nodes = three_nodes().await;
+    // Accepts connections and never answers, like a SIGSTOPped process.
+    let frozen = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frozen_addr = frozen.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = frozen.accept().await {
+            held.push(s);
+        }
+    });
+    // The timeout leaves room for a slow fsync on a busy machine: a healthy replica that
+    // misses it is removed too.
+    const TIMEOUT_MS: u64 = 1_000;
+    let replicas = [nodes[0].addr, nodes[1].addr, frozen_addr];
+    let (vol, recorder) = client_with(&replicas, 1, 2, TIMEOUT_MS);
+
+    let started = Instant::now();
+    vol.write(0, pattern(4096, 1), true).await.unwrap();
+    let stall = started.elapsed();
+    assert!(stall >= Duration::from_millis(TIMEOUT_MS), "{stall:?}");
+    assert!(stall < Duration::from_secs(5), "stall bounded: {stall:?}");
+    println!("write stalled {stall:?} by a frozen replica (timeout {TIMEOUT_MS} ms)");
+    let failures = recorder.failures.lock().unwrap().clone();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].replica, frozen_addr);
+    assert!(
+        failures[0].reason.contains("no reply"),
+        "{}",
+        failures[0].reason
+    );
+
+    // Later writes do not wait for it any more.
+    let started = Instant::now();
+    vol.write(4096, pattern(4096, 2), true).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(TIMEOUT_MS));
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_frame_closes_only_its_connection_and_bad_ranges_get_errors() {
+    let nodes = three_nodes().await;
+    let (vol, _) = client(&nodes, 1, 2);
+    vol.write(0, pattern(4096, 1), false).await.unwrap();
+
+    // A raw client asks for a range past the end: an error reply, and the stream goes on.
+    let mut raw = TcpStream::connect(nodes[0].addr).await.unwrap();
+    let header = |op, offset, len| RequestHeader {
+        op,
+        flags: 0,
+        request_id: 9,
+        volume: VOL,
+        offset,
+        len,
+        payload_crc: 0,
+        attach_epoch: 1,
+        version: WriteVersion::NONE,
+    };
+    let past_end = Request::new(header(Op::Read, SIZE - 4096, 8192));
+    raw.write_all(&past_end.encode_header()).await.unwrap();
+    assert_eq!(read_reply_status(&mut raw).await, Status::OutOfRange);
+    let unknown = Request::new(RequestHeader {
+        volume: VolumeId(999),
+        ..header(Op::Read, 0, 4096)
+    });
+    raw.write_all(&unknown.encode_header()).await.unwrap();
+    assert_eq!(read_reply_status(&mut raw).await, Status::NoVolume);
+
+    // A write whose payload does not match its crc is refused, and the stream goes on.
+    let mut damaged = Request::write(
+        RequestHeader {
+            version: WriteVersion { epoch: 1, seq: 99 },
+            ..header(Op::Write, 0, 0)
+        },
+        pattern(4096, 5),
+    );
+    damaged.payload = pattern(4096, 6);
+    raw.write_all(&damaged.encode_header()).await.unwrap();
+    raw.write_all(&damaged.payload).await.unwrap();
+    assert_eq!(read_reply_status(&mut raw).await, Status::PayloadCrc);
+    let got = nodes[0].local().read(0, 4096).await.unwrap();
+    same(&got, &pattern(4096, 1), "the damaged write did not land");
+
+    // Garbage: the server closes this connection...
+    raw.write_all(&[0xEE; 100]).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(_))), "connection closed: {closed:?}");
+
+    // ...and everyone else carries on.
+    vol.write(4096, pattern(4096, 2), false).await.unwrap();
+    assert_eq!(vol.read(0, 8192).await.unwrap().len(), 8192);
+}
+
+async fn read_reply_status(s: &mut TcpStream) -> Status {
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(reply) = decode_reply(&mut buf).unwrap() {
+            return reply.header.status;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
+            .await
+            .expect("reply in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before the reply");
+    }
+}
+
+// ---- A real NBD client through the replicated volume --------------------------------------
+
+fn tool_available(tool: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("FABRIC_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "{tool} is required but not on PATH"
+        );
+        println!(
+            "skipping: {tool} not found on PATH (set FABRIC_REQUIRE_TOOLS=1 to make this fatal)"
+        );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_io_writes_and_reads_through_nbd_over_three_replicas() {
+    if !tool_available("qemu-io") {
+        return;
+    }
+    let nodes = three_nodes().await;
+    let (vol, _) = client(&nodes, 1, 2);
+    let server = Arc::new(
+        NbdServer::new(
+            vec![Arc::new(vol.clone()) as Arc<dyn BlockVolume>],
+            NbdConfig::default(),
+        )
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("nbd://{}", listener.local_addr().unwrap());
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(server.serve_tcp(listener, stop_rx));
+
+    // 64 KiB straddling the boundary of extents 0 and 1, then read back through NBD.
+    let at = (EXTENT - 32 * 1024).to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("qemu-io")
+            .args(["-f", "raw", &url])
+            .args(["-c", &format!("write -P 0xab {at} 64k")])
+            .args(["-c", "flush"])
+            .args(["-c", &format!("read -P 0xab {at} 64k")])
+            .output(),
+    )
+    .await
+    .expect("qemu-io finished in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "qemu-io: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("Pattern verification failed"), "{stdout}");
+
+    for node in &nodes {
+        let got = node.local().read(EXTENT - 32 * 1024, 65536).await.unwrap();
+        assert!(
+            got.iter().all(|&b| b == 0xab),
+            "every replica holds the write"
+        );
+    }
+}
