@@ -435,3 +435,61 @@ fn dev_with_three_nodes_forms_a_group_with_a_default_pool_and_still_serves_nbd()
     );
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }
+
+#[test]
+fn learner_added_promoted_and_a_member_removed_while_writes_continue() {
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.create("before-change").expect("create");
+
+    // A fourth, empty member joins as a learner, then becomes a voter.
+    let dir = cluster._dir.path().join("node-4");
+    cluster.members.push(Member {
+        id: 4,
+        addr: format!("127.0.0.1:{}", free_port()),
+        dir,
+        child: None,
+    });
+    cluster.spawn(4);
+    let addr4 = cluster.member(4).addr.clone();
+    let members = cluster
+        .ctl(&["node", "add-learner", "4", &addr4])
+        .expect("add learner");
+    let voter_of = |members: &Value, id: u64| {
+        members
+            .as_array()
+            .expect("member list")
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["voter"] == true)
+    };
+    assert_eq!(voter_of(&members, 4), Some(false), "{members}");
+    let members = cluster.ctl(&["node", "promote", "4"]).expect("promote");
+    assert_eq!(voter_of(&members, 4), Some(true), "{members}");
+
+    // Member 2 leaves (whether or not it leads), is stopped, and the group keeps serving.
+    let members = wait_until("member 2 removed", || {
+        cluster.ctl(&["node", "remove", "2"]).ok()
+    });
+    assert_eq!(voter_of(&members, 2), None, "{members}");
+    cluster.kill9(2);
+    for i in 0..5 {
+        cluster
+            .create(&format!("after-change-{i}"))
+            .expect("create after the membership change");
+    }
+    // The new voter has every acknowledged write.
+    let names = wait_until("member 4 to serve the volume list", || {
+        let list = cluster.ctl_at(&addr4, &["volume", "list"]).ok()?;
+        let names: Vec<String> = list
+            .as_array()?
+            .iter()
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect();
+        (names.len() == 6).then_some(names)
+    });
+    assert!(names.contains(&"before-change".to_string()), "{names:?}");
+    wait_until("member 4 to register its node", || {
+        let nodes = cluster.ctl(&["node", "list"]).ok()?;
+        nodes.as_array()?.iter().any(|n| n["id"] == 4).then_some(())
+    });
+}

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::meta::client::{NODE_FILE, NodeFile};
 use crate::meta::model::{DiskInfo, Location};
+use crate::meta::pgmap::{DISK_BYTES_MAX, DISK_BYTES_MIN};
 use crate::meta::server::{Formation, MemberConfig, RaftTuning};
 
 /// Flags of `fabricd node`.
@@ -60,6 +61,10 @@ pub struct NodeArgs {
     /// Build a snapshot every this many entries (and keep as many behind it).
     #[arg(long)]
     pub snapshot_logs: Option<u64>,
+    /// Capacity of the node's disk as registered for placement (`500GiB`); default: the size
+    /// of the filesystem holding --data-dir.
+    #[arg(long)]
+    pub disk_capacity: Option<String>,
 }
 
 /// The TOML form of the same settings.
@@ -78,6 +83,7 @@ pub struct NodeToml {
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
     pub snapshot_logs: Option<u64>,
+    pub disk_capacity: Option<String>,
 }
 
 impl TryFrom<NodeArgs> for MemberConfig {
@@ -98,6 +104,7 @@ impl TryFrom<NodeArgs> for MemberConfig {
             election_timeout_min_ms,
             election_timeout_max_ms,
             snapshot_logs,
+            disk_capacity,
         } = args;
         let file = match &config {
             Some(path) => {
@@ -121,6 +128,7 @@ impl TryFrom<NodeArgs> for MemberConfig {
             election_timeout_min_ms: f_emin,
             election_timeout_max_ms: f_emax,
             snapshot_logs: f_snap,
+            disk_capacity: f_disk,
         } = file;
 
         let id = id.or(f_id).context("--id is required")?;
@@ -166,17 +174,56 @@ impl TryFrom<NodeArgs> for MemberConfig {
         if tuning.snapshot_logs == 0 {
             bail!("--snapshot-logs must not be zero");
         }
+        let capacity_bytes = match disk_capacity.or(f_disk) {
+            Some(s) => parse_size::Config::new()
+                .with_binary()
+                .parse_size(&s)
+                .map_err(|e| anyhow::anyhow!("--disk-capacity {s:?}: {e}"))?,
+            None => filesystem_bytes(&data_dir)?,
+        };
+        if !(DISK_BYTES_MIN..=DISK_BYTES_MAX).contains(&capacity_bytes) {
+            bail!(
+                "disk capacity {capacity_bytes} bytes is outside {DISK_BYTES_MIN}..={DISK_BYTES_MAX}"
+            );
+        }
+        // One disk per node for now: the data directory's.
+        let disks = vec![DiskInfo {
+            name: DEFAULT_DISK_NAME.into(),
+            capacity_bytes,
+        }];
         Ok(MemberConfig {
             id,
             data_dir,
             listen,
             data_addr: data_addr.or(f_data_addr).unwrap_or_default(),
             location,
-            disks: Vec::<DiskInfo>::new(),
+            disks,
             formation,
             tuning,
         })
     }
+}
+
+/// Name of the disk a node registers by default.
+pub const DEFAULT_DISK_NAME: &str = "data";
+
+/// Total size of the filesystem holding `dir` (or its nearest existing ancestor): stable for a
+/// given filesystem, so a restarted node registers the same weight.
+fn filesystem_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("."));
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .context("data dir path has a NUL byte")?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", probe.display()));
+    }
+    Ok(st.f_blocks as u64 * st.f_frsize as u64)
 }
 
 /// Parses `level=name,level=name` (widest first).

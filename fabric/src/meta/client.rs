@@ -212,6 +212,85 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Adds member `id` at `rpc_addr` as a learner; returns once it has caught up.
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        rpc_addr: &str,
+    ) -> Result<pb::MembershipReply, Status> {
+        let req = pb::AddLearnerRequest {
+            id,
+            rpc_addr: rpc_addr.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.add_learner(req).await }
+        })
+        .await
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote(&self, id: u64) -> Result<pb::MembershipReply, Status> {
+        let leader = self.leader_status().await?;
+        if !leader.members.iter().any(|m| m.id == id) {
+            return Err(Status::not_found(format!(
+                "member {id} not found (add it as a learner first)"
+            )));
+        }
+        self.set_voters(&leader, |voters| {
+            voters.insert(id);
+        })
+        .await
+    }
+
+    /// Removes member `id` from the group (voter or learner).
+    pub async fn remove_member(&self, id: u64) -> Result<pb::MembershipReply, Status> {
+        let leader = self.leader_status().await?;
+        if !leader.members.iter().any(|m| m.id == id) {
+            return Err(Status::not_found(format!("member {id} not found")));
+        }
+        let voters: Vec<u64> = leader
+            .members
+            .iter()
+            .filter(|m| m.voter && m.id != id)
+            .map(|m| m.id)
+            .collect();
+        if voters.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "member {id} is the last voter"
+            )));
+        }
+        self.set_voters(&leader, |v| {
+            v.remove(&id);
+        })
+        .await
+    }
+
+    /// Replaces the voter set with `edit(current voters)`; members dropped from it leave.
+    async fn set_voters(
+        &self,
+        leader: &pb::NodeStatus,
+        edit: impl FnOnce(&mut std::collections::BTreeSet<u64>),
+    ) -> Result<pb::MembershipReply, Status> {
+        let mut voters: std::collections::BTreeSet<u64> = leader
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        edit(&mut voters);
+        let req = pb::ChangeVotersRequest {
+            voters: voters.into_iter().collect(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.change_voters(req).await }
+        })
+        .await
+    }
+}
+
 /// A request id unique across processes and calls: process id, time, and a counter.
 pub fn new_request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -27,6 +27,8 @@ pub mod server;
 pub mod service;
 pub mod state;
 #[cfg(test)]
+mod state_placement_test;
+#[cfg(test)]
 mod state_sim_test;
 pub mod store;
 pub mod types;

@@ -125,14 +125,21 @@ pub struct PoolSpec {
 /// The ordered replica list of every placement group of a pool, at one epoch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PgMap {
+    /// The pool's own epoch: advances whenever any PG's replica list changes.
     pub epoch: u64,
+    /// Epoch of the cluster map (placement's) this PG map was computed from.
+    pub map_epoch: u64,
     /// `pgs[pg]` lists node ids, primary first.
     pub pgs: Vec<Vec<NodeId>>,
+    /// `disks[pg]` lists the disks (placement bucket ids) of the same replicas, in order.
+    pub disks: Vec<Vec<u32>>,
 }
 
 /// A pool as the cluster knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
+    /// Placement's pool id: part of every PG's hash key.
+    pub id: u32,
     pub spec: PoolSpec,
     pub map: PgMap,
 }

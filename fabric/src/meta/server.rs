@@ -40,9 +40,11 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_interval_ms: 150,
-            election_timeout_min_ms: 750,
-            election_timeout_max_ms: 1_500,
+            // A dead leader is noticed within a second, while a busy, shared machine still
+            // gets 5 heartbeats per election timeout before a member gives up on its leader.
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
             snapshot_logs: 5_000,
         }
     }
@@ -123,6 +125,9 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         // a restarted leader must win a new election (and commit in its new term) before it
         // serves reads; restoring leadership directly could serve a stale state machine.
         enable_leader_restore: Some(false),
+        // The log store's `append` returns once entries are readable and syncs them in the
+        // background, so followers can receive entries while the leader's own sync runs.
+        broadcast_submitted_on_append: Some(true),
         ..Default::default()
     }
     .validate()

@@ -13,12 +13,15 @@ use super::model::{
     NodeRegistration, PG_COUNT_MAX, Participation, PgMap, Pool, PoolSpec, REPLICAS_MAX,
     VOLUME_BLOCK_BYTES, VOLUME_SIZE_MAX_BYTES, Volume, VolumeSpec,
 };
-use super::pgmap::compute_pg_map;
+use super::pgmap::{Topology, validate_registration};
 
 /// Everything the metadata group agrees on.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The placement cluster map the nodes form, with its capacity-line layout.
+    pub topology: Topology,
+    pub next_pool_id: u32,
     pub pools: BTreeMap<String, Pool>,
     pub volumes: BTreeMap<String, Volume>,
     pub next_volume_id: u64,
@@ -68,6 +71,7 @@ impl ClusterState {
     }
 
     fn register_node(&mut self, r: &NodeRegistration) -> Outcome {
+        validate_registration(r)?;
         let record = match self.nodes.get(&r.id) {
             Some(old) => NodeRecord {
                 registration: r.clone(),
@@ -81,8 +85,22 @@ impl ClusterState {
                 last_heartbeat_ms: 0,
             },
         };
-        self.nodes.insert(r.id, record.clone());
-        self.remap_pools();
+        let old = self.nodes.insert(r.id, record.clone());
+        let evolved = match self.topology.evolve(&self.nodes) {
+            Ok(t) => t,
+            Err(e) => {
+                // Refused: leave the state as it was.
+                match old {
+                    Some(old) => self.nodes.insert(r.id, old),
+                    None => self.nodes.remove(&r.id),
+                };
+                return Err(e);
+            }
+        };
+        if let Some(topology) = evolved {
+            self.topology = topology;
+            self.remap_pools();
+        }
         Ok(Applied::Node(record))
     }
 
@@ -100,12 +118,15 @@ impl ClusterState {
     /// new epoch. A pool the new topology cannot satisfy keeps its last map.
     fn remap_pools(&mut self) {
         for pool in self.pools.values_mut() {
-            if let Ok(pgs) = compute_pg_map(&self.nodes, &pool.spec.rule, pool.spec.pg_count)
-                && pgs != pool.map.pgs
+            let spec = &pool.spec;
+            if let Ok(map) = self
+                .topology
+                .pg_map(pool.id, &spec.name, &spec.rule, spec.pg_count)
             {
+                let moved = map.disks != pool.map.disks;
                 pool.map = PgMap {
-                    epoch: pool.map.epoch + 1,
-                    pgs,
+                    epoch: pool.map.epoch + u64::from(moved),
+                    ..map
                 };
             }
         }
@@ -140,12 +161,14 @@ impl ClusterState {
         if self.pools.contains_key(&spec.name) {
             return Err(CommandError::AlreadyExists(format!("pool {}", spec.name)));
         }
-        let pgs = compute_pg_map(&self.nodes, rule, spec.pg_count)
-            .map_err(|e| CommandError::FailedPrecondition(format!("pool {}: {e}", spec.name)))?;
+        let id = self.next_pool_id;
+        let map = self.topology.pg_map(id, &spec.name, rule, spec.pg_count)?;
         let pool = Pool {
+            id,
             spec: spec.clone(),
-            map: PgMap { epoch: 1, pgs },
+            map: PgMap { epoch: 1, ..map },
         };
+        self.next_pool_id += 1;
         self.pools.insert(spec.name.clone(), pool.clone());
         Ok(Applied::Pool(pool))
     }

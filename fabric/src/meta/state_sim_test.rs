@@ -5,24 +5,32 @@
 use proptest::prelude::*;
 
 use super::command::{Command, CommandV1};
-use super::model::{Location, NodeRegistration, PoolSpec, Rule, VolumeSpec};
+use super::model::{DiskInfo, Location, NodeRegistration, PoolSpec, Rule, VolumeSpec};
 use super::state::ClusterState;
 
 fn command() -> impl Strategy<Value = Command> {
     let name = prop::sample::select(vec!["a", "b", "c", "d"]);
     prop_oneof![
-        (1u64..6, 1u32..5).prop_map(|(id, rack)| CommandV1::RegisterNode(NodeRegistration {
-            id,
-            rpc_addr: format!("127.0.0.1:{}", 7000 + id),
-            data_addr: String::new(),
-            location: Location {
-                levels: vec![
-                    ("rack".into(), format!("r{rack}")),
-                    ("host".into(), format!("h{id}"))
-                ],
-            },
-            disks: vec![],
-        })),
+        (1u64..6, 1u32..5, 0u64..3).prop_map(|(id, rack, disks)| CommandV1::RegisterNode(
+            NodeRegistration {
+                id,
+                rpc_addr: format!("127.0.0.1:{}", 7000 + id),
+                data_addr: String::new(),
+                location: Location {
+                    levels: vec![
+                        ("rack".into(), format!("r{rack}")),
+                        ("host".into(), format!("h{id}"))
+                    ],
+                },
+                // 0 to 2 disks of 1 to 3 TiB: nodes come, grow and lose their disks.
+                disks: (0..disks)
+                    .map(|d| DiskInfo {
+                        name: format!("d{d}"),
+                        capacity_bytes: (1 + (id + rack as u64 + d) % 3) << 40,
+                    })
+                    .collect(),
+            }
+        )),
         (prop::sample::select(vec!["p", "q"]), 1u32..4, 1u32..32).prop_map(
             |(n, replicas, pg_count)| {
                 CommandV1::CreatePool(PoolSpec {
@@ -76,7 +84,7 @@ fn command() -> impl Strategy<Value = Command> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
     fn replicas_applying_the_same_log_agree(log in prop::collection::vec(command(), 0..80)) {

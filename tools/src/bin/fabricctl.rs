@@ -49,6 +49,20 @@ enum Cmd {
 #[derive(Subcommand)]
 enum NodeCmd {
     List,
+    /// Adds a running, empty `fabricd node` to the Raft group as a learner (non-voting).
+    AddLearner {
+        id: u64,
+        /// Its gRPC address, IP:PORT.
+        rpc_addr: String,
+    },
+    /// Makes a learner a voting member.
+    Promote {
+        id: u64,
+    },
+    /// Removes a member from the Raft group.
+    Remove {
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +154,17 @@ fn parse_bytes(what: &str, s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("{what} {s:?}"))
 }
 
+/// The group's membership after a change.
+fn members_output(r: &pb::MembershipReply) -> Output {
+    Output::list(
+        r.members
+            .iter()
+            .map(|m| json!({"id": m.id, "rpc_addr": m.rpc_addr, "voter": m.voter}))
+            .collect(),
+        &["id", "rpc_addr", "voter"],
+    )
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let endpoints: Vec<String> = if cli.endpoints.is_empty() {
         discover(&cli.data_dir)?
@@ -161,6 +186,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &["id", "rpc_addr", "location", "health", "membership"],
             )
         }
+        Cmd::Node(NodeCmd::AddLearner { id, rpc_addr }) => {
+            members_output(&client.add_learner(id, &rpc_addr).await?)
+        }
+        Cmd::Node(NodeCmd::Promote { id }) => members_output(&client.promote(id).await?),
+        Cmd::Node(NodeCmd::Remove { id }) => members_output(&client.remove_member(id).await?),
         Cmd::Pool(PoolCmd::Create {
             name,
             replicas,

@@ -233,14 +233,17 @@ impl From<&Pool> for pb::Pool {
             }),
             pg_count: p.spec.pg_count,
             map_epoch: p.map.epoch,
+            cluster_map_epoch: p.map.map_epoch,
             pgs: p
                 .map
                 .pgs
                 .iter()
+                .zip(&p.map.disks)
                 .enumerate()
-                .map(|(pg, replicas)| pb::PlacementGroup {
+                .map(|(pg, (replicas, disks))| pb::PlacementGroup {
                     pg: pg as u32,
                     replicas: replicas.clone(),
+                    disks: disks.clone(),
                 })
                 .collect(),
         }

@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -24,6 +24,33 @@ pub struct LogStore {
     db: Arc<DurableDb>,
     log: sled::Tree,
     raft: sled::Tree,
+    /// Hands appended batches to the group-commit thread, which signals them once durable.
+    flusher: std::sync::mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+/// Group commit: waits for appended batches, makes everything written so far durable with one
+/// sync, then signals every batch that sync covered, in append order. Runs until every
+/// [`LogStore`] clone is gone.
+fn run_flusher(db: Weak<DurableDb>, queue: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = queue.recv() {
+        let mut covered = vec![first];
+        covered.extend(queue.try_iter());
+        // Only a weak handle: the database closes as soon as the last store is dropped.
+        let result = match db.upgrade() {
+            Some(db) => db.sync(),
+            None => Err(io::Error::other("the log store was closed before the sync")),
+        };
+        for callback in covered {
+            let reported = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.io_completed(reported);
+        }
+        if let Err(e) = result {
+            tracing::error!(error = %e, "sync of the raft log failed");
+        }
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -44,7 +71,17 @@ impl LogStore {
             .db
             .open_tree("raft")
             .map_err(|e| sled_err("open tree raft", e))?;
-        Ok(LogStore { db, log, raft })
+        let (flusher, queue) = std::sync::mpsc::channel();
+        let db_w = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("meta-log-sync".into())
+            .spawn(move || run_flusher(db_w, queue))?;
+        Ok(LogStore {
+            db,
+            log,
+            raft,
+            flusher,
+        })
     }
 
     /// Flushes and fsyncs on the blocking pool.
@@ -155,7 +192,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_COMMITTED)
     }
 
-    /// Signals `callback` only once the entries are durable.
+    /// Returns once the entries are written (readable, so openraft may replicate them at once);
+    /// signals `callback` only once they are durable: the group-commit thread syncs after the
+    /// write, so the sync covers them.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -172,13 +211,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| sled_err("append entries", e))?;
-        let result = self.sync().await;
-        let reported = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        callback.io_completed(reported);
-        result
+        self.flusher
+            .send(callback)
+            .map_err(|_| io::Error::other("the log sync thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

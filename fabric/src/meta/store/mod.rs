@@ -1,9 +1,12 @@
 //! Persistence of one metadata member: the Raft log and vote in sled ([`LogStore`]), the state
 //! machine in memory with durable snapshots ([`StateMachineStore`]).
 //!
-//! Durability contract: `save_vote` and `append` return (and signal openraft) only after the
-//! bytes are on disk — sled's `flush` followed by an `fdatasync` of sled's data file, because
-//! sled's own flush ends in `sync_file_range`, which does not persist the file's metadata.
+//! Durability contract: `save_vote` returns, and `append` signals openraft's callback, only
+//! after the bytes are on disk — sled's `flush` followed by an `fdatasync` of sled's data file,
+//! because sled's own flush ends in `sync_file_range`, which does not persist the file's
+//! metadata. `append` itself returns as soon as the entries are written (so the leader can
+//! replicate them while its own sync runs); one thread syncs for every batch appended since
+//! its last sync (group commit) and signals them in order.
 //! Values stay far below sled's blob threshold (~128 KiB), since blob files are not fsynced.
 //!
 //! The state machine is rebuilt at start from the last snapshot plus the committed log, so it

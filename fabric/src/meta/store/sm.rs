@@ -85,10 +85,17 @@ impl StateMachineStore {
 
     /// Epochs now and after every change.
     pub fn subscribe(&self) -> watch::Receiver<Epochs> {
+        // Epochs are only computed while somebody watches; bring them up to date first.
+        let epochs = self.read(|s, applied| s.epochs(applied));
+        self.inner.epochs.send_replace(epochs);
         self.inner.epochs.subscribe()
     }
 
     fn publish_epochs(&self) {
+        // Listing every volume's epoch costs time per applied batch; skip it unwatched.
+        if self.inner.epochs.receiver_count() == 0 {
+            return;
+        }
         let epochs = self.read(|s, applied| s.epochs(applied));
         self.inner.epochs.send_if_modified(|cur| {
             let changed = cur.cluster_epoch != epochs.cluster_epoch;

@@ -25,6 +25,7 @@ async fn openraft_storage_suite_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vote_and_entries_survive_reopen() {
+    use openraft::async_runtime::Oneshot;
     use openraft::entry::RaftEntry;
     use openraft::storage::{IOFlushed, RaftLogStorage};
     use openraft::{RaftLogReader, Vote};
@@ -50,8 +51,10 @@ async fn vote_and_entries_survive_reopen() {
                 Entry::new_normal(LogId::new(leader, i), cmd)
             })
             .collect();
-        // `append` returns once the entries are durable.
-        log.append(entries, IOFlushed::noop()).await.unwrap();
+        // The callback fires once the entries are durable.
+        let (tx, rx) = openraft::alias::OneshotOf::<TypeConfig>::channel();
+        log.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
     }
     let (mut log, _sm) = super::open(dir.path()).await.unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(vote));

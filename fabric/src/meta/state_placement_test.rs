@@ -1,0 +1,113 @@
+//! The state machine's PG maps come from `placement`: replicas in distinct failure domains,
+//! capacity-line layout kept across registrations (a new node moves only some PGs), a rule the
+//! topology cannot satisfy refused by name, and the map surviving a snapshot round trip.
+
+use super::command::{Applied, CommandError, CommandV1};
+use super::model::{DiskInfo, Location, NodeRegistration, PoolSpec, Rule};
+use super::state::ClusterState;
+
+fn register(state: &mut ClusterState, id: u64, rack: &str, tib: u64) {
+    let r = NodeRegistration {
+        id,
+        rpc_addr: format!("127.0.0.1:{}", 7000 + id),
+        data_addr: String::new(),
+        location: Location {
+            levels: vec![("rack".into(), rack.into())],
+        },
+        disks: vec![DiskInfo {
+            name: "data".into(),
+            capacity_bytes: tib << 40,
+        }],
+    };
+    state
+        .apply(&CommandV1::RegisterNode(r).into())
+        .expect("register");
+}
+
+fn pool(replicas: u32) -> PoolSpec {
+    PoolSpec {
+        name: format!("p{replicas}"),
+        rule: Rule {
+            replicas,
+            min_replicas: 1,
+            failure_domain: "rack".into(),
+            tag_filter: vec![],
+        },
+        pg_count: 128,
+    }
+}
+
+#[test]
+fn pg_maps_follow_placement_and_new_nodes_move_only_some_pgs() {
+    let mut s = ClusterState::default();
+    for id in 1..=4 {
+        register(&mut s, id, &format!("r{id}"), 1);
+    }
+    let Ok(Applied::Pool(p)) = s.apply(&CommandV1::CreatePool(pool(3)).into()) else {
+        panic!("create pool");
+    };
+    assert_eq!(p.map.pgs.len(), 128);
+    for replicas in &p.map.pgs {
+        let mut racks = replicas.clone();
+        racks.sort_unstable();
+        racks.dedup();
+        assert_eq!(racks.len(), 3, "one replica per rack: {replicas:?}");
+    }
+    let map_epoch = p.map.map_epoch;
+
+    // Re-registering unchanged changes nothing.
+    register(&mut s, 2, "r2", 1);
+    assert_eq!(s.pools["p3"].map, p.map);
+
+    // A fifth rack takes some PGs, and only PGs that now use it changed.
+    register(&mut s, 5, "r5", 1);
+    let after = &s.pools["p3"].map;
+    assert!(after.map_epoch > map_epoch);
+    assert_eq!(after.epoch, p.map.epoch + 1);
+    let changed: Vec<usize> = (0..128).filter(|&i| after.pgs[i] != p.map.pgs[i]).collect();
+    assert!(!changed.is_empty() && changed.len() < 128, "{changed:?}");
+    for &i in &changed {
+        assert!(after.pgs[i].contains(&5), "PG {i} moved without node 5");
+    }
+
+    // The map, with its layout, survives a snapshot round trip.
+    let bytes = serde_json::to_vec(&s).unwrap();
+    let back: ClusterState = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back, s);
+}
+
+#[test]
+fn unsatisfiable_rule_is_refused_naming_the_pool() {
+    let mut s = ClusterState::default();
+    match s.apply(&CommandV1::CreatePool(pool(3)).into()) {
+        Err(CommandError::FailedPrecondition(m)) => assert!(m.contains("p3"), "{m}"),
+        other => panic!("want FailedPrecondition, got {other:?}"),
+    }
+    for id in 1..=3 {
+        register(&mut s, id, &format!("r{id}"), 2);
+    }
+    match s.apply(&CommandV1::CreatePool(pool(4)).into()) {
+        Err(CommandError::FailedPrecondition(m)) => assert!(m.contains("p4"), "{m}"),
+        other => panic!("want FailedPrecondition, got {other:?}"),
+    }
+    assert!(s.pools.is_empty());
+}
+
+#[test]
+fn registrations_the_hierarchy_cannot_hold_are_refused_and_change_nothing() {
+    let mut s = ClusterState::default();
+    register(&mut s, 1, "r1", 1);
+    let before = s.clone();
+    let bad = NodeRegistration {
+        id: 2,
+        rpc_addr: "127.0.0.1:7002".into(),
+        data_addr: String::new(),
+        location: Location {
+            levels: vec![("zone".into(), "z1".into())],
+        },
+        disks: vec![],
+    };
+    let r = s.apply(&CommandV1::RegisterNode(bad).into());
+    assert!(matches!(r, Err(CommandError::InvalidArgument(_))), "{r:?}");
+    assert_eq!(s, before);
+}
