@@ -173,28 +173,7 @@ impl NbdServer {
         listener: TcpListener,
         shutdown: watch::Receiver<bool>,
     ) {
-        let mut connections = JoinSet::new();
-        let mut stop = shutdown.clone();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown_requested(&mut stop) => break,
-                Some(done) = connections.join_next(), if !connections.is_empty() => reap(done),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, addr)) => {
-                        // Replies are written whole; Nagle would only add latency.
-                        if let Err(e) = stream.set_nodelay(true) {
-                            tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY not set");
-                        }
-                        let (r, w) = stream.into_split();
-                        self.spawn_connection(&mut connections, r, w, addr.to_string(), shutdown.clone());
-                    }
-                    Err(e) => accept_failed(e).await,
-                },
-            }
-        }
-        drop(listener);
-        self.drain(connections).await;
+        self.serve(listener, shutdown).await
     }
 
     /// Like [`serve_tcp`](Self::serve_tcp), on a Unix socket.
@@ -203,6 +182,10 @@ impl NbdServer {
         listener: UnixListener,
         shutdown: watch::Receiver<bool>,
     ) {
+        self.serve(listener, shutdown).await
+    }
+
+    async fn serve<L: Listener>(self: Arc<Self>, listener: L, shutdown: watch::Receiver<bool>) {
         let mut connections = JoinSet::new();
         let mut stop = shutdown.clone();
         loop {
@@ -210,14 +193,8 @@ impl NbdServer {
                 biased;
                 _ = shutdown_requested(&mut stop) => break,
                 Some(done) = connections.join_next(), if !connections.is_empty() => reap(done),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _addr)) => {
-                        // Unix peers are anonymous; name them by their credentials if we can.
-                        let peer = match stream.peer_cred() {
-                            Ok(c) => format!("unix:pid={}", c.pid().map_or(-1, |p| p)),
-                            Err(_) => "unix".to_owned(),
-                        };
-                        let (r, w) = stream.into_split();
+                accepted = listener.accept_split() => match accepted {
+                    Ok((r, w, peer)) => {
                         self.spawn_connection(&mut connections, r, w, peer, shutdown.clone());
                     }
                     Err(e) => accept_failed(e).await,
@@ -362,4 +339,46 @@ fn reap(done: Result<(), tokio::task::JoinError>) {
 async fn accept_failed(e: io::Error) {
     tracing::warn!(error = %e, "nbd accept failed");
     tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
+}
+
+/// A listening socket whose connections the server can split into a reader and a writer.
+trait Listener: Send {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+
+    /// Accepts one connection and names its peer for logs.
+    fn accept_split(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<(Self::Read, Self::Write, String)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+
+    async fn accept_split(&self) -> io::Result<(Self::Read, Self::Write, String)> {
+        let (stream, addr) = self.accept().await?;
+        // Replies are written whole; Nagle would only add latency.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY not set");
+        }
+        let (r, w) = stream.into_split();
+        Ok((r, w, addr.to_string()))
+    }
+}
+
+impl Listener for UnixListener {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+
+    async fn accept_split(&self) -> io::Result<(Self::Read, Self::Write, String)> {
+        let (stream, _addr) = self.accept().await?;
+        // Unix peers are anonymous; name them by their credentials if we can.
+        let peer = match stream.peer_cred() {
+            Ok(c) => format!("unix:pid={}", c.pid().map_or(-1, |p| p)),
+            Err(_) => "unix".to_owned(),
+        };
+        let (r, w) = stream.into_split();
+        Ok((r, w, peer))
+    }
 }
