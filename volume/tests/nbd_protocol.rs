@@ -1178,23 +1178,9 @@ async fn shutdown_finishes_in_flight_requests_and_a_restarted_server_takes_clien
 
 // ---- Real clients ------------------------------------------------------------------------
 
-/// Whether an external tool can be used; a missing tool skips the test unless
-/// `FABRIC_REQUIRE_TOOLS=1`, where it fails it.
+/// Whether an external tool can be used (the workspace harness's skip-or-fail rule).
 fn tool_available(tool: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("FABRIC_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "{tool} is required but not on PATH"
-        );
-        println!(
-            "skipping: {tool} not found on PATH (set FABRIC_REQUIRE_TOOLS=1 to make this fatal)"
-        );
-    }
-    found
+    fabric_suite::tool(tool).is_some()
 }
 
 async fn run_tool(tool: &str, args: &[&str]) -> String {

@@ -556,21 +556,9 @@ async fn read_reply_status(s: &mut TcpStream) -> Status {
 
 // ---- A real NBD client through the replicated volume --------------------------------------
 
+/// Whether an external tool can be used (the workspace harness's skip-or-fail rule).
 fn tool_available(tool: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("FABRIC_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "{tool} is required but not on PATH"
-        );
-        println!(
-            "skipping: {tool} not found on PATH (set FABRIC_REQUIRE_TOOLS=1 to make this fatal)"
-        );
-    }
-    found
+    fabric_suite::tool(tool).is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -225,12 +225,12 @@ impl ExtentStore {
                 size,
             });
         }
-        let mut records: Vec<VolumeRecordRef> = volumes
-            .values()
-            .map(|v| (v.name().to_string(), v.size_bytes()))
-            .collect();
-        records.push((name.to_string(), size));
-        catalog::store(&self.dir, &to_records(records))?;
+        let mut records = records_of(volumes.values());
+        records.push(catalog::VolumeRecord {
+            name: name.to_string(),
+            size_bytes: size,
+        });
+        catalog::store(&self.dir, &records)?;
         let vol = Arc::new(vol);
         volumes.insert(name.to_string(), Arc::clone(&vol));
         tracing::info!(volume = name, size_bytes = size, "volume created");
@@ -260,12 +260,8 @@ impl ExtentStore {
         if !volumes.contains_key(name) {
             return Err(StoreError::NotFound(name.to_string()));
         }
-        let records = volumes
-            .values()
-            .filter(|v| v.name() != name)
-            .map(|v| (v.name().to_string(), v.size_bytes()))
-            .collect();
-        catalog::store(&self.dir, &to_records(records))?;
+        let records = records_of(volumes.values().filter(|v| v.name() != name));
+        catalog::store(&self.dir, &records)?;
         volumes.remove(name);
         let vdir = volume_dir(&self.dir, name);
         fs::remove_dir_all(&vdir)
@@ -275,11 +271,15 @@ impl ExtentStore {
     }
 }
 
-type VolumeRecordRef = (String, u64);
-
-fn to_records(v: Vec<VolumeRecordRef>) -> Vec<catalog::VolumeRecord> {
-    v.into_iter()
-        .map(|(name, size_bytes)| catalog::VolumeRecord { name, size_bytes })
+/// The catalog records of `volumes`.
+fn records_of<'a>(
+    volumes: impl Iterator<Item = &'a Arc<LocalVolume>>,
+) -> Vec<catalog::VolumeRecord> {
+    volumes
+        .map(|v| catalog::VolumeRecord {
+            name: v.name().to_string(),
+            size_bytes: v.size_bytes(),
+        })
         .collect()
 }
 
