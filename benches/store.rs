@@ -26,6 +26,8 @@ fn checksum(c: &mut Criterion) {
 
 fn store_io(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // The io_uring disk's completions are served by the runtime it is created in.
+    let _entered = rt.enter();
     let engines: Vec<(&str, Arc<dyn Disk>)> = vec![
         (
             "uring",

@@ -710,26 +710,12 @@ conformance!(sim, crate::rigs::sim);
 mod uring_engine {
     use super::*;
 
-    /// Names of this process's threads.
-    fn thread_names() -> Vec<String> {
-        let tasks = std::fs::read_dir("/proc/self/task").expect("list threads");
-        tasks
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .map(|name| name.trim_end().to_owned())
-            .collect()
-    }
-
     #[tokio::test]
-    async fn engine_thread_exits_once_the_disk_and_its_files_are_dropped() {
-        let thread = "uring-exit-probe";
+    async fn ring_closes_once_the_disk_and_its_files_are_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = UringDisk::new("exit-probe").expect("start io_uring");
-        // Linux keeps 15 bytes of a thread name.
-        let shown = &thread[..15];
-        assert!(
-            thread_names().iter().any(|name| name == shown),
-            "engine thread is running"
-        );
+        let ring = disk.ring_probe();
+        assert!(ring.is_open(), "the disk has its ring");
 
         let file = disk
             .open(
@@ -742,22 +728,19 @@ mod uring_engine {
             .expect("open");
         let pending = file.write_at(0, pattern(20, BLOCK), true);
         drop(disk);
-        assert!(
-            thread_names().iter().any(|name| name == shown),
-            "an open file keeps the engine"
-        );
         pending
             .await
             .expect("a request issued before the disk was dropped is served");
+        assert!(ring.is_open(), "an open file keeps the ring");
         drop(file);
 
         for _ in 0..500 {
-            if !thread_names().iter().any(|name| name == shown) {
+            if !ring.is_open() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("engine thread still running 5 s after its disk and files were dropped");
+        panic!("ring still open 5 s after its disk and files were dropped");
     }
 
     #[tokio::test]

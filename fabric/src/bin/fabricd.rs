@@ -11,17 +11,16 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(name = "fabricd", version, about = "Fabric storage daemon")]
 struct Cli {
-    /// Threads running network and request tasks (default: one less than the CPUs, at least
-    /// one; each disk's io_uring runs on a thread of its own besides these).
+    /// Threads running network, request and io_uring completion tasks (default: one less than
+    /// the CPUs, at least one).
     #[arg(long, global = true)]
     worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Builds the runtime. On small machines the default leaves a core to the io_uring threads:
-/// measured on 2 cores, one worker serves 25-40% more 4 KiB writes than two, which spend their
-/// time waking each other.
+/// Builds the runtime. The default leaves a core to the kernel's own IO work (interrupts,
+/// io_uring's async workers) and to the processes beside the daemon.
 fn runtime(worker_threads: Option<usize>) -> tokio::runtime::Runtime {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = worker_threads.unwrap_or(cpus.saturating_sub(1)).max(1);

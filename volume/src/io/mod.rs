@@ -3,7 +3,7 @@
 //!
 //! Three implementations sit behind it and pass the same conformance suite
 //! (`volume/tests/io_conformance.rs`):
-//! - [`uring`]: the production engine, one io_uring per disk on its own thread, O_DIRECT,
+//! - [`uring`]: the production engine, one io_uring per disk driven from the runtime, O_DIRECT,
 //!   registered files and aligned registered buffers;
 //! - [`portable`]: positional reads and writes on a blocking thread pool, for kernels without
 //!   io_uring;

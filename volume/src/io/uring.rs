@@ -1,10 +1,9 @@
-//! The production backend: one io_uring per disk, driven by its own OS thread.
+//! The production backend: one io_uring per disk, driven from the tokio runtime.
 //!
-//! Callers never touch the ring. A request travels as a message to the disk's engine thread
-//! (`engine`) and its answer comes back on a tokio oneshot, which is the whole bridge between
-//! the ring and async code. The engine sleeps in `io_uring_enter` and is woken either by a
-//! completion or by a doorbell (an eventfd read kept armed in the ring), so one thread serves
-//! both directions without polling.
+//! A caller starts its request on the ring from its own thread (`engine`, behind a lock) and
+//! awaits the answer on a tokio oneshot. The disk's reaper task (`reaper`) is woken by the
+//! runtime's reactor when the kernel signals a completion and sends the answers, so IO and
+//! sockets share one event loop and a depth-1 IO never crosses threads.
 //!
 //! What the engine uses of io_uring, and why:
 //! - registered (fixed) files: the kernel skips the fd table lookup and reference counting on
@@ -26,14 +25,14 @@
 //! [`UringConfig::requests_queued_max`] are accepted and not yet answered (callers beyond that
 //! wait asynchronously for room), and at most [`UringConfig::files_open_max`] files are open.
 //!
-//! The engine thread exits once the [`UringDisk`], every file opened on it and every request
-//! future are dropped, after answering what it had accepted.
+//! A disk must be created inside a tokio runtime, which then serves its completions. The ring
+//! is closed once the [`UringDisk`], every file opened on it and every request are gone.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, oneshot};
@@ -44,8 +43,10 @@ use super::{BlockFile, Disk, IO_SIZE_MAX_BYTES, IoFuture, OpenOptions};
 mod engine;
 mod link;
 mod pool;
+mod reaper;
 
-use link::{Msg, Request, RequestKind};
+use link::{Request, RequestKind};
+use reaper::Shared;
 
 /// Largest ring this backend asks for, in requests.
 pub const QUEUE_DEPTH_LIMIT: u32 = 4096;
@@ -132,7 +133,7 @@ impl UringConfig {
     }
 }
 
-/// A disk served by one io_uring on its own thread.
+/// A disk served by one io_uring.
 pub struct UringDisk {
     name: String,
     handle: Arc<Handle>,
@@ -145,23 +146,29 @@ impl UringDisk {
     }
 
     /// Starts the engine of disk `name`: creates the ring, registers the file table and the
-    /// buffer pool, and spawns the thread. Fails if the kernel refuses io_uring (then use
-    /// [`super::portable`]) or `config` is out of bounds. A pool the kernel refuses to register
+    /// buffer pool, and spawns its reaper on the current tokio runtime. Fails outside a
+    /// runtime, if the kernel refuses io_uring (then use [`super::portable`]), or if `config`
+    /// is out of bounds. A pool the kernel refuses to register
     /// (locked-memory limit) is logged and replaced by per-request buffers.
     pub fn with_config(name: &str, config: UringConfig) -> io::Result<UringDisk> {
         config.validate()?;
         let name = format!("uring:{name}");
-        let link = engine::spawn(&name, config)?;
+        let shared = Shared::start(&name, config)?;
         let admission = Arc::new(Semaphore::new(config.requests_queued_max));
         Ok(UringDisk {
             name,
-            handle: Arc::new(Handle { link, admission }),
+            handle: Arc::new(Handle { shared, admission }),
         })
+    }
+
+    /// A probe that tells when the ring has been closed.
+    pub fn ring_probe(&self) -> RingProbe {
+        RingProbe(Arc::downgrade(&self.handle.shared))
     }
 
     /// What the engine has done so far.
     pub fn stats(&self) -> UringStats {
-        let counters = &self.handle.link.counters;
+        let counters = &self.handle.shared.counters;
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         UringStats {
             pool_buffer_ios: read(&counters.pool_buffer_ios),
@@ -169,6 +176,16 @@ impl UringDisk {
             resubmits: read(&counters.resubmits),
             requests_answered: read(&counters.requests_answered),
         }
+    }
+}
+
+/// Tells whether a disk's ring is still open, without keeping it open.
+pub struct RingProbe(std::sync::Weak<Shared>);
+
+impl RingProbe {
+    /// True until the engine, and with it the ring, has been dropped.
+    pub fn is_open(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 
@@ -192,16 +209,13 @@ impl Disk for UringDisk {
         &self.name
     }
 
-    /// Opens the file and registers it with the ring. Blocks for one round trip to the engine
-    /// thread, which answers between two ring waits.
+    /// Opens the file and registers it with the ring.
     fn open(&self, path: &Path, options: OpenOptions) -> io::Result<Arc<dyn BlockFile>> {
         let fd = OwnedFd::from(sys::open_file(path, options)?);
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.handle.send(Msg::Open {
-            fd: fd.as_raw_fd(),
-            reply,
-        })?;
-        let slot = answer.recv().map_err(|_| engine_stopped())??;
+        let slot = self
+            .handle
+            .shared
+            .with_engine(|engine| engine.register_file(fd.as_raw_fd()))?;
         let file = FileSlot {
             handle: Arc::clone(&self.handle),
             slot,
@@ -216,23 +230,16 @@ impl Disk for UringDisk {
 
 /// The callers' side of one engine. Dropping the last one stops the engine.
 struct Handle {
-    link: link::EngineLink,
+    shared: Arc<Shared>,
     /// Bounds requests accepted and not yet answered; a permit travels with each request.
     admission: Arc<Semaphore>,
 }
 
-impl Handle {
-    fn send(&self, msg: Msg) -> io::Result<()> {
-        self.link.tx.send(msg).map_err(|_| engine_stopped())?;
-        self.link.doorbell.ring();
-        Ok(())
-    }
-}
-
 impl Drop for Handle {
     fn drop(&mut self) {
-        // Nobody can send after this, so the engine may finish what it has and exit.
-        let _ = self.send(Msg::Shutdown);
+        // Every request holds a handle through its file, so none is in flight: the reaper
+        // may exit, and the ring closes with the last reference to the engine.
+        self.shared.stop();
     }
 }
 
@@ -251,7 +258,10 @@ pub(super) struct FileSlot {
 
 impl Drop for FileSlot {
     fn drop(&mut self) {
-        let _ = self.handle.send(Msg::Close { slot: self.slot });
+        let slot = self.slot;
+        self.handle
+            .shared
+            .with_engine(|engine| engine.unregister_file(slot));
     }
 }
 
@@ -295,7 +305,7 @@ struct UringFile {
 }
 
 impl UringFile {
-    /// Sends `kind` to the engine once admitted and waits for its answer on `answer`.
+    /// Starts `kind` on the ring once admitted and waits for its answer on `answer`.
     fn submit<T: Send + 'static>(
         &self,
         kind: RequestKind,
@@ -310,12 +320,12 @@ impl UringFile {
                 .await
                 .map_err(|_| engine_stopped())?;
             let handle = Arc::clone(&file.handle);
-            handle.send(Msg::Io(Request {
+            handle.shared.accept(Request {
                 file,
                 direct,
                 kind,
                 _permit: permit,
-            }))?;
+            })?;
             answer.await.map_err(|_| engine_stopped())?
         })
     }
@@ -341,9 +351,9 @@ impl BlockFile for UringFile {
             return Box::pin(std::future::ready(Ok(())));
         }
         if !self.direct && !durable && data.len() <= INLINE_WRITE_MAX_BYTES {
-            // A small buffered write is a copy into the page cache: cheaper done here than
-            // the two thread hand-offs a trip through the ring costs (the store's checksum
-            // entries are such writes, one before every data write).
+            // A small buffered write is a copy into the page cache: cheaper done here than a
+            // trip through the ring and the reaper (the store's checksum entries are such
+            // writes, one before every data write).
             let result = pwrite_all(self.file.fd.as_fd(), &data, offset);
             return Box::pin(std::future::ready(result));
         }
@@ -425,7 +435,7 @@ impl UringFile {
     }
 }
 
-/// The error every caller sees once the engine thread is gone.
+/// The error every caller sees once the engine is gone.
 fn engine_stopped() -> io::Error {
-    io::Error::other("io_uring engine thread has stopped")
+    io::Error::other("io_uring engine has stopped (its tokio runtime shut down)")
 }

@@ -1,70 +1,30 @@
-//! The engine thread of one disk: owns the ring, the registered file table and the buffer
-//! pool, turns requests into SQEs and completions into answers.
+//! The ring of one disk: owns the ring, the registered file table and the buffer pool, turns
+//! requests into SQEs and completions into answers.
 //!
-//! One loop: take new messages, start queued requests while the ring has room, sleep in the
-//! kernel until at least one completion arrives, handle the completions. A short read or
-//! write is resubmitted for its remainder; a request is answered exactly once, when it is
-//! done or has failed.
+//! The engine has no thread of its own. Whoever holds its lock drives it: a caller starts its
+//! request and submits it at once (`accept`), and the disk's reaper task, woken through the
+//! eventfd registered with the ring, hands completions back (`reap`). A short read or write
+//! is resubmitted for its remainder; a request is answered exactly once, when it is done or
+//! has failed.
 //!
-//! Memory handed to the kernel (pool buffers, private aligned buffers, the caller's `Bytes`,
-//! the doorbell's counter) is owned by the engine until the completion of the request that
-//! uses it has been reaped. That is the invariant behind every `unsafe` push below.
+//! Memory handed to the kernel (pool buffers, private aligned buffers, the caller's `Bytes`)
+//! is owned by the engine until the completion of the request that uses it has been reaped.
+//! That is the invariant behind every `unsafe` push below.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::os::fd::{AsFd, RawFd};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use io_uring::{IoUring, opcode, squeue, types};
 
+use super::FileSlot;
 use super::UringConfig;
-use super::link::{Counters, Doorbell, EngineLink, Msg, Request, RequestKind};
+use super::link::{Counters, Request, RequestKind};
 use super::pool::{BufferIndex, BufferPool};
 use crate::io::portable::aligned::{self, AlignedBuf};
 use crate::io::portable::sys::{self, AfterShortRead, STALLED_RETRIES_MAX};
-
-/// `user_data` of the doorbell read; requests use their slab index, which is far smaller.
-const DOORBELL_USER_DATA: u64 = u64::MAX;
-
-/// Pause after an unexpected error from `io_uring_enter`, so that a persistent one is logged
-/// at a bounded rate instead of spinning a core.
-const ENTER_ERROR_BACKOFF_MS: u64 = 10;
-
-/// Starts the engine thread of disk `name` and returns its channel once the ring is set up.
-pub(super) fn spawn(name: &str, config: UringConfig) -> io::Result<EngineLink> {
-    let doorbell = Arc::new(Doorbell::new()?);
-    let counters = Arc::new(Counters::default());
-    let engine_counters = Arc::clone(&counters);
-    let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-    let engine_name = name.to_owned();
-    let engine_doorbell = Arc::clone(&doorbell);
-    std::thread::Builder::new()
-        // Linux keeps 15 bytes of a thread name: the disk name's tail is what is lost.
-        .name(name.replacen("uring:", "uring-", 1))
-        .spawn(move || {
-            match Engine::new(engine_name, config, rx, engine_doorbell, engine_counters) {
-                Ok(engine) => {
-                    let _ = ready_tx.send(Ok(()));
-                    engine.run();
-                }
-                Err(error) => {
-                    let _ = ready_tx.send(Err(error));
-                }
-            }
-        })?;
-    ready_rx
-        .recv()
-        .map_err(|_| io::Error::other("io_uring engine thread died during setup"))??;
-    Ok(EngineLink {
-        tx,
-        doorbell,
-        counters,
-    })
-}
 
 /// Where the bytes of a read or write live while the kernel works on them.
 enum OpBuf {
@@ -94,16 +54,11 @@ enum Step {
     Ignore,
 }
 
-struct Engine {
+pub(super) struct Engine {
     name: String,
     // Field order matters: the ring is dropped before the memory it may still reference.
     ring: IoUring,
     pool: BufferPool,
-    rx: mpsc::Receiver<Msg>,
-    doorbell: Arc<Doorbell>,
-    /// Target of the doorbell read; boxed so its address is stable.
-    doorbell_counter: Box<u64>,
-    doorbell_armed: bool,
     /// Requests in the ring, indexed by `user_data`; `queue_depth_max` entries.
     ops: Vec<Option<Op>>,
     free_ops: Vec<usize>,
@@ -111,23 +66,26 @@ struct Engine {
     backlog: VecDeque<Request>,
     free_slots: Vec<u32>,
     files_open_max: u32,
-    shutting_down: bool,
     completions: Vec<(u64, i32)>,
+    /// Files let go of by answered requests, dropped by the lock holder once the lock is
+    /// released: the last drop of a file clears its slot, which takes the lock again.
+    retired: Vec<Arc<FileSlot>>,
     counters: Arc<Counters>,
 }
 
 impl Engine {
-    fn new(
+    /// Sets up the ring, its file table and its buffer pool; `wake` is the eventfd the
+    /// kernel signals on every completion.
+    pub(super) fn new(
         name: String,
         config: UringConfig,
-        rx: mpsc::Receiver<Msg>,
-        doorbell: Arc<Doorbell>,
+        wake: RawFd,
         counters: Arc<Counters>,
     ) -> io::Result<Engine> {
-        // One extra entry for the doorbell read, which is always in the ring.
-        let entries = (config.queue_depth_max + 1).next_power_of_two();
+        let entries = config.queue_depth_max.next_power_of_two();
         let ring = IoUring::new(entries)?;
         let submitter = ring.submitter();
+        submitter.register_eventfd(wake)?;
         if submitter
             .register_files_sparse(config.files_open_max)
             .is_err()
@@ -152,63 +110,36 @@ impl Engine {
             name,
             ring,
             pool,
-            rx,
-            doorbell,
-            doorbell_counter: Box::new(0),
-            doorbell_armed: false,
             ops: (0..depth).map(|_| None).collect(),
             free_ops: (0..depth).rev().collect(),
             backlog: VecDeque::new(),
             free_slots: (0..config.files_open_max).rev().collect(),
             files_open_max: config.files_open_max,
-            shutting_down: false,
             completions: Vec::with_capacity(2 * entries as usize),
+            retired: Vec::new(),
             counters,
         })
     }
 
-    fn run(mut self) {
-        tracing::debug!(disk = %self.name, "io_uring engine started");
-        self.arm_doorbell();
-        loop {
-            self.take_messages();
-            self.start_backlog();
-            let idle = self.backlog.is_empty() && self.free_ops.len() == self.ops.len();
-            if self.shutting_down && idle && !self.doorbell_armed {
-                break;
-            }
-            self.wait();
-            self.reap();
-        }
-        tracing::debug!(disk = %self.name, "io_uring engine stopped");
+    /// Takes `request` and starts it if the ring has room; queued otherwise, and started
+    /// when a completion makes room.
+    pub(super) fn accept(&mut self, request: Request) {
+        self.backlog.push_back(request);
+        self.start_backlog();
+        self.submit();
     }
 
-    fn take_messages(&mut self) {
-        loop {
-            match self.rx.try_recv() {
-                Ok(Msg::Open { fd, reply }) => {
-                    let _ = reply.send(self.register_file(fd));
-                }
-                Ok(Msg::Close { slot }) => self.unregister_file(slot),
-                Ok(Msg::Io(request)) => self.backlog.push_back(request),
-                Ok(Msg::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
-                    self.begin_shutdown();
-                    return;
-                }
-                Err(mpsc::TryRecvError::Empty) => return,
-            }
-        }
+    /// True when no request is queued or in the ring.
+    pub(super) fn is_idle(&self) -> bool {
+        self.backlog.is_empty() && self.free_ops.len() == self.ops.len()
     }
 
-    fn begin_shutdown(&mut self) {
-        if !self.shutting_down {
-            self.shutting_down = true;
-            // Complete the armed doorbell read so that its buffer is ours again before exit.
-            self.doorbell.write();
-        }
+    /// The files answered requests let go of; see `retired`.
+    pub(super) fn take_retired(&mut self) -> Vec<Arc<FileSlot>> {
+        std::mem::take(&mut self.retired)
     }
 
-    fn register_file(&mut self, fd: RawFd) -> io::Result<u32> {
+    pub(super) fn register_file(&mut self, fd: RawFd) -> io::Result<u32> {
         let Some(slot) = self.free_slots.pop() else {
             return Err(io::Error::other(format!(
                 "{}: files_open_max of {} files reached",
@@ -224,7 +155,7 @@ impl Engine {
         }
     }
 
-    fn unregister_file(&mut self, slot: u32) {
+    pub(super) fn unregister_file(&mut self, slot: u32) {
         assert!(slot < self.files_open_max);
         if let Err(error) = self.ring.submitter().register_files_update(slot, &[-1]) {
             // The slot still holds the old file; the next open replaces it, so reuse is safe.
@@ -252,23 +183,24 @@ impl Engine {
         }
     }
 
-    /// Blocks until at least one completion is ready, submitting what is queued.
-    fn wait(&mut self) {
-        match self.ring.submit_and_wait(1) {
+    /// Hands what is queued in the submission ring to the kernel, without waiting.
+    fn submit(&mut self) {
+        match self.ring.submit() {
             Ok(_) => {}
+            // The completion ring is full or the kernel is short of memory: the entries stay
+            // queued and go with the next submission, after the reaper has made room.
             Err(error)
                 if matches!(
                     error.raw_os_error(),
                     Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
                 ) => {}
-            Err(error) => {
-                tracing::error!(disk = %self.name, %error, "io_uring_enter failed");
-                std::thread::sleep(Duration::from_millis(ENTER_ERROR_BACKOFF_MS));
-            }
+            Err(error) => tracing::error!(disk = %self.name, %error, "io_uring_enter failed"),
         }
     }
 
-    fn reap(&mut self) {
+    /// Answers every request whose completion has arrived, then starts queued requests in
+    /// the room that made.
+    pub(super) fn reap(&mut self) {
         let mut completions = std::mem::take(&mut self.completions);
         completions.extend(
             self.ring
@@ -276,41 +208,12 @@ impl Engine {
                 .map(|cqe| (cqe.user_data(), cqe.result())),
         );
         for &(user_data, result) in &completions {
-            if user_data == DOORBELL_USER_DATA {
-                self.on_doorbell(result);
-            } else {
-                self.on_completion(user_data as usize, result);
-            }
+            self.on_completion(user_data as usize, result);
         }
         completions.clear();
         self.completions = completions;
-    }
-
-    fn arm_doorbell(&mut self) {
-        assert!(!self.doorbell_armed);
-        let counter: *mut u64 = &mut *self.doorbell_counter;
-        let entry = opcode::Read::new(
-            types::Fd(self.doorbell.fd.as_fd().as_raw_fd()),
-            counter.cast(),
-            8,
-        )
-        .build()
-        .user_data(DOORBELL_USER_DATA);
-        self.doorbell_armed = true;
-        self.push(entry);
-    }
-
-    fn on_doorbell(&mut self, result: i32) {
-        assert!(self.doorbell_armed);
-        self.doorbell_armed = false;
-        if result < 0 {
-            tracing::warn!(disk = %self.name, error = %io::Error::from_raw_os_error(-result), "doorbell read failed");
-        }
-        // Cleared before the next drain of the channel; see `Doorbell::ring`.
-        self.doorbell.rung.store(false, Ordering::SeqCst);
-        if !self.shutting_down {
-            self.arm_doorbell();
-        }
+        self.start_backlog();
+        self.submit();
     }
 
     fn on_completion(&mut self, index: usize, result: i32) {
@@ -410,8 +313,9 @@ impl Engine {
             ..
         } = request;
         // Let go of the file and the admission permit before answering: a caller that sees the
-        // answer may at once send another request, or drop the file and expect its slot back.
-        drop(file);
+        // answer may at once send another request, or drop the file and expect its slot back
+        // (which the lock holder gives once it has released the lock).
+        self.retired.push(file);
         drop(permit);
         match kind {
             RequestKind::Read { len, reply, .. } => {
@@ -572,13 +476,13 @@ impl Engine {
     }
 
     fn push(&mut self, entry: squeue::Entry) {
-        // SAFETY: every buffer an entry points to is owned by the engine (pool, op slab or
-        // doorbell counter) and stays at its address until the entry's completion is reaped.
+        // SAFETY: every buffer an entry points to is owned by the engine (pool or op slab) and
+        // stays at its address until the entry's completion is reaped.
         if unsafe { self.ring.submission().push(&entry) }.is_ok() {
             return;
         }
-        // The ring has room for every op plus the doorbell, so a full queue only means
-        // entries are waiting to be handed to the kernel.
+        // The ring has room for every op, so a full queue only means entries are waiting to
+        // be handed to the kernel.
         if let Err(error) = self.ring.submit() {
             tracing::warn!(disk = %self.name, %error, "io_uring submit failed");
         }
@@ -611,7 +515,7 @@ impl Op {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        // Only a panic leaves requests in the ring. The kernel may still write into their
+        // Only a panic, or a runtime shut down under a live disk, leaves requests in the ring. The kernel may still write into their
         // buffers after the ring is closed, so leak them rather than free memory under it.
         let in_flight: Vec<Op> = self.ops.iter_mut().filter_map(Option::take).collect();
         if !in_flight.is_empty() {
@@ -620,9 +524,6 @@ impl Drop for Engine {
             // The pool's pages stay pinned for the kernel; freed, they could be handed out
             // again by the allocator while a request still lands in them.
             std::mem::forget(std::mem::replace(&mut self.pool, BufferPool::empty()));
-        }
-        if self.doorbell_armed {
-            std::mem::forget(std::mem::replace(&mut self.doorbell_counter, Box::new(0)));
         }
     }
 }

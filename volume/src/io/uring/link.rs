@@ -1,31 +1,14 @@
-//! The link between callers and an engine thread: the messages they send, the doorbell
-//! that wakes the engine, and the counters it publishes.
+//! What callers hand to the engine: requests with the oneshot their answer goes to, and the
+//! counters the engine publishes.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::FileSlot;
-
-/// A message from callers to the engine.
-pub(super) enum Msg {
-    /// Register `fd` in a free slot of the file table; the descriptor stays open (owned by the
-    /// caller) until the answer arrives.
-    Open {
-        fd: RawFd,
-        reply: mpsc::SyncSender<io::Result<u32>>,
-    },
-    /// Clear `slot`: its file has been dropped and no request refers to it any more.
-    Close { slot: u32 },
-    /// One IO request.
-    Io(Request),
-    /// The last handle is gone: finish what was accepted, then exit.
-    Shutdown,
-}
 
 /// One IO request, with everything it needs to be answered.
 pub(super) struct Request {
@@ -60,48 +43,6 @@ pub(super) enum RequestKind {
     },
 }
 
-/// Wakes the engine when a message is waiting: an eventfd whose read the engine keeps armed
-/// in the ring, so new work and completions wake the same `io_uring_enter`.
-pub(super) struct Doorbell {
-    pub(super) fd: OwnedFd,
-    /// Set by the first caller to ring since the engine last answered the doorbell; later
-    /// callers skip the `write` syscall because a wake-up is already on its way.
-    pub(super) rung: AtomicBool,
-}
-
-impl Doorbell {
-    pub(super) fn new() -> io::Result<Doorbell> {
-        // SAFETY: plain syscall; a non-negative result is a new descriptor we now own.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Doorbell {
-            fd,
-            rung: AtomicBool::new(false),
-        })
-    }
-
-    /// Wakes the engine. Call after the message is in the channel: the engine clears `rung`
-    /// before it drains the channel, so either it sees the message in that drain or this
-    /// call sees `rung` clear and writes.
-    pub(super) fn ring(&self) {
-        if !self.rung.swap(true, Ordering::SeqCst) {
-            self.write();
-        }
-    }
-
-    /// Writes to the eventfd unconditionally.
-    pub(super) fn write(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live local to a live eventfd. The only possible
-        // failure (counter overflow) still leaves the eventfd readable, which is all we need.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
-    }
-}
-
 /// Counters the engine keeps and callers read (`UringDisk::stats`).
 #[derive(Default)]
 pub(super) struct Counters {
@@ -116,11 +57,4 @@ impl Counters {
         // Statistics only: no ordering with anything else is needed.
         counter.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// What callers share with a running engine.
-pub(super) struct EngineLink {
-    pub(super) tx: mpsc::Sender<Msg>,
-    pub(super) doorbell: Arc<Doorbell>,
-    pub(super) counters: Arc<Counters>,
 }
