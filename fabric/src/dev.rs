@@ -1,7 +1,9 @@
-//! `fabricd dev`: a local node that serves volumes over NBD from one data directory.
+//! `fabricd dev`: a local node that serves volumes over NBD from one data directory, or with
+//! `--nodes N` a local cluster of processes: N storage nodes that are also metadata members,
+//! and a gateway serving the volumes, 3-way replicated across racks, over NBD.
 //!
-//! One process today; later issues grow this into a cluster of processes (`--nodes N`), which is
-//! why the node's store lives in `DATA_DIR/node-0` rather than in `DATA_DIR` itself.
+//! The single node's store lives in `DATA_DIR/node-0`, the cluster's nodes in
+//! `DATA_DIR/node-1..N`, the gateway's log in `DATA_DIR/gateway`.
 
 use std::sync::Arc;
 
@@ -38,22 +40,9 @@ pub fn open_disk(engine: IoEngine, name: &str) -> anyhow::Result<Arc<dyn Disk>> 
 
 /// Runs the dev node until Ctrl-C or SIGTERM.
 pub async fn run(config: DevConfig) -> Result<(), DevError> {
-    // The metadata group (if any) lives in DATA_DIR/node-1.., beside the NBD store in node-0.
-    let cluster = match config.nodes {
-        Some(n) => {
-            let c = crate::meta::launch::DevCluster::start(&config.data_dir, n)
-                .await
-                .context("start the metadata group")?;
-            let addrs: Vec<&str> = c.members.iter().map(|(_, a)| a.as_str()).collect();
-            println!("metadata group of {n} at {}", addrs.join(","));
-            println!(
-                "try: fabricctl --data-dir {} status",
-                config.data_dir.display()
-            );
-            Some(c)
-        }
-        None => None,
-    };
+    if let Some(n) = config.nodes {
+        return run_cluster(&config, n).await.map_err(DevError::Other);
+    }
     let node_dir = config.data_dir.join("node-0");
     let disk = open_disk(config.io_engine, &node_dir.display().to_string())?;
     let store = match ExtentStore::open(&node_dir, disk).await {
@@ -119,11 +108,84 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
     if let Some(path) = &config.nbd_unix {
         let _ = std::fs::remove_file(path);
     }
-    if let Some(c) = cluster {
-        c.stop();
-    }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Runs N node processes and a gateway until Ctrl-C or SIGTERM, or until the gateway exits.
+async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
+    let mut cluster = crate::meta::launch::DevCluster::start(&config.data_dir, nodes)
+        .await
+        .context("start the nodes")?;
+    let addrs: Vec<&str> = cluster.members.iter().map(|(_, a)| a.as_str()).collect();
+    println!("metadata group of {nodes} at {}", addrs.join(","));
+    let volumes: Vec<(String, u64)> = config
+        .volumes
+        .iter()
+        .map(|v| (v.name.clone(), v.size_bytes))
+        .collect();
+    if let Err(e) = cluster
+        .start_gateway(&config.data_dir, &volumes, config.nbd_listen)
+        .await
+    {
+        cluster.stop();
+        return Err(e.context("start the gateway"));
+    }
+    let ready = wait_listening(config.nbd_listen, &mut cluster).await;
+    if let Err(e) = ready {
+        cluster.stop();
+        return Err(e);
+    }
+    for (name, size) in &volumes {
+        println!(
+            "serving volume {name} ({size} bytes, replicated) at nbd://{}/{name}",
+            config.nbd_listen
+        );
+    }
+    println!(
+        "try: fabricctl --data-dir {} status   (Ctrl-C stops)",
+        config.data_dir.display()
+    );
+    let exited = tokio::select! {
+        () = wait_for_stop() => None,
+        status = gateway_exit(&mut cluster) => Some(status),
+    };
+    cluster.stop();
+    match exited {
+        None => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        Some(status) => anyhow::bail!(
+            "the gateway exited ({status}); see {}",
+            config.data_dir.join("gateway/fabricd.log").display()
+        ),
+    }
+}
+
+/// Waits until the gateway accepts connections, or fails if it exits first.
+async fn wait_listening(
+    addr: std::net::SocketAddr,
+    cluster: &mut crate::meta::launch::DevCluster,
+) -> anyhow::Result<()> {
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = cluster.gateway_exited() {
+            anyhow::bail!("the gateway exited ({status}) before it served");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn gateway_exit(cluster: &mut crate::meta::launch::DevCluster) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = cluster.gateway_exited() {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 pub(crate) async fn wait_for_stop() {

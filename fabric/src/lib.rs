@@ -3,12 +3,16 @@
 //! - [`dev`]: `fabricd dev`, a local node serving volumes over NBD from one data directory.
 //! - [`config`]: raw command-line input in, validated configuration out.
 //! - [`meta`]: Raft-replicated cluster metadata (openraft + sled + tonic).
-//! - [`node`]: `fabricd node`, one metadata member as its own process.
+//! - [`node`]: `fabricd node`, one metadata member as its own process, with its storage.
+//! - [`storage`]: a node's replica server and the agent that creates its volumes' replicas.
+//! - [`gateway`]: `fabricd gateway`, the volume driver: NBD in front, replicas behind.
 
 pub mod config;
 pub mod dev;
+pub mod gateway;
 pub mod meta;
 pub mod node;
+pub mod storage;
 
 /// Exit code for an environmental stop: the data directory is held by another process.
 pub const EXIT_DATA_DIR_LOCKED: i32 = 3;

@@ -276,9 +276,22 @@ pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
     let _lock = lock_dir(&cfg.data_dir)?;
     let id = cfg.id;
     let dir = cfg.data_dir.clone();
+    let data_addr = cfg.data_addr.clone();
     let running = crate::meta::server::start(cfg)
         .await
         .context("start metadata member")?;
+    let storage = if data_addr.is_empty() {
+        None
+    } else {
+        let storage = crate::storage::Storage::start(&dir.join("store"), &data_addr, running.addr)
+            .await
+            .context("start the replica server")?;
+        println!(
+            "fabricd node {id} serving replicas at {}",
+            storage.data_addr
+        );
+        Some(storage)
+    };
     write_node_file(
         &dir,
         &NodeFile {
@@ -291,6 +304,9 @@ pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
     println!("fabricd node {id} serving metadata at {}", running.addr);
     crate::dev::wait_for_stop().await;
     tracing::info!(id, "stopping");
+    if let Some(storage) = storage {
+        storage.stop().await;
+    }
     running.stop().await;
     Ok(())
 }

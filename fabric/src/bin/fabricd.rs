@@ -35,8 +35,11 @@ fn runtime(worker_threads: Option<usize>) -> tokio::runtime::Runtime {
 enum Command {
     /// Run a local node that serves volumes over NBD.
     Dev(DevArgs),
-    /// Run one metadata member (Raft over gRPC) from a TOML file and/or flags.
+    /// Run one node: a metadata member (Raft over gRPC) and, with --data-addr, a replica
+    /// server; from a TOML file and/or flags.
     Node(fabric::node::NodeArgs),
+    /// Run the volume driver: attach volumes and serve them over NBD from their replicas.
+    Gateway(fabric::gateway::GatewayArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Node(args) => run_node(args, cli.worker_threads),
+        Command::Gateway(args) => {
+            match runtime(cli.worker_threads).block_on(fabric::gateway::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Dev(args) => {
             let config = match DevConfig::try_from(args) {
                 Ok(c) => c,

@@ -1,9 +1,11 @@
-//! `fabricd dev --nodes N`: a local metadata group of N `fabricd node` child processes on
-//! loopback, each in its own rack, bootstrapped into one Raft group with a default pool.
+//! `fabricd dev --nodes N`: N `fabricd node` child processes on loopback, each a metadata
+//! member and a storage node in its own rack, bootstrapped into one Raft group with a default
+//! pool, and a `fabricd gateway` child serving the volumes over NBD.
 //!
-//! Member addresses are recorded in `DATA_DIR/cluster.json` and reused on the next start, since
-//! the Raft membership stores them. Children die with the launcher (`PR_SET_PDEATHSIG`), and each
-//! logs to `DATA_DIR/node-ID/fabricd.log`.
+//! Member addresses (gRPC and data) are recorded in `DATA_DIR/cluster.json` and reused on the
+//! next start, since the Raft membership and the node records store them. Children die with
+//! the launcher (`PR_SET_PDEATHSIG`), and each logs to `DATA_DIR/node-ID/fabricd.log` (the
+//! gateway to `DATA_DIR/gateway/fabricd.log`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,12 +30,18 @@ pub const DEV_DEFAULT_PG_COUNT: u32 = 64;
 struct ClusterFile {
     /// id → gRPC address.
     members: Vec<(u64, String)>,
+    /// id → replica (data path) address; absent in files written before nodes stored data.
+    #[serde(default)]
+    data: Vec<(u64, String)>,
 }
 
 /// The running child processes.
 pub struct DevCluster {
     pub members: Vec<(u64, String)>,
+    /// id → replica address of each node.
+    pub data: Vec<(u64, String)>,
     children: Vec<Child>,
+    gateway: Option<Child>,
 }
 
 fn free_loopback_addr() -> anyhow::Result<String> {
@@ -41,10 +49,11 @@ fn free_loopback_addr() -> anyhow::Result<String> {
     Ok(l.local_addr()?.to_string())
 }
 
-fn member_addresses(data_dir: &Path, nodes: u32) -> anyhow::Result<Vec<(u64, String)>> {
+/// The gRPC and data addresses of every member: from `cluster.json`, or fresh ports.
+fn member_addresses(data_dir: &Path, nodes: u32) -> anyhow::Result<ClusterFile> {
     let path = data_dir.join("cluster.json");
     if let Ok(bytes) = std::fs::read(&path) {
-        let file: ClusterFile =
+        let mut file: ClusterFile =
             serde_json::from_slice(&bytes).with_context(|| format!("read {}", path.display()))?;
         if file.members.len() != nodes as usize {
             bail!(
@@ -54,20 +63,54 @@ fn member_addresses(data_dir: &Path, nodes: u32) -> anyhow::Result<Vec<(u64, Str
                 file.members.len()
             );
         }
-        return Ok(file.members);
+        if file.data.len() == file.members.len() {
+            return Ok(file);
+        }
+        file.data = fresh_addresses(nodes)?;
+        write_cluster_file(&path, &file)?;
+        return Ok(file);
     }
-    let members = (1..=u64::from(nodes))
-        .map(|id| Ok((id, free_loopback_addr()?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let file = ClusterFile {
+        members: fresh_addresses(nodes)?,
+        data: fresh_addresses(nodes)?,
+    };
     std::fs::create_dir_all(data_dir)?;
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&ClusterFile {
-            members: members.clone(),
-        })?,
-    )
-    .with_context(|| format!("write {}", path.display()))?;
-    Ok(members)
+    write_cluster_file(&path, &file)?;
+    Ok(file)
+}
+
+fn fresh_addresses(nodes: u32) -> anyhow::Result<Vec<(u64, String)>> {
+    (1..=u64::from(nodes))
+        .map(|id| Ok((id, free_loopback_addr()?)))
+        .collect()
+}
+
+fn write_cluster_file(path: &Path, file: &ClusterFile) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(file)?)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// Starts `cmd` as a child that dies with the launcher.
+fn spawn_child(mut cmd: Command, what: &str) -> anyhow::Result<Child> {
+    // SAFETY: prctl only sets a flag of the child process; no allocation after fork.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("start {what}"))
+}
+
+fn log_file(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    Ok(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("fabricd.log"))?)
 }
 
 impl DevCluster {
@@ -77,20 +120,18 @@ impl DevCluster {
             (1..=DEV_NODES_MAX).contains(&nodes),
             "validated by the caller"
         );
-        let members = member_addresses(data_dir, nodes)?;
+        let ClusterFile { members, data } = member_addresses(data_dir, nodes)?;
         let exe = std::env::current_exe().context("find the fabricd executable")?;
         let peers: Vec<String> = members.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let mut cluster = DevCluster {
             members: members.clone(),
+            data: data.clone(),
             children: Vec::new(),
+            gateway: None,
         };
-        for (id, addr) in &members {
+        for ((id, addr), (_, data_addr)) in members.iter().zip(&data) {
             let dir: PathBuf = data_dir.join(format!("node-{id}"));
-            std::fs::create_dir_all(&dir)?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("fabricd.log"))?;
+            let log = log_file(&dir)?;
             let mut cmd = Command::new(&exe);
             cmd.arg("node")
                 .arg("--id")
@@ -99,6 +140,8 @@ impl DevCluster {
                 .arg(&dir)
                 .arg("--listen")
                 .arg(addr)
+                .arg("--data-addr")
+                .arg(data_addr)
                 .arg("--location")
                 .arg(format!("rack=rack{id},host=host{id}"))
                 .stdin(Stdio::null())
@@ -107,20 +150,9 @@ impl DevCluster {
             if *id == 1 {
                 cmd.arg("--bootstrap").arg("--peers").arg(peers.join(","));
             }
-            // SAFETY: prctl only sets a flag of the child process; no allocation after fork.
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            cluster.children.push(
-                cmd.spawn()
-                    .with_context(|| format!("start metadata member {id}"))?,
-            );
+            cluster
+                .children
+                .push(spawn_child(cmd, &format!("node {id}"))?);
         }
         cluster.form(nodes).await?;
         Ok(cluster)
@@ -170,22 +202,82 @@ impl DevCluster {
         Ok(())
     }
 
-    /// SIGTERM to every member, then waits (killing those that do not exit in time).
-    pub fn stop(mut self) {
-        for c in &self.children {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_millis(DEV_STOP_TIMEOUT_MS);
-        for c in &mut self.children {
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+    /// Creates the volumes that do not exist yet (in the default pool) and starts the gateway
+    /// serving all of them on `nbd_listen`.
+    pub async fn start_gateway(
+        &mut self,
+        data_dir: &Path,
+        volumes: &[(String, u64)],
+        nbd_listen: std::net::SocketAddr,
+    ) -> anyhow::Result<()> {
+        let client = Client::new(self.members.iter().map(|(_, a)| a.clone()).collect());
+        for (name, size_bytes) in volumes {
+            let req = pb::CreateVolumeRequest {
+                name: name.clone(),
+                pool: "default".into(),
+                size_bytes: *size_bytes,
+                extent_size_bytes: 0,
+                request_id: String::new(),
+            };
+            match client.create_volume(req).await {
+                Ok(_) => tracing::info!(volume = %name, size_bytes, "created volume"),
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                Err(s) => bail!("create volume {name}: {}", s.message()),
             }
+        }
+        let exe = std::env::current_exe().context("find the fabricd executable")?;
+        let endpoints: Vec<&str> = self.members.iter().map(|(_, a)| a.as_str()).collect();
+        let log = log_file(&data_dir.join("gateway"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("gateway")
+            .arg("--endpoints")
+            .arg(endpoints.join(","))
+            .arg("--nbd-listen")
+            .arg(nbd_listen.to_string())
+            .arg("--client-name")
+            .arg("dev-gateway")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (name, _) in volumes {
+            cmd.arg("--volume").arg(name);
+        }
+        self.gateway = Some(spawn_child(cmd, "the gateway")?);
+        Ok(())
+    }
+
+    /// Whether the gateway has exited, with its status.
+    pub fn gateway_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.gateway
+            .as_mut()
+            .and_then(|g| g.try_wait().ok().flatten())
+    }
+
+    /// SIGTERM to the gateway (which flushes to the nodes), then to every node; waits for
+    /// each, killing those that do not exit in time.
+    pub fn stop(mut self) {
+        if let Some(mut gateway) = self.gateway.take() {
+            terminate(std::slice::from_mut(&mut gateway));
+        }
+        terminate(&mut self.children);
+    }
+}
+
+/// SIGTERM to `children`, then waits for each, killing those that do not exit in time.
+fn terminate(children: &mut [Child]) {
+    for c in children.iter() {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_millis(DEV_STOP_TIMEOUT_MS);
+    for c in children.iter_mut() {
+        while c.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

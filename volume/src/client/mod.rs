@@ -84,11 +84,20 @@ pub enum ClientConfigError {
     ActingSets,
 }
 
-/// The replicas of each extent group, in preference order. Extent `e` belongs to group
-/// `e % groups.len()`: a stand-in for the placement-group map.
+/// The replicas of each placement group of a volume, in preference order: one group per PG of
+/// the volume's pool. Extent `e` of volume `v` belongs to PG [`pg_of`]`(v, e, groups.len())`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActingSets {
     pub groups: Vec<Vec<SocketAddr>>,
+}
+
+/// The placement group of extent `extent` of `volume` in a pool of `pg_count` PGs. Pinned: every
+/// driver and tool must agree on it for as long as the data exists, so it is built only from
+/// placement's pinned mixer and `tests::pg_of_is_pinned` fixes its outputs.
+pub fn pg_of(volume: VolumeId, extent: u64, pg_count: usize) -> usize {
+    assert!(pg_count > 0);
+    let key = placement::hash::mix64(placement::hash::mix64(volume.0) ^ extent);
+    (key % pg_count as u64) as usize
 }
 
 impl ActingSets {
@@ -99,9 +108,8 @@ impl ActingSets {
         }
     }
 
-    pub fn group_of(&self, extent: u64) -> usize {
-        assert!(!self.groups.is_empty());
-        (extent % self.groups.len() as u64) as usize
+    pub fn group_of(&self, volume: VolumeId, extent: u64) -> usize {
+        pg_of(volume, extent, self.groups.len())
     }
 }
 
@@ -149,4 +157,18 @@ impl AclObserver for LoggingObserver {
     fn fenced(&self, volume: VolumeId, our_epoch: u64, current: u64) {
         tracing::error!(%volume, our_epoch, current, "volume fenced by a newer attach");
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_of_is_pinned() {
+        // Changing these moves every extent of every volume to another PG: never do it.
+        let got: Vec<usize> = (0..6).map(|e| pg_of(VolumeId(7), e, 64)).collect();
+        assert_eq!(got, PINNED);
+    }
+
+    const PINNED: [usize; 6] = [56, 53, 17, 23, 27, 14];
 }

@@ -349,7 +349,7 @@ impl Inner {
                 seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             };
             let req = build(&self, piece, version);
-            let group = self.acting.group_of(piece.extent);
+            let group = self.acting.group_of(self.config.volume, piece.extent);
             tasks.push(Box::pin(Arc::clone(&self).mutate_group(group, req)));
         }
         run_bounded(tasks).await.map(|_| ())
@@ -357,7 +357,7 @@ impl Inner {
 
     /// Reads one piece from the first live replica that returns good data.
     async fn read_piece(self: Arc<Self>, piece: Piece) -> Result<Bytes, VolumeError> {
-        let group = self.acting.group_of(piece.extent);
+        let group = self.acting.group_of(self.config.volume, piece.extent);
         let header = self.header(Op::Read, piece.offset, piece.len, 0, WriteVersion::NONE);
         let mut tried = Vec::new();
         for idx in 0..self.groups[group].len() {
