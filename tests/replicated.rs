@@ -111,6 +111,24 @@ fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_bac
     eprintln!("longest write while a node died: {stall_ms:.1} ms");
     assert!(stall_ms < 10_000.0, "stall of {stall_ms} ms");
 
+    // The cluster's PG map names node 2 as stale wherever the gateway wrote after the kill.
+    let out = Command::new(workspace_bin("fabricctl"))
+        .args(["--json", "--data-dir"])
+        .arg(&data)
+        .args(["pool", "list"])
+        .output()
+        .expect("run fabricctl");
+    let pools: Value = serde_json::from_slice(&out.stdout).expect("pool JSON");
+    let stale = pools[0]["stale"].as_array().expect("stale lists");
+    assert!(pools[0]["degraded_pgs"].as_u64().unwrap() >= 1, "{pools}");
+    for (pg, nodes) in stale.iter().enumerate() {
+        let nodes = nodes.as_array().unwrap();
+        assert!(
+            nodes.is_empty() || nodes == &[Value::from(2)],
+            "PG {pg}: only node 2 missed writes, stale {nodes:?}"
+        );
+    }
+
     // What was written before the failure still reads back, now from two replicas.
     run(Command::new("qemu-io")
         .args(["-f", "raw", "-c", "read -P 0x5a 0 4M"])

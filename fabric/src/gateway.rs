@@ -3,9 +3,10 @@
 //! from its pool's PG map and the nodes' data addresses, and exports the replicated volumes
 //! over NBD. Storage nodes can then die while the export stays up.
 //!
-//! What is not here yet: acting-set changes go through [`LoggingObserver`] (a failed replica
-//! leaves this gateway's acting set, not the cluster's PG map), and the PG map is read once at
-//! start, not followed.
+//! A replica that fails a write leaves its PG's acting set through the metadata service
+//! (`RemoveReplica`, a Raft command) before the write is acknowledged, so the cluster's PG map
+//! always names which copies are current. What is not here yet: the PG map is read once at
+//! start, not followed, and stale replicas are not resynced.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +17,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use proto::meta as pb;
 use volume::client::{
-    ActingSets, ClientConfig, LoggingObserver, REQUEST_TIMEOUT_MS_DEFAULT,
-    REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT, ReplicatedVolume,
+    AclFuture, AclObserver, ActingSets, ClientConfig, REQUEST_TIMEOUT_MS_DEFAULT,
+    REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT, ReplicaFailure, ReplicatedVolume,
 };
 use volume::volume::BlockVolume;
 use volume::wire::VolumeId;
@@ -49,7 +50,7 @@ pub struct GatewayArgs {
 
 /// Serves the volumes until SIGINT or SIGTERM, then flushes them.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let client = Client::new(args.endpoints.clone());
+    let client = Arc::new(Client::new(args.endpoints.clone()));
     let attach_as = args
         .client_name
         .clone()
@@ -103,7 +104,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
 /// Attaches `name` and builds its replicated volume from the pool's PG map.
 async fn open_volume(
-    client: &Client,
+    client: &Arc<Client>,
     name: &str,
     attach_as: &str,
     force: bool,
@@ -123,7 +124,7 @@ async fn open_volume(
         .find(|p| p.name == volume.pool)
         .with_context(|| format!("pool {} is not listed", volume.pool))?;
     let rule = pool.rule.clone().context("pool without a rule")?;
-    let acting = acting_sets(pool, nodes)?;
+    let (acting, node_of) = acting_sets(pool, nodes)?;
     let attach = pb::AttachVolumeRequest {
         name: name.into(),
         client: attach_as.into(),
@@ -146,14 +147,23 @@ async fn open_volume(
         request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
         requests_in_flight_per_replica_max: REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT,
     };
-    let replicated = ReplicatedVolume::new(config, acting.clone(), Arc::new(LoggingObserver))
+    let observer = Arc::new(ClusterObserver {
+        client: Arc::clone(client),
+        pool: pool.name.clone(),
+        node_of,
+    });
+    let replicated = ReplicatedVolume::new(config, acting.clone(), observer)
         .context("set up the replicated volume")?;
     wait_until_replicas_hold(&replicated, &acting).await?;
     Ok(replicated)
 }
 
-/// The data addresses of every PG's replicas, in PG order.
-fn acting_sets(pool: &pb::Pool, nodes: &[pb::Node]) -> anyhow::Result<ActingSets> {
+/// The data addresses of every PG's acting set (its replicas that are not stale), in PG
+/// order, and the node behind each address.
+fn acting_sets(
+    pool: &pb::Pool,
+    nodes: &[pb::Node],
+) -> anyhow::Result<(ActingSets, HashMap<SocketAddr, u64>)> {
     let mut addrs: HashMap<u64, SocketAddr> = HashMap::new();
     for n in nodes.iter().filter(|n| !n.data_addr.is_empty()) {
         let addr = n
@@ -172,6 +182,7 @@ fn acting_sets(pool: &pb::Pool, nodes: &[pb::Node]) -> anyhow::Result<ActingSets
         .map(|pg| {
             pg.replicas
                 .iter()
+                .filter(|id| !pg.stale.contains(id))
                 .map(|id| {
                     addrs.get(id).copied().with_context(|| {
                         format!("PG {} names node {id}, which serves no data", pg.pg)
@@ -180,7 +191,51 @@ fn acting_sets(pool: &pb::Pool, nodes: &[pb::Node]) -> anyhow::Result<ActingSets
                 .collect()
         })
         .collect::<anyhow::Result<Vec<Vec<SocketAddr>>>>()?;
-    Ok(ActingSets { groups })
+    let node_of = addrs.into_iter().map(|(id, addr)| (addr, id)).collect();
+    Ok((ActingSets { groups }, node_of))
+}
+
+/// Reports failed replicas to the metadata service, which takes them out of the PG's acting
+/// set; the write that found the failure is acknowledged only once that change is committed.
+struct ClusterObserver {
+    client: Arc<Client>,
+    pool: String,
+    node_of: HashMap<SocketAddr, u64>,
+}
+
+impl AclObserver for ClusterObserver {
+    fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture {
+        let client = Arc::clone(&self.client);
+        let pool = self.pool.clone();
+        let node = self.node_of.get(&failure.replica).copied();
+        Box::pin(async move {
+            let node = node.ok_or_else(|| format!("{} is no node's address", failure.replica))?;
+            let req = pb::ReplicaRequest {
+                pool: pool.clone(),
+                pg: failure.group as u32,
+                node,
+            };
+            let changed = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.remove_replica(req).await }
+                })
+                .await
+                .map_err(|s| {
+                    format!(
+                        "remove node {node} from PG {}: {}",
+                        failure.group,
+                        s.message()
+                    )
+                })?;
+            tracing::warn!(volume = %failure.volume, pool, pg = failure.group, node, map_epoch = changed.map_epoch, reason = %failure.reason, "replica left the acting set");
+            Ok(())
+        })
+    }
+
+    fn fenced(&self, volume: VolumeId, our_epoch: u64, current: u64) {
+        tracing::error!(%volume, our_epoch, current, "volume fenced by a newer attach; this gateway refuses its IO");
+    }
 }
 
 /// Waits until every replica answers for the volume: the storage agents create it a moment

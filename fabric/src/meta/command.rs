@@ -43,6 +43,18 @@ pub enum CommandV1 {
         client: String,
         force: bool,
     },
+    /// `node`'s replica of `pg` in `pool` missed a write: it leaves the PG's acting set.
+    RemoveReplica {
+        pool: String,
+        pg: u32,
+        node: NodeId,
+    },
+    /// `node`'s replica of `pg` has caught up: it rejoins the PG's acting set.
+    RestoreReplica {
+        pool: String,
+        pg: u32,
+        node: NodeId,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -110,6 +122,15 @@ impl std::fmt::Display for Command {
                     "attach volume {name} to {client}{}",
                     if *force { " (force)" } else { "" }
                 )
+            }
+            CommandV1::RemoveReplica { pool, pg, node } => {
+                write!(
+                    f,
+                    "remove node {node} from the acting set of {pool} PG {pg}"
+                )
+            }
+            CommandV1::RestoreReplica { pool, pg, node } => {
+                write!(f, "restore node {node} to the acting set of {pool} PG {pg}")
             }
         }
     }

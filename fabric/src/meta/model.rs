@@ -3,7 +3,7 @@
 //! These are what the state machine stores and what the rest of the daemon reasons about. They are
 //! not wire types: the gRPC edge (`service::convert`) converts to and from `proto::meta`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +133,22 @@ pub struct PgMap {
     pub pgs: Vec<Vec<NodeId>>,
     /// `disks[pg]` lists the disks (placement bucket ids) of the same replicas, in order.
     pub disks: Vec<Vec<u32>>,
+    /// `stale[pg]`: replicas of the PG taken out of its acting set because they missed a write.
+    /// They serve no reads and take no writes until they have caught up and are restored.
+    #[serde(default)]
+    pub stale: BTreeMap<u32, BTreeSet<NodeId>>,
+}
+
+impl PgMap {
+    /// The acting set of `pg`: its replicas that are not stale, primary first.
+    pub fn acting(&self, pg: usize) -> Vec<NodeId> {
+        let stale = self.stale.get(&(pg as u32));
+        self.pgs[pg]
+            .iter()
+            .copied()
+            .filter(|n| stale.is_none_or(|s| !s.contains(n)))
+            .collect()
+    }
 }
 
 /// A pool as the cluster knows it.

@@ -347,6 +347,7 @@ impl Topology {
             map_epoch: computed.epoch(),
             pgs,
             disks,
+            stale: BTreeMap::new(),
         })
     }
 }

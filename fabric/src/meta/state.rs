@@ -45,6 +45,8 @@ impl ClusterState {
                 client,
                 force,
             } => self.attach_volume(name, client, *force),
+            CommandV1::RemoveReplica { pool, pg, node } => self.remove_replica(pool, *pg, *node),
+            CommandV1::RestoreReplica { pool, pg, node } => self.restore_replica(pool, *pg, *node),
         };
         if outcome.is_ok() {
             self.cluster_epoch += 1;
@@ -123,9 +125,18 @@ impl ClusterState {
                 .topology
                 .pg_map(pool.id, &spec.name, &spec.rule, spec.pg_count)
             {
-                let moved = map.disks != pool.map.disks;
+                // A replica that stays in its PG stays stale until restored; one that moved
+                // away takes its staleness with it.
+                let mut stale = pool.map.stale.clone();
+                stale.retain(|pg, nodes| {
+                    let now = map.pgs.get(*pg as usize);
+                    nodes.retain(|n| now.is_some_and(|r| r.contains(n)));
+                    !nodes.is_empty()
+                });
+                let changed = map.disks != pool.map.disks || stale != pool.map.stale;
                 pool.map = PgMap {
-                    epoch: pool.map.epoch + u64::from(moved),
+                    epoch: pool.map.epoch + u64::from(changed),
+                    stale,
                     ..map
                 };
             }
@@ -236,6 +247,60 @@ impl ClusterState {
         }
         self.volumes.remove(name);
         Ok(Applied::Deleted)
+    }
+
+    /// Takes `node` out of the acting set of `pg`. Idempotent; refused if `node` holds no
+    /// replica of the PG or is its last live one (the PG would have no copy left to serve).
+    fn remove_replica(&mut self, pool: &str, pg: u32, node: NodeId) -> Outcome {
+        let p = self.pool_holding(pool, pg, node)?;
+        if p.map.stale.get(&pg).is_some_and(|s| s.contains(&node)) {
+            return Ok(Applied::Pool(p.clone()));
+        }
+        if p.map.acting(pg as usize).len() <= 1 {
+            return Err(CommandError::FailedPrecondition(format!(
+                "node {node} is the last live replica of PG {pg} of pool {pool}"
+            )));
+        }
+        p.map.stale.entry(pg).or_default().insert(node);
+        p.map.epoch += 1;
+        Ok(Applied::Pool(p.clone()))
+    }
+
+    /// Puts `node` back into the acting set of `pg`. Idempotent.
+    fn restore_replica(&mut self, pool: &str, pg: u32, node: NodeId) -> Outcome {
+        let p = self.pool_holding(pool, pg, node)?;
+        if let Some(stale) = p.map.stale.get_mut(&pg)
+            && stale.remove(&node)
+        {
+            if stale.is_empty() {
+                p.map.stale.remove(&pg);
+            }
+            p.map.epoch += 1;
+        }
+        Ok(Applied::Pool(p.clone()))
+    }
+
+    /// Pool `pool`, checked to have a PG `pg` with a replica on `node`.
+    fn pool_holding(
+        &mut self,
+        pool: &str,
+        pg: u32,
+        node: NodeId,
+    ) -> Result<&mut Pool, CommandError> {
+        let p = self
+            .pools
+            .get_mut(pool)
+            .ok_or_else(|| CommandError::NotFound(format!("pool {pool}")))?;
+        let replicas =
+            p.map.pgs.get(pg as usize).ok_or_else(|| {
+                CommandError::InvalidArgument(format!("pool {pool} has no PG {pg}"))
+            })?;
+        if !replicas.contains(&node) {
+            return Err(CommandError::FailedPrecondition(format!(
+                "node {node} holds no replica of PG {pg} of pool {pool}"
+            )));
+        }
+        Ok(p)
     }
 
     fn attach_volume(&mut self, name: &str, client: &str, force: bool) -> Outcome {

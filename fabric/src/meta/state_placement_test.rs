@@ -111,3 +111,68 @@ fn registrations_the_hierarchy_cannot_hold_are_refused_and_change_nothing() {
     assert!(matches!(r, Err(CommandError::InvalidArgument(_))), "{r:?}");
     assert_eq!(s, before);
 }
+
+#[test]
+fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
+    let mut s = ClusterState::default();
+    for id in 1..=3 {
+        register(&mut s, id, &format!("r{id}"), 1);
+    }
+    s.apply(&CommandV1::CreatePool(pool(3)).into())
+        .expect("create pool");
+    let epoch = s.pools["p3"].map.epoch;
+    let remove = |node| CommandV1::RemoveReplica {
+        pool: "p3".into(),
+        pg: 7,
+        node,
+    };
+
+    s.apply(&remove(2).into()).expect("remove node 2");
+    let map = &s.pools["p3"].map;
+    assert_eq!(
+        map.epoch,
+        epoch + 1,
+        "an acting-set change is a new map epoch"
+    );
+    assert!(!map.acting(7).contains(&2));
+    assert_eq!(map.acting(7).len(), 2);
+    assert_eq!(map.acting(8).len(), 3, "other PGs keep every replica");
+
+    s.apply(&remove(2).into())
+        .expect("removing twice is not an error");
+    assert_eq!(s.pools["p3"].map.epoch, epoch + 1, "and changes nothing");
+
+    s.apply(&remove(1).into()).expect("remove node 1");
+    let last = s.apply(&remove(3).into());
+    assert!(
+        matches!(last, Err(CommandError::FailedPrecondition(_))),
+        "the last live replica stays: {last:?}"
+    );
+    let absent = s.apply(
+        &CommandV1::RemoveReplica {
+            pool: "p3".into(),
+            pg: 1_000,
+            node: 1,
+        }
+        .into(),
+    );
+    assert!(
+        matches!(absent, Err(CommandError::InvalidArgument(_))),
+        "{absent:?}"
+    );
+
+    for node in [1, 2] {
+        s.apply(
+            &CommandV1::RestoreReplica {
+                pool: "p3".into(),
+                pg: 7,
+                node,
+            }
+            .into(),
+        )
+        .expect("restore");
+    }
+    let map = &s.pools["p3"].map;
+    assert_eq!(map.acting(7).len(), 3);
+    assert!(map.stale.is_empty(), "{:?}", map.stale);
+}

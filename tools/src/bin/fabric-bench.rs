@@ -3,11 +3,13 @@
 //! Starts `fabricd dev` and `qemu-nbd` (serving a raw file on the same disk, O_DIRECT like
 //! Fabric), prefills both so neither serves holes, then runs the same fio jobs through fio's
 //! nbd engine against each, and fio's io_uring engine on a raw file as the local-disk ceiling.
-//! Prints each figure and the ratio fabric / qemu-nbd. Jobs alternate between targets so that
-//! drift in the machine's load hits both alike; `--rounds N` repeats and reports medians.
+//! Prints each figure and the ratio fabric / qemu-nbd. With `--replicated`, it also starts
+//! `fabricd dev --nodes 3` (three storage processes and a gateway, every block written to three
+//! replicas on the same disk) and reports it beside the others. Jobs alternate between targets
+//! so that drift in the machine's load hits all alike; `--rounds N` repeats and reports medians.
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,9 @@ struct Args {
     /// Print the table as JSON as well.
     #[arg(long)]
     json: bool,
+    /// Also measure a 3-replica volume on a local 3-node cluster (`fabricd dev --nodes 3`).
+    #[arg(long)]
+    replicated: bool,
 }
 
 /// One fio job shape.
@@ -86,20 +91,19 @@ const JOBS: &[Job] = &[
     },
 ];
 
-#[derive(Clone, Copy, Debug)]
-enum Target {
-    Fabric,
-    QemuNbd,
-    RawUring,
+/// One thing fio runs against: a label and the fio arguments that reach it.
+struct Target {
+    label: &'static str,
+    fio_args: Vec<String>,
 }
 
-impl Target {
-    fn label(self) -> &'static str {
-        match self {
-            Target::Fabric => "fabric",
-            Target::QemuNbd => "qemu-nbd",
-            Target::RawUring => "raw io_uring",
-        }
+fn nbd_target(label: &'static str, port: u16) -> Target {
+    Target {
+        label,
+        fio_args: vec![
+            "--ioengine=nbd".into(),
+            format!("--uri=nbd://127.0.0.1:{port}/bench"),
+        ],
     }
 }
 
@@ -159,18 +163,6 @@ fn fio(args: &[String]) -> anyhow::Result<Value> {
     let text = String::from_utf8_lossy(&out.stdout);
     let start = text.find('{').context("fio printed no JSON")?;
     serde_json::from_str(&text[start..]).context("parse fio JSON")
-}
-
-fn target_args(target: Target, nbd_fabric: &str, nbd_qemu: &str, raw: &Path) -> Vec<String> {
-    match target {
-        Target::Fabric => vec!["--ioengine=nbd".into(), format!("--uri={nbd_fabric}")],
-        Target::QemuNbd => vec!["--ioengine=nbd".into(), format!("--uri={nbd_qemu}")],
-        Target::RawUring => vec![
-            "--ioengine=io_uring".into(),
-            "--direct=1".into(),
-            format!("--filename={}", raw.display()),
-        ],
-    }
 }
 
 /// Runs one job and returns IOPS (or MiB/s for 1M jobs, or p50 µs for latency jobs).
@@ -292,25 +284,46 @@ fn main() -> anyhow::Result<()> {
     };
     wait_listening(qport, &mut qemu.child, "qemu-nbd")?;
 
-    let raw_fio = scratch.join("fio.raw");
-    let nbd_fabric = format!("nbd://127.0.0.1:{fport}/bench");
-    let nbd_qemu = format!("nbd://127.0.0.1:{qport}/bench");
-    let targets = [Target::Fabric, Target::QemuNbd, Target::RawUring];
+    let mut replicated = None;
+    let mut targets = vec![nbd_target("fabric", fport), nbd_target("qemu-nbd", qport)];
+    if args.replicated {
+        let rport = free_port()?;
+        let mut cluster = Server {
+            child: Command::new(&fabricd)
+                .args(["dev", "--nodes", "3", "--data-dir"])
+                .arg(scratch.join("fabric-3"))
+                .args(["--nbd-listen", &format!("127.0.0.1:{rport}")])
+                .args(["--volume", &format!("bench:{size}")])
+                .env("FABRIC_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("start fabricd dev --nodes 3")?,
+        };
+        wait_listening(rport, &mut cluster.child, "fabricd dev --nodes 3")?;
+        replicated = Some(cluster);
+        targets.push(nbd_target("fabric 3-replica", rport));
+    }
+    targets.push(Target {
+        label: "raw io_uring",
+        fio_args: vec![
+            "--ioengine=io_uring".into(),
+            "--direct=1".into(),
+            format!("--filename={}", scratch.join("fio.raw").display()),
+        ],
+    });
     eprintln!("prefilling {} on each target", args.size);
-    for t in targets {
-        prefill(&target_args(t, &nbd_fabric, &nbd_qemu, &raw_fio), size)?;
+    for t in &targets {
+        prefill(&t.fio_args, size)?;
     }
 
     let mut results = vec![vec![Vec::new(); targets.len()]; JOBS.len()];
     for round in 0..args.rounds {
         for (j, job) in JOBS.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
-                let base = target_args(*target, &nbd_fabric, &nbd_qemu, &raw_fio);
-                let v = run_job(job, &base, size, args.runtime)?;
+                let v = run_job(job, &target.fio_args, size, args.runtime)?;
                 eprintln!(
-                    "round {round}: {:<22} {:<13} {v:>10.1}",
-                    job.name,
-                    target.label()
+                    "round {round}: {:<22} {:<16} {v:>10.1}",
+                    job.name, target.label
                 );
                 results[j][t].push(v);
             }
@@ -318,11 +331,20 @@ fn main() -> anyhow::Result<()> {
     }
     drop(fabric);
     drop(qemu);
+    drop(replicated);
 
-    println!(
-        "{:<22} {:>12} {:>12} {:>14} {:>16}",
-        "job", "fabric", "qemu-nbd", "raw io_uring", "fabric/qemu-nbd"
-    );
+    // Ratios are to qemu-nbd, the second target.
+    let mut header = format!("{:<26}", "job");
+    for t in &targets {
+        header += &format!(" {:>16}", t.label);
+    }
+    for t in targets.iter().filter(|t| t.label.starts_with("fabric")) {
+        header += &format!(
+            " {:>16}",
+            format!("{}/qemu", t.label.replace("fabric ", ""))
+        );
+    }
+    println!("{header}");
     let mut json_rows = Vec::new();
     for (j, job) in JOBS.iter().enumerate() {
         let m: Vec<f64> = results[j].iter_mut().map(|v| median(v)).collect();
@@ -333,18 +355,22 @@ fn main() -> anyhow::Result<()> {
         } else {
             "IOPS"
         };
-        println!(
-            "{:<22} {:>12} {:>12} {:>14} {:>16.2}",
-            format!("{} ({unit})", job.name),
-            format!("{:.0}", m[0]),
-            format!("{:.0}", m[1]),
-            format!("{:.0}", m[2]),
-            m[0] / m[1]
-        );
-        json_rows.push(serde_json::json!({
-            "job": job.name, "unit": unit, "fabric": m[0], "qemu_nbd": m[1],
-            "raw_io_uring": m[2], "ratio_fabric_qemu_nbd": m[0] / m[1],
-        }));
+        let mut line = format!("{:<26}", format!("{} ({unit})", job.name));
+        let mut row = serde_json::Map::new();
+        row.insert("job".into(), job.name.into());
+        row.insert("unit".into(), unit.into());
+        for (t, target) in targets.iter().enumerate() {
+            line += &format!(" {:>16.0}", m[t]);
+            row.insert(target.label.into(), m[t].into());
+        }
+        for (t, target) in targets.iter().enumerate() {
+            if target.label.starts_with("fabric") {
+                line += &format!(" {:>16.2}", m[t] / m[1]);
+                row.insert(format!("{} / qemu-nbd", target.label), (m[t] / m[1]).into());
+            }
+        }
+        println!("{line}");
+        json_rows.push(Value::Object(row));
     }
     println!("(latency rows: lower is better, so a ratio below 1 favours fabric)");
     if args.json {

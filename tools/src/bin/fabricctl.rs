@@ -381,6 +381,8 @@ fn pool_json(p: &pb::Pool) -> Value {
         "name": p.name, "replicas": rule.replicas, "min_replicas": rule.min_replicas,
         "failure_domain": rule.failure_domain, "pg_count": p.pg_count, "map_epoch": p.map_epoch,
         "pgs": p.pgs.iter().map(|g| g.replicas.clone()).collect::<Vec<_>>(),
+        "stale": p.pgs.iter().map(|g| g.stale.clone()).collect::<Vec<_>>(),
+        "degraded_pgs": p.pgs.iter().filter(|g| !g.stale.is_empty()).count(),
     })
 }
 

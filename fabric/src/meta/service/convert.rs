@@ -244,6 +244,12 @@ impl From<&Pool> for pb::Pool {
                     pg: pg as u32,
                     replicas: replicas.clone(),
                     disks: disks.clone(),
+                    stale: p
+                        .map
+                        .stale
+                        .get(&(pg as u32))
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }

@@ -35,6 +35,14 @@ impl MetadataService {
             .map_err(status_of)
     }
 
+    /// Writes a command whose result is a pool, and answers that pool.
+    async fn pool_change(&self, command: CommandV1) -> Result<Response<pb::Pool>, Status> {
+        match self.write(command).await? {
+            Applied::Pool(p) => Ok(Response::new(pb::Pool::from(&p))),
+            _ => Err(unexpected("pool change")),
+        }
+    }
+
     async fn read(&self, query: Query) -> Result<QueryReply, Status> {
         self.member.read(query).await.map_err(status_of)
     }
@@ -219,6 +227,24 @@ impl Metadata for MetadataService {
             }
             _ => Err(unexpected("attach volume")),
         }
+    }
+
+    async fn remove_replica(
+        &self,
+        req: Request<pb::ReplicaRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        let pb::ReplicaRequest { pool, pg, node } = req.into_inner();
+        self.pool_change(CommandV1::RemoveReplica { pool, pg, node })
+            .await
+    }
+
+    async fn restore_replica(
+        &self,
+        req: Request<pb::ReplicaRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        let pb::ReplicaRequest { pool, pg, node } = req.into_inner();
+        self.pool_change(CommandV1::RestoreReplica { pool, pg, node })
+            .await
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>>;
