@@ -8,20 +8,25 @@ use std::time::Duration;
 use fabric_suite::{DevNode, run, tools, workspace_bin};
 use serde_json::Value;
 
-/// Pid of storage node `id` of the cluster in `data_dir`, from `fabricctl status --json`.
-fn node_pid(data_dir: &std::path::Path, id: u64) -> u32 {
+/// `fabricctl --json --data-dir DATA_DIR ARGS...`, parsed.
+fn fabricctl(data_dir: &std::path::Path, args: &[&str]) -> Value {
     let out = Command::new(workspace_bin("fabricctl"))
         .args(["--json", "--data-dir"])
         .arg(data_dir)
-        .arg("status")
+        .args(args)
         .output()
         .expect("run fabricctl");
     assert!(
         out.status.success(),
-        "{}",
+        "fabricctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    serde_json::from_slice(&out.stdout).expect("fabricctl JSON")
+}
+
+/// Pid of storage node `id` of the cluster in `data_dir`, from `fabricctl status --json`.
+fn node_pid(data_dir: &std::path::Path, id: u64) -> u32 {
+    let status = fabricctl(data_dir, &["status"]);
     let node = status["nodes"]
         .as_array()
         .expect("nodes")
@@ -111,22 +116,18 @@ fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_bac
     eprintln!("longest write while a node died: {stall_ms:.1} ms");
     assert!(stall_ms < 10_000.0, "stall of {stall_ms} ms");
 
-    // The cluster's PG map names node 2 as stale wherever the gateway wrote after the kill.
-    let out = Command::new(workspace_bin("fabricctl"))
-        .args(["--json", "--data-dir"])
-        .arg(&data)
-        .args(["pool", "list"])
-        .output()
-        .expect("run fabricctl");
-    let pools: Value = serde_json::from_slice(&out.stdout).expect("pool JSON");
-    let stale = pools[0]["stale"].as_array().expect("stale lists");
-    assert!(pools[0]["degraded_pgs"].as_u64().unwrap() >= 1, "{pools}");
-    for (pg, nodes) in stale.iter().enumerate() {
-        let nodes = nodes.as_array().unwrap();
-        assert!(
-            nodes.is_empty() || nodes == &[Value::from(2)],
-            "PG {pg}: only node 2 missed writes, stale {nodes:?}"
-        );
+    // The volume's replica state names node 2 as stale wherever the gateway wrote after the
+    // kill, and nothing else.
+    let shown = volume_show(&data);
+    let state = &shown["replica_state"];
+    assert!(state["pgs_degraded"].as_u64().unwrap() >= 1, "{shown}");
+    assert_eq!(
+        state["pgs_degraded"].as_u64().unwrap() + state["pgs_full_redundancy"].as_u64().unwrap(),
+        state["pgs_total"].as_u64().unwrap(),
+        "{shown}"
+    );
+    for stale in state["stale"].as_array().unwrap() {
+        assert_eq!(stale["nodes"], serde_json::json!([2]), "{shown}");
     }
 
     // What was written before the failure still reads back, now from two replicas.
@@ -135,4 +136,102 @@ fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_bac
         .arg(dev.uri()))
     .expect("data written before the kill reads back");
     assert_eq!(dev.stop().unwrap(), 0, "clean exit with a node down");
+}
+
+/// A process started by the test, killed when the test ends however it ends.
+struct Respawned(std::process::Child);
+
+impl Drop for Respawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn volume_show(data_dir: &std::path::Path) -> Value {
+    fabricctl(data_dir, &["volume", "show", "vol0"])
+}
+
+#[test]
+fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
+    let Some(()) = tools(&["qemu-io"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
+    let qemu_io = |cmd: &str| {
+        run(Command::new("qemu-io")
+            .args(["-f", "raw", "-c", cmd])
+            .arg(dev.uri()))
+        .unwrap_or_else(|e| panic!("qemu-io {cmd}: {e}"))
+    };
+    qemu_io("write -P 0x11 0 32M");
+
+    // Node 2 goes away; one extent (8 MiB .. 12 MiB) is rewritten meanwhile.
+    let pid = node_pid(&data, 2);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("node 2 command line");
+    let argv: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 2");
+    qemu_io("write -P 0x22 8M 4M");
+    let shown = volume_show(&data);
+    assert!(
+        shown["replica_state"]["pgs_degraded"].as_u64().unwrap() >= 1,
+        "node 2 missed a write: {shown}"
+    );
+
+    // It comes back with the same data directory and is resynced by the gateway.
+    let log = std::fs::File::create(dir.path().join("node-2-again.log")).unwrap();
+    let _node2 = Respawned(
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("restart node 2"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = volume_show(&data);
+        if shown["replica_state"]["pgs_degraded"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still degraded after 60 s: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Only the rewritten extent was copied, and node 2 holds it.
+    let gateway_log =
+        std::fs::read_to_string(data.join("gateway/fabricd.log")).expect("gateway log");
+    let copied: u64 = gateway_log
+        .lines()
+        .filter(|l| l.contains("resync done"))
+        .filter_map(|l| l.split("bytes_copied=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    eprintln!("written while node 2 was away: 4194304 bytes; resync copied {copied} bytes");
+    assert_eq!(
+        copied,
+        4 << 20,
+        "delta resync copies the changed extent only"
+    );
+    let on_node2 = std::fs::read(data.join("node-2/store/volumes/r-0000000000000001/data"))
+        .expect("node 2's copy of the volume");
+    assert!(
+        on_node2[8 << 20..12 << 20].iter().all(|&b| b == 0x22),
+        "new data on node 2"
+    );
+    assert!(
+        on_node2[..8 << 20].iter().all(|&b| b == 0x11),
+        "old data kept on node 2"
+    );
+    qemu_io("read -P 0x22 8M 4M");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }

@@ -5,8 +5,10 @@
 //!
 //! A replica that fails a write leaves its PG's acting set through the metadata service
 //! (`RemoveReplica`, a Raft command) before the write is acknowledged, so the cluster's PG map
-//! always names which copies are current. What is not here yet: the PG map is read once at
-//! start, not followed, and stale replicas are not resynced.
+//! always names which copies are current. Every `RESYNC_INTERVAL_MS` the gateway looks for
+//! stale replicas that answer again and resyncs them (`ReplicatedVolume::resync`: only the
+//! extents that changed), then restores them through `RestoreReplica`. What is not here yet:
+//! the PG map is read once at start, not followed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,8 +19,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use proto::meta as pb;
 use volume::client::{
-    AclFuture, AclObserver, ActingSets, ClientConfig, REQUEST_TIMEOUT_MS_DEFAULT,
-    REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT, ReplicaFailure, ReplicatedVolume,
+    AclFuture, AclObserver, ActingSets, BELOW_MIN_WAIT_MS_DEFAULT, ClientConfig,
+    REQUEST_TIMEOUT_MS_DEFAULT, REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT, ReplicaFailure,
+    ReplicatedVolume,
 };
 use volume::volume::BlockVolume;
 use volume::wire::VolumeId;
@@ -27,6 +30,8 @@ use crate::meta::client::Client;
 
 /// How long the gateway waits for every replica of a volume to hold it before giving up.
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
+/// How often the gateway looks for stale replicas that answer again.
+pub const RESYNC_INTERVAL_MS: u64 = 1_000;
 
 /// Flags of `fabricd gateway`.
 #[derive(Args, Debug, Clone)]
@@ -66,10 +71,17 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .context("list pools")?
         .pools;
     let mut exports: Vec<Arc<dyn BlockVolume>> = Vec::new();
+    let mut resyncs = tokio::task::JoinSet::new();
     for name in &args.volumes {
-        let volume = open_volume(&client, name, &attach_as, args.force, &nodes, &pools)
+        let (volume, node_of) = open_volume(&client, name, &attach_as, args.force, &nodes, &pools)
             .await
             .with_context(|| format!("open volume {name}"))?;
+        resyncs.spawn(resync_stale(
+            volume.clone(),
+            name.clone(),
+            Arc::clone(&client),
+            node_of,
+        ));
         exports.push(Arc::new(volume));
     }
 
@@ -94,6 +106,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     tracing::info!("gateway stopping: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    resyncs.shutdown().await;
     for v in &exports {
         v.flush()
             .await
@@ -110,7 +123,7 @@ async fn open_volume(
     force: bool,
     nodes: &[pb::Node],
     pools: &[pb::Pool],
-) -> anyhow::Result<ReplicatedVolume> {
+) -> anyhow::Result<(ReplicatedVolume, HashMap<SocketAddr, u64>)> {
     let get = pb::GetVolumeRequest { name: name.into() };
     let volume = client
         .call(|mut c| {
@@ -124,7 +137,7 @@ async fn open_volume(
         .find(|p| p.name == volume.pool)
         .with_context(|| format!("pool {} is not listed", volume.pool))?;
     let rule = pool.rule.clone().context("pool without a rule")?;
-    let (acting, node_of) = acting_sets(pool, nodes)?;
+    let (acting, node_of) = acting_sets(pool, &volume, nodes)?;
     let attach = pb::AttachVolumeRequest {
         name: name.into(),
         client: attach_as.into(),
@@ -146,22 +159,75 @@ async fn open_volume(
         min_replicas: rule.min_replicas as usize,
         request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
         requests_in_flight_per_replica_max: REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT,
+        below_min_wait_ms: BELOW_MIN_WAIT_MS_DEFAULT,
     };
     let observer = Arc::new(ClusterObserver {
         client: Arc::clone(client),
-        pool: pool.name.clone(),
-        node_of,
+        volume: name.to_owned(),
+        node_of: node_of.clone(),
     });
     let replicated = ReplicatedVolume::new(config, acting.clone(), observer)
         .context("set up the replicated volume")?;
     wait_until_replicas_hold(&replicated, &acting).await?;
-    Ok(replicated)
+    Ok((replicated, node_of))
+}
+
+/// Resyncs stale replicas of `volume` that answer again, one at a time, for ever.
+async fn resync_stale(
+    volume: ReplicatedVolume,
+    name: String,
+    client: Arc<Client>,
+    node_of: HashMap<SocketAddr, u64>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(RESYNC_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (group, replica) in volume.stale_replicas() {
+            let Some(&node) = node_of.get(&replica) else {
+                continue;
+            };
+            if volume.extent_versions(replica, 0, 1).await.is_err() {
+                continue; // still away
+            }
+            let req = pb::ReplicaRequest {
+                volume: name.clone(),
+                pg: group as u32,
+                node,
+            };
+            let restore = async {
+                client
+                    .call(|mut c| {
+                        let req = req.clone();
+                        async move { c.restore_replica(req).await }
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("restore node {node} in PG {group}: {}", s.message()))
+            };
+            match volume.resync(group, replica, restore).await {
+                Ok(report) => tracing::info!(
+                    volume = %name,
+                    pg = group,
+                    node,
+                    extents_in_pg = report.extents_in_group,
+                    extents_copied = report.extents_copied,
+                    bytes_copied = report.bytes_copied,
+                    "resync done"
+                ),
+                Err(e) => {
+                    tracing::warn!(volume = %name, pg = group, node, error = %e, "resync failed; will retry")
+                }
+            }
+        }
+    }
 }
 
 /// The data addresses of every PG's acting set (its replicas that are not stale), in PG
 /// order, and the node behind each address.
 fn acting_sets(
     pool: &pb::Pool,
+    volume: &pb::Volume,
     nodes: &[pb::Node],
 ) -> anyhow::Result<(ActingSets, HashMap<SocketAddr, u64>)> {
     let mut addrs: HashMap<u64, SocketAddr> = HashMap::new();
@@ -177,12 +243,21 @@ fn acting_sets(
     if pgs.is_empty() || pgs.iter().enumerate().any(|(i, pg)| pg.pg as usize != i) {
         bail!("pool {} has no complete PG map yet", pool.name);
     }
+    let stale_in = |pg: u32| {
+        volume
+            .stale
+            .iter()
+            .find(|s| s.pg == pg)
+            .map(|s| s.nodes.clone())
+            .unwrap_or_default()
+    };
     let groups = pgs
         .iter()
         .map(|pg| {
+            let stale = stale_in(pg.pg);
             pg.replicas
                 .iter()
-                .filter(|id| !pg.stale.contains(id))
+                .filter(|id| !stale.contains(id))
                 .map(|id| {
                     addrs.get(id).copied().with_context(|| {
                         format!("PG {} names node {id}, which serves no data", pg.pg)
@@ -191,31 +266,41 @@ fn acting_sets(
                 .collect()
         })
         .collect::<anyhow::Result<Vec<Vec<SocketAddr>>>>()?;
+    let stale = pgs
+        .iter()
+        .map(|pg| {
+            stale_in(pg.pg)
+                .iter()
+                .filter(|id| pg.replicas.contains(id))
+                .filter_map(|id| addrs.get(id).copied())
+                .collect()
+        })
+        .collect();
     let node_of = addrs.into_iter().map(|(id, addr)| (addr, id)).collect();
-    Ok((ActingSets { groups }, node_of))
+    Ok((ActingSets { groups, stale }, node_of))
 }
 
 /// Reports failed replicas to the metadata service, which takes them out of the PG's acting
 /// set; the write that found the failure is acknowledged only once that change is committed.
 struct ClusterObserver {
     client: Arc<Client>,
-    pool: String,
+    volume: String,
     node_of: HashMap<SocketAddr, u64>,
 }
 
 impl AclObserver for ClusterObserver {
     fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture {
         let client = Arc::clone(&self.client);
-        let pool = self.pool.clone();
+        let volume = self.volume.clone();
         let node = self.node_of.get(&failure.replica).copied();
         Box::pin(async move {
             let node = node.ok_or_else(|| format!("{} is no node's address", failure.replica))?;
             let req = pb::ReplicaRequest {
-                pool: pool.clone(),
+                volume,
                 pg: failure.group as u32,
                 node,
             };
-            let changed = client
+            client
                 .call(|mut c| {
                     let req = req.clone();
                     async move { c.remove_replica(req).await }
@@ -228,7 +313,7 @@ impl AclObserver for ClusterObserver {
                         s.message()
                     )
                 })?;
-            tracing::warn!(volume = %failure.volume, pool, pg = failure.group, node, map_epoch = changed.map_epoch, reason = %failure.reason, "replica left the acting set");
+            tracing::warn!(volume = %failure.volume, pg = failure.group, node, reason = %failure.reason, "replica left the acting set");
             Ok(())
         })
     }

@@ -31,6 +31,8 @@ const EXTENT: u64 = EXTENT_SIZE_BYTES;
 /// Request timeout of the scenarios that are not about timeouts: generous, so a slow fsync on
 /// a busy machine does not get a healthy replica removed.
 const SLOW_DISK_TIMEOUT_MS: u64 = 10_000;
+/// How long writes wait below `min_replicas` in these scenarios: short, to keep them quick.
+const BELOW_MIN_WAIT_MS: u64 = 300;
 
 // ---- Harness ------------------------------------------------------------------------------
 
@@ -129,28 +131,51 @@ impl Recorder {
     }
 }
 
+/// A client of the test volume over `acting`, recording what it reports.
+fn client_over(
+    acting: ActingSets,
+    epoch: u64,
+    min_replicas: usize,
+    timeout_ms: u64,
+    below_min_wait_ms: u64,
+) -> (ReplicatedVolume, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let config = ClientConfig {
+        name: "replicated".into(),
+        volume: VOL,
+        size_bytes: SIZE,
+        attach_epoch: epoch,
+        min_replicas,
+        request_timeout_ms: timeout_ms,
+        requests_in_flight_per_replica_max: 64,
+        below_min_wait_ms,
+    };
+    let observer = Arc::clone(&recorder) as Arc<dyn AclObserver>;
+    let vol = ReplicatedVolume::new(config, acting, observer).unwrap();
+    (vol, recorder)
+}
+
 fn client_with(
     replicas: &[SocketAddr],
     epoch: u64,
     min_replicas: usize,
     timeout_ms: u64,
 ) -> (ReplicatedVolume, Arc<Recorder>) {
-    let recorder = Arc::new(Recorder::default());
-    let vol = ReplicatedVolume::new(
-        ClientConfig {
-            name: "replicated".into(),
-            volume: VOL,
-            size_bytes: SIZE,
-            attach_epoch: epoch,
-            min_replicas,
-            request_timeout_ms: timeout_ms,
-            requests_in_flight_per_replica_max: 64,
-        },
-        ActingSets::single(replicas.to_vec()),
-        Arc::clone(&recorder) as Arc<dyn AclObserver>,
-    )
-    .unwrap();
-    (vol, recorder)
+    let acting = ActingSets::single(replicas.to_vec());
+    client_over(acting, epoch, min_replicas, timeout_ms, BELOW_MIN_WAIT_MS)
+}
+
+/// A client of one group whose acting set is nodes 0 and 1 (`min_replicas` 2), with node 2
+/// stale: it gets nothing until resynced.
+fn client_with_node_2_stale(
+    nodes: &[Node],
+    below_min_wait_ms: u64,
+) -> (ReplicatedVolume, Arc<Recorder>) {
+    let acting = ActingSets {
+        groups: vec![vec![nodes[0].addr, nodes[1].addr]],
+        stale: vec![vec![nodes[2].addr]],
+    };
+    client_over(acting, 1, 2, SLOW_DISK_TIMEOUT_MS, below_min_wait_ms)
 }
 
 fn client(nodes: &[Node], epoch: u64, min_replicas: usize) -> (ReplicatedVolume, Arc<Recorder>) {
@@ -609,4 +634,95 @@ async fn qemu_io_writes_and_reads_through_nbd_over_three_replicas() {
             "every replica holds the write"
         );
     }
+}
+
+#[tokio::test]
+async fn resync_under_concurrent_writes_leaves_the_stale_replica_identical() {
+    let nodes = three_nodes().await;
+    let (vol, recorder) = client_with_node_2_stale(&nodes, BELOW_MIN_WAIT_MS);
+    assert_eq!(vol.stale_replicas(), vec![(0, nodes[2].addr)]);
+
+    // Half the volume written while node 2 is stale: it gets none of it.
+    for e in 0..8 {
+        vol.write(e * EXTENT, pattern(EXTENT as usize, e as u8 + 1), false)
+            .await
+            .unwrap();
+    }
+
+    // A writer keeps going over the whole volume while the resync runs.
+    let writer = {
+        let vol = vol.clone();
+        tokio::spawn(async move {
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for i in 0..300u32 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let block = x % (SIZE / 4096);
+                vol.write(block * 4096, pattern(4096, (i % 250) as u8), false)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let restored = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let report = vol
+        .resync(0, nodes[2].addr, {
+            let restored = Arc::clone(&restored);
+            async move {
+                restored.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .expect("resync");
+    writer.await.unwrap();
+    assert!(restored.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(report.extents_copied >= 8, "{report:?}");
+    assert!(vol.stale_replicas().is_empty());
+    assert!(vol.live_replicas(0).contains(&nodes[2].addr));
+
+    // Writes after the resync reach node 2 too; then all three hold the same bytes.
+    vol.write(SIZE - 4096, pattern(4096, 0xee), false)
+        .await
+        .unwrap();
+    for e in 0..SIZE / EXTENT {
+        let want = nodes[0]
+            .local()
+            .read(e * EXTENT, EXTENT as u32)
+            .await
+            .unwrap();
+        for node in &nodes[1..] {
+            let got = node.local().read(e * EXTENT, EXTENT as u32).await.unwrap();
+            assert!(got == want, "replica {} differs in extent {e}", node.addr);
+        }
+    }
+    assert!(recorder.failed_replicas().is_empty());
+}
+
+#[tokio::test]
+async fn below_min_replicas_a_write_waits_for_a_resynced_replica_then_succeeds() {
+    let nodes = three_nodes().await;
+    let (vol, _) = client_with_node_2_stale(&nodes, 30_000);
+    vol.write(0, pattern(4096, 1), false).await.unwrap();
+    nodes[1].kill();
+    // The write in flight when node 1 dies cannot reach two replicas.
+    assert!(vol.write(0, pattern(4096, 2), false).await.is_err());
+
+    // The next one waits; node 2 catches up meanwhile and the write lands on it.
+    let waiting = {
+        let vol = vol.clone();
+        tokio::spawn(async move { vol.write(4096, pattern(4096, 3), false).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "below min_replicas the write waits");
+    vol.resync(0, nodes[2].addr, async { Ok(()) })
+        .await
+        .expect("resync node 2");
+    waiting
+        .await
+        .unwrap()
+        .expect("the write completes once two replicas are live");
+    let got = nodes[2].local().read(4096, 4096).await.unwrap();
+    same(&got, &pattern(4096, 3), "the waiting write on node 2");
 }

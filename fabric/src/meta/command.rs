@@ -43,15 +43,15 @@ pub enum CommandV1 {
         client: String,
         force: bool,
     },
-    /// `node`'s replica of `pg` in `pool` missed a write: it leaves the PG's acting set.
+    /// `node`'s replica of `volume` in PG `pg` missed a write: it leaves the acting set.
     RemoveReplica {
-        pool: String,
+        volume: String,
         pg: u32,
         node: NodeId,
     },
-    /// `node`'s replica of `pg` has caught up: it rejoins the PG's acting set.
+    /// `node`'s replica of `volume` in PG `pg` has caught up: it rejoins the acting set.
     RestoreReplica {
-        pool: String,
+        volume: String,
         pg: u32,
         node: NodeId,
     },
@@ -123,14 +123,17 @@ impl std::fmt::Display for Command {
                     if *force { " (force)" } else { "" }
                 )
             }
-            CommandV1::RemoveReplica { pool, pg, node } => {
+            CommandV1::RemoveReplica { volume, pg, node } => {
                 write!(
                     f,
-                    "remove node {node} from the acting set of {pool} PG {pg}"
+                    "remove node {node} from the acting set of {volume} in PG {pg}"
                 )
             }
-            CommandV1::RestoreReplica { pool, pg, node } => {
-                write!(f, "restore node {node} to the acting set of {pool} PG {pg}")
+            CommandV1::RestoreReplica { volume, pg, node } => {
+                write!(
+                    f,
+                    "restore node {node} to the acting set of {volume} in PG {pg}"
+                )
             }
         }
     }

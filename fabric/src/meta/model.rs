@@ -133,22 +133,6 @@ pub struct PgMap {
     pub pgs: Vec<Vec<NodeId>>,
     /// `disks[pg]` lists the disks (placement bucket ids) of the same replicas, in order.
     pub disks: Vec<Vec<u32>>,
-    /// `stale[pg]`: replicas of the PG taken out of its acting set because they missed a write.
-    /// They serve no reads and take no writes until they have caught up and are restored.
-    #[serde(default)]
-    pub stale: BTreeMap<u32, BTreeSet<NodeId>>,
-}
-
-impl PgMap {
-    /// The acting set of `pg`: its replicas that are not stale, primary first.
-    pub fn acting(&self, pg: usize) -> Vec<NodeId> {
-        let stale = self.stale.get(&(pg as u32));
-        self.pgs[pg]
-            .iter()
-            .copied()
-            .filter(|n| stale.is_none_or(|s| !s.contains(n)))
-            .collect()
-    }
 }
 
 /// A pool as the cluster knows it.
@@ -186,6 +170,24 @@ pub struct Volume {
     /// Highest attach epoch ever granted; the next attach gets a higher one.
     pub attach_epoch: u64,
     pub attachment: Option<Attachment>,
+    /// `stale[pg]`: this volume's replicas in PG `pg` taken out of the acting set because they
+    /// missed a write. They serve no reads and take no writes of this volume until they have
+    /// caught up and are restored. Per volume, because each volume has its own writer: a
+    /// replica current for one volume of a PG may be behind for another.
+    #[serde(default)]
+    pub stale: BTreeMap<u32, BTreeSet<NodeId>>,
+}
+
+impl Volume {
+    /// The acting set of the volume in `pg`, given the PG's replicas: those not stale.
+    pub fn acting(&self, pg: u32, replicas: &[NodeId]) -> Vec<NodeId> {
+        let stale = self.stale.get(&pg);
+        replicas
+            .iter()
+            .copied()
+            .filter(|n| stale.is_none_or(|s| !s.contains(n)))
+            .collect()
+    }
 }
 
 /// Epochs that drivers and agents follow, as pushed by the watch stream.

@@ -347,7 +347,6 @@ impl Topology {
             map_epoch: computed.epoch(),
             pgs,
             disks,
-            stale: BTreeMap::new(),
         })
     }
 }

@@ -45,8 +45,12 @@ impl ClusterState {
                 client,
                 force,
             } => self.attach_volume(name, client, *force),
-            CommandV1::RemoveReplica { pool, pg, node } => self.remove_replica(pool, *pg, *node),
-            CommandV1::RestoreReplica { pool, pg, node } => self.restore_replica(pool, *pg, *node),
+            CommandV1::RemoveReplica { volume, pg, node } => {
+                self.remove_replica(volume, *pg, *node)
+            }
+            CommandV1::RestoreReplica { volume, pg, node } => {
+                self.restore_replica(volume, *pg, *node)
+            }
         };
         if outcome.is_ok() {
             self.cluster_epoch += 1;
@@ -125,18 +129,22 @@ impl ClusterState {
                 .topology
                 .pg_map(pool.id, &spec.name, &spec.rule, spec.pg_count)
             {
+                let moved = map.disks != pool.map.disks;
                 // A replica that stays in its PG stays stale until restored; one that moved
                 // away takes its staleness with it.
-                let mut stale = pool.map.stale.clone();
-                stale.retain(|pg, nodes| {
-                    let now = map.pgs.get(*pg as usize);
-                    nodes.retain(|n| now.is_some_and(|r| r.contains(n)));
-                    !nodes.is_empty()
-                });
-                let changed = map.disks != pool.map.disks || stale != pool.map.stale;
+                for v in self
+                    .volumes
+                    .values_mut()
+                    .filter(|v| v.spec.pool == spec.name)
+                {
+                    v.stale.retain(|pg, nodes| {
+                        let now = map.pgs.get(*pg as usize);
+                        nodes.retain(|n| now.is_some_and(|r| r.contains(n)));
+                        !nodes.is_empty()
+                    });
+                }
                 pool.map = PgMap {
-                    epoch: pool.map.epoch + u64::from(changed),
-                    stale,
+                    epoch: pool.map.epoch + u64::from(moved),
                     ..map
                 };
             }
@@ -213,6 +221,7 @@ impl ClusterState {
             spec: spec.clone(),
             attach_epoch: 0,
             attachment: None,
+            stale: BTreeMap::new(),
         };
         self.volumes.insert(spec.name.clone(), volume.clone());
         Ok(Applied::Volume(volume))
@@ -249,58 +258,62 @@ impl ClusterState {
         Ok(Applied::Deleted)
     }
 
-    /// Takes `node` out of the acting set of `pg`. Idempotent; refused if `node` holds no
-    /// replica of the PG or is its last live one (the PG would have no copy left to serve).
-    fn remove_replica(&mut self, pool: &str, pg: u32, node: NodeId) -> Outcome {
-        let p = self.pool_holding(pool, pg, node)?;
-        if p.map.stale.get(&pg).is_some_and(|s| s.contains(&node)) {
-            return Ok(Applied::Pool(p.clone()));
+    /// Takes `node`'s replica of `volume` in `pg` out of the acting set. Idempotent; refused
+    /// if `node` holds no replica of the PG or is the volume's last live one there (the PG
+    /// would have no current copy left to serve).
+    fn remove_replica(&mut self, volume: &str, pg: u32, node: NodeId) -> Outcome {
+        let (v, replicas) = self.volume_replica(volume, pg, node)?;
+        if v.stale.get(&pg).is_some_and(|s| s.contains(&node)) {
+            return Ok(Applied::Volume(v.clone()));
         }
-        if p.map.acting(pg as usize).len() <= 1 {
+        if v.acting(pg, &replicas).len() <= 1 {
             return Err(CommandError::FailedPrecondition(format!(
-                "node {node} is the last live replica of PG {pg} of pool {pool}"
+                "node {node} holds the last current replica of volume {volume} in PG {pg}"
             )));
         }
-        p.map.stale.entry(pg).or_default().insert(node);
-        p.map.epoch += 1;
-        Ok(Applied::Pool(p.clone()))
+        v.stale.entry(pg).or_default().insert(node);
+        Ok(Applied::Volume(v.clone()))
     }
 
-    /// Puts `node` back into the acting set of `pg`. Idempotent.
-    fn restore_replica(&mut self, pool: &str, pg: u32, node: NodeId) -> Outcome {
-        let p = self.pool_holding(pool, pg, node)?;
-        if let Some(stale) = p.map.stale.get_mut(&pg)
+    /// Puts `node`'s replica of `volume` in `pg` back into the acting set. Idempotent.
+    fn restore_replica(&mut self, volume: &str, pg: u32, node: NodeId) -> Outcome {
+        let (v, _) = self.volume_replica(volume, pg, node)?;
+        if let Some(stale) = v.stale.get_mut(&pg)
             && stale.remove(&node)
+            && stale.is_empty()
         {
-            if stale.is_empty() {
-                p.map.stale.remove(&pg);
-            }
-            p.map.epoch += 1;
+            v.stale.remove(&pg);
         }
-        Ok(Applied::Pool(p.clone()))
+        Ok(Applied::Volume(v.clone()))
     }
 
-    /// Pool `pool`, checked to have a PG `pg` with a replica on `node`.
-    fn pool_holding(
+    /// Volume `volume` and the replicas of its pool's PG `pg`, checked to include `node`.
+    fn volume_replica(
         &mut self,
-        pool: &str,
+        volume: &str,
         pg: u32,
         node: NodeId,
-    ) -> Result<&mut Pool, CommandError> {
-        let p = self
+    ) -> Result<(&mut Volume, Vec<NodeId>), CommandError> {
+        let v = self
+            .volumes
+            .get_mut(volume)
+            .ok_or_else(|| CommandError::NotFound(format!("volume {volume}")))?;
+        let pool = &v.spec.pool;
+        let replicas = self
             .pools
-            .get_mut(pool)
-            .ok_or_else(|| CommandError::NotFound(format!("pool {pool}")))?;
-        let replicas =
-            p.map.pgs.get(pg as usize).ok_or_else(|| {
-                CommandError::InvalidArgument(format!("pool {pool} has no PG {pg}"))
-            })?;
+            .get(pool)
+            .ok_or_else(|| CommandError::NotFound(format!("pool {pool}")))?
+            .map
+            .pgs
+            .get(pg as usize)
+            .ok_or_else(|| CommandError::InvalidArgument(format!("pool {pool} has no PG {pg}")))?
+            .clone();
         if !replicas.contains(&node) {
             return Err(CommandError::FailedPrecondition(format!(
                 "node {node} holds no replica of PG {pg} of pool {pool}"
             )));
         }
-        Ok(p)
+        Ok((v, replicas))
     }
 
     fn attach_volume(&mut self, name: &str, client: &str, force: bool) -> Outcome {

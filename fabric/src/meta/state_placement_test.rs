@@ -3,7 +3,7 @@
 //! topology cannot satisfy refused by name, and the map surviving a snapshot round trip.
 
 use super::command::{Applied, CommandError, CommandV1};
-use super::model::{DiskInfo, Location, NodeRegistration, PoolSpec, Rule};
+use super::model::{DiskInfo, Location, NodeRegistration, PoolSpec, Rule, VolumeSpec};
 use super::state::ClusterState;
 
 fn register(state: &mut ClusterState, id: u64, rack: &str, tib: u64) {
@@ -120,37 +120,47 @@ fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
     }
     s.apply(&CommandV1::CreatePool(pool(3)).into())
         .expect("create pool");
-    let epoch = s.pools["p3"].map.epoch;
+    for name in ["a", "b"] {
+        let spec = VolumeSpec {
+            name: name.into(),
+            pool: "p3".into(),
+            size_bytes: 1 << 30,
+            extent_size_bytes: 4 << 20,
+            request_id: String::new(),
+        };
+        s.apply(&CommandV1::CreateVolume(spec).into())
+            .expect("create volume");
+    }
+    let replicas = s.pools["p3"].map.pgs[7].clone();
     let remove = |node| CommandV1::RemoveReplica {
-        pool: "p3".into(),
+        volume: "a".into(),
         pg: 7,
         node,
     };
 
     s.apply(&remove(2).into()).expect("remove node 2");
-    let map = &s.pools["p3"].map;
+    let a = &s.volumes["a"];
+    assert_eq!(a.acting(7, &replicas).len(), 2);
+    assert!(!a.acting(7, &replicas).contains(&2));
     assert_eq!(
-        map.epoch,
-        epoch + 1,
-        "an acting-set change is a new map epoch"
+        s.volumes["b"].acting(7, &replicas).len(),
+        3,
+        "another volume of the same PG keeps every replica"
     );
-    assert!(!map.acting(7).contains(&2));
-    assert_eq!(map.acting(7).len(), 2);
-    assert_eq!(map.acting(8).len(), 3, "other PGs keep every replica");
-
+    let before = s.volumes["a"].clone();
     s.apply(&remove(2).into())
         .expect("removing twice is not an error");
-    assert_eq!(s.pools["p3"].map.epoch, epoch + 1, "and changes nothing");
+    assert_eq!(s.volumes["a"], before, "and changes nothing");
 
     s.apply(&remove(1).into()).expect("remove node 1");
     let last = s.apply(&remove(3).into());
     assert!(
         matches!(last, Err(CommandError::FailedPrecondition(_))),
-        "the last live replica stays: {last:?}"
+        "the last current replica stays: {last:?}"
     );
     let absent = s.apply(
         &CommandV1::RemoveReplica {
-            pool: "p3".into(),
+            volume: "a".into(),
             pg: 1_000,
             node: 1,
         }
@@ -164,7 +174,7 @@ fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
     for node in [1, 2] {
         s.apply(
             &CommandV1::RestoreReplica {
-                pool: "p3".into(),
+                volume: "a".into(),
                 pg: 7,
                 node,
             }
@@ -172,7 +182,6 @@ fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
         )
         .expect("restore");
     }
-    let map = &s.pools["p3"].map;
-    assert_eq!(map.acting(7).len(), 3);
-    assert!(map.stale.is_empty(), "{:?}", map.stale);
+    assert_eq!(s.volumes["a"].acting(7, &replicas).len(), 3);
+    assert!(s.volumes["a"].stale.is_empty());
 }

@@ -277,7 +277,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     async move { c.get_volume(pb::GetVolumeRequest { name }).await }
                 })
                 .await?;
-            Output::one(volume_json(&v))
+            let pools = client
+                .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
+                .await?;
+            let mut out = volume_json(&v);
+            if let Some(pool) = pools.pools.iter().find(|p| p.name == v.pool) {
+                out["replica_state"] = replica_state(&v, pool);
+            }
+            Output::one(out)
         }
         Cmd::Volume(VolumeCmd::Delete { name }) => {
             client
@@ -381,8 +388,6 @@ fn pool_json(p: &pb::Pool) -> Value {
         "name": p.name, "replicas": rule.replicas, "min_replicas": rule.min_replicas,
         "failure_domain": rule.failure_domain, "pg_count": p.pg_count, "map_epoch": p.map_epoch,
         "pgs": p.pgs.iter().map(|g| g.replicas.clone()).collect::<Vec<_>>(),
-        "stale": p.pgs.iter().map(|g| g.stale.clone()).collect::<Vec<_>>(),
-        "degraded_pgs": p.pgs.iter().filter(|g| !g.stale.is_empty()).count(),
     })
 }
 
@@ -391,6 +396,33 @@ fn volume_json(v: &pb::Volume) -> Value {
         "id": v.id, "name": v.name, "pool": v.pool, "size_bytes": v.size_bytes,
         "extent_size_bytes": v.extent_size_bytes, "state": v.state, "attach_epoch": v.attach_epoch,
         "attached_to": v.attached_to,
+    })
+}
+
+/// How redundant a volume is: PGs with every replica current, PGs with some replica stale
+/// (it missed writes), and how many current replicas of the volume each node holds.
+fn replica_state(v: &pb::Volume, pool: &pb::Pool) -> Value {
+    let stale_in = |pg: u32| {
+        v.stale
+            .iter()
+            .find(|s| s.pg == pg)
+            .map(|s| s.nodes.clone())
+            .unwrap_or_default()
+    };
+    let mut per_node: std::collections::BTreeMap<u64, u64> = Default::default();
+    for pg in &pool.pgs {
+        let stale = stale_in(pg.pg);
+        for node in pg.replicas.iter().filter(|n| !stale.contains(n)) {
+            *per_node.entry(*node).or_default() += 1;
+        }
+    }
+    let degraded = v.stale.iter().filter(|s| !s.nodes.is_empty()).count();
+    json!({
+        "pgs_total": pool.pgs.len(),
+        "pgs_full_redundancy": pool.pgs.len() - degraded,
+        "pgs_degraded": degraded,
+        "stale": v.stale.iter().map(|s| json!({"pg": s.pg, "nodes": s.nodes})).collect::<Vec<_>>(),
+        "current_replicas_per_node": per_node.iter().map(|(n, c)| (n.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
     })
 }
 

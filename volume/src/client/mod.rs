@@ -15,7 +15,8 @@
 //! - A replica that errors, closes its connection, or does not answer within
 //!   `request_timeout_ms` is reported through [`AclObserver::replica_failed`], and the
 //!   operation waits for that report to be accepted (removal from the acting set) before it
-//!   completes on the remaining replicas. Fewer than `min_replicas` left: IO error.
+//!   completes on the remaining replicas. Fewer than `min_replicas` left: writes wait up to
+//!   `below_min_wait_ms` for a replica to come back, then fail with an IO error.
 //! - A replica answering FENCED means another client attached with a newer epoch: the volume
 //!   reports itself fenced ([`AclObserver::fenced`]) and refuses every further IO.
 //!
@@ -37,12 +38,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 pub use link::{Link, LinkError};
-pub use replicated::ReplicatedVolume;
+pub use replicated::{RESYNC_BYTES_PER_SEC_MAX, ReplicatedVolume, ResyncReport};
 
 use crate::wire::{EXTENT_SIZE_BYTES, VolumeId};
 
 /// Default time a replica gets to answer one request, in milliseconds.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default wait of a write for a group below `min_replicas`, in milliseconds.
+pub const BELOW_MIN_WAIT_MS_DEFAULT: u64 = 10_000;
 /// Default requests in flight to one replica.
 pub const REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT: usize = 128;
 /// Largest read or write the volume accepts, in bytes (split into extent pieces).
@@ -65,6 +68,9 @@ pub struct ClientConfig {
     pub min_replicas: usize,
     pub request_timeout_ms: u64,
     pub requests_in_flight_per_replica_max: usize,
+    /// How long a write waits for a group below `min_replicas` to get a replica back (from a
+    /// resync) before it fails with an IO error.
+    pub below_min_wait_ms: u64,
 }
 
 /// Why [`ReplicatedVolume::new`] refused its input.
@@ -88,7 +94,12 @@ pub enum ClientConfigError {
 /// the volume's pool. Extent `e` of volume `v` belongs to PG [`pg_of`]`(v, e, groups.len())`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActingSets {
+    /// Per PG, the replicas in the acting set: current, written and read.
     pub groups: Vec<Vec<SocketAddr>>,
+    /// Per PG (may be shorter than `groups`), replicas out of the acting set because they
+    /// missed writes: neither written nor read until [`ReplicatedVolume::resync`] brings them
+    /// back.
+    pub stale: Vec<Vec<SocketAddr>>,
 }
 
 /// The placement group of extent `extent` of `volume` in a pool of `pg_count` PGs. Pinned: every
@@ -105,6 +116,7 @@ impl ActingSets {
     pub fn single(replicas: Vec<SocketAddr>) -> ActingSets {
         ActingSets {
             groups: vec![replicas],
+            stale: Vec::new(),
         }
     }
 

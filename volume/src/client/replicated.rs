@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -26,8 +26,14 @@ use super::{
     AclObserver, ActingSets, ClientConfig, ClientConfigError, IO_SIZE_MAX_BYTES, ReplicaFailure,
 };
 
+mod resync;
+
+pub use resync::{RESYNC_BYTES_PER_SEC_MAX, ResyncReport};
+
 /// Granularity of the client's range lock, in bytes (the store's checksummed block).
 const LOCK_BLOCK_BYTES: u64 = 4096;
+/// How often a write waiting below `min_replicas` looks again, in milliseconds.
+const BELOW_MIN_POLL_MS: u64 = 50;
 
 /// A replicated volume. Cheap to clone (an `Arc` inside).
 #[derive(Clone)]
@@ -46,21 +52,42 @@ struct Inner {
     locks: Arc<RangeLock>,
 }
 
-/// One replica in one group's acting set.
+/// One replica of one group: in the acting set, or out of it (stale) until resynced.
 struct Replica {
     link: Arc<Link>,
-    /// Unset while the replica is in the acting set. Set once it failed: `true` when the
-    /// observer removed it, `false` when the removal failed (the group can then take no
-    /// writes, since the replica is still in the acting set but cannot be written).
-    removal: OnceCell<bool>,
+    /// The current removal cell. Unset while the replica is in the acting set. Set once it
+    /// failed: `true` when the observer removed it, `false` when the removal failed (the group
+    /// can then take no writes, since the replica is still in the acting set but cannot be
+    /// written). A resynced replica gets a fresh, unset cell.
+    removal: Mutex<Arc<OnceCell<bool>>>,
 }
 
 impl Replica {
+    fn new(link: Arc<Link>, stale: bool) -> Replica {
+        let cell = match stale {
+            true => OnceCell::new_with(Some(true)),
+            false => OnceCell::new(),
+        };
+        Replica {
+            link,
+            removal: Mutex::new(Arc::new(cell)),
+        }
+    }
+    fn removal(&self) -> Arc<OnceCell<bool>> {
+        Arc::clone(&self.removal.lock().expect("replica removal cell"))
+    }
     fn live(&self) -> bool {
-        self.removal.get().is_none()
+        self.removal().get().is_none()
+    }
+    fn stale(&self) -> bool {
+        self.removal().get() == Some(&true)
     }
     fn stuck(&self) -> bool {
-        self.removal.get() == Some(&false)
+        self.removal().get() == Some(&false)
+    }
+    /// Back into the acting set, after a resync.
+    fn restore(&self) {
+        *self.removal.lock().expect("replica removal cell") = Arc::new(OnceCell::new());
     }
 }
 
@@ -80,6 +107,7 @@ impl ReplicatedVolume {
             min_replicas,
             request_timeout_ms,
             requests_in_flight_per_replica_max,
+            below_min_wait_ms: _,
         } = config;
         if size_bytes == 0 || !size_bytes.is_multiple_of(LOCK_BLOCK_BYTES) {
             return Err(ClientConfigError::Size(size_bytes));
@@ -93,32 +121,36 @@ impl ReplicatedVolume {
         if request_timeout_ms == 0 || requests_in_flight_per_replica_max == 0 {
             return Err(ClientConfigError::Limits);
         }
-        let distinct = |g: &Vec<SocketAddr>| {
-            let mut s = g.clone();
+        // Every replica of a group, live ones first, then the stale ones (kept for resync).
+        let all = |g: usize| -> Vec<(SocketAddr, bool)> {
+            let stale = acting.stale.get(g).map(Vec::as_slice).unwrap_or_default();
+            let live = acting.groups[g].iter().map(|&a| (a, false));
+            live.chain(stale.iter().map(|&a| (a, true))).collect()
+        };
+        let distinct = |g: &[(SocketAddr, bool)]| {
+            let mut s: Vec<SocketAddr> = g.iter().map(|(a, _)| *a).collect();
             s.sort();
             s.dedup();
             s.len() == g.len()
         };
         if acting.groups.is_empty()
-            || acting
-                .groups
-                .iter()
-                .any(|g| g.len() < min_replicas || !distinct(g))
+            || acting.stale.len() > acting.groups.len()
+            || (0..acting.groups.len())
+                .any(|g| acting.groups[g].len() < min_replicas || !distinct(&all(g)))
         {
             return Err(ClientConfigError::ActingSets);
         }
         let timeout = Duration::from_millis(request_timeout_ms);
         let mut links: HashMap<SocketAddr, Arc<Link>> = HashMap::new();
-        let groups = acting
-            .groups
-            .iter()
+        let groups = (0..acting.groups.len())
             .map(|g| {
-                g.iter()
-                    .map(|&addr| Replica {
-                        link: Arc::clone(links.entry(addr).or_insert_with(|| {
+                all(g)
+                    .into_iter()
+                    .map(|(addr, stale)| {
+                        let link = links.entry(addr).or_insert_with(|| {
                             Arc::new(Link::new(addr, timeout, requests_in_flight_per_replica_max))
-                        })),
-                        removal: OnceCell::new(),
+                        });
+                        Replica::new(Arc::clone(link), stale)
                     })
                     .collect()
             })
@@ -244,7 +276,7 @@ impl Inner {
             reason,
         };
         *replica
-            .removal
+            .removal()
             .get_or_init(|| async {
                 tracing::warn!(volume = %failure.volume, group, replica = %failure.replica, reason = %failure.reason, "replica failed");
                 match self.observer.replica_failed(failure.clone()).await {
@@ -278,6 +310,24 @@ impl Inner {
             )));
         }
         Ok(live)
+    }
+
+    /// Waits, up to `below_min_wait_ms`, while `group` has fewer than `min_replicas` live
+    /// replicas; any other reason it cannot be written fails at once.
+    async fn wait_writable(&self, group: usize) -> Result<(), VolumeError> {
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(self.config.below_min_wait_ms);
+        loop {
+            let error = match self.writable(group) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            let stuck = self.groups[group].iter().any(|r| r.stuck());
+            if stuck || std::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(BELOW_MIN_POLL_MS)).await;
+        }
     }
 
     /// Sends one mutation to every live replica of `group`; succeeds when every replica that
@@ -334,6 +384,16 @@ impl Inner {
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
+        }
+        // Wait for groups below min_replicas before taking the range: a resync that would
+        // bring a replica back needs the volume's whole range at its end.
+        let mut groups: Vec<usize> = split(offset, len)
+            .map(|p| self.acting.group_of(self.config.volume, p.extent))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for group in groups {
+            self.wait_writable(group).await?;
         }
         let _range = self
             .locks

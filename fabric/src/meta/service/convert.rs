@@ -244,12 +244,6 @@ impl From<&Pool> for pb::Pool {
                     pg: pg as u32,
                     replicas: replicas.clone(),
                     disks: disks.clone(),
-                    stale: p
-                        .map
-                        .stale
-                        .get(&(pg as u32))
-                        .map(|s| s.iter().copied().collect())
-                        .unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -276,6 +270,14 @@ impl From<&Volume> for pb::Volume {
                 .as_ref()
                 .map(|a| a.client.clone())
                 .unwrap_or_default(),
+            stale: v
+                .stale
+                .iter()
+                .map(|(pg, nodes)| pb::StaleReplicas {
+                    pg: *pg,
+                    nodes: nodes.iter().copied().collect(),
+                })
+                .collect(),
         }
     }
 }

@@ -35,11 +35,11 @@ impl MetadataService {
             .map_err(status_of)
     }
 
-    /// Writes a command whose result is a pool, and answers that pool.
-    async fn pool_change(&self, command: CommandV1) -> Result<Response<pb::Pool>, Status> {
+    /// Writes a command whose result is a volume, and answers that volume.
+    async fn volume_change(&self, command: CommandV1) -> Result<Response<pb::Volume>, Status> {
         match self.write(command).await? {
-            Applied::Pool(p) => Ok(Response::new(pb::Pool::from(&p))),
-            _ => Err(unexpected("pool change")),
+            Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
+            _ => Err(unexpected("volume change")),
         }
     }
 
@@ -232,18 +232,18 @@ impl Metadata for MetadataService {
     async fn remove_replica(
         &self,
         req: Request<pb::ReplicaRequest>,
-    ) -> Result<Response<pb::Pool>, Status> {
-        let pb::ReplicaRequest { pool, pg, node } = req.into_inner();
-        self.pool_change(CommandV1::RemoveReplica { pool, pg, node })
+    ) -> Result<Response<pb::Volume>, Status> {
+        let pb::ReplicaRequest { volume, pg, node } = req.into_inner();
+        self.volume_change(CommandV1::RemoveReplica { volume, pg, node })
             .await
     }
 
     async fn restore_replica(
         &self,
         req: Request<pb::ReplicaRequest>,
-    ) -> Result<Response<pb::Pool>, Status> {
-        let pb::ReplicaRequest { pool, pg, node } = req.into_inner();
-        self.pool_change(CommandV1::RestoreReplica { pool, pg, node })
+    ) -> Result<Response<pb::Volume>, Status> {
+        let pb::ReplicaRequest { volume, pg, node } = req.into_inner();
+        self.volume_change(CommandV1::RestoreReplica { volume, pg, node })
             .await
     }
 

@@ -1,0 +1,222 @@
+//! Delta resync: bringing a stale replica of one PG back into the acting set.
+//!
+//! The volume's writer does it, because only the writer can hold the volume still: every
+//! extent of the volume in the PG whose version on the stale replica differs from a current
+//! replica's is copied whole, under the client's range lock for that extent, so no write of the
+//! extent can interleave with its copy. Extents with equal versions were not written while the
+//! replica was away and are not copied — that is the delta.
+//!
+//! Two passes. The first runs beside foreground IO, one extent at a time at a bounded rate.
+//! The second takes the whole volume's lock, copies what changed during the first (usually
+//! little), has the metadata service restore the replica, and only then marks it live: the
+//! replica serves no read before it holds every acknowledged write.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::volume::VolumeError;
+use crate::wire::{
+    EXTENT_SIZE_BYTES, FLAG_MAY_TRIM, Op, Request, VERSIONS_PER_REQUEST_MAX, WriteVersion,
+    decode_versions,
+};
+
+use super::super::link::{Outcome, outcome};
+use super::{Inner, LOCK_BLOCK_BYTES, ReplicatedVolume};
+
+/// Most bytes a resync copies per second while foreground IO runs (the first pass).
+pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
+
+/// What one resync did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResyncReport {
+    /// Extents of the volume in the PG.
+    pub extents_in_group: u64,
+    /// Extents whose version differed, and so were copied (in both passes).
+    pub extents_copied: u64,
+    pub bytes_copied: u64,
+}
+
+impl ReplicatedVolume {
+    /// Replicas out of the acting set, as `(group, address)`.
+    pub fn stale_replicas(&self) -> Vec<(usize, SocketAddr)> {
+        let mut out = Vec::new();
+        for (g, replicas) in self.inner.groups.iter().enumerate() {
+            for r in replicas.iter().filter(|r| r.stale()) {
+                out.push((g, r.link.addr()));
+            }
+        }
+        out
+    }
+
+    /// Brings stale replica `target` of `group` up to date and back into the acting set.
+    /// `restore` records that in the metadata service; it runs while the volume's writes
+    /// are held, and the replica serves again only if it succeeds.
+    pub async fn resync<F>(
+        &self,
+        group: usize,
+        target: SocketAddr,
+        restore: F,
+    ) -> Result<ResyncReport, VolumeError>
+    where
+        F: Future<Output = Result<(), String>>,
+    {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let replicas = inner
+            .groups
+            .get(group)
+            .ok_or_else(|| VolumeError::Io(format!("no group {group}")))?;
+        let t = replicas
+            .iter()
+            .position(|r| r.link.addr() == target && r.stale())
+            .ok_or_else(|| VolumeError::Io(format!("{target} is no stale replica of {group}")))?;
+        let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
+            .filter(|&e| inner.acting.group_of(inner.config.volume, e) == group)
+            .collect();
+        let mut report = ResyncReport {
+            extents_in_group: extents.len() as u64,
+            ..ResyncReport::default()
+        };
+
+        let started = Instant::now();
+        for e in inner.differing(group, t, &extents).await? {
+            let range = inner.extent_lock(e);
+            let _held = inner.locks.lock(range.0, range.1).await;
+            report.bytes_copied += inner.copy_extent(group, t, e).await?;
+            report.extents_copied += 1;
+            // Pace the first pass so foreground IO keeps most of the disk.
+            let due = Duration::from_secs_f64(
+                report.bytes_copied as f64 / RESYNC_BYTES_PER_SEC_MAX as f64,
+            );
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+
+        let all = inner.config.size_bytes.div_ceil(LOCK_BLOCK_BYTES);
+        let _held = inner.locks.lock(0, all).await;
+        for e in inner.differing(group, t, &extents).await? {
+            report.bytes_copied += inner.copy_extent(group, t, e).await?;
+            report.extents_copied += 1;
+        }
+        restore.await.map_err(VolumeError::Io)?;
+        replicas[t].restore();
+        tracing::info!(volume = %inner.config.volume, group, replica = %target, extents = report.extents_copied, bytes = report.bytes_copied, "replica resynced and back in the acting set");
+        Ok(report)
+    }
+}
+
+impl Inner {
+    /// Lock blocks covering extent `e`.
+    fn extent_lock(&self, e: u64) -> (u64, u64) {
+        let start = e * EXTENT_SIZE_BYTES;
+        let end = (start + EXTENT_SIZE_BYTES).min(self.config.size_bytes);
+        (start / LOCK_BLOCK_BYTES, end.div_ceil(LOCK_BLOCK_BYTES))
+    }
+
+    /// The first live replica of `group`: the copy source.
+    fn source(&self, group: usize) -> Result<usize, VolumeError> {
+        self.groups[group]
+            .iter()
+            .position(|r| r.live())
+            .ok_or_else(|| VolumeError::Io(format!("group {group} has no live replica")))
+    }
+
+    /// Extents among `extents` whose version on replica `t` differs from the source's.
+    async fn differing(
+        &self,
+        group: usize,
+        t: usize,
+        extents: &[u64],
+    ) -> Result<Vec<u64>, VolumeError> {
+        let s = self.source(group)?;
+        let source = self.all_versions(group, s).await?;
+        let target = self.all_versions(group, t).await?;
+        Ok(extents
+            .iter()
+            .copied()
+            .filter(|&e| source[e as usize] != target[e as usize])
+            .collect())
+    }
+
+    /// Versions of every extent of the volume on replica `idx` of `group`.
+    async fn all_versions(
+        &self,
+        group: usize,
+        idx: usize,
+    ) -> Result<Vec<WriteVersion>, VolumeError> {
+        let link = &self.groups[group][idx].link;
+        let total = self.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
+        let mut out = Vec::with_capacity(total as usize);
+        let mut first = 0;
+        while first < total {
+            let count = (total - first).min(u64::from(VERSIONS_PER_REQUEST_MAX)) as u32;
+            let header = self.header(Op::GetExtentVersions, first, count, 0, WriteVersion::NONE);
+            let payload = self.answer(link.call(Request::new(header)).await, link.addr())?;
+            let versions = decode_versions(&payload)
+                .filter(|v| v.len() == count as usize)
+                .ok_or_else(|| VolumeError::Io(format!("{}: malformed versions", link.addr())))?;
+            out.extend(versions);
+            first += u64::from(count);
+        }
+        Ok(out)
+    }
+
+    /// Copies extent `e` from the group's source to replica `t`, stamped with the source's
+    /// version; the caller holds the extent's range. Returns the bytes copied.
+    async fn copy_extent(&self, group: usize, t: usize, e: u64) -> Result<u64, VolumeError> {
+        let s = self.source(group)?;
+        let source = &self.groups[group][s].link;
+        let target = &self.groups[group][t].link;
+        let header = self.header(Op::GetExtentVersions, e, 1, 0, WriteVersion::NONE);
+        let payload = self.answer(source.call(Request::new(header)).await, source.addr())?;
+        let version = decode_versions(&payload)
+            .and_then(|v| v.first().copied())
+            .ok_or_else(|| VolumeError::Io(format!("{}: malformed versions", source.addr())))?;
+        if version == WriteVersion::NONE {
+            // The source never wrote the extent, so the target cannot hold a newer write of it.
+            return Ok(0);
+        }
+        let offset = e * EXTENT_SIZE_BYTES;
+        let len = (self.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
+        let read = self.header(Op::Read, offset, len, 0, WriteVersion::NONE);
+        let data: Bytes = self.answer(source.call(Request::new(read)).await, source.addr())?;
+        if data.len() != len as usize {
+            return Err(VolumeError::Io(format!(
+                "{}: read of {len} bytes returned {}",
+                source.addr(),
+                data.len()
+            )));
+        }
+        // All zeros travels as a zeroing, which keeps the target thin.
+        let write = if data.iter().all(|&b| b == 0) {
+            Request::new(self.header(Op::WriteZeroes, offset, len, FLAG_MAY_TRIM, version))
+        } else {
+            Request::write(self.header(Op::Write, offset, len, 0, version), data)
+        };
+        self.answer(target.call(write).await, target.addr())?;
+        Ok(u64::from(len))
+    }
+
+    /// The payload of an acked reply, or the reason it was not acked.
+    fn answer(
+        &self,
+        reply: Result<crate::wire::Reply, super::super::LinkError>,
+        from: SocketAddr,
+    ) -> Result<Bytes, VolumeError> {
+        match outcome(reply) {
+            Outcome::Acked(payload) => Ok(payload),
+            Outcome::Fenced(current) => Err(VolumeError::Io(format!(
+                "{from}: fenced by attach epoch {current}"
+            ))),
+            Outcome::Corrupt => Err(VolumeError::Io(format!("{from}: checksum failure"))),
+            Outcome::Failed(why) => Err(VolumeError::Io(format!("{from}: {why}"))),
+        }
+    }
+}
+
+// Keep the lock granularity and the extent size compatible: an extent is whole lock blocks.
+const _: () = assert!(EXTENT_SIZE_BYTES.is_multiple_of(LOCK_BLOCK_BYTES));
