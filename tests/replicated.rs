@@ -2,6 +2,7 @@
 //! separate processes, and real clients (qemu-img, fio) talk to the gateway while storage
 //! nodes are killed.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -22,6 +23,16 @@ fn fabricctl(data_dir: &std::path::Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("fabricctl JSON")
+}
+
+/// `fabricd dev --nodes 3` serving `vol0` (64 MiB) from a fresh directory: the directory, the
+/// data directory in it, and the running launcher. `None` (skip) when a client is missing.
+fn three_node_cluster(clients: &[&str]) -> Option<(tempfile::TempDir, PathBuf, DevNode)> {
+    tools(clients)?;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
+    Some((dir, data, dev))
 }
 
 /// Pid of storage node `id` of the cluster in `data_dir`, from `fabricctl status --json`.
@@ -52,12 +63,9 @@ fn stored_bytes(data_dir: &std::path::Path, id: u64) -> u64 {
 
 #[test]
 fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_back() {
-    let Some(()) = tools(&["fio", "qemu-img", "qemu-io"]) else {
+    let Some((dir, data, mut dev)) = three_node_cluster(&["fio", "qemu-img", "qemu-io"]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
 
     // Every replica holds what a client wrote before any failure.
     let before = dir.path().join("before.raw");
@@ -148,24 +156,23 @@ impl Drop for Respawned {
     }
 }
 
+/// Runs one qemu-io command against `uri`; it must succeed.
+fn qemu_io_ok(uri: &str, cmd: &str) {
+    run(Command::new("qemu-io").args(["-f", "raw", "-c", cmd, uri]))
+        .unwrap_or_else(|e| panic!("qemu-io {cmd}: {e}"));
+}
+
 fn volume_show(data_dir: &std::path::Path) -> Value {
     fabricctl(data_dir, &["volume", "show", "vol0"])
 }
 
 #[test]
 fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
-    let Some(()) = tools(&["qemu-io"]) else {
+    let Some((dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
-    let qemu_io = |cmd: &str| {
-        run(Command::new("qemu-io")
-            .args(["-f", "raw", "-c", cmd])
-            .arg(dev.uri()))
-        .unwrap_or_else(|e| panic!("qemu-io {cmd}: {e}"))
-    };
+    let uri = dev.uri();
+    let qemu_io = |cmd: &str| qemu_io_ok(&uri, cmd);
     qemu_io("write -P 0x11 0 32M");
 
     // Node 2 goes away; one extent (8 MiB .. 12 MiB) is rewritten meanwhile.
@@ -194,18 +201,7 @@ fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
             .spawn()
             .expect("restart node 2"),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let shown = volume_show(&data);
-        if shown["replica_state"]["pgs_degraded"] == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still degraded after 60 s: {shown}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_fully_redundant(&data);
 
     // Only the rewritten extent was copied, and node 2 holds it.
     let gateway_log =
@@ -233,5 +229,138 @@ fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
         "old data kept on node 2"
     );
     qemu_io("read -P 0x22 8M 4M");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}
+
+/// Waits until the volume has no stale replica, or fails after 60 s.
+fn wait_fully_redundant(data_dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = volume_show(data_dir);
+        if shown["replica_state"]["pgs_degraded"] == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still degraded after 60 s: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_frozen_node_is_dropped_after_the_timeout_and_resynced_when_it_thaws() {
+    let Some((_dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+        return;
+    };
+    let uri = dev.uri();
+    let qemu_io = |cmd: &str| qemu_io_ok(&uri, cmd);
+    qemu_io("write -P 0x31 0 8M");
+
+    // Frozen, not dead: its connections stay open and simply stop answering.
+    let pid = node_pid(&data, 2).to_string();
+    run(Command::new("kill").args(["-STOP", &pid])).expect("SIGSTOP node 2");
+    let started = std::time::Instant::now();
+    qemu_io("write -P 0x32 0 4M");
+    let stall = started.elapsed();
+    eprintln!("write while node 2 is frozen took {stall:?}");
+    // The gateway's request timeout is 5 s; the rest is the Raft commit of the removal.
+    assert!(
+        stall < Duration::from_secs(10),
+        "the write resumes after the request timeout, took {stall:?}"
+    );
+    assert!(
+        volume_show(&data)["replica_state"]["pgs_degraded"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+
+    run(Command::new("kill").args(["-CONT", &pid])).expect("SIGCONT node 2");
+    wait_fully_redundant(&data);
+    let on_node2 = std::fs::read(data.join("node-2/store/volumes/r-0000000000000001/data"))
+        .expect("node 2's copy of the volume");
+    assert!(
+        on_node2[..4 << 20].iter().all(|&b| b == 0x32),
+        "node 2 caught up"
+    );
+    qemu_io("read -P 0x32 0 4M");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}
+
+#[test]
+fn after_a_forced_attach_the_old_gateway_is_refused_and_the_new_ones_writes_stay() {
+    let Some((dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+        return;
+    };
+    let qemu_io = |uri: &str, cmd: &str| {
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-c", cmd, uri])
+            .output()
+            .expect("run qemu-io")
+    };
+    let old = dev.uri();
+    assert!(qemu_io(&old, "write -P 0x41 0 1M").status.success());
+
+    // A second gateway takes the volume over.
+    let cluster: Value =
+        serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
+    let endpoints: Vec<&str> = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[1].as_str().unwrap())
+        .collect();
+    let port = fabric_suite::free_port();
+    let log = std::fs::File::create(dir.path().join("gateway-b.log")).unwrap();
+    let _b = Respawned(
+        Command::new(workspace_bin("fabricd"))
+            .args([
+                "gateway",
+                "--volume",
+                "vol0",
+                "--client-name",
+                "host-b",
+                "--force",
+            ])
+            .args(["--endpoints", &endpoints.join(",")])
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start gateway b"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway b never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new = format!("nbd://127.0.0.1:{port}/vol0");
+    let shown = volume_show(&data);
+    assert_eq!(shown["attached_to"], "host-b", "{shown}");
+    assert_eq!(shown["attach_epoch"], 2, "{shown}");
+
+    assert!(qemu_io(&new, "write -P 0x42 0 1M").status.success());
+    let refused = qemu_io(&old, "write -P 0x43 0 1M");
+    let said = String::from_utf8_lossy(&refused.stdout).to_string()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() || said.contains("error"),
+        "the old gateway's write must fail: {said}"
+    );
+    let read = qemu_io(&new, "read -P 0x42 0 1M");
+    assert!(
+        read.status.success() && !String::from_utf8_lossy(&read.stdout).contains("mismatch"),
+        "the new gateway's write is intact: {}",
+        String::from_utf8_lossy(&read.stdout)
+    );
+    let old_log = std::fs::read_to_string(data.join("gateway/fabricd.log")).unwrap();
+    assert!(
+        old_log.contains("fenced"),
+        "the old gateway says it is fenced"
+    );
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }

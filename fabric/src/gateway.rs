@@ -169,6 +169,12 @@ async fn open_volume(
     let replicated = ReplicatedVolume::new(config, acting.clone(), observer)
         .context("set up the replicated volume")?;
     wait_until_replicas_hold(&replicated, &acting).await?;
+    // A flush carries the new epoch to every replica, which persists it: from here on a gateway
+    // holding an older attach is refused, not merely outranked in the metadata.
+    replicated
+        .flush()
+        .await
+        .map_err(|e| anyhow::anyhow!("install attach epoch {}: {e}", attachment.attach_epoch))?;
     Ok((replicated, node_of))
 }
 

@@ -114,6 +114,15 @@ enum VolumeCmd {
         #[arg(long)]
         size: String,
     },
+    /// Grant a new fencing epoch to CLIENT; with --force, take the volume from its holder,
+    /// whose writes replicas refuse once they see the new epoch.
+    Attach {
+        name: String,
+        #[arg(long)]
+        client: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -294,6 +303,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             Output::one(json!({ "deleted": name }))
+        }
+        Cmd::Volume(VolumeCmd::Attach {
+            name,
+            client: holder,
+            force,
+        }) => {
+            let req = pb::AttachVolumeRequest {
+                name,
+                client: holder,
+                force,
+            };
+            let a = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.attach_volume(req).await }
+                })
+                .await?;
+            Output::one(json!({
+                "volume": a.volume, "client": a.client, "attach_epoch": a.attach_epoch,
+            }))
         }
         Cmd::Volume(VolumeCmd::Resize { name, size }) => {
             let size_bytes = parse_bytes("--size", &size)?;

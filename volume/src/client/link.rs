@@ -4,7 +4,9 @@
 //! A session that fails (connect error, socket error, a bad frame, a timeout) is closed and
 //! every request waiting on it fails; the next call opens a new session. Each call is bounded
 //! by the link's timeout from start to reply, connecting included, because a frozen replica
-//! keeps its socket open and never answers.
+//! keeps its socket open and never answers. A replica that timed out is *unresponsive*: later
+//! calls fail at once instead of each waiting out the timeout (a frozen node would otherwise
+//! stall the first write of every group it serves), until a [`Link::probe`] gets an answer.
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +38,8 @@ pub enum LinkError {
     Closed(SocketAddr),
     #[error("no reply from {addr} within {timeout_ms} ms")]
     Timeout { addr: SocketAddr, timeout_ms: u64 },
+    #[error("{0} did not answer in time earlier and has not answered a probe since")]
+    Unresponsive(SocketAddr),
 }
 
 /// How one replica answered one request.
@@ -105,6 +109,8 @@ pub struct Link {
     next_id: AtomicU64,
     in_flight_max: usize,
     in_flight: Arc<Semaphore>,
+    /// Set when a call timed out; cleared when a probe is answered.
+    unresponsive: AtomicBool,
 }
 
 impl Link {
@@ -117,6 +123,7 @@ impl Link {
             next_id: AtomicU64::new(1),
             in_flight_max,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
+            unresponsive: AtomicBool::new(false),
         }
     }
 
@@ -126,7 +133,25 @@ impl Link {
 
     /// Sends `req` (its request id is assigned here) and waits for the reply, all within the
     /// link's timeout. A reply whose frame is broken closes the session and fails the call.
-    pub async fn call(&self, mut req: Request) -> Result<Reply, LinkError> {
+    /// Fails at once while the replica is unresponsive.
+    pub async fn call(&self, req: Request) -> Result<Reply, LinkError> {
+        if self.unresponsive.load(Ordering::Acquire) {
+            return Err(LinkError::Unresponsive(self.addr));
+        }
+        self.send(req).await
+    }
+
+    /// Like [`Link::call`], but also tries an unresponsive replica; an answer (of any status)
+    /// makes it responsive again.
+    pub async fn probe(&self, req: Request) -> Result<Reply, LinkError> {
+        let reply = self.send(req).await?;
+        if self.unresponsive.swap(false, Ordering::AcqRel) {
+            tracing::info!(addr = %self.addr, "replica answers again");
+        }
+        Ok(reply)
+    }
+
+    async fn send(&self, mut req: Request) -> Result<Reply, LinkError> {
         let timeout_ms = self.timeout.as_millis() as u64;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         req.header.request_id = id;
@@ -159,6 +184,7 @@ impl Link {
                 if let Some(s) = used {
                     s.shared.close();
                 }
+                self.unresponsive.store(true, Ordering::Release);
                 Err(LinkError::Timeout {
                     addr: self.addr,
                     timeout_ms,

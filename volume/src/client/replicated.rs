@@ -185,7 +185,8 @@ impl ReplicatedVolume {
             .collect()
     }
 
-    /// Asks `replica` for the versions of extents `first..first + count` (for resync).
+    /// Asks `replica` for the versions of extents `first..first + count` (for resync). A probe:
+    /// it also reaches a replica that timed out before, and an answer makes it usable again.
     pub async fn extent_versions(
         &self,
         replica: SocketAddr,
@@ -204,7 +205,7 @@ impl ReplicatedVolume {
         let header = self
             .inner
             .header(Op::GetExtentVersions, first, count, 0, WriteVersion::NONE);
-        match outcome(link.call(Request::new(header)).await) {
+        match outcome(link.probe(Request::new(header)).await) {
             Outcome::Acked(payload) => decode_versions(&payload)
                 .filter(|v| v.len() == count as usize)
                 .ok_or_else(|| VolumeError::Io(format!("{replica}: malformed versions reply"))),
@@ -507,9 +508,15 @@ impl Inner {
                         Outcome::Failed(why) => why,
                         _ => "damaged flush reply".to_owned(),
                     };
+                    // Concurrently: a dead replica is in many groups, and each removal is a
+                    // round trip to the metadata service.
+                    let mut removals = JoinSet::new();
                     for (g, i) in places {
-                        self.remove(g, i, why.clone()).await;
+                        let inner = Arc::clone(&self);
+                        let why = why.clone();
+                        removals.spawn(async move { inner.remove(g, i, why).await });
                     }
+                    while removals.join_next().await.is_some() {}
                 }
             }
         }
