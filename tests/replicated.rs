@@ -364,3 +364,50 @@ fn after_a_forced_attach_the_old_gateway_is_refused_and_the_new_ones_writes_stay
     );
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }
+
+#[test]
+fn a_corrupt_block_on_the_primary_is_read_from_another_replica_and_repaired() {
+    use std::os::unix::fs::FileExt;
+    let Some((_dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+        return;
+    };
+    qemu_io_ok(&dev.uri(), "write -P 0x51 0 1M");
+
+    // The node that serves reads of extent 0 first: its PG's primary.
+    let pools = fabricctl(&data, &["pool", "list"]);
+    let pgs = pools[0]["pgs"].as_array().expect("PG map");
+    let pg = volume::client::pg_of(volume::wire::VolumeId(1), 0, pgs.len());
+    let primary = pgs[pg][0].as_u64().expect("primary");
+    let file = data.join(format!(
+        "node-{primary}/store/volumes/r-0000000000000001/data"
+    ));
+    let copy = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .expect("primary's data file");
+    let mut byte = [0u8; 1];
+    copy.read_exact_at(&mut byte, 4096 + 7).unwrap();
+    assert_eq!(byte[0], 0x51);
+    copy.write_all_at(&[byte[0] ^ 0x10], 4096 + 7).unwrap();
+    copy.sync_all().unwrap();
+
+    // The read fails over and returns good data; the primary's copy is then rewritten.
+    qemu_io_ok(&dev.uri(), "read -P 0x51 0 1M");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        copy.read_exact_at(&mut byte, 4096 + 7).unwrap();
+        if byte[0] == 0x51 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {primary}'s bad block was not repaired: {}",
+            std::fs::read_to_string(data.join("gateway/fabricd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(data.join("gateway/fabricd.log")).unwrap();
+    assert!(log.contains("bad copy repaired"), "the repair is logged");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}

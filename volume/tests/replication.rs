@@ -420,7 +420,7 @@ async fn wait_for_unlock(dir: &std::path::Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_block_on_one_replica_is_read_from_another() {
+async fn a_corrupt_block_on_one_replica_is_read_from_another_and_repaired() {
     let nodes = three_nodes().await;
     let (vol, recorder) = client(&nodes, 1, 2);
     let data = pattern(65536, 7);
@@ -442,6 +442,18 @@ async fn a_corrupt_block_on_one_replica_is_read_from_another() {
         3,
         "a bad block removes no replica"
     );
+
+    // The bad copy is rewritten from a good one, in the background.
+    let mut repaired = None;
+    for _ in 0..100 {
+        if let Ok(block) = nodes[0].local().read(8192, 4096).await {
+            repaired = Some(block);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let block = repaired.expect("the bad block is repaired within 5 s");
+    same(&block, &data.slice(8192..12288), "the repaired block");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,7 @@ use super::{
     AclObserver, ActingSets, ClientConfig, ClientConfigError, IO_SIZE_MAX_BYTES, ReplicaFailure,
 };
 
+mod repair;
 mod resync;
 
 pub use resync::{RESYNC_BYTES_PER_SEC_MAX, ResyncReport};
@@ -421,6 +422,7 @@ impl Inner {
         let group = self.acting.group_of(self.config.volume, piece.extent);
         let header = self.header(Op::Read, piece.offset, piece.len, 0, WriteVersion::NONE);
         let mut tried = Vec::new();
+        let mut corrupt = Vec::new();
         for idx in 0..self.groups[group].len() {
             let replica = &self.groups[group][idx];
             if !replica.live() {
@@ -428,7 +430,13 @@ impl Inner {
             }
             let addr = replica.link.addr();
             match outcome(replica.link.call(Request::new(header)).await) {
-                Outcome::Acked(data) if data.len() == piece.len as usize => return Ok(data),
+                Outcome::Acked(data) if data.len() == piece.len as usize => {
+                    for bad in corrupt {
+                        let inner = Arc::clone(&self);
+                        tokio::spawn(inner.repair(group, bad, idx, piece.offset, piece.len));
+                    }
+                    return Ok(data);
+                }
                 Outcome::Acked(data) => {
                     let why = format!("read of {} bytes returned {}", piece.len, data.len());
                     self.remove(group, idx, why.clone()).await;
@@ -438,6 +446,7 @@ impl Inner {
                 Outcome::Corrupt => {
                     self.observer
                         .block_corrupt(self.volume(), addr, piece.offset);
+                    corrupt.push(idx);
                     tried.push(format!("{addr}: checksum failure"));
                 }
                 Outcome::Failed(why) => {

@@ -169,6 +169,28 @@ impl Inner {
     /// version; the caller holds the extent's range. Returns the bytes copied.
     async fn copy_extent(&self, group: usize, t: usize, e: u64) -> Result<u64, VolumeError> {
         let s = self.source(group)?;
+        let offset = e * EXTENT_SIZE_BYTES;
+        let len = (self.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
+        self.copy_range(group, s, t, offset, len).await
+    }
+
+    /// Copies `[offset, offset + len)` (within one extent) from replica `s` of `group` to
+    /// replica `t`, stamped with the extent's version on `s`; the caller holds the range.
+    /// Returns the bytes copied: none when `s` never wrote the extent.
+    pub(super) async fn copy_range(
+        &self,
+        group: usize,
+        s: usize,
+        t: usize,
+        offset: u64,
+        len: u32,
+    ) -> Result<u64, VolumeError> {
+        let e = offset / EXTENT_SIZE_BYTES;
+        assert_eq!(
+            (offset + u64::from(len) - 1) / EXTENT_SIZE_BYTES,
+            e,
+            "a copy stays within one extent"
+        );
         let source = &self.groups[group][s].link;
         let target = &self.groups[group][t].link;
         let header = self.header(Op::GetExtentVersions, e, 1, 0, WriteVersion::NONE);
@@ -180,8 +202,6 @@ impl Inner {
             // The source never wrote the extent, so the target cannot hold a newer write of it.
             return Ok(0);
         }
-        let offset = e * EXTENT_SIZE_BYTES;
-        let len = (self.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
         let read = self.header(Op::Read, offset, len, 0, WriteVersion::NONE);
         let data: Bytes = self.answer(source.call(Request::new(read)).await, source.addr())?;
         if data.len() != len as usize {
