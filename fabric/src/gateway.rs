@@ -138,10 +138,13 @@ async fn open_volume(
         .with_context(|| format!("pool {} is not listed", volume.pool))?;
     let rule = pool.rule.clone().context("pool without a rule")?;
     let (acting, node_of) = acting_sets(pool, &volume, nodes)?;
+    // One request id for every retry: a retried attach returns the epoch it granted rather
+    // than granting another, which would fence this gateway by its own retry.
     let attach = pb::AttachVolumeRequest {
         name: name.into(),
         client: attach_as.into(),
         force,
+        request_id: crate::meta::client::new_request_id(),
     };
     let attachment = client
         .call(|mut c| {

@@ -55,6 +55,14 @@ pub enum CommandV1 {
         pg: u32,
         node: NodeId,
     },
+    /// `command`, applied at most once for `request_id`: a retry of the same request (a client
+    /// that lost the answer to a leader change, say) gets the first outcome back instead of
+    /// applying it again — which for an attach would grant a second epoch and fence the caller
+    /// by its own retry.
+    Once {
+        request_id: String,
+        command: Box<CommandV1>,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -135,6 +143,14 @@ impl std::fmt::Display for Command {
                     "restore node {node} to the acting set of {volume} in PG {pg}"
                 )
             }
+            CommandV1::Once {
+                request_id,
+                command,
+            } => write!(
+                f,
+                "{} (request {request_id})",
+                Command::V1((**command).clone())
+            ),
         }
     }
 }

@@ -27,12 +27,68 @@ pub struct ClusterState {
     pub next_volume_id: u64,
     /// Advances on every applied change.
     pub cluster_epoch: u64,
+    /// Outcomes of recent `Once` commands, by request id.
+    #[serde(default)]
+    pub requests: RequestLog,
+}
+
+/// Most request ids whose outcome the state remembers; the oldest is forgotten first. A retry
+/// comes within seconds of its request, so thousands cover any burst of clients.
+pub const REQUESTS_REMEMBERED_MAX: usize = 4096;
+
+/// The outcomes of the last [`REQUESTS_REMEMBERED_MAX`] `Once` commands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestLog {
+    outcomes: BTreeMap<String, Outcome>,
+    /// Request ids, oldest first.
+    order: std::collections::VecDeque<String>,
+}
+
+impl RequestLog {
+    fn get(&self, request_id: &str) -> Option<&Outcome> {
+        self.outcomes.get(request_id)
+    }
+
+    fn remember(&mut self, request_id: &str, outcome: Outcome) {
+        if self
+            .outcomes
+            .insert(request_id.to_owned(), outcome)
+            .is_none()
+        {
+            self.order.push_back(request_id.to_owned());
+        }
+        while self.order.len() > REQUESTS_REMEMBERED_MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.outcomes.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl ClusterState {
-    /// Applies one command. On error nothing changed.
+    /// Applies one command. On error nothing changed (except that a `Once` command's outcome
+    /// is remembered, so that its retry gets the same answer).
     pub fn apply(&mut self, command: &Command) -> Outcome {
         let Command::V1(c) = command;
+        let CommandV1::Once {
+            request_id,
+            command,
+        } = c
+        else {
+            return self.apply_v1(c);
+        };
+        if request_id.is_empty() {
+            return Err(CommandError::InvalidArgument("empty request id".into()));
+        }
+        if let Some(first) = self.requests.get(request_id) {
+            return first.clone();
+        }
+        let outcome = self.apply_v1(command);
+        self.requests.remember(request_id, outcome.clone());
+        outcome
+    }
+
+    fn apply_v1(&mut self, c: &CommandV1) -> Outcome {
         let outcome = match c {
             CommandV1::RegisterNode(r) => self.register_node(r),
             CommandV1::Heartbeat { node, at_ms } => self.heartbeat(*node, *at_ms),
@@ -51,6 +107,9 @@ impl ClusterState {
             CommandV1::RestoreReplica { volume, pg, node } => {
                 self.restore_replica(volume, *pg, *node)
             }
+            CommandV1::Once { .. } => Err(CommandError::InvalidArgument(
+                "a request id wraps one plain command".into(),
+            )),
         };
         if outcome.is_ok() {
             self.cluster_epoch += 1;

@@ -185,3 +185,77 @@ fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
     assert_eq!(s.volumes["a"].acting(7, &replicas).len(), 3);
     assert!(s.volumes["a"].stale.is_empty());
 }
+
+#[test]
+fn a_retried_request_is_applied_once_and_answered_alike() {
+    let mut s = ClusterState::default();
+    for id in 1..=3 {
+        register(&mut s, id, &format!("r{id}"), 1);
+    }
+    s.apply(&CommandV1::CreatePool(pool(3)).into())
+        .expect("create pool");
+    let spec = VolumeSpec {
+        name: "v".into(),
+        pool: "p3".into(),
+        size_bytes: 1 << 30,
+        extent_size_bytes: 4 << 20,
+        request_id: String::new(),
+    };
+    for name in ["v", "w"] {
+        let spec = VolumeSpec {
+            name: name.into(),
+            ..spec.clone()
+        };
+        s.apply(&CommandV1::CreateVolume(spec).into())
+            .expect("create volume");
+    }
+    let once = |request_id: &str, command: CommandV1| {
+        CommandV1::Once {
+            request_id: request_id.into(),
+            command: Box::new(command),
+        }
+        .into()
+    };
+    let attach = |force| CommandV1::AttachVolume {
+        name: "v".into(),
+        client: "host-a".into(),
+        force,
+    };
+
+    // An attach retried under the same id grants one epoch, not two.
+    let first = s.apply(&once("req-1", attach(false))).expect("attach");
+    let retried = s
+        .apply(&once("req-1", attach(false)))
+        .expect("retried attach");
+    assert_eq!(first, retried, "the retry gets the first answer");
+    assert_eq!(s.volumes["v"].attach_epoch, 1);
+    s.apply(&once("req-2", attach(true)))
+        .expect("a new request");
+    assert_eq!(s.volumes["v"].attach_epoch, 2);
+
+    // A delete retried after it happened succeeds again instead of answering NOT_FOUND.
+    let delete = || CommandV1::DeleteVolume { name: "w".into() };
+    assert_eq!(s.apply(&once("req-3", delete())), Ok(Applied::Deleted));
+    assert_eq!(s.apply(&once("req-3", delete())), Ok(Applied::Deleted));
+    assert!(matches!(
+        s.apply(&delete().into()),
+        Err(CommandError::NotFound(_))
+    ));
+
+    // A refused request stays refused on retry, and an empty id is refused.
+    let take_over = || CommandV1::AttachVolume {
+        name: "v".into(),
+        client: "host-b".into(),
+        force: false,
+    };
+    let refused = s.apply(&once("req-4", take_over()));
+    assert!(
+        matches!(refused, Err(CommandError::FailedPrecondition(_))),
+        "{refused:?}"
+    );
+    assert_eq!(s.apply(&once("req-4", take_over())), refused);
+    assert!(matches!(
+        s.apply(&once("", attach(false))),
+        Err(CommandError::InvalidArgument(_))
+    ));
+}

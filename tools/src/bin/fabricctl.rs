@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use fabric::meta::client::{Client, discover};
+use fabric::meta::client::{Client, discover, new_request_id};
 use proto::meta as pb;
 use serde_json::{Value, json};
 
@@ -296,10 +296,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Output::one(out)
         }
         Cmd::Volume(VolumeCmd::Delete { name }) => {
+            // One request id across retries: a retried delete that already happened succeeds.
+            let req = pb::DeleteVolumeRequest {
+                name: name.clone(),
+                request_id: new_request_id(),
+            };
             client
                 .call(|mut c| {
-                    let name = name.clone();
-                    async move { c.delete_volume(pb::DeleteVolumeRequest { name }).await }
+                    let req = req.clone();
+                    async move { c.delete_volume(req).await }
                 })
                 .await?;
             Output::one(json!({ "deleted": name }))
@@ -313,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 client: holder,
                 force,
+                request_id: new_request_id(),
             };
             let a = client
                 .call(|mut c| {
@@ -326,13 +332,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Volume(VolumeCmd::Resize { name, size }) => {
             let size_bytes = parse_bytes("--size", &size)?;
+            let req = pb::ResizeVolumeRequest {
+                name,
+                size_bytes,
+                request_id: new_request_id(),
+            };
             let v = client
                 .call(|mut c| {
-                    let name = name.clone();
-                    async move {
-                        c.resize_volume(pb::ResizeVolumeRequest { name, size_bytes })
-                            .await
-                    }
+                    let req = req.clone();
+                    async move { c.resize_volume(req).await }
                 })
                 .await?;
             Output::one(volume_json(&v))

@@ -27,6 +27,19 @@ pub struct MetadataService {
 }
 
 impl MetadataService {
+    /// Writes `command`, wrapped so that it applies at most once when the client named the
+    /// request (`request_id` not empty).
+    async fn write_once(&self, request_id: String, command: CommandV1) -> Result<Applied, Status> {
+        if request_id.is_empty() {
+            return self.write(command).await;
+        }
+        self.write(CommandV1::Once {
+            request_id,
+            command: Box::new(command),
+        })
+        .await
+    }
+
     async fn write(&self, command: CommandV1) -> Result<Applied, Status> {
         self.member
             .write(command.into())
@@ -184,9 +197,11 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ResizeVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let (name, size_bytes) = resize_in(req.into_inner())?;
+        let req = req.into_inner();
+        let request_id = req.request_id.clone();
+        let (name, size_bytes) = resize_in(req)?;
         match self
-            .write(CommandV1::ResizeVolume { name, size_bytes })
+            .write_once(request_id, CommandV1::ResizeVolume { name, size_bytes })
             .await?
         {
             Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
@@ -198,8 +213,11 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeReply>, Status> {
-        let name = req.into_inner().name;
-        match self.write(CommandV1::DeleteVolume { name }).await? {
+        let pb::DeleteVolumeRequest { name, request_id } = req.into_inner();
+        match self
+            .write_once(request_id, CommandV1::DeleteVolume { name })
+            .await?
+        {
             Applied::Deleted => Ok(Response::new(pb::DeleteVolumeReply {})),
             _ => Err(unexpected("delete volume")),
         }
@@ -213,13 +231,17 @@ impl Metadata for MetadataService {
             name,
             client,
             force,
+            request_id,
         } = req.into_inner();
         match self
-            .write(CommandV1::AttachVolume {
-                name,
-                client,
-                force,
-            })
+            .write_once(
+                request_id,
+                CommandV1::AttachVolume {
+                    name,
+                    client,
+                    force,
+                },
+            )
             .await?
         {
             Applied::Attached { volume, attachment } => {
