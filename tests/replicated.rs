@@ -162,6 +162,16 @@ fn qemu_io_ok(uri: &str, cmd: &str) {
         .unwrap_or_else(|e| panic!("qemu-io {cmd}: {e}"));
 }
 
+/// Bytes the gateway's resyncs copied so far, from its log.
+fn resync_bytes_copied(data_dir: &std::path::Path) -> u64 {
+    let log = std::fs::read_to_string(data_dir.join("gateway/fabricd.log")).expect("gateway log");
+    log.lines()
+        .filter(|l| l.contains("resync done"))
+        .filter_map(|l| l.split("bytes_copied=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn volume_show(data_dir: &std::path::Path) -> Value {
     fabricctl(data_dir, &["volume", "show", "vol0"])
 }
@@ -204,14 +214,7 @@ fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
     wait_fully_redundant(&data);
 
     // Only the rewritten extent was copied, and node 2 holds it.
-    let gateway_log =
-        std::fs::read_to_string(data.join("gateway/fabricd.log")).expect("gateway log");
-    let copied: u64 = gateway_log
-        .lines()
-        .filter(|l| l.contains("resync done"))
-        .filter_map(|l| l.split("bytes_copied=").nth(1))
-        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
+    let copied = resync_bytes_copied(&data);
     eprintln!("written while node 2 was away: 4194304 bytes; resync copied {copied} bytes");
     assert_eq!(
         copied,
@@ -409,5 +412,63 @@ fn a_corrupt_block_on_the_primary_is_read_from_another_replica_and_repaired() {
     }
     let log = std::fs::read_to_string(data.join("gateway/fabricd.log")).unwrap();
     assert!(log.contains("bad copy repaired"), "the repair is logged");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}
+
+#[test]
+fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
+    let Some(()) = tools(&["qemu-io"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "4"]).expect("start dev");
+    let uri = dev.uri();
+    qemu_io_ok(&uri, "write -P 0x61 0 32M");
+    let held_by = |node: u64| {
+        let pools = fabricctl(&data, &["pool", "list"]);
+        pools[0]["pgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|pg| pg.as_array().unwrap().contains(&Value::from(node)))
+            .count()
+    };
+    assert!(held_by(2) > 0, "node 2 holds PGs before it is marked out");
+
+    fabricctl(&data, &["node", "out", "2"]);
+    assert_eq!(held_by(2), 0, "no PG is placed on node 2 any more");
+    let shown = volume_show(&data);
+    assert!(
+        shown["replica_state"]["pgs_degraded"].as_u64().unwrap() > 0,
+        "the PGs that moved have replicas to rebuild: {shown}"
+    );
+    let started = std::time::Instant::now();
+    wait_fully_redundant(&data);
+    eprintln!("rebuild after node out took {:?}", started.elapsed());
+
+    // Every PG has three current replicas in distinct racks (one node per rack here), and the
+    // data reads back with node 2 gone.
+    let pools = fabricctl(&data, &["pool", "list"]);
+    for pg in pools[0]["pgs"].as_array().unwrap() {
+        let mut nodes: Vec<u64> = pg
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        assert_eq!(nodes.len(), 3, "{pg}");
+    }
+    let pid = node_pid(&data, 2);
+    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 2");
+    qemu_io_ok(&uri, "read -P 0x61 0 32M");
+    let copied = resync_bytes_copied(&data);
+    eprintln!("rebuild copied {copied} bytes");
+    assert!(
+        copied > 0 && copied <= 32 << 20,
+        "rebuild copied {copied} bytes"
+    );
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }

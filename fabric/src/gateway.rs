@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -123,7 +123,7 @@ async fn open_volume(
     force: bool,
     nodes: &[pb::Node],
     pools: &[pb::Pool],
-) -> anyhow::Result<(ReplicatedVolume, HashMap<SocketAddr, u64>)> {
+) -> anyhow::Result<(ReplicatedVolume, NodeAddresses)> {
     let get = pb::GetVolumeRequest { name: name.into() };
     let volume = client
         .call(|mut c| {
@@ -138,6 +138,7 @@ async fn open_volume(
         .with_context(|| format!("pool {} is not listed", volume.pool))?;
     let rule = pool.rule.clone().context("pool without a rule")?;
     let (acting, node_of) = acting_sets(pool, &volume, nodes)?;
+    let node_of = Arc::new(RwLock::new(node_of));
     // One request id for every retry: a retried attach returns the epoch it granted rather
     // than granting another, which would fence this gateway by its own retry.
     let attach = pb::AttachVolumeRequest {
@@ -167,7 +168,7 @@ async fn open_volume(
     let observer = Arc::new(ClusterObserver {
         client: Arc::clone(client),
         volume: name.to_owned(),
-        node_of: node_of.clone(),
+        node_of: Arc::clone(&node_of),
     });
     let replicated = ReplicatedVolume::new(config, acting.clone(), observer)
         .context("set up the replicated volume")?;
@@ -181,19 +182,66 @@ async fn open_volume(
     Ok((replicated, node_of))
 }
 
-/// Resyncs stale replicas of `volume` that answer again, one at a time, for ever.
+/// Which node serves each replica address; shared with the observer, refreshed with the map.
+type NodeAddresses = Arc<RwLock<HashMap<SocketAddr, u64>>>;
+
+/// Reads the volume's PG map and stale replicas, the pool's map and the nodes' addresses again,
+/// and has `volume` follow them: replicas re-placed onto new nodes join as stale (to be
+/// rebuilt), and replicas of nodes taken out leave.
+async fn follow_map(
+    volume: &ReplicatedVolume,
+    name: &str,
+    client: &Client,
+    node_of: &NodeAddresses,
+) -> anyhow::Result<()> {
+    let get = pb::GetVolumeRequest { name: name.into() };
+    let v = client
+        .call(|mut c| {
+            let get = get.clone();
+            async move { c.get_volume(get).await }
+        })
+        .await?;
+    let pools = client
+        .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
+        .await?
+        .pools;
+    let nodes = client
+        .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
+        .await?
+        .nodes;
+    let pool = pools
+        .iter()
+        .find(|p| p.name == v.pool)
+        .with_context(|| format!("pool {} is not listed", v.pool))?;
+    let (acting, addresses) = acting_sets(pool, &v, &nodes)?;
+    *node_of.write().expect("node addresses") = addresses;
+    volume
+        .follow(&acting)
+        .map_err(|e| anyhow::anyhow!("follow the PG map: {e}"))
+}
+
+/// Follows the PG map and resyncs stale replicas of `volume` that answer, one at a time, for
+/// ever: a node that came back, or a node a PG was re-placed onto (a rebuild).
 async fn resync_stale(
     volume: ReplicatedVolume,
     name: String,
     client: Arc<Client>,
-    node_of: HashMap<SocketAddr, u64>,
+    node_of: NodeAddresses,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(RESYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if let Err(e) = follow_map(&volume, &name, &client, &node_of).await {
+            tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
+        }
         for (group, replica) in volume.stale_replicas() {
-            let Some(&node) = node_of.get(&replica) else {
+            let node = node_of
+                .read()
+                .expect("node addresses")
+                .get(&replica)
+                .copied();
+            let Some(node) = node else {
                 continue;
             };
             if volume.extent_versions(replica, 0, 1).await.is_err() {
@@ -294,14 +342,19 @@ fn acting_sets(
 struct ClusterObserver {
     client: Arc<Client>,
     volume: String,
-    node_of: HashMap<SocketAddr, u64>,
+    node_of: NodeAddresses,
 }
 
 impl AclObserver for ClusterObserver {
     fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture {
         let client = Arc::clone(&self.client);
         let volume = self.volume.clone();
-        let node = self.node_of.get(&failure.replica).copied();
+        let node = self
+            .node_of
+            .read()
+            .expect("node addresses")
+            .get(&failure.replica)
+            .copied();
         Box::pin(async move {
             let node = node.ok_or_else(|| format!("{} is no node's address", failure.replica))?;
             let req = pb::ReplicaRequest {

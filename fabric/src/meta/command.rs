@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Attachment, NodeId, NodeRecord, NodeRegistration, Pool, PoolSpec, Volume, VolumeSpec,
+    Attachment, NodeId, NodeRecord, NodeRegistration, Participation, Pool, PoolSpec, Volume,
+    VolumeSpec,
 };
 
 /// A change of the cluster state, tagged with the version of its encoding.
@@ -54,6 +55,12 @@ pub enum CommandV1 {
         volume: String,
         pg: u32,
         node: NodeId,
+    },
+    /// Takes `node` out of placement (its PGs move elsewhere and are rebuilt there) or puts it
+    /// back in.
+    SetParticipation {
+        node: NodeId,
+        participation: Participation,
     },
     /// `command`, applied at most once for `request_id`: a retry of the same request (a client
     /// that lost the answer to a leader change, say) gets the first outcome back instead of
@@ -143,6 +150,10 @@ impl std::fmt::Display for Command {
                     "restore node {node} to the acting set of {volume} in PG {pg}"
                 )
             }
+            CommandV1::SetParticipation {
+                node,
+                participation,
+            } => write!(f, "mark node {node} {participation:?}"),
             CommandV1::Once {
                 request_id,
                 command,

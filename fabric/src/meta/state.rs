@@ -107,6 +107,10 @@ impl ClusterState {
             CommandV1::RestoreReplica { volume, pg, node } => {
                 self.restore_replica(volume, *pg, *node)
             }
+            CommandV1::SetParticipation {
+                node,
+                participation,
+            } => self.set_participation(*node, *participation),
             CommandV1::Once { .. } => Err(CommandError::InvalidArgument(
                 "a request id wraps one plain command".into(),
             )),
@@ -169,6 +173,35 @@ impl ClusterState {
         Ok(Applied::Node(record))
     }
 
+    /// Marks `node` in or out of placement and re-places the PGs that change; as on any
+    /// topology change, a pool whose rule the new topology cannot meet keeps its map.
+    fn set_participation(&mut self, node: NodeId, participation: Participation) -> Outcome {
+        let record = self
+            .nodes
+            .get_mut(&node)
+            .ok_or_else(|| CommandError::NotFound(format!("node {node}")))?;
+        if record.participation == participation {
+            return Ok(Applied::Node(record.clone()));
+        }
+        let old = record.participation;
+        record.participation = participation;
+        let record = record.clone();
+        match self.topology.evolve(&self.nodes) {
+            Ok(Some(topology)) => {
+                self.topology = topology;
+                self.remap_pools();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if let Some(r) = self.nodes.get_mut(&node) {
+                    r.participation = old;
+                }
+                return Err(e);
+            }
+        }
+        Ok(Applied::Node(record))
+    }
+
     fn heartbeat(&mut self, node: NodeId, at_ms: u64) -> Outcome {
         let record = self
             .nodes
@@ -190,12 +223,18 @@ impl ClusterState {
             {
                 let moved = map.disks != pool.map.disks;
                 // A replica that stays in its PG stays stale until restored; one that moved
-                // away takes its staleness with it.
+                // away takes its staleness with it; one that arrives holds none of the data yet,
+                // so it starts stale and is rebuilt by the volume's writer.
                 for v in self
                     .volumes
                     .values_mut()
                     .filter(|v| v.spec.pool == spec.name)
                 {
+                    for (pg, (before, after)) in pool.map.pgs.iter().zip(&map.pgs).enumerate() {
+                        for n in after.iter().filter(|n| !before.contains(n)) {
+                            v.stale.entry(pg as u32).or_default().insert(*n);
+                        }
+                    }
                     v.stale.retain(|pg, nodes| {
                         let now = map.pgs.get(*pg as usize);
                         nodes.retain(|n| now.is_some_and(|r| r.contains(n)));

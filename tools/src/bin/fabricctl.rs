@@ -63,6 +63,15 @@ enum NodeCmd {
     Remove {
         id: u64,
     },
+    /// Takes a node out of placement: its PGs move to other nodes, where the volumes' gateways
+    /// rebuild them.
+    Out {
+        id: u64,
+    },
+    /// Puts a node back into placement.
+    In {
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +208,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             members_output(&client.add_learner(id, &rpc_addr).await?)
         }
         Cmd::Node(NodeCmd::Promote { id }) => members_output(&client.promote(id).await?),
+        Cmd::Node(NodeCmd::Out { id }) | Cmd::Node(NodeCmd::In { id }) => {
+            let out = matches!(cli.command, Cmd::Node(NodeCmd::Out { .. }));
+            let n = client
+                .call(|mut c| async move {
+                    c.set_node_participation(pb::NodeParticipationRequest { node: id, out })
+                        .await
+                })
+                .await?;
+            Output::one(node_json(&n))
+        }
         Cmd::Node(NodeCmd::Remove { id }) => members_output(&client.remove_member(id).await?),
         Cmd::Pool(PoolCmd::Create {
             name,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -42,10 +42,16 @@ pub struct ReplicatedVolume {
     inner: Arc<Inner>,
 }
 
+/// The replicas of one group at one moment. Swapped whole when the PG map changes; an IO works
+/// on the snapshot it started with.
+type Members = Arc<Vec<Arc<Replica>>>;
+
 struct Inner {
     config: ClientConfig,
-    acting: ActingSets,
-    groups: Vec<Vec<Replica>>,
+    /// Per group (PG), its current members.
+    groups: Vec<RwLock<Members>>,
+    /// One link per replica address, shared by every group the replica serves.
+    links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
     observer: Arc<dyn AclObserver>,
     next_seq: AtomicU64,
     /// Zero while not fenced; otherwise the newer epoch a replica reported.
@@ -141,32 +147,64 @@ impl ReplicatedVolume {
         {
             return Err(ClientConfigError::ActingSets);
         }
-        let timeout = Duration::from_millis(request_timeout_ms);
-        let mut links: HashMap<SocketAddr, Arc<Link>> = HashMap::new();
-        let groups = (0..acting.groups.len())
-            .map(|g| {
-                all(g)
-                    .into_iter()
-                    .map(|(addr, stale)| {
-                        let link = links.entry(addr).or_insert_with(|| {
-                            Arc::new(Link::new(addr, timeout, requests_in_flight_per_replica_max))
-                        });
-                        Replica::new(Arc::clone(link), stale)
-                    })
-                    .collect()
-            })
-            .collect();
+        let inner = Inner {
+            config,
+            groups: (0..acting.groups.len())
+                .map(|_| RwLock::new(Arc::new(Vec::new())))
+                .collect(),
+            links: Mutex::new(HashMap::new()),
+            observer,
+            next_seq: AtomicU64::new(1),
+            fenced_by: AtomicU64::new(0),
+            locks: Arc::new(RangeLock::default()),
+        };
+        for g in 0..acting.groups.len() {
+            let members = all(g)
+                .into_iter()
+                .map(|(addr, stale)| Arc::new(Replica::new(inner.link_to(addr), stale)))
+                .collect();
+            *inner.groups[g].write().expect("group members") = Arc::new(members);
+        }
         Ok(ReplicatedVolume {
-            inner: Arc::new(Inner {
-                config,
-                acting,
-                groups,
-                observer,
-                next_seq: AtomicU64::new(1),
-                fenced_by: AtomicU64::new(0),
-                locks: Arc::new(RangeLock::default()),
-            }),
+            inner: Arc::new(inner),
         })
+    }
+
+    /// Follows a new PG map: each group's members become `acting`'s (live) and stale
+    /// replicas. A replica already in the group keeps what this client knows of it (a replica
+    /// it took out stays out until resynced); a new one starts as the map says. Replicas no
+    /// longer listed leave the group; IOs already under way finish on the members they
+    /// started with.
+    pub fn follow(&self, acting: &ActingSets) -> Result<(), ClientConfigError> {
+        let inner = &self.inner;
+        if acting.groups.len() != inner.groups.len() || acting.stale.len() > acting.groups.len() {
+            return Err(ClientConfigError::ActingSets);
+        }
+        for (g, listed) in acting.groups.iter().enumerate() {
+            let stale = acting.stale.get(g).map(Vec::as_slice).unwrap_or_default();
+            let old = inner.members(g);
+            let keep = |addr: SocketAddr, stale: bool| {
+                old.iter()
+                    .find(|r| r.link.addr() == addr)
+                    .map(Arc::clone)
+                    .unwrap_or_else(|| Arc::new(Replica::new(inner.link_to(addr), stale)))
+            };
+            let members: Vec<Arc<Replica>> = listed
+                .iter()
+                .map(|&a| keep(a, false))
+                .chain(stale.iter().map(|&a| keep(a, true)))
+                .collect();
+            let changed = members.len() != old.len()
+                || members
+                    .iter()
+                    .zip(old.iter())
+                    .any(|(a, b)| !Arc::ptr_eq(a, b));
+            if changed {
+                tracing::info!(volume = %inner.config.volume, group = g, replicas = ?members.iter().map(|r| r.link.addr()).collect::<Vec<_>>(), "group membership changed");
+                *inner.groups[g].write().expect("group members") = Arc::new(members);
+            }
+        }
+        Ok(())
     }
 
     /// The newer attach epoch that fenced this volume, if one did.
@@ -179,7 +217,8 @@ impl ReplicatedVolume {
 
     /// Replicas of `group` still in its acting set, in preference order.
     pub fn live_replicas(&self, group: usize) -> Vec<SocketAddr> {
-        self.inner.groups[group]
+        self.inner
+            .members(group)
             .iter()
             .filter(|r| r.live())
             .map(|r| r.link.addr())
@@ -195,13 +234,14 @@ impl ReplicatedVolume {
         count: u32,
     ) -> Result<Vec<WriteVersion>, VolumeError> {
         assert!(count <= VERSIONS_PER_REQUEST_MAX);
-        let link = self
-            .inner
-            .groups
-            .iter()
-            .flatten()
-            .find(|r| r.link.addr() == replica)
-            .map(|r| Arc::clone(&r.link))
+        let link = (0..self.inner.groups.len())
+            .find_map(|g| {
+                let members = self.inner.members(g);
+                members
+                    .iter()
+                    .find(|r| r.link.addr() == replica)
+                    .map(|r| Arc::clone(&r.link))
+            })
             .ok_or_else(|| VolumeError::Io(format!("{replica} is not a replica of this volume")))?;
         let header = self
             .inner
@@ -267,10 +307,32 @@ impl Inner {
         self.check_open().expect_err("just fenced")
     }
 
-    /// Reports replica `idx` of `group` failed and waits for its removal; `true` once it is
-    /// out of the acting set. Concurrent reporters of the same replica share one report.
-    async fn remove(&self, group: usize, idx: usize, reason: String) -> bool {
-        let replica = &self.groups[group][idx];
+    /// The current members of `group`.
+    fn members(&self, group: usize) -> Members {
+        Arc::clone(&self.groups[group].read().expect("group members"))
+    }
+
+    /// The group of extent `extent`.
+    fn group_of(&self, extent: u64) -> usize {
+        super::pg_of(self.config.volume, extent, self.groups.len())
+    }
+
+    /// The link to `addr`, made on first use.
+    fn link_to(&self, addr: SocketAddr) -> Arc<Link> {
+        let mut links = self.links.lock().expect("links");
+        let link = links.entry(addr).or_insert_with(|| {
+            Arc::new(Link::new(
+                addr,
+                Duration::from_millis(self.config.request_timeout_ms),
+                self.config.requests_in_flight_per_replica_max,
+            ))
+        });
+        Arc::clone(link)
+    }
+
+    /// Reports `replica` of `group` failed and waits for its removal; `true` once it is out
+    /// of the acting set. Concurrent reporters of the same replica share one report.
+    async fn remove(&self, group: usize, replica: &Replica, reason: String) -> bool {
         let failure = ReplicaFailure {
             volume: self.volume(),
             group,
@@ -292,18 +354,16 @@ impl Inner {
             .await
     }
 
-    /// Live replicas of `group` (by index), or why the group cannot take a write.
-    fn writable(&self, group: usize) -> Result<Vec<usize>, VolumeError> {
-        let replicas = &self.groups[group];
+    /// Live replicas of `group`, or why the group cannot take a write.
+    fn writable(&self, group: usize) -> Result<Vec<Arc<Replica>>, VolumeError> {
+        let replicas = self.members(group);
         if let Some(r) = replicas.iter().find(|r| r.stuck()) {
             return Err(VolumeError::Io(format!(
                 "replica {} failed and could not be removed from group {group}",
                 r.link.addr()
             )));
         }
-        let live: Vec<usize> = (0..replicas.len())
-            .filter(|&i| replicas[i].live())
-            .collect();
+        let live: Vec<Arc<Replica>> = replicas.iter().filter(|r| r.live()).cloned().collect();
         if live.len() < self.config.min_replicas {
             return Err(VolumeError::Io(format!(
                 "group {group} has {} live replicas, fewer than min_replicas {}",
@@ -324,7 +384,7 @@ impl Inner {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
-            let stuck = self.groups[group].iter().any(|r| r.stuck());
+            let stuck = self.members(group).iter().any(|r| r.stuck());
             if stuck || std::time::Instant::now() >= deadline {
                 return Err(error);
             }
@@ -337,32 +397,34 @@ impl Inner {
     async fn mutate_group(self: Arc<Self>, group: usize, req: Request) -> Result<(), VolumeError> {
         let live = self.writable(group)?;
         let mut calls = JoinSet::new();
-        for idx in live {
-            let link = Arc::clone(&self.groups[group][idx].link);
+        for replica in live {
             let req = req.clone();
-            calls.spawn(async move { (idx, outcome(link.call(req).await)) });
+            calls.spawn(async move {
+                let result = outcome(replica.link.call(req).await);
+                (replica, result)
+            });
         }
         let mut tally = Tally::default();
         while let Some(joined) = calls.join_next().await {
-            let (idx, result) =
+            let (replica, result) =
                 joined.map_err(|e| VolumeError::Io(format!("replica call: {e}")))?;
             match result {
                 Outcome::Acked(_) => tally.acked(),
                 Outcome::Fenced(current) => tally.fenced(current),
                 Outcome::Corrupt => {
                     let why = "checksum failure on the replica, or a damaged reply".to_owned();
-                    tally.failed(self.remove(group, idx, why).await);
+                    tally.failed(self.remove(group, &replica, why).await);
                 }
-                Outcome::Failed(why) => tally.failed(self.remove(group, idx, why).await),
+                Outcome::Failed(why) => tally.failed(self.remove(group, &replica, why).await),
             }
         }
         match tally.verdict(self.config.min_replicas) {
             Verdict::Done => {}
             Verdict::Fenced { current } => return Err(self.fence(current)),
             Verdict::Unremoved => {
-                return Err(self
-                    .writable(group)
-                    .expect_err("a replica that could not be removed blocks the group"));
+                return Err(VolumeError::Io(format!(
+                    "a replica of group {group} failed and could not be removed from its acting set"
+                )));
             }
             Verdict::BelowMin { acked } => {
                 return Err(VolumeError::Io(format!(
@@ -390,7 +452,7 @@ impl Inner {
         // Wait for groups below min_replicas before taking the range: a resync that would
         // bring a replica back needs the volume's whole range at its end.
         let mut groups: Vec<usize> = split(offset, len)
-            .map(|p| self.acting.group_of(self.config.volume, p.extent))
+            .map(|p| self.group_of(p.extent))
             .collect();
         groups.sort_unstable();
         groups.dedup();
@@ -411,7 +473,7 @@ impl Inner {
                 seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             };
             let req = build(&self, piece, version);
-            let group = self.acting.group_of(self.config.volume, piece.extent);
+            let group = self.group_of(piece.extent);
             tasks.push(Box::pin(Arc::clone(&self).mutate_group(group, req)));
         }
         run_bounded(tasks).await.map(|_| ())
@@ -419,12 +481,11 @@ impl Inner {
 
     /// Reads one piece from the first live replica that returns good data.
     async fn read_piece(self: Arc<Self>, piece: Piece) -> Result<Bytes, VolumeError> {
-        let group = self.acting.group_of(self.config.volume, piece.extent);
+        let group = self.group_of(piece.extent);
         let header = self.header(Op::Read, piece.offset, piece.len, 0, WriteVersion::NONE);
         let mut tried = Vec::new();
-        let mut corrupt = Vec::new();
-        for idx in 0..self.groups[group].len() {
-            let replica = &self.groups[group][idx];
+        let mut corrupt: Vec<Arc<Replica>> = Vec::new();
+        for replica in self.members(group).iter() {
             if !replica.live() {
                 continue;
             }
@@ -433,24 +494,25 @@ impl Inner {
                 Outcome::Acked(data) if data.len() == piece.len as usize => {
                     for bad in corrupt {
                         let inner = Arc::clone(&self);
-                        tokio::spawn(inner.repair(group, bad, idx, piece.offset, piece.len));
+                        let good = Arc::clone(replica);
+                        tokio::spawn(inner.repair(bad, good, piece.offset, piece.len));
                     }
                     return Ok(data);
                 }
                 Outcome::Acked(data) => {
                     let why = format!("read of {} bytes returned {}", piece.len, data.len());
-                    self.remove(group, idx, why.clone()).await;
+                    self.remove(group, replica, why.clone()).await;
                     tried.push(format!("{addr}: {why}"));
                 }
                 Outcome::Fenced(current) => return Err(self.fence(current)),
                 Outcome::Corrupt => {
                     self.observer
                         .block_corrupt(self.volume(), addr, piece.offset);
-                    corrupt.push(idx);
+                    corrupt.push(Arc::clone(replica));
                     tried.push(format!("{addr}: checksum failure"));
                 }
                 Outcome::Failed(why) => {
-                    self.remove(group, idx, why.clone()).await;
+                    self.remove(group, replica, why.clone()).await;
                     tried.push(format!("{addr}: {why}"));
                 }
             }
@@ -490,18 +552,18 @@ impl Inner {
     /// Flushes every live replica of every group, each distinct replica once.
     async fn flush(self: Arc<Self>) -> Result<(), VolumeError> {
         self.check_open()?;
-        let mut members: BTreeMap<SocketAddr, Vec<(usize, usize)>> = BTreeMap::new();
-        for (g, replicas) in self.groups.iter().enumerate() {
-            for (i, r) in replicas.iter().enumerate() {
-                if r.live() {
-                    members.entry(r.link.addr()).or_default().push((g, i));
-                }
+        let mut members: BTreeMap<SocketAddr, Vec<(usize, Arc<Replica>)>> = BTreeMap::new();
+        for g in 0..self.groups.len() {
+            for r in self.members(g).iter().filter(|r| r.live()) {
+                members
+                    .entry(r.link.addr())
+                    .or_default()
+                    .push((g, Arc::clone(r)));
             }
         }
         let mut calls = JoinSet::new();
         for (addr, places) in members {
-            let (g, i) = places[0];
-            let link = Arc::clone(&self.groups[g][i].link);
+            let link = Arc::clone(&places[0].1.link);
             let req = Request::new(self.header(Op::Flush, 0, 0, 0, WriteVersion::NONE));
             calls.spawn(async move { (addr, places, outcome(link.call(req).await)) });
         }
@@ -520,10 +582,10 @@ impl Inner {
                     // Concurrently: a dead replica is in many groups, and each removal is a
                     // round trip to the metadata service.
                     let mut removals = JoinSet::new();
-                    for (g, i) in places {
+                    for (g, replica) in places {
                         let inner = Arc::clone(&self);
                         let why = why.clone();
-                        removals.spawn(async move { inner.remove(g, i, why).await });
+                        removals.spawn(async move { inner.remove(g, &replica, why).await });
                     }
                     while removals.join_next().await.is_some() {}
                 }

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use self::convert::{attachment_out, resize_in, status_of};
 use super::command::{Applied, CommandV1};
 use super::member::Member;
-use super::model::{NodeRegistration, PoolSpec, VolumeSpec};
+use super::model::{NodeRegistration, Participation, PoolSpec, VolumeSpec};
 use super::query::{Query, QueryReply};
 use super::types::MemberNode;
 
@@ -132,6 +132,28 @@ impl Metadata for MetadataService {
         match self.write(CommandV1::RegisterNode(reg)).await? {
             Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
             _ => Err(unexpected("register node")),
+        }
+    }
+
+    async fn set_node_participation(
+        &self,
+        req: Request<pb::NodeParticipationRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let pb::NodeParticipationRequest { node, out } = req.into_inner();
+        let participation = if out {
+            Participation::Out
+        } else {
+            Participation::In
+        };
+        match self
+            .write(CommandV1::SetParticipation {
+                node,
+                participation,
+            })
+            .await?
+        {
+            Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
+            _ => Err(unexpected("set node participation")),
         }
     }
 

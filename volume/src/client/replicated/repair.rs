@@ -7,17 +7,16 @@
 
 use std::sync::Arc;
 
-use super::{Inner, LOCK_BLOCK_BYTES};
+use super::{Inner, LOCK_BLOCK_BYTES, Replica};
 
 impl Inner {
-    /// Rewrites the blocks covering `[offset, offset + len)` on replica `bad` of `group` from
-    /// replica `good`. Logs the outcome; a failed repair leaves the bad copy to the next read
-    /// (which fails over again) or to a resync.
+    /// Rewrites the blocks covering `[offset, offset + len)` on replica `bad` from replica
+    /// `good`. Logs the outcome; a failed repair leaves the bad copy to the next read (which
+    /// fails over again) or to a resync.
     pub(super) async fn repair(
         self: Arc<Self>,
-        group: usize,
-        bad: usize,
-        good: usize,
+        bad: Arc<Replica>,
+        good: Arc<Replica>,
         offset: u64,
         len: u32,
     ) {
@@ -26,8 +25,8 @@ impl Inner {
         let _held = self.locks.lock(first, end).await;
         let start = first * LOCK_BLOCK_BYTES;
         let span = ((end * LOCK_BLOCK_BYTES).min(self.config.size_bytes) - start) as u32;
-        let replica = self.groups[group][bad].link.addr();
-        match self.copy_range(group, good, bad, start, span).await {
+        let replica = bad.link.addr();
+        match self.copy_range(&good, &bad, start, span).await {
             Ok(bytes) => {
                 tracing::info!(volume = %self.config.volume, %replica, offset = start, bytes, "bad copy repaired from a good replica")
             }

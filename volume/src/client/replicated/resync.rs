@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use crate::wire::{
 };
 
 use super::super::link::{Outcome, outcome};
-use super::{Inner, LOCK_BLOCK_BYTES, ReplicatedVolume};
+use super::{Inner, LOCK_BLOCK_BYTES, Replica, ReplicatedVolume};
 
 /// Most bytes a resync copies per second while foreground IO runs (the first pass).
 pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
@@ -43,8 +44,8 @@ impl ReplicatedVolume {
     /// Replicas out of the acting set, as `(group, address)`.
     pub fn stale_replicas(&self) -> Vec<(usize, SocketAddr)> {
         let mut out = Vec::new();
-        for (g, replicas) in self.inner.groups.iter().enumerate() {
-            for r in replicas.iter().filter(|r| r.stale()) {
+        for g in 0..self.inner.groups.len() {
+            for r in self.inner.members(g).iter().filter(|r| r.stale()) {
                 out.push((g, r.link.addr()));
             }
         }
@@ -65,16 +66,17 @@ impl ReplicatedVolume {
     {
         let inner = &self.inner;
         inner.check_open()?;
-        let replicas = inner
-            .groups
-            .get(group)
-            .ok_or_else(|| VolumeError::Io(format!("no group {group}")))?;
-        let t = replicas
+        if group >= inner.groups.len() {
+            return Err(VolumeError::Io(format!("no group {group}")));
+        }
+        let t = inner
+            .members(group)
             .iter()
-            .position(|r| r.link.addr() == target && r.stale())
+            .find(|r| r.link.addr() == target && r.stale())
+            .cloned()
             .ok_or_else(|| VolumeError::Io(format!("{target} is no stale replica of {group}")))?;
         let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
-            .filter(|&e| inner.acting.group_of(inner.config.volume, e) == group)
+            .filter(|&e| inner.group_of(e) == group)
             .collect();
         let mut report = ResyncReport {
             extents_in_group: extents.len() as u64,
@@ -82,10 +84,10 @@ impl ReplicatedVolume {
         };
 
         let started = Instant::now();
-        for e in inner.differing(group, t, &extents).await? {
+        for e in inner.differing(group, &t, &extents).await? {
             let range = inner.extent_lock(e);
             let _held = inner.locks.lock(range.0, range.1).await;
-            report.bytes_copied += inner.copy_extent(group, t, e).await?;
+            report.bytes_copied += inner.copy_extent(group, &t, e).await?;
             report.extents_copied += 1;
             // Pace the first pass so foreground IO keeps most of the disk.
             let due = Duration::from_secs_f64(
@@ -98,12 +100,12 @@ impl ReplicatedVolume {
 
         let all = inner.config.size_bytes.div_ceil(LOCK_BLOCK_BYTES);
         let _held = inner.locks.lock(0, all).await;
-        for e in inner.differing(group, t, &extents).await? {
-            report.bytes_copied += inner.copy_extent(group, t, e).await?;
+        for e in inner.differing(group, &t, &extents).await? {
+            report.bytes_copied += inner.copy_extent(group, &t, e).await?;
             report.extents_copied += 1;
         }
         restore.await.map_err(VolumeError::Io)?;
-        replicas[t].restore();
+        t.restore();
         tracing::info!(volume = %inner.config.volume, group, replica = %target, extents = report.extents_copied, bytes = report.bytes_copied, "replica resynced and back in the acting set");
         Ok(report)
     }
@@ -118,10 +120,11 @@ impl Inner {
     }
 
     /// The first live replica of `group`: the copy source.
-    fn source(&self, group: usize) -> Result<usize, VolumeError> {
-        self.groups[group]
+    fn source(&self, group: usize) -> Result<Arc<Replica>, VolumeError> {
+        self.members(group)
             .iter()
-            .position(|r| r.live())
+            .find(|r| r.live())
+            .cloned()
             .ok_or_else(|| VolumeError::Io(format!("group {group} has no live replica")))
     }
 
@@ -129,12 +132,12 @@ impl Inner {
     async fn differing(
         &self,
         group: usize,
-        t: usize,
+        t: &Replica,
         extents: &[u64],
     ) -> Result<Vec<u64>, VolumeError> {
         let s = self.source(group)?;
-        let source = self.all_versions(group, s).await?;
-        let target = self.all_versions(group, t).await?;
+        let source = self.all_versions(&s).await?;
+        let target = self.all_versions(t).await?;
         Ok(extents
             .iter()
             .copied()
@@ -142,13 +145,9 @@ impl Inner {
             .collect())
     }
 
-    /// Versions of every extent of the volume on replica `idx` of `group`.
-    async fn all_versions(
-        &self,
-        group: usize,
-        idx: usize,
-    ) -> Result<Vec<WriteVersion>, VolumeError> {
-        let link = &self.groups[group][idx].link;
+    /// Versions of every extent of the volume on `replica`.
+    async fn all_versions(&self, replica: &Replica) -> Result<Vec<WriteVersion>, VolumeError> {
+        let link = &replica.link;
         let total = self.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
         let mut out = Vec::with_capacity(total as usize);
         let mut first = 0;
@@ -167,21 +166,20 @@ impl Inner {
 
     /// Copies extent `e` from the group's source to replica `t`, stamped with the source's
     /// version; the caller holds the extent's range. Returns the bytes copied.
-    async fn copy_extent(&self, group: usize, t: usize, e: u64) -> Result<u64, VolumeError> {
+    async fn copy_extent(&self, group: usize, t: &Replica, e: u64) -> Result<u64, VolumeError> {
         let s = self.source(group)?;
         let offset = e * EXTENT_SIZE_BYTES;
         let len = (self.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
-        self.copy_range(group, s, t, offset, len).await
+        self.copy_range(&s, t, offset, len).await
     }
 
-    /// Copies `[offset, offset + len)` (within one extent) from replica `s` of `group` to
-    /// replica `t`, stamped with the extent's version on `s`; the caller holds the range.
-    /// Returns the bytes copied: none when `s` never wrote the extent.
+    /// Copies `[offset, offset + len)` (within one extent) from replica `s` to replica `t`,
+    /// stamped with the extent's version on `s`; the caller holds the range. Returns the bytes
+    /// copied: none when `s` never wrote the extent.
     pub(super) async fn copy_range(
         &self,
-        group: usize,
-        s: usize,
-        t: usize,
+        s: &Replica,
+        t: &Replica,
         offset: u64,
         len: u32,
     ) -> Result<u64, VolumeError> {
@@ -191,8 +189,8 @@ impl Inner {
             e,
             "a copy stays within one extent"
         );
-        let source = &self.groups[group][s].link;
-        let target = &self.groups[group][t].link;
+        let source = &s.link;
+        let target = &t.link;
         let header = self.header(Op::GetExtentVersions, e, 1, 0, WriteVersion::NONE);
         let payload = self.answer(source.call(Request::new(header)).await, source.addr())?;
         let version = decode_versions(&payload)
