@@ -27,12 +27,27 @@ fn fabricctl(data_dir: &std::path::Path, args: &[&str]) -> Value {
 
 /// `fabricd dev --nodes 3` serving `vol0` (64 MiB) from a fresh directory: the directory, the
 /// data directory in it, and the running launcher. `None` (skip) when a client is missing.
-fn three_node_cluster(clients: &[&str]) -> Option<(tempfile::TempDir, PathBuf, DevNode)> {
+fn three_node_cluster(clients: &[&str]) -> Option<(Serial, tempfile::TempDir, PathBuf, DevNode)> {
+    cluster(3, clients)
+}
+
+/// Held by the test that runs a cluster: one at a time, because a handful of clusters of four or
+/// five processes each would share two cores and turn request timeouts into false failures.
+type Serial = std::sync::MutexGuard<'static, ()>;
+
+/// The same with `nodes` storage nodes.
+fn cluster(nodes: u32, clients: &[&str]) -> Option<(Serial, tempfile::TempDir, PathBuf, DevNode)> {
+    static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     tools(clients)?;
+    // A test that failed while holding the lock poisons it; the next one may still run.
+    let serial = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
-    Some((dir, data, dev))
+    let nodes = nodes.to_string();
+    let dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", &nodes]).expect("start dev");
+    Some((serial, dir, data, dev))
 }
 
 /// Pid of storage node `id` of the cluster in `data_dir`, from `fabricctl status --json`.
@@ -63,7 +78,8 @@ fn stored_bytes(data_dir: &std::path::Path, id: u64) -> u64 {
 
 #[test]
 fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_back() {
-    let Some((dir, data, mut dev)) = three_node_cluster(&["fio", "qemu-img", "qemu-io"]) else {
+    let Some((_serial, dir, data, mut dev)) = three_node_cluster(&["fio", "qemu-img", "qemu-io"])
+    else {
         return;
     };
 
@@ -178,7 +194,7 @@ fn volume_show(data_dir: &std::path::Path) -> Value {
 
 #[test]
 fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
-    let Some((dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+    let Some((_serial, dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
         return;
     };
     let uri = dev.uri();
@@ -253,7 +269,7 @@ fn wait_fully_redundant(data_dir: &std::path::Path) {
 
 #[test]
 fn a_frozen_node_is_dropped_after_the_timeout_and_resynced_when_it_thaws() {
-    let Some((_dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+    let Some((_serial, _dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
         return;
     };
     let uri = dev.uri();
@@ -293,7 +309,7 @@ fn a_frozen_node_is_dropped_after_the_timeout_and_resynced_when_it_thaws() {
 
 #[test]
 fn after_a_forced_attach_the_old_gateway_is_refused_and_the_new_ones_writes_stay() {
-    let Some((dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+    let Some((_serial, dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
         return;
     };
     let qemu_io = |uri: &str, cmd: &str| {
@@ -371,7 +387,7 @@ fn after_a_forced_attach_the_old_gateway_is_refused_and_the_new_ones_writes_stay
 #[test]
 fn a_corrupt_block_on_the_primary_is_read_from_another_replica_and_repaired() {
     use std::os::unix::fs::FileExt;
-    let Some((_dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+    let Some((_serial, _dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
         return;
     };
     qemu_io_ok(&dev.uri(), "write -P 0x51 0 1M");
@@ -417,12 +433,9 @@ fn a_corrupt_block_on_the_primary_is_read_from_another_replica_and_repaired() {
 
 #[test]
 fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
-    let Some(()) = tools(&["qemu-io"]) else {
+    let Some((_serial, _dir, data, mut dev)) = cluster(4, &["qemu-io"]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "4"]).expect("start dev");
     let uri = dev.uri();
     qemu_io_ok(&uri, "write -P 0x61 0 32M");
     let held_by = |node: u64| {
@@ -470,5 +483,44 @@ fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
         copied > 0 && copied <= 32 << 20,
         "rebuild copied {copied} bytes"
     );
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}
+
+#[test]
+fn a_node_that_stays_dead_is_marked_out_by_the_leader_and_its_replicas_rebuilt() {
+    let Some((_serial, _dir, data, mut dev)) = cluster(4, &["qemu-io"]) else {
+        return;
+    };
+    let uri = dev.uri();
+    qemu_io_ok(&uri, "write -P 0x71 0 16M");
+
+    // Node 4 dies and stays dead; the dev cluster marks a node out after 30 s of silence.
+    let pid = node_pid(&data, 4);
+    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 4");
+    qemu_io_ok(&uri, "write -P 0x72 16M 4M");
+    let killed = std::time::Instant::now();
+    let deadline = killed + Duration::from_secs(120);
+    loop {
+        let nodes = fabricctl(&data, &["node", "list"]);
+        let node4 = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == 4)
+            .cloned()
+            .expect("node 4 listed");
+        if node4["membership"] == "out" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 4 not marked out after 120 s: {node4}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("node 4 marked out {:?} after the kill", killed.elapsed());
+    wait_fully_redundant(&data);
+    qemu_io_ok(&uri, "read -P 0x71 0 16M");
+    qemu_io_ok(&uri, "read -P 0x72 16M 4M");
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }

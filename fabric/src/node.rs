@@ -17,7 +17,9 @@ use serde::Deserialize;
 use crate::meta::client::{NODE_FILE, NodeFile};
 use crate::meta::model::{DiskInfo, Location};
 use crate::meta::pgmap::{DISK_BYTES_MAX, DISK_BYTES_MIN};
-use crate::meta::server::{Formation, MemberConfig, RaftTuning};
+use crate::meta::server::{
+    Formation, MemberConfig, NODE_HEARTBEAT_INTERVAL_MS, NODE_OUT_AFTER_MS_DEFAULT, RaftTuning,
+};
 
 /// Flags of `fabricd node`.
 #[derive(Args, Debug, Clone, Default)]
@@ -65,6 +67,10 @@ pub struct NodeArgs {
     /// of the filesystem holding --data-dir.
     #[arg(long)]
     pub disk_capacity: Option<String>,
+    /// While this member leads: heartbeat silence after which a node is marked out of
+    /// placement and its PGs rebuilt elsewhere (default ten minutes).
+    #[arg(long)]
+    pub node_out_after_ms: Option<u64>,
 }
 
 /// The TOML form of the same settings.
@@ -84,6 +90,7 @@ pub struct NodeToml {
     pub election_timeout_max_ms: Option<u64>,
     pub snapshot_logs: Option<u64>,
     pub disk_capacity: Option<String>,
+    pub node_out_after_ms: Option<u64>,
 }
 
 impl TryFrom<NodeArgs> for MemberConfig {
@@ -105,6 +112,7 @@ impl TryFrom<NodeArgs> for MemberConfig {
             election_timeout_max_ms,
             snapshot_logs,
             disk_capacity,
+            node_out_after_ms,
         } = args;
         let file = match &config {
             Some(path) => {
@@ -129,6 +137,7 @@ impl TryFrom<NodeArgs> for MemberConfig {
             election_timeout_max_ms: f_emax,
             snapshot_logs: f_snap,
             disk_capacity: f_disk,
+            node_out_after_ms: f_out,
         } = file;
 
         let id = id.or(f_id).context("--id is required")?;
@@ -186,6 +195,15 @@ impl TryFrom<NodeArgs> for MemberConfig {
                 "disk capacity {capacity_bytes} bytes is outside {DISK_BYTES_MIN}..={DISK_BYTES_MAX}"
             );
         }
+        let node_out_after_ms = node_out_after_ms
+            .or(f_out)
+            .unwrap_or(NODE_OUT_AFTER_MS_DEFAULT);
+        if node_out_after_ms < 2 * NODE_HEARTBEAT_INTERVAL_MS {
+            bail!(
+                "--node-out-after-ms {node_out_after_ms} is below two heartbeat intervals ({} ms)",
+                2 * NODE_HEARTBEAT_INTERVAL_MS
+            );
+        }
         // One disk per node for now: the data directory's.
         let disks = vec![DiskInfo {
             name: DEFAULT_DISK_NAME.into(),
@@ -200,6 +218,7 @@ impl TryFrom<NodeArgs> for MemberConfig {
             disks,
             formation,
             tuning,
+            node_out_after_ms,
         })
     }
 }

@@ -25,6 +25,9 @@ pub const DEV_FORM_TIMEOUT_MS: u64 = 60_000;
 pub const DEV_STOP_TIMEOUT_MS: u64 = 10_000;
 /// Placement groups of the default pool.
 pub const DEV_DEFAULT_PG_COUNT: u32 = 64;
+/// Heartbeat silence after which a dev cluster marks a node out: short, so that a killed node
+/// is seen healing within a minute (a production node's default is ten minutes).
+pub const DEV_NODE_OUT_AFTER_MS: u64 = 30_000;
 
 #[derive(Serialize, Deserialize)]
 struct ClusterFile {
@@ -142,6 +145,8 @@ impl DevCluster {
                 .arg(addr)
                 .arg("--data-addr")
                 .arg(data_addr)
+                .arg("--node-out-after-ms")
+                .arg(DEV_NODE_OUT_AFTER_MS.to_string())
                 .arg("--location")
                 .arg(format!("rack=rack{id},host=host{id}"))
                 .stdin(Stdio::null())

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod command;
+pub mod detector;
 pub mod launch;
 pub mod member;
 pub mod model;

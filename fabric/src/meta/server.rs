@@ -26,6 +26,9 @@ use super::types::{MemberNode, Raft};
 pub const REGISTER_RETRY_MS: u64 = 500;
 /// How often a registered node proposes a heartbeat.
 pub const NODE_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+/// Default silence after which the leader marks a node out: ten minutes, long enough that a
+/// reboot or a short network cut only costs a resync, not a full rebuild.
+pub const NODE_OUT_AFTER_MS_DEFAULT: u64 = 600_000;
 
 /// Raft timing and snapshot knobs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +77,8 @@ pub struct MemberConfig {
     pub disks: Vec<DiskInfo>,
     pub formation: Formation,
     pub tuning: RaftTuning,
+    /// Heartbeat silence after which the leader marks a node out of placement.
+    pub node_out_after_ms: u64,
 }
 
 /// Why a member could not start.
@@ -187,11 +192,18 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         location: cfg.location.clone(),
         disks: cfg.disks.clone(),
     };
-    let background = vec![tokio::spawn(register_and_heartbeat(
-        Arc::clone(&member),
-        registration,
-        stop_tx.subscribe(),
-    ))];
+    let background = vec![
+        tokio::spawn(register_and_heartbeat(
+            Arc::clone(&member),
+            registration,
+            stop_tx.subscribe(),
+        )),
+        tokio::spawn(super::detector::run(
+            Arc::clone(&member),
+            cfg.node_out_after_ms,
+            stop_tx.subscribe(),
+        )),
+    ];
     Ok(RunningMember {
         member,
         addr,
