@@ -76,10 +76,48 @@ fn stored_bytes(data_dir: &std::path::Path, id: u64) -> u64 {
         .expect("du output")
 }
 
+/// fio's random 4 KiB writes with crc32c verification over 48 MiB of the volume; with
+/// `--verify_only` the same job only reads back and checks what the first run wrote.
+fn fio_verify(uri: &str, extra: &[&str]) -> Command {
+    let mut fio = Command::new("fio");
+    fio.args([
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--offset=8M",
+        "--size=48M",
+        "--iodepth=16",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--do_verify=1",
+        "--output-format=json",
+    ])
+    .args(extra);
+    fio
+}
+
+/// fio's JSON report of a run that must have succeeded with no IO error.
+fn fio_report(out: std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).unwrap();
+    assert_eq!(
+        report["jobs"][0]["error"], 0,
+        "fio saw an IO error: {report}"
+    );
+    report
+}
+
 #[test]
-fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_back() {
-    let Some((_serial, dir, data, mut dev)) = three_node_cluster(&["fio", "qemu-img", "qemu-io"])
-    else {
+fn four_nodes_kill_one_under_fio_verify_mark_it_out_rebuild_and_verify_again() {
+    let Some((_serial, dir, data, mut dev)) = cluster(4, &["fio", "qemu-img", "qemu-io"]) else {
         return;
     };
 
@@ -91,30 +129,14 @@ fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_bac
         .arg(&before)
         .arg(dev.uri()))
     .expect("write through the gateway");
-    for id in 1..=3 {
-        assert!(
-            stored_bytes(&data, id) >= 4 << 20,
-            "node {id} holds a replica of the first 4 MiB"
-        );
-    }
+    let stored: u64 = (1..=4).map(|id| stored_bytes(&data, id)).sum();
+    assert!(
+        stored >= 3 * (4 << 20),
+        "three copies of the first 4 MiB: {stored} bytes"
+    );
 
     // fio writes with checksums; storage node 2 dies under it.
-    let mut fio = Command::new("fio")
-        .args([
-            "--name=verify",
-            "--ioengine=nbd",
-            &format!("--uri={}", dev.uri()),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--offset=8M",
-            "--size=48M",
-            "--iodepth=16",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-            "--do_verify=1",
-            "--output-format=json",
-        ])
+    let mut fio = fio_verify(&dev.uri(), &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -126,16 +148,8 @@ fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_bac
         fio.try_wait().expect("poll fio").is_none(),
         "fio finished before the kill; the test would prove nothing"
     );
-    let out = fio.wait_with_output().expect("fio ran");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fio failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).unwrap();
+    let report = fio_report(fio.wait_with_output().expect("fio ran"));
     let job = &report["jobs"][0];
-    assert_eq!(job["error"], 0, "fio saw an IO error: {job}");
     let stall_ms = job["write"]["clat_ns"]["max"].as_f64().unwrap() / 1e6;
     eprintln!("longest write while a node died: {stall_ms:.1} ms");
     assert!(stall_ms < 10_000.0, "stall of {stall_ms} ms");
@@ -154,7 +168,35 @@ fn three_nodes_kill_one_during_fio_verify_and_every_acknowledged_write_reads_bac
         assert_eq!(stale["nodes"], serde_json::json!([2]), "{shown}");
     }
 
-    // What was written before the failure still reads back, now from two replicas.
+    // Node 2 is marked out: its PGs move to the other three nodes and are rebuilt there, with
+    // the three replicas of every PG still on distinct nodes (one rack each).
+    fabricctl(&data, &["node", "out", "2"]);
+    wait_fully_redundant(&data);
+    let pools = fabricctl(&data, &["pool", "list"]);
+    for pg in pools[0]["pgs"].as_array().unwrap() {
+        let mut nodes: Vec<u64> = pg
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        assert!(!nodes.contains(&2), "node 2 is out: {pg}");
+        nodes.sort_unstable();
+        nodes.dedup();
+        assert_eq!(nodes.len(), 3, "three distinct nodes: {pg}");
+    }
+
+    // Everything fio wrote, and what was written before, reads back and verifies.
+    let verified = fio_report(
+        fio_verify(&dev.uri(), &["--verify_only"])
+            .output()
+            .expect("run fio --verify_only"),
+    );
+    let read = verified["jobs"][0]["read"]["io_bytes"].as_u64().unwrap();
+    assert!(
+        read >= 40 << 20,
+        "the verify pass read back the 48 MiB region: {read} bytes"
+    );
     run(Command::new("qemu-io")
         .args(["-f", "raw", "-c", "read -P 0x5a 0 4M"])
         .arg(dev.uri()))
