@@ -12,11 +12,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use futures::StreamExt;
 use proto::meta as pb;
 use volume::client::{
     AclFuture, AclObserver, ActingSets, BELOW_MIN_WAIT_MS_DEFAULT, ClientConfig,
@@ -32,6 +34,9 @@ use crate::meta::client::Client;
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
 /// How often the gateway looks for stale replicas that answer again.
 pub const RESYNC_INTERVAL_MS: u64 = 1_000;
+/// Stale replicas resynced at once: their first passes overlap, so a rebuild after a node
+/// goes out keeps several disks busy instead of copying one extent at a time.
+pub const RESYNCS_IN_PARALLEL_MAX: usize = 4;
 
 /// Flags of `fabricd gateway`.
 #[derive(Args, Debug, Clone)]
@@ -235,47 +240,84 @@ async fn resync_stale(
         if let Err(e) = follow_map(&volume, &name, &client, &node_of).await {
             tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
         }
-        for (group, replica) in volume.stale_replicas() {
-            let node = node_of
-                .read()
-                .expect("node addresses")
-                .get(&replica)
-                .copied();
-            let Some(node) = node else {
-                continue;
-            };
-            if volume.extent_versions(replica, 0, 1).await.is_err() {
-                continue; // still away
-            }
-            let req = pb::ReplicaRequest {
-                volume: name.clone(),
-                pg: group as u32,
-                node,
-            };
-            let restore = async {
-                client
-                    .call(|mut c| {
-                        let req = req.clone();
-                        async move { c.restore_replica(req).await }
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| format!("restore node {node} in PG {group}: {}", s.message()))
-            };
-            match volume.resync(group, replica, restore).await {
-                Ok(report) => tracing::info!(
-                    volume = %name,
-                    pg = group,
-                    node,
-                    extents_in_pg = report.extents_in_group,
-                    extents_copied = report.extents_copied,
-                    bytes_copied = report.bytes_copied,
-                    "resync done"
-                ),
-                Err(e) => {
-                    tracing::warn!(volume = %name, pg = group, node, error = %e, "resync failed; will retry")
+        let round: Vec<(usize, SocketAddr, u64)> = {
+            let nodes = node_of.read().expect("node addresses");
+            volume
+                .stale_replicas()
+                .into_iter()
+                .filter_map(|(group, replica)| Some((group, replica, *nodes.get(&replica)?)))
+                .collect()
+        };
+        if round.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let copied = AtomicU64::new(0);
+        futures::stream::iter(round)
+            .for_each_concurrent(RESYNCS_IN_PARALLEL_MAX, |(group, replica, node)| {
+                let (volume, name, client, copied) = (&volume, &name, &client, &copied);
+                async move {
+                    if let Some(bytes) =
+                        resync_one(volume, name, client, group, replica, node).await
+                    {
+                        copied.fetch_add(bytes, Ordering::Relaxed);
+                    }
                 }
-            }
+            })
+            .await;
+        let bytes_copied = copied.into_inner();
+        if bytes_copied > 0 {
+            tracing::info!(volume = %name, bytes_copied, elapsed_ms = started.elapsed().as_millis() as u64, "resync round done");
+        }
+    }
+}
+
+/// Resyncs stale `replica` (on `node`) of `group` if it answers; the bytes copied, or `None`
+/// if it is still away or the resync failed (the next round tries again).
+async fn resync_one(
+    volume: &ReplicatedVolume,
+    name: &str,
+    client: &Client,
+    group: usize,
+    replica: SocketAddr,
+    node: u64,
+) -> Option<u64> {
+    if volume.extent_versions(replica, 0, 1).await.is_err() {
+        return None; // still away
+    }
+    let req = pb::ReplicaRequest {
+        volume: name.to_owned(),
+        pg: group as u32,
+        node,
+    };
+    let restore = async {
+        client
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.restore_replica(req).await }
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("restore node {node} in PG {group}: {}", s.message()))
+    };
+    let started = Instant::now();
+    match volume.resync(group, replica, restore).await {
+        Ok(report) => {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                volume = %name,
+                pg = group,
+                node,
+                extents_in_pg = report.extents_in_group,
+                extents_copied = report.extents_copied,
+                bytes_copied = report.bytes_copied,
+                "resync done"
+            );
+            Some(report.bytes_copied)
+        }
+        Err(e) => {
+            tracing::warn!(volume = %name, pg = group, node, error = %e, "resync failed; will retry");
+            None
         }
     }
 }

@@ -9,7 +9,7 @@
 //! so that drift in the machine's load hits all alike; `--rounds N` repeats and reports medians.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ struct Args {
     /// Also measure a 3-replica volume on a local 3-node cluster (`fabricd dev --nodes 3`).
     #[arg(long)]
     replicated: bool,
+    /// Instead of the IO jobs: fill a 3-replica volume on a 4-node cluster, mark a node out,
+    /// and compare the rebuild rate with fio's 1 MiB sequential writes on the same disk.
+    #[arg(long)]
+    rebuild: bool,
 }
 
 /// One fio job shape.
@@ -249,6 +253,12 @@ fn main() -> anyhow::Result<()> {
         fabricd.display()
     );
 
+    if args.rebuild {
+        let result = rebuild(&args, size, &scratch, &fabricd);
+        std::fs::remove_dir_all(&scratch).ok();
+        return result;
+    }
+
     let fport = free_port()?;
     let mut fabric = Server {
         child: Command::new(&fabricd)
@@ -377,5 +387,114 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json_rows)?);
     }
     std::fs::remove_dir_all(&scratch).ok();
+    Ok(())
+}
+
+/// The rebuild benchmark: a node of a 4-node cluster is marked out with no client IO, and the
+/// gateway rebuilds its PGs on the others. The rate is what the gateway's resync rounds copied
+/// over the time they took (from its log), beside fio's 1 MiB sequential write rate on the disk.
+fn rebuild(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Result<()> {
+    let fabricctl = fabricd.with_file_name("fabricctl");
+    anyhow::ensure!(
+        fabricctl.exists(),
+        "{} not found; build it with `cargo build --release -p tools`",
+        fabricctl.display()
+    );
+    let data = scratch.join("fabric-4");
+    let port = free_port()?;
+    let mut cluster = Server {
+        child: Command::new(fabricd)
+            .args(["dev", "--nodes", "4", "--data-dir"])
+            .arg(&data)
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
+            .args(["--volume", &format!("bench:{size}")])
+            .env("FABRIC_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start fabricd dev --nodes 4")?,
+    };
+    wait_listening(port, &mut cluster.child, "fabricd dev --nodes 4")?;
+    let nbd = nbd_target("fabric 3-replica", port);
+    eprintln!("filling {} of a 3-replica volume", args.size);
+    prefill(&nbd.fio_args, size)?;
+
+    let raw = vec![
+        "--ioengine=io_uring".to_string(),
+        "--direct=1".into(),
+        format!("--filename={}", scratch.join("fio.raw").display()),
+    ];
+    let seq_write = Job {
+        name: "1M seq write",
+        rw: "write",
+        bs: "1M",
+        iodepth: 8,
+        latency: false,
+    };
+    let fio_mib_s = run_job(&seq_write, &raw, size, args.runtime)?;
+
+    let ctl = |what: &[&str]| -> anyhow::Result<Value> {
+        let out = Command::new(&fabricctl)
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(what)
+            .output()
+            .context("run fabricctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fabricctl {what:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    eprintln!("marking node 2 out");
+    ctl(&["node", "out", "2"])?;
+    let started = Instant::now();
+    loop {
+        let shown = ctl(&["volume", "show", "bench"])?;
+        if shown["replica_state"]["pgs_degraded"] == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "not rebuilt after 600 s: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let wall = started.elapsed();
+    drop(cluster);
+
+    let log = std::fs::read_to_string(data.join("gateway/fabricd.log"))?;
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split(&format!("{name}="))
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let (mut bytes, mut ms) = (0u64, 0u64);
+    for line in log.lines().filter(|l| l.contains("resync round done")) {
+        bytes += field(line, "bytes_copied").unwrap_or(0);
+        ms += field(line, "elapsed_ms").unwrap_or(0);
+    }
+    anyhow::ensure!(bytes > 0 && ms > 0, "the gateway logged no rebuild");
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    let rebuild_mib_s = mib / (ms as f64 / 1000.0);
+    println!(
+        "rebuild after node out, no client IO ({} volume, 4 nodes, 3 replicas)",
+        args.size
+    );
+    println!(
+        "  rebuilt                 {mib:>10.0} MiB in {ms} ms of resync ({:.1} s wall, map polling included)",
+        wall.as_secs_f64()
+    );
+    println!("  rebuild rate            {rebuild_mib_s:>10.0} MiB/s");
+    println!("  fio 1M seq write, raw   {fio_mib_s:>10.0} MiB/s");
+    println!(
+        "  rebuild / fio           {:>10.2}   (target >= 0.5)",
+        rebuild_mib_s / fio_mib_s
+    );
     Ok(())
 }

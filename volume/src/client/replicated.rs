@@ -54,6 +54,8 @@ struct Inner {
     links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
     observer: Arc<dyn AclObserver>,
     next_seq: AtomicU64,
+    /// Client reads and mutations started so far: a resync paces itself only while it moves.
+    foreground_ios: AtomicU64,
     /// Zero while not fenced; otherwise the newer epoch a replica reported.
     fenced_by: AtomicU64,
     locks: Arc<RangeLock>,
@@ -155,6 +157,7 @@ impl ReplicatedVolume {
             links: Mutex::new(HashMap::new()),
             observer,
             next_seq: AtomicU64::new(1),
+            foreground_ios: AtomicU64::new(0),
             fenced_by: AtomicU64::new(0),
             locks: Arc::new(RangeLock::default()),
         };
@@ -449,6 +452,7 @@ impl Inner {
         if len == 0 {
             return Ok(());
         }
+        self.foreground_ios.fetch_add(1, Ordering::Relaxed);
         // Wait for groups below min_replicas before taking the range: a resync that would
         // bring a replica back needs the volume's whole range at its end.
         let mut groups: Vec<usize> = split(offset, len)
@@ -527,6 +531,7 @@ impl Inner {
 
     async fn read(self: Arc<Self>, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
         self.check_open()?;
+        self.foreground_ios.fetch_add(1, Ordering::Relaxed);
         if len > IO_SIZE_MAX_BYTES {
             return Err(VolumeError::TooLarge {
                 len: len.into(),

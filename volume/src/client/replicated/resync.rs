@@ -6,7 +6,8 @@
 //! extent can interleave with its copy. Extents with equal versions were not written while the
 //! replica was away and are not copied — that is the delta.
 //!
-//! Two passes. The first runs beside foreground IO, one extent at a time at a bounded rate.
+//! Two passes. The first runs beside foreground IO, one extent at a time; while clients do IO
+//! it keeps to [`RESYNC_BYTES_PER_SEC_MAX`], and with none it runs as fast as the disks go.
 //! The second takes the whole volume's lock, copies what changed during the first (usually
 //! little), has the metadata service restore the replica, and only then marks it live: the
 //! replica serves no read before it holds every acknowledged write.
@@ -14,6 +15,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,7 +29,7 @@ use crate::wire::{
 use super::super::link::{Outcome, outcome};
 use super::{Inner, LOCK_BLOCK_BYTES, Replica, ReplicatedVolume};
 
-/// Most bytes a resync copies per second while foreground IO runs (the first pass).
+/// Most bytes a resync copies per second while clients do IO (the first pass).
 pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
 
 /// What one resync did.
@@ -83,17 +85,27 @@ impl ReplicatedVolume {
             ..ResyncReport::default()
         };
 
-        let started = Instant::now();
+        let mut paced_since = Instant::now();
+        let mut paced_bytes = 0;
+        let mut seen_ios = inner.foreground_ios.load(Ordering::Relaxed);
         for e in inner.differing(group, &t, &extents).await? {
             let range = inner.extent_lock(e);
-            let _held = inner.locks.lock(range.0, range.1).await;
-            report.bytes_copied += inner.copy_extent(group, &t, e).await?;
+            let held = inner.locks.lock(range.0, range.1).await;
+            let copied = inner.copy_extent(group, &t, e).await?;
+            drop(held);
+            report.bytes_copied += copied;
             report.extents_copied += 1;
-            // Pace the first pass so foreground IO keeps most of the disk.
-            let due = Duration::from_secs_f64(
-                report.bytes_copied as f64 / RESYNC_BYTES_PER_SEC_MAX as f64,
-            );
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
+            // While clients do IO, keep to the rate limit so they keep most of the disk.
+            let ios = inner.foreground_ios.load(Ordering::Relaxed);
+            if ios == seen_ios {
+                paced_since = Instant::now();
+                paced_bytes = 0;
+                continue;
+            }
+            seen_ios = ios;
+            paced_bytes += copied;
+            let due = Duration::from_secs_f64(paced_bytes as f64 / RESYNC_BYTES_PER_SEC_MAX as f64);
+            if let Some(wait) = due.checked_sub(paced_since.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
         }
@@ -104,6 +116,9 @@ impl ReplicatedVolume {
             report.bytes_copied += inner.copy_extent(group, &t, e).await?;
             report.extents_copied += 1;
         }
+        // What was copied is durable on the replica before it counts as a current copy.
+        let flush = inner.header(Op::Flush, 0, 0, 0, WriteVersion::NONE);
+        inner.answer(t.link.call(Request::new(flush)).await, target)?;
         restore.await.map_err(VolumeError::Io)?;
         t.restore();
         tracing::info!(volume = %inner.config.volume, group, replica = %target, extents = report.extents_copied, bytes = report.bytes_copied, "replica resynced and back in the acting set");
