@@ -65,6 +65,17 @@ pub fn tools(names: &[&str]) -> Option<()> {
 }
 
 /// A free TCP port on loopback (bound and released; good enough for tests).
+/// Held by a test while its cluster of processes runs, so that the tests of one binary run
+/// their clusters one at a time: several clusters of four or five processes on two cores turn
+/// timeouts into false failures, and ports picked by [`free_port`] (bind, read, release) can be
+/// taken by another cluster's process before they are used.
+pub fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding the lock poisons it; the next one may still run.
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -26,6 +26,8 @@ struct Cluster {
     _dir: tempfile::TempDir,
     members: Vec<Member>,
     extra: Vec<String>,
+    /// Last, so that it is released after the members are stopped.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -49,6 +51,7 @@ impl Cluster {
     /// Starts `n` members (member 1 bootstraps the group), waits until all are registered, and
     /// creates pool `default` (3 replicas across racks).
     fn start(n: u64, extra: &[&str]) -> Cluster {
+        let serial = fabric_suite::one_cluster_at_a_time();
         let dir = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (1..=n)
             .map(|id| Member {
@@ -62,6 +65,7 @@ impl Cluster {
             _dir: dir,
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            _serial: serial,
         };
         for id in 1..=n {
             c.spawn(id);
@@ -405,6 +409,7 @@ fn status_reports_leader_and_every_member() {
 
 #[test]
 fn dev_with_three_nodes_forms_a_group_with_a_default_pool_and_still_serves_nbd() {
+    let _serial = fabric_suite::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // `start_with` returns once NBD listens, which is after the group formed.
     let mut dev = fabric_suite::DevNode::start_with(dir.path(), "vol0:64MiB", &["--nodes", "3"])

@@ -31,18 +31,13 @@ fn three_node_cluster(clients: &[&str]) -> Option<(Serial, tempfile::TempDir, Pa
     cluster(3, clients)
 }
 
-/// Held by the test that runs a cluster: one at a time, because a handful of clusters of four or
-/// five processes each would share two cores and turn request timeouts into false failures.
+/// Held by the test that runs a cluster; see `fabric_suite::one_cluster_at_a_time`.
 type Serial = std::sync::MutexGuard<'static, ()>;
 
 /// The same with `nodes` storage nodes.
 fn cluster(nodes: u32, clients: &[&str]) -> Option<(Serial, tempfile::TempDir, PathBuf, DevNode)> {
-    static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     tools(clients)?;
-    // A test that failed while holding the lock poisons it; the next one may still run.
-    let serial = ONE_CLUSTER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let serial = fabric_suite::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let nodes = nodes.to_string();
@@ -501,6 +496,11 @@ fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
     let started = std::time::Instant::now();
     wait_fully_redundant(&data);
     eprintln!("rebuild after node out took {:?}", started.elapsed());
+    let state = &volume_show(&data)["replica_state"];
+    assert_eq!(
+        state["pgs_rebuilding"], 0,
+        "finished rebuilds are cleared: {state}"
+    );
 
     // Every PG has three current replicas in distinct racks (one node per rack here), and the
     // data reads back with node 2 gone.

@@ -277,7 +277,7 @@ async fn resync_stale(
 async fn resync_one(
     volume: &ReplicatedVolume,
     name: &str,
-    client: &Client,
+    client: &Arc<Client>,
     group: usize,
     replica: SocketAddr,
     node: u64,
@@ -300,8 +300,39 @@ async fn resync_one(
             .map(|_| ())
             .map_err(|s| format!("restore node {node} in PG {group}: {}", s.message()))
     };
+    // Progress goes to the metadata service at most once a second (and at the end), so that
+    // `fabricctl volume show` can tell how far a rebuild has come.
+    let last_report: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let progress = |done: u64, total: u64| {
+        let mut last = last_report.lock().expect("last report");
+        if done != total && last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let client = Arc::clone(client);
+        let req = pb::ReportRebuildRequest {
+            volume: name.to_owned(),
+            progress: Some(pb::RebuildProgress {
+                pg: group as u32,
+                node,
+                done_bytes: done,
+                total_bytes: total,
+            }),
+        };
+        tokio::spawn(async move {
+            let sent = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.report_rebuild(req).await }
+                })
+                .await;
+            if let Err(s) = sent {
+                tracing::debug!(status = %s, "rebuild progress not recorded");
+            }
+        });
+    };
     let started = Instant::now();
-    match volume.resync(group, replica, restore).await {
+    match volume.resync(group, replica, progress, restore).await {
         Ok(report) => {
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,

@@ -678,8 +678,10 @@ async fn resync_under_concurrent_writes_leaves_the_stale_replica_identical() {
         })
     };
     let restored = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reports = Mutex::new(Vec::new());
+    let progress = |done, total| reports.lock().unwrap().push((done, total));
     let report = vol
-        .resync(0, nodes[2].addr, {
+        .resync(0, nodes[2].addr, progress, {
             let restored = Arc::clone(&restored);
             async move {
                 restored.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -688,6 +690,20 @@ async fn resync_under_concurrent_writes_leaves_the_stale_replica_identical() {
         })
         .await
         .expect("resync");
+    let reports = reports.into_inner().unwrap();
+    let (_, total) = reports[0];
+    assert_eq!(reports[0], (0, total), "progress starts at zero");
+    assert!(
+        total >= 8 * EXTENT,
+        "the 8 written extents at least: {total}"
+    );
+    assert!(
+        reports
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[1].1 == total),
+        "progress only grows: {reports:?}"
+    );
+    assert_eq!(reports.last().unwrap().0, total, "and ends complete");
     writer.await.unwrap();
     assert!(restored.load(std::sync::atomic::Ordering::SeqCst));
     assert!(report.extents_copied >= 8, "{report:?}");
@@ -728,7 +744,7 @@ async fn below_min_replicas_a_write_waits_for_a_resynced_replica_then_succeeds()
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished(), "below min_replicas the write waits");
-    vol.resync(0, nodes[2].addr, async { Ok(()) })
+    vol.resync(0, nodes[2].addr, |_, _| {}, async { Ok(()) })
         .await
         .expect("resync node 2");
     waiting

@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Attachment, NodeId, NodeRecord, NodeRegistration, Participation, Pool, PoolSpec, Volume,
-    VolumeSpec,
+    Attachment, NodeId, NodeRecord, NodeRegistration, Participation, Pool, PoolSpec,
+    RebuildProgress, Volume, VolumeSpec,
 };
 
 /// A change of the cluster state, tagged with the version of its encoding.
@@ -55,6 +55,12 @@ pub enum CommandV1 {
         volume: String,
         pg: u32,
         node: NodeId,
+    },
+    /// The writer of `volume` reports how far the rebuild of `node`'s stale replica in PG `pg`
+    /// has come; cleared when the replica is restored.
+    ReportRebuild {
+        volume: String,
+        progress: RebuildProgress,
     },
     /// Takes `node` out of placement (its PGs move elsewhere and are rebuilt there) or puts it
     /// back in.
@@ -154,6 +160,11 @@ impl std::fmt::Display for Command {
                 node,
                 participation,
             } => write!(f, "mark node {node} {participation:?}"),
+            CommandV1::ReportRebuild { volume, progress } => write!(
+                f,
+                "rebuild of node {} in PG {} of {volume}: {} of {} bytes",
+                progress.node, progress.pg, progress.done_bytes, progress.total_bytes
+            ),
             CommandV1::Once {
                 request_id,
                 command,

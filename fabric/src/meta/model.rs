@@ -176,6 +176,18 @@ pub struct Volume {
     /// replica current for one volume of a PG may be behind for another.
     #[serde(default)]
     pub stale: BTreeMap<u32, BTreeSet<NodeId>>,
+    /// Stale replicas being brought up to date, as the volume's writer last reported them.
+    #[serde(default)]
+    pub rebuilding: Vec<RebuildProgress>,
+}
+
+/// How far the resync of one stale replica has come.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildProgress {
+    pub pg: u32,
+    pub node: NodeId,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
 }
 
 impl Volume {

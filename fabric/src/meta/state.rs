@@ -11,7 +11,7 @@ use super::command::{Applied, Command, CommandError, CommandV1, Outcome};
 use super::model::{
     Attachment, EXTENT_SIZE_MAX_BYTES, Epochs, Health, NAME_LEN_MAX, NodeId, NodeRecord,
     NodeRegistration, PG_COUNT_MAX, Participation, PgMap, Pool, PoolSpec, REPLICAS_MAX,
-    VOLUME_BLOCK_BYTES, VOLUME_SIZE_MAX_BYTES, Volume, VolumeSpec,
+    RebuildProgress, VOLUME_BLOCK_BYTES, VOLUME_SIZE_MAX_BYTES, Volume, VolumeSpec,
 };
 use super::pgmap::{Topology, validate_registration};
 
@@ -111,6 +111,7 @@ impl ClusterState {
                 node,
                 participation,
             } => self.set_participation(*node, *participation),
+            CommandV1::ReportRebuild { volume, progress } => self.report_rebuild(volume, progress),
             CommandV1::Once { .. } => Err(CommandError::InvalidArgument(
                 "a request id wraps one plain command".into(),
             )),
@@ -240,6 +241,9 @@ impl ClusterState {
                         nodes.retain(|n| now.is_some_and(|r| r.contains(n)));
                         !nodes.is_empty()
                     });
+                    let stale = &v.stale;
+                    v.rebuilding
+                        .retain(|r| stale.get(&r.pg).is_some_and(|s| s.contains(&r.node)));
                 }
                 pool.map = PgMap {
                     epoch: pool.map.epoch + u64::from(moved),
@@ -320,6 +324,7 @@ impl ClusterState {
             attach_epoch: 0,
             attachment: None,
             stale: BTreeMap::new(),
+            rebuilding: Vec::new(),
         };
         self.volumes.insert(spec.name.clone(), volume.clone());
         Ok(Applied::Volume(volume))
@@ -373,9 +378,31 @@ impl ClusterState {
         Ok(Applied::Volume(v.clone()))
     }
 
+    /// Records how far the rebuild of a stale replica has come; refused for a replica that is
+    /// not stale (it has nothing to rebuild) or a report that claims more than its total.
+    fn report_rebuild(&mut self, volume: &str, progress: &RebuildProgress) -> Outcome {
+        let (pg, node) = (progress.pg, progress.node);
+        let (v, _) = self.volume_replica(volume, pg, node)?;
+        if !v.stale.get(&pg).is_some_and(|s| s.contains(&node)) {
+            return Err(CommandError::FailedPrecondition(format!(
+                "node {node} holds no stale replica of volume {volume} in PG {pg}"
+            )));
+        }
+        if progress.done_bytes > progress.total_bytes {
+            return Err(CommandError::InvalidArgument(format!(
+                "{} bytes done of {}",
+                progress.done_bytes, progress.total_bytes
+            )));
+        }
+        v.rebuilding.retain(|r| (r.pg, r.node) != (pg, node));
+        v.rebuilding.push(progress.clone());
+        Ok(Applied::Volume(v.clone()))
+    }
+
     /// Puts `node`'s replica of `volume` in `pg` back into the acting set. Idempotent.
     fn restore_replica(&mut self, volume: &str, pg: u32, node: NodeId) -> Outcome {
         let (v, _) = self.volume_replica(volume, pg, node)?;
+        v.rebuilding.retain(|r| (r.pg, r.node) != (pg, node));
         if let Some(stale) = v.stale.get_mut(&pg)
             && stale.remove(&node)
             && stale.is_empty()

@@ -3,7 +3,9 @@
 //! topology cannot satisfy refused by name, and the map surviving a snapshot round trip.
 
 use super::command::{Applied, CommandError, CommandV1};
-use super::model::{DiskInfo, Location, NodeRegistration, PoolSpec, Rule, VolumeSpec};
+use super::model::{
+    DiskInfo, Location, NodeRegistration, PoolSpec, RebuildProgress, Rule, VolumeSpec,
+};
 use super::state::ClusterState;
 
 fn register(state: &mut ClusterState, id: u64, rack: &str, tib: u64) {
@@ -171,6 +173,31 @@ fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
         "{absent:?}"
     );
 
+    // The writer reports the rebuild of node 2's copy; restoring it clears the report.
+    let report = |node, done| CommandV1::ReportRebuild {
+        volume: "a".into(),
+        progress: RebuildProgress {
+            pg: 7,
+            node,
+            done_bytes: done,
+            total_bytes: 8 << 20,
+        },
+    };
+    s.apply(&report(2, 4 << 20).into())
+        .expect("progress of a stale replica");
+    assert_eq!(s.volumes["a"].rebuilding.len(), 1);
+    s.apply(&report(2, 8 << 20).into())
+        .expect("progress replaces the last report");
+    assert_eq!(s.volumes["a"].rebuilding[0].done_bytes, 8 << 20);
+    assert!(matches!(
+        s.apply(&report(3, 0).into()),
+        Err(CommandError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        s.apply(&report(2, 9 << 20).into()),
+        Err(CommandError::InvalidArgument(_))
+    ));
+
     for node in [1, 2] {
         s.apply(
             &CommandV1::RestoreReplica {
@@ -184,6 +211,10 @@ fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
     }
     assert_eq!(s.volumes["a"].acting(7, &replicas).len(), 3);
     assert!(s.volumes["a"].stale.is_empty());
+    assert!(
+        s.volumes["a"].rebuilding.is_empty(),
+        "restored: no rebuild left"
+    );
 }
 
 #[test]

@@ -473,10 +473,19 @@ fn replica_state(v: &pb::Volume, pool: &pb::Pool) -> Value {
         }
     }
     let degraded = v.stale.iter().filter(|s| !s.nodes.is_empty()).count();
+    let mut rebuilding_pgs: Vec<u32> = v.rebuilding.iter().map(|r| r.pg).collect();
+    rebuilding_pgs.sort_unstable();
+    rebuilding_pgs.dedup();
     json!({
         "pgs_total": pool.pgs.len(),
         "pgs_full_redundancy": pool.pgs.len() - degraded,
         "pgs_degraded": degraded,
+        "pgs_rebuilding": rebuilding_pgs.len(),
+        "rebuild_bytes_done": v.rebuilding.iter().map(|r| r.done_bytes).sum::<u64>(),
+        "rebuild_bytes_total": v.rebuilding.iter().map(|r| r.total_bytes).sum::<u64>(),
+        "rebuilding": v.rebuilding.iter().map(|r| json!({
+            "pg": r.pg, "node": r.node, "done_bytes": r.done_bytes, "total_bytes": r.total_bytes,
+        })).collect::<Vec<_>>(),
         "stale": v.stale.iter().map(|s| json!({"pg": s.pg, "nodes": s.nodes})).collect::<Vec<_>>(),
         "current_replicas_per_node": per_node.iter().map(|(n, c)| (n.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
     })

@@ -278,6 +278,16 @@ impl From<&Volume> for pb::Volume {
                     nodes: nodes.iter().copied().collect(),
                 })
                 .collect(),
+            rebuilding: v
+                .rebuilding
+                .iter()
+                .map(|r| pb::RebuildProgress {
+                    pg: r.pg,
+                    node: r.node,
+                    done_bytes: r.done_bytes,
+                    total_bytes: r.total_bytes,
+                })
+                .collect(),
         }
     }
 }

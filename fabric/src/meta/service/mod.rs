@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use self::convert::{attachment_out, resize_in, status_of};
 use super::command::{Applied, CommandV1};
 use super::member::Member;
-use super::model::{NodeRegistration, Participation, PoolSpec, VolumeSpec};
+use super::model::{NodeRegistration, Participation, PoolSpec, RebuildProgress, VolumeSpec};
 use super::query::{Query, QueryReply};
 use super::types::MemberNode;
 
@@ -279,6 +279,22 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::Volume>, Status> {
         let pb::ReplicaRequest { volume, pg, node } = req.into_inner();
         self.volume_change(CommandV1::RemoveReplica { volume, pg, node })
+            .await
+    }
+
+    async fn report_rebuild(
+        &self,
+        req: Request<pb::ReportRebuildRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let pb::ReportRebuildRequest { volume, progress } = req.into_inner();
+        let p = progress.ok_or_else(|| Status::invalid_argument("progress is required"))?;
+        let progress = RebuildProgress {
+            pg: p.pg,
+            node: p.node,
+            done_bytes: p.done_bytes,
+            total_bytes: p.total_bytes,
+        };
+        self.volume_change(CommandV1::ReportRebuild { volume, progress })
             .await
     }
 

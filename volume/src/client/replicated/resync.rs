@@ -55,12 +55,15 @@ impl ReplicatedVolume {
     }
 
     /// Brings stale replica `target` of `group` up to date and back into the acting set.
-    /// `restore` records that in the metadata service; it runs while the volume's writes
-    /// are held, and the replica serves again only if it succeeds.
+    /// `progress(done, total)` hears how many bytes of the first pass are copied, once before
+    /// the first copy and after each. `restore` records the result in the metadata service; it
+    /// runs while the volume's writes are held, and the replica serves again only if it
+    /// succeeds.
     pub async fn resync<F>(
         &self,
         group: usize,
         target: SocketAddr,
+        progress: impl Fn(u64, u64),
         restore: F,
     ) -> Result<ResyncReport, VolumeError>
     where
@@ -88,13 +91,20 @@ impl ReplicatedVolume {
         let mut paced_since = Instant::now();
         let mut paced_bytes = 0;
         let mut seen_ios = inner.foreground_ios.load(Ordering::Relaxed);
-        for e in inner.differing(group, &t, &extents).await? {
+        let differing = inner.differing(group, &t, &extents).await?;
+        let total = differing.len() as u64 * EXTENT_SIZE_BYTES;
+        progress(0, total);
+        for e in differing {
             let range = inner.extent_lock(e);
             let held = inner.locks.lock(range.0, range.1).await;
             let copied = inner.copy_extent(group, &t, e).await?;
             drop(held);
             report.bytes_copied += copied;
             report.extents_copied += 1;
+            progress(
+                (report.extents_copied * EXTENT_SIZE_BYTES).min(total),
+                total,
+            );
             // While clients do IO, keep to the rate limit so they keep most of the disk.
             let ios = inner.foreground_ios.load(Ordering::Relaxed);
             if ios == seen_ios {
