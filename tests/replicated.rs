@@ -288,6 +288,72 @@ fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }
 
+/// Starts another gateway for `vol0` that attaches as `client` with `--force`, logging to
+/// `log`; returns it and its NBD URI once it listens.
+fn start_gateway(
+    data_dir: &std::path::Path,
+    log: &std::path::Path,
+    client: &str,
+) -> (Respawned, String) {
+    let cluster: Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("cluster.json")).unwrap()).unwrap();
+    let endpoints: Vec<&str> = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[1].as_str().unwrap())
+        .collect();
+    let port = fabric_suite::free_port();
+    let log = std::fs::File::create(log).unwrap();
+    let gateway = Respawned(
+        Command::new(workspace_bin("fabricd"))
+            .args(["gateway", "--volume", "vol0", "--force"])
+            .args(["--client-name", client])
+            .args(["--endpoints", &endpoints.join(",")])
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start a gateway"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway {client} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (gateway, format!("nbd://127.0.0.1:{port}/vol0"))
+}
+
+#[test]
+fn a_gateway_started_while_a_node_is_down_serves_from_the_others() {
+    let Some((_serial, dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+        return;
+    };
+    qemu_io_ok(&dev.uri(), "write -P 0x81 0 4M");
+    let pid = node_pid(&data, 3);
+    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 3");
+
+    let started = std::time::Instant::now();
+    let (_b, uri) = start_gateway(&data, &dir.path().join("gateway-b.log"), "host-b");
+    eprintln!(
+        "gateway up {:?} after start with node 3 down",
+        started.elapsed()
+    );
+    qemu_io_ok(&uri, "read -P 0x81 0 4M");
+    qemu_io_ok(&uri, "write -P 0x82 0 4M");
+    qemu_io_ok(&uri, "read -P 0x82 0 4M");
+    assert!(
+        volume_show(&data)["replica_state"]["pgs_degraded"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}
+
 /// Waits until the volume has no stale replica, or fails after 60 s.
 fn wait_fully_redundant(data_dir: &std::path::Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -359,42 +425,7 @@ fn after_a_forced_attach_the_old_gateway_is_refused_and_the_new_ones_writes_stay
     assert!(qemu_io(&old, "write -P 0x41 0 1M").status.success());
 
     // A second gateway takes the volume over.
-    let cluster: Value =
-        serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
-    let endpoints: Vec<&str> = cluster["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m[1].as_str().unwrap())
-        .collect();
-    let port = fabric_suite::free_port();
-    let log = std::fs::File::create(dir.path().join("gateway-b.log")).unwrap();
-    let _b = Respawned(
-        Command::new(workspace_bin("fabricd"))
-            .args([
-                "gateway",
-                "--volume",
-                "vol0",
-                "--client-name",
-                "host-b",
-                "--force",
-            ])
-            .args(["--endpoints", &endpoints.join(",")])
-            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start gateway b"),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gateway b never listened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let new = format!("nbd://127.0.0.1:{port}/vol0");
+    let (_b, new) = start_gateway(&data, &dir.path().join("gateway-b.log"), "host-b");
     let shown = volume_show(&data);
     assert_eq!(shown["attached_to"], "host-b", "{shown}");
     assert_eq!(shown["attach_epoch"], 2, "{shown}");

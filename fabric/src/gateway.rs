@@ -10,7 +10,7 @@
 //! extents that changed), then restores them through `RestoreReplica`. What is not here yet:
 //! the PG map is read once at start, not followed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -30,8 +30,10 @@ use volume::wire::VolumeId;
 
 use crate::meta::client::Client;
 
-/// How long the gateway waits for every replica of a volume to hold it before giving up.
+/// How long the gateway waits for `min_replicas` of every PG to hold a volume before giving up.
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
+/// How long it waits for the rest, once every PG has `min_replicas` ready.
+pub const REPLICAS_GRACE_MS: u64 = 3_000;
 /// How often the gateway looks for stale replicas that answer again.
 pub const RESYNC_INTERVAL_MS: u64 = 1_000;
 /// Stale replicas resynced at once: their first passes overlap, so a rebuild after a node
@@ -177,7 +179,7 @@ async fn open_volume(
     });
     let replicated = ReplicatedVolume::new(config, acting.clone(), observer)
         .context("set up the replicated volume")?;
-    wait_until_replicas_hold(&replicated, &acting).await?;
+    wait_until_replicas_hold(&replicated, &acting, rule.min_replicas as usize).await?;
     // A flush carries the new epoch to every replica, which persists it: from here on a gateway
     // holding an older attach is refused, not merely outranked in the metadata.
     replicated
@@ -458,29 +460,56 @@ impl AclObserver for ClusterObserver {
     }
 }
 
-/// Waits until every replica answers for the volume: the storage agents create it a moment
-/// after the metadata service does.
+/// Waits until the replicas hold the volume (the storage agents create it a moment after the
+/// metadata service does): all of them, or, once `REPLICAS_GRACE_MS` have passed, at least
+/// `min_replicas` in every group. A replica that is down then fails its first request and
+/// leaves the acting set like any other; the gateway does not wait for a node that may never
+/// come back.
 async fn wait_until_replicas_hold(
     volume: &ReplicatedVolume,
     acting: &ActingSets,
+    min_replicas: usize,
 ) -> anyhow::Result<()> {
-    let mut replicas: Vec<SocketAddr> = acting.groups.iter().flatten().copied().collect();
-    replicas.sort();
-    replicas.dedup();
-    let deadline = Instant::now() + Duration::from_millis(REPLICAS_READY_TIMEOUT_MS);
-    for replica in replicas {
-        loop {
+    let started = Instant::now();
+    let mut ready: HashSet<SocketAddr> = HashSet::new();
+    loop {
+        let mut waiting: Vec<SocketAddr> = acting
+            .groups
+            .iter()
+            .flatten()
+            .filter(|r| !ready.contains(r))
+            .copied()
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        for replica in waiting {
             match volume.extent_versions(replica, 0, 1).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!(%replica, error = %e, "replica not ready");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(_) => {
+                    ready.insert(replica);
                 }
-                Err(e) => bail!(
-                    "replica {replica} does not hold the volume after {REPLICAS_READY_TIMEOUT_MS} ms: {e}"
-                ),
+                Err(e) => tracing::debug!(%replica, error = %e, "replica not ready"),
             }
         }
+        let short = acting
+            .groups
+            .iter()
+            .position(|g| g.iter().filter(|r| ready.contains(r)).count() < min_replicas);
+        let all = acting.groups.iter().flatten().all(|r| ready.contains(r));
+        let waited = started.elapsed();
+        if all || (short.is_none() && waited >= Duration::from_millis(REPLICAS_GRACE_MS)) {
+            if !all {
+                tracing::warn!(
+                    "serving with some replicas not answering; they leave the acting set on first use"
+                );
+            }
+            return Ok(());
+        }
+        if waited >= Duration::from_millis(REPLICAS_READY_TIMEOUT_MS) {
+            bail!(
+                "PG {} has fewer than {min_replicas} replicas holding the volume after {REPLICAS_READY_TIMEOUT_MS} ms",
+                short.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
