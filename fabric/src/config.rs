@@ -36,7 +36,8 @@ pub struct DevArgs {
     /// IO engine for the node's disk.
     #[arg(long, value_enum, default_value_t = IoEngine::Uring)]
     pub io_engine: IoEngine,
-    /// Also run a metadata group of N `fabricd node` processes (1 to 7; 1, 3 or 5 make sense).
+    /// Run a local cluster instead: N `fabricd node` processes (storage and metadata, one rack
+    /// each; 1 to 7) and a gateway serving the volumes, 3-way replicated, over NBD.
     #[arg(long)]
     pub nodes: Option<u32>,
 }
@@ -77,6 +78,12 @@ impl TryFrom<DevArgs> for DevConfig {
             let max = crate::meta::launch::DEV_NODES_MAX;
             if n == 0 || n > max {
                 anyhow::bail!("--nodes {n}: want 1 to {max}");
+            }
+            if nbd_unix.is_some() {
+                anyhow::bail!("--nbd-unix is served by the single node only, not with --nodes");
+            }
+            if io_engine != IoEngine::Uring {
+                anyhow::bail!("--io-engine is for the single node; cluster nodes use io_uring");
             }
         }
         let nbd_listen: SocketAddr = nbd_listen

@@ -17,6 +17,15 @@ fn bad_flags_are_refused_with_a_reason() {
             vec!["--volume", "a:1MiB", "--volume", "a:2MiB"],
             "given twice",
         ),
+        (vec!["--nodes", "0"], "want 1 to"),
+        (
+            vec!["--nodes", "3", "--nbd-unix", "x.sock"],
+            "single node only",
+        ),
+        (
+            vec!["--nodes", "3", "--io-engine", "portable"],
+            "cluster nodes use io_uring",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = fabricd()
