@@ -45,6 +45,31 @@ fn cluster(nodes: u32, clients: &[&str]) -> Option<(Serial, tempfile::TempDir, P
     Some((serial, dir, data, dev))
 }
 
+/// The nodes of every PG of the first pool, primary first.
+fn pg_nodes(data_dir: &std::path::Path) -> Vec<Vec<u64>> {
+    let pools = fabricctl(data_dir, &["pool", "list"]);
+    pools[0]["pgs"]
+        .as_array()
+        .expect("PG map")
+        .iter()
+        .map(|pg| {
+            pg.as_array()
+                .expect("PG")
+                .iter()
+                .map(|n| n.as_u64().expect("node id"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Three replicas on three distinct nodes (each in its own rack in a dev cluster).
+fn assert_distinct(nodes: &[u64]) {
+    let mut distinct = nodes.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "three distinct nodes: {nodes:?}");
+}
+
 /// Pid of storage node `id` of the cluster in `data_dir`, from `fabricctl status --json`.
 fn node_pid(data_dir: &std::path::Path, id: u64) -> u32 {
     let status = fabricctl(data_dir, &["status"]);
@@ -167,18 +192,9 @@ fn four_nodes_kill_one_under_fio_verify_mark_it_out_rebuild_and_verify_again() {
     // the three replicas of every PG still on distinct nodes (one rack each).
     fabricctl(&data, &["node", "out", "2"]);
     wait_fully_redundant(&data);
-    let pools = fabricctl(&data, &["pool", "list"]);
-    for pg in pools[0]["pgs"].as_array().unwrap() {
-        let mut nodes: Vec<u64> = pg
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap())
-            .collect();
-        assert!(!nodes.contains(&2), "node 2 is out: {pg}");
-        nodes.sort_unstable();
-        nodes.dedup();
-        assert_eq!(nodes.len(), 3, "three distinct nodes: {pg}");
+    for nodes in pg_nodes(&data) {
+        assert!(!nodes.contains(&2), "node 2 is out: {nodes:?}");
+        assert_distinct(&nodes);
     }
 
     // Everything fio wrote, and what was written before, reads back and verifies.
@@ -461,10 +477,9 @@ fn a_corrupt_block_on_the_primary_is_read_from_another_replica_and_repaired() {
     qemu_io_ok(&dev.uri(), "write -P 0x51 0 1M");
 
     // The node that serves reads of extent 0 first: its PG's primary.
-    let pools = fabricctl(&data, &["pool", "list"]);
-    let pgs = pools[0]["pgs"].as_array().expect("PG map");
+    let pgs = pg_nodes(&data);
     let pg = volume::client::pg_of(volume::wire::VolumeId(1), 0, pgs.len());
-    let primary = pgs[pg][0].as_u64().expect("primary");
+    let primary = pgs[pg][0];
     let file = data.join(format!(
         "node-{primary}/store/volumes/r-0000000000000001/data"
     ));
@@ -507,12 +522,9 @@ fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
     let uri = dev.uri();
     qemu_io_ok(&uri, "write -P 0x61 0 32M");
     let held_by = |node: u64| {
-        let pools = fabricctl(&data, &["pool", "list"]);
-        pools[0]["pgs"]
-            .as_array()
-            .unwrap()
+        pg_nodes(&data)
             .iter()
-            .filter(|pg| pg.as_array().unwrap().contains(&Value::from(node)))
+            .filter(|nodes| nodes.contains(&node))
             .count()
     };
     assert!(held_by(2) > 0, "node 2 holds PGs before it is marked out");
@@ -535,17 +547,8 @@ fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
 
     // Every PG has three current replicas in distinct racks (one node per rack here), and the
     // data reads back with node 2 gone.
-    let pools = fabricctl(&data, &["pool", "list"]);
-    for pg in pools[0]["pgs"].as_array().unwrap() {
-        let mut nodes: Vec<u64> = pg
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap())
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        assert_eq!(nodes.len(), 3, "{pg}");
+    for nodes in pg_nodes(&data) {
+        assert_distinct(&nodes);
     }
     let pid = node_pid(&data, 2);
     run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 2");

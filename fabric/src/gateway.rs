@@ -67,20 +67,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .client_name
         .clone()
         .unwrap_or_else(|| format!("gateway-{}", args.nbd_listen));
-    let nodes = client
-        .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
-        .await
-        .context("list nodes")?
-        .nodes;
-    let pools = client
-        .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
-        .await
-        .context("list pools")?
-        .pools;
     let mut exports: Vec<Arc<dyn BlockVolume>> = Vec::new();
     let mut resyncs = tokio::task::JoinSet::new();
     for name in &args.volumes {
-        let (volume, node_of) = open_volume(&client, name, &attach_as, args.force, &nodes, &pools)
+        let (volume, node_of) = open_volume(&client, name, &attach_as, args.force)
             .await
             .with_context(|| format!("open volume {name}"))?;
         resyncs.spawn(resync_stale(
@@ -122,29 +112,62 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the gateway reads of the cluster for one volume: the volume (with its stale replicas),
+/// its pool (with the PG map) and the nodes (with their data addresses).
+struct VolumeMap {
+    volume: pb::Volume,
+    pool: pb::Pool,
+    nodes: Vec<pb::Node>,
+}
+
+impl VolumeMap {
+    async fn fetch(client: &Client, name: &str) -> anyhow::Result<VolumeMap> {
+        let get = pb::GetVolumeRequest { name: name.into() };
+        let volume = client
+            .call(|mut c| {
+                let get = get.clone();
+                async move { c.get_volume(get).await }
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("volume {name}: {}", s.message()))?;
+        let pools = client
+            .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
+            .await
+            .context("list pools")?
+            .pools;
+        let nodes = client
+            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
+            .await
+            .context("list nodes")?
+            .nodes;
+        let pool = pools
+            .into_iter()
+            .find(|p| p.name == volume.pool)
+            .with_context(|| format!("pool {} is not listed", volume.pool))?;
+        Ok(VolumeMap {
+            volume,
+            pool,
+            nodes,
+        })
+    }
+
+    /// The acting sets and the node behind each replica address.
+    fn acting_sets(&self) -> anyhow::Result<(ActingSets, HashMap<SocketAddr, u64>)> {
+        acting_sets(&self.pool, &self.volume, &self.nodes)
+    }
+}
+
 /// Attaches `name` and builds its replicated volume from the pool's PG map.
 async fn open_volume(
     client: &Arc<Client>,
     name: &str,
     attach_as: &str,
     force: bool,
-    nodes: &[pb::Node],
-    pools: &[pb::Pool],
 ) -> anyhow::Result<(ReplicatedVolume, NodeAddresses)> {
-    let get = pb::GetVolumeRequest { name: name.into() };
-    let volume = client
-        .call(|mut c| {
-            let get = get.clone();
-            async move { c.get_volume(get).await }
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    let pool = pools
-        .iter()
-        .find(|p| p.name == volume.pool)
-        .with_context(|| format!("pool {} is not listed", volume.pool))?;
-    let rule = pool.rule.clone().context("pool without a rule")?;
-    let (acting, node_of) = acting_sets(pool, &volume, nodes)?;
+    let map = VolumeMap::fetch(client, name).await?;
+    let volume = &map.volume;
+    let rule = map.pool.rule.clone().context("pool without a rule")?;
+    let (acting, node_of) = map.acting_sets()?;
     let node_of = Arc::new(RwLock::new(node_of));
     // One request id for every retry: a retried attach returns the epoch it granted rather
     // than granting another, which would fence this gateway by its own retry.
@@ -201,26 +224,7 @@ async fn follow_map(
     client: &Client,
     node_of: &NodeAddresses,
 ) -> anyhow::Result<()> {
-    let get = pb::GetVolumeRequest { name: name.into() };
-    let v = client
-        .call(|mut c| {
-            let get = get.clone();
-            async move { c.get_volume(get).await }
-        })
-        .await?;
-    let pools = client
-        .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
-        .await?
-        .pools;
-    let nodes = client
-        .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
-        .await?
-        .nodes;
-    let pool = pools
-        .iter()
-        .find(|p| p.name == v.pool)
-        .with_context(|| format!("pool {} is not listed", v.pool))?;
-    let (acting, addresses) = acting_sets(pool, &v, &nodes)?;
+    let (acting, addresses) = VolumeMap::fetch(client, name).await?.acting_sets()?;
     *node_of.write().expect("node addresses") = addresses;
     volume
         .follow(&acting)

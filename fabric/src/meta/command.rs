@@ -118,7 +118,13 @@ pub type Outcome = Result<Applied, CommandError>;
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Command::V1(c) = self;
-        match c {
+        c.fmt(f)
+    }
+}
+
+impl std::fmt::Display for CommandV1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
             CommandV1::RegisterNode(r) => write!(f, "register node {} at {}", r.id, r.rpc_addr),
             CommandV1::Heartbeat { node, at_ms } => {
                 write!(f, "heartbeat of node {node} at {at_ms} ms")
@@ -168,11 +174,7 @@ impl std::fmt::Display for Command {
             CommandV1::Once {
                 request_id,
                 command,
-            } => write!(
-                f,
-                "{} (request {request_id})",
-                Command::V1((**command).clone())
-            ),
+            } => write!(f, "{command} (request {request_id})"),
         }
     }
 }

@@ -134,15 +134,7 @@ impl Member {
                 outcome: resp.data,
                 log_index: resp.log_id.index(),
             },
-            Ok(Err(e)) => match e.forward_to_leader() {
-                Some(f) => ForwardReply::NotLeader {
-                    leader: f
-                        .leader_id
-                        .zip(f.leader_node.as_ref())
-                        .map(|(id, node)| (id, node.rpc_addr.clone())),
-                },
-                None => ForwardReply::Unavailable(e.to_string()),
-            },
+            Ok(Err(e)) => not_leader_or_unavailable(e.forward_to_leader(), &e),
         }
     }
 
@@ -154,15 +146,24 @@ impl Member {
                 "leadership not confirmed within {READ_DEADLINE_MS} ms"
             )),
             Ok(Ok(_)) => ForwardReply::Read(self.sm.read(|state, _| evaluate(state, query))),
-            Ok(Err(e)) => match e.forward_to_leader() {
-                Some(f) => ForwardReply::NotLeader {
-                    leader: f
-                        .leader_id
-                        .zip(f.leader_node.as_ref())
-                        .map(|(id, node)| (id, node.rpc_addr.clone())),
-                },
-                None => ForwardReply::Unavailable(e.to_string()),
-            },
+            Ok(Err(e)) => not_leader_or_unavailable(e.forward_to_leader(), &e),
         }
+    }
+}
+
+/// The reply to a request this member could not serve: where the leader is, if the error says,
+/// or the error itself.
+fn not_leader_or_unavailable(
+    forward: Option<&openraft::error::ForwardToLeader<super::types::TypeConfig>>,
+    error: &dyn std::fmt::Display,
+) -> ForwardReply {
+    match forward {
+        Some(f) => ForwardReply::NotLeader {
+            leader: f
+                .leader_id
+                .zip(f.leader_node.as_ref())
+                .map(|(id, node)| (id, node.rpc_addr.clone())),
+        },
+        None => ForwardReply::Unavailable(error.to_string()),
     }
 }

@@ -61,6 +61,22 @@ struct Inner {
     locks: Arc<RangeLock>,
 }
 
+/// Why a group cannot take a write.
+enum Blocked {
+    /// A failed replica could not be removed from the acting set: writing without it would
+    /// acknowledge what a member of the acting set missed.
+    Stuck(String),
+    /// Fewer than `min_replicas` live replicas; a resync may bring one back.
+    BelowMin(String),
+}
+
+impl Blocked {
+    fn into_error(self) -> VolumeError {
+        let (Blocked::Stuck(why) | Blocked::BelowMin(why)) = self;
+        VolumeError::Io(why)
+    }
+}
+
 /// One replica of one group: in the acting set, or out of it (stale) until resynced.
 struct Replica {
     link: Arc<Link>,
@@ -246,23 +262,55 @@ impl ReplicatedVolume {
                     .map(|r| Arc::clone(&r.link))
             })
             .ok_or_else(|| VolumeError::Io(format!("{replica} is not a replica of this volume")))?;
-        let header = self
-            .inner
-            .header(Op::GetExtentVersions, first, count, 0, WriteVersion::NONE);
-        match outcome(link.probe(Request::new(header)).await) {
-            Outcome::Acked(payload) => decode_versions(&payload)
-                .filter(|v| v.len() == count as usize)
-                .ok_or_else(|| VolumeError::Io(format!("{replica}: malformed versions reply"))),
-            Outcome::Fenced(e) => Err(VolumeError::Io(format!("{replica}: fenced by epoch {e}"))),
-            Outcome::Corrupt => Err(VolumeError::Io(format!(
-                "{replica}: corrupt versions reply"
-            ))),
-            Outcome::Failed(why) => Err(VolumeError::Io(why)),
-        }
+        self.inner.versions(&link, first, count, Reach::Probe).await
     }
 }
 
+/// Whether a call may go to a replica that timed out before (see [`Link::probe`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Responsive,
+    Probe,
+}
+
 impl Inner {
+    /// Versions of extents `first..first + count` on the replica behind `link`.
+    async fn versions(
+        &self,
+        link: &Link,
+        first: u64,
+        count: u32,
+        reach: Reach,
+    ) -> Result<Vec<WriteVersion>, VolumeError> {
+        assert!(count <= VERSIONS_PER_REQUEST_MAX);
+        let req =
+            Request::new(self.header(Op::GetExtentVersions, first, count, 0, WriteVersion::NONE));
+        let reply = match reach {
+            Reach::Responsive => link.call(req).await,
+            Reach::Probe => link.probe(req).await,
+        };
+        let payload = self.answer(reply, link.addr())?;
+        decode_versions(&payload)
+            .filter(|v| v.len() == count as usize)
+            .ok_or_else(|| VolumeError::Io(format!("{}: malformed versions reply", link.addr())))
+    }
+
+    /// The payload of an acked reply, or the reason it was not acked.
+    fn answer(
+        &self,
+        reply: Result<crate::wire::Reply, super::LinkError>,
+        from: SocketAddr,
+    ) -> Result<Bytes, VolumeError> {
+        match outcome(reply) {
+            Outcome::Acked(payload) => Ok(payload),
+            Outcome::Fenced(current) => Err(VolumeError::Io(format!(
+                "{from}: fenced by attach epoch {current}"
+            ))),
+            Outcome::Corrupt => Err(VolumeError::Io(format!("{from}: checksum failure"))),
+            Outcome::Failed(why) => Err(VolumeError::Io(format!("{from}: {why}"))),
+        }
+    }
+
     fn header(&self, op: Op, offset: u64, len: u32, flags: u8, v: WriteVersion) -> RequestHeader {
         RequestHeader {
             op,
@@ -360,21 +408,27 @@ impl Inner {
     /// Live replicas of `group`, or why the group cannot take a write.
     fn writable(&self, group: usize) -> Result<Vec<Arc<Replica>>, VolumeError> {
         let replicas = self.members(group);
+        match self.blocked(group, &replicas) {
+            Some(blocked) => Err(blocked.into_error()),
+            None => Ok(replicas.iter().filter(|r| r.live()).cloned().collect()),
+        }
+    }
+
+    /// Why `group`, with members `replicas`, cannot take a write now, if it cannot.
+    fn blocked(&self, group: usize, replicas: &[Arc<Replica>]) -> Option<Blocked> {
         if let Some(r) = replicas.iter().find(|r| r.stuck()) {
-            return Err(VolumeError::Io(format!(
+            return Some(Blocked::Stuck(format!(
                 "replica {} failed and could not be removed from group {group}",
                 r.link.addr()
             )));
         }
-        let live: Vec<Arc<Replica>> = replicas.iter().filter(|r| r.live()).cloned().collect();
-        if live.len() < self.config.min_replicas {
-            return Err(VolumeError::Io(format!(
-                "group {group} has {} live replicas, fewer than min_replicas {}",
-                live.len(),
+        let live = replicas.iter().filter(|r| r.live()).count();
+        (live < self.config.min_replicas).then(|| {
+            Blocked::BelowMin(format!(
+                "group {group} has {live} live replicas, fewer than min_replicas {}",
                 self.config.min_replicas
-            )));
-        }
-        Ok(live)
+            ))
+        })
     }
 
     /// Waits, up to `below_min_wait_ms`, while `group` has fewer than `min_replicas` live
@@ -383,15 +437,13 @@ impl Inner {
         let deadline =
             std::time::Instant::now() + Duration::from_millis(self.config.below_min_wait_ms);
         loop {
-            let error = match self.writable(group) {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
-            let stuck = self.members(group).iter().any(|r| r.stuck());
-            if stuck || std::time::Instant::now() >= deadline {
-                return Err(error);
+            match self.blocked(group, &self.members(group)) {
+                None => return Ok(()),
+                Some(Blocked::BelowMin(_)) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(BELOW_MIN_POLL_MS)).await;
+                }
+                Some(blocked) => return Err(blocked.into_error()),
             }
-            tokio::time::sleep(Duration::from_millis(BELOW_MIN_POLL_MS)).await;
         }
     }
 
@@ -600,7 +652,9 @@ impl Inner {
             return Err(self.fence(current));
         }
         for g in 0..self.groups.len() {
-            self.writable(g)?;
+            if let Some(blocked) = self.blocked(g, &self.members(g)) {
+                return Err(blocked.into_error());
+            }
         }
         Ok(())
     }

@@ -23,11 +23,9 @@ use bytes::Bytes;
 use crate::volume::VolumeError;
 use crate::wire::{
     EXTENT_SIZE_BYTES, FLAG_MAY_TRIM, Op, Request, VERSIONS_PER_REQUEST_MAX, WriteVersion,
-    decode_versions,
 };
 
-use super::super::link::{Outcome, outcome};
-use super::{Inner, LOCK_BLOCK_BYTES, Replica, ReplicatedVolume};
+use super::{Inner, LOCK_BLOCK_BYTES, Reach, Replica, ReplicatedVolume};
 
 /// Most bytes a resync copies per second while clients do IO (the first pass).
 pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
@@ -178,12 +176,7 @@ impl Inner {
         let mut first = 0;
         while first < total {
             let count = (total - first).min(u64::from(VERSIONS_PER_REQUEST_MAX)) as u32;
-            let header = self.header(Op::GetExtentVersions, first, count, 0, WriteVersion::NONE);
-            let payload = self.answer(link.call(Request::new(header)).await, link.addr())?;
-            let versions = decode_versions(&payload)
-                .filter(|v| v.len() == count as usize)
-                .ok_or_else(|| VolumeError::Io(format!("{}: malformed versions", link.addr())))?;
-            out.extend(versions);
+            out.extend(self.versions(link, first, count, Reach::Responsive).await?);
             first += u64::from(count);
         }
         Ok(out)
@@ -216,11 +209,7 @@ impl Inner {
         );
         let source = &s.link;
         let target = &t.link;
-        let header = self.header(Op::GetExtentVersions, e, 1, 0, WriteVersion::NONE);
-        let payload = self.answer(source.call(Request::new(header)).await, source.addr())?;
-        let version = decode_versions(&payload)
-            .and_then(|v| v.first().copied())
-            .ok_or_else(|| VolumeError::Io(format!("{}: malformed versions", source.addr())))?;
+        let version = self.versions(source, e, 1, Reach::Responsive).await?[0];
         if version == WriteVersion::NONE {
             // The source never wrote the extent, so the target cannot hold a newer write of it.
             return Ok(0);
@@ -242,22 +231,6 @@ impl Inner {
         };
         self.answer(target.call(write).await, target.addr())?;
         Ok(u64::from(len))
-    }
-
-    /// The payload of an acked reply, or the reason it was not acked.
-    fn answer(
-        &self,
-        reply: Result<crate::wire::Reply, super::super::LinkError>,
-        from: SocketAddr,
-    ) -> Result<Bytes, VolumeError> {
-        match outcome(reply) {
-            Outcome::Acked(payload) => Ok(payload),
-            Outcome::Fenced(current) => Err(VolumeError::Io(format!(
-                "{from}: fenced by attach epoch {current}"
-            ))),
-            Outcome::Corrupt => Err(VolumeError::Io(format!("{from}: checksum failure"))),
-            Outcome::Failed(why) => Err(VolumeError::Io(format!("{from}: {why}"))),
-        }
     }
 }
 

@@ -183,8 +183,12 @@ impl Engine {
         }
     }
 
-    /// Hands what is queued in the submission ring to the kernel, without waiting.
+    /// Hands what is queued in the submission ring to the kernel, without waiting; no syscall
+    /// when nothing is queued (a request that went to the backlog, a reap that started nothing).
     fn submit(&mut self) {
+        if self.ring.submission().is_empty() {
+            return;
+        }
         match self.ring.submit() {
             Ok(_) => {}
             // The completion ring is full or the kernel is short of memory: the entries stay
