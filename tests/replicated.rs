@@ -231,14 +231,35 @@ fn qemu_io_ok(uri: &str, cmd: &str) {
         .unwrap_or_else(|e| panic!("qemu-io {cmd}: {e}"));
 }
 
-/// Bytes the gateway's resyncs copied so far, from its log.
+/// Bytes the gateway's resyncs copied, from its log, once its last round of resyncs has
+/// finished. A replica is restored in the metadata before its resync logs "resync done", and
+/// the round logs "resync round done" after all of its resyncs, so the test waits for that.
 fn resync_bytes_copied(data_dir: &std::path::Path) -> u64 {
-    let log = std::fs::read_to_string(data_dir.join("gateway/fabricd.log")).expect("gateway log");
-    log.lines()
-        .filter(|l| l.contains("resync done"))
-        .filter_map(|l| l.split("bytes_copied=").nth(1))
-        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log =
+            std::fs::read_to_string(data_dir.join("gateway/fabricd.log")).expect("gateway log");
+        let resyncs: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("resync done") || l.contains("resync round done"))
+            .collect();
+        if resyncs
+            .last()
+            .is_some_and(|l| l.contains("resync round done"))
+        {
+            return resyncs
+                .iter()
+                .filter(|l| l.contains("resync done"))
+                .filter_map(|l| l.split("bytes_copied=").nth(1))
+                .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .sum();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not finish a round of resyncs: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn volume_show(data_dir: &std::path::Path) -> Value {
@@ -494,23 +515,23 @@ fn a_corrupt_block_on_the_primary_is_read_from_another_replica_and_repaired() {
     copy.write_all_at(&[byte[0] ^ 0x10], 4096 + 7).unwrap();
     copy.sync_all().unwrap();
 
-    // The read fails over and returns good data; the primary's copy is then rewritten.
+    // The read fails over and returns good data; the primary's copy is then rewritten, and the
+    // gateway logs the repair once the replica has acknowledged it (so after the file changed).
     qemu_io_ok(&dev.uri(), "read -P 0x51 0 1M");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         copy.read_exact_at(&mut byte, 4096 + 7).unwrap();
-        if byte[0] == 0x51 {
+        let log = std::fs::read_to_string(data.join("gateway/fabricd.log")).unwrap_or_default();
+        if byte[0] == 0x51 && log.contains("bad copy repaired") {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "node {primary}'s bad block was not repaired: {}",
-            std::fs::read_to_string(data.join("gateway/fabricd.log")).unwrap_or_default()
+            "node {primary}'s bad block was not repaired and logged (byte {:#x}): {log}",
+            byte[0]
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let log = std::fs::read_to_string(data.join("gateway/fabricd.log")).unwrap();
-    assert!(log.contains("bad copy repaired"), "the repair is logged");
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }
 
