@@ -728,6 +728,57 @@ async fn resync_under_concurrent_writes_leaves_the_stale_replica_identical() {
     assert!(recorder.failed_replicas().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_being_resynced_gets_the_writes_made_meanwhile() {
+    let nodes = three_nodes().await;
+    let (vol, recorder) = client_with_node_2_stale(&nodes, BELOW_MIN_WAIT_MS);
+    for e in 0..4 {
+        vol.write(e * EXTENT, pattern(EXTENT as usize, e as u8 + 1), false)
+            .await
+            .unwrap();
+    }
+
+    // Once the resync has compared versions (its first progress report), a write lands on
+    // extent 10, which no replica held before; the resync waits for it before it copies.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (written_tx, written_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let (vol, started) = (vol.clone(), Arc::clone(&started));
+        tokio::spawn(async move {
+            started.notified().await;
+            vol.write(10 * EXTENT, pattern(4096, 0x5a), false)
+                .await
+                .unwrap();
+            written_tx.send(()).unwrap();
+        })
+    };
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let progress = |_, _| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            started.notify_one();
+            written_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the write during the resync completes");
+        }
+    };
+    let report = vol
+        .resync(0, nodes[2].addr, progress, async { Ok(()) })
+        .await
+        .expect("resync");
+    writer.await.unwrap();
+
+    // Only the four extents written before were copied: the write made during the resync
+    // reached node 2 directly, so extent 10's versions already matched at the end.
+    assert_eq!(report.extents_copied, 4, "{report:?}");
+    let got = nodes[2].local().read(10 * EXTENT, 4096).await.unwrap();
+    same(
+        &got,
+        &pattern(4096, 0x5a),
+        "the write made during the resync on node 2",
+    );
+    assert!(recorder.failed_replicas().is_empty());
+}
+
 #[tokio::test]
 async fn below_min_replicas_a_write_waits_for_a_resynced_replica_then_succeeds() {
     let nodes = three_nodes().await;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -61,6 +61,12 @@ struct Inner {
     locks: Arc<RangeLock>,
 }
 
+/// Where one write of a group goes; see [`Inner::writable`].
+struct Writable {
+    live: Vec<Arc<Replica>>,
+    catching_up: Vec<Arc<Replica>>,
+}
+
 /// Why a group cannot take a write.
 enum Blocked {
     /// A failed replica could not be removed from the acting set: writing without it would
@@ -85,7 +91,18 @@ struct Replica {
     /// can then take no writes, since the replica is still in the acting set but cannot be
     /// written). A resynced replica gets a fresh, unset cell.
     removal: Mutex<Arc<OnceCell<bool>>>,
+    /// For a stale replica under resync: one of the `CATCH_UP_*` states. While it catches up it
+    /// gets every write of the group, but serves no read and does not count towards
+    /// `min_replicas`.
+    catch_up: AtomicU8,
 }
+
+/// Not being resynced: gets no writes.
+const CATCH_UP_OFF: u8 = 0;
+/// Being resynced: gets every write, and so far has acknowledged every one.
+const CATCH_UP_ON: u8 = 1;
+/// Being resynced, but a write to it failed: this resync cannot make it current.
+const CATCH_UP_MISSED: u8 = 2;
 
 impl Replica {
     fn new(link: Arc<Link>, stale: bool) -> Replica {
@@ -96,6 +113,7 @@ impl Replica {
         Replica {
             link,
             removal: Mutex::new(Arc::new(cell)),
+            catch_up: AtomicU8::new(CATCH_UP_OFF),
         }
     }
     fn removal(&self) -> Arc<OnceCell<bool>> {
@@ -113,6 +131,11 @@ impl Replica {
     /// Back into the acting set, after a resync.
     fn restore(&self) {
         *self.removal.lock().expect("replica removal cell") = Arc::new(OnceCell::new());
+        self.catch_up.store(CATCH_UP_OFF, Ordering::Release);
+    }
+    /// Whether writes of the group go to this stale replica too (see [`Replica::catch_up`]).
+    fn catching_up(&self) -> bool {
+        self.catch_up.load(Ordering::Acquire) == CATCH_UP_ON
     }
 }
 
@@ -405,13 +428,23 @@ impl Inner {
             .await
     }
 
-    /// Live replicas of `group`, or why the group cannot take a write.
-    fn writable(&self, group: usize) -> Result<Vec<Arc<Replica>>, VolumeError> {
+    /// The replicas a write of `group` goes to: the live ones, which must all hold it before
+    /// it is acknowledged, and those catching up, which get it but are not waited on to
+    /// acknowledge it. Or why the group cannot take a write. One snapshot of the members, so a
+    /// replica that catches up cannot miss a write through a concurrent map change.
+    fn writable(&self, group: usize) -> Result<Writable, VolumeError> {
         let replicas = self.members(group);
-        match self.blocked(group, &replicas) {
-            Some(blocked) => Err(blocked.into_error()),
-            None => Ok(replicas.iter().filter(|r| r.live()).cloned().collect()),
+        if let Some(blocked) = self.blocked(group, &replicas) {
+            return Err(blocked.into_error());
         }
+        Ok(Writable {
+            live: replicas.iter().filter(|r| r.live()).cloned().collect(),
+            catching_up: replicas
+                .iter()
+                .filter(|r| r.catching_up())
+                .cloned()
+                .collect(),
+        })
     }
 
     /// Why `group`, with members `replicas`, cannot take a write now, if it cannot.
@@ -447,22 +480,38 @@ impl Inner {
         }
     }
 
-    /// Sends one mutation to every live replica of `group`; succeeds when every replica that
-    /// did not ack has been removed and at least `min_replicas` acked.
+    /// Sends one mutation to every live replica of `group` and every one catching up;
+    /// succeeds when every live replica that did not ack has been removed and at least
+    /// `min_replicas` acked. A replica catching up that fails it only ends its resync.
     async fn mutate_group(self: Arc<Self>, group: usize, req: Request) -> Result<(), VolumeError> {
-        let live = self.writable(group)?;
+        let Writable { live, catching_up } = self.writable(group)?;
         let mut calls = JoinSet::new();
-        for replica in live {
+        for (replica, counts) in live
+            .into_iter()
+            .map(|r| (r, true))
+            .chain(catching_up.into_iter().map(|r| (r, false)))
+        {
             let req = req.clone();
             calls.spawn(async move {
                 let result = outcome(replica.link.call(req).await);
-                (replica, result)
+                (replica, counts, result)
             });
         }
         let mut tally = Tally::default();
         while let Some(joined) = calls.join_next().await {
-            let (replica, result) =
+            let (replica, counts, result) =
                 joined.map_err(|e| VolumeError::Io(format!("replica call: {e}")))?;
+            if !counts {
+                match result {
+                    Outcome::Acked(_) => {}
+                    Outcome::Fenced(current) => tally.fenced(current),
+                    Outcome::Corrupt | Outcome::Failed(_) => {
+                        replica.catch_up.store(CATCH_UP_MISSED, Ordering::Release);
+                        tracing::warn!(volume = %self.config.volume, group, replica = %replica.link.addr(), "a replica catching up missed a write; its resync will start over");
+                    }
+                }
+                continue;
+            }
             match result {
                 Outcome::Acked(_) => tally.acked(),
                 Outcome::Fenced(current) => tally.fenced(current),

@@ -6,10 +6,16 @@
 //! extent can interleave with its copy. Extents with equal versions were not written while the
 //! replica was away and are not copied — that is the delta.
 //!
+//! From the moment the resync starts, every new write of the group also goes to the replica
+//! (it "catches up"), so a rebuild converges however busy the volume is: an extent copied once
+//! stays current. Such a write is not waited on to acknowledge the client, and if it fails
+//! the resync fails and starts over later.
+//!
 //! Two passes. The first runs beside foreground IO, one extent at a time; while clients do IO
 //! it keeps to [`RESYNC_BYTES_PER_SEC_MAX`], and with none it runs as fast as the disks go.
-//! The second takes the whole volume's lock, copies what changed during the first (usually
-//! little), has the metadata service restore the replica, and only then marks it live: the
+//! The second takes the whole volume's lock for a moment: it checks that no version differs
+//! any more (copying what does, which takes nothing when every write reached the replica),
+//! flushes the replica, has the metadata service restore it, and only then marks it live: the
 //! replica serves no read before it holds every acknowledged write.
 
 use std::future::Future;
@@ -25,7 +31,10 @@ use crate::wire::{
     EXTENT_SIZE_BYTES, FLAG_MAY_TRIM, Op, Request, VERSIONS_PER_REQUEST_MAX, WriteVersion,
 };
 
-use super::{Inner, LOCK_BLOCK_BYTES, Reach, Replica, ReplicatedVolume};
+use super::{
+    CATCH_UP_MISSED, CATCH_UP_OFF, CATCH_UP_ON, Inner, LOCK_BLOCK_BYTES, Reach, Replica,
+    ReplicatedVolume,
+};
 
 /// Most bytes a resync copies per second while clients do IO (the first pass).
 pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
@@ -78,6 +87,13 @@ impl ReplicatedVolume {
             .find(|r| r.link.addr() == target && r.stale())
             .cloned()
             .ok_or_else(|| VolumeError::Io(format!("{target} is no stale replica of {group}")))?;
+        // From here on writes of the group reach the replica too. Writes that started before
+        // may have missed it: wait for them (the whole volume's range, held for a moment),
+        // so the versions compared below include every one of them.
+        let _catching_up = CatchingUp::start(&t);
+        let all = inner.config.size_bytes.div_ceil(LOCK_BLOCK_BYTES);
+        drop(inner.locks.lock(0, all).await);
+
         let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
             .filter(|&e| inner.group_of(e) == group)
             .collect();
@@ -118,8 +134,12 @@ impl ReplicatedVolume {
             }
         }
 
-        let all = inner.config.size_bytes.div_ceil(LOCK_BLOCK_BYTES);
         let _held = inner.locks.lock(0, all).await;
+        if t.catch_up.load(Ordering::Acquire) == CATCH_UP_MISSED {
+            return Err(VolumeError::Io(format!(
+                "{target} missed a write while it caught up"
+            )));
+        }
         for e in inner.differing(group, &t, &extents).await? {
             report.bytes_copied += inner.copy_extent(group, &t, e).await?;
             report.extents_copied += 1;
@@ -131,6 +151,23 @@ impl ReplicatedVolume {
         t.restore();
         tracing::info!(volume = %inner.config.volume, group, replica = %target, extents = report.extents_copied, bytes = report.bytes_copied, "replica resynced and back in the acting set");
         Ok(report)
+    }
+}
+
+/// Marks a replica as catching up for as long as it lives (a resync that fails part-way stops
+/// sending it writes).
+struct CatchingUp<'a>(&'a Replica);
+
+impl<'a> CatchingUp<'a> {
+    fn start(replica: &'a Replica) -> CatchingUp<'a> {
+        replica.catch_up.store(CATCH_UP_ON, Ordering::Release);
+        CatchingUp(replica)
+    }
+}
+
+impl Drop for CatchingUp<'_> {
+    fn drop(&mut self) {
+        self.0.catch_up.store(CATCH_UP_OFF, Ordering::Release);
     }
 }
 
