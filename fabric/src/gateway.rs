@@ -38,7 +38,7 @@ pub const REPLICAS_GRACE_MS: u64 = 3_000;
 pub const RESYNC_INTERVAL_MS: u64 = 1_000;
 /// Stale replicas resynced at once: their first passes overlap, so a rebuild after a node
 /// goes out keeps several disks busy instead of copying one extent at a time.
-pub const RESYNCS_IN_PARALLEL_MAX: usize = 4;
+pub const RESYNCS_IN_PARALLEL_MAX: usize = 16;
 
 /// Flags of `fabricd gateway`.
 #[derive(Args, Debug, Clone)]
@@ -257,6 +257,7 @@ async fn resync_stale(
         if round.is_empty() {
             continue;
         }
+        tracing::debug!(volume = %name, replicas = round.len(), "resync round starting");
         let started = Instant::now();
         let copied = AtomicU64::new(0);
         futures::stream::iter(round)
@@ -288,8 +289,9 @@ async fn resync_one(
     replica: SocketAddr,
     node: u64,
 ) -> Option<u64> {
-    if volume.extent_versions(replica, 0, 1).await.is_err() {
-        return None; // still away
+    if let Err(e) = volume.extent_versions(replica, 0, 1).await {
+        tracing::debug!(volume = %name, pg = group, node, error = %e, "replica does not answer yet; resync later");
+        return None;
     }
     let req = pb::ReplicaRequest {
         volume: name.to_owned(),

@@ -59,6 +59,10 @@ struct Inner {
     /// Zero while not fenced; otherwise the newer epoch a replica reported.
     fenced_by: AtomicU64,
     locks: Arc<RangeLock>,
+    /// Per group: every mutation holds it shared while it runs, and a resync takes it
+    /// exclusively to wait out the writes in flight, without stopping other groups' writes.
+    /// tokio's lock is fair, so a waiting resync is not starved by a stream of writes.
+    group_locks: Vec<tokio::sync::RwLock<()>>,
 }
 
 /// Where one write of a group goes; see [`Inner::writable`].
@@ -137,6 +141,21 @@ impl Replica {
     fn catching_up(&self) -> bool {
         self.catch_up.load(Ordering::Acquire) == CATCH_UP_ON
     }
+    /// A write or flush sent while it caught up failed: its resync cannot succeed.
+    fn miss(&self) {
+        if self
+            .catch_up
+            .compare_exchange(
+                CATCH_UP_ON,
+                CATCH_UP_MISSED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            tracing::warn!(replica = %self.link.addr(), "a replica catching up missed a write or flush; its resync will start over");
+        }
+    }
 }
 
 impl ReplicatedVolume {
@@ -199,6 +218,9 @@ impl ReplicatedVolume {
             foreground_ios: AtomicU64::new(0),
             fenced_by: AtomicU64::new(0),
             locks: Arc::new(RangeLock::default()),
+            group_locks: (0..acting.groups.len())
+                .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
         };
         for g in 0..acting.groups.len() {
             let members = all(g)
@@ -505,10 +527,7 @@ impl Inner {
                 match result {
                     Outcome::Acked(_) => {}
                     Outcome::Fenced(current) => tally.fenced(current),
-                    Outcome::Corrupt | Outcome::Failed(_) => {
-                        replica.catch_up.store(CATCH_UP_MISSED, Ordering::Release);
-                        tracing::warn!(volume = %self.config.volume, group, replica = %replica.link.addr(), "a replica catching up missed a write; its resync will start over");
-                    }
+                    Outcome::Corrupt | Outcome::Failed(_) => replica.miss(),
                 }
                 continue;
             }
@@ -554,15 +573,21 @@ impl Inner {
             return Ok(());
         }
         self.foreground_ios.fetch_add(1, Ordering::Relaxed);
-        // Wait for groups below min_replicas before taking the range: a resync that would
-        // bring a replica back needs the volume's whole range at its end.
+        // Wait for groups below min_replicas before taking any lock: a resync that would
+        // bring a replica back needs its group held still at its end.
         let mut groups: Vec<usize> = split(offset, len)
             .map(|p| self.group_of(p.extent))
             .collect();
         groups.sort_unstable();
         groups.dedup();
-        for group in groups {
+        for &group in &groups {
             self.wait_writable(group).await?;
+        }
+        // Shared holds of the groups, in ascending order, so a resync can wait out every write
+        // of its group (see `Inner::group_locks`); then the exclusive range.
+        let mut _groups_held = Vec::with_capacity(groups.len());
+        for &group in &groups {
+            _groups_held.push(self.group_locks[group].read().await);
         }
         let _range = self
             .locks
@@ -655,12 +680,18 @@ impl Inner {
         Ok(out.freeze())
     }
 
-    /// Flushes every live replica of every group, each distinct replica once.
+    /// Flushes every live replica of every group, each distinct replica once. Replicas that
+    /// catch up are flushed too, so that what a client flushed is durable on them as well once
+    /// their resync ends; one that fails only ends its resync.
     async fn flush(self: Arc<Self>) -> Result<(), VolumeError> {
         self.check_open()?;
         let mut members: BTreeMap<SocketAddr, Vec<(usize, Arc<Replica>)>> = BTreeMap::new();
         for g in 0..self.groups.len() {
-            for r in self.members(g).iter().filter(|r| r.live()) {
+            for r in self
+                .members(g)
+                .iter()
+                .filter(|r| r.live() || r.catching_up())
+            {
                 members
                     .entry(r.link.addr())
                     .or_default()
@@ -685,10 +716,15 @@ impl Inner {
                         Outcome::Failed(why) => why,
                         _ => "damaged flush reply".to_owned(),
                     };
+                    let (catching_up, live): (Vec<_>, Vec<_>) =
+                        places.into_iter().partition(|(_, r)| !r.live());
+                    for (_, replica) in catching_up {
+                        replica.miss();
+                    }
                     // Concurrently: a dead replica is in many groups, and each removal is a
                     // round trip to the metadata service.
                     let mut removals = JoinSet::new();
-                    for (g, replica) in places {
+                    for (g, replica) in live {
                         let inner = Arc::clone(&self);
                         let why = why.clone();
                         removals.spawn(async move { inner.remove(g, &replica, why).await });

@@ -7,16 +7,17 @@
 //! replica was away and are not copied — that is the delta.
 //!
 //! From the moment the resync starts, every new write of the group also goes to the replica
-//! (it "catches up"), so a rebuild converges however busy the volume is: an extent copied once
-//! stays current. Such a write is not waited on to acknowledge the client, and if it fails
-//! the resync fails and starts over later.
+//! (it "catches up"), and so does every client flush, so a rebuild converges however busy the
+//! volume is: an extent copied once stays current. Such a write is not waited on to
+//! acknowledge the client, and if it fails the resync fails and starts over later.
 //!
-//! Two passes. The first runs beside foreground IO, one extent at a time; while clients do IO
+//! Two passes. The first runs beside foreground IO, a few extents at a time; while clients do IO
 //! it keeps to [`RESYNC_BYTES_PER_SEC_MAX`], and with none it runs as fast as the disks go.
-//! The second takes the whole volume's lock for a moment: it checks that no version differs
-//! any more (copying what does, which takes nothing when every write reached the replica),
-//! flushes the replica, has the metadata service restore it, and only then marks it live: the
-//! replica serves no read before it holds every acknowledged write.
+//! Its copies are then flushed on the replica, still beside foreground IO. The second holds
+//! the group's writes for a moment: it checks that no version differs any more (copying and
+//! flushing what does, which is nothing when every write reached the replica), has the
+//! metadata service restore the replica, and only then marks it live: the replica serves no
+//! read before it holds every acknowledged write.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 use crate::volume::VolumeError;
 use crate::wire::{
@@ -38,6 +40,9 @@ use super::{
 
 /// Most bytes a resync copies per second while clients do IO (the first pass).
 pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
+/// Extents one resync copies at once: a copy is a read on one replica, then a write on
+/// another, so with one at a time each disk would idle half the time.
+pub const COPIES_IN_FLIGHT_PER_RESYNC_MAX: usize = 4;
 
 /// What one resync did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,7 +69,7 @@ impl ReplicatedVolume {
     /// Brings stale replica `target` of `group` up to date and back into the acting set.
     /// `progress(done, total)` hears how many bytes of the first pass are copied, once before
     /// the first copy and after each. `restore` records the result in the metadata service; it
-    /// runs while the volume's writes are held, and the replica serves again only if it
+    /// runs while the group's writes are held, and the replica serves again only if it
     /// succeeds.
     pub async fn resync<F>(
         &self,
@@ -88,11 +93,10 @@ impl ReplicatedVolume {
             .cloned()
             .ok_or_else(|| VolumeError::Io(format!("{target} is no stale replica of {group}")))?;
         // From here on writes of the group reach the replica too. Writes that started before
-        // may have missed it: wait for them (the whole volume's range, held for a moment),
-        // so the versions compared below include every one of them.
+        // may have missed it: wait for them (the group held for a moment), so the versions
+        // compared below include every one of them.
         let _catching_up = CatchingUp::start(&t);
-        let all = inner.config.size_bytes.div_ceil(LOCK_BLOCK_BYTES);
-        drop(inner.locks.lock(0, all).await);
+        drop(inner.group_locks[group].write().await);
 
         let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
             .filter(|&e| inner.group_of(e) == group)
@@ -107,12 +111,20 @@ impl ReplicatedVolume {
         let mut seen_ios = inner.foreground_ios.load(Ordering::Relaxed);
         let differing = inner.differing(group, &t, &extents).await?;
         let total = differing.len() as u64 * EXTENT_SIZE_BYTES;
+        tracing::debug!(volume = %inner.config.volume, group, replica = %target, extents = differing.len(), "resync: caught up with the writes in flight; copying");
         progress(0, total);
-        for e in differing {
-            let range = inner.extent_lock(e);
-            let held = inner.locks.lock(range.0, range.1).await;
-            let copied = inner.copy_extent(group, &t, e).await?;
-            drop(held);
+        let target_replica: &Replica = &t;
+        let copies = futures::stream::iter(differing)
+            .map(|e| async move {
+                let range = inner.extent_lock(e);
+                let _held = inner.locks.lock(range.0, range.1).await;
+                inner.copy_extent(group, target_replica, e).await
+            })
+            .buffer_unordered(COPIES_IN_FLIGHT_PER_RESYNC_MAX);
+        let mut copies = std::pin::pin!(copies);
+        // Pacing sleeps between completions, which also holds back the next copies.
+        while let Some(copied) = copies.next().await {
+            let copied = copied?;
             report.bytes_copied += copied;
             report.extents_copied += 1;
             progress(
@@ -134,19 +146,26 @@ impl ReplicatedVolume {
             }
         }
 
-        let _held = inner.locks.lock(0, all).await;
+        // What was copied is durable on the replica before it counts as a current copy. The
+        // writes it got meanwhile need not be: a client's flush reaches it like any replica.
+        let flush = inner.header(Op::Flush, 0, 0, 0, WriteVersion::NONE);
+        inner.answer(t.link.call(Request::new(flush)).await, target)?;
+
+        let _held = inner.group_locks[group].write().await;
+        tracing::debug!(volume = %inner.config.volume, group, replica = %target, "resync: first pass flushed, the group's writes held");
         if t.catch_up.load(Ordering::Acquire) == CATCH_UP_MISSED {
             return Err(VolumeError::Io(format!(
-                "{target} missed a write while it caught up"
+                "{target} missed a write or flush while it caught up"
             )));
         }
-        for e in inner.differing(group, &t, &extents).await? {
+        let late = inner.differing(group, &t, &extents).await?;
+        for &e in &late {
             report.bytes_copied += inner.copy_extent(group, &t, e).await?;
             report.extents_copied += 1;
         }
-        // What was copied is durable on the replica before it counts as a current copy.
-        let flush = inner.header(Op::Flush, 0, 0, 0, WriteVersion::NONE);
-        inner.answer(t.link.call(Request::new(flush)).await, target)?;
+        if !late.is_empty() {
+            inner.answer(t.link.call(Request::new(flush)).await, target)?;
+        }
         restore.await.map_err(VolumeError::Io)?;
         t.restore();
         tracing::info!(volume = %inner.config.volume, group, replica = %target, extents = report.extents_copied, bytes = report.bytes_copied, "replica resynced and back in the acting set");
