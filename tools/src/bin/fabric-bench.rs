@@ -463,9 +463,26 @@ fn rebuild(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Re
         std::thread::sleep(Duration::from_millis(200));
     }
     let wall = started.elapsed();
+    // The gateway logs its round once every resync of it has ended, a moment after the last
+    // replica was restored: wait for that line before stopping the cluster.
+    let log_path = data.join("gateway/fabricd.log");
+    let round_logged = || -> anyhow::Result<bool> {
+        let log = std::fs::read_to_string(&log_path)?;
+        let last = log
+            .lines()
+            .rfind(|l| l.contains("resync done") || l.contains("resync round done"));
+        Ok(last.is_some_and(|l| l.contains("resync round done")))
+    };
+    while !round_logged()? {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the gateway did not log the end of its resync round"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(cluster);
 
-    let log = std::fs::read_to_string(data.join("gateway/fabricd.log"))?;
+    let log = std::fs::read_to_string(&log_path)?;
     let field = |line: &str, name: &str| -> Option<u64> {
         line.split(&format!("{name}="))
             .nth(1)?
