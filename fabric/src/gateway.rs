@@ -10,7 +10,7 @@
 //! extents that changed), then restores them through `RestoreReplica`. What is not here yet:
 //! the PG map is read once at start, not followed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -34,6 +34,8 @@ use crate::meta::client::Client;
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
 /// How long it waits for the rest, once every PG has `min_replicas` ready.
 pub const REPLICAS_GRACE_MS: u64 = 3_000;
+/// Pause before the gateway opens its watch stream again after it ended.
+pub const WATCH_RETRY_MS: u64 = 500;
 /// How often the gateway looks for stale replicas that answer again.
 pub const RESYNC_INTERVAL_MS: u64 = 1_000;
 /// Stale replicas resynced at once: their first passes overlap, so a rebuild after a node
@@ -69,6 +71,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("gateway-{}", args.nbd_listen));
     let mut exports: Vec<Arc<dyn BlockVolume>> = Vec::new();
     let mut resyncs = tokio::task::JoinSet::new();
+    let (maps_moved, maps_moved_rx) = tokio::sync::watch::channel(0u64);
+    resyncs.spawn(watch_maps(Arc::clone(&client), maps_moved));
     for name in &args.volumes {
         let (volume, node_of) = open_volume(&client, name, &attach_as, args.force)
             .await
@@ -78,6 +82,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             name.clone(),
             Arc::clone(&client),
             node_of,
+            maps_moved_rx.clone(),
         ));
         exports.push(Arc::new(volume));
     }
@@ -212,6 +217,43 @@ async fn open_volume(
     Ok((replicated, node_of))
 }
 
+/// Follows the metadata service's watch stream for as long as the gateway runs, and bumps
+/// `moved` whenever a pool's PG map epoch changes, so that every volume follows the new map
+/// at once rather than at its next poll. Reconnects (through any member) when the stream ends.
+async fn watch_maps(client: Arc<Client>, moved: tokio::sync::watch::Sender<u64>) {
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let stream = client
+            .call(|mut c| async move { c.watch(pb::WatchRequest {}).await })
+            .await;
+        match stream {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(event)) => {
+                        let epochs: BTreeMap<String, u64> = event
+                            .pools
+                            .into_iter()
+                            .map(|p| (p.name, p.map_epoch))
+                            .collect();
+                        if epochs != seen {
+                            tracing::debug!(?epochs, "PG map epochs moved");
+                            seen = epochs;
+                            moved.send_modify(|n| *n += 1);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "watch stream ended");
+                        break;
+                    }
+                }
+            },
+            Err(status) => tracing::debug!(%status, "watch stream not opened"),
+        }
+        tokio::time::sleep(Duration::from_millis(WATCH_RETRY_MS)).await;
+    }
+}
+
 /// Which node serves each replica address; shared with the observer, refreshed with the map.
 type NodeAddresses = Arc<RwLock<HashMap<SocketAddr, u64>>>;
 
@@ -238,11 +280,17 @@ async fn resync_stale(
     name: String,
     client: Arc<Client>,
     node_of: NodeAddresses,
+    mut maps_moved: tokio::sync::watch::Receiver<u64>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(RESYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watching = true;
     loop {
-        tick.tick().await;
+        // A moved map is followed at once; the tick retries replicas that were away.
+        tokio::select! {
+            _ = tick.tick() => {}
+            moved = maps_moved.changed(), if watching => watching = moved.is_ok(),
+        }
         if let Err(e) = follow_map(&volume, &name, &client, &node_of).await {
             tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
         }
