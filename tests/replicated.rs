@@ -263,7 +263,11 @@ fn resync_bytes_copied(data_dir: &std::path::Path) -> u64 {
 }
 
 fn volume_show(data_dir: &std::path::Path) -> Value {
-    fabricctl(data_dir, &["volume", "show", "vol0"])
+    show(data_dir, "vol0")
+}
+
+fn show(data_dir: &std::path::Path, volume: &str) -> Value {
+    fabricctl(data_dir, &["volume", "show", volume])
 }
 
 #[test]
@@ -332,6 +336,16 @@ fn start_gateway(
     log: &std::path::Path,
     client: &str,
 ) -> (Respawned, String) {
+    start_gateway_of(data_dir, log, client, "vol0")
+}
+
+/// Starts a gateway serving `volume` as `client`, taking it over if another holds it.
+fn start_gateway_of(
+    data_dir: &std::path::Path,
+    log: &std::path::Path,
+    client: &str,
+    volume: &str,
+) -> (Respawned, String) {
     let cluster: Value =
         serde_json::from_slice(&std::fs::read(data_dir.join("cluster.json")).unwrap()).unwrap();
     let endpoints: Vec<&str> = cluster["members"]
@@ -344,7 +358,7 @@ fn start_gateway(
     let log = std::fs::File::create(log).unwrap();
     let gateway = Respawned(
         Command::new(workspace_bin("fabricd"))
-            .args(["gateway", "--volume", "vol0", "--force"])
+            .args(["gateway", "--volume", volume, "--force"])
             .args(["--client-name", client])
             .args(["--endpoints", &endpoints.join(",")])
             .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
@@ -361,7 +375,7 @@ fn start_gateway(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    (gateway, format!("nbd://127.0.0.1:{port}/vol0"))
+    (gateway, format!("nbd://127.0.0.1:{port}/{volume}"))
 }
 
 #[test]
@@ -393,9 +407,13 @@ fn a_gateway_started_while_a_node_is_down_serves_from_the_others() {
 
 /// Waits until the volume has no stale replica, or fails after 60 s.
 fn wait_fully_redundant(data_dir: &std::path::Path) {
+    wait_fully_redundant_of(data_dir, "vol0");
+}
+
+fn wait_fully_redundant_of(data_dir: &std::path::Path, volume: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let shown = volume_show(data_dir);
+        let shown = show(data_dir, volume);
         if shown["replica_state"]["pgs_degraded"] == 0 {
             return;
         }
@@ -619,5 +637,66 @@ fn a_node_that_stays_dead_is_marked_out_by_the_leader_and_its_replicas_rebuilt()
     wait_fully_redundant(&data);
     qemu_io_ok(&uri, "read -P 0x71 0 16M");
     qemu_io_ok(&uri, "read -P 0x72 16M 4M");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}
+
+#[test]
+fn an_idle_volume_is_rebuilt_by_the_agent_after_its_node_is_marked_out() {
+    let Some((_serial, dir, data, mut dev)) = cluster(4, &["qemu-io"]) else {
+        return;
+    };
+    fabricctl(&data, &["volume", "create", "idle", "--size", "64MiB"]);
+    // A gateway writes the volume, then stops cleanly: it flushes and detaches.
+    let (mut gateway, uri) = start_gateway_of(
+        &data,
+        &dir.path().join("gateway-idle.log"),
+        "host-i",
+        "idle",
+    );
+    qemu_io_ok(&uri, "write -P 0x71 0 32M");
+    run(Command::new("kill").args(["-TERM", &gateway.0.id().to_string()])).expect("SIGTERM");
+    assert!(gateway.0.wait().unwrap().success(), "clean gateway exit");
+    assert_eq!(show(&data, "idle")["attached_to"], "", "detached on stop");
+
+    // Node 2 goes out; nobody serves the volume, so the agent on the leader's node heals it.
+    fabricctl(&data, &["node", "out", "2"]);
+    assert!(
+        show(&data, "idle")["replica_state"]["pgs_degraded"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "node 2's PGs moved, so the idle volume has replicas to rebuild"
+    );
+    wait_fully_redundant_of(&data, "idle");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = show(&data, "idle");
+        if shown["attached_to"] == "" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent still holds the volume: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let healed_by_agent = (1..=4).any(|n| {
+        std::fs::read_to_string(data.join(format!("node-{n}/fabricd.log")))
+            .unwrap_or_default()
+            .contains("rebuild agent let go of the volume")
+    });
+    assert!(healed_by_agent, "a node's rebuild agent healed the volume");
+
+    // With node 2 dead, the data reads back through a new gateway from the rebuilt replicas.
+    let pid = node_pid(&data, 2);
+    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 2");
+    let (_again, uri) = start_gateway_of(
+        &data,
+        &dir.path().join("gateway-idle-2.log"),
+        "host-j",
+        "idle",
+    );
+    qemu_io_ok(&uri, "read -P 0x71 0 32M");
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }

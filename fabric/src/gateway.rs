@@ -113,8 +113,29 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         v.flush()
             .await
             .map_err(|e| anyhow::anyhow!("flush {}: {e}", v.name()))?;
+        detach(&client, v.name(), &attach_as).await;
     }
     Ok(())
+}
+
+/// Lets go of `name` after its last flush, so that the volume shows as available and the
+/// rebuild agent may heal it while nobody serves it. Best effort: a gateway that was fenced,
+/// or cannot reach the metadata service, leaves the attachment as it is.
+pub(crate) async fn detach(client: &Client, name: &str, attached_as: &str) {
+    let req = pb::DetachVolumeRequest {
+        name: name.into(),
+        client: attached_as.into(),
+    };
+    match client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.detach_volume(req).await }
+        })
+        .await
+    {
+        Ok(_) => tracing::info!(volume = name, "detached"),
+        Err(s) => tracing::info!(volume = name, status = %s.message(), "not detached"),
+    }
 }
 
 /// What the gateway reads of the cluster for one volume: the volume (with its stale replicas),
@@ -163,7 +184,7 @@ impl VolumeMap {
 }
 
 /// Attaches `name` and builds its replicated volume from the pool's PG map.
-async fn open_volume(
+pub(crate) async fn open_volume(
     client: &Arc<Client>,
     name: &str,
     attach_as: &str,
@@ -255,7 +276,7 @@ async fn watch_maps(client: Arc<Client>, moved: tokio::sync::watch::Sender<u64>)
 }
 
 /// Which node serves each replica address; shared with the observer, refreshed with the map.
-type NodeAddresses = Arc<RwLock<HashMap<SocketAddr, u64>>>;
+pub(crate) type NodeAddresses = Arc<RwLock<HashMap<SocketAddr, u64>>>;
 
 /// Reads the volume's PG map and stale replicas, the pool's map and the nodes' addresses again,
 /// and has `volume` follow them: replicas re-placed onto new nodes join as stale (to be
@@ -291,39 +312,48 @@ async fn resync_stale(
             _ = tick.tick() => {}
             moved = maps_moved.changed(), if watching => watching = moved.is_ok(),
         }
-        if let Err(e) = follow_map(&volume, &name, &client, &node_of).await {
-            tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
-        }
-        let round: Vec<(usize, SocketAddr, u64)> = {
-            let nodes = node_of.read().expect("node addresses");
-            volume
-                .stale_replicas()
-                .into_iter()
-                .filter_map(|(group, replica)| Some((group, replica, *nodes.get(&replica)?)))
-                .collect()
-        };
-        if round.is_empty() {
-            continue;
-        }
-        tracing::debug!(volume = %name, replicas = round.len(), "resync round starting");
-        let started = Instant::now();
-        let copied = AtomicU64::new(0);
-        futures::stream::iter(round)
-            .for_each_concurrent(RESYNCS_IN_PARALLEL_MAX, |(group, replica, node)| {
-                let (volume, name, client, copied) = (&volume, &name, &client, &copied);
-                async move {
-                    if let Some(bytes) =
-                        resync_one(volume, name, client, group, replica, node).await
-                    {
-                        copied.fetch_add(bytes, Ordering::Relaxed);
-                    }
+        resync_round(&volume, &name, &client, &node_of).await;
+    }
+}
+
+/// Follows the PG map once and resyncs the stale replicas of `volume` that answer, up to
+/// [`RESYNCS_IN_PARALLEL_MAX`] at once.
+pub(crate) async fn resync_round(
+    volume: &ReplicatedVolume,
+    name: &str,
+    client: &Arc<Client>,
+    node_of: &NodeAddresses,
+) {
+    if let Err(e) = follow_map(volume, name, client, node_of).await {
+        tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
+    }
+    let round: Vec<(usize, SocketAddr, u64)> = {
+        let nodes = node_of.read().expect("node addresses");
+        volume
+            .stale_replicas()
+            .into_iter()
+            .filter_map(|(group, replica)| Some((group, replica, *nodes.get(&replica)?)))
+            .collect()
+    };
+    if round.is_empty() {
+        return;
+    }
+    tracing::debug!(volume = %name, replicas = round.len(), "resync round starting");
+    let started = Instant::now();
+    let copied = AtomicU64::new(0);
+    futures::stream::iter(round)
+        .for_each_concurrent(RESYNCS_IN_PARALLEL_MAX, |(group, replica, node)| {
+            let copied = &copied;
+            async move {
+                if let Some(bytes) = resync_one(volume, name, client, group, replica, node).await {
+                    copied.fetch_add(bytes, Ordering::Relaxed);
                 }
-            })
-            .await;
-        let bytes_copied = copied.into_inner();
-        if bytes_copied > 0 {
-            tracing::info!(volume = %name, bytes_copied, elapsed_ms = started.elapsed().as_millis() as u64, "resync round done");
-        }
+            }
+        })
+        .await;
+    let bytes_copied = copied.into_inner();
+    if bytes_copied > 0 {
+        tracing::info!(volume = %name, bytes_copied, elapsed_ms = started.elapsed().as_millis() as u64, "resync round done");
     }
 }
 

@@ -302,9 +302,10 @@ pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
     let storage = if data_addr.is_empty() {
         None
     } else {
-        let storage = crate::storage::Storage::start(&dir.join("store"), &data_addr, running.addr)
-            .await
-            .context("start the replica server")?;
+        let storage =
+            crate::storage::Storage::start(&dir.join("store"), &data_addr, id, running.addr)
+                .await
+                .context("start the replica server")?;
         println!(
             "fabricd node {id} serving replicas at {}",
             storage.data_addr

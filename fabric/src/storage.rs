@@ -34,11 +34,13 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens the store in `dir`, listens on `data_addr` and starts the agent, which asks the
-    /// metadata service at `rpc_addr`.
+    /// Opens the store in `dir`, listens on `data_addr` and starts node `node`'s agents: one
+    /// creates the cluster's volumes (asking the metadata service at `rpc_addr`), the other
+    /// heals idle volumes while this node's member leads ([`crate::rebuild_agent`]).
     pub async fn start(
         dir: &Path,
         data_addr: &str,
+        node: u64,
         rpc_addr: SocketAddr,
     ) -> anyhow::Result<Storage> {
         let disk = crate::dev::open_disk(IoEngine::Uring, &dir.display().to_string())?;
@@ -53,7 +55,8 @@ impl Storage {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(Arc::clone(&server).serve(listener, stopped.clone()));
-        tasks.spawn(follow_volumes(server, rpc_addr, stopped));
+        tasks.spawn(follow_volumes(server, rpc_addr, stopped.clone()));
+        tasks.spawn(crate::rebuild_agent::run(node, rpc_addr, stopped));
         tracing::info!(%data_addr, "replica server listening");
         Ok(Storage {
             data_addr,

@@ -44,6 +44,11 @@ pub enum CommandV1 {
         client: String,
         force: bool,
     },
+    /// `client` lets go of `name`: it is no longer attached (nothing if it was not).
+    DetachVolume {
+        name: String,
+        client: String,
+    },
     /// `node`'s replica of `volume` in PG `pg` missed a write: it leaves the acting set.
     RemoveReplica {
         volume: String,
@@ -149,6 +154,9 @@ impl std::fmt::Display for CommandV1 {
                     "attach volume {name} to {client}{}",
                     if *force { " (force)" } else { "" }
                 )
+            }
+            CommandV1::DetachVolume { name, client } => {
+                write!(f, "detach volume {name} from {client}")
             }
             CommandV1::RemoveReplica { volume, pg, node } => {
                 write!(

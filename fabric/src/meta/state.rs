@@ -101,6 +101,7 @@ impl ClusterState {
                 client,
                 force,
             } => self.attach_volume(name, client, *force),
+            CommandV1::DetachVolume { name, client } => self.detach_volume(name, client),
             CommandV1::RemoveReplica { volume, pg, node } => {
                 self.remove_replica(volume, *pg, *node)
             }
@@ -451,9 +452,13 @@ impl ClusterState {
             .volumes
             .get_mut(name)
             .ok_or_else(|| CommandError::NotFound(format!("volume {name}")))?;
+        // The rebuild agent holds idle volumes only to heal them: anyone else may take them
+        // without force (which fences the agent), but one agent never takes from another.
+        let yields = is_rebuild_agent(&a_client(&volume.attachment)) && !is_rebuild_agent(client);
         if let Some(a) = &volume.attachment
             && a.client != client
             && !force
+            && !yields
         {
             return Err(CommandError::FailedPrecondition(format!(
                 "volume {name} is attached to {} (force to take it over)",
@@ -471,6 +476,40 @@ impl ClusterState {
             attachment,
         })
     }
+
+    /// Detaching a volume that is not attached is done already; one attached to another
+    /// client is refused (it would let a third attach without fencing the holder).
+    fn detach_volume(&mut self, name: &str, client: &str) -> Outcome {
+        let volume = self
+            .volumes
+            .get_mut(name)
+            .ok_or_else(|| CommandError::NotFound(format!("volume {name}")))?;
+        match &volume.attachment {
+            Some(a) if a.client != client => Err(CommandError::FailedPrecondition(format!(
+                "volume {name} is attached to {}, not {client}",
+                a.client
+            ))),
+            _ => {
+                volume.attachment = None;
+                Ok(Applied::Volume(volume.clone()))
+            }
+        }
+    }
+}
+
+/// Attachments whose client name starts with this are the rebuild agent's (see
+/// `crate::rebuild_agent`).
+pub const REBUILD_AGENT_PREFIX: &str = "rebuild-agent@";
+
+pub fn is_rebuild_agent(client: &str) -> bool {
+    client.starts_with(REBUILD_AGENT_PREFIX)
+}
+
+fn a_client(attachment: &Option<Attachment>) -> String {
+    attachment
+        .as_ref()
+        .map(|a| a.client.clone())
+        .unwrap_or_default()
 }
 
 fn validate_name(kind: &str, name: &str) -> Result<(), CommandError> {

@@ -6,7 +6,7 @@ use super::command::{Applied, CommandError, CommandV1};
 use super::model::{
     DiskInfo, Location, NodeRegistration, PoolSpec, RebuildProgress, Rule, VolumeSpec,
 };
-use super::state::ClusterState;
+use super::state::{ClusterState, REBUILD_AGENT_PREFIX};
 
 fn register(state: &mut ClusterState, id: u64, rack: &str, tib: u64) {
     let r = NodeRegistration {
@@ -217,29 +217,31 @@ fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
     );
 }
 
-#[test]
-fn a_retried_request_is_applied_once_and_answered_alike() {
+/// Three nodes in three racks, pool `p3` (3 replicas) and 1 GiB volumes named `volumes`.
+fn three_nodes_with_volumes(volumes: &[&str]) -> ClusterState {
     let mut s = ClusterState::default();
     for id in 1..=3 {
         register(&mut s, id, &format!("r{id}"), 1);
     }
     s.apply(&CommandV1::CreatePool(pool(3)).into())
         .expect("create pool");
-    let spec = VolumeSpec {
-        name: "v".into(),
-        pool: "p3".into(),
-        size_bytes: 1 << 30,
-        extent_size_bytes: 4 << 20,
-        request_id: String::new(),
-    };
-    for name in ["v", "w"] {
+    for name in volumes {
         let spec = VolumeSpec {
-            name: name.into(),
-            ..spec.clone()
+            name: (*name).into(),
+            pool: "p3".into(),
+            size_bytes: 1 << 30,
+            extent_size_bytes: 4 << 20,
+            request_id: String::new(),
         };
         s.apply(&CommandV1::CreateVolume(spec).into())
             .expect("create volume");
     }
+    s
+}
+
+#[test]
+fn a_retried_request_is_applied_once_and_answered_alike() {
+    let mut s = three_nodes_with_volumes(&["v", "w"]);
     let once = |request_id: &str, command: CommandV1| {
         CommandV1::Once {
             request_id: request_id.into(),
@@ -288,5 +290,59 @@ fn a_retried_request_is_applied_once_and_answered_alike() {
     assert!(matches!(
         s.apply(&once("", attach(false))),
         Err(CommandError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn detach_lets_go_only_for_the_holder_and_the_rebuild_agent_yields_to_anyone_else() {
+    let mut s = three_nodes_with_volumes(&["v"]);
+    let attach = |client: &str| {
+        CommandV1::AttachVolume {
+            name: "v".into(),
+            client: client.into(),
+            force: false,
+        }
+        .into()
+    };
+    let detach = |client: &str| {
+        CommandV1::DetachVolume {
+            name: "v".into(),
+            client: client.into(),
+        }
+        .into()
+    };
+
+    s.apply(&attach("host-a")).expect("attach");
+    let before = s.clone();
+    assert!(matches!(
+        s.apply(&detach("host-b")),
+        Err(CommandError::FailedPrecondition(_))
+    ));
+    assert_eq!(
+        s.volumes, before.volumes,
+        "a refused detach changes nothing"
+    );
+    s.apply(&detach("host-a")).expect("the holder detaches");
+    assert_eq!(s.volumes["v"].attachment, None);
+    s.apply(&detach("host-a"))
+        .expect("detaching an idle volume is done already");
+
+    // The agent holds an idle volume; a host takes it without force, another agent cannot.
+    let agent = format!("{REBUILD_AGENT_PREFIX}node-1");
+    s.apply(&attach(&agent)).expect("the agent attaches");
+    assert!(matches!(
+        s.apply(&attach(&format!("{REBUILD_AGENT_PREFIX}node-2"))),
+        Err(CommandError::FailedPrecondition(_))
+    ));
+    let epoch = s.volumes["v"].attach_epoch;
+    s.apply(&attach("host-b")).expect("a host takes it over");
+    assert_eq!(
+        s.volumes["v"].attach_epoch,
+        epoch + 1,
+        "with a new epoch, which fences the agent"
+    );
+    assert!(matches!(
+        s.apply(&attach(&agent)),
+        Err(CommandError::FailedPrecondition(_))
     ));
 }

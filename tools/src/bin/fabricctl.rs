@@ -132,6 +132,12 @@ enum VolumeCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Let go of a volume attached to CLIENT (a gateway does it when it stops cleanly).
+    Detach {
+        name: String,
+        #[arg(long)]
+        client: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -348,6 +354,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Output::one(json!({
                 "volume": a.volume, "client": a.client, "attach_epoch": a.attach_epoch,
             }))
+        }
+        Cmd::Volume(VolumeCmd::Detach {
+            name,
+            client: holder,
+        }) => {
+            let req = pb::DetachVolumeRequest {
+                name,
+                client: holder,
+            };
+            let v = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.detach_volume(req).await }
+                })
+                .await?;
+            Output::one(volume_json(&v))
         }
         Cmd::Volume(VolumeCmd::Resize { name, size }) => {
             let size_bytes = parse_bytes("--size", &size)?;

@@ -245,6 +245,18 @@ impl Metadata for MetadataService {
         }
     }
 
+    async fn detach_volume(
+        &self,
+        req: Request<pb::DetachVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let pb::DetachVolumeRequest { name, client } = req.into_inner();
+        if client.is_empty() {
+            return Err(Status::invalid_argument("detach needs the client name"));
+        }
+        self.volume_change(CommandV1::DetachVolume { name, client })
+            .await
+    }
+
     async fn attach_volume(
         &self,
         req: Request<pb::AttachVolumeRequest>,
