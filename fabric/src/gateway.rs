@@ -34,6 +34,8 @@ use crate::meta::client::Client;
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
 /// How long it waits for the rest, once every PG has `min_replicas` ready.
 pub const REPLICAS_GRACE_MS: u64 = 3_000;
+/// Reads of a volume's map before the gateway gives up on getting a consistent one.
+const MAP_READS_MAX: u32 = 10;
 /// Pause before the gateway opens its watch stream again after it ended.
 pub const WATCH_RETRY_MS: u64 = 500;
 /// How often the gateway looks for stale replicas that answer again.
@@ -147,34 +149,56 @@ struct VolumeMap {
 }
 
 impl VolumeMap {
+    /// Reads the volume, its pool and the nodes as one consistent view. The PG map and the
+    /// volume's stale replicas come from separate reads, and a remap between them would pair
+    /// a new map with the old stale lists: the replicas a PG just moved to would look current
+    /// while they hold nothing. So the pool is read before and after the volume, and the read
+    /// is repeated until its map epoch did not move in between (a remap marks the arriving
+    /// replicas stale in the same command that changes the map).
     async fn fetch(client: &Client, name: &str) -> anyhow::Result<VolumeMap> {
         let get = pb::GetVolumeRequest { name: name.into() };
-        let volume = client
-            .call(|mut c| {
-                let get = get.clone();
-                async move { c.get_volume(get).await }
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("volume {name}: {}", s.message()))?;
-        let pools = client
-            .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
-            .await
-            .context("list pools")?
-            .pools;
-        let nodes = client
-            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
-            .await
-            .context("list nodes")?
-            .nodes;
-        let pool = pools
-            .into_iter()
-            .find(|p| p.name == volume.pool)
-            .with_context(|| format!("pool {} is not listed", volume.pool))?;
-        Ok(VolumeMap {
-            volume,
-            pool,
-            nodes,
-        })
+        let list_pools = || async {
+            client
+                .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
+                .await
+                .context("list pools")
+                .map(|r| r.pools)
+        };
+        for _ in 0..MAP_READS_MAX {
+            let before = list_pools().await?;
+            let volume = client
+                .call(|mut c| {
+                    let get = get.clone();
+                    async move { c.get_volume(get).await }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("volume {name}: {}", s.message()))?;
+            let nodes = client
+                .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
+                .await
+                .context("list nodes")?
+                .nodes;
+            let after = list_pools().await?;
+            let epoch = |pools: &[pb::Pool]| {
+                pools
+                    .iter()
+                    .find(|p| p.name == volume.pool)
+                    .map(|p| p.map_epoch)
+            };
+            if epoch(&before) != epoch(&after) {
+                continue; // remapped meanwhile: read again
+            }
+            let pool = after
+                .into_iter()
+                .find(|p| p.name == volume.pool)
+                .with_context(|| format!("pool {} is not listed", volume.pool))?;
+            return Ok(VolumeMap {
+                volume,
+                pool,
+                nodes,
+            });
+        }
+        bail!("the PG map of volume {name} kept moving over {MAP_READS_MAX} reads")
     }
 
     /// The acting sets and the node behind each replica address.

@@ -432,6 +432,7 @@ fn rebuild(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Re
         latency: false,
     };
     let fio_mib_s = run_job(&seq_write, &raw, size, args.runtime)?;
+    let copy_mib_s = copy_ceiling(&raw, size, args.runtime)?;
 
     let ctl = |what: &[&str]| -> anyhow::Result<Value> {
         let out = Command::new(&fabricctl)
@@ -510,8 +511,41 @@ fn rebuild(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Re
     println!("  rebuild rate            {rebuild_mib_s:>10.0} MiB/s");
     println!("  fio 1M seq write, raw   {fio_mib_s:>10.0} MiB/s");
     println!(
+        "  fio copy ceiling, raw   {copy_mib_s:>10.0} MiB/s   (50/50 read+write, the smaller side)"
+    );
+    println!(
         "  rebuild / fio           {:>10.2}   (target >= 0.5)",
         rebuild_mib_s / fio_mib_s
     );
+    println!(
+        "  rebuild / copy ceiling  {:>10.2}",
+        rebuild_mib_s / copy_mib_s
+    );
     Ok(())
+}
+
+/// What the disk can copy onto itself: fio reading and writing 1 MiB blocks half and half at
+/// depth 8, the smaller of the two rates. A rebuild on one disk reads every byte it writes.
+fn copy_ceiling(raw: &[String], size: u64, runtime: u32) -> anyhow::Result<f64> {
+    let mut args = raw.to_vec();
+    args.extend([
+        "--name=copy_ceiling".to_string(),
+        "--rw=rw".into(),
+        "--rwmixread=50".into(),
+        "--bs=1M".into(),
+        "--iodepth=8".into(),
+        format!("--size={size}"),
+        format!("--runtime={runtime}"),
+        "--time_based=1".into(),
+        "--ramp_time=1".into(),
+    ]);
+    let v = fio(&args)?;
+    let job = &v["jobs"][0];
+    let mib_s = |side: &str| -> anyhow::Result<f64> {
+        Ok(job[side]["bw_bytes"]
+            .as_f64()
+            .with_context(|| format!("fio {side} bandwidth"))?
+            / (1024.0 * 1024.0))
+    };
+    Ok(mib_s("read")?.min(mib_s("write")?))
 }
