@@ -162,8 +162,7 @@ fn four_nodes_kill_one_under_fio_verify_mark_it_out_rebuild_and_verify_again() {
         .spawn()
         .expect("start fio");
     std::thread::sleep(Duration::from_millis(500));
-    let victim = node_pid(&data, 2);
-    run(Command::new("kill").args(["-9", &victim.to_string()])).expect("kill -9 node 2");
+    signal(node_pid(&data, 2), "-9");
     assert!(
         fio.try_wait().expect("poll fio").is_none(),
         "fio finished before the kill; the test would prove nothing"
@@ -223,6 +222,12 @@ impl Drop for Respawned {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Sends `sig` (as `kill` spells it, e.g. "-9") to process `pid`; it must be delivered.
+fn signal(pid: u32, sig: &str) {
+    run(Command::new("kill").args([sig, &pid.to_string()]))
+        .unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
 }
 
 /// Runs one qemu-io command against `uri`; it must succeed.
@@ -287,7 +292,7 @@ fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 2");
+    signal(pid, "-9");
     qemu_io("write -P 0x22 8M 4M");
     let shown = volume_show(&data);
     assert!(
@@ -384,8 +389,7 @@ fn a_gateway_started_while_a_node_is_down_serves_from_the_others() {
         return;
     };
     qemu_io_ok(&dev.uri(), "write -P 0x81 0 4M");
-    let pid = node_pid(&data, 3);
-    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 3");
+    signal(node_pid(&data, 3), "-9");
 
     let started = std::time::Instant::now();
     let (_b, uri) = start_gateway(&data, &dir.path().join("gateway-b.log"), "host-b");
@@ -435,8 +439,8 @@ fn a_frozen_node_is_dropped_after_the_timeout_and_resynced_when_it_thaws() {
     qemu_io("write -P 0x31 0 8M");
 
     // Frozen, not dead: its connections stay open and simply stop answering.
-    let pid = node_pid(&data, 2).to_string();
-    run(Command::new("kill").args(["-STOP", &pid])).expect("SIGSTOP node 2");
+    let pid = node_pid(&data, 2);
+    signal(pid, "-STOP");
     let started = std::time::Instant::now();
     qemu_io("write -P 0x32 0 4M");
     let stall = started.elapsed();
@@ -453,7 +457,7 @@ fn a_frozen_node_is_dropped_after_the_timeout_and_resynced_when_it_thaws() {
             >= 1
     );
 
-    run(Command::new("kill").args(["-CONT", &pid])).expect("SIGCONT node 2");
+    signal(pid, "-CONT");
     wait_fully_redundant(&data);
     let on_node2 = std::fs::read(data.join("node-2/store/volumes/r-0000000000000001/data"))
         .expect("node 2's copy of the volume");
@@ -589,8 +593,7 @@ fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
     for nodes in pg_nodes(&data) {
         assert_distinct(&nodes);
     }
-    let pid = node_pid(&data, 2);
-    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 2");
+    signal(node_pid(&data, 2), "-9");
     qemu_io_ok(&uri, "read -P 0x61 0 32M");
     let copied = resync_bytes_copied(&data);
     eprintln!("rebuild copied {copied} bytes");
@@ -610,8 +613,7 @@ fn a_node_that_stays_dead_is_marked_out_by_the_leader_and_its_replicas_rebuilt()
     qemu_io_ok(&uri, "write -P 0x71 0 16M");
 
     // Node 4 dies and stays dead; the dev cluster marks a node out after 30 s of silence.
-    let pid = node_pid(&data, 4);
-    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 4");
+    signal(node_pid(&data, 4), "-9");
     qemu_io_ok(&uri, "write -P 0x72 16M 4M");
     let killed = std::time::Instant::now();
     let deadline = killed + Duration::from_secs(120);
@@ -654,7 +656,7 @@ fn an_idle_volume_is_rebuilt_by_the_agent_after_its_node_is_marked_out() {
         "idle",
     );
     qemu_io_ok(&uri, "write -P 0x71 0 32M");
-    run(Command::new("kill").args(["-TERM", &gateway.0.id().to_string()])).expect("SIGTERM");
+    signal(gateway.0.id(), "-TERM");
     assert!(gateway.0.wait().unwrap().success(), "clean gateway exit");
     assert_eq!(show(&data, "idle")["attached_to"], "", "detached on stop");
 
@@ -689,8 +691,7 @@ fn an_idle_volume_is_rebuilt_by_the_agent_after_its_node_is_marked_out() {
     assert!(healed_by_agent, "a node's rebuild agent healed the volume");
 
     // With node 2 dead, the data reads back through a new gateway from the rebuilt replicas.
-    let pid = node_pid(&data, 2);
-    run(Command::new("kill").args(["-9", &pid.to_string()])).expect("kill -9 node 2");
+    signal(node_pid(&data, 2), "-9");
     let (_again, uri) = start_gateway_of(
         &data,
         &dir.path().join("gateway-idle-2.log"),

@@ -73,7 +73,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("gateway-{}", args.nbd_listen));
     let mut exports: Vec<Arc<dyn BlockVolume>> = Vec::new();
     let mut resyncs = tokio::task::JoinSet::new();
-    let (maps_moved, maps_moved_rx) = tokio::sync::watch::channel(0u64);
+    let (maps_moved, maps_moved_rx) = tokio::sync::watch::channel(());
     resyncs.spawn(watch_maps(Arc::clone(&client), maps_moved));
     for name in &args.volumes {
         let (volume, node_of) = open_volume(&client, name, &attach_as, args.force)
@@ -178,20 +178,17 @@ impl VolumeMap {
                 .await
                 .context("list nodes")?
                 .nodes;
-            let after = list_pools().await?;
-            let epoch = |pools: &[pb::Pool]| {
-                pools
-                    .iter()
-                    .find(|p| p.name == volume.pool)
-                    .map(|p| p.map_epoch)
-            };
-            if epoch(&before) != epoch(&after) {
-                continue; // remapped meanwhile: read again
-            }
-            let pool = after
+            let pool = list_pools()
+                .await?
                 .into_iter()
                 .find(|p| p.name == volume.pool)
                 .with_context(|| format!("pool {} is not listed", volume.pool))?;
+            if !before
+                .iter()
+                .any(|p| p.name == pool.name && p.map_epoch == pool.map_epoch)
+            {
+                continue; // remapped meanwhile: read again
+            }
             return Ok(VolumeMap {
                 volume,
                 pool,
@@ -262,10 +259,10 @@ pub(crate) async fn open_volume(
     Ok((replicated, node_of))
 }
 
-/// Follows the metadata service's watch stream for as long as the gateway runs, and bumps
+/// Follows the metadata service's watch stream for as long as the gateway runs, and signals
 /// `moved` whenever a pool's PG map epoch changes, so that every volume follows the new map
 /// at once rather than at its next poll. Reconnects (through any member) when the stream ends.
-async fn watch_maps(client: Arc<Client>, moved: tokio::sync::watch::Sender<u64>) {
+async fn watch_maps(client: Arc<Client>, moved: tokio::sync::watch::Sender<()>) {
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         let stream = client
@@ -283,7 +280,7 @@ async fn watch_maps(client: Arc<Client>, moved: tokio::sync::watch::Sender<u64>)
                         if epochs != seen {
                             tracing::debug!(?epochs, "PG map epochs moved");
                             seen = epochs;
-                            moved.send_modify(|n| *n += 1);
+                            moved.send_replace(());
                         }
                     }
                     Ok(None) => break,
@@ -325,7 +322,7 @@ async fn resync_stale(
     name: String,
     client: Arc<Client>,
     node_of: NodeAddresses,
-    mut maps_moved: tokio::sync::watch::Receiver<u64>,
+    mut maps_moved: tokio::sync::watch::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(RESYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -454,7 +454,11 @@ impl ClusterState {
             .ok_or_else(|| CommandError::NotFound(format!("volume {name}")))?;
         // The rebuild agent holds idle volumes only to heal them: anyone else may take them
         // without force (which fences the agent), but one agent never takes from another.
-        let yields = is_rebuild_agent(&a_client(&volume.attachment)) && !is_rebuild_agent(client);
+        let yields = volume
+            .attachment
+            .as_ref()
+            .is_some_and(|a| is_rebuild_agent(&a.client))
+            && !is_rebuild_agent(client);
         if let Some(a) = &volume.attachment
             && a.client != client
             && !force
@@ -503,13 +507,6 @@ pub const REBUILD_AGENT_PREFIX: &str = "rebuild-agent@";
 
 pub fn is_rebuild_agent(client: &str) -> bool {
     client.starts_with(REBUILD_AGENT_PREFIX)
-}
-
-fn a_client(attachment: &Option<Attachment>) -> String {
-    attachment
-        .as_ref()
-        .map(|a| a.client.clone())
-        .unwrap_or_default()
 }
 
 fn validate_name(kind: &str, name: &str) -> Result<(), CommandError> {

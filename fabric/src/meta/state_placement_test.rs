@@ -116,23 +116,7 @@ fn registrations_the_hierarchy_cannot_hold_are_refused_and_change_nothing() {
 
 #[test]
 fn a_replica_that_missed_a_write_leaves_the_acting_set_until_restored() {
-    let mut s = ClusterState::default();
-    for id in 1..=3 {
-        register(&mut s, id, &format!("r{id}"), 1);
-    }
-    s.apply(&CommandV1::CreatePool(pool(3)).into())
-        .expect("create pool");
-    for name in ["a", "b"] {
-        let spec = VolumeSpec {
-            name: name.into(),
-            pool: "p3".into(),
-            size_bytes: 1 << 30,
-            extent_size_bytes: 4 << 20,
-            request_id: String::new(),
-        };
-        s.apply(&CommandV1::CreateVolume(spec).into())
-            .expect("create volume");
-    }
+    let mut s = three_nodes_with_volumes(&["a", "b"]);
     let replicas = s.pools["p3"].map.pgs[7].clone();
     let remove = |node| CommandV1::RemoveReplica {
         volume: "a".into(),

@@ -451,8 +451,8 @@ impl Inner {
     }
 
     /// The replicas a write of `group` goes to: the live ones, which must all hold it before
-    /// it is acknowledged, and those catching up, which get it but are not waited on to
-    /// acknowledge it. Or why the group cannot take a write. One snapshot of the members, so a
+    /// it is acknowledged, and those catching up, which get it but do not count towards the
+    /// acknowledgement. Or why the group cannot take a write. One snapshot of the members, so a
     /// replica that catches up cannot miss a write through a concurrent map change.
     fn writable(&self, group: usize) -> Result<Writable, VolumeError> {
         let replicas = self.members(group);
@@ -585,9 +585,9 @@ impl Inner {
         }
         // Shared holds of the groups, in ascending order, so a resync can wait out every write
         // of its group (see `Inner::group_locks`); then the exclusive range.
-        let mut _groups_held = Vec::with_capacity(groups.len());
+        let mut held_groups = Vec::with_capacity(groups.len());
         for &group in &groups {
-            _groups_held.push(self.group_locks[group].read().await);
+            held_groups.push(self.group_locks[group].read().await);
         }
         let _range = self
             .locks

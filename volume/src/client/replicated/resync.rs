@@ -8,8 +8,10 @@
 //!
 //! From the moment the resync starts, every new write of the group also goes to the replica
 //! (it "catches up"), and so does every client flush, so a rebuild converges however busy the
-//! volume is: an extent copied once stays current. Such a write is not waited on to
-//! acknowledge the client, and if it fails the resync fails and starts over later.
+//! volume is: an extent copied once stays current. Such a write does not count towards the
+//! client's acknowledgement, and if it fails the resync fails and starts over later; the
+//! client's write still waits for its answer, so none is in flight on the replica once the
+//! range is released (a later copy of the extent could otherwise be overwritten by it).
 //!
 //! Two passes. The first runs beside foreground IO, a few extents at a time; while clients do IO
 //! it keeps to [`RESYNC_BYTES_PER_SEC_MAX`], and with none it runs as fast as the disks go.
