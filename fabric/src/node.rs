@@ -2,8 +2,8 @@
 //! flags (flags win). Raw input ([`NodeArgs`], [`NodeToml`]) is validated once into a
 //! [`MemberConfig`]; the process then serves until SIGINT/SIGTERM.
 //!
-//! The member's directory holds `LOCK` (flock'd while running), `meta/` (sled and the snapshot)
-//! and `node.json` (id, gRPC address, pid) for discovery by `fabricctl`.
+//! The member's directory holds `LOCK` (flock'd while running), `meta/` (the Raft log file,
+//! sled and the snapshot) and `node.json` (id, gRPC address, pid) for discovery by `fabricctl`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

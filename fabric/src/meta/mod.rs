@@ -5,7 +5,8 @@
 //!
 //! - [`model`]: domain types; [`query`]: reads of the state; [`pgmap`]: the placement seam.
 //! - [`types`]: the openraft type configuration.
-//! - [`store`]: the log and vote in sled (fsynced), the state machine with durable snapshots.
+//! - [`store`]: the log in its own file and the vote in sled (both fsynced), the state machine
+//!   with durable snapshots.
 //! - [`net`]: Raft over gRPC (cached channel per peer, chunked snapshots, leader forwarding).
 //! - [`member`]: a running member, where writes and linearizable reads enter.
 //! - [`service`]: the metadata gRPC service, with wire ↔ domain conversion at its edge.

@@ -1,45 +1,49 @@
-//! The Raft log and vote in sled: entries keyed by big-endian index in tree `log`; the vote, the
-//! committed log id and the last purged log id in tree `raft`.
+//! The Raft log storage of a member: entries in [`Wal`] (one file, one `fdatasync` per group
+//! commit); the vote and the committed log id in sled's tree `raft`.
 
 use std::fmt::Debug;
 use std::io;
-use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Weak};
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
 use super::durable::DurableDb;
+use super::wal::Wal;
 use super::{decode, encode};
 use crate::meta::types::{Entry, LogId, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
+/// Where an older store kept the last purged log id, beside its entries in tree `log`.
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// Log storage of one member; clones share the database (a clone is the log reader).
+/// Log storage of one member; clones share the files (a clone is the log reader).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DurableDb>,
-    log: sled::Tree,
     raft: sled::Tree,
+    wal: Arc<Mutex<Wal>>,
     /// Hands appended batches to the group-commit thread, which signals them once durable.
     flusher: std::sync::mpsc::Sender<IOFlushed<TypeConfig>>,
 }
 
 /// Group commit: waits for appended batches, makes everything written so far durable with one
-/// sync, then signals every batch that sync covered, in append order. Runs until every
+/// `fdatasync`, then signals every batch that sync covered, in append order. Runs until every
 /// [`LogStore`] clone is gone.
-fn run_flusher(db: Weak<DurableDb>, queue: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn run_flusher(wal: Weak<Mutex<Wal>>, queue: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
     while let Ok(first) = queue.recv() {
         let mut covered = vec![first];
         covered.extend(queue.try_iter());
-        // Only a weak handle: the database closes as soon as the last store is dropped.
-        let result = match db.upgrade() {
-            Some(db) => db.sync(),
+        // The file is fetched after the batches were written, so it is the one holding them
+        // (a compaction in between has synced them into its new file already).
+        let file = match wal.upgrade() {
+            Some(wal) => lock(&wal).map(|w| w.file()),
             None => Err(io::Error::other("the log store was closed before the sync")),
         };
+        let result = file.and_then(|f| f.sync_data());
         for callback in covered {
             let reported = match &result {
                 Ok(()) => Ok(()),
@@ -53,8 +57,9 @@ fn run_flusher(db: Weak<DurableDb>, queue: std::sync::mpsc::Receiver<IOFlushed<T
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+fn lock(wal: &Mutex<Wal>) -> io::Result<MutexGuard<'_, Wal>> {
+    wal.lock()
+        .map_err(|_| io::Error::other("the raft log is poisoned by an earlier panic"))
 }
 
 fn sled_err(what: &str, e: sled::Error) -> io::Error {
@@ -62,48 +67,55 @@ fn sled_err(what: &str, e: sled::Error) -> io::Error {
 }
 
 impl LogStore {
-    pub fn open(db: Arc<DurableDb>) -> io::Result<LogStore> {
-        let log = db
-            .db
-            .open_tree("log")
-            .map_err(|e| sled_err("open tree log", e))?;
+    /// Opens the log in `dir` beside the sled database `db`. Blocking. A store from before the
+    /// log file existed has its entries moved from sled's tree `log` into a new log file.
+    pub fn open(db: Arc<DurableDb>, dir: &Path) -> io::Result<LogStore> {
         let raft = db
             .db
             .open_tree("raft")
             .map_err(|e| sled_err("open tree raft", e))?;
+        let (mut wal, created) = Wal::open(dir)?;
+        if created {
+            wal = import_sled_log(&db, &raft, dir)?.unwrap_or(wal);
+        }
+        let wal = Arc::new(Mutex::new(wal));
         let (flusher, queue) = std::sync::mpsc::channel();
-        let db_w = Arc::downgrade(&db);
+        let wal_w = Arc::downgrade(&wal);
         std::thread::Builder::new()
             .name("meta-log-sync".into())
-            .spawn(move || run_flusher(db_w, queue))?;
+            .spawn(move || run_flusher(wal_w, queue))?;
         Ok(LogStore {
             db,
-            log,
             raft,
+            wal,
             flusher,
         })
     }
 
-    /// Flushes and fsyncs on the blocking pool.
-    async fn sync(&self) -> io::Result<()> {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || db.sync())
-            .await
-            .map_err(io::Error::other)?
+    fn wal(&self) -> io::Result<MutexGuard<'_, Wal>> {
+        lock(&self.wal)
+    }
+
+    /// Runs `f` on the log, then `fdatasync`s it, on the blocking pool.
+    async fn write_synced(
+        &self,
+        f: impl FnOnce(&mut Wal) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        let wal = Arc::clone(&self.wal);
+        tokio::task::spawn_blocking(move || {
+            let file = {
+                let mut w = lock(&wal)?;
+                f(&mut w)?;
+                w.file()
+            };
+            file.sync_data()
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self
-            .raft
-            .get(key)
-            .map_err(|e| sled_err("read raft meta", e))?
-        {
-            Some(bytes) => Ok(Some(decode(
-                std::str::from_utf8(key).unwrap_or("meta"),
-                &bytes,
-            )?)),
-            None => Ok(None),
-        }
+        get_meta(&self.raft, key)
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
@@ -113,17 +125,51 @@ impl LogStore {
             .map_err(|e| sled_err("write raft meta", e))?;
         Ok(())
     }
+}
 
-    fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
-        match self
-            .log
-            .last()
-            .map_err(|e| sled_err("read last entry", e))?
-        {
-            Some((_, v)) => Ok(Some(decode::<Entry>("log entry", &v)?.log_id())),
-            None => Ok(None),
-        }
+fn get_meta<T: serde::de::DeserializeOwned>(
+    raft: &sled::Tree,
+    key: &[u8],
+) -> io::Result<Option<T>> {
+    match raft.get(key).map_err(|e| sled_err("read raft meta", e))? {
+        Some(bytes) => Ok(Some(decode(
+            std::str::from_utf8(key).unwrap_or("meta"),
+            &bytes,
+        )?)),
+        None => Ok(None),
     }
+}
+
+/// Moves the entries an older store kept in sled into a new log file; `None` if there were
+/// none. The file is whole and synced before sled's copy is dropped, so a crash in between
+/// leaves the file in place and nothing is imported twice.
+fn import_sled_log(db: &DurableDb, raft: &sled::Tree, dir: &Path) -> io::Result<Option<Wal>> {
+    let old = db
+        .db
+        .open_tree("log")
+        .map_err(|e| sled_err("open tree log", e))?;
+    let last_purged: Option<LogId> = get_meta(raft, KEY_PURGED)?;
+    if old.is_empty() && last_purged.is_none() {
+        return Ok(None);
+    }
+    let mut entries = Vec::new();
+    for item in old.iter() {
+        let (_, v) = item.map_err(|e| sled_err("read old log", e))?;
+        entries.push(decode::<Entry>("log entry", &v)?);
+    }
+    let count = entries.len();
+    let wal = Wal::create(dir, last_purged, entries.into_iter())?;
+    db.db
+        .drop_tree("log")
+        .map_err(|e| sled_err("drop old log", e))?;
+    raft.remove(KEY_PURGED)
+        .map_err(|e| sled_err("drop old purge mark", e))?;
+    db.sync()?;
+    tracing::info!(
+        entries = count,
+        "raft log moved from sled into its own file"
+    );
+    Ok(Some(wal))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -131,21 +177,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
-        let mut out = Vec::new();
-        for item in self.log.range(index_key(start)..) {
-            let (k, v) = item.map_err(|e| sled_err("read entries", e))?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(io::Error::other)?);
-            if !range.contains(&index) {
-                break;
-            }
-            out.push(decode("log entry", &v)?);
-        }
-        Ok(out)
+        Ok(self.wal()?.entries(range))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -157,11 +189,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        let wal = self.wal()?;
+        let last_purged_log_id = wal.last_purged();
         Ok(LogState {
             last_purged_log_id,
-            last_log_id,
+            last_log_id: wal.last_log_id().or(last_purged_log_id),
         })
     }
 
@@ -172,7 +204,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Durable before it returns: a member never forgets whom it voted for.
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         self.put_meta(KEY_VOTE, vote)?;
-        self.sync().await
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || db.sync())
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// Not synced on its own: losing it only means re-learning the commit index from the leader.
@@ -204,42 +239,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&index_key(entry.index()), encode("log entry", &entry)?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| sled_err("append entries", e))?;
+        self.wal()?.append(entries.into_iter())?;
         self.flusher
             .send(callback)
             .map_err(|_| io::Error::other("the log sync thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(from)..) {
-            let (k, _) = item.map_err(|e| sled_err("scan for truncate", e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| sled_err("truncate", e))?;
-        self.sync().await
+        let index = last_log_id.map(|l| l.index());
+        self.write_synced(move |w| w.truncate_after(index)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // Record the purge point first: a crash in between leaves extra entries, never a gap.
-        self.put_meta(KEY_PURGED, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index())) {
-            let (k, _) = item.map_err(|e| sled_err("scan for purge", e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| sled_err("purge", e))?;
-        self.sync().await
+        self.write_synced(move |w| w.purge(log_id)).await
     }
 }

@@ -1,12 +1,14 @@
-//! Persistence of one metadata member: the Raft log and vote in sled ([`LogStore`]), the state
-//! machine in memory with durable snapshots ([`StateMachineStore`]).
+//! Persistence of one metadata member: the Raft log's entries in their own file ([`wal`]), the
+//! vote and committed log id in sled ([`LogStore`]), the state machine in memory with durable
+//! snapshots ([`StateMachineStore`]).
 //!
 //! Durability contract: `save_vote` returns, and `append` signals openraft's callback, only
-//! after the bytes are on disk — sled's `flush` followed by an `fdatasync` of sled's data file,
-//! because sled's own flush ends in `sync_file_range`, which does not persist the file's
-//! metadata. `append` itself returns as soon as the entries are written (so the leader can
-//! replicate them while its own sync runs); one thread syncs for every batch appended since
-//! its last sync (group commit) and signals them in order.
+//! after the bytes are on disk. For the vote that is sled's `flush` followed by an `fdatasync`
+//! of sled's data file, because sled's own flush ends in `sync_file_range`, which does not
+//! persist the file's metadata. For entries it is one `fdatasync` of the log file. `append`
+//! itself returns as soon as the entries are written (so the leader can replicate them while
+//! its own sync runs); one thread syncs for every batch appended since its last sync (group
+//! commit) and signals them in order.
 //! Values stay far below sled's blob threshold (~128 KiB), since blob files are not fsynced.
 //!
 //! The state machine is rebuilt at start from the last snapshot plus the committed log, so it
@@ -19,6 +21,7 @@ mod sm;
 mod snapshot_file;
 #[cfg(test)]
 mod suite_test;
+mod wal;
 
 use std::io;
 use std::path::Path;
@@ -40,7 +43,10 @@ pub async fn open(dir: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         .await
         .map_err(io::Error::other)??;
     let db = Arc::new(db);
-    let log = LogStore::open(Arc::clone(&db))?;
+    let log_dir = dir.to_path_buf();
+    let log = tokio::task::spawn_blocking(move || LogStore::open(db, &log_dir))
+        .await
+        .map_err(io::Error::other)??;
     let sm = StateMachineStore::open(&dir.join("snapshot"))?;
     Ok((log, sm))
 }

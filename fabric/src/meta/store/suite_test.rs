@@ -1,4 +1,5 @@
-//! openraft's storage conformance suite against the sled log store and the state machine.
+//! openraft's storage conformance suite against the log store and the state machine, and what
+//! survives reopening them.
 
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -6,9 +7,9 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use super::{LogStore, StateMachineStore};
 use crate::meta::types::TypeConfig;
 
-struct SledBuilder;
+struct StoreDir;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for StoreDir {
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
@@ -20,7 +21,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes() {
-    Suite::test_all(SledBuilder).await.expect("storage suite");
+    Suite::test_all(StoreDir).await.expect("storage suite");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,4 +64,49 @@ async fn vote_and_entries_survive_reopen() {
         back.iter().map(|e| e.index()).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
+}
+
+/// A member whose entries were kept in sled (before the log had its own file) keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_kept_in_sled_by_an_older_store_are_moved_into_the_log_file() {
+    use openraft::RaftLogReader;
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftLogStorage;
+
+    use crate::meta::command::CommandV1;
+    use crate::meta::types::{Entry, LogId};
+
+    let leader = openraft::impls::leader_id_adv::LeaderId {
+        term: 2,
+        node_id: 1,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = super::DurableDb::open(&dir.path().join("sled")).unwrap();
+        let log = db.db.open_tree("log").unwrap();
+        for i in 4..=6u64 {
+            let cmd = CommandV1::DeleteVolume {
+                name: format!("v{i}"),
+            };
+            let entry = Entry::new_normal(LogId::new(leader, i), cmd.into());
+            log.insert(i.to_be_bytes(), serde_json::to_vec(&entry).unwrap())
+                .unwrap();
+        }
+        let purged = LogId::new(leader, 3);
+        let raft = db.db.open_tree("raft").unwrap();
+        raft.insert("last_purged", serde_json::to_vec(&purged).unwrap())
+            .unwrap();
+        db.sync().unwrap();
+    }
+    for _ in 0..2 {
+        let (mut log, _sm) = super::open(dir.path()).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(LogId::new(leader, 3)));
+        assert_eq!(state.last_log_id, Some(LogId::new(leader, 6)));
+        let back = log.try_get_log_entries(0..10).await.unwrap();
+        assert_eq!(
+            back.iter().map(|e| e.index()).collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        );
+    }
 }
