@@ -40,9 +40,11 @@ const MAP_READS_MAX: u32 = 10;
 pub const WATCH_RETRY_MS: u64 = 500;
 /// How often the gateway looks for stale replicas that answer again.
 pub const RESYNC_INTERVAL_MS: u64 = 1_000;
-/// Stale replicas resynced at once: their first passes overlap, so a rebuild after a node
-/// goes out keeps several disks busy instead of copying one extent at a time.
-pub const RESYNCS_IN_PARALLEL_MAX: usize = 16;
+/// Stale replicas resynced at once. Each resync also has steps that copy nothing (versions
+/// exchange, flush, the held check and the metadata commit); with many at once, the others'
+/// copies keep the disks busy meanwhile. The copies themselves are bounded per volume by
+/// `volume::client::replicated::COPIES_IN_FLIGHT_MAX`.
+pub const RESYNCS_IN_PARALLEL_MAX: usize = 64;
 
 /// Flags of `fabricd gateway`.
 #[derive(Args, Debug, Clone)]

@@ -331,6 +331,29 @@ async fn reads_prefer_the_first_replica_and_fail_over_when_it_dies() {
     assert_eq!(vol.live_replicas(0), vec![nodes[1].addr, nodes[2].addr]);
 }
 
+/// The PG map is the authority on staleness: a replica it lists as stale serves no read and
+/// is offered for resync, even if this client never saw it fail (a stale replica the client
+/// kept as live was never rebuilt, and the PG stayed degraded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_the_map_lists_as_stale_leaves_the_live_set_and_is_resynced() {
+    let nodes = three_nodes().await;
+    let (vol, _recorder) = client(&nodes, 1, 2);
+    let data = pattern(8192, 9);
+    vol.write(EXTENT, data.clone(), true).await.unwrap();
+    vol.follow(&ActingSets {
+        groups: vec![vec![nodes[1].addr, nodes[2].addr]],
+        stale: vec![vec![nodes[0].addr]],
+    })
+    .unwrap();
+    assert_eq!(vol.live_replicas(0), vec![nodes[1].addr, nodes[2].addr]);
+    assert_eq!(vol.stale_replicas(), vec![(0, nodes[0].addr)]);
+    same(
+        &vol.read(EXTENT, 8192).await.unwrap(),
+        &data,
+        "from a live replica",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_that_a_dead_replica_misses_removes_it_and_succeeds_on_the_rest() {
     let nodes = three_nodes().await;

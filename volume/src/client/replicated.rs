@@ -63,6 +63,9 @@ struct Inner {
     /// exclusively to wait out the writes in flight, without stopping other groups' writes.
     /// tokio's lock is fair, so a waiting resync is not starved by a stream of writes.
     group_locks: Vec<tokio::sync::RwLock<()>>,
+    /// Extent copies in flight across every resync of the volume: bounds the buffers a rebuild
+    /// holds however many groups resync at once.
+    copy_slots: tokio::sync::Semaphore,
 }
 
 /// Where one write of a group goes; see [`Inner::writable`].
@@ -131,6 +134,11 @@ impl Replica {
     }
     fn stuck(&self) -> bool {
         self.removal().get() == Some(&false)
+    }
+    /// Out of the acting set, as the metadata service already records it.
+    fn demote(&self) {
+        *self.removal.lock().expect("replica removal cell") =
+            Arc::new(OnceCell::new_with(Some(true)));
     }
     /// Back into the acting set, after a resync.
     fn restore(&self) {
@@ -221,6 +229,7 @@ impl ReplicatedVolume {
             group_locks: (0..acting.groups.len())
                 .map(|_| tokio::sync::RwLock::new(()))
                 .collect(),
+            copy_slots: tokio::sync::Semaphore::new(resync::COPIES_IN_FLIGHT_MAX),
         };
         for g in 0..acting.groups.len() {
             let members = all(g)
@@ -236,7 +245,8 @@ impl ReplicatedVolume {
 
     /// Follows a new PG map: each group's members become `acting`'s (live) and stale
     /// replicas. A replica already in the group keeps what this client knows of it (a replica
-    /// it took out stays out until resynced); a new one starts as the map says. Replicas no
+    /// it took out stays out until resynced), except that one the map lists as stale is out;
+    /// a new one starts as the map says. Replicas no
     /// longer listed leave the group; IOs already under way finish on the members they
     /// started with.
     pub fn follow(&self, acting: &ActingSets) -> Result<(), ClientConfigError> {
@@ -247,11 +257,21 @@ impl ReplicatedVolume {
         for (g, listed) in acting.groups.iter().enumerate() {
             let stale = acting.stale.get(g).map(Vec::as_slice).unwrap_or_default();
             let old = inner.members(g);
-            let keep = |addr: SocketAddr, stale: bool| {
-                old.iter()
-                    .find(|r| r.link.addr() == addr)
-                    .map(Arc::clone)
-                    .unwrap_or_else(|| Arc::new(Replica::new(inner.link_to(addr), stale)))
+            let keep = |addr: SocketAddr, stale: bool| match old
+                .iter()
+                .find(|r| r.link.addr() == addr)
+            {
+                Some(r) => {
+                    // The metadata service's word that a replica is stale wins over ours: it
+                    // must serve no read until a resync brings it back. (The reverse, a
+                    // replica listed live that we hold stale, waits for our resync.)
+                    if stale && r.live() {
+                        tracing::warn!(volume = %inner.config.volume, group = g, replica = %addr, "the PG map lists a replica as stale that this client held live; it will be resynced");
+                        r.demote();
+                    }
+                    Arc::clone(r)
+                }
+                None => Arc::new(Replica::new(inner.link_to(addr), stale)),
             };
             let members: Vec<Arc<Replica>> = listed
                 .iter()

@@ -45,6 +45,11 @@ pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
 /// Extents one resync copies at once: a copy is a read on one replica, then a write on
 /// another, so with one at a time each disk would idle half the time.
 pub const COPIES_IN_FLIGHT_PER_RESYNC_MAX: usize = 4;
+/// Extent copies in flight across all resyncs of one volume: each holds an extent's buffer,
+/// and together they are the rebuild's queue depth on the disks. 64 of them (256 MiB) queued
+/// long enough on one disk for replicas to miss the 5 s reply timeout, which failed resyncs
+/// and made the rebuild start over; 16 keeps the disks as busy (BENCHMARKS.md).
+pub const COPIES_IN_FLIGHT_MAX: usize = 16;
 
 /// What one resync did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,6 +123,11 @@ impl ReplicatedVolume {
         let target_replica: &Replica = &t;
         let copies = futures::stream::iter(differing)
             .map(|e| async move {
+                let _slot = inner
+                    .copy_slots
+                    .acquire()
+                    .await
+                    .expect("the copy slots are never closed");
                 let range = inner.extent_lock(e);
                 let _held = inner.locks.lock(range.0, range.1).await;
                 inner.copy_extent(group, target_replica, e).await
