@@ -7,8 +7,8 @@
 //! (`RemoveReplica`, a Raft command) before the write is acknowledged, so the cluster's PG map
 //! always names which copies are current. Every `RESYNC_INTERVAL_MS` the gateway looks for
 //! stale replicas that answer again and resyncs them (`ReplicatedVolume::resync`: only the
-//! extents that changed), then restores them through `RestoreReplica`. What is not here yet:
-//! the PG map is read once at start, not followed.
+//! extents that changed), then restores them through `RestoreReplica`. It follows the PG map
+//! at once when the watch stream reports a new map epoch, and on every such look.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

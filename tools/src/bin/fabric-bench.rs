@@ -417,7 +417,8 @@ fn rebuild(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Re
     );
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
-        let r = rebuild_round(args, size, &scratch.join(format!("round-{round}")), fabricd)?;
+        let dir = scratch.join(format!("round-{round}"));
+        let r = rebuild_round(args, size, &dir, fabricd, &fabricctl)?;
         println!(
             "  {round:>5} {:>9.0} {:>9} {:>9} {:>9.0} {:>13.0} {:>14.0} {:>12.2}",
             r.mib,
@@ -473,8 +474,8 @@ fn rebuild_round(
     size: u64,
     dir: &Path,
     fabricd: &Path,
+    fabricctl: &Path,
 ) -> anyhow::Result<RebuildRound> {
-    let fabricctl = fabricd.with_file_name("fabricctl");
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let data = dir.join("fabric-4");
     let port = free_port()?;
@@ -511,7 +512,7 @@ fn rebuild_round(
     let copy_mib_s = copy_ceiling(&raw, size, args.runtime)?;
 
     let ctl = |what: &[&str]| -> anyhow::Result<Value> {
-        let out = Command::new(&fabricctl)
+        let out = Command::new(fabricctl)
             .arg("--json")
             .arg("--data-dir")
             .arg(&data)

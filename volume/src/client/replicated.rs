@@ -246,9 +246,8 @@ impl ReplicatedVolume {
     /// Follows a new PG map: each group's members become `acting`'s (live) and stale
     /// replicas. A replica already in the group keeps what this client knows of it (a replica
     /// it took out stays out until resynced), except that one the map lists as stale is out;
-    /// a new one starts as the map says. Replicas no
-    /// longer listed leave the group; IOs already under way finish on the members they
-    /// started with.
+    /// a new one starts as the map says. Replicas no longer listed leave the group; IOs
+    /// already under way finish on the members they started with.
     pub fn follow(&self, acting: &ActingSets) -> Result<(), ClientConfigError> {
         let inner = &self.inner;
         if acting.groups.len() != inner.groups.len() || acting.stale.len() > acting.groups.len() {

@@ -1,4 +1,4 @@
-//! Persistence of one metadata member: the Raft log's entries in their own file ([`wal`]), the
+//! Persistence of one metadata member: the Raft log's entries in their own file (`wal.rs`), the
 //! vote and committed log id in sled ([`LogStore`]), the state machine in memory with durable
 //! snapshots ([`StateMachineStore`]).
 //!
@@ -31,8 +31,9 @@ pub use durable::DurableDb;
 pub use log::LogStore;
 pub use sm::{SnapshotPayload, StateMachineStore};
 
-/// Largest encoded log entry or vote, in bytes: far below sled's blob threshold, so every value
-/// lives in sled's fsynced data file.
+/// Largest encoded log entry, vote or committed log id, in bytes. Far below sled's blob
+/// threshold, so the vote lives in sled's fsynced data file; the log file's records are held
+/// to it too (`wal::RECORD_BYTES_MAX`).
 pub const VALUE_BYTES_MAX: usize = 64 * 1024;
 
 /// Opens (or creates) the log store and state machine of a member in `dir`.

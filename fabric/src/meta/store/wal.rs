@@ -41,8 +41,8 @@ pub const WAL_FILE: &str = "raft.log";
 const WAL_FILE_NEW: &str = "raft.log.new";
 /// Bytes of a record's header: length and crc32c of the body.
 const HEADER_BYTES: usize = 8;
-/// Largest record body. Entries are far smaller (see [`super::VALUE_BYTES_MAX`]).
-pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
+/// Largest record body: an entry of at most [`super::VALUE_BYTES_MAX`] plus the record's tag.
+pub const RECORD_BYTES_MAX: usize = super::VALUE_BYTES_MAX + 64;
 /// The file grows by this many zero-filled bytes at a time.
 const WAL_GROW_BYTES: u64 = 4 * 1024 * 1024;
 /// A purge rewrites the file once it is larger than this.
@@ -50,7 +50,6 @@ pub const WAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 const _: () = assert!(RECORD_BYTES_MAX < u32::MAX as usize);
-const _: () = assert!(super::VALUE_BYTES_MAX + 64 <= RECORD_BYTES_MAX);
 const _: () = assert!(WAL_GROW_BYTES as usize >= HEADER_BYTES + RECORD_BYTES_MAX);
 
 #[derive(Deserialize)]
