@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// How long a starting `fabricd` may take to start serving.
-pub const START_TIMEOUT_MS: u64 = 30_000;
+/// How long a starting `fabricd` may take to start serving. Longer than the launcher's own
+/// limit on forming a cluster (60 s), so that a slow start ends in the launcher's specific error.
+pub const START_TIMEOUT_MS: u64 = 90_000;
+/// Lines of each child's log file shown when a start fails.
+const START_FAILURE_LOG_LINES: usize = 40;
 
 /// Path of a built binary of this workspace (they sit beside the test's own `deps/` directory).
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -64,7 +67,6 @@ pub fn tools(names: &[&str]) -> Option<()> {
     ok.then_some(())
 }
 
-/// A free TCP port on loopback (bound and released; good enough for tests).
 /// Held by a test while its cluster of processes runs, so that the tests of one binary run
 /// their clusters one at a time: several clusters of four or five processes on two cores turn
 /// timeouts into false failures, and ports picked by [`free_port`] (bind, read, release) can be
@@ -76,11 +78,24 @@ pub fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A free TCP port on loopback (bound and released; good enough for tests), never one this
+/// process was given before: the kernel may hand a just-released port out again, and two
+/// members of one test given the same port would leave one unable to listen.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Runs a command, failing with its output if it exits non-zero.
@@ -200,12 +215,41 @@ impl DevNode {
             {
                 bail!(
                     "fabricd exited during start with {status}:\n{}",
-                    self.logs().join("\n")
+                    self.start_report()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("fabricd did not start listening within {START_TIMEOUT_MS} ms")
+        bail!(
+            "fabricd did not start listening within {START_TIMEOUT_MS} ms:\n{}",
+            self.start_report()
+        )
+    }
+
+    /// What a failed start leaves to read: the launcher's output and the tail of the log file
+    /// of every child it started (`node-ID/fabricd.log`, `gateway/fabricd.log`).
+    fn start_report(&mut self) -> String {
+        let mut report = self.logs().join("\n");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.data_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("fabricd.log"))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(START_FAILURE_LOG_LINES)..];
+            report.push_str(&format!(
+                "\n--- {} (last {} lines)\n",
+                file.display(),
+                tail.len()
+            ));
+            report.push_str(&tail.join("\n"));
+        }
+        report
     }
 
     /// Everything the process printed so far.

@@ -114,9 +114,11 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
 
 /// Runs N node processes and a gateway until Ctrl-C or SIGTERM, or until the gateway exits.
 async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
-    let mut cluster = crate::meta::launch::DevCluster::start(&config.data_dir, nodes)
-        .await
-        .context("start the nodes")?;
+    let started = std::time::Instant::now();
+    let mut cluster =
+        crate::meta::launch::DevCluster::start(&config.data_dir, nodes, config.nbd_listen)
+            .await
+            .context("start the nodes")?;
     let addrs: Vec<&str> = cluster.members.iter().map(|(_, a)| a.as_str()).collect();
     println!("metadata group of {nodes} at {}", addrs.join(","));
     let volumes: Vec<(String, u64)> = config
@@ -136,6 +138,10 @@ async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
         cluster.stop();
         return Err(e);
     }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "the gateway is serving"
+    );
     for (name, size) in &volumes {
         println!(
             "serving volume {name} ({size} bytes, replicated) at nbd://{}/{name}",

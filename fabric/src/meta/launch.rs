@@ -43,17 +43,18 @@ pub struct DevCluster {
     pub members: Vec<(u64, String)>,
     /// id → replica address of each node.
     pub data: Vec<(u64, String)>,
+    data_dir: PathBuf,
     children: Vec<Child>,
     gateway: Option<Child>,
 }
 
-fn free_loopback_addr() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("pick a free port")?;
-    Ok(l.local_addr()?.to_string())
-}
-
-/// The gRPC and data addresses of every member: from `cluster.json`, or fresh ports.
-fn member_addresses(data_dir: &Path, nodes: u32) -> anyhow::Result<ClusterFile> {
+/// The gRPC and data addresses of every member: from `cluster.json`, or fresh ports that
+/// differ from `avoid` (the gateway's NBD address).
+fn member_addresses(
+    data_dir: &Path,
+    nodes: u32,
+    avoid: std::net::SocketAddr,
+) -> anyhow::Result<ClusterFile> {
     let path = data_dir.join("cluster.json");
     if let Ok(bytes) = std::fs::read(&path) {
         let mut file: ClusterFile =
@@ -69,23 +70,48 @@ fn member_addresses(data_dir: &Path, nodes: u32) -> anyhow::Result<ClusterFile> 
         if file.data.len() == file.members.len() {
             return Ok(file);
         }
-        file.data = fresh_addresses(nodes)?;
+        let mut taken: Vec<std::net::SocketAddr> = vec![avoid];
+        taken.extend(
+            file.members
+                .iter()
+                .filter_map(|(_, a)| a.parse::<std::net::SocketAddr>().ok()),
+        );
+        file.data = numbered(fresh_addresses(nodes, &taken)?);
         write_cluster_file(&path, &file)?;
         return Ok(file);
     }
+    let mut members = fresh_addresses(2 * nodes, &[avoid])?;
+    let data = members.split_off(nodes as usize);
     let file = ClusterFile {
-        members: fresh_addresses(nodes)?,
-        data: fresh_addresses(nodes)?,
+        members: numbered(members),
+        data: numbered(data),
     };
     std::fs::create_dir_all(data_dir)?;
     write_cluster_file(&path, &file)?;
     Ok(file)
 }
 
-fn fresh_addresses(nodes: u32) -> anyhow::Result<Vec<(u64, String)>> {
-    (1..=u64::from(nodes))
-        .map(|id| Ok((id, free_loopback_addr()?)))
-        .collect()
+/// `count` distinct free loopback addresses, none of them in `avoid`. Every port stays bound
+/// until all are picked: the kernel may hand a just-released port out again, and two members
+/// given one port would leave one unable to listen.
+fn fresh_addresses(count: u32, avoid: &[std::net::SocketAddr]) -> anyhow::Result<Vec<String>> {
+    let mut held = Vec::with_capacity(count as usize);
+    let mut addrs = Vec::with_capacity(count as usize);
+    while addrs.len() < count as usize {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("pick a free port")?;
+        let addr = l.local_addr()?;
+        // An avoided port is dropped at once; the next bind gets another.
+        if !avoid.iter().any(|a| a.port() == addr.port()) {
+            addrs.push(addr.to_string());
+            held.push(l);
+        }
+    }
+    Ok(addrs)
+}
+
+/// Addresses paired with member ids 1, 2, ...
+fn numbered(addrs: Vec<String>) -> Vec<(u64, String)> {
+    (1..).zip(addrs).collect()
 }
 
 fn write_cluster_file(path: &Path, file: &ClusterFile) -> anyhow::Result<()> {
@@ -118,17 +144,23 @@ fn log_file(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 impl DevCluster {
     /// Starts the members, waits for all to register, and ensures the default pool exists.
-    pub async fn start(data_dir: &Path, nodes: u32) -> anyhow::Result<DevCluster> {
+    /// `nbd_listen` is the gateway's address, which no member may be given.
+    pub async fn start(
+        data_dir: &Path,
+        nodes: u32,
+        nbd_listen: std::net::SocketAddr,
+    ) -> anyhow::Result<DevCluster> {
         assert!(
             (1..=DEV_NODES_MAX).contains(&nodes),
             "validated by the caller"
         );
-        let ClusterFile { members, data } = member_addresses(data_dir, nodes)?;
+        let ClusterFile { members, data } = member_addresses(data_dir, nodes, nbd_listen)?;
         let exe = std::env::current_exe().context("find the fabricd executable")?;
         let peers: Vec<String> = members.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let mut cluster = DevCluster {
             members: members.clone(),
             data: data.clone(),
+            data_dir: data_dir.to_path_buf(),
             children: Vec::new(),
             gateway: None,
         };
@@ -159,13 +191,17 @@ impl DevCluster {
                 .children
                 .push(spawn_child(cmd, &format!("node {id}"))?);
         }
-        cluster.form(nodes).await?;
+        if let Err(e) = cluster.form(nodes).await {
+            cluster.stop();
+            return Err(e);
+        }
         Ok(cluster)
     }
 
-    async fn form(&self, nodes: u32) -> anyhow::Result<()> {
+    async fn form(&mut self, nodes: u32) -> anyhow::Result<()> {
         let client = Client::new(self.members.iter().map(|(_, a)| a.clone()).collect());
-        let deadline = Instant::now() + Duration::from_millis(DEV_FORM_TIMEOUT_MS);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(DEV_FORM_TIMEOUT_MS);
         loop {
             let listed = client
                 .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
@@ -173,7 +209,14 @@ impl DevCluster {
             if let Ok(r) = &listed
                 && r.nodes.len() >= nodes as usize
             {
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "every member registered"
+                );
                 break;
+            }
+            if let Some(exited) = self.exited_member() {
+                bail!("{exited}");
             }
             if Instant::now() > deadline {
                 bail!(
@@ -249,6 +292,22 @@ impl DevCluster {
         }
         self.gateway = Some(spawn_child(cmd, "the gateway")?);
         Ok(())
+    }
+
+    /// A member that exited before the cluster formed, named with its status and log file.
+    fn exited_member(&mut self) -> Option<String> {
+        self.children
+            .iter_mut()
+            .zip(&self.members)
+            .find_map(|(child, (id, _))| {
+                let status = child.try_wait().ok().flatten()?;
+                Some(format!(
+                    "node {id} exited ({status}) before the cluster formed; see {}",
+                    self.data_dir
+                        .join(format!("node-{id}/fabricd.log"))
+                        .display()
+                ))
+            })
     }
 
     /// Whether the gateway has exited, with its status.
