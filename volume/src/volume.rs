@@ -25,6 +25,8 @@ pub enum VolumeError {
     FastZeroUnsupported,
     #[error("volume is read-only")]
     ReadOnly,
+    #[error("write payload does not match the crc32c it came with")]
+    PayloadCrc,
     #[error("IO error: {0}")]
     Io(String),
 }
@@ -35,7 +37,9 @@ impl VolumeError {
         match self {
             VolumeError::OutOfRange { .. } => libc::EINVAL as u32,
             VolumeError::TooLarge { .. } => libc::EOVERFLOW as u32,
-            VolumeError::Checksum { .. } | VolumeError::Io(_) => libc::EIO as u32,
+            VolumeError::Checksum { .. } | VolumeError::PayloadCrc | VolumeError::Io(_) => {
+                libc::EIO as u32
+            }
             VolumeError::FastZeroUnsupported => libc::ENOTSUP as u32,
             VolumeError::ReadOnly => libc::EPERM as u32,
         }

@@ -84,6 +84,55 @@ async fn a_new_volume_is_thin_and_reads_zeros_until_written_and_after_trim() {
     }
 }
 
+/// A replica writes wire payloads with the crc32c they came with and answers reads with the
+/// crc32c of what it read, both derived from the block checksums: a payload that does not
+/// match its crc changes nothing, and the crc of a read is that of the bytes returned.
+#[tokio::test]
+async fn payload_checksums_are_checked_on_write_and_derived_on_read() {
+    use volume::checksum::block_crc;
+    for (engine, disk) in disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ExtentStore::open(dir.path(), disk).await.unwrap();
+        let vol = store.create_volume("crc", 16 * MIB).await.unwrap();
+        let data = pattern(64 << 10, 3);
+        let mut zeros_inside = data.to_vec();
+        zeros_inside[8192..12288].fill(0);
+        let zeros_inside = Bytes::from(zeros_inside);
+
+        for (offset, payload) in [(0, &data), (MIB, &zeros_inside), (2 * MIB + 512, &data)] {
+            let wrong = block_crc(payload) ^ 1;
+            let refused = vol
+                .write_checked(offset, payload.clone(), false, wrong)
+                .await;
+            assert!(
+                matches!(refused, Err(VolumeError::PayloadCrc)),
+                "{engine} at {offset}: {refused:?}"
+            );
+            let len = payload.len() as u32;
+            let unchanged = vol.read(offset, len).await.unwrap();
+            assert!(
+                unchanged.iter().all(|&b| b == 0),
+                "{engine}: nothing written"
+            );
+
+            vol.write_checked(offset, payload.clone(), false, block_crc(payload))
+                .await
+                .unwrap();
+            let (got, crc) = vol.read_with_crc(offset, len).await.unwrap();
+            assert_eq!(&got, payload, "{engine} at {offset}");
+            let whole_blocks = offset % 4096 == 0;
+            assert_eq!(
+                crc,
+                whole_blocks.then(|| block_crc(payload)),
+                "{engine} at {offset}"
+            );
+        }
+        // Blocks never written read as zeros, with the crc32c of zeros.
+        let (zeros, crc) = vol.read_with_crc(8 * MIB, 3 * 4096).await.unwrap();
+        assert_eq!(crc, Some(block_crc(&zeros)), "{engine}: unwritten blocks");
+    }
+}
+
 #[tokio::test]
 async fn block_status_reports_holes_and_data() {
     let dir = tempfile::tempdir().unwrap();

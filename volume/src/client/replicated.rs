@@ -375,6 +375,24 @@ impl Inner {
         }
     }
 
+    /// The payload of a successful reply with the crc32c its header carries, not checked: for
+    /// data passed on to another replica, which checks it. A failure reads as in `answer`.
+    fn forwarded(
+        &self,
+        reply: Result<crate::wire::Reply, super::LinkError>,
+        from: SocketAddr,
+    ) -> Result<(Bytes, u32), VolumeError> {
+        match reply {
+            Ok(r) if r.header.status == crate::wire::Status::Ok => {
+                Ok((r.payload, r.header.payload_crc))
+            }
+            failed => self.answer(failed, from).map(|payload| {
+                let crc = crate::wire::payload_crc(&payload);
+                (payload, crc)
+            }),
+        }
+    }
+
     fn header(&self, op: Op, offset: u64, len: u32, flags: u8, v: WriteVersion) -> RequestHeader {
         RequestHeader {
             op,

@@ -44,10 +44,6 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
         let versions = vol.versions.get(first, count);
         return Reply::ok(h.op, h.request_id, encode_versions(&versions));
     }
-    if h.op == Op::Write && !req.payload_intact() {
-        tracing::warn!(volume = %h.volume, offset = h.offset, "write payload failed its crc32c");
-        return refuse(Status::PayloadCrc);
-    }
     if h.op.mutates() && h.version == WriteVersion::NONE {
         return refuse(Status::BadRequest);
     }
@@ -70,10 +66,15 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
         }
     };
     match run(&vol, &req).await {
-        Ok(payload) => Reply::ok(h.op, h.request_id, payload),
+        Ok((payload, Some(crc))) => Reply::ok_with_crc(h.op, h.request_id, payload, crc),
+        Ok((payload, None)) => Reply::ok(h.op, h.request_id, payload),
         Err(e) => {
             let status = match e {
                 VolumeError::Checksum { .. } => Status::Checksum,
+                VolumeError::PayloadCrc => {
+                    tracing::warn!(volume = %h.volume, offset = h.offset, "write payload failed its crc32c");
+                    Status::PayloadCrc
+                }
                 VolumeError::OutOfRange { .. } | VolumeError::TooLarge { .. } => Status::OutOfRange,
                 _ => Status::Error,
             };
@@ -93,20 +94,25 @@ fn in_range(vol: &ReplicaVolume, op: Op, offset: u64, len: u32) -> bool {
 }
 
 /// The store operation, then (for mutations) the version record; see `versions` for why in
-/// this order.
-async fn run(vol: &ReplicaVolume, req: &Request) -> Result<Bytes, VolumeError> {
+/// this order. Returns the reply's payload and, when the store derived it, its crc32c.
+///
+/// A write's payload is checked against its crc32c by the store, from the checksums it
+/// computes for the blocks anyway, and a read's crc32c comes from the checksums it verified:
+/// each byte a replica moves is checksummed once.
+async fn run(vol: &ReplicaVolume, req: &Request) -> Result<(Bytes, Option<u32>), VolumeError> {
     let h = &req.header;
     let fua = h.flags & FLAG_FUA != 0;
     let len = u64::from(h.len);
     match h.op {
-        Op::Read => return vol.local.read(h.offset, h.len).await,
+        Op::Read => return vol.local.read_with_crc(h.offset, h.len).await,
         Op::Write => {
             assert_eq!(
                 req.payload.len() as u64,
                 len,
                 "the codec framed the payload"
             );
-            vol.local.write(h.offset, req.payload.clone(), fua).await?;
+            let (data, crc) = (req.payload.clone(), h.payload_crc);
+            vol.local.write_checked(h.offset, data, fua, crc).await?;
         }
         Op::Trim => vol.local.trim(h.offset, len, fua).await?,
         Op::WriteZeroes => {
@@ -120,7 +126,7 @@ async fn run(vol: &ReplicaVolume, req: &Request) -> Result<Bytes, VolumeError> {
         Op::Flush => {
             vol.local.flush().await?;
             vol.versions.sync().await?;
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), None));
         }
         Op::GetExtentVersions | Op::Ping => unreachable!("answered before admission"),
     }
@@ -132,5 +138,5 @@ async fn run(vol: &ReplicaVolume, req: &Request) -> Result<Bytes, VolumeError> {
             vol.versions.sync().await?;
         }
     }
-    Ok(Bytes::new())
+    Ok((Bytes::new(), None))
 }

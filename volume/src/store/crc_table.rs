@@ -14,7 +14,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::checksum::block_crc;
+use crate::checksum::{ZERO_BLOCK_CRC, block_crc};
 
 /// Bytes per checksum entry in the `crc` file.
 pub const ENTRY_BYTES: u64 = 8;
@@ -59,11 +59,25 @@ impl Entry {
 
     /// Whether `data` (one block) is contents this entry vouches for.
     pub fn accepts(self, data: &[u8]) -> bool {
-        let crc = block_crc(data);
+        self.accepts_with(block_crc(data), data)
+    }
+
+    /// [`Entry::accepts`] for a block whose crc32c the caller computed already.
+    pub fn accepts_with(self, crc: u32, data: &[u8]) -> bool {
         if crc == self.current || crc == self.previous {
             return true;
         }
         (self.current == CRC_ZERO || self.previous == CRC_ZERO) && is_zero(data)
+    }
+}
+
+/// The crc32c of a block's bytes, from the value [`content_crc`] gave it: a zero block's
+/// entry holds [`CRC_ZERO`] rather than its crc32c.
+pub fn bytes_crc(content_crc: u32, data: &[u8]) -> u32 {
+    if content_crc == CRC_ZERO && is_zero(data) {
+        ZERO_BLOCK_CRC
+    } else {
+        content_crc
     }
 }
 

@@ -19,9 +19,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
-use super::crc_table::{CRC_ZERO, CrcTable, ENTRIES_PER_PAGE, ENTRY_BYTES, content_crc};
+use super::crc_table::{CRC_ZERO, CrcTable, ENTRIES_PER_PAGE, ENTRY_BYTES, bytes_crc, content_crc};
 use super::range_lock::RangeLock;
 use super::{BLOCK_SIZE_BYTES, CRC_OPEN, DATA_OPEN, IO_SIZE_MAX_BYTES, StoreError, StoreStats};
+use crate::checksum::{block_crc, concat_block_crcs};
 use crate::io::{BlockFile, Disk, OpenOptions};
 use crate::volume::{BlockVolume, Extent, ExtentState, VolFuture, VolumeError, ZeroFlags};
 
@@ -43,6 +44,15 @@ struct Inner {
     table: CrcTable,
     locks: Arc<RangeLock>,
     stats: Arc<StoreStats>,
+}
+
+/// What [`Inner::read_checked`] found.
+struct Checked {
+    bytes: Bytes,
+    /// crc32c of each block.
+    crcs: Vec<u32>,
+    /// The first block that failed its check.
+    bad: Option<u64>,
 }
 
 /// A contiguous run of whole blocks.
@@ -71,6 +81,30 @@ impl Blocks {
 }
 
 impl LocalVolume {
+    /// A read that also returns the crc32c of the bytes when the range is whole blocks, derived
+    /// from the checksums the read verified (no extra pass over the data).
+    pub async fn read_with_crc(
+        &self,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Bytes, Option<u32>), VolumeError> {
+        Arc::clone(&self.inner).read(offset, u64::from(len)).await
+    }
+
+    /// A write of data that must have crc32c `crc` (as a wire payload carries it): on a
+    /// mismatch nothing is written and the error is [`VolumeError::PayloadCrc`].
+    pub async fn write_checked(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        crc: u32,
+    ) -> Result<(), VolumeError> {
+        Arc::clone(&self.inner)
+            .write(offset, data, fua, Some(crc))
+            .await
+    }
+
     /// Opens the volume whose files are in `dir`; with `create`, makes them first.
     pub(crate) async fn open(
         disk: &dyn Disk,
@@ -182,9 +216,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Reads `blocks` and checks each against its entry. Returns the first bad block, if any,
-    /// alongside the bytes.
-    async fn read_checked(&self, blocks: Blocks) -> Result<(Bytes, Option<u64>), VolumeError> {
+    /// Reads `blocks` and checks each against its entry. Returns the bytes, each block's
+    /// crc32c, and the first bad block, if any.
+    async fn read_checked(&self, blocks: Blocks) -> Result<Checked, VolumeError> {
         self.load_entries(blocks).await?;
         let bytes = self
             .data
@@ -195,12 +229,14 @@ impl Inner {
             blocks.byte_len(),
             "backend returned a short read"
         );
+        let crcs: Vec<u32> = bytes.chunks(BS as usize).map(block_crc).collect();
         let bad = bytes
             .chunks(BS as usize)
+            .zip(&crcs)
             .zip(blocks.start..)
-            .find(|(chunk, b)| !self.table.get(*b).accepts(chunk))
+            .find(|((chunk, crc), b)| !self.table.get(*b).accepts_with(**crc, chunk))
             .map(|(_, b)| b);
-        Ok((bytes, bad))
+        Ok(Checked { bytes, crcs, bad })
     }
 
     fn corrupt(&self, block: u64) -> VolumeError {
@@ -213,37 +249,45 @@ impl Inner {
         }
     }
 
-    async fn read(self: Arc<Self>, offset: u64, len: u64) -> Result<Bytes, VolumeError> {
+    /// The bytes of `[offset, offset + len)`, every block checked, and their crc32c when the
+    /// range is whole blocks (derived from the blocks' checksums, so it costs no extra pass).
+    async fn read(
+        self: Arc<Self>,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Bytes, Option<u32>), VolumeError> {
         self.check_io(offset, len)?;
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), Some(block_crc(&[]))));
         }
         let blocks = Blocks::covering(offset, len);
-        let (mut bytes, bad) = self.read_checked(blocks).await?;
-        if bad.is_some() {
+        let mut checked = self.read_checked(blocks).await?;
+        if checked.bad.is_some() {
             // Possibly a race with writes of the same blocks; decide with writers held off.
             let _guard = self.locks.lock(blocks.start, blocks.end).await;
-            let (again, bad) = self.read_checked(blocks).await?;
-            if let Some(block) = bad {
+            checked = self.read_checked(blocks).await?;
+            if let Some(block) = checked.bad {
                 return Err(self.corrupt(block));
             }
-            bytes = again;
         }
         let skip = (offset - blocks.byte_offset()) as usize;
-        Ok(bytes.slice(skip..skip + len as usize))
+        if skip == 0 && len == blocks.byte_len() {
+            return Ok((checked.bytes, Some(concat_block_crcs(checked.crcs))));
+        }
+        Ok((checked.bytes.slice(skip..skip + len as usize), None))
     }
 
     /// Reads one block for a read-modify-write; the caller holds its range.
     async fn read_block_locked(&self, block: u64) -> Result<Bytes, VolumeError> {
-        let (bytes, bad) = self
+        let checked = self
             .read_checked(Blocks {
                 start: block,
                 end: block + 1,
             })
             .await?;
-        match bad {
+        match checked.bad {
             Some(b) => Err(self.corrupt(b)),
-            None => Ok(bytes),
+            None => Ok(checked.bytes),
         }
     }
 
@@ -287,14 +331,35 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes `data` at `offset`. With `expected`, the data must have that crc32c or nothing
+    /// is written ([`VolumeError::PayloadCrc`]); for whole blocks the check reuses the blocks'
+    /// checksums, so it costs no extra pass over the data.
     async fn write(
         self: Arc<Self>,
         offset: u64,
         data: Bytes,
         fua: bool,
+        expected: Option<u32>,
     ) -> Result<(), VolumeError> {
         let len = data.len() as u64;
         self.check_io(offset, len)?;
+        // Whole blocks get their checksums before the lock; partial ones once patched.
+        let aligned = offset.is_multiple_of(BS) && len.is_multiple_of(BS);
+        let crcs = if aligned {
+            let crcs: Vec<u32> = data.chunks(BS as usize).map(content_crc).collect();
+            let of_bytes = data.chunks(BS as usize).zip(&crcs);
+            if expected
+                .is_some_and(|e| e != concat_block_crcs(of_bytes.map(|(b, &c)| bytes_crc(c, b))))
+            {
+                return Err(VolumeError::PayloadCrc);
+            }
+            Some(crcs)
+        } else {
+            if expected.is_some_and(|e| e != block_crc(&data)) {
+                return Err(VolumeError::PayloadCrc);
+            }
+            None
+        };
         if len == 0 {
             return if fua { self.sync_both().await } else { Ok(()) };
         }
@@ -302,8 +367,13 @@ impl Inner {
         let _guard = self.locks.lock(span.start, span.end).await;
         self.load_entries(span).await?;
         let (blocks, image) = self.whole_blocks(offset, data).await?;
-        let crcs: Vec<u32> = image.chunks(BS as usize).map(content_crc).collect();
+        let crcs = crcs.unwrap_or_else(|| image.chunks(BS as usize).map(content_crc).collect());
         self.advance_entries(blocks, &crcs).await?;
+        self.write_data(blocks, image, fua).await
+    }
+
+    /// Step 3 and 4 of a write: the data of `blocks`, made durable with the checksums for FUA.
+    async fn write_data(&self, blocks: Blocks, image: Bytes, fua: bool) -> Result<(), VolumeError> {
         if fua {
             let (a, b) = tokio::join!(
                 self.data.write_at(blocks.byte_offset(), image, true),
@@ -440,11 +510,12 @@ impl BlockVolume for LocalVolume {
     }
 
     fn read(&self, offset: u64, len: u32) -> VolFuture<Bytes> {
-        Box::pin(Arc::clone(&self.inner).read(offset, u64::from(len)))
+        let read = Arc::clone(&self.inner).read(offset, u64::from(len));
+        Box::pin(async move { Ok(read.await?.0) })
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> VolFuture<()> {
-        Box::pin(Arc::clone(&self.inner).write(offset, data, fua))
+        Box::pin(Arc::clone(&self.inner).write(offset, data, fua, None))
     }
 
     fn flush(&self) -> VolFuture<()> {

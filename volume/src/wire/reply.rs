@@ -97,7 +97,15 @@ pub struct Reply {
 impl Reply {
     /// A successful reply carrying `payload` (possibly empty).
     pub fn ok(op: Op, request_id: u64, payload: Bytes) -> Reply {
+        let crc = payload_crc(&payload);
+        Reply::ok_with_crc(op, request_id, payload, crc)
+    }
+
+    /// [`Reply::ok`] for a payload whose crc32c the caller has already (a store read derives
+    /// it from the checksums of the blocks it read).
+    pub fn ok_with_crc(op: Op, request_id: u64, payload: Bytes, crc: u32) -> Reply {
         assert!(payload.len() <= PAYLOAD_MAX_BYTES as usize);
+        debug_assert_eq!(crc, payload_crc(&payload), "the crc given is the payload's");
         Reply {
             header: ReplyHeader {
                 op,
@@ -105,7 +113,7 @@ impl Reply {
                 request_id,
                 errno: 0,
                 payload_len: payload.len() as u32,
-                payload_crc: payload_crc(&payload),
+                payload_crc: crc,
                 epoch: 0,
             },
             payload,

@@ -120,11 +120,18 @@ impl Request {
 
     /// A WRITE of `payload`; sets the header's length and payload crc from it.
     pub fn write(header: RequestHeader, payload: Bytes) -> Request {
+        let crc = payload_crc(&payload);
+        Request::write_with_crc(header, payload, crc)
+    }
+
+    /// A WRITE of `payload` passed on with the crc32c it arrived with (a copy from one replica
+    /// to another), unchecked here: the receiving replica checks it, end to end.
+    pub fn write_with_crc(header: RequestHeader, payload: Bytes, crc: u32) -> Request {
         assert_eq!(header.op, Op::Write);
         assert!(payload.len() <= PAYLOAD_MAX_BYTES as usize);
         let header = RequestHeader {
             len: payload.len() as u32,
-            payload_crc: payload_crc(&payload),
+            payload_crc: crc,
             ..header
         };
         Request { header, payload }

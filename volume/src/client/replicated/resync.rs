@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::volume::VolumeError;
@@ -262,6 +261,10 @@ impl Inner {
     /// Copies `[offset, offset + len)` (within one extent) from replica `s` to replica `t`,
     /// stamped with the extent's version on `s`; the caller holds the range. Returns the bytes
     /// copied: none when `s` never wrote the extent.
+    ///
+    /// The data passes through with the crc32c the source sent, unchecked here: the target
+    /// checks it against the data it writes, so the copy is verified end to end and this
+    /// client spends no pass over it.
     pub(super) async fn copy_range(
         &self,
         s: &Replica,
@@ -283,7 +286,7 @@ impl Inner {
             return Ok(0);
         }
         let read = self.header(Op::Read, offset, len, 0, WriteVersion::NONE);
-        let data: Bytes = self.answer(source.call(Request::new(read)).await, source.addr())?;
+        let (data, crc) = self.forwarded(source.call(Request::new(read)).await, source.addr())?;
         if data.len() != len as usize {
             return Err(VolumeError::Io(format!(
                 "{}: read of {len} bytes returned {}",
@@ -295,7 +298,7 @@ impl Inner {
         let write = if data.iter().all(|&b| b == 0) {
             Request::new(self.header(Op::WriteZeroes, offset, len, FLAG_MAY_TRIM, version))
         } else {
-            Request::write(self.header(Op::Write, offset, len, 0, version), data)
+            Request::write_with_crc(self.header(Op::Write, offset, len, 0, version), data, crc)
         };
         self.answer(target.call(write).await, target.addr())?;
         Ok(u64::from(len))
