@@ -35,6 +35,10 @@ struct Args {
     /// fabricd binary (default: beside this binary).
     #[arg(long)]
     fabricd: Option<PathBuf>,
+    /// With `--rebuild`: keep each round's process logs in DIR/round-N (the cluster's data
+    /// directory is removed after each round).
+    #[arg(long, value_name = "DIR")]
+    logs: Option<PathBuf>,
     /// Print the table as JSON as well.
     #[arg(long)]
     json: bool,
@@ -494,7 +498,11 @@ fn rebuild_round(
             .arg(&data)
             .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
             .args(["--volume", &format!("bench:{size}")])
-            .env("FABRIC_LOG", "info")
+            // The rate is read from the gateway's info lines; FABRIC_LOG may add more.
+            .env(
+                "FABRIC_LOG",
+                std::env::var("FABRIC_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -588,6 +596,10 @@ fn rebuild_round(
     }
     anyhow::ensure!(bytes > 0 && ms > 0, "the gateway logged no rebuild");
     let mib = bytes as f64 / (1024.0 * 1024.0);
+    if let Some(logs) = &args.logs {
+        let round = dir.file_name().unwrap_or_default();
+        keep_logs(&data, &logs.join(round))?;
+    }
     std::fs::remove_dir_all(dir).ok();
     Ok(RebuildRound {
         mib,
@@ -598,6 +610,20 @@ fn rebuild_round(
         copy_mib_s,
         cpu_s_per_gib: cpu / (mib / 1024.0),
     })
+}
+
+/// Copies the log of every process of the cluster in `data` (`node-ID/fabricd.log`,
+/// `gateway/fabricd.log`) into `to`, named after its directory, before the round's data goes.
+fn keep_logs(data: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+    for entry in std::fs::read_dir(data)?.filter_map(Result::ok) {
+        let log = entry.path().join("fabricd.log");
+        if log.is_file() {
+            let name = format!("{}.log", entry.file_name().to_string_lossy());
+            std::fs::copy(&log, to.join(name)).with_context(|| format!("keep {}", log.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// User and system CPU seconds used so far by process `pid` and its children that are still

@@ -6,7 +6,7 @@
 //! implementation is configured on the thread that uses it and released when dropped.
 //!
 //! AMX intrinsics are unstable in Rust, so [`hw`] speaks to the tiles through `asm!` with the
-//! instruction mnemonics. The block kernels in [`micro`] are generic over [`Tiles`], so the same
+//! instruction mnemonics. The block kernels in `micro` are generic over [`Tiles`], so the same
 //! kernel code also runs on [`emu`], a software model of the tile unit, on machines without AMX.
 
 pub mod emu;
