@@ -60,7 +60,8 @@ pub struct NodeArgs {
     /// Upper bound of the randomized election timeout.
     #[arg(long)]
     pub election_timeout_max_ms: Option<u64>,
-    /// Build a snapshot every this many entries (and keep as many behind it).
+    /// Build a snapshot after at least this many entries, more once the state has more records
+    /// than that (and keep as many entries behind it).
     #[arg(long)]
     pub snapshot_logs: Option<u64>,
     /// Capacity of the node's disk as registered for placement (`500GiB`); default: the size

@@ -27,6 +27,7 @@ pub mod pgmap;
 pub mod query;
 pub mod server;
 pub mod service;
+pub mod snapshots;
 pub mod state;
 #[cfg(test)]
 mod state_placement_test;

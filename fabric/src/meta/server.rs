@@ -36,7 +36,8 @@ pub struct RaftTuning {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// A snapshot is built after this many applied entries; as many entries are kept behind it.
+    /// A snapshot is built after at least this many applied entries (more once the state is
+    /// large, see `snapshots`); as many entries are kept behind it.
     pub snapshot_logs: u64,
 }
 
@@ -124,7 +125,8 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         heartbeat_interval: t.heartbeat_interval_ms,
         election_timeout_min: t.election_timeout_min_ms,
         election_timeout_max: t.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_logs),
+        // Snapshots are triggered by `snapshots::run`, which spaces them by the state's size.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: t.snapshot_logs,
         // The state machine is rebuilt from the log and the committed index is not fsynced, so
         // a restarted leader must win a new election (and commit in its new term) before it
@@ -201,6 +203,11 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         tokio::spawn(super::detector::run(
             Arc::clone(&member),
             cfg.node_out_after_ms,
+            stop_tx.subscribe(),
+        )),
+        tokio::spawn(super::snapshots::run(
+            Arc::clone(&member),
+            t.snapshot_logs,
             stop_tx.subscribe(),
         )),
     ];

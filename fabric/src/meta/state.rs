@@ -45,6 +45,15 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
+    /// Outcomes remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
     fn get(&self, request_id: &str) -> Option<&Outcome> {
         self.outcomes.get(request_id)
     }
@@ -66,6 +75,13 @@ impl RequestLog {
 }
 
 impl ClusterState {
+    /// How many records a snapshot of the state holds: nodes, PGs of every pool, volumes and
+    /// remembered request outcomes. What building a snapshot costs grows with it.
+    pub fn records(&self) -> u64 {
+        let pgs: usize = self.pools.values().map(|p| p.map.pgs.len()).sum();
+        (self.nodes.len() + pgs + self.volumes.len() + self.requests.len()) as u64
+    }
+
     /// Applies one command. On error nothing changed (except that a `Once` command's outcome
     /// is remembered, so that its retry gets the same answer).
     pub fn apply(&mut self, command: &Command) -> Outcome {
