@@ -620,7 +620,8 @@ fn keep_logs(data: &Path, to: &Path) -> anyhow::Result<()> {
         let log = entry.path().join("fabricd.log");
         if log.is_file() {
             let name = format!("{}.log", entry.file_name().to_string_lossy());
-            std::fs::copy(&log, to.join(name)).with_context(|| format!("keep {}", log.display()))?;
+            std::fs::copy(&log, to.join(name))
+                .with_context(|| format!("keep {}", log.display()))?;
         }
     }
     Ok(())
