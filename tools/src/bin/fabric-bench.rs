@@ -223,9 +223,16 @@ fn prefill(base: &[String], size: u64) -> anyhow::Result<()> {
     fio(&args).map(|_| ())
 }
 
+/// The median; of an even count, the mean of the two middle values.
 fn median(v: &mut [f64]) -> f64 {
+    assert!(!v.is_empty(), "at least one round");
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
 fn main() -> anyhow::Result<()> {
