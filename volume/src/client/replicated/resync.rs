@@ -264,7 +264,7 @@ impl Inner {
     ///
     /// The data passes through with the crc32c the source sent, unchecked here: the target
     /// checks it against the data it writes, so the copy is verified end to end and this
-    /// client spends no pass over it.
+    /// client spends no pass over it (except on an all-zero extent, sent as a zeroing).
     pub(super) async fn copy_range(
         &self,
         s: &Replica,
@@ -294,8 +294,15 @@ impl Inner {
                 data.len()
             )));
         }
-        // All zeros travels as a zeroing, which keeps the target thin.
+        // All zeros travels as a zeroing, which keeps the target thin. The target cannot check
+        // a zeroing against the source's crc32c, so it is checked here.
         let write = if data.iter().all(|&b| b == 0) {
+            if crate::wire::payload_crc(&data) != crc {
+                return Err(VolumeError::Io(format!(
+                    "{}: read of {len} bytes was damaged on the way",
+                    source.addr()
+                )));
+            }
             Request::new(self.header(Op::WriteZeroes, offset, len, FLAG_MAY_TRIM, version))
         } else {
             Request::write_with_crc(self.header(Op::Write, offset, len, 0, version), data, crc)
