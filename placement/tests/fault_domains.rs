@@ -45,6 +45,19 @@ proptest! {
             Edit::SetState { bucket: out, state: State { out: true, ..State::default() } },
             Edit::SetState { bucket: draining, state: State { draining: true, ..State::default() } },
         ]).unwrap();
+        // The two may be all the disks of one rack; then only two racks can take data and the
+        // rule must be refused as unsatisfiable, not half met.
+        let rack = edited.level_index("rack").unwrap();
+        let racks_left: HashSet<u32> = (0..disks)
+            .filter(|&d| d != out && d != draining)
+            .map(|d| edited.ancestor_at(edited.index_of(d).unwrap(), rack).unwrap())
+            .collect();
+        if racks_left.len() < 3 {
+            let err = Pool::compile(&pool(3, "rack", 300), &edited).unwrap_err();
+            let named = matches!(err, RuleError::Unsatisfiable { needed: 3, .. });
+            prop_assert!(named, "unexpected error: {}", err);
+            return Ok(());
+        }
         let (rule, pgmap) = compute(&edited, &pool(3, "rack", 300));
         prop_assert_eq!(Violations::of(&edited, &rule, &pgmap).total(), 0);
         prop_assert!(pgmap.iter().all(|(_, set)| !set.contains(&out) && !set.contains(&draining)));
