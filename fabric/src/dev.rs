@@ -43,6 +43,7 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
     if let Some(n) = config.nodes {
         return run_cluster(&config, n).await.map_err(DevError::Other);
     }
+    let mut stop = StopSignals::install();
     let node_dir = config.data_dir.join("node-0");
     let disk = open_disk(config.io_engine, &node_dir.display().to_string())?;
     let store = match ExtentStore::open(&node_dir, disk).await {
@@ -96,7 +97,7 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
         exports[0].name()
     );
 
-    wait_for_stop().await;
+    stop.wait().await;
     tracing::info!("stopping: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -115,6 +116,7 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
 /// Runs N node processes and a gateway until Ctrl-C or SIGTERM, or until the gateway exits.
 async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let mut stop = StopSignals::install();
     let mut cluster =
         crate::meta::launch::DevCluster::start(&config.data_dir, nodes, config.nbd_listen)
             .await
@@ -153,7 +155,7 @@ async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
         config.data_dir.display()
     );
     let exited = tokio::select! {
-        () = wait_for_stop() => None,
+        () = stop.wait() => None,
         status = gateway_exit(&mut cluster) => Some(status),
     };
     cluster.stop();
@@ -194,11 +196,28 @@ async fn gateway_exit(cluster: &mut crate::meta::launch::DevCluster) -> std::pro
     }
 }
 
-pub(crate) async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, listened for from the moment this is created. A process that creates
+/// it first thing turns a signal arriving while it starts up into a clean stop once it gets to
+/// waiting, instead of being killed by the signal's default action half-way through.
+pub(crate) struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub(crate) fn install() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            interrupt: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
+            terminate: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
+        }
+    }
+
+    /// Returns once either signal has arrived since [`StopSignals::install`].
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }

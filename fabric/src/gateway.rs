@@ -68,6 +68,7 @@ pub struct GatewayArgs {
 
 /// Serves the volumes until SIGINT or SIGTERM, then flushes them.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut stop = crate::dev::StopSignals::install();
     let client = Arc::new(Client::new(args.endpoints.clone()));
     let attach_as = args
         .client_name
@@ -108,7 +109,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             v.name()
         );
     }
-    crate::dev::wait_for_stop().await;
+    stop.wait().await;
     tracing::info!("gateway stopping: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = serving.await;

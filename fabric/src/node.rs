@@ -291,6 +291,7 @@ pub enum NodeError {
 
 /// Runs the member until SIGINT or SIGTERM.
 pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
+    let mut stop = crate::dev::StopSignals::install();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("create {}", cfg.data_dir.display()))?;
     let _lock = lock_dir(&cfg.data_dir)?;
@@ -323,7 +324,7 @@ pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
     )
     .context("write node.json")?;
     println!("fabricd node {id} serving metadata at {}", running.addr);
-    crate::dev::wait_for_stop().await;
+    stop.wait().await;
     tracing::info!(id, "stopping");
     if let Some(storage) = storage {
         storage.stop().await;
