@@ -25,15 +25,19 @@ pub fn block_crc(data: &[u8]) -> u32 {
 /// crc32c of the concatenation of whole blocks of [`CRC_BLOCK_BYTES`], given each block's
 /// crc32c in order. Equal to `block_crc` of the concatenated bytes.
 pub fn concat_block_crcs(crcs: impl IntoIterator<Item = u32>) -> u32 {
+    crcs.into_iter().fold(0, append_block_crc)
+}
+
+/// crc32c of `A ‖ B` from `crc(A)` and the crc32c of one more block `B` of
+/// [`CRC_BLOCK_BYTES`]: one step of [`concat_block_crcs`].
+pub fn append_block_crc(crc_a: u32, crc_b: u32) -> u32 {
     let shift = shift_tables();
-    crcs.into_iter().fold(0, |acc, crc| {
-        let [b0, b1, b2, b3] = acc.to_le_bytes();
-        shift[0][usize::from(b0)]
-            ^ shift[1][usize::from(b1)]
-            ^ shift[2][usize::from(b2)]
-            ^ shift[3][usize::from(b3)]
-            ^ crc
-    })
+    let [b0, b1, b2, b3] = crc_a.to_le_bytes();
+    shift[0][usize::from(b0)]
+        ^ shift[1][usize::from(b1)]
+        ^ shift[2][usize::from(b2)]
+        ^ shift[3][usize::from(b3)]
+        ^ crc_b
 }
 
 /// `crc(A ‖ B) = S(crc(A)) ^ crc(B)` for a block `B`, where `S` is the effect of appending one

@@ -386,10 +386,10 @@ impl Inner {
             Ok(r) if r.header.status == crate::wire::Status::Ok => {
                 Ok((r.payload, r.header.payload_crc))
             }
-            failed => self.answer(failed, from).map(|payload| {
-                let crc = crate::wire::payload_crc(&payload);
-                (payload, crc)
-            }),
+            failed => match self.answer(failed, from) {
+                Err(e) => Err(e),
+                Ok(_) => unreachable!("only a reply with status OK is answered with its payload"),
+            },
         }
     }
 

@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use super::crc_table::{CRC_ZERO, CrcTable, ENTRIES_PER_PAGE, ENTRY_BYTES, bytes_crc, content_crc};
 use super::range_lock::RangeLock;
 use super::{BLOCK_SIZE_BYTES, CRC_OPEN, DATA_OPEN, IO_SIZE_MAX_BYTES, StoreError, StoreStats};
-use crate::checksum::{block_crc, concat_block_crcs};
+use crate::checksum::{append_block_crc, block_crc, concat_block_crcs};
 use crate::io::{BlockFile, Disk, OpenOptions};
 use crate::volume::{BlockVolume, Extent, ExtentState, VolFuture, VolumeError, ZeroFlags};
 
@@ -49,8 +49,8 @@ struct Inner {
 /// What [`Inner::read_checked`] found.
 struct Checked {
     bytes: Bytes,
-    /// crc32c of each block.
-    crcs: Vec<u32>,
+    /// crc32c of all the bytes, when no block failed its check.
+    crc: u32,
     /// The first block that failed its check.
     bad: Option<u64>,
 }
@@ -216,8 +216,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Reads `blocks` and checks each against its entry. Returns the bytes, each block's
-    /// crc32c, and the first bad block, if any.
+    /// Reads `blocks` and checks each against its entry. Returns the bytes, their crc32c
+    /// (folded from the blocks' as they are checked), and the first bad block, if any.
     async fn read_checked(&self, blocks: Blocks) -> Result<Checked, VolumeError> {
         self.load_entries(blocks).await?;
         let bytes = self
@@ -229,14 +229,23 @@ impl Inner {
             blocks.byte_len(),
             "backend returned a short read"
         );
-        let crcs: Vec<u32> = bytes.chunks(BS as usize).map(block_crc).collect();
-        let bad = bytes
-            .chunks(BS as usize)
-            .zip(&crcs)
-            .zip(blocks.start..)
-            .find(|((chunk, crc), b)| !self.table.get(*b).accepts_with(**crc, chunk))
-            .map(|(_, b)| b);
-        Ok(Checked { bytes, crcs, bad })
+        let mut crc = 0;
+        for (chunk, b) in bytes.chunks(BS as usize).zip(blocks.start..) {
+            let block = block_crc(chunk);
+            if !self.table.get(b).accepts_with(block, chunk) {
+                return Ok(Checked {
+                    bytes,
+                    crc,
+                    bad: Some(b),
+                });
+            }
+            crc = append_block_crc(crc, block);
+        }
+        Ok(Checked {
+            bytes,
+            crc,
+            bad: None,
+        })
     }
 
     fn corrupt(&self, block: u64) -> VolumeError {
@@ -272,7 +281,7 @@ impl Inner {
         }
         let skip = (offset - blocks.byte_offset()) as usize;
         if skip == 0 && len == blocks.byte_len() {
-            return Ok((checked.bytes, Some(concat_block_crcs(checked.crcs))));
+            return Ok((checked.bytes, Some(checked.crc)));
         }
         Ok((checked.bytes.slice(skip..skip + len as usize), None))
     }
@@ -369,11 +378,6 @@ impl Inner {
         let (blocks, image) = self.whole_blocks(offset, data).await?;
         let crcs = crcs.unwrap_or_else(|| image.chunks(BS as usize).map(content_crc).collect());
         self.advance_entries(blocks, &crcs).await?;
-        self.write_data(blocks, image, fua).await
-    }
-
-    /// Step 3 and 4 of a write: the data of `blocks`, made durable with the checksums for FUA.
-    async fn write_data(&self, blocks: Blocks, image: Bytes, fua: bool) -> Result<(), VolumeError> {
         if fua {
             let (a, b) = tokio::join!(
                 self.data.write_at(blocks.byte_offset(), image, true),
