@@ -12,6 +12,7 @@
 
 pub mod checksum;
 pub mod client;
+mod framing;
 pub mod io;
 pub mod nbd;
 pub mod replica;

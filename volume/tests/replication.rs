@@ -553,17 +553,6 @@ async fn a_bad_frame_closes_only_its_connection_and_bad_ranges_get_errors() {
 
     // A raw client asks for a range past the end: an error reply, and the stream goes on.
     let mut raw = TcpStream::connect(nodes[0].addr).await.unwrap();
-    let header = |op, offset, len| RequestHeader {
-        op,
-        flags: 0,
-        request_id: 9,
-        volume: VOL,
-        offset,
-        len,
-        payload_crc: 0,
-        attach_epoch: 1,
-        version: WriteVersion::NONE,
-    };
     let past_end = Request::new(header(Op::Read, SIZE - 4096, 8192));
     raw.write_all(&past_end.encode_header()).await.unwrap();
     assert_eq!(read_reply_status(&mut raw).await, Status::OutOfRange);
@@ -598,6 +587,75 @@ async fn a_bad_frame_closes_only_its_connection_and_bad_ranges_get_errors() {
     // ...and everyone else carries on.
     vol.write(4096, pattern(4096, 2), false).await.unwrap();
     assert_eq!(vol.read(0, 8192).await.unwrap().len(), 8192);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_arriving_in_pieces_land_and_one_cut_short_closes_only_its_connection() {
+    let nodes = three_nodes().await;
+    let (vol, _) = client(&nodes, 1, 2);
+    let len = 1 << 20;
+    let frame = |seed| {
+        let write = Request::write(
+            RequestHeader {
+                version: WriteVersion { epoch: 1, seq: 5 },
+                ..header(Op::Write, 0, 0)
+            },
+            pattern(len, seed),
+        );
+        let mut frame = write.encode_header().to_vec();
+        frame.extend_from_slice(&write.payload);
+        frame
+    };
+
+    // A 1 MiB write in uneven pieces: part of the payload arrives with the header, the rest
+    // is read straight into the payload's own buffer.
+    let mut raw = TcpStream::connect(nodes[0].addr).await.unwrap();
+    for piece in frame(7).chunks(100_003) {
+        raw.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(read_reply_status(&mut raw).await, Status::Ok);
+    let got = nodes[0].local().read(0, len as u32).await.unwrap();
+    same(&got, &pattern(len, 7), "the large write landed whole");
+
+    // A stream that ends inside a large payload: no reply, nothing written, the connection
+    // closes...
+    let mut cut = TcpStream::connect(nodes[0].addr).await.unwrap();
+    let whole = frame(8);
+    cut.write_all(&whole[..whole.len() / 2]).await.unwrap();
+    cut.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), cut.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "closed with no reply: {closed:?}"
+    );
+    let got = nodes[0].local().read(0, len as u32).await.unwrap();
+    same(&got, &pattern(len, 7), "the cut-short write did not land");
+
+    // ...and the other clients carry on, large replies included.
+    vol.write(EXTENT, pattern(len, 9), false).await.unwrap();
+    let got = vol.read(EXTENT, len as u32).await.unwrap();
+    same(
+        &got,
+        &pattern(len, 9),
+        "a large write and read through the client",
+    );
+}
+
+/// A request header from a raw test client of volume `VOL` at attach epoch 1.
+fn header(op: Op, offset: u64, len: u32) -> RequestHeader {
+    RequestHeader {
+        op,
+        flags: 0,
+        request_id: 9,
+        volume: VOL,
+        offset,
+        len,
+        payload_crc: 0,
+        attach_epoch: 1,
+        version: WriteVersion::NONE,
+    }
 }
 
 async fn read_reply_status(s: &mut TcpStream) -> Status {

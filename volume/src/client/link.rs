@@ -16,13 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::wire::{Reply, Request, Status, WireError, decode_reply};
+use crate::framing::{Filled, fill};
+use crate::wire::{Reply, Request, Status, WireError, decode_reply, take_large_reply_header};
 
 /// Initial capacity of a session's read buffer, in bytes.
 pub const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -234,28 +235,32 @@ impl Link {
 
 async fn read_replies(mut r: OwnedReadHalf, shared: Arc<Shared>, addr: SocketAddr) {
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let why: String = 'session: loop {
-        loop {
-            match decode_reply(&mut buf) {
-                Ok(Some(reply)) => {
-                    let waiter = shared
-                        .pending
-                        .lock()
-                        .expect("pending")
-                        .remove(&reply.header.request_id);
-                    // No waiter: the call timed out and gave up; the reply is dropped.
-                    if let Some(w) = waiter {
-                        let _ = w.send(reply);
-                    }
+    let why: String = loop {
+        let reply = match decode_reply(&mut buf) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                let large = match take_large_reply_header(&mut buf) {
+                    Ok(header) => header.map(|h| (h, h.payload_len as usize)),
+                    Err(e) => break bad_frame(e),
+                };
+                let assemble = |header, payload| Reply { header, payload };
+                match fill(&mut r, &mut buf, large, assemble).await {
+                    Ok(Filled::Frame(reply)) => reply,
+                    Ok(Filled::Bytes(0)) => break "closed by the replica".to_owned(),
+                    Ok(Filled::Bytes(_)) => continue,
+                    Err(e) => break format!("read: {e}"),
                 }
-                Ok(None) => break,
-                Err(e) => break 'session bad_frame(e),
             }
-        }
-        match r.read_buf(&mut buf).await {
-            Ok(0) => break "closed by the replica".to_owned(),
-            Ok(_) => {}
-            Err(e) => break format!("read: {e}"),
+            Err(e) => break bad_frame(e),
+        };
+        let waiter = shared
+            .pending
+            .lock()
+            .expect("pending")
+            .remove(&reply.header.request_id);
+        // No waiter: the call timed out and gave up; the reply is dropped.
+        if let Some(w) = waiter {
+            let _ = w.send(reply);
         }
     };
     tracing::debug!(%addr, reason = %why, "replica session ended");

@@ -179,8 +179,8 @@ impl BlockFile for PortableFile {
 
 /// Reads `len` bytes at `offset`, zero-filling past the end of the file.
 fn read_full(file: &File, direct: bool, offset: u64, len: usize) -> io::Result<Bytes> {
-    // Zeroed up front: whatever the kernel does not fill (past the end of the file) stays zero.
-    let mut buf = AlignedBuf::zeroed(len);
+    // What the kernel does not fill (past the end of the file) is zeroed at the end.
+    let mut buf = AlignedBuf::for_overwrite(len);
     let mut done = 0;
     let mut stalled = 0;
     while done < len {

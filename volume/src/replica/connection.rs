@@ -13,12 +13,15 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::wire::{REQUEST_HEADER_BYTES, Reply, WireError, decode_request};
+use crate::framing::{Filled, fill};
+use crate::wire::{
+    REQUEST_HEADER_BYTES, Reply, Request, WireError, decode_request, take_large_request_header,
+};
 
 use super::execute::execute;
 use super::{ReplicaServer, stopped};
@@ -79,45 +82,47 @@ pub(super) async fn serve(
     let mut writer = AbortOnDrop(tokio::spawn(write_replies(w, rx)));
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
 
-    let ending = 'conn: loop {
-        loop {
-            let req = match decode_request(&mut buf) {
-                Ok(Some(req)) => req,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "bad frame from replica client; closing its connection");
-                    break 'conn Ending::Protocol(e);
+    let ending = loop {
+        let req = match decode_request(&mut buf) {
+            Ok(Some(req)) => req,
+            Ok(None) => {
+                let large = match take_large_request_header(&mut buf) {
+                    Ok(header) => header.map(|h| (h, h.payload_len() as usize)),
+                    Err(e) => break bad_frame(e),
+                };
+                let filled = tokio::select! {
+                    biased;
+                    _ = stopped(&mut shutdown) => break Ending::Shutdown,
+                    f = fill(&mut r, &mut buf, large, |header, payload| Request { header, payload }) => f,
+                };
+                match filled {
+                    Ok(Filled::Frame(req)) => req,
+                    Ok(Filled::Bytes(0)) if buf.is_empty() => break Ending::ClientClosed,
+                    Ok(Filled::Bytes(0)) => break Ending::Truncated,
+                    Ok(Filled::Bytes(_)) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ending::Truncated,
+                    Err(e) => break Ending::Io(e),
                 }
-            };
-            let permit = tokio::select! {
-                biased;
-                _ = stopped(&mut shutdown) => break 'conn Ending::Shutdown,
-                p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
-            };
-            let server = Arc::clone(&server);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let reply = execute(&server, req).await;
-                // The writer is gone only when the connection is being torn down.
-                let _ = tx
-                    .send(Outgoing {
-                        reply,
-                        _permit: permit,
-                    })
-                    .await;
-            });
-        }
-        let n = tokio::select! {
+            }
+            Err(e) => break bad_frame(e),
+        };
+        let permit = tokio::select! {
             biased;
             _ = stopped(&mut shutdown) => break Ending::Shutdown,
-            n = r.read_buf(&mut buf) => n,
+            p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        match n {
-            Ok(0) if buf.is_empty() => break Ending::ClientClosed,
-            Ok(0) => break Ending::Truncated,
-            Ok(_) => {}
-            Err(e) => break Ending::Io(e),
-        }
+        let server = Arc::clone(&server);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = execute(&server, req).await;
+            // The writer is gone only when the connection is being torn down.
+            let _ = tx
+                .send(Outgoing {
+                    reply,
+                    _permit: permit,
+                })
+                .await;
+        });
     };
 
     drop(tx);
@@ -129,6 +134,11 @@ pub(super) async fn serve(
         },
         Err(join) => Ending::Io(io::Error::other(format!("reply writer failed: {join}"))),
     }
+}
+
+fn bad_frame(e: WireError) -> Ending {
+    tracing::warn!(error = %e, "bad frame from replica client; closing its connection");
+    Ending::Protocol(e)
 }
 
 /// Writes replies until every sender is gone, flushing whenever no further reply is ready.

@@ -35,8 +35,10 @@ pub mod versions;
 #[cfg(test)]
 mod tests;
 
-pub use reply::{REPLY_HEADER_BYTES, Reply, ReplyHeader, decode_reply};
-pub use request::{REQUEST_HEADER_BYTES, Request, RequestHeader, decode_request};
+pub use reply::{REPLY_HEADER_BYTES, Reply, ReplyHeader, decode_reply, take_large_reply_header};
+pub use request::{
+    REQUEST_HEADER_BYTES, Request, RequestHeader, decode_request, take_large_request_header,
+};
 pub use versions::{VERSION_ENTRY_BYTES, decode_versions, encode_versions};
 
 /// Protocol version this build speaks. A peer speaking another is refused, not guessed at.
@@ -50,6 +52,12 @@ pub const EXTENT_SIZE_BYTES: u64 = 4 * 1024 * 1024;
 /// Largest payload of any frame, in bytes. The client never sends an IO that crosses an
 /// extent, so one extent is enough.
 pub const PAYLOAD_MAX_BYTES: u32 = EXTENT_SIZE_BYTES as u32;
+/// Payloads of at least this many bytes are not gathered in a connection's read buffer: the
+/// reader takes the frame's header off ([`take_large_request_header`],
+/// [`take_large_reply_header`]) and reads the payload into a buffer of its own, so that an
+/// extent-sized payload is neither copied as the read buffer grows nor left unaligned for
+/// O_DIRECT.
+pub const DIRECT_PAYLOAD_MIN_BYTES: u32 = 64 * 1024;
 /// Most extents one GET_EXTENT_VERSIONS request may ask about.
 pub const VERSIONS_PER_REQUEST_MAX: u32 = PAYLOAD_MAX_BYTES / VERSION_ENTRY_BYTES as u32;
 

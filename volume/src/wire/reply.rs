@@ -1,10 +1,10 @@
 //! Reply frames: the fixed header and the payload behind it.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
-    Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, REPLY_MAGIC, Status, WireError, le_u16, le_u32,
-    le_u64, payload_crc,
+    DIRECT_PAYLOAD_MIN_BYTES, Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, REPLY_MAGIC, Status,
+    WireError, le_u16, le_u32, le_u64, payload_crc,
 };
 
 /// Size of a reply header, in bytes.
@@ -158,10 +158,31 @@ pub fn decode_reply(buf: &mut BytesMut) -> Result<Option<Reply>, WireError> {
     let header = ReplyHeader::decode(head)?;
     let frame_len = REPLY_HEADER_BYTES + header.payload_len as usize;
     if buf.len() < frame_len {
-        buf.reserve(frame_len - buf.len());
+        // A large payload is read into a buffer of its own (see `take_large_reply_header`).
+        if header.payload_len < DIRECT_PAYLOAD_MIN_BYTES {
+            buf.reserve(frame_len - buf.len());
+        }
         return Ok(None);
     }
     let mut frame = buf.split_to(frame_len);
     let payload = frame.split_off(REPLY_HEADER_BYTES).freeze();
     Ok(Some(Reply { header, payload }))
+}
+
+/// The reply counterpart of
+/// [`take_large_request_header`](super::request::take_large_request_header).
+pub fn take_large_reply_header(buf: &mut BytesMut) -> Result<Option<ReplyHeader>, WireError> {
+    let Some(head) = buf.get(..REPLY_HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let head: &[u8; REPLY_HEADER_BYTES] = head.try_into().expect("sliced to the header size");
+    let header = ReplyHeader::decode(head)?;
+    let payload_len = header.payload_len as usize;
+    if header.payload_len < DIRECT_PAYLOAD_MIN_BYTES
+        || buf.len() >= REPLY_HEADER_BYTES + payload_len
+    {
+        return Ok(None);
+    }
+    buf.advance(REPLY_HEADER_BYTES);
+    Ok(Some(header))
 }

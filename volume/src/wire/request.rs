@@ -1,10 +1,10 @@
 //! Request frames: the fixed header and, for WRITE, the payload behind it.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
-    Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, REQUEST_MAGIC, VolumeId, WireError, WriteVersion,
-    le_u16, le_u32, le_u64, payload_crc,
+    DIRECT_PAYLOAD_MIN_BYTES, Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, REQUEST_MAGIC, VolumeId,
+    WireError, WriteVersion, le_u16, le_u32, le_u64, payload_crc,
 };
 
 /// Size of a request header, in bytes.
@@ -161,10 +161,33 @@ pub fn decode_request(buf: &mut BytesMut) -> Result<Option<Request>, WireError> 
     let header = RequestHeader::decode(head)?;
     let frame_len = REQUEST_HEADER_BYTES + header.payload_len() as usize;
     if buf.len() < frame_len {
-        buf.reserve(frame_len - buf.len());
+        // A large payload is read into a buffer of its own (see `take_large_request_header`).
+        if header.payload_len() < DIRECT_PAYLOAD_MIN_BYTES {
+            buf.reserve(frame_len - buf.len());
+        }
         return Ok(None);
     }
     let mut frame = buf.split_to(frame_len);
     let payload = frame.split_off(REQUEST_HEADER_BYTES).freeze();
     Ok(Some(Request { header, payload }))
+}
+
+/// When the frame at the front of `buf` has a whole header and a payload of at least
+/// [`DIRECT_PAYLOAD_MIN_BYTES`] that has not all arrived, takes the header off `buf` and
+/// returns it; the payload's first bytes stay at the front of `buf`, and the caller reads the
+/// payload into a buffer of its own. `Ok(None)` leaves `buf` as it was.
+pub fn take_large_request_header(buf: &mut BytesMut) -> Result<Option<RequestHeader>, WireError> {
+    let Some(head) = buf.get(..REQUEST_HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let head: &[u8; REQUEST_HEADER_BYTES] = head.try_into().expect("sliced to the header size");
+    let header = RequestHeader::decode(head)?;
+    let payload_len = header.payload_len() as usize;
+    if header.payload_len() < DIRECT_PAYLOAD_MIN_BYTES
+        || buf.len() >= REQUEST_HEADER_BYTES + payload_len
+    {
+        return Ok(None);
+    }
+    buf.advance(REQUEST_HEADER_BYTES);
+    Ok(Some(header))
 }

@@ -396,7 +396,8 @@ impl Engine {
                     }
                     None => {
                         Counters::bump(&counters.own_buffer_ios);
-                        OpBuf::Heap(AlignedBuf::zeroed(len))
+                        // `read_result` zeroes whatever the kernel does not fill.
+                        OpBuf::Heap(AlignedBuf::for_overwrite(len))
                     }
                 });
                 let remaining = (len - done) as u32;
