@@ -19,5 +19,6 @@ pub mod replica;
 pub mod store;
 pub mod volume;
 pub mod wire;
+mod writer;
 
 pub use volume::{BlockVolume, Extent, ExtentState, VolumeError, ZeroFlags};

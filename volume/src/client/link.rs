@@ -284,7 +284,7 @@ async fn write_requests(
             while let Some(req) = next {
                 w.write_all(&req.encode_header()).await?;
                 w.write_all(&req.payload).await?;
-                next = rx.try_recv().ok();
+                next = crate::writer::next_ready(&mut rx).await;
             }
             w.flush().await?;
         }

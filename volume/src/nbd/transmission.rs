@@ -298,7 +298,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 break;
             }
             drop(out); // releases the permit: the reply is on its way
-            next = rx.try_recv().ok();
+            next = crate::writer::next_ready(&mut rx).await;
         }
         if failed.is_none()
             && let Err(e) = w.flush().await

@@ -166,7 +166,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 break;
             }
             drop(out);
-            next = rx.try_recv().ok();
+            next = crate::writer::next_ready(&mut rx).await;
         }
         if failed.is_none()
             && let Err(e) = w.flush().await
