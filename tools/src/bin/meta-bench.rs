@@ -56,11 +56,19 @@ fn main() -> anyhow::Result<()> {
         "meta-bench: 3 members on loopback, data in {}",
         args.dir.display()
     );
-    println!("  disk fdatasync, 1 thread     {fsync_rate:>10.0} /s   (ceiling for 1 client)");
     println!(
-        "  commits, 1 client            {:>10.0} /s   {:.2} x fdatasync (target >= 0.8)",
+        "  disk fdatasync, 1 thread     {fsync_rate:>10.0} /s   (ceiling for 1 client), {:.0} us each",
+        1e6 / fsync_rate
+    );
+    println!(
+        "  gRPC round trip, no Raft     {:>10.0} us   (median Status call to the leader)",
+        r.rpc_us
+    );
+    println!(
+        "  commits, 1 client            {:>10.0} /s   {:.2} x fdatasync (target >= 0.8), {:.0} us each",
         r.one,
-        r.one / fsync_rate
+        r.one / fsync_rate,
+        1e6 / r.one
     );
     println!(
         "  commits, {} clients          {:>10.0} /s   {:.1} x 1 client (target >= 20)",
@@ -161,6 +169,7 @@ impl Drop for Group {
 }
 
 struct Results {
+    rpc_us: f64,
     one: f64,
     many: f64,
     failover: Duration,
@@ -207,6 +216,7 @@ async fn bench(args: &Args, group: &mut Group) -> anyhow::Result<Results> {
             .cloned(),
     );
     let client = Arc::new(Client::new(ordered));
+    let rpc_us = status_round_trip_us(&client).await?;
     let counter = Arc::new(AtomicU64::new(0));
     let run = Duration::from_secs(args.seconds);
     let one = throughput(&client, &counter, 1, run).await?;
@@ -224,10 +234,29 @@ async fn bench(args: &Args, group: &mut Group) -> anyhow::Result<Results> {
     after.create_volume(volume_request(u64::MAX)).await?;
     let failover = killed.elapsed();
     Ok(Results {
+        rpc_us,
         one,
         many,
         failover,
     })
+}
+
+/// Status calls timed one after another.
+const STATUS_CALLS: usize = 2_000;
+
+/// Median time of a `Status` call to the leader, in µs: one gRPC round trip on loopback that
+/// touches neither Raft nor a disk, the floor under every hop a commit makes.
+async fn status_round_trip_us(client: &Client) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(STATUS_CALLS);
+    for _ in 0..STATUS_CALLS {
+        let started = Instant::now();
+        client
+            .call(|mut c| async move { c.status(pb::StatusRequest {}).await })
+            .await?;
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 fn volume_request(n: u64) -> pb::CreateVolumeRequest {
