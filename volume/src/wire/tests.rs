@@ -108,6 +108,10 @@ proptest! {
         let mut b = BytesMut::from(&data[..]);
         let _ = decode_reply(&mut b);
         let _ = decode_versions(&data);
+        let mut c = BytesMut::from(&data[..]);
+        let _ = take_large_request_header(&mut c);
+        let mut d = BytesMut::from(&data[..]);
+        let _ = take_large_reply_header(&mut d);
     }
 
     #[test]
@@ -185,4 +189,59 @@ fn write_versions_order_by_epoch_first() {
     let newer = WriteVersion { epoch: 2, seq: 1 };
     assert!(older < newer);
     assert!(WriteVersion::NONE < older);
+}
+
+#[test]
+fn a_large_payload_still_arriving_has_its_header_taken_and_its_first_bytes_kept() {
+    let data = Bytes::from(vec![0x5a; DIRECT_PAYLOAD_MIN_BYTES as usize]);
+    let large = Request::write(
+        RequestHeader {
+            len: 0,
+            ..sample_request().header
+        },
+        data.clone(),
+    );
+    let whole = encode_request(&large);
+    let cut = REQUEST_HEADER_BYTES + 100;
+
+    // Part of the payload is buffered: the decoder waits without growing the buffer to the
+    // frame, and the header comes off with the payload's first bytes left in place.
+    let mut buf = BytesMut::from(&whole[..cut]);
+    assert_eq!(decode_request(&mut buf), Ok(None));
+    assert!(
+        buf.capacity() < whole.len(),
+        "no room reserved for a large payload"
+    );
+    let header = take_large_request_header(&mut buf).unwrap().unwrap();
+    assert_eq!(header, large.header);
+    assert_eq!(&buf[..], &data[..100]);
+
+    // The whole frame is buffered, or the payload is small: nothing is taken.
+    let mut buf = whole.clone();
+    assert_eq!(take_large_request_header(&mut buf), Ok(None));
+    assert_eq!(buf.len(), whole.len());
+    let mut small = encode_request(&sample_request());
+    small.truncate(REQUEST_HEADER_BYTES + 1);
+    assert_eq!(take_large_request_header(&mut small), Ok(None));
+    assert_eq!(small.len(), REQUEST_HEADER_BYTES + 1);
+
+    // A damaged header is refused here as in the decoder.
+    let mut bad = BytesMut::from(&whole[..cut]);
+    bad[8] ^= 1;
+    assert!(matches!(
+        take_large_request_header(&mut bad),
+        Err(WireError::HeaderCrc { .. })
+    ));
+}
+
+#[test]
+fn a_large_reply_payload_still_arriving_has_its_header_taken() {
+    let data = Bytes::from(vec![0xa5; DIRECT_PAYLOAD_MIN_BYTES as usize]);
+    let reply = Reply::ok(Op::Read, 4, data.clone());
+    let mut buf = BytesMut::from(&reply.encode_header()[..]);
+    buf.extend_from_slice(&data[..10]);
+    assert_eq!(decode_reply(&mut buf), Ok(None));
+    let header = take_large_reply_header(&mut buf).unwrap().unwrap();
+    assert_eq!(header, reply.header);
+    assert_eq!(&buf[..], &data[..10]);
 }

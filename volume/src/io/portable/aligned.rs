@@ -39,8 +39,8 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// Allocates `len` zeroed bytes. Aborts on allocation failure, like `Vec`.
     pub(crate) fn zeroed(len: usize) -> AlignedBuf {
-        let mut buf = AlignedBuf::for_overwrite(len);
-        if buf.cacheable() {
+        let (mut buf, reused) = AlignedBuf::allocate(len);
+        if reused {
             buf.as_mut_slice().fill(0);
         }
         buf
@@ -50,6 +50,11 @@ impl AlignedBuf {
     /// held. The caller overwrites all `len` of them before anybody reads them (a read fills
     /// the buffer, a copy covers it). Aborts on allocation failure, like `Vec`.
     pub(crate) fn for_overwrite(len: usize) -> AlignedBuf {
+        AlignedBuf::allocate(len).0
+    }
+
+    /// A buffer of `len` bytes and whether it was reused from the cache (else it is zeroed).
+    fn allocate(len: usize) -> (AlignedBuf, bool) {
         let size_bytes = size_class(len).unwrap_or_else(|| {
             len.max(1)
                 .checked_next_multiple_of(BUFFER_ALIGN_BYTES)
@@ -58,7 +63,7 @@ impl AlignedBuf {
         let layout = Layout::from_size_align(size_bytes, BUFFER_ALIGN_BYTES)
             .expect("aligned buffer layout is valid");
         if let Some(ptr) = CACHE.take(size_bytes) {
-            return AlignedBuf { ptr, len, layout };
+            return (AlignedBuf { ptr, len, layout }, true);
         }
         // Zeroed, so that every byte of the allocation is initialised memory from here on,
         // including when it is reused.
@@ -68,7 +73,7 @@ impl AlignedBuf {
             alloc::handle_alloc_error(layout)
         };
         assert!(ptr.as_ptr().addr().is_multiple_of(BUFFER_ALIGN_BYTES));
-        AlignedBuf { ptr, len, layout }
+        (AlignedBuf { ptr, len, layout }, false)
     }
 
     /// A copy of `data` in aligned memory.
@@ -78,7 +83,7 @@ impl AlignedBuf {
         buf
     }
 
-    /// Whether this buffer is of a size the cache keeps, so its memory may have held other data.
+    /// Whether this buffer is of a size the cache keeps.
     fn cacheable(&self) -> bool {
         size_class(self.len) == Some(self.layout.size())
     }
@@ -122,7 +127,7 @@ impl Drop for AlignedBuf {
         if self.cacheable() && CACHE.put(self.ptr, self.layout.size()) {
             return;
         }
-        // SAFETY: allocated in `for_overwrite` with exactly this layout.
+        // SAFETY: allocated in `allocate` with exactly this layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
