@@ -365,19 +365,24 @@ pub(crate) async fn resync_round(
     tracing::debug!(volume = %name, replicas = round.len(), "resync round starting");
     let started = Instant::now();
     let copied = AtomicU64::new(0);
+    let resynced = AtomicU64::new(0);
     futures::stream::iter(round)
         .for_each_concurrent(RESYNCS_IN_PARALLEL_MAX, |(group, replica, node)| {
-            let copied = &copied;
+            let (copied, resynced) = (&copied, &resynced);
             async move {
                 if let Some(bytes) = resync_one(volume, name, client, group, replica, node).await {
                     copied.fetch_add(bytes, Ordering::Relaxed);
+                    resynced.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })
         .await;
-    let bytes_copied = copied.into_inner();
-    if bytes_copied > 0 {
-        tracing::info!(volume = %name, bytes_copied, elapsed_ms = started.elapsed().as_millis() as u64, "resync round done");
+    // Every round that brought a replica back says so, even when nothing needed copying: a
+    // reader of the log (or a test) waiting for the end of the resyncs must not wait for a
+    // round that copied data when the last one only confirmed replicas already current.
+    let (bytes_copied, replicas) = (copied.into_inner(), resynced.into_inner());
+    if replicas > 0 {
+        tracing::info!(volume = %name, replicas, bytes_copied, elapsed_ms = started.elapsed().as_millis() as u64, "resync round done");
     }
 }
 

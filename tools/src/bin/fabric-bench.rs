@@ -597,9 +597,13 @@ fn rebuild_round(
             .ok()
     };
     let (mut bytes, mut ms) = (0u64, 0u64);
+    // Rounds that only confirmed replicas already current copied nothing and do not count.
     for line in log.lines().filter(|l| l.contains("resync round done")) {
-        bytes += field(line, "bytes_copied").unwrap_or(0);
-        ms += field(line, "elapsed_ms").unwrap_or(0);
+        let copied = field(line, "bytes_copied").unwrap_or(0);
+        if copied > 0 {
+            bytes += copied;
+            ms += field(line, "elapsed_ms").unwrap_or(0);
+        }
     }
     anyhow::ensure!(bytes > 0 && ms > 0, "the gateway logged no rebuild");
     let mib = bytes as f64 / (1024.0 * 1024.0);
