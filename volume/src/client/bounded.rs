@@ -13,12 +13,18 @@ use super::PIECES_IN_FLIGHT_MAX;
 pub(super) type PieceFuture<T> =
     Pin<Box<dyn Future<Output = Result<T, VolumeError>> + Send + 'static>>;
 
-/// Runs piece futures with at most [`PIECES_IN_FLIGHT_MAX`] at a time; results in order.
-/// After the first error no further piece is started.
+/// Runs piece futures with at most [`PIECES_IN_FLIGHT_MAX`] at a time, each in a task of its
+/// own (one piece alone runs in the caller's); results in order. After the first error no
+/// further piece is started.
 pub(super) async fn run_bounded<T: Send + 'static>(
     tasks: Vec<PieceFuture<T>>,
 ) -> Result<Vec<T>, VolumeError> {
     let n = tasks.len();
+    // Most IOs lie within one extent: run that piece in the caller's task, without spawning.
+    if n == 1 {
+        let task = tasks.into_iter().next().expect("one piece");
+        return Ok(vec![task.await?]);
+    }
     let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
     let mut pending = tasks.into_iter().enumerate();
     let mut running = JoinSet::new();

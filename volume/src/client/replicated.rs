@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
@@ -544,22 +546,22 @@ impl Inner {
     /// `min_replicas` acked. A replica catching up that fails it only ends its resync.
     async fn mutate_group(self: Arc<Self>, group: usize, req: Request) -> Result<(), VolumeError> {
         let Writable { live, catching_up } = self.writable(group)?;
-        let mut calls = JoinSet::new();
-        for (replica, counts) in live
+        // The calls run concurrently inside this task: each is a send and a wait for its
+        // reply, so a task apiece would only add scheduling to every write.
+        let mut calls: FuturesUnordered<_> = live
             .into_iter()
             .map(|r| (r, true))
             .chain(catching_up.into_iter().map(|r| (r, false)))
-        {
-            let req = req.clone();
-            calls.spawn(async move {
-                let result = outcome(replica.link.call(req).await);
-                (replica, counts, result)
-            });
-        }
+            .map(|(replica, counts)| {
+                let req = req.clone();
+                async move {
+                    let result = outcome(replica.link.call(req).await);
+                    (replica, counts, result)
+                }
+            })
+            .collect();
         let mut tally = Tally::default();
-        while let Some(joined) = calls.join_next().await {
-            let (replica, counts, result) =
-                joined.map_err(|e| VolumeError::Io(format!("replica call: {e}")))?;
+        while let Some((replica, counts, result)) = calls.next().await {
             if !counts {
                 match result {
                     Outcome::Acked(_) => {}
