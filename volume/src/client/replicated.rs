@@ -38,6 +38,16 @@ const LOCK_BLOCK_BYTES: u64 = 4096;
 /// How often a write waiting below `min_replicas` looks again, in milliseconds.
 const BELOW_MIN_POLL_MS: u64 = 50;
 
+/// How one replica's part in a mutation ended, as the group's tally counts it.
+enum Answer {
+    Acked,
+    Fenced(u64),
+    /// A live replica failed; `true` once it has left the acting set.
+    Failed(bool),
+    /// A replica catching up answered; it does not count towards the acknowledgement.
+    Aside,
+}
+
 /// A replicated volume. Cheap to clone (an `Arc` inside).
 #[derive(Clone)]
 pub struct ReplicatedVolume {
@@ -546,8 +556,10 @@ impl Inner {
     /// `min_replicas` acked. A replica catching up that fails it only ends its resync.
     async fn mutate_group(self: Arc<Self>, group: usize, req: Request) -> Result<(), VolumeError> {
         let Writable { live, catching_up } = self.writable(group)?;
-        // The calls run concurrently inside this task: each is a send and a wait for its
-        // reply, so a task apiece would only add scheduling to every write.
+        // The calls run concurrently inside this task, each with the removal of its replica if
+        // it fails: a removal is a Raft round trip, and while one is awaited the other calls
+        // must go on being polled (their link timeouts run meanwhile).
+        let inner: &Inner = &self;
         let mut calls: FuturesUnordered<_> = live
             .into_iter()
             .map(|r| (r, true))
@@ -555,29 +567,33 @@ impl Inner {
             .map(|(replica, counts)| {
                 let req = req.clone();
                 async move {
-                    let result = outcome(replica.link.call(req).await);
-                    (replica, counts, result)
+                    match outcome(replica.link.call(req).await) {
+                        Outcome::Fenced(current) => Answer::Fenced(current),
+                        Outcome::Acked(_) if counts => Answer::Acked,
+                        Outcome::Acked(_) => Answer::Aside,
+                        // A replica catching up that misses the write only ends its resync.
+                        Outcome::Corrupt | Outcome::Failed(_) if !counts => {
+                            replica.miss();
+                            Answer::Aside
+                        }
+                        Outcome::Corrupt => {
+                            let why = "checksum failure on the replica, or a damaged reply";
+                            Answer::Failed(inner.remove(group, &replica, why.to_owned()).await)
+                        }
+                        Outcome::Failed(why) => {
+                            Answer::Failed(inner.remove(group, &replica, why).await)
+                        }
+                    }
                 }
             })
             .collect();
         let mut tally = Tally::default();
-        while let Some((replica, counts, result)) = calls.next().await {
-            if !counts {
-                match result {
-                    Outcome::Acked(_) => {}
-                    Outcome::Fenced(current) => tally.fenced(current),
-                    Outcome::Corrupt | Outcome::Failed(_) => replica.miss(),
-                }
-                continue;
-            }
-            match result {
-                Outcome::Acked(_) => tally.acked(),
-                Outcome::Fenced(current) => tally.fenced(current),
-                Outcome::Corrupt => {
-                    let why = "checksum failure on the replica, or a damaged reply".to_owned();
-                    tally.failed(self.remove(group, &replica, why).await);
-                }
-                Outcome::Failed(why) => tally.failed(self.remove(group, &replica, why).await),
+        while let Some(answer) = calls.next().await {
+            match answer {
+                Answer::Acked => tally.acked(),
+                Answer::Fenced(current) => tally.fenced(current),
+                Answer::Failed(removed) => tally.failed(removed),
+                Answer::Aside => {}
             }
         }
         match tally.verdict(self.config.min_replicas) {
