@@ -5,6 +5,12 @@
 //! command is a new variant (or a new `V2` enum), never a changed one. Everything `apply` needs
 //! travels inside the command (a heartbeat carries its own timestamp), which keeps apply
 //! deterministic on every member.
+//!
+//! Membership changes of a volume (`RemoveReplicaV2`, `RestoreReplicaV2`, `ReportRebuildV2`,
+//! `DetachVolumeV2`) carry the attach epoch their proposer acts under, and are refused once a
+//! newer attach fenced it: a writer that lost the volume must not change which replicas count
+//! as current. Their first versions, without the epoch, stay for the entries already in the
+//! log and apply as they always did; nothing proposes them any more.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,25 +50,29 @@ pub enum CommandV1 {
         client: String,
         force: bool,
     },
-    /// `client` lets go of `name`: it is no longer attached (nothing if it was not).
+    /// `client` lets go of `name`: it is no longer attached (nothing if it was not). Unfenced:
+    /// replayed from old logs only, superseded by `DetachVolumeV2`.
     DetachVolume {
         name: String,
         client: String,
     },
     /// `node`'s replica of `volume` in PG `pg` missed a write: it leaves the acting set.
+    /// Unfenced: replayed from old logs only, superseded by `RemoveReplicaV2`.
     RemoveReplica {
         volume: String,
         pg: u32,
         node: NodeId,
     },
     /// `node`'s replica of `volume` in PG `pg` has caught up: it rejoins the acting set.
+    /// Unfenced: replayed from old logs only, superseded by `RestoreReplicaV2`.
     RestoreReplica {
         volume: String,
         pg: u32,
         node: NodeId,
     },
     /// The writer of `volume` reports how far the rebuild of `node`'s stale replica in PG `pg`
-    /// has come; cleared when the replica is restored.
+    /// has come; cleared when the replica is restored. Unfenced: replayed from old logs only,
+    /// superseded by `ReportRebuildV2`.
     ReportRebuild {
         volume: String,
         progress: RebuildProgress,
@@ -80,6 +90,34 @@ pub enum CommandV1 {
     Once {
         request_id: String,
         command: Box<CommandV1>,
+    },
+    /// `RemoveReplica` by the writer holding attach epoch `attach_epoch`.
+    RemoveReplicaV2 {
+        volume: String,
+        pg: u32,
+        node: NodeId,
+        attach_epoch: u64,
+    },
+    /// `RestoreReplica` by the writer holding attach epoch `attach_epoch`: a writer fenced by a
+    /// newer attach may have resynced the replica without the new writer's writes.
+    RestoreReplicaV2 {
+        volume: String,
+        pg: u32,
+        node: NodeId,
+        attach_epoch: u64,
+    },
+    /// `ReportRebuild` by the writer holding attach epoch `attach_epoch`.
+    ReportRebuildV2 {
+        volume: String,
+        progress: RebuildProgress,
+        attach_epoch: u64,
+    },
+    /// `DetachVolume` by the attachment of epoch `attach_epoch`: an older attachment of the
+    /// same client name (a process restarted under the same name) cannot let go of the newer.
+    DetachVolumeV2 {
+        name: String,
+        client: String,
+        attach_epoch: u64,
     },
 }
 
@@ -116,6 +154,10 @@ pub enum CommandError {
     #[error("{0}")]
     FailedPrecondition(String),
 }
+
+/// Words in every refusal of a membership change whose attach epoch was fenced by a newer
+/// attach (a `FailedPrecondition`), so that the proposer can tell it from other refusals.
+pub const FENCED_WORDS: &str = "is fenced by epoch";
 
 /// The state machine's answer to one log entry.
 pub type Outcome = Result<Applied, CommandError>;
@@ -158,18 +200,44 @@ impl std::fmt::Display for CommandV1 {
             CommandV1::DetachVolume { name, client } => {
                 write!(f, "detach volume {name} from {client}")
             }
+            CommandV1::DetachVolumeV2 {
+                name,
+                client,
+                attach_epoch,
+            } => write!(
+                f,
+                "detach volume {name} from {client} (attach epoch {attach_epoch})"
+            ),
             CommandV1::RemoveReplica { volume, pg, node } => {
                 write!(
                     f,
                     "remove node {node} from the acting set of {volume} in PG {pg}"
                 )
             }
+            CommandV1::RemoveReplicaV2 {
+                volume,
+                pg,
+                node,
+                attach_epoch,
+            } => write!(
+                f,
+                "remove node {node} from the acting set of {volume} in PG {pg} (attach epoch {attach_epoch})"
+            ),
             CommandV1::RestoreReplica { volume, pg, node } => {
                 write!(
                     f,
                     "restore node {node} to the acting set of {volume} in PG {pg}"
                 )
             }
+            CommandV1::RestoreReplicaV2 {
+                volume,
+                pg,
+                node,
+                attach_epoch,
+            } => write!(
+                f,
+                "restore node {node} to the acting set of {volume} in PG {pg} (attach epoch {attach_epoch})"
+            ),
             CommandV1::SetParticipation {
                 node,
                 participation,
@@ -177,6 +245,15 @@ impl std::fmt::Display for CommandV1 {
             CommandV1::ReportRebuild { volume, progress } => write!(
                 f,
                 "rebuild of node {} in PG {} of {volume}: {} of {} bytes",
+                progress.node, progress.pg, progress.done_bytes, progress.total_bytes
+            ),
+            CommandV1::ReportRebuildV2 {
+                volume,
+                progress,
+                attach_epoch,
+            } => write!(
+                f,
+                "rebuild of node {} in PG {} of {volume}: {} of {} bytes (attach epoch {attach_epoch})",
                 progress.node, progress.pg, progress.done_bytes, progress.total_bytes
             ),
             CommandV1::Once {

@@ -2,12 +2,17 @@
 //!
 //! No IO, no clock, no randomness: the same commands in the same order give the same state on
 //! every member. A refused command returns a [`CommandError`] and leaves the state untouched.
+//!
+//! A volume's membership changes (which replicas are current, its rebuild progress, its
+//! detach) are fenced by the attach epoch they carry: only the volume's latest attach may make
+//! them. A writer whose attach was superseded may have missed the new writer's writes, so its
+//! word on which replica caught up no longer holds.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{Applied, Command, CommandError, CommandV1, Outcome};
+use super::command::{Applied, Command, CommandError, CommandV1, FENCED_WORDS, Outcome};
 use super::model::{
     Attachment, EXTENT_SIZE_MAX_BYTES, Epochs, Health, NAME_LEN_MAX, NodeId, NodeRecord,
     NodeRegistration, PG_COUNT_MAX, Participation, PgMap, Pool, PoolSpec, REPLICAS_MAX,
@@ -129,6 +134,36 @@ impl ClusterState {
                 participation,
             } => self.set_participation(*node, *participation),
             CommandV1::ReportRebuild { volume, progress } => self.report_rebuild(volume, progress),
+            CommandV1::RemoveReplicaV2 {
+                volume,
+                pg,
+                node,
+                attach_epoch,
+            } => self
+                .check_attach_epoch(volume, *attach_epoch)
+                .and_then(|()| self.remove_replica(volume, *pg, *node)),
+            CommandV1::RestoreReplicaV2 {
+                volume,
+                pg,
+                node,
+                attach_epoch,
+            } => self
+                .check_attach_epoch(volume, *attach_epoch)
+                .and_then(|()| self.restore_replica(volume, *pg, *node)),
+            CommandV1::ReportRebuildV2 {
+                volume,
+                progress,
+                attach_epoch,
+            } => self
+                .check_attach_epoch(volume, *attach_epoch)
+                .and_then(|()| self.report_rebuild(volume, progress)),
+            CommandV1::DetachVolumeV2 {
+                name,
+                client,
+                attach_epoch,
+            } => self
+                .check_attach_epoch(name, *attach_epoch)
+                .and_then(|()| self.detach_volume(name, client)),
             CommandV1::Once { .. } => Err(CommandError::InvalidArgument(
                 "a request id wraps one plain command".into(),
             )),
@@ -376,6 +411,30 @@ impl ClusterState {
         }
         self.volumes.remove(name);
         Ok(Applied::Deleted)
+    }
+
+    /// Admits a membership change of `volume` made under `attach_epoch` only if that is the
+    /// volume's latest attach epoch. An older one was fenced by a newer attach (whose writes
+    /// its proposer may have missed); a newer one, or 0, was never granted. A detached volume
+    /// keeps its latest epoch: its last holder may still finish (a resync, a detach retry)
+    /// until someone attaches again.
+    fn check_attach_epoch(&self, volume: &str, attach_epoch: u64) -> Result<(), CommandError> {
+        let current = self
+            .volumes
+            .get(volume)
+            .ok_or_else(|| CommandError::NotFound(format!("volume {volume}")))?
+            .attach_epoch;
+        if attach_epoch == 0 || attach_epoch > current {
+            return Err(CommandError::InvalidArgument(format!(
+                "volume {volume}: attach epoch {attach_epoch} was never granted (the latest is {current})"
+            )));
+        }
+        if attach_epoch < current {
+            return Err(CommandError::FailedPrecondition(format!(
+                "volume {volume}: attach epoch {attach_epoch} {FENCED_WORDS} {current}"
+            )));
+        }
+        Ok(())
     }
 
     /// Takes `node`'s replica of `volume` in `pg` out of the acting set. Idempotent; refused
