@@ -9,11 +9,16 @@
 //! stale replicas that answer again and resyncs them (`ReplicatedVolume::resync`: only the
 //! extents that changed), then restores them through `RestoreReplica`. It follows the PG map
 //! at once when the watch stream reports a new map epoch, and on every such look.
+//!
+//! Every membership change (`RemoveReplica`, `RestoreReplica`, `ReportRebuild`, `DetachVolume`)
+//! names the attach epoch the gateway got for the volume. Once another client attaches, the
+//! metadata service refuses them as fenced: a gateway superseded mid-resync may have missed
+//! the new writer's writes, so it must not restore a replica. Its resyncs stop from then on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -21,14 +26,14 @@ use clap::Args;
 use futures::StreamExt;
 use proto::meta as pb;
 use volume::client::{
-    AclFuture, AclObserver, ActingSets, BELOW_MIN_WAIT_MS_DEFAULT, ClientConfig,
-    REQUEST_TIMEOUT_MS_DEFAULT, REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT, ReplicaFailure,
-    ReplicatedVolume,
+    AclFuture, AclObserver, ActingSets, BELOW_MIN_WAIT_MS_DEFAULT, ClientConfig, PoolConfig,
+    REMOVAL_WAIT_MS_DEFAULT, RemovalError, ReplicaFailure, ReplicaPool, ReplicatedVolume,
 };
 use volume::volume::BlockVolume;
 use volume::wire::VolumeId;
 
 use crate::meta::client::Client;
+use crate::meta::command::FENCED_WORDS;
 
 /// How long the gateway waits for `min_replicas` of every PG to hold a volume before giving up.
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
@@ -42,8 +47,8 @@ pub const WATCH_RETRY_MS: u64 = 500;
 pub const RESYNC_INTERVAL_MS: u64 = 1_000;
 /// Stale replicas resynced at once. Each resync also has steps that copy nothing (versions
 /// exchange, flush, the held check and the metadata commit); with many at once, the others'
-/// copies keep the disks busy meanwhile. The copies themselves are bounded per volume by
-/// `volume::client::replicated::COPIES_IN_FLIGHT_MAX`.
+/// copies keep the disks busy meanwhile. The copies themselves are bounded per destination
+/// node, across every volume of the process, by the shared `ReplicaPool`.
 pub const RESYNCS_IN_PARALLEL_MAX: usize = 64;
 
 /// Flags of `fabricd gateway`.
@@ -70,27 +75,31 @@ pub struct GatewayArgs {
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut stop = crate::dev::StopSignals::install();
     let client = Arc::new(Client::new(args.endpoints.clone()));
+    // One pool for every volume: links to a node, and the copy budget towards it, are shared.
+    let pool = ReplicaPool::tcp(PoolConfig::default()).context("replica pool")?;
     let attach_as = args
         .client_name
         .clone()
         .unwrap_or_else(|| format!("gateway-{}", args.nbd_listen));
-    let mut exports: Vec<Arc<dyn BlockVolume>> = Vec::new();
+    let mut attached: Vec<Attached> = Vec::new();
     let mut resyncs = tokio::task::JoinSet::new();
     let (maps_moved, maps_moved_rx) = tokio::sync::watch::channel(());
     resyncs.spawn(watch_maps(Arc::clone(&client), maps_moved));
     for name in &args.volumes {
-        let (volume, node_of) = open_volume(&client, name, &attach_as, args.force)
+        let a = open_volume(&client, &pool, name, &attach_as, args.force)
             .await
             .with_context(|| format!("open volume {name}"))?;
         resyncs.spawn(resync_stale(
-            volume.clone(),
-            name.clone(),
+            a.clone(),
             Arc::clone(&client),
-            node_of,
             maps_moved_rx.clone(),
         ));
-        exports.push(Arc::new(volume));
+        attached.push(a);
     }
+    let exports: Vec<Arc<dyn BlockVolume>> = attached
+        .iter()
+        .map(|a| Arc::new(a.volume.clone()) as Arc<dyn BlockVolume>)
+        .collect();
 
     let server = volume::nbd::NbdServer::new(exports.clone(), volume::nbd::NbdConfig::default())
         .context("configure NBD server")?;
@@ -114,22 +123,62 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = serving.await;
     resyncs.shutdown().await;
-    for v in &exports {
-        v.flush()
+    for a in &attached {
+        a.volume
+            .flush()
             .await
-            .map_err(|e| anyhow::anyhow!("flush {}: {e}", v.name()))?;
-        detach(&client, v.name(), &attach_as).await;
+            .map_err(|e| anyhow::anyhow!("flush {}: {e}", a.name))?;
+        detach(&client, a, &attach_as).await;
     }
     Ok(())
 }
 
-/// Lets go of `name` after its last flush, so that the volume shows as available and the
+/// A volume this process attached, and what its membership changes need: the attach epoch
+/// they act under, the node behind each replica address, and whether the metadata service
+/// has found the attachment superseded. The epoch is kept here rather than asked of the
+/// volume driver, as it belongs to the attachment, which the gateway holds.
+#[derive(Clone)]
+pub(crate) struct Attached {
+    pub name: String,
+    pub volume: ReplicatedVolume,
+    pub attach_epoch: u64,
+    pub node_of: NodeAddresses,
+    pub superseded: Superseded,
+}
+
+/// Whether the metadata service refused one of an attachment's membership changes because a
+/// newer attach fenced it, with the refusal. That is final for the attachment: its later
+/// changes would be refused alike, so its resyncs stop.
+#[derive(Clone, Default)]
+pub(crate) struct Superseded(Arc<OnceLock<String>>);
+
+impl Superseded {
+    /// Whether `status` is a fencing refusal; the first one is recorded and logged (once per
+    /// attachment, however many changes are refused).
+    fn note(&self, volume: &str, status: &tonic::Status) -> bool {
+        let fenced = status.code() == tonic::Code::FailedPrecondition
+            && status.message().contains(FENCED_WORDS);
+        if fenced && self.0.set(status.message().to_owned()).is_ok() {
+            tracing::warn!(volume, reason = %status.message(), "a newer attach fenced this one: no more membership changes or resyncs of the volume from here");
+        }
+        fenced
+    }
+
+    /// The refusal that found the attachment superseded, if one did.
+    pub(crate) fn refusal(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+/// Lets go of the attached volume after its last flush, so that it shows as available and the
 /// rebuild agent may heal it while nobody serves it. Best effort: a gateway that was fenced,
 /// or cannot reach the metadata service, leaves the attachment as it is.
-pub(crate) async fn detach(client: &Client, name: &str, attached_as: &str) {
+pub(crate) async fn detach(client: &Client, attached: &Attached, attached_as: &str) {
+    let name = attached.name.as_str();
     let req = pb::DetachVolumeRequest {
         name: name.into(),
         client: attached_as.into(),
+        attach_epoch: attached.attach_epoch,
     };
     match client
         .call(|mut c| {
@@ -210,10 +259,11 @@ impl VolumeMap {
 /// Attaches `name` and builds its replicated volume from the pool's PG map.
 pub(crate) async fn open_volume(
     client: &Arc<Client>,
+    pool: &Arc<ReplicaPool>,
     name: &str,
     attach_as: &str,
     force: bool,
-) -> anyhow::Result<(ReplicatedVolume, NodeAddresses)> {
+) -> anyhow::Result<Attached> {
     let map = VolumeMap::fetch(client, name).await?;
     let volume = &map.volume;
     let rule = map.pool.rule.clone().context("pool without a rule")?;
@@ -241,16 +291,17 @@ pub(crate) async fn open_volume(
         size_bytes: volume.size_bytes,
         attach_epoch: attachment.attach_epoch,
         min_replicas: rule.min_replicas as usize,
-        request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
-        requests_in_flight_per_replica_max: REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT,
         below_min_wait_ms: BELOW_MIN_WAIT_MS_DEFAULT,
+        removal_wait_ms: REMOVAL_WAIT_MS_DEFAULT,
     };
+    let superseded = Superseded::default();
     let observer = Arc::new(ClusterObserver {
         client: Arc::clone(client),
         volume: name.to_owned(),
         node_of: Arc::clone(&node_of),
+        superseded: superseded.clone(),
     });
-    let replicated = ReplicatedVolume::new(config, acting.clone(), observer)
+    let replicated = ReplicatedVolume::new(config, acting.clone(), observer, Arc::clone(pool))
         .context("set up the replicated volume")?;
     wait_until_replicas_hold(&replicated, &acting, rule.min_replicas as usize).await?;
     // A flush carries the new epoch to every replica, which persists it: from here on a gateway
@@ -259,7 +310,13 @@ pub(crate) async fn open_volume(
         .flush()
         .await
         .map_err(|e| anyhow::anyhow!("install attach epoch {}: {e}", attachment.attach_epoch))?;
-    Ok((replicated, node_of))
+    Ok(Attached {
+        name: name.to_owned(),
+        volume: replicated,
+        attach_epoch: attachment.attach_epoch,
+        node_of,
+        superseded,
+    })
 }
 
 /// Follows the metadata service's watch stream for as long as the gateway runs, and signals
@@ -305,26 +362,23 @@ pub(crate) type NodeAddresses = Arc<RwLock<HashMap<SocketAddr, u64>>>;
 /// Reads the volume's PG map and stale replicas, the pool's map and the nodes' addresses again,
 /// and has `volume` follow them: replicas re-placed onto new nodes join as stale (to be
 /// rebuilt), and replicas of nodes taken out leave.
-async fn follow_map(
-    volume: &ReplicatedVolume,
-    name: &str,
-    client: &Client,
-    node_of: &NodeAddresses,
-) -> anyhow::Result<()> {
-    let (acting, addresses) = VolumeMap::fetch(client, name).await?.acting_sets()?;
-    *node_of.write().expect("node addresses") = addresses;
-    volume
+async fn follow_map(attached: &Attached, client: &Client) -> anyhow::Result<()> {
+    let (acting, addresses) = VolumeMap::fetch(client, &attached.name)
+        .await?
+        .acting_sets()?;
+    *attached.node_of.write().expect("node addresses") = addresses;
+    attached
+        .volume
         .follow(&acting)
         .map_err(|e| anyhow::anyhow!("follow the PG map: {e}"))
 }
 
-/// Follows the PG map and resyncs stale replicas of `volume` that answer, one at a time, for
-/// ever: a node that came back, or a node a PG was re-placed onto (a rebuild).
+/// Follows the PG map and resyncs stale replicas of the volume that answer, for as long as
+/// the attachment is not superseded: a node that came back, or a node a PG was re-placed
+/// onto (a rebuild).
 async fn resync_stale(
-    volume: ReplicatedVolume,
-    name: String,
+    attached: Attached,
     client: Arc<Client>,
-    node_of: NodeAddresses,
     mut maps_moved: tokio::sync::watch::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(RESYNC_INTERVAL_MS));
@@ -336,24 +390,27 @@ async fn resync_stale(
             _ = tick.tick() => {}
             moved = maps_moved.changed(), if watching => watching = moved.is_ok(),
         }
-        resync_round(&volume, &name, &client, &node_of).await;
+        if attached.superseded.refusal().is_some() {
+            return;
+        }
+        resync_round(&attached, &client).await;
     }
 }
 
-/// Follows the PG map once and resyncs the stale replicas of `volume` that answer, up to
-/// [`RESYNCS_IN_PARALLEL_MAX`] at once.
-pub(crate) async fn resync_round(
-    volume: &ReplicatedVolume,
-    name: &str,
-    client: &Arc<Client>,
-    node_of: &NodeAddresses,
-) {
-    if let Err(e) = follow_map(volume, name, client, node_of).await {
+/// Follows the PG map once and resyncs the stale replicas of the volume that answer, up to
+/// [`RESYNCS_IN_PARALLEL_MAX`] at once. Nothing once the attachment is superseded.
+pub(crate) async fn resync_round(attached: &Attached, client: &Arc<Client>) {
+    let name = attached.name.as_str();
+    if attached.superseded.refusal().is_some() {
+        return;
+    }
+    if let Err(e) = follow_map(attached, client).await {
         tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
     }
     let round: Vec<(usize, SocketAddr, u64)> = {
-        let nodes = node_of.read().expect("node addresses");
-        volume
+        let nodes = attached.node_of.read().expect("node addresses");
+        attached
+            .volume
             .stale_replicas()
             .into_iter()
             .filter_map(|(group, replica)| Some((group, replica, *nodes.get(&replica)?)))
@@ -370,7 +427,7 @@ pub(crate) async fn resync_round(
         .for_each_concurrent(RESYNCS_IN_PARALLEL_MAX, |(group, replica, node)| {
             let (copied, resynced) = (&copied, &resynced);
             async move {
-                if let Some(bytes) = resync_one(volume, name, client, group, replica, node).await {
+                if let Some(bytes) = resync_one(attached, client, group, replica, node).await {
                     copied.fetch_add(bytes, Ordering::Relaxed);
                     resynced.fetch_add(1, Ordering::Relaxed);
                 }
@@ -389,13 +446,13 @@ pub(crate) async fn resync_round(
 /// Resyncs stale `replica` (on `node`) of `group` if it answers; the bytes copied, or `None`
 /// if it is still away or the resync failed (the next round tries again).
 async fn resync_one(
-    volume: &ReplicatedVolume,
-    name: &str,
+    attached: &Attached,
     client: &Arc<Client>,
     group: usize,
     replica: SocketAddr,
     node: u64,
 ) -> Option<u64> {
+    let (volume, name) = (&attached.volume, attached.name.as_str());
     if let Err(e) = volume.extent_versions(replica, 0, 1).await {
         tracing::debug!(volume = %name, pg = group, node, error = %e, "replica does not answer yet; resync later");
         return None;
@@ -404,7 +461,10 @@ async fn resync_one(
         volume: name.to_owned(),
         pg: group as u32,
         node,
+        attach_epoch: attached.attach_epoch,
     };
+    // Refused as fenced, the restore fails the resync: the replica stays stale for the
+    // writer that superseded this one.
     let restore = async {
         client
             .call(|mut c| {
@@ -413,7 +473,10 @@ async fn resync_one(
             })
             .await
             .map(|_| ())
-            .map_err(|s| format!("restore node {node} in PG {group}: {}", s.message()))
+            .map_err(|s| {
+                attached.superseded.note(name, &s);
+                format!("restore node {node} in PG {group}: {}", s.message())
+            })
     };
     // Progress goes to the metadata service at most once a second (and at the end), so that
     // `fabricctl volume show` can tell how far a rebuild has come.
@@ -425,6 +488,7 @@ async fn resync_one(
         }
         *last = Some(Instant::now());
         let client = Arc::clone(client);
+        let superseded = attached.superseded.clone();
         let req = pb::ReportRebuildRequest {
             volume: name.to_owned(),
             progress: Some(pb::RebuildProgress {
@@ -433,6 +497,7 @@ async fn resync_one(
                 done_bytes: done,
                 total_bytes: total,
             }),
+            attach_epoch: attached.attach_epoch,
         };
         tokio::spawn(async move {
             let sent = client
@@ -441,7 +506,9 @@ async fn resync_one(
                     async move { c.report_rebuild(req).await }
                 })
                 .await;
-            if let Err(s) = sent {
+            if let Err(s) = sent
+                && !superseded.note(&req.volume, &s)
+            {
                 tracing::debug!(status = %s, "rebuild progress not recorded");
             }
         });
@@ -460,6 +527,11 @@ async fn resync_one(
                 "resync done"
             );
             Some(report.bytes_copied)
+        }
+        Err(e) if attached.superseded.refusal().is_some() => {
+            // Logged already, where the refusal was noted.
+            tracing::debug!(volume = %name, pg = group, node, error = %e, "resync given up: the attachment is superseded");
+            None
         }
         Err(e) => {
             tracing::warn!(volume = %name, pg = group, node, error = %e, "resync failed; will retry");
@@ -527,16 +599,20 @@ fn acting_sets(
 
 /// Reports failed replicas to the metadata service, which takes them out of the PG's acting
 /// set; the write that found the failure is acknowledged only once that change is committed.
+/// The change names the attach epoch the failure was seen under: once a newer attach fenced
+/// it, it is refused and the write fails.
 struct ClusterObserver {
     client: Arc<Client>,
     volume: String,
     node_of: NodeAddresses,
+    superseded: Superseded,
 }
 
 impl AclObserver for ClusterObserver {
     fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture {
         let client = Arc::clone(&self.client);
         let volume = self.volume.clone();
+        let superseded = self.superseded.clone();
         let node = self
             .node_of
             .read()
@@ -544,11 +620,14 @@ impl AclObserver for ClusterObserver {
             .get(&failure.replica)
             .copied();
         Box::pin(async move {
-            let node = node.ok_or_else(|| format!("{} is no node's address", failure.replica))?;
+            let node = node.ok_or_else(|| {
+                RemovalError::Refused(format!("{} is no node's address", failure.replica))
+            })?;
             let req = pb::ReplicaRequest {
                 volume,
                 pg: failure.group as u32,
                 node,
+                attach_epoch: failure.attach_epoch,
             };
             client
                 .call(|mut c| {
@@ -557,11 +636,8 @@ impl AclObserver for ClusterObserver {
                 })
                 .await
                 .map_err(|s| {
-                    format!(
-                        "remove node {node} from PG {}: {}",
-                        failure.group,
-                        s.message()
-                    )
+                    superseded.note(&req.volume, &s);
+                    removal_error(&s, node, failure.group)
                 })?;
             tracing::warn!(volume = %failure.volume, pg = failure.group, node, reason = %failure.reason, "replica left the acting set");
             Ok(())
@@ -571,6 +647,35 @@ impl AclObserver for ClusterObserver {
     fn fenced(&self, volume: VolumeId, our_epoch: u64, current: u64) {
         tracing::error!(%volume, our_epoch, current, "volume fenced by a newer attach; this gateway refuses its IO");
     }
+}
+
+/// What a refused or failed `RemoveReplica` means to the volume driver: a metadata service
+/// that cannot commit now (retried with backoff while the group's writes wait), a newer
+/// attach (the volume is fenced), or a refusal that retrying will not change.
+fn removal_error(status: &tonic::Status, node: u64, group: usize) -> RemovalError {
+    let what = format!("remove node {node} from PG {group}: {}", status.message());
+    match status.code() {
+        tonic::Code::FailedPrecondition if status.message().contains(FENCED_WORDS) => {
+            match fencing_epoch(status.message()) {
+                Some(current) => RemovalError::Fenced { current },
+                None => RemovalError::Refused(what),
+            }
+        }
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Aborted
+        | tonic::Code::Unknown
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::Internal => RemovalError::Unavailable(what),
+        _ => RemovalError::Refused(what),
+    }
+}
+
+/// The epoch named after [`FENCED_WORDS`] in a fencing refusal.
+fn fencing_epoch(message: &str) -> Option<u64> {
+    let (_, after) = message.split_once(FENCED_WORDS)?;
+    after.split_whitespace().next()?.parse().ok()
 }
 
 /// Waits until the replicas hold the volume (the storage agents create it a moment after the

@@ -8,8 +8,10 @@
 //! (`rebuild-agent@node-N`), resyncs until every replica is current, flushes and detaches.
 //!
 //! The agent never stands in anyone's way: the state machine lets its attachment yield to any
-//! other client without `--force`. That attach bumps the epoch, which fences the agent; the new
-//! writer resyncs what is left.
+//! other client without `--force`. That attach bumps the epoch, which fences the agent, both at
+//! the replicas and in the metadata service: every membership change the agent proposes names
+//! its attach epoch, so a resync it finishes after the takeover cannot restore a replica that
+//! missed the new writer's writes. The new writer resyncs what is left.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::meta::client::Client;
 use crate::meta::state::REBUILD_AGENT_PREFIX;
 use proto::meta as pb;
 use volume::BlockVolume;
+use volume::client::{PoolConfig, ReplicaPool};
 
 /// How often the agent looks for idle, degraded volumes.
 pub const REBUILD_AGENT_INTERVAL_MS: u64 = 2_000;
@@ -33,6 +36,13 @@ const ROUNDS_PER_VISIT_MAX: u32 = 60;
 pub async fn run(node: u64, rpc_addr: SocketAddr, mut stop: watch::Receiver<bool>) {
     let client = Arc::new(Client::new(vec![rpc_addr.to_string()]));
     let me = format!("{REBUILD_AGENT_PREFIX}node-{node}");
+    let pool = match ReplicaPool::tcp(PoolConfig::default()) {
+        Ok(pool) => pool,
+        Err(e) => {
+            tracing::error!(error = %e, "rebuild agent cannot start");
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(REBUILD_AGENT_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -59,7 +69,7 @@ pub async fn run(node: u64, rpc_addr: SocketAddr, mut stop: watch::Receiver<bool
                 continue;
             }
             tokio::select! {
-                healed = heal(&client, &v.name, &me) => {
+                healed = heal(&client, &pool, &v.name, &me) => {
                     if let Err(e) = healed {
                         tracing::warn!(volume = %v.name, error = %format!("{e:#}"), "rebuild agent could not heal the volume; will try again");
                     }
@@ -70,27 +80,38 @@ pub async fn run(node: u64, rpc_addr: SocketAddr, mut stop: watch::Receiver<bool
     }
 }
 
-/// Attaches `name` as `me`, resyncs its stale replicas, flushes and detaches.
-async fn heal(client: &Arc<Client>, name: &str, me: &str) -> anyhow::Result<()> {
-    let (volume, node_of) = open_volume(client, name, me, false).await?;
+/// Attaches `name` as `me`, resyncs its stale replicas, flushes and detaches. Stops early once
+/// another client took the volume: a replica refused `me`'s epoch, or the metadata service
+/// refused one of `me`'s membership changes as fenced (the restore of a resync that may have
+/// missed the new writer's writes, say).
+async fn heal(
+    client: &Arc<Client>,
+    pool: &Arc<ReplicaPool>,
+    name: &str,
+    me: &str,
+) -> anyhow::Result<()> {
+    let attached = open_volume(client, pool, name, me, false).await?;
+    let volume = &attached.volume;
     tracing::info!(
         volume = name,
+        epoch = attached.attach_epoch,
         stale = volume.stale_replicas().len(),
         "rebuild agent attached an idle volume to heal it"
     );
+    let taken = || volume.fenced_by().is_some() || attached.superseded.refusal().is_some();
     for _ in 0..ROUNDS_PER_VISIT_MAX {
-        if volume.stale_replicas().is_empty() || volume.fenced_by().is_some() {
+        if volume.stale_replicas().is_empty() || taken() {
             break;
         }
-        resync_round(&volume, name, client, &node_of).await;
+        resync_round(&attached, client).await;
         if !volume.stale_replicas().is_empty() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    if let Some(epoch) = volume.fenced_by() {
+    if taken() {
         tracing::info!(
             volume = name,
-            epoch,
+            epoch = attached.attach_epoch,
             "another client attached the volume; it resyncs the rest"
         );
         return Ok(());
@@ -100,7 +121,7 @@ async fn heal(client: &Arc<Client>, name: &str, me: &str) -> anyhow::Result<()> 
         .await
         .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
     let left = volume.stale_replicas().len();
-    detach(client, name, me).await;
+    detach(client, &attached, me).await;
     tracing::info!(
         volume = name,
         stale_left = left,

@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use volume::client::{
-    AclFuture, AclObserver, ActingSets, ClientConfig, ReplicaFailure, ReplicatedVolume,
+    AclFuture, AclObserver, ActingSets, ClientConfig, PoolConfig, RemovalError, ReplicaFailure,
+    ReplicaPool, ReplicatedVolume,
 };
 use volume::io::portable::PortableDisk;
 use volume::nbd::{NbdConfig, NbdServer};
@@ -33,6 +34,8 @@ const EXTENT: u64 = EXTENT_SIZE_BYTES;
 const SLOW_DISK_TIMEOUT_MS: u64 = 10_000;
 /// How long writes wait below `min_replicas` in these scenarios: short, to keep them quick.
 const BELOW_MIN_WAIT_MS: u64 = 300;
+/// How long writes wait for a failed replica's removal to commit in these scenarios.
+const REMOVAL_WAIT_MS: u64 = 500;
 
 // ---- Harness ------------------------------------------------------------------------------
 
@@ -99,18 +102,40 @@ async fn three_nodes() -> Vec<Node> {
     ]
 }
 
-/// Records everything the client reports; removals are accepted at once.
+/// Records everything the client reports. Removals are accepted at once, unless the
+/// metadata service is made unavailable ([`Recorder::metadata_down`]) or removals are held
+/// ([`Recorder::hold_removals`]).
 #[derive(Default)]
 struct Recorder {
     failures: Mutex<Vec<ReplicaFailure>>,
     fenced: Mutex<Vec<(u64, u64)>>,
     corrupt: Mutex<Vec<(SocketAddr, u64)>>,
+    /// While set, every removal fails as "not committed".
+    down: std::sync::atomic::AtomicBool,
+    /// While set, removals wait for a permit of this semaphore before they commit.
+    hold: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    committed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AclObserver for Recorder {
     fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture {
+        use std::sync::atomic::Ordering::SeqCst;
         self.failures.lock().unwrap().push(failure);
-        Box::pin(async { Ok(()) })
+        if self.down.load(SeqCst) {
+            return Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(RemovalError::Unavailable("no quorum".into()))
+            });
+        }
+        let held = self.hold.lock().unwrap().clone();
+        let committed = Arc::clone(&self.committed);
+        Box::pin(async move {
+            if let Some(held) = held {
+                let _ = held.acquire().await;
+            }
+            committed.fetch_add(1, SeqCst);
+            Ok(())
+        })
     }
     fn fenced(&self, _volume: VolumeId, our_epoch: u64, current: u64) {
         self.fenced.lock().unwrap().push((our_epoch, current));
@@ -139,6 +164,41 @@ fn client_over(
     timeout_ms: u64,
     below_min_wait_ms: u64,
 ) -> (ReplicatedVolume, Arc<Recorder>) {
+    let pool = ReplicaPool::tcp(PoolConfig {
+        request_timeout_ms: timeout_ms,
+        requests_in_flight_per_replica_max: 64,
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    client_in(pool, acting, epoch, min_replicas, below_min_wait_ms)
+}
+
+/// A client of the test volume over `acting` whose links come from `pool`.
+fn client_in(
+    pool: Arc<ReplicaPool>,
+    acting: ActingSets,
+    epoch: u64,
+    min_replicas: usize,
+    below_min_wait_ms: u64,
+) -> (ReplicatedVolume, Arc<Recorder>) {
+    client_waiting(
+        pool,
+        acting,
+        epoch,
+        min_replicas,
+        below_min_wait_ms,
+        REMOVAL_WAIT_MS,
+    )
+}
+
+fn client_waiting(
+    pool: Arc<ReplicaPool>,
+    acting: ActingSets,
+    epoch: u64,
+    min_replicas: usize,
+    below_min_wait_ms: u64,
+    removal_wait_ms: u64,
+) -> (ReplicatedVolume, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
     let config = ClientConfig {
         name: "replicated".into(),
@@ -146,12 +206,11 @@ fn client_over(
         size_bytes: SIZE,
         attach_epoch: epoch,
         min_replicas,
-        request_timeout_ms: timeout_ms,
-        requests_in_flight_per_replica_max: 64,
         below_min_wait_ms,
+        removal_wait_ms,
     };
     let observer = Arc::clone(&recorder) as Arc<dyn AclObserver>;
-    let vol = ReplicatedVolume::new(config, acting, observer).unwrap();
+    let vol = ReplicatedVolume::new(config, acting, observer, pool).unwrap();
     (vol, recorder)
 }
 
@@ -885,4 +944,201 @@ async fn below_min_replicas_a_write_waits_for_a_resynced_replica_then_succeeds()
         .expect("the write completes once two replicas are live");
     let got = nodes[2].local().read(4096, 4096).await.unwrap();
     same(&got, &pattern(4096, 3), "the waiting write on node 2");
+}
+
+// ---- The metadata service slow or away ----------------------------------------------------
+
+/// A removal that cannot commit (no quorum) makes the group's writes fail, never acknowledged
+/// without the failed replica; the client keeps retrying it, and once the metadata service
+/// answers again the same client takes writes again, with nothing acknowledged lost. (Before,
+/// the group refused every write until the process restarted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_that_cannot_commit_blocks_the_group_until_the_metadata_answers_again() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let nodes = three_nodes().await;
+    let (vol, recorder) = client(&nodes, 1, 2);
+    let before = pattern(65536, 11);
+    vol.write(0, before.clone(), true).await.unwrap();
+
+    recorder.down.store(true, SeqCst);
+    nodes[2].kill();
+    for i in 0..3u64 {
+        let err = vol
+            .write(EXTENT + i * 4096, pattern(4096, 12), false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VolumeError::Io(_)), "{err}");
+    }
+    // Reads go on from the replicas that answer.
+    same(
+        &vol.read(0, 65536).await.unwrap(),
+        &before,
+        "read during the outage",
+    );
+    let attempts = recorder.failures.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        recorder.failures.lock().unwrap().len() > attempts,
+        "the removal is retried while the metadata service is away"
+    );
+
+    recorder.down.store(false, SeqCst);
+    let started = Instant::now();
+    let after = pattern(65536, 13);
+    loop {
+        match vol.write(2 * EXTENT, after.clone(), true).await {
+            Ok(()) => break,
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                tracing::debug!(error = %e, "not yet writable");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the group never took writes again: {e}"),
+        }
+    }
+    assert_eq!(vol.live_replicas(0), vec![nodes[0].addr, nodes[1].addr]);
+    assert_eq!(vol.stale_replicas(), vec![(0, nodes[2].addr)]);
+    same(
+        &vol.read(0, 65536).await.unwrap(),
+        &before,
+        "written before",
+    );
+    same(
+        &vol.read(2 * EXTENT, 65536).await.unwrap(),
+        &after,
+        "written after",
+    );
+    for node in &nodes[..2] {
+        same(
+            &node.local().read(0, 65536).await.unwrap(),
+            &before,
+            "replica, before",
+        );
+    }
+}
+
+/// A read that fails on one replica is served by the next at once; the failed replica's
+/// removal runs beside it. (Before, the read waited for the removal's Raft round trip.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_fails_over_at_once_while_the_removal_is_still_pending() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let nodes = three_nodes().await;
+    // Writes would wait a minute for a removal: the read must not wait at all.
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let pool = ReplicaPool::tcp(PoolConfig::default()).unwrap();
+    let acting = ActingSets::single(addrs);
+    let (vol, recorder) = client_waiting(pool, acting, 1, 2, BELOW_MIN_WAIT_MS, 60_000);
+    let data = pattern(8192, 5);
+    vol.write(EXTENT, data.clone(), true).await.unwrap();
+
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    *recorder.hold.lock().unwrap() = Some(Arc::clone(&hold));
+    nodes[0].kill();
+    let read = tokio::time::timeout(Duration::from_secs(5), vol.read(EXTENT, 8192))
+        .await
+        .expect("the read waited for the removal");
+    same(&read.unwrap(), &data, "after failover");
+    assert_eq!(recorder.failed_replicas(), vec![nodes[0].addr]);
+    assert_eq!(
+        recorder.committed.load(SeqCst),
+        0,
+        "the removal is still held"
+    );
+
+    // Writes of the group wait for it, and go on once it commits.
+    let write = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.write(0, pattern(4096, 6), false).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!write.is_finished(), "a write waits for the removal");
+    hold.add_permits(1);
+    write.await.unwrap().unwrap();
+    assert_eq!(recorder.committed.load(SeqCst), 1);
+    assert_eq!(vol.stale_replicas(), vec![(0, nodes[0].addr)]);
+}
+
+/// A stream whose reads each take `delay` more: a replica that answers slowly.
+struct SlowReader {
+    inner: tokio::net::tcp::OwnedReadHalf,
+    delay: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for SlowReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let delay = self.delay;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_ready() {
+            self.sleep = None;
+        }
+        polled
+    }
+}
+
+/// Connects over TCP, with every reply delayed by `delay`.
+struct SlowConnector {
+    delay: Duration,
+}
+
+impl volume::client::Connector for SlowConnector {
+    fn connect(&self, addr: SocketAddr) -> volume::client::ConnectFuture {
+        let delay = self.delay;
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            let r = SlowReader {
+                inner: r,
+                delay,
+                sleep: None,
+            };
+            Ok((
+                Box::new(r) as volume::client::StreamReader,
+                Box::new(w) as volume::client::StreamWriter,
+            ))
+        })
+    }
+}
+
+/// Waiting for one of a link's in-flight permits is queueing in the client, not silence of
+/// the replica: a replica that answers every request in time is never removed, however long
+/// requests queue for a permit. (Before, the wait counted against the reply timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queueing_for_a_link_permit_does_not_count_against_the_reply_timeout() {
+    let nodes = three_nodes().await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let config = PoolConfig {
+        request_timeout_ms: 1_000,
+        requests_in_flight_per_replica_max: 1,
+        ..PoolConfig::default()
+    };
+    let connector = Arc::new(SlowConnector {
+        delay: Duration::from_millis(300),
+    });
+    let pool = ReplicaPool::new(config, connector).unwrap();
+    let (vol, recorder) = client_in(pool, ActingSets::single(addrs), 1, 2, BELOW_MIN_WAIT_MS);
+    // Eight writes at once through one permit per replica: the last waits ~2 s for it, each
+    // call itself takes ~0.3 s.
+    let writes: Vec<_> = (0..8u64)
+        .map(|i| {
+            let vol = vol.clone();
+            tokio::spawn(async move { vol.write(i * 4096, pattern(4096, i as u8), false).await })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    assert!(
+        recorder.failures.lock().unwrap().is_empty(),
+        "no replica was taken for failed: {:?}",
+        recorder.failed_replicas()
+    );
 }

@@ -132,11 +132,17 @@ enum VolumeCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Let go of a volume attached to CLIENT (a gateway does it when it stops cleanly).
+    /// Let go of a volume attached to CLIENT (a gateway does it when it stops cleanly). The
+    /// detach acts under CLIENT's attach epoch: the volume's latest, read first, unless
+    /// --epoch names one. Refused as fenced if the volume was attached again since.
     Detach {
         name: String,
         #[arg(long)]
         client: String,
+        /// Let go only of the attachment of this epoch (as `volume show` printed it), not of
+        /// a newer attach under the same client name.
+        #[arg(long)]
+        epoch: Option<u64>,
     },
 }
 
@@ -358,10 +364,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Volume(VolumeCmd::Detach {
             name,
             client: holder,
+            epoch,
         }) => {
+            let attach_epoch = match epoch {
+                Some(e) => e,
+                None => {
+                    let v = client
+                        .call(|mut c| {
+                            let name = name.clone();
+                            async move { c.get_volume(pb::GetVolumeRequest { name }).await }
+                        })
+                        .await?;
+                    if v.attach_epoch == 0 {
+                        // Never attached: there is nothing to let go of.
+                        Output::one(volume_json(&v)).print(cli.json);
+                        return Ok(());
+                    }
+                    v.attach_epoch
+                }
+            };
             let req = pb::DetachVolumeRequest {
                 name,
                 client: holder,
+                attach_epoch,
             };
             let v = client
                 .call(|mut c| {

@@ -7,8 +7,16 @@
 //! keeps its socket open and never answers. A replica that timed out is *unresponsive*: later
 //! calls fail at once instead of each waiting out the timeout (a frozen node would otherwise
 //! stall the first write of every group it serves), until a [`Link::probe`] gets an answer.
+//!
+//! The timeout starts once the call holds one of the link's in-flight permits: waiting for a
+//! permit is queueing in this client, not silence of the replica, and must not read as a
+//! replica failure. (Each permit holder is itself bounded by the timeout, so the wait is too.)
+//!
+//! How a session's byte stream is opened is the [`Connector`] seam: TCP in production
+//! ([`TcpConnector`]), an in-memory network with faults in simulations.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,9 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -29,6 +36,36 @@ use crate::wire::{Reply, Request, Status, WireError, decode_reply, take_large_re
 pub const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// Capacity of a session's write buffer, in bytes.
 pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The read half of a session's byte stream.
+pub type StreamReader = Box<dyn AsyncRead + Unpin + Send + 'static>;
+/// The write half of a session's byte stream.
+pub type StreamWriter = Box<dyn AsyncWrite + Unpin + Send + 'static>;
+/// Future of a new session's byte stream.
+pub type ConnectFuture =
+    std::pin::Pin<Box<dyn Future<Output = io::Result<(StreamReader, StreamWriter)>> + Send>>;
+
+/// Opens byte streams to replica servers: the network seam of the volume client.
+pub trait Connector: Send + Sync + 'static {
+    /// A new stream to the replica server at `addr`. Bounded by the caller's timeout.
+    fn connect(&self, addr: SocketAddr) -> ConnectFuture;
+}
+
+/// Real TCP, with Nagle's algorithm off (requests are small and latency-bound).
+pub struct TcpConnector;
+
+impl Connector for TcpConnector {
+    fn connect(&self, addr: SocketAddr) -> ConnectFuture {
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%addr, error = %e, "TCP_NODELAY not set");
+            }
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r) as StreamReader, Box::new(w) as StreamWriter))
+        })
+    }
+}
 
 /// Why a call to a replica failed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -105,6 +142,7 @@ struct Session {
 /// The connection to one replica, reopened on demand.
 pub struct Link {
     addr: SocketAddr,
+    connector: Arc<dyn Connector>,
     timeout: Duration,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     next_id: AtomicU64,
@@ -115,10 +153,16 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(addr: SocketAddr, timeout: Duration, in_flight_max: usize) -> Link {
+    pub fn new(
+        addr: SocketAddr,
+        connector: Arc<dyn Connector>,
+        timeout: Duration,
+        in_flight_max: usize,
+    ) -> Link {
         assert!(in_flight_max > 0 && !timeout.is_zero());
         Link {
             addr,
+            connector,
             timeout,
             session: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
@@ -157,12 +201,13 @@ impl Link {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         req.header.request_id = id;
         let mut used: Option<Arc<Session>> = None;
+        // Outside the timeout: see the module docs.
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let attempt = async {
-            let _permit = self
-                .in_flight
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
             let session = self.session().await?;
             used = Some(Arc::clone(&session));
             let (tx, rx) = oneshot::channel();
@@ -203,16 +248,14 @@ impl Link {
             return Ok(Arc::clone(s));
         }
         *slot = None;
-        let stream = TcpStream::connect(self.addr)
+        let (r, w) = self
+            .connector
+            .connect(self.addr)
             .await
             .map_err(|e| LinkError::Connect {
                 addr: self.addr,
                 reason: e.to_string(),
             })?;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(addr = %self.addr, error = %e, "TCP_NODELAY not set");
-        }
-        let (r, w) = stream.into_split();
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -233,7 +276,7 @@ impl Link {
     }
 }
 
-async fn read_replies(mut r: OwnedReadHalf, shared: Arc<Shared>, addr: SocketAddr) {
+async fn read_replies(mut r: StreamReader, shared: Arc<Shared>, addr: SocketAddr) {
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let why: String = loop {
         let reply = match decode_reply(&mut buf) {
@@ -272,7 +315,7 @@ fn bad_frame(e: WireError) -> String {
 }
 
 async fn write_requests(
-    w: OwnedWriteHalf,
+    w: StreamWriter,
     mut rx: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     addr: SocketAddr,

@@ -12,23 +12,30 @@
 //! - Reads go to one live replica, the first of the group preferred (the local one, by
 //!   convention of whoever builds the acting sets), and fail over to the next on any error or
 //!   a checksum failure.
-//! - A replica that errors, closes its connection, or does not answer within
-//!   `request_timeout_ms` is reported through [`AclObserver::replica_failed`], and the
-//!   operation waits for that report to be accepted (removal from the acting set) before it
-//!   completes on the remaining replicas. Fewer than `min_replicas` left: writes wait up to
-//!   `below_min_wait_ms` for a replica to come back, then fail with an IO error.
+//! - A replica that errors, closes its connection, or does not answer within the pool's
+//!   `request_timeout_ms` is reported through [`AclObserver::replica_failed`]. A write or
+//!   flush waits for that removal to commit (at most `removal_wait_ms`) before it completes on
+//!   the remaining replicas; a read moves on to the next replica at once, the removal running
+//!   beside it. A removal that cannot commit is retried with a growing pause for as long as it
+//!   takes, and the group's writes wait (bounded) and fail meanwhile ([`membership`] is the
+//!   state machine). Fewer than `min_replicas` left: writes wait up to `below_min_wait_ms` for
+//!   a replica to come back, then fail with an IO error.
 //! - A replica answering FENCED means another client attached with a newer epoch: the volume
 //!   reports itself fenced ([`AclObserver::fenced`]) and refuses every further IO.
 //!
-//! Code map: `link` is the pipelined connection to one replica; [`split`] cuts IOs at
-//! extent boundaries and [`tally`] decides how a fan-out ends (both pure); `bounded` runs an
-//! IO's pieces a bounded number at a time; `replicated` is the [`ReplicatedVolume`] itself.
-//! Start at [`ReplicatedVolume::new`].
+//! Code map: `link` is the pipelined connection to one replica, over the [`Connector`] seam;
+//! [`pool`] holds the links and budgets every volume of one driver shares; [`split`] cuts IOs
+//! at extent boundaries, [`tally`] decides how a fan-out ends and [`membership`] how a
+//! replica enters and leaves its group (all three pure); `bounded` runs an IO's pieces a
+//! bounded number at a time; `replicated` is the [`ReplicatedVolume`] itself. Start at
+//! [`ReplicatedVolume::new`].
 //!
 //! [`BlockVolume`]: crate::volume::BlockVolume
 
 mod bounded;
 mod link;
+pub mod membership;
+pub mod pool;
 mod replicated;
 pub mod split;
 pub mod tally;
@@ -37,17 +44,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-pub use link::{Link, LinkError};
+pub use link::{
+    ConnectFuture, Connector, Link, LinkError, StreamReader, StreamWriter, TcpConnector,
+};
+pub use pool::{PoolConfig, ReplicaPool};
 pub use replicated::{RESYNC_BYTES_PER_SEC_MAX, ReplicatedVolume, ResyncReport};
 
 use crate::wire::{EXTENT_SIZE_BYTES, VolumeId};
 
-/// Default time a replica gets to answer one request, in milliseconds.
-pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Default wait of a write for a group below `min_replicas`, in milliseconds.
 pub const BELOW_MIN_WAIT_MS_DEFAULT: u64 = 10_000;
-/// Default requests in flight to one replica.
-pub const REQUESTS_IN_FLIGHT_PER_REPLICA_MAX_DEFAULT: usize = 128;
+/// Default wait of a write or flush for the removal of a failed replica to commit, in
+/// milliseconds: past it the IO fails, and the removal goes on being retried.
+pub const REMOVAL_WAIT_MS_DEFAULT: u64 = 10_000;
 /// Largest read or write the volume accepts, in bytes (split into extent pieces).
 pub const IO_SIZE_MAX_BYTES: u32 = 32 * 1024 * 1024;
 /// Pieces of one IO (or trim) sent at a time, so a huge trim cannot flood the replicas.
@@ -66,11 +75,12 @@ pub struct ClientConfig {
     pub attach_epoch: u64,
     /// Writes fail when fewer replicas than this would hold them.
     pub min_replicas: usize,
-    pub request_timeout_ms: u64,
-    pub requests_in_flight_per_replica_max: usize,
     /// How long a write waits for a group below `min_replicas` to get a replica back (from a
     /// resync) before it fails with an IO error.
     pub below_min_wait_ms: u64,
+    /// How long a write or flush waits for a failed replica's removal to commit before it
+    /// fails with an IO error.
+    pub removal_wait_ms: u64,
 }
 
 /// Why [`ReplicatedVolume::new`] refused its input.
@@ -82,7 +92,7 @@ pub enum ClientConfigError {
     Epoch,
     #[error("min_replicas must be at least 1")]
     MinReplicas,
-    #[error("request_timeout_ms and requests_in_flight_per_replica_max must be positive")]
+    #[error("below_min_wait_ms and removal_wait_ms must be positive")]
     Limits,
     #[error(
         "acting sets must list at least one group, each with at least min_replicas distinct replicas"
@@ -131,19 +141,36 @@ pub struct ReplicaFailure {
     pub volume: VolumeId,
     pub group: usize,
     pub replica: SocketAddr,
+    /// The attach epoch the client acts under: the metadata service refuses a removal by a
+    /// client that was fenced.
+    pub attach_epoch: u64,
     pub reason: String,
 }
 
-/// Future of an acting-set change; `Err` says why it could not be made.
-pub type AclFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+/// Why an acting-set change was not made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RemovalError {
+    /// The metadata service could not commit it now (no quorum, unreachable): retried later.
+    #[error("not committed: {0}")]
+    Unavailable(String),
+    /// The metadata service refused it, e.g. the replica holds the PG's last current copy.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The volume was attached by another client with epoch `current`.
+    #[error("fenced by attach epoch {current}")]
+    Fenced { current: u64 },
+}
+
+/// Future of an acting-set change.
+pub type AclFuture = Pin<Box<dyn Future<Output = Result<(), RemovalError>> + Send + 'static>>;
 
 /// The seam between the data path and the metadata service: what the client reports, and
 /// what it waits for.
 pub trait AclObserver: Send + Sync + 'static {
-    /// `failure.replica` must leave the acting set of `failure.group`. The operation that
-    /// found the failure completes only after the returned future resolved `Ok`: that is what
-    /// makes it safe to acknowledge a write the replica missed. An `Err` fails the operation,
-    /// and every later write of the group, with an IO error.
+    /// `failure.replica` must leave the acting set of `failure.group`. `Ok` means the change
+    /// is committed: only then may a write the replica missed be acknowledged. After an
+    /// `Unavailable` error the client asks again later, for as long as it takes; the group's
+    /// writes fail meanwhile.
     fn replica_failed(&self, failure: ReplicaFailure) -> AclFuture;
 
     /// A replica refused the volume's epoch: another client holds a newer attach (`current`).

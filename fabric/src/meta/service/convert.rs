@@ -1,15 +1,17 @@
 //! The gRPC edge: wire types (`proto::meta`) in and out of domain types. `TryFrom` is where bad
 //! input is refused with `INVALID_ARGUMENT`, before anything is proposed; rules that depend on
-//! the cluster state (duplicates, unknown pools, unsatisfiable rules) are the state machine's.
+//! the cluster state (duplicates, unknown pools, unsatisfiable rules, fenced attach epochs)
+//! are the state machine's.
 
 use proto::meta as pb;
 use tonic::Status;
 
-use crate::meta::command::CommandError;
+use crate::meta::command::{CommandError, CommandV1};
 use crate::meta::member::MetaError;
 use crate::meta::model::{
     Attachment, DiskInfo, EXTENT_SIZE_DEFAULT_BYTES, Epochs, Health, Location, NodeRecord,
-    NodeRegistration, Participation, Pool, PoolSpec, Rule, VOLUME_BLOCK_BYTES, Volume, VolumeSpec,
+    NodeRegistration, Participation, Pool, PoolSpec, RebuildProgress, Rule, VOLUME_BLOCK_BYTES,
+    Volume, VolumeSpec,
 };
 
 /// The gRPC status of a failed write or read.
@@ -184,6 +186,97 @@ pub fn resize_in(r: pb::ResizeVolumeRequest) -> Result<(String, u64), Status> {
     check_name("volume", &r.name)?;
     check_size("size", r.size_bytes)?;
     Ok((r.name, r.size_bytes))
+}
+
+/// The attach epoch a membership change acts under. A request without one (a client from
+/// before the fence, which sends 0) is refused rather than let past the fence.
+fn attach_epoch_in(attach_epoch: u64) -> Result<u64, Status> {
+    if attach_epoch == 0 {
+        return Err(Status::invalid_argument(
+            "attach_epoch is required: membership changes are fenced by the caller's attach epoch",
+        ));
+    }
+    Ok(attach_epoch)
+}
+
+/// Which way a replica changes membership.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplicaChange {
+    Remove,
+    Restore,
+}
+
+/// The fenced command of a `RemoveReplica` or `RestoreReplica` request.
+pub fn replica_change_in(
+    change: ReplicaChange,
+    r: pb::ReplicaRequest,
+) -> Result<CommandV1, Status> {
+    let pb::ReplicaRequest {
+        volume,
+        pg,
+        node,
+        attach_epoch,
+    } = r;
+    check_name("volume", &volume)?;
+    let attach_epoch = attach_epoch_in(attach_epoch)?;
+    Ok(match change {
+        ReplicaChange::Remove => CommandV1::RemoveReplicaV2 {
+            volume,
+            pg,
+            node,
+            attach_epoch,
+        },
+        ReplicaChange::Restore => CommandV1::RestoreReplicaV2 {
+            volume,
+            pg,
+            node,
+            attach_epoch,
+        },
+    })
+}
+
+/// The fenced command of a `ReportRebuild` request.
+pub fn report_rebuild_in(r: pb::ReportRebuildRequest) -> Result<CommandV1, Status> {
+    let pb::ReportRebuildRequest {
+        volume,
+        progress,
+        attach_epoch,
+    } = r;
+    check_name("volume", &volume)?;
+    let pb::RebuildProgress {
+        pg,
+        node,
+        done_bytes,
+        total_bytes,
+    } = progress.ok_or_else(|| Status::invalid_argument("progress is required"))?;
+    Ok(CommandV1::ReportRebuildV2 {
+        volume,
+        progress: RebuildProgress {
+            pg,
+            node,
+            done_bytes,
+            total_bytes,
+        },
+        attach_epoch: attach_epoch_in(attach_epoch)?,
+    })
+}
+
+/// The fenced command of a `DetachVolume` request.
+pub fn detach_in(r: pb::DetachVolumeRequest) -> Result<CommandV1, Status> {
+    let pb::DetachVolumeRequest {
+        name,
+        client,
+        attach_epoch,
+    } = r;
+    check_name("volume", &name)?;
+    if client.is_empty() {
+        return Err(Status::invalid_argument("detach needs the client name"));
+    }
+    Ok(CommandV1::DetachVolumeV2 {
+        name,
+        client,
+        attach_epoch: attach_epoch_in(attach_epoch)?,
+    })
 }
 
 impl From<&NodeRecord> for pb::Node {

@@ -14,10 +14,13 @@ use proto::meta as pb;
 use proto::meta::metadata_server::Metadata;
 use tonic::{Request, Response, Status};
 
-use self::convert::{attachment_out, resize_in, status_of};
+use self::convert::{
+    ReplicaChange, attachment_out, detach_in, replica_change_in, report_rebuild_in, resize_in,
+    status_of,
+};
 use super::command::{Applied, CommandV1};
 use super::member::Member;
-use super::model::{NodeRegistration, Participation, PoolSpec, RebuildProgress, VolumeSpec};
+use super::model::{NodeRegistration, Participation, PoolSpec, VolumeSpec};
 use super::query::{Query, QueryReply};
 use super::types::MemberNode;
 
@@ -249,12 +252,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::DetachVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let pb::DetachVolumeRequest { name, client } = req.into_inner();
-        if client.is_empty() {
-            return Err(Status::invalid_argument("detach needs the client name"));
-        }
-        self.volume_change(CommandV1::DetachVolume { name, client })
-            .await
+        self.volume_change(detach_in(req.into_inner())?).await
     }
 
     async fn attach_volume(
@@ -289,8 +287,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ReplicaRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let pb::ReplicaRequest { volume, pg, node } = req.into_inner();
-        self.volume_change(CommandV1::RemoveReplica { volume, pg, node })
+        self.volume_change(replica_change_in(ReplicaChange::Remove, req.into_inner())?)
             .await
     }
 
@@ -298,15 +295,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ReportRebuildRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let pb::ReportRebuildRequest { volume, progress } = req.into_inner();
-        let p = progress.ok_or_else(|| Status::invalid_argument("progress is required"))?;
-        let progress = RebuildProgress {
-            pg: p.pg,
-            node: p.node,
-            done_bytes: p.done_bytes,
-            total_bytes: p.total_bytes,
-        };
-        self.volume_change(CommandV1::ReportRebuild { volume, progress })
+        self.volume_change(report_rebuild_in(req.into_inner())?)
             .await
     }
 
@@ -314,8 +303,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ReplicaRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let pb::ReplicaRequest { volume, pg, node } = req.into_inner();
-        self.volume_change(CommandV1::RestoreReplica { volume, pg, node })
+        self.volume_change(replica_change_in(ReplicaChange::Restore, req.into_inner())?)
             .await
     }
 

@@ -25,30 +25,28 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
+use tokio::time::Instant;
 
 use crate::volume::VolumeError;
 use crate::wire::{
     EXTENT_SIZE_BYTES, FLAG_MAY_TRIM, Op, Request, VERSIONS_PER_REQUEST_MAX, WriteVersion,
 };
 
-use super::{
-    CATCH_UP_MISSED, CATCH_UP_OFF, CATCH_UP_ON, Inner, LOCK_BLOCK_BYTES, Reach, Replica,
-    ReplicatedVolume,
-};
+use crate::client::membership::{Event, Membership};
+
+use super::members::Replica;
+use super::{Inner, LOCK_BLOCK_BYTES, Reach, ReplicatedVolume};
 
 /// Most bytes a resync copies per second while clients do IO (the first pass).
 pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
 /// Extents one resync copies at once: a copy is a read on one replica, then a write on
-/// another, so with one at a time each disk would idle half the time.
+/// another, so with one at a time each disk would idle half the time. Copies to one
+/// destination are further bounded across every resync of the driver by its pool
+/// ([`crate::client::pool::COPIES_IN_FLIGHT_PER_DESTINATION_MAX_DEFAULT`]).
 pub const COPIES_IN_FLIGHT_PER_RESYNC_MAX: usize = 4;
-/// Extent copies in flight across all resyncs of one volume: each holds an extent's buffer,
-/// and together they are the rebuild's queue depth on the disks. 64 of them (256 MiB) queued
-/// long enough on one disk for replicas to miss the 5 s reply timeout, which failed resyncs
-/// and made the rebuild start over; 16 keeps the disks as busy (BENCHMARKS.md).
-pub const COPIES_IN_FLIGHT_MAX: usize = 16;
 
 /// What one resync did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,8 +63,8 @@ impl ReplicatedVolume {
     pub fn stale_replicas(&self) -> Vec<(usize, SocketAddr)> {
         let mut out = Vec::new();
         for g in 0..self.inner.groups.len() {
-            for r in self.inner.members(g).iter().filter(|r| r.stale()) {
-                out.push((g, r.link.addr()));
+            for r in self.inner.members(g).iter().filter(|r| r.is_stale()) {
+                out.push((g, r.addr()));
             }
         }
         out
@@ -95,13 +93,17 @@ impl ReplicatedVolume {
         let t = inner
             .members(group)
             .iter()
-            .find(|r| r.link.addr() == target && r.stale())
+            .find(|r| r.addr() == target && r.state() == Membership::Stale)
             .cloned()
-            .ok_or_else(|| VolumeError::Io(format!("{target} is no stale replica of {group}")))?;
+            .ok_or_else(|| {
+                VolumeError::Io(format!(
+                    "{target} is no stale replica of group {group} (or is resynced already)"
+                ))
+            })?;
         // From here on writes of the group reach the replica too. Writes that started before
         // may have missed it: wait for them (the group held for a moment), so the versions
         // compared below include every one of them.
-        let _catching_up = CatchingUp::start(&t);
+        let _catching_up = CatchingUp::start(inner, group, &t);
         drop(inner.group_locks[group].write().await);
 
         let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
@@ -122,11 +124,7 @@ impl ReplicatedVolume {
         let target_replica: &Replica = &t;
         let copies = futures::stream::iter(differing)
             .map(|e| async move {
-                let _slot = inner
-                    .copy_slots
-                    .acquire()
-                    .await
-                    .expect("the copy slots are never closed");
+                let _slot = inner.pool.copy_slot(target).await;
                 let range = inner.extent_lock(e);
                 let _held = inner.locks.lock(range.0, range.1).await;
                 inner.copy_extent(group, target_replica, e).await
@@ -164,7 +162,7 @@ impl ReplicatedVolume {
 
         let _held = inner.group_locks[group].write().await;
         tracing::debug!(volume = %inner.config.volume, group, replica = %target, "resync: first pass flushed, the group's writes held");
-        if t.catch_up.load(Ordering::Acquire) == CATCH_UP_MISSED {
+        if !t.is_catching_up() {
             return Err(VolumeError::Io(format!(
                 "{target} missed a write or flush while it caught up"
             )));
@@ -178,26 +176,39 @@ impl ReplicatedVolume {
             inner.answer(t.link.call(Request::new(flush)).await, target)?;
         }
         restore.await.map_err(VolumeError::Io)?;
-        t.restore();
+        inner.event(group, &t, Event::Restored);
+        assert!(
+            t.is_live(),
+            "a replica that caught up with every write while the group was held is restored"
+        );
         tracing::info!(volume = %inner.config.volume, group, replica = %target, extents = report.extents_copied, bytes = report.bytes_copied, "replica resynced and back in the acting set");
         Ok(report)
     }
 }
 
-/// Marks a replica as catching up for as long as it lives (a resync that fails part-way stops
-/// sending it writes).
-struct CatchingUp<'a>(&'a Replica);
+/// Keeps a replica catching up for as long as it lives (a resync that fails part-way stops
+/// sending it writes; one that succeeded has made it live, which this leaves alone).
+struct CatchingUp<'a> {
+    inner: &'a Arc<Inner>,
+    group: usize,
+    replica: &'a Arc<Replica>,
+}
 
 impl<'a> CatchingUp<'a> {
-    fn start(replica: &'a Replica) -> CatchingUp<'a> {
-        replica.catch_up.store(CATCH_UP_ON, Ordering::Release);
-        CatchingUp(replica)
+    fn start(inner: &'a Arc<Inner>, group: usize, replica: &'a Arc<Replica>) -> CatchingUp<'a> {
+        inner.event(group, replica, Event::ResyncStarted);
+        CatchingUp {
+            inner,
+            group,
+            replica,
+        }
     }
 }
 
 impl Drop for CatchingUp<'_> {
     fn drop(&mut self) {
-        self.0.catch_up.store(CATCH_UP_OFF, Ordering::Release);
+        self.inner
+            .event(self.group, self.replica, Event::ResyncEnded);
     }
 }
 
@@ -213,7 +224,7 @@ impl Inner {
     fn source(&self, group: usize) -> Result<Arc<Replica>, VolumeError> {
         self.members(group)
             .iter()
-            .find(|r| r.live())
+            .find(|r| r.is_live())
             .cloned()
             .ok_or_else(|| VolumeError::Io(format!("group {group} has no live replica")))
     }

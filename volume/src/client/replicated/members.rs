@@ -1,0 +1,303 @@
+//! The runtime of [`Membership`]: the replicas of each group, the events their IO produces,
+//! and the actions those events ask for — removals through the [`AclObserver`], retries on a
+//! timer, probes — run by one driver task per failed replica, beside the IO that found the
+//! failure.
+//!
+//! Reads never wait here: a read that fails on a replica reports it and moves on to the next.
+//! Writes and flushes wait, at most `removal_wait_ms`, for the failed replica to leave the
+//! acting set, because acknowledging them before would let a member of the acting set miss
+//! them. A group with a replica that failed and has not left yet takes no new writes until it
+//! has (or until the same bound, then EIO).
+//!
+//! [`AclObserver`]: crate::client::AclObserver
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::link::Link;
+use crate::client::membership::{Action, Event, Membership, NotRemoved};
+use crate::client::{RemovalError, ReplicaFailure};
+use crate::volume::VolumeError;
+use crate::wire::{Op, Request, WriteVersion};
+
+use super::Inner;
+
+/// How often a write waiting for its group looks again even without a wake-up (a map change
+/// or a resync that brings a replica back wakes it at once).
+const WAIT_POLL_MS: u64 = 50;
+
+/// One replica of one group.
+pub(super) struct Replica {
+    pub(super) link: Arc<Link>,
+    state: Mutex<Membership>,
+}
+
+/// The replicas of one group at one moment. Swapped whole when the PG map changes; an IO works
+/// on the snapshot it started with.
+pub(super) type Members = Arc<Vec<Arc<Replica>>>;
+
+/// Where one write of a group goes; see [`Inner::writable`].
+pub(super) struct Writable {
+    pub(super) live: Vec<Arc<Replica>>,
+    pub(super) catching_up: Vec<Arc<Replica>>,
+}
+
+/// Why a group cannot take a write now.
+pub(super) enum Blocked {
+    /// A failed replica has not left the acting set: writing without it would acknowledge
+    /// what a member of the acting set missed.
+    Removing(String),
+    /// Fewer than `min_replicas` live replicas; a resync may bring one back.
+    BelowMin(String),
+}
+
+impl Blocked {
+    pub(super) fn into_error(self) -> VolumeError {
+        let (Blocked::Removing(why) | Blocked::BelowMin(why)) = self;
+        VolumeError::Io(why)
+    }
+}
+
+impl Replica {
+    pub(super) fn new(link: Arc<Link>, stale: bool) -> Replica {
+        Replica {
+            link,
+            state: Mutex::new(Membership::listed(stale)),
+        }
+    }
+
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.link.addr()
+    }
+
+    pub(super) fn state(&self) -> Membership {
+        *self.state.lock().expect("replica state")
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        self.state().is_live()
+    }
+
+    pub(super) fn is_stale(&self) -> bool {
+        self.state().is_stale()
+    }
+
+    pub(super) fn is_catching_up(&self) -> bool {
+        self.state().is_catching_up()
+    }
+
+    /// Applies `event`; the action it asks for, and whether the state changed.
+    fn apply(&self, event: Event) -> (Action, bool) {
+        let mut state = self.state.lock().expect("replica state");
+        let before = *state;
+        let action = state.on_event(event);
+        (action, *state != before)
+    }
+}
+
+impl Inner {
+    /// Delivers `event` to `replica` of `group` and runs what it asks for. `why` names the
+    /// failure for the removal it may start. Never waits.
+    pub(super) fn event(self: &Arc<Self>, group: usize, replica: &Arc<Replica>, event: Event) {
+        self.event_because(group, replica, event, String::new());
+    }
+
+    /// `replica` of `group` failed an IO for reason `why`; its removal starts if it was live.
+    pub(super) fn failed(self: &Arc<Self>, group: usize, replica: &Arc<Replica>, why: String) {
+        self.event_because(group, replica, Event::Failed, why);
+    }
+
+    fn event_because(
+        self: &Arc<Self>,
+        group: usize,
+        replica: &Arc<Replica>,
+        event: Event,
+        why: String,
+    ) {
+        let (action, changed) = replica.apply(event);
+        if changed {
+            self.group_changed[group].notify_waiters();
+        }
+        if let Action::Remove { .. } = action {
+            tracing::warn!(volume = %self.config.volume, group, replica = %replica.addr(), reason = %why, "replica failed");
+        }
+        if !matches!(action, Action::None | Action::Wake) {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(drive(weak, group, Arc::clone(replica), action, why));
+        }
+    }
+
+    /// Waits until `replica` of `group`, which failed, has left the acting set: `true` once
+    /// it is stale, `false` if `removal_wait_ms` passed first or it became live again (it
+    /// answered after its removal was refused, and missed what the caller sent).
+    pub(super) async fn removed(&self, group: usize, replica: &Replica) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(self.config.removal_wait_ms);
+        loop {
+            let changed = self.group_changed[group].notified();
+            let state = replica.state();
+            if state.is_stale() {
+                return true;
+            }
+            if state.is_live() || Instant::now() >= deadline {
+                return false;
+            }
+            let poll = Instant::now() + Duration::from_millis(WAIT_POLL_MS);
+            let _ = tokio::time::timeout_at(poll.min(deadline), changed).await;
+        }
+    }
+
+    /// The replicas a write of `group` goes to: the live ones, which must all hold it before
+    /// it is acknowledged, and those catching up, which get it but do not count towards the
+    /// acknowledgement. Or why the group cannot take a write. One snapshot of the members, so a
+    /// replica that catches up cannot miss a write through a concurrent map change.
+    pub(super) fn writable(&self, group: usize) -> Result<Writable, VolumeError> {
+        let replicas = self.members(group);
+        if let Some(blocked) = self.blocked(group, &replicas) {
+            return Err(blocked.into_error());
+        }
+        Ok(Writable {
+            live: replicas.iter().filter(|r| r.is_live()).cloned().collect(),
+            catching_up: replicas
+                .iter()
+                .filter(|r| r.is_catching_up())
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// Why `group`, with members `replicas`, cannot take a write now, if it cannot.
+    pub(super) fn blocked(&self, group: usize, replicas: &[Arc<Replica>]) -> Option<Blocked> {
+        if let Some(r) = replicas.iter().find(|r| r.state().blocks_writes()) {
+            return Some(Blocked::Removing(format!(
+                "replica {} of group {group} failed and has not left its acting set: {:?}",
+                r.addr(),
+                r.state()
+            )));
+        }
+        let live = replicas.iter().filter(|r| r.is_live()).count();
+        (live < self.config.min_replicas).then(|| {
+            Blocked::BelowMin(format!(
+                "group {group} has {live} live replicas, fewer than min_replicas {}",
+                self.config.min_replicas
+            ))
+        })
+    }
+
+    /// Waits while `group` cannot take a write: up to `removal_wait_ms` for a failed replica
+    /// to leave, up to `below_min_wait_ms` for a replica to come back.
+    pub(super) async fn wait_writable(&self, group: usize) -> Result<(), VolumeError> {
+        let start = Instant::now();
+        let removal_deadline = start + Duration::from_millis(self.config.removal_wait_ms);
+        let below_min_deadline = start + Duration::from_millis(self.config.below_min_wait_ms);
+        loop {
+            let changed = self.group_changed[group].notified();
+            let deadline = match self.blocked(group, &self.members(group)) {
+                None => return Ok(()),
+                Some(Blocked::Removing(_)) if Instant::now() < removal_deadline => removal_deadline,
+                Some(Blocked::BelowMin(_)) if Instant::now() < below_min_deadline => {
+                    below_min_deadline
+                }
+                Some(blocked) => return Err(blocked.into_error()),
+            };
+            let poll = Instant::now() + Duration::from_millis(WAIT_POLL_MS);
+            let _ = tokio::time::timeout_at(poll.min(deadline), changed).await;
+        }
+    }
+}
+
+/// Runs `action` for `replica` of `group`, then whatever the resulting events ask for, until
+/// nothing is left to do: the removal's attempts, the pauses between them, the probes. Holds
+/// the volume weakly: a volume dropped meanwhile ends it.
+async fn drive(
+    volume: Weak<Inner>,
+    group: usize,
+    replica: Arc<Replica>,
+    mut action: Action,
+    why: String,
+) {
+    loop {
+        let event = match action {
+            Action::None | Action::Wake => return,
+            Action::RetryAt(at) => {
+                tokio::time::sleep_until(at).await;
+                Event::RetryDue
+            }
+            Action::Remove { attempt } => {
+                let Some(inner) = volume.upgrade() else {
+                    return;
+                };
+                inner.remove_once(group, &replica, attempt, &why).await
+            }
+            Action::Probe => {
+                let Some(inner) = volume.upgrade() else {
+                    return;
+                };
+                let probe = inner.header(Op::GetExtentVersions, 0, 1, 0, WriteVersion::NONE);
+                match replica.link.probe(Request::new(probe)).await {
+                    Ok(_) => Event::ProbeAnswered,
+                    Err(_) => Event::ProbeFailed,
+                }
+            }
+        };
+        let Some(inner) = volume.upgrade() else {
+            return;
+        };
+        if inner.fenced_by().is_some() {
+            return;
+        }
+        let (next, changed) = replica.apply(event);
+        if changed {
+            inner.group_changed[group].notify_waiters();
+            tracing::info!(volume = %inner.config.volume, group, replica = %replica.addr(), state = ?replica.state(), "replica membership changed");
+        }
+        action = next;
+    }
+}
+
+impl Inner {
+    /// One attempt at removing `replica` from `group`'s acting set, as the event it ends in.
+    async fn remove_once(&self, group: usize, replica: &Replica, attempt: u32, why: &str) -> Event {
+        let failure = ReplicaFailure {
+            volume: self.volume(),
+            group,
+            replica: replica.addr(),
+            attach_epoch: self.config.attach_epoch,
+            reason: why.to_owned(),
+        };
+        let result = self.observer.replica_failed(failure).await;
+        let now = Instant::now();
+        let (volume, addr) = (self.config.volume, replica.addr());
+        match result {
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(%volume, group, replica = %addr, attempt, "replica removal committed after retries");
+                }
+                Event::RemovalCommitted
+            }
+            Err(RemovalError::Unavailable(e)) => {
+                tracing::warn!(%volume, group, replica = %addr, attempt, error = %e, "replica removal not committed; the group's writes wait and it is retried");
+                Event::RemovalFailed {
+                    cause: NotRemoved::Unavailable,
+                    now,
+                }
+            }
+            Err(RemovalError::Refused(e)) => {
+                tracing::error!(%volume, group, replica = %addr, attempt, error = %e, "replica removal refused; the group takes no writes until the replica answers");
+                Event::RemovalFailed {
+                    cause: NotRemoved::Refused,
+                    now,
+                }
+            }
+            Err(RemovalError::Fenced { current }) => {
+                let _ = self.fence(current);
+                Event::RemovalFailed {
+                    cause: NotRemoved::Refused,
+                    now,
+                }
+            }
+        }
+    }
+}
