@@ -33,7 +33,7 @@ use volume::volume::BlockVolume;
 use volume::wire::VolumeId;
 
 use crate::meta::client::Client;
-use crate::meta::command::FENCED_WORDS;
+use crate::meta::command::{FENCED_WORDS, fencing_epoch};
 
 /// How long the gateway waits for `min_replicas` of every PG to hold a volume before giving up.
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
@@ -670,12 +670,6 @@ fn removal_error(status: &tonic::Status, node: u64, group: usize) -> RemovalErro
         | tonic::Code::Internal => RemovalError::Unavailable(what),
         _ => RemovalError::Refused(what),
     }
-}
-
-/// The epoch named after [`FENCED_WORDS`] in a fencing refusal.
-fn fencing_epoch(message: &str) -> Option<u64> {
-    let (_, after) = message.split_once(FENCED_WORDS)?;
-    after.split_whitespace().next()?.parse().ok()
 }
 
 /// Waits until the replicas hold the volume (the storage agents create it a moment after the

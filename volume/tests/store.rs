@@ -222,7 +222,7 @@ async fn volumes_and_their_data_survive_reopening_the_store() {
         vol.write(100, pattern(10_000, 4), false).await.unwrap();
         vol.flush().await.unwrap();
         store.create_volume("gone", 4 * MIB).await.unwrap();
-        store.delete_volume("gone").unwrap();
+        store.delete_volume("gone").await.unwrap();
         assert!(matches!(
             ExtentStore::open(dir.path(), disks().remove(0).1).await,
             Err(StoreError::DataDirLocked(_))

@@ -159,6 +159,12 @@ pub enum CommandError {
 /// attach (a `FailedPrecondition`), so that the proposer can tell it from other refusals.
 pub const FENCED_WORDS: &str = "is fenced by epoch";
 
+/// The epoch named after [`FENCED_WORDS`] in a fencing refusal's message.
+pub fn fencing_epoch(message: &str) -> Option<u64> {
+    let (_, after) = message.split_once(FENCED_WORDS)?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
 /// The state machine's answer to one log entry.
 pub type Outcome = Result<Applied, CommandError>;
 

@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 pub mod portable;
 pub mod sim;
+pub mod small_file;
 pub mod uring;
 
 /// Alignment, in bytes, of offsets and lengths on files opened with `direct: true`.
@@ -31,6 +32,9 @@ pub const DIRECT_ALIGN_BYTES: u64 = 4096;
 
 /// Largest single read or write a backend must accept, in bytes.
 pub const IO_SIZE_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Largest record [`Disk::read_small`] and [`Disk::replace_durably`] handle, in bytes.
+pub const SMALL_FILE_MAX_BYTES: usize = 1024 * 1024;
 
 /// A boxed future of an IO result.
 pub type IoFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'static>>;
@@ -52,6 +56,15 @@ pub trait Disk: Send + Sync {
 
     /// Opens `path` on this disk.
     fn open(&self, path: &Path, options: OpenOptions) -> io::Result<Arc<dyn BlockFile>>;
+
+    /// Reads the whole of a small record file (at most [`SMALL_FILE_MAX_BYTES`]); `None` if
+    /// it does not exist.
+    fn read_small(&self, path: &Path) -> IoFuture<Option<Bytes>>;
+
+    /// Replaces a small record file with `data`, atomically and durably: once the future
+    /// resolves, the new content survives a crash; a crash before that leaves the old content
+    /// or the new one, never a mix. The parent directory must exist.
+    fn replace_durably(&self, path: &Path, data: Bytes) -> IoFuture<()>;
 }
 
 /// One open file on a [`Disk`]. Safe to use from many tasks at once; requests may complete in

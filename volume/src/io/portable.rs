@@ -80,6 +80,14 @@ impl Disk for PortableDisk {
             inflight: Arc::clone(&self.inflight),
         }))
     }
+
+    fn read_small(&self, path: &Path) -> IoFuture<Option<Bytes>> {
+        super::small_file::read_async(path)
+    }
+
+    fn replace_durably(&self, path: &Path, data: Bytes) -> IoFuture<()> {
+        super::small_file::replace_async(path, data)
+    }
 }
 
 /// One open file of a [`PortableDisk`].

@@ -5,7 +5,8 @@
 //! `sync_data` copies the volatile view into the durable one; a durable (FUA) write lands in
 //! both. Punch, zero and length changes are volatile until the next `sync_data`, like a
 //! journalled file system that commits them with the next fdatasync. A file, once created,
-//! exists after a crash (empty if nothing of it was made durable).
+//! exists after a crash (empty if nothing of it was made durable). Small records
+//! ([`Disk::replace_durably`]) are durable once replaced, so a crash keeps them as they are.
 //!
 //! Faults, all driven by one seeded generator so that a run is reproducible from its seed:
 //! - errors (`EIO`) on the next N operations of a class, or on each with a probability
@@ -98,6 +99,7 @@ impl SimDisk {
             rng: SplitMix64(seed),
             generation: 0,
             files: BTreeMap::new(),
+            records: BTreeMap::new(),
             fail_next: [0; 3],
             fail_rate_ppm: [0; 3],
             tear_next_writes: 0,
@@ -160,6 +162,13 @@ impl SimDisk {
         lock(&self.state).crash(false);
     }
 
+    /// Simulates the death of the process using the disk (kill -9), the machine staying up:
+    /// nothing is lost, not even what was never synced (the page cache keeps it), but handles
+    /// opened before fail every later operation, as the dead process's would.
+    pub fn kill_process(&self) {
+        lock(&self.state).generation += 1;
+    }
+
     /// Like [`SimDisk::crash`], but each 512-byte sector of an unsynced block independently
     /// either reached the media or did not (seeded).
     pub fn crash_tearing(&self) {
@@ -198,6 +207,16 @@ impl Disk for SimDisk {
             direct: options.direct,
             generation: state.generation,
         }))
+    }
+
+    fn read_small(&self, path: &Path) -> IoFuture<Option<Bytes>> {
+        let result = lock(&self.state).record(path, None);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn replace_durably(&self, path: &Path, data: Bytes) -> IoFuture<()> {
+        let result = lock(&self.state).record(path, Some(data)).map(|_| ());
+        Box::pin(std::future::ready(result))
     }
 }
 
@@ -250,6 +269,9 @@ struct SimState {
     /// Bumped by every crash; handles from an older generation are stale.
     generation: u64,
     files: BTreeMap<PathBuf, SimFile>,
+    /// Small records ([`Disk::replace_durably`]): each is replaced whole and durably, so one
+    /// view serves both reads and crashes.
+    records: BTreeMap<PathBuf, Bytes>,
     fail_next: [u32; 3],
     fail_rate_ppm: [u32; 3],
     tear_next_writes: u32,
@@ -281,19 +303,7 @@ impl SimState {
             Class::SetLen | Class::Metadata => stats.metadata += 1,
         }
         if let Some(op) = class.fault_op() {
-            let index = op.index();
-            let fail = if self.fail_next[index] > 0 {
-                self.fail_next[index] -= 1;
-                true
-            } else {
-                // Draw only when a rate is set, so that turning one class on does not shift
-                // the choices of another.
-                self.fail_rate_ppm[index] > 0 && self.rng.chance_ppm(self.fail_rate_ppm[index])
-            };
-            if fail {
-                self.stats.faults_injected += 1;
-                return Err(injected(op));
-            }
+            self.inject(op)?;
         }
         let tear = class == Class::Write && self.tear_next_writes > 0;
         if tear {
@@ -302,6 +312,48 @@ impl SimState {
         }
         let file = self.files.get_mut(path).ok_or_else(|| not_found(path))?;
         work(file, tear.then_some(&mut self.rng))
+    }
+
+    /// Fails the operation if a queued or random fault of its kind is due.
+    fn inject(&mut self, op: FaultOp) -> io::Result<()> {
+        let index = op.index();
+        let fail = if self.fail_next[index] > 0 {
+            self.fail_next[index] -= 1;
+            true
+        } else {
+            // Draw only when a rate is set, so that turning one class on does not shift the
+            // choices of another.
+            self.fail_rate_ppm[index] > 0 && self.rng.chance_ppm(self.fail_rate_ppm[index])
+        };
+        if fail {
+            self.stats.faults_injected += 1;
+            return Err(injected(op));
+        }
+        Ok(())
+    }
+
+    /// Reads the record at `path` (`data` is `None`) or replaces it, with the faults of a read
+    /// or a write. Runs at the call, not at the first poll: a record has no ordering to keep
+    /// with the file operations queued beside it.
+    fn record(&mut self, path: &Path, data: Option<Bytes>) -> io::Result<Option<Bytes>> {
+        let op = if data.is_some() {
+            self.stats.writes += 1;
+            FaultOp::Write
+        } else {
+            self.stats.reads += 1;
+            FaultOp::Read
+        };
+        self.inject(op)?;
+        match data {
+            Some(data) => {
+                if data.len() > super::SMALL_FILE_MAX_BYTES {
+                    return Err(super::small_file::too_large(path, data.len()));
+                }
+                self.records.insert(path.to_owned(), data);
+                Ok(None)
+            }
+            None => Ok(self.records.get(path).cloned()),
+        }
     }
 
     fn crash(&mut self, tearing: bool) {

@@ -226,6 +226,14 @@ impl Disk for UringDisk {
             direct: options.direct,
         }))
     }
+
+    fn read_small(&self, path: &Path) -> IoFuture<Option<Bytes>> {
+        super::small_file::read_async(path)
+    }
+
+    fn replace_durably(&self, path: &Path, data: Bytes) -> IoFuture<()> {
+        super::small_file::replace_async(path, data)
+    }
 }
 
 /// The callers' side of one engine. Dropping the last one stops the engine.

@@ -13,8 +13,7 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -70,13 +69,19 @@ impl Drop for AbortOnDrop {
     }
 }
 
-pub(super) async fn serve(
+/// Serves one connection whose halves are `r` and `w` (a TCP socket's in production, an
+/// in-memory pipe's in simulation) until the client closes it, a frame is bad, or shutdown.
+pub(super) async fn serve<R, W>(
     server: Arc<ReplicaServer>,
-    stream: TcpStream,
+    mut r: R,
+    w: W,
     mut shutdown: watch::Receiver<bool>,
-) -> Ending {
+) -> Ending
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let in_flight_max = server.config.requests_in_flight_max;
-    let (mut r, w) = stream.into_split();
     let permits = Arc::new(Semaphore::new(in_flight_max));
     let (tx, rx) = mpsc::channel::<Outgoing>(in_flight_max);
     let mut writer = AbortOnDrop(tokio::spawn(write_replies(w, rx)));

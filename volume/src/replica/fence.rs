@@ -2,8 +2,8 @@
 //! admission check every request of that volume passes.
 //!
 //! The epoch lives in a 12-byte file (`epoch u64`, `crc32c u32` of the epoch, little endian)
-//! replaced atomically: written to a temporary file, fsynced, renamed over the old one, and the
-//! directory fsynced. A request carrying a newer epoch is answered only after that, so an
+//! replaced atomically and durably through the disk seam ([`Disk::replace_durably`]), so a
+//! simulated crash covers it like the data. A request carrying a newer epoch is answered only after that, so an
 //! acknowledged request of epoch `e` means no restart of this replica can ever accept a request
 //! older than `e` again.
 //!
@@ -16,9 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use crate::checksum::block_crc;
+use crate::io::Disk;
 
 /// Size of the epoch file, in bytes.
 const EPOCH_FILE_BYTES: usize = 12;
@@ -32,6 +34,7 @@ pub struct Fenced {
 
 /// The persisted epoch of one volume on one replica.
 pub struct Fence {
+    disk: Arc<dyn Disk>,
     path: PathBuf,
     highest: AtomicU64,
     admission: Arc<RwLock<()>>,
@@ -41,13 +44,14 @@ pub struct Fence {
 pub type Admitted = OwnedRwLockReadGuard<()>;
 
 impl Fence {
-    /// Loads the epoch from `path` (zero if the file does not exist yet).
-    pub async fn open(path: PathBuf) -> io::Result<Fence> {
-        let p = path.clone();
-        let highest = tokio::task::spawn_blocking(move || load(&p))
-            .await
-            .map_err(io::Error::other)??;
+    /// Loads the epoch from `path` on `disk` (zero if the file does not exist yet).
+    pub async fn open(disk: Arc<dyn Disk>, path: PathBuf) -> io::Result<Fence> {
+        let highest = match disk.read_small(&path).await? {
+            Some(bytes) => decode(&path, &bytes)?,
+            None => 0,
+        };
         Ok(Fence {
+            disk,
             path,
             highest: AtomicU64::new(highest),
             admission: Arc::new(RwLock::new(())),
@@ -74,10 +78,7 @@ impl Fence {
             // Newer: wait for every running request to finish, then persist.
             let _exclusive = self.admission.write().await;
             if epoch > self.highest() {
-                let path = self.path.clone();
-                tokio::task::spawn_blocking(move || store(&path, epoch))
-                    .await
-                    .map_err(io::Error::other)??;
+                self.disk.replace_durably(&self.path, encode(epoch)).await?;
                 self.highest.store(epoch, Ordering::Release);
                 tracing::info!(path = %self.path.display(), epoch, "attach epoch raised");
             }
@@ -85,13 +86,8 @@ impl Fence {
     }
 }
 
-fn load(path: &Path) -> io::Result<u64> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let bytes: [u8; EPOCH_FILE_BYTES] = bytes.as_slice().try_into().map_err(|_| {
+fn decode(path: &Path, bytes: &[u8]) -> io::Result<u64> {
+    let bytes: [u8; EPOCH_FILE_BYTES] = bytes.try_into().map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -114,35 +110,34 @@ fn load(path: &Path) -> io::Result<u64> {
     Ok(u64::from_le_bytes(epoch))
 }
 
-fn store(path: &Path, epoch: u64) -> io::Result<()> {
-    use std::io::Write;
+fn encode(epoch: u64) -> Bytes {
     let mut bytes = [0u8; EPOCH_FILE_BYTES];
     bytes[..8].copy_from_slice(&epoch.to_le_bytes());
     let crc = block_crc(&bytes[..8]);
     bytes[8..].copy_from_slice(&crc.to_le_bytes());
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    let dir = path.parent().expect("the epoch file lives in a directory");
-    std::fs::File::open(dir)?.sync_all()
+    Bytes::copy_from_slice(&bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::portable::PortableDisk;
+    use crate::io::sim::SimDisk;
+
+    fn disk() -> Arc<dyn Disk> {
+        Arc::new(PortableDisk::new("fence-test"))
+    }
 
     #[tokio::test]
     async fn a_newer_epoch_is_persisted_and_older_ones_are_refused_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("epoch");
-        let fence = Fence::open(path.clone()).await.unwrap();
+        let fence = Fence::open(disk(), path.clone()).await.unwrap();
         assert_eq!(fence.highest(), 0);
         drop(fence.admit(3).await.unwrap().unwrap());
         drop(fence.admit(3).await.unwrap().unwrap());
 
-        let reopened = Fence::open(path).await.unwrap();
+        let reopened = Fence::open(disk(), path).await.unwrap();
         assert_eq!(reopened.highest(), 3);
         assert_eq!(
             reopened.admit(2).await.unwrap().err(),
@@ -155,6 +150,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("epoch");
         std::fs::write(&path, [1u8; EPOCH_FILE_BYTES]).unwrap();
-        assert!(Fence::open(path).await.is_err());
+        assert!(Fence::open(disk(), path).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_raised_epoch_survives_a_simulated_crash_and_a_failed_raise_admits_nothing() {
+        let sim = Arc::new(SimDisk::new("fence", 7));
+        let path = PathBuf::from("replica/v/epoch");
+        let fence = Fence::open(sim.clone(), path.clone()).await.unwrap();
+        drop(fence.admit(5).await.unwrap().unwrap());
+        sim.fail_next(crate::io::sim::FaultOp::Write, 1);
+        assert!(
+            fence.admit(6).await.is_err(),
+            "the raise could not be persisted"
+        );
+        assert_eq!(fence.highest(), 5);
+        sim.crash();
+        let reopened = Fence::open(sim.clone(), path).await.unwrap();
+        assert_eq!(reopened.highest(), 5);
     }
 }

@@ -1,5 +1,5 @@
 //! The replica server: serves the volumes of a node's [`ExtentStore`] to volume clients over
-//! TCP, speaking the [`wire`](crate::wire) protocol.
+//! TCP (or, through [`ReplicaServer::serve_connection`], any byte stream), speaking the [`wire`](crate::wire) protocol.
 //!
 //! Per volume, beside the store's own files, a replica keeps two small records in
 //! `DATA_DIR/replica/NAME/` (`NAME` is [`store_volume_name`] of the volume id):
@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -35,6 +36,7 @@ use crate::store::{CRC_OPEN, ExtentStore, LocalVolume, StoreError};
 use crate::volume::BlockVolume;
 use crate::wire::{VolumeId, WriteVersion};
 
+pub use connection::Ending;
 use fence::Fence;
 use versions::VersionTable;
 
@@ -137,7 +139,7 @@ impl ReplicaServer {
         };
         let dir = self.store.dir().join("replica").join(&name);
         std::fs::create_dir_all(&dir)?;
-        let fence = Fence::open(dir.join("epoch")).await?;
+        let fence = Fence::open(Arc::clone(self.store.disk()), dir.join("epoch")).await?;
         let file = self.store.disk().open(&dir.join("versions"), CRC_OPEN)?;
         let versions = VersionTable::open(file, local.size()).await?;
         let v = Arc::new(ReplicaVolume {
@@ -171,7 +173,8 @@ impl ReplicaServer {
                         let server = Arc::clone(&self);
                         let stop = shutdown.clone();
                         connections.spawn(async move {
-                            let ending = connection::serve(server, stream, stop).await;
+                            let (r, w) = stream.into_split();
+                            let ending = connection::serve(server, r, w, stop).await;
                             tracing::debug!(%peer, %ending, "replica connection closed");
                         });
                     }
@@ -184,5 +187,22 @@ impl ReplicaServer {
         }
         drop(listener);
         while connections.join_next().await.is_some() {}
+    }
+
+    /// Serves one already accepted connection over any byte stream, as [`serve`] does each
+    /// TCP connection: the seam through which a simulation runs the server over its own
+    /// network. Returns why the connection ended.
+    ///
+    /// [`serve`]: ReplicaServer::serve
+    pub async fn serve_connection<S>(
+        self: Arc<Self>,
+        stream: S,
+        shutdown: watch::Receiver<bool>,
+    ) -> Ending
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        connection::serve(self, r, w, shutdown).await
     }
 }

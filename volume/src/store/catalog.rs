@@ -1,12 +1,14 @@
 //! The node's list of local volumes: `volumes.json` in the data directory.
 //!
 //! It changes only when a volume is created or deleted, so it is rewritten whole and replaced
-//! atomically (write a temporary file, fsync it, rename it over the old one, fsync the
-//! directory). A crash leaves either the old list or the new one.
+//! atomically and durably through the disk seam ([`Disk::replace_durably`]). A crash leaves
+//! either the old list or the new one.
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::io::Disk;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,11 +30,11 @@ struct CatalogFile {
     volumes: Vec<VolumeRecord>,
 }
 
-pub fn load(dir: &Path) -> Result<Vec<VolumeRecord>, StoreError> {
+pub async fn load(disk: &dyn Disk, dir: &Path) -> Result<Vec<VolumeRecord>, StoreError> {
     let path = dir.join(CATALOG_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+    let bytes = match disk.read_small(&path).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(Vec::new()),
         Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
     };
     let file: CatalogFile = serde_json::from_slice(&bytes)
@@ -47,20 +49,18 @@ pub fn load(dir: &Path) -> Result<Vec<VolumeRecord>, StoreError> {
     Ok(file.volumes)
 }
 
-pub fn store(dir: &Path, volumes: &[VolumeRecord]) -> Result<(), StoreError> {
+pub async fn store(
+    disk: &dyn Disk,
+    dir: &Path,
+    volumes: &[VolumeRecord],
+) -> Result<(), StoreError> {
     let path = dir.join(CATALOG_FILE);
-    let tmp: PathBuf = dir.join(format!("{CATALOG_FILE}.tmp"));
     let file = CatalogFile {
         version: CATALOG_VERSION,
         volumes: volumes.to_vec(),
     };
     let bytes = serde_json::to_vec_pretty(&file).expect("catalog serialises");
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| StoreError::io(format!("write {}", path.display()), e))
+    disk.replace_durably(&path, Bytes::from(bytes))
+        .await
+        .map_err(|e| StoreError::io(format!("write {}", path.display()), e))
 }

@@ -98,6 +98,9 @@ pub struct ExtentStore {
     disk: Arc<dyn Disk>,
     volumes: Mutex<BTreeMap<String, Arc<LocalVolume>>>,
     stats: Arc<StoreStats>,
+    /// Held by a create or a delete from its check to its catalog update, so that two of them
+    /// never write the catalog from the same old list.
+    catalog_change: tokio::sync::Mutex<()>,
     _lock: fs::File,
 }
 
@@ -134,7 +137,7 @@ impl ExtentStore {
         let lock = lock_dir(dir)?;
         let stats = Arc::new(StoreStats::default());
         let mut volumes = BTreeMap::new();
-        for record in catalog::load(dir)? {
+        for record in catalog::load(&*disk, dir).await? {
             let vol = LocalVolume::open(
                 &*disk,
                 &volume_dir(dir, &record.name),
@@ -152,6 +155,7 @@ impl ExtentStore {
             disk,
             volumes: Mutex::new(volumes),
             stats,
+            catalog_change: tokio::sync::Mutex::new(()),
             _lock: lock,
         })
     }
@@ -191,6 +195,7 @@ impl ExtentStore {
     ) -> Result<Arc<LocalVolume>, StoreError> {
         validate_name(name)?;
         validate_size(name, size)?;
+        let _changing = self.catalog_change.lock().await;
         if let Some(existing) = self.volume(name) {
             return Err(StoreError::AlreadyExists {
                 name: name.to_string(),
@@ -218,21 +223,17 @@ impl ExtentStore {
         fsync_dir(&vdir)?;
         fsync_dir(&self.dir.join("volumes"))?;
 
-        let mut volumes = self.volumes.lock().expect("volumes");
-        if volumes.contains_key(name) {
-            return Err(StoreError::AlreadyExists {
-                name: name.to_string(),
-                size,
-            });
-        }
-        let mut records = records_of(volumes.values());
+        let mut records = records_of(self.volumes.lock().expect("volumes").values());
         records.push(catalog::VolumeRecord {
             name: name.to_string(),
             size_bytes: size,
         });
-        catalog::store(&self.dir, &records)?;
+        catalog::store(&*self.disk, &self.dir, &records).await?;
         let vol = Arc::new(vol);
-        volumes.insert(name.to_string(), Arc::clone(&vol));
+        self.volumes
+            .lock()
+            .expect("volumes")
+            .insert(name.to_string(), Arc::clone(&vol));
         tracing::info!(volume = name, size_bytes = size, "volume created");
         Ok(vol)
     }
@@ -255,14 +256,17 @@ impl ExtentStore {
     }
 
     /// Deletes a volume and its data.
-    pub fn delete_volume(&self, name: &str) -> Result<(), StoreError> {
-        let mut volumes = self.volumes.lock().expect("volumes");
-        if !volumes.contains_key(name) {
-            return Err(StoreError::NotFound(name.to_string()));
-        }
-        let records = records_of(volumes.values().filter(|v| v.name() != name));
-        catalog::store(&self.dir, &records)?;
-        volumes.remove(name);
+    pub async fn delete_volume(&self, name: &str) -> Result<(), StoreError> {
+        let _changing = self.catalog_change.lock().await;
+        let records = {
+            let volumes = self.volumes.lock().expect("volumes");
+            if !volumes.contains_key(name) {
+                return Err(StoreError::NotFound(name.to_string()));
+            }
+            records_of(volumes.values().filter(|v| v.name() != name))
+        };
+        catalog::store(&*self.disk, &self.dir, &records).await?;
+        self.volumes.lock().expect("volumes").remove(name);
         let vdir = volume_dir(&self.dir, name);
         fs::remove_dir_all(&vdir)
             .map_err(|e| StoreError::io(format!("remove {}", vdir.display()), e))?;
