@@ -15,7 +15,7 @@
 //! How a session's byte stream is opened is the [`Connector`] seam: TCP in production
 //! ([`TcpConnector`]), an in-memory network with faults in simulations.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -111,7 +111,9 @@ pub(super) fn outcome(result: Result<Reply, LinkError>) -> Outcome {
 
 /// State shared by a session's reader, writer and callers.
 struct Shared {
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    // Ordered, so that a closed session fails its calls in the order they were made (and a
+    // simulation stays deterministic).
+    pending: Mutex<BTreeMap<u64, oneshot::Sender<Reply>>>,
     closed: AtomicBool,
 }
 
@@ -257,7 +259,7 @@ impl Link {
                 reason: e.to_string(),
             })?;
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(self.in_flight_max);

@@ -186,6 +186,11 @@ impl Membership {
             (CatchingUp { .. }, Event::Failed) => (CatchingUp { missed: true }, Action::None),
             (CatchingUp { .. }, Event::ResyncEnded) => (Stale, Action::None),
             (CatchingUp { missed: false }, Event::Restored) => (Live, Action::Wake),
+            // The metadata service lists it current again, but it failed an IO meanwhile (a
+            // flush, say): it must leave the acting set once more.
+            (CatchingUp { missed: true }, Event::Restored) => {
+                (Removing { attempt: 1 }, Action::Remove { attempt: 1 })
+            }
             (s, _) => (s, Action::None),
         };
         *self = next;
@@ -266,6 +271,7 @@ mod tests {
             (CatchingUp { missed: false }, Event::ResyncEnded, Stale, Action::None),
             (CatchingUp { missed: true }, Event::ResyncEnded, Stale, Action::None),
             (CatchingUp { missed: false }, Event::Restored, Live, Action::Wake),
+            (CatchingUp { missed: true }, Event::Restored, Removing { attempt: 1 }, Action::Remove { attempt: 1 }),
         ];
         let events = [
             Event::Failed,
@@ -339,8 +345,16 @@ mod tests {
         assert!(s.is_catching_up() && s.is_stale() && !s.is_live());
         s.on_event(Event::Failed);
         assert!(!s.is_catching_up(), "it gets no further writes");
-        assert_eq!(s.on_event(Event::Restored), Action::None);
         assert_eq!(s.on_event(Event::ResyncEnded), Action::None);
         assert_eq!(s, Stale);
+    }
+
+    #[test]
+    fn a_replica_restored_after_it_missed_a_flush_is_removed_again() {
+        let mut s = CatchingUp { missed: false };
+        s.on_event(Event::Failed);
+        // The metadata service committed the restore before the client saw the failure.
+        assert_eq!(s.on_event(Event::Restored), Action::Remove { attempt: 1 });
+        assert!(!s.is_live() && s.blocks_writes());
     }
 }

@@ -95,7 +95,7 @@ pub enum ClientConfigError {
     #[error("below_min_wait_ms and removal_wait_ms must be positive")]
     Limits,
     #[error(
-        "acting sets must list at least one group, each with at least min_replicas distinct replicas"
+        "acting sets must list at least one group, each with at least one current replica and no address twice"
     )]
     ActingSets,
 }

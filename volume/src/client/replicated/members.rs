@@ -189,6 +189,17 @@ impl Inner {
     /// Waits while `group` cannot take a write: up to `removal_wait_ms` for a failed replica
     /// to leave, up to `below_min_wait_ms` for a replica to come back.
     pub(super) async fn wait_writable(&self, group: usize) -> Result<(), VolumeError> {
+        self.wait_unblocked(group, true).await
+    }
+
+    /// Waits, up to `removal_wait_ms`, until no replica of `group` that failed is still in its
+    /// acting set; a group below `min_replicas` does not hold this up. What a flush needs: a
+    /// group that cannot take writes has no acknowledged write that its live replicas lack.
+    pub(super) async fn wait_removals(&self, group: usize) -> Result<(), VolumeError> {
+        self.wait_unblocked(group, false).await
+    }
+
+    async fn wait_unblocked(&self, group: usize, need_min: bool) -> Result<(), VolumeError> {
         let start = Instant::now();
         let removal_deadline = start + Duration::from_millis(self.config.removal_wait_ms);
         let below_min_deadline = start + Duration::from_millis(self.config.below_min_wait_ms);
@@ -196,6 +207,7 @@ impl Inner {
             let changed = self.group_changed[group].notified();
             let deadline = match self.blocked(group, &self.members(group)) {
                 None => return Ok(()),
+                Some(Blocked::BelowMin(_)) if !need_min => return Ok(()),
                 Some(Blocked::Removing(_)) if Instant::now() < removal_deadline => removal_deadline,
                 Some(Blocked::BelowMin(_)) if Instant::now() < below_min_deadline => {
                     below_min_deadline

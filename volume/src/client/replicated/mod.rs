@@ -97,6 +97,9 @@ impl ReplicatedVolume {
         if below_min_wait_ms == 0 || removal_wait_ms == 0 {
             return Err(ClientConfigError::Limits);
         }
+        // A group below `min_replicas` is attachable (its writes wait, then fail, until a
+        // resync brings replicas back, and only an attached writer resyncs), but one with no
+        // current replica has nothing to serve.
         // Every replica of a group, live ones first, then the stale ones (kept for resync).
         let all = |g: usize| -> Vec<(SocketAddr, bool)> {
             let stale = acting.stale.get(g).map(Vec::as_slice).unwrap_or_default();
@@ -111,8 +114,7 @@ impl ReplicatedVolume {
         };
         if acting.groups.is_empty()
             || acting.stale.len() > acting.groups.len()
-            || (0..acting.groups.len())
-                .any(|g| acting.groups[g].len() < min_replicas || !distinct(&all(g)))
+            || (0..acting.groups.len()).any(|g| acting.groups[g].is_empty() || !distinct(&all(g)))
         {
             return Err(ClientConfigError::ActingSets);
         }

@@ -205,7 +205,7 @@ impl Inner {
         }
         // A replica that failed in another IO and has not left yet did not get this flush.
         for g in 0..self.groups.len() {
-            self.wait_writable(g).await?;
+            self.wait_removals(g).await?;
         }
         Ok(())
     }

@@ -177,10 +177,12 @@ impl ReplicatedVolume {
         }
         restore.await.map_err(VolumeError::Io)?;
         inner.event(group, &t, Event::Restored);
-        assert!(
-            t.is_live(),
-            "a replica that caught up with every write while the group was held is restored"
-        );
+        if !t.is_live() {
+            // A flush failed on it while the restore committed: it is being removed again.
+            return Err(VolumeError::Io(format!(
+                "{target} failed while the metadata service restored it"
+            )));
+        }
         tracing::info!(volume = %inner.config.volume, group, replica = %target, extents = report.extents_copied, bytes = report.bytes_copied, "replica resynced and back in the acting set");
         Ok(report)
     }
