@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod meta;
 pub mod node;
 pub mod rebuild_agent;
+pub mod sim;
 pub mod storage;
 
 /// Exit code for an environmental stop: the data directory is held by another process.

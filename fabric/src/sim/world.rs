@@ -1,0 +1,648 @@
+//! One seeded run: the cluster, the workload, the faults, and the checks after heal.
+//!
+//! The run has three phases. For `sim_seconds`, workers write, read and flush while the fault
+//! schedule crashes and restarts nodes, partitions links (also one way), resets connections,
+//! takes the metadata service away, injects disk errors and torn writes, and may let a second
+//! driver take the volume over. Then everything heals, and the run waits for the writer to
+//! bring every stale replica back. Last, every block ever written is read through the driver
+//! and from each replica of its PG directly: the driver must return the last acknowledged
+//! write (or a later one that failed), and the replicas must hold the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use tokio::time::Instant;
+use volume::BlockVolume;
+use volume::io::sim::FaultOp;
+use volume::replica::store_volume_name;
+use volume::wire::{EXTENT_SIZE_BYTES, VolumeId};
+
+use super::check::{BLOCK_BYTES, History};
+use super::client::SimClient;
+use super::meta::SimMeta;
+use super::net::{Endpoint, SimNet};
+use super::node::{Crash, SimNode};
+use crate::meta::command::{Applied, CommandV1};
+use crate::meta::model::{DiskInfo, Location, NodeRegistration, PoolSpec, Rule, VolumeSpec};
+use crate::meta::state::ClusterState;
+
+/// The volume every run writes.
+pub const VOLUME: &str = "simvol";
+/// Its size, in extents.
+pub const VOLUME_EXTENTS: u64 = 8;
+/// Placement groups of the pool.
+pub const PG_COUNT: u32 = 8;
+/// Workers per driver, each with one IO in flight.
+pub const WORKERS_PER_CLIENT: usize = 6;
+/// Longest write or read of the workload, in blocks.
+const IO_BLOCKS_MAX: u64 = 4;
+/// After the faults end, how long the writer has to bring every replica back, in simulated
+/// seconds.
+const SETTLE_SECONDS_MAX: u64 = 600;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Simulated seconds of workload under faults.
+    pub sim_seconds: u64,
+    /// Storage nodes (3 to 9); `None` lets the seed choose.
+    pub nodes: Option<usize>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            sim_seconds: 30,
+            nodes: None,
+        }
+    }
+}
+
+/// What one seed did.
+#[derive(Clone, Debug)]
+pub struct SimReport {
+    pub seed: u64,
+    /// The first violation found, if any.
+    pub failure: Option<String>,
+    /// Acknowledged writes whose blocks were checked after heal.
+    pub writes_checked: u64,
+    pub reads_checked: u64,
+    pub simulated: Duration,
+    /// A digest of every operation's outcome, in order: equal for equal seeds when the run is
+    /// deterministic.
+    pub trace: u64,
+    /// What the schedule did, for the log of a failing seed.
+    pub faults: Vec<String>,
+}
+
+/// Runs `seed` on a fresh current-thread runtime with paused time.
+pub fn run_seed(seed: u64, options: &SimOptions) -> SimReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("current-thread runtime");
+    runtime.block_on(run(seed, options.clone()))
+}
+
+/// What the workers and the schedule share.
+struct Shared {
+    history: Mutex<History>,
+    /// Blocks with a write in flight: the workload never writes one block twice at once.
+    busy: Mutex<BTreeSet<u64>>,
+    trace: Mutex<DefaultHasher>,
+    failures: Mutex<Vec<String>>,
+    stop: AtomicBool,
+    blocks: u64,
+}
+
+impl Shared {
+    fn fail(&self, what: String) {
+        self.failures.lock().expect("failures").push(what);
+    }
+
+    fn trace(&self, event: impl Hash) {
+        event.hash(&mut *self.trace.lock().expect("trace"));
+    }
+}
+
+async fn run(seed: u64, options: SimOptions) -> SimReport {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let node_count = options.nodes.unwrap_or_else(|| rng.random_range(3..=9));
+    assert!((3..=9).contains(&node_count), "3 to 9 nodes");
+    let dir = tempfile::Builder::new()
+        .prefix("fabric-sim-")
+        .tempdir()
+        .expect("temporary directory");
+    let net = SimNet::new(seed ^ 0x006e_6574);
+    let mut nodes = Vec::new();
+    for i in 0..node_count {
+        let id = i as u64 + 1;
+        let addr: SocketAddr = format!("10.0.0.{id}:7000").parse().expect("address");
+        let node = SimNode::new(
+            id,
+            addr,
+            &dir.path().join(format!("n{id}")),
+            seed ^ id,
+            &net,
+        );
+        node.start().await.expect("start node");
+        nodes.push(node);
+    }
+    let addr_of: Arc<HashMap<u64, SocketAddr>> =
+        Arc::new(nodes.iter().map(|n| (n.id, n.addr)).collect());
+    let min_replicas = rng.random_range(1..=2);
+    let (state, volume_id) = cluster_state(&nodes, min_replicas);
+    for node in &nodes {
+        node.ensure_volume(volume_id, VOLUME_EXTENTS * EXTENT_SIZE_BYTES)
+            .await
+            .expect("create the replica volume");
+    }
+    let meta = SimMeta::new(seed ^ 0x6d65_7461, state);
+    let shared = Arc::new(Shared {
+        history: Mutex::new(History::default()),
+        busy: Mutex::new(BTreeSet::new()),
+        trace: Mutex::new(DefaultHasher::new()),
+        failures: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+        blocks: VOLUME_EXTENTS * EXTENT_SIZE_BYTES / BLOCK_BYTES,
+    });
+    let started = Instant::now();
+    let first = SimClient::attach(0, &net, &meta, VOLUME, Arc::clone(&addr_of), false)
+        .await
+        .expect("first attach on a healthy cluster");
+    let takeover_at = rng
+        .random_bool(0.3)
+        .then(|| Duration::from_millis(rng.random_range(1_000..options.sim_seconds * 1_000)));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let first = Arc::new(first);
+    spawn_client(&mut tasks, &first, &shared, rng.random());
+    let mut faults = Vec::new();
+    let world = World {
+        nodes,
+        net: net.clone(),
+        meta: Arc::clone(&meta),
+        rng,
+        faults: &mut faults,
+        down: BTreeMap::new(),
+        clients: 2,
+    };
+    let mut active = Arc::clone(&first);
+    let end = started + Duration::from_secs(options.sim_seconds);
+    let (mut world, taken_over) = schedule(world, end, takeover_at).await;
+    if taken_over.is_some() {
+        match SimClient::attach(1, &net, &meta, VOLUME, Arc::clone(&addr_of), true).await {
+            Ok(second) => {
+                shared.history.lock().expect("history").fence(0);
+                world.faults.push(format!(
+                    "{:?}: client 1 took the volume over",
+                    started.elapsed()
+                ));
+                let second = Arc::new(second);
+                spawn_client(&mut tasks, &second, &shared, world.rng.random());
+                active = second;
+                // The rest of the schedule runs against the new writer.
+                let end = Instant::now().max(end);
+                let (w, _) = schedule(world, end, None).await;
+                world = w;
+            }
+            Err(e) => shared.fail(format!("forced attach failed on a healable cluster: {e}")),
+        }
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    let simulated = started.elapsed();
+
+    // Heal, and let the writer bring every replica back.
+    let dead = world.heal_all().await;
+    if !dead.is_empty() {
+        shared.fail(format!("nodes {dead:?} cannot start on healed disks"));
+    }
+    let settle_end = Instant::now() + Duration::from_secs(SETTLE_SECONDS_MAX);
+    while !active.settled() {
+        if Instant::now() > settle_end {
+            let state = meta.state();
+            shared.fail(format!(
+                "not settled {SETTLE_SECONDS_MAX} s after heal: driver holds stale {:?}, metadata lists {:?}",
+                active.volume.stale_replicas(),
+                state.volumes[VOLUME].stale
+            ));
+            break;
+        }
+        active.round().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let writes_checked = verify_after_heal(&shared, &active, &world, volume_id).await;
+    let trace = shared.trace.lock().expect("trace").finish();
+    let history = shared.history.lock().expect("history");
+    let mut failures = shared.failures.lock().expect("failures").clone();
+    failures.extend(history.fenced_acks.iter().cloned());
+    SimReport {
+        seed,
+        failure: failures.into_iter().next(),
+        writes_checked,
+        reads_checked: history.reads_checked,
+        simulated,
+        trace,
+        faults,
+    }
+}
+
+/// The cluster map: one rack per node, a 3-way (or n-way for fewer nodes) pool, the volume.
+fn cluster_state(nodes: &[SimNode], min_replicas: u32) -> (ClusterState, VolumeId) {
+    let mut state = ClusterState::default();
+    for node in nodes {
+        let registration = NodeRegistration {
+            id: node.id,
+            rpc_addr: format!("10.0.0.{}:7001", node.id),
+            data_addr: node.addr.to_string(),
+            location: Location {
+                levels: vec![("rack".into(), format!("r{}", node.id))],
+            },
+            disks: vec![DiskInfo {
+                name: "data".into(),
+                capacity_bytes: 1 << 40,
+            }],
+        };
+        state
+            .apply(&CommandV1::RegisterNode(registration).into())
+            .expect("register node");
+    }
+    let pool = PoolSpec {
+        name: "simpool".into(),
+        rule: Rule {
+            replicas: 3,
+            min_replicas,
+            failure_domain: "rack".into(),
+            tag_filter: vec![],
+        },
+        pg_count: PG_COUNT,
+    };
+    state
+        .apply(&CommandV1::CreatePool(pool).into())
+        .expect("create pool");
+    let spec = VolumeSpec {
+        name: VOLUME.into(),
+        pool: "simpool".into(),
+        size_bytes: VOLUME_EXTENTS * EXTENT_SIZE_BYTES,
+        extent_size_bytes: EXTENT_SIZE_BYTES,
+        request_id: String::new(),
+    };
+    let Ok(Applied::Volume(v)) = state.apply(&CommandV1::CreateVolume(spec).into()) else {
+        panic!("create volume");
+    };
+    (state, VolumeId(v.id))
+}
+
+fn spawn_client(
+    tasks: &mut tokio::task::JoinSet<()>,
+    client: &Arc<SimClient>,
+    shared: &Arc<Shared>,
+    seed: u64,
+) {
+    let follower = Arc::clone(client);
+    let stop = Arc::clone(shared);
+    tasks.spawn(async move {
+        tokio::select! {
+            biased;
+            () = follower.follow_and_resync() => {}
+            () = until_stopped(&stop) => {}
+        }
+    });
+    for w in 0..WORKERS_PER_CLIENT {
+        let client = Arc::clone(client);
+        let shared = Arc::clone(shared);
+        let rng = ChaCha8Rng::seed_from_u64(seed ^ w as u64);
+        tasks.spawn(worker(client, shared, rng));
+    }
+}
+
+async fn until_stopped(shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One IO at a time: writes of blocks no other worker is writing, reads of any blocks,
+/// flushes; each outcome checked and traced.
+async fn worker(client: Arc<SimClient>, shared: Arc<Shared>, mut rng: ChaCha8Rng) {
+    let volume = &client.volume;
+    while !shared.stop.load(Ordering::Relaxed) && volume.fenced_by().is_none() {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..40))).await;
+        let blocks = rng.random_range(1..=IO_BLOCKS_MAX);
+        // Most IO goes to a hot eighth of the volume, so that reads meet recent writes.
+        let span = if rng.random_bool(0.8) {
+            shared.blocks / 8
+        } else {
+            shared.blocks
+        };
+        let first = rng.random_range(0..span - blocks);
+        let offset = first * BLOCK_BYTES;
+        match rng.random_range(0..10) {
+            0..4 => {
+                {
+                    let mut busy = shared.busy.lock().expect("busy");
+                    if (first..first + blocks).any(|b| busy.contains(&b)) {
+                        continue;
+                    }
+                    busy.extend(first..first + blocks);
+                }
+                let (id, started, data) = shared
+                    .history
+                    .lock()
+                    .expect("history")
+                    .start_write(client.id, first, blocks);
+                let fua = rng.random_bool(0.1);
+                let result = volume.write(offset, data, fua).await;
+                if result.is_ok() {
+                    let mut h = shared.history.lock().expect("history");
+                    h.ack_write(id, client.id, started, first, blocks);
+                }
+                shared.trace(("write", client.id, id, first, blocks, result.is_ok()));
+                let mut busy = shared.busy.lock().expect("busy");
+                for b in first..first + blocks {
+                    busy.remove(&b);
+                }
+            }
+            4..9 => {
+                let t0 = shared.history.lock().expect("history").tick();
+                let result = volume.read(offset, (blocks * BLOCK_BYTES) as u32).await;
+                shared.trace(("read", client.id, first, blocks, result.is_ok()));
+                if let Ok(data) = result {
+                    let checked = shared
+                        .history
+                        .lock()
+                        .expect("history")
+                        .check_read(first, &data, t0);
+                    if let Err(e) = checked {
+                        shared.fail(format!("client {}: {e}", client.id));
+                    }
+                }
+            }
+            _ => {
+                let result = volume.flush().await;
+                shared.trace(("flush", client.id, result.is_ok()));
+            }
+        }
+    }
+}
+
+/// The cluster as the fault schedule drives it.
+struct World<'a> {
+    nodes: Vec<SimNode>,
+    net: SimNet,
+    meta: Arc<SimMeta>,
+    rng: ChaCha8Rng,
+    faults: &'a mut Vec<String>,
+    /// Nodes down, with when they come back.
+    down: BTreeMap<usize, Instant>,
+    clients: u32,
+}
+
+/// A fault that heals at a time.
+enum Healing {
+    Link(Endpoint, Endpoint),
+    Isolated(SocketAddr),
+    Meta,
+}
+
+/// Runs the fault schedule until `end`; returns early, with `Some`, at `takeover_at`.
+async fn schedule<'a>(
+    mut world: World<'a>,
+    end: Instant,
+    takeover_at: Option<Duration>,
+) -> (World<'a>, Option<()>) {
+    let start = Instant::now();
+    let mut healing: Vec<(Instant, Healing)> = Vec::new();
+    loop {
+        let pause = Duration::from_millis(world.rng.random_range(100..1_500));
+        tokio::time::sleep(pause).await;
+        let now = Instant::now();
+        // Restarts and heals that are due.
+        let due: Vec<usize> = world
+            .down
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        for i in due {
+            world.restart(i).await;
+        }
+        let mut i = 0;
+        while i < healing.len() {
+            if healing[i].0 <= now {
+                let (_, h) = healing.swap_remove(i);
+                world.heal(h);
+            } else {
+                i += 1;
+            }
+        }
+        if now >= end {
+            for (_, h) in healing {
+                world.heal(h);
+            }
+            return (world, None);
+        }
+        if takeover_at.is_some_and(|t| now - start >= t) {
+            for (_, h) in healing {
+                world.heal(h);
+            }
+            return (world, Some(()));
+        }
+        world.inject(now, &mut healing);
+    }
+}
+
+impl World<'_> {
+    fn note(&mut self, what: String) {
+        self.faults.push(what);
+    }
+
+    fn up_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| !self.down.contains_key(i))
+            .collect()
+    }
+
+    fn inject(&mut self, now: Instant, healing: &mut Vec<(Instant, Healing)>) {
+        let up = self.up_nodes();
+        let down_max = if self.nodes.len() >= 5 { 2 } else { 1 };
+        let pick = self.rng.random_range(0..up.len());
+        let n = up[pick];
+        let addr = self.nodes[n].addr;
+        let ms = |rng: &mut ChaCha8Rng, lo: u64, hi: u64| {
+            Duration::from_millis(rng.random_range(lo..hi))
+        };
+        match self.rng.random_range(0..100) {
+            0..20 if self.down.len() < down_max => {
+                let how = if self.rng.random_bool(0.3) {
+                    Crash::PowerLoss
+                } else {
+                    Crash::Kill
+                };
+                let back = now + ms(&mut self.rng, 200, 6_000);
+                self.nodes[n].crash(how);
+                self.down.insert(n, back);
+                self.note(format!("node {} {how:?}, back in {:?}", n + 1, back - now));
+            }
+            20..35 => {
+                let heal = now + ms(&mut self.rng, 300, 8_000);
+                self.net.isolate(addr, self.clients);
+                healing.push((heal, Healing::Isolated(addr)));
+                self.note(format!("node {} isolated for {:?}", n + 1, heal - now));
+            }
+            35..45 => {
+                let client = Endpoint::Client(self.rng.random_range(0..self.clients));
+                let node = Endpoint::Node(addr);
+                let (from, to) = if self.rng.random_bool(0.5) {
+                    (client, node)
+                } else {
+                    (node, client)
+                };
+                let heal = now + ms(&mut self.rng, 300, 8_000);
+                self.net.cut(from, to);
+                healing.push((heal, Healing::Link(from, to)));
+                self.note(format!("link {from:?} -> {to:?} cut for {:?}", heal - now));
+            }
+            45..52 if self.meta.is_up() => {
+                let heal = now + ms(&mut self.rng, 500, 40_000);
+                self.meta.set_up(false);
+                healing.push((heal, Healing::Meta));
+                self.note(format!("metadata unavailable for {:?}", heal - now));
+            }
+            52..67 => {
+                if let Some((from, to)) = self.net.reset_one() {
+                    self.note(format!("connection {from:?} -> {to} reset"));
+                }
+            }
+            67..77 => {
+                let op = match self.rng.random_range(0..3) {
+                    0 => FaultOp::Read,
+                    1 => FaultOp::Write,
+                    _ => FaultOp::Sync,
+                };
+                let count = self.rng.random_range(1..4);
+                self.nodes[n].disk.fail_next(op, count);
+                self.note(format!("node {}: next {count} {op:?} fail", n + 1));
+            }
+            77..85 => {
+                self.nodes[n].disk.tear_next_writes(1);
+                self.note(format!("node {}: next write torn", n + 1));
+            }
+            _ => {}
+        }
+    }
+
+    fn heal(&mut self, h: Healing) {
+        match h {
+            Healing::Link(from, to) => self.net.join(from, to),
+            Healing::Isolated(addr) => {
+                let others: Vec<Endpoint> = self
+                    .nodes
+                    .iter()
+                    .map(|n| Endpoint::Node(n.addr))
+                    .chain((0..self.clients).map(Endpoint::Client))
+                    .collect();
+                for o in others {
+                    self.net.join(Endpoint::Node(addr), o);
+                    self.net.join(o, Endpoint::Node(addr));
+                }
+            }
+            Healing::Meta => self.meta.set_up(true),
+        }
+    }
+
+    /// Starts node `i` again; one that fails to start (an injected disk error while it opens)
+    /// is tried again a second later, as a service manager would.
+    async fn restart(&mut self, i: usize) -> bool {
+        match self.nodes[i].start().await {
+            Ok(()) => {
+                self.down.remove(&i);
+                self.note(format!("node {} restarted", i + 1));
+                true
+            }
+            Err(e) => {
+                self.down.insert(i, Instant::now() + Duration::from_secs(1));
+                self.note(format!("node {} did not restart: {e}", i + 1));
+                false
+            }
+        }
+    }
+
+    /// Ends every fault; returns the nodes that still cannot start.
+    async fn heal_all(&mut self) -> Vec<usize> {
+        self.net.heal();
+        self.meta.set_up(true);
+        for node in &self.nodes {
+            for op in [FaultOp::Read, FaultOp::Write, FaultOp::Sync] {
+                node.disk.fail_next(op, 0);
+            }
+            node.disk.tear_next_writes(0);
+        }
+        let mut down: Vec<usize> = self.down.keys().copied().collect();
+        down.sort_unstable();
+        let mut dead = Vec::new();
+        for i in down {
+            if !self.restart(i).await {
+                dead.push(i + 1);
+            }
+        }
+        dead
+    }
+}
+
+/// Reads every written block through the driver and from every replica of its PG.
+async fn verify_after_heal(
+    shared: &Shared,
+    active: &SimClient,
+    world: &World<'_>,
+    volume_id: VolumeId,
+) -> u64 {
+    let blocks = shared.history.lock().expect("history").written_blocks();
+    let (pgs, vid) = {
+        let state = world.meta.state();
+        let v = &state.volumes[VOLUME];
+        (state.pools[&v.spec.pool].map.pgs.clone(), VolumeId(v.id))
+    };
+    assert_eq!(vid, volume_id);
+    let by_id: HashMap<u64, &SimNode> = world.nodes.iter().map(|n| (n.id, n)).collect();
+    let store_name = store_volume_name(volume_id);
+    for &b in &blocks {
+        let offset = b * BLOCK_BYTES;
+        let t0 = shared.history.lock().expect("history").tick();
+        match active.volume.read(offset, BLOCK_BYTES as u32).await {
+            Ok(data) => {
+                let checked = shared
+                    .history
+                    .lock()
+                    .expect("history")
+                    .check_read(b, &data, t0);
+                if let Err(e) = checked {
+                    shared.fail(format!("after heal: {e}"));
+                }
+            }
+            Err(e) => shared.fail(format!("after heal: block {b} unreadable: {e}")),
+        }
+        let extent = offset / EXTENT_SIZE_BYTES;
+        let pg = volume::client::pg_of(volume_id, extent, pgs.len());
+        let mut copies: Vec<(u64, Result<bytes::Bytes, String>)> = Vec::new();
+        for node in &pgs[pg] {
+            let local = by_id[node]
+                .server()
+                .and_then(|s| s.store().volume(&store_name));
+            let got = match local {
+                Some(v) => v
+                    .read(offset, BLOCK_BYTES as u32)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("node down or volume missing".into()),
+            };
+            copies.push((*node, got));
+        }
+        let first = &copies[0].1;
+        if copies.iter().any(|(_, c)| c != first) {
+            let summary: Vec<String> = copies
+                .iter()
+                .map(|(n, c)| match c {
+                    Ok(d) => format!(
+                        "node {n}: {:?}",
+                        super::check::decode(b, d).unwrap_or(u64::MAX)
+                    ),
+                    Err(e) => format!("node {n}: {e}"),
+                })
+                .collect();
+            shared.fail(format!(
+                "after heal: the replicas of PG {pg} differ at block {b}: {}",
+                summary.join(", ")
+            ));
+        }
+    }
+    shared.history.lock().expect("history").writes_acked
+}
