@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use tokio::sync::watch;
 
+use super::signal::Signal;
 use crate::meta::command::{
     Applied, Command, CommandError, CommandV1, FENCED_WORDS, fencing_epoch,
 };
@@ -23,9 +23,8 @@ use volume::client::RemovalError;
 /// How long a call waits for an unavailable service, in milliseconds: the real metadata
 /// client's retry deadline.
 pub const CALL_DEADLINE_MS: u64 = 30_000;
-/// One-way latency of a call, in microseconds: `LATENCY_MIN_US..LATENCY_MAX_US`.
-const LATENCY_MIN_US: u64 = 200;
-const LATENCY_MAX_US: u64 = 3_000;
+/// Most one-way latency of a call, in milliseconds.
+const LATENCY_MAX_MS: u64 = 3;
 
 /// Why a call did not return an outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +54,7 @@ impl MetaError {
 /// The metadata service of one simulation; share it as `Arc<SimMeta>`.
 pub struct SimMeta {
     state: Mutex<ClusterState>,
-    up: watch::Sender<bool>,
+    up: Signal<bool>,
     rng: Mutex<ChaCha8Rng>,
 }
 
@@ -63,7 +62,7 @@ impl SimMeta {
     pub fn new(seed: u64, state: ClusterState) -> Arc<SimMeta> {
         Arc::new(SimMeta {
             state: Mutex::new(state),
-            up: watch::Sender::new(true),
+            up: Signal::new(true),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         })
     }
@@ -75,28 +74,29 @@ impl SimMeta {
 
     /// Makes the service available or not (no quorum, unreachable).
     pub fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
+        self.up.update(|u| *u = up);
     }
 
     pub fn is_up(&self) -> bool {
-        *self.up.borrow()
+        self.up.with(|&u| u)
     }
 
     fn latency(&self) -> Duration {
-        let us = self
+        let ms = self
             .rng
             .lock()
             .expect("meta rng")
-            .random_range(LATENCY_MIN_US..LATENCY_MAX_US);
-        Duration::from_micros(us)
+            .random_range(0..=LATENCY_MAX_MS);
+        Duration::from_millis(ms)
     }
 
     /// Proposes `command`, as a client of the real service does.
     pub async fn apply(&self, command: CommandV1) -> Result<Applied, MetaError> {
-        tokio::time::sleep(self.latency()).await;
-        let mut up = self.up.subscribe();
+        let latency = self.latency();
+        tracing::debug!(?command, ?latency, "metadata call");
+        tokio::time::sleep(latency).await;
         let deadline = Duration::from_millis(CALL_DEADLINE_MS);
-        if tokio::time::timeout(deadline, up.wait_for(|u| *u))
+        if tokio::time::timeout(deadline, self.up.wait_for(|&u| u))
             .await
             .is_err()
         {

@@ -18,6 +18,7 @@ pub mod client;
 pub mod meta;
 pub mod net;
 pub mod node;
+pub mod signal;
 pub mod world;
 
-pub use world::{SimOptions, SimReport, run_seed};
+pub use world::{SimOptions, SimReport, run_seed, simulated_elapsed};

@@ -21,17 +21,19 @@ use std::time::Duration;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::watch;
 use volume::client::{ConnectFuture, Connector, StreamReader, StreamWriter};
+
+use super::signal::Signal;
 
 /// Capacity of each in-memory pipe, in bytes: like a socket buffer, it bounds what a writer
 /// can queue before it waits for the reader.
 pub const PIPE_BYTES: usize = 256 * 1024;
 /// Largest piece a relay moves at once, in bytes.
 const RELAY_CHUNK_BYTES: usize = 64 * 1024;
-/// One-way delay of a piece on a healthy link, in microseconds: `DELAY_MIN_US..DELAY_MAX_US`.
-const DELAY_MIN_US: u64 = 20;
-const DELAY_MAX_US: u64 = 400;
+/// Most one-way delay of a piece on a healthy link, in milliseconds. Delays are whole
+/// milliseconds, the timer's resolution: then a run's timing does not depend on where within a
+/// millisecond the paused clock started.
+const DELAY_MAX_MS: u64 = 1;
 /// Pieces in a million that are delayed much longer (a retransmission, a busy switch).
 const SPIKE_PPM: u32 = 2_000;
 /// How long such a spike lasts at most, in milliseconds.
@@ -53,7 +55,19 @@ pub trait Acceptor: Send + Sync + 'static {
 struct Connection {
     from: Endpoint,
     to: SocketAddr,
-    reset: watch::Sender<bool>,
+    /// Set when the connection is reset; shared with its two relays.
+    reset: Arc<Signal<bool>>,
+}
+
+impl Connection {
+    fn reset(&self) {
+        self.reset.update(|r| *r = true);
+    }
+
+    /// Whether its relays still run and it was not reset.
+    fn is_open(&self) -> bool {
+        Arc::strong_count(&self.reset) > 1 && !self.reset.with(|&r| r)
+    }
 }
 
 struct NetState {
@@ -62,8 +76,6 @@ struct NetState {
     cuts: BTreeSet<(Endpoint, Endpoint)>,
     nodes: BTreeMap<SocketAddr, Arc<dyn Acceptor>>,
     connections: Vec<Connection>,
-    /// Bumped on every change of `cuts`, so held relays look again.
-    cuts_changed: watch::Sender<u64>,
     connections_opened: u64,
 }
 
@@ -71,20 +83,21 @@ struct NetState {
 #[derive(Clone)]
 pub struct SimNet {
     state: Arc<Mutex<NetState>>,
+    /// Counts changes of the cuts, so held relays look again.
+    cuts_changed: Arc<Signal<u64>>,
 }
 
 impl SimNet {
     pub fn new(seed: u64) -> SimNet {
-        let (cuts_changed, _) = watch::channel(0);
         SimNet {
             state: Arc::new(Mutex::new(NetState {
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 cuts: BTreeSet::new(),
                 nodes: BTreeMap::new(),
                 connections: Vec::new(),
-                cuts_changed,
                 connections_opened: 0,
             })),
+            cuts_changed: Arc::new(Signal::new(0)),
         }
     }
 
@@ -107,16 +120,14 @@ impl SimNet {
 
     /// Holds everything sent from `from` to `to` until [`SimNet::heal`] or [`SimNet::join`].
     pub fn cut(&self, from: Endpoint, to: Endpoint) {
-        let mut s = self.lock();
-        s.cuts.insert((from, to));
-        s.cuts_changed.send_modify(|g| *g += 1);
+        self.lock().cuts.insert((from, to));
+        self.cuts_changed.update(|g| *g += 1);
     }
 
     /// Restores the one-way link from `from` to `to`.
     pub fn join(&self, from: Endpoint, to: Endpoint) {
-        let mut s = self.lock();
-        s.cuts.remove(&(from, to));
-        s.cuts_changed.send_modify(|g| *g += 1);
+        self.lock().cuts.remove(&(from, to));
+        self.cuts_changed.update(|g| *g += 1);
     }
 
     /// Cuts `node` off from every other endpoint in both directions.
@@ -138,9 +149,8 @@ impl SimNet {
 
     /// Removes every cut.
     pub fn heal(&self) {
-        let mut s = self.lock();
-        s.cuts.clear();
-        s.cuts_changed.send_modify(|g| *g += 1);
+        self.lock().cuts.clear();
+        self.cuts_changed.update(|g| *g += 1);
     }
 
     /// Closes every connection to `node`, as a crash of its process does.
@@ -149,7 +159,7 @@ impl SimNet {
         s.connections.retain(|c| {
             let hit = c.to == node;
             if hit {
-                let _ = c.reset.send(true);
+                c.reset();
             }
             !hit
         });
@@ -158,15 +168,14 @@ impl SimNet {
     /// Closes one connection chosen at random, if there is one: a reset by a middlebox.
     pub fn reset_one(&self) -> Option<(Endpoint, SocketAddr)> {
         let mut s = self.lock();
-        s.connections
-            .retain(|c| !c.reset.is_closed() && !*c.reset.borrow());
+        s.connections.retain(Connection::is_open);
         if s.connections.is_empty() {
             return None;
         }
         let len = s.connections.len();
         let i = s.rng.random_range(0..len);
         let c = s.connections.swap_remove(i);
-        let _ = c.reset.send(true);
+        c.reset();
         Some((c.from, c.to))
     }
 
@@ -180,7 +189,7 @@ impl SimNet {
         if s.rng.random_ratio(SPIKE_PPM, 1_000_000) {
             Duration::from_millis(s.rng.random_range(1..=SPIKE_MAX_MS))
         } else {
-            Duration::from_micros(s.rng.random_range(DELAY_MIN_US..DELAY_MAX_US))
+            Duration::from_millis(s.rng.random_range(0..=DELAY_MAX_MS))
         }
     }
 
@@ -190,12 +199,7 @@ impl SimNet {
 
     /// Waits until the link from `from` to `to` is not cut.
     async fn wait_joined(&self, from: Endpoint, to: Endpoint) {
-        let mut changed = self.lock().cuts_changed.subscribe();
-        while self.is_cut(from, to) {
-            if changed.changed().await.is_err() {
-                return;
-            }
-        }
+        self.cuts_changed.wait_for(|_| !self.is_cut(from, to)).await;
     }
 
     async fn open(&self, from: Endpoint, to: SocketAddr) -> io::Result<DuplexStream> {
@@ -209,20 +213,24 @@ impl SimNet {
         let (client_app, client_net) = tokio::io::duplex(PIPE_BYTES);
         let (server_net, server_app) = tokio::io::duplex(PIPE_BYTES);
         acceptor.accept(from, server_app)?;
-        let (reset, reset_rx) = watch::channel(false);
+        let reset = Arc::new(Signal::new(false));
         {
             let mut s = self.lock();
             s.connections_opened += 1;
-            s.connections.push(Connection { from, to, reset });
+            s.connections.push(Connection {
+                from,
+                to,
+                reset: Arc::clone(&reset),
+            });
         }
         let (client_r, client_w) = tokio::io::split(client_net);
         let (server_r, server_w) = tokio::io::split(server_net);
         let to = Endpoint::Node(to);
         tokio::spawn(
             self.clone()
-                .relay(client_r, server_w, from, to, reset_rx.clone()),
+                .relay(client_r, server_w, from, to, Arc::clone(&reset)),
         );
-        tokio::spawn(self.clone().relay(server_r, client_w, to, from, reset_rx));
+        tokio::spawn(self.clone().relay(server_r, client_w, to, from, reset));
         Ok(client_app)
     }
 
@@ -234,7 +242,7 @@ impl SimNet {
         mut dst: tokio::io::WriteHalf<DuplexStream>,
         from: Endpoint,
         to: Endpoint,
-        mut reset: watch::Receiver<bool>,
+        reset: Arc<Signal<bool>>,
     ) {
         let mut buf = vec![0u8; RELAY_CHUNK_BYTES];
         let moving = async {
@@ -252,7 +260,7 @@ impl SimNet {
         };
         tokio::select! {
             biased;
-            _ = reset.wait_for(|r| *r) => {}
+            () = reset.wait_for(|&r| r) => {}
             () = moving => {}
         }
         let _ = dst.shutdown().await;

@@ -81,6 +81,16 @@ pub struct SimReport {
     pub faults: Vec<String>,
 }
 
+thread_local! {
+    /// When the run on this thread started, on its paused clock.
+    static STARTED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Simulated time since the run on this thread started (for log lines), if one runs.
+pub fn simulated_elapsed() -> Option<Duration> {
+    STARTED.get().map(|t| t.elapsed())
+}
+
 /// Runs `seed` on a fresh current-thread runtime with paused time.
 pub fn run_seed(seed: u64, options: &SimOptions) -> SimReport {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -113,6 +123,7 @@ impl Shared {
 }
 
 async fn run(seed: u64, options: SimOptions) -> SimReport {
+    STARTED.set(Some(Instant::now()));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let node_count = options.nodes.unwrap_or_else(|| rng.random_range(3..=9));
     assert!((3..=9).contains(&node_count), "3 to 9 nodes");

@@ -12,6 +12,20 @@ use std::time::Instant;
 use clap::Parser;
 use fabric::sim::{SimOptions, run_seed};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
+
+/// Log lines carry the simulated time of their run, so equal seeds give equal logs.
+struct SimulatedTime;
+
+impl FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        match fabric::sim::simulated_elapsed() {
+            Some(t) => write!(w, "{:>11.6}", t.as_secs_f64()),
+            None => write!(w, "{:>11}", "-"),
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,6 +60,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("FABRIC_LOG").unwrap_or_else(|_| EnvFilter::new("off")),
         )
         .with_writer(std::io::stderr)
+        .with_timer(SimulatedTime)
         .init();
     let args = Args::parse();
     if args.sim_seconds == 0 || args.threads == 0 {

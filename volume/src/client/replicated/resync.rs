@@ -149,7 +149,9 @@ impl ReplicatedVolume {
             }
             seen_ios = ios;
             paced_bytes += copied;
-            let due = Duration::from_secs_f64(paced_bytes as f64 / RESYNC_BYTES_PER_SEC_MAX as f64);
+            // Whole milliseconds: the timer's resolution, and what keeps a simulated run's
+            // timing independent of where the clock started within a millisecond.
+            let due = Duration::from_millis(paced_bytes * 1000 / RESYNC_BYTES_PER_SEC_MAX);
             if let Some(wait) = due.checked_sub(paced_since.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
