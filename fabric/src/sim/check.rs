@@ -48,6 +48,24 @@ impl History {
         self.now
     }
 
+    /// The writes of `block` so far, oldest first, for the report of a failure: `id by client
+    /// (started..acknowledged)`, with `-` for one never acknowledged.
+    pub fn describe(&self, block: u64) -> String {
+        let writes = self
+            .blocks
+            .get(&block)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let text: Vec<String> = writes
+            .iter()
+            .map(|w| {
+                let acked = w.acked.map_or("-".to_owned(), |a| a.to_string());
+                format!("{} by {} ({}..{acked})", w.id, w.client, w.started)
+            })
+            .collect();
+        text.join(", ")
+    }
+
     /// A write by `client` of `blocks` starts; returns its id and the data to write.
     pub fn start_write(&mut self, client: u32, first: u64, blocks: u64) -> (u64, u64, Bytes) {
         self.next_id += 1;

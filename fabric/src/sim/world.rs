@@ -649,8 +649,22 @@ async fn verify_after_heal(
                     Err(e) => format!("node {n}: {e}"),
                 })
                 .collect();
+            let writes = shared.history.lock().expect("history").describe(b);
+            let mut versions = Vec::new();
+            for node in &pgs[pg] {
+                let v = match by_id[node].server() {
+                    Some(s) => match s.volume(volume_id).await {
+                        Ok(Some(v)) => format!("{:?}", v.extent_versions(extent, 1)[0]),
+                        Ok(None) => "no volume".into(),
+                        Err(e) => e.to_string(),
+                    },
+                    None => "down".into(),
+                };
+                versions.push(format!("node {node}: {v}"));
+            }
+            let writes = format!("{writes}; extent {extent} versions {}", versions.join(", "));
             shared.fail(format!(
-                "after heal: the replicas of PG {pg} differ at block {b}: {}",
+                "after heal: the replicas of PG {pg} differ at block {b}: {}; its writes: {writes}",
                 summary.join(", ")
             ));
         }

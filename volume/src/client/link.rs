@@ -81,6 +81,7 @@ pub enum LinkError {
 }
 
 /// How one replica answered one request.
+#[derive(Clone, Debug)]
 pub(super) enum Outcome {
     Acked(Bytes),
     Fenced(u64),
@@ -135,6 +136,8 @@ impl Drop for AbortOnDrop {
 
 /// One TCP session. Dropping it stops its tasks and closes the socket.
 struct Session {
+    /// Which of the link's sessions this is: 1 for the first, counting up.
+    number: u64,
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
     _reader: AbortOnDrop,
@@ -152,6 +155,7 @@ pub struct Link {
     in_flight: Arc<Semaphore>,
     /// Set when a call timed out; cleared when a probe is answered.
     unresponsive: AtomicBool,
+    sessions_opened: AtomicU64,
 }
 
 impl Link {
@@ -171,6 +175,7 @@ impl Link {
             in_flight_max,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             unresponsive: AtomicBool::new(false),
+            sessions_opened: AtomicU64::new(0),
         }
     }
 
@@ -182,6 +187,13 @@ impl Link {
     /// link's timeout. A reply whose frame is broken closes the session and fails the call.
     /// Fails at once while the replica is unresponsive.
     pub async fn call(&self, req: Request) -> Result<Reply, LinkError> {
+        self.call_in_session(req).await.map(|(reply, _)| reply)
+    }
+
+    /// Like [`Link::call`], and also says which session carried the reply (see
+    /// [`Session`]'s number): a replica that answered in a new session may have restarted,
+    /// and lost what it had not made durable.
+    pub async fn call_in_session(&self, req: Request) -> Result<(Reply, u64), LinkError> {
         if self.unresponsive.load(Ordering::Acquire) {
             return Err(LinkError::Unresponsive(self.addr));
         }
@@ -191,14 +203,14 @@ impl Link {
     /// Like [`Link::call`], but also tries an unresponsive replica; an answer (of any status)
     /// makes it responsive again.
     pub async fn probe(&self, req: Request) -> Result<Reply, LinkError> {
-        let reply = self.send(req).await?;
+        let (reply, _) = self.send(req).await?;
         if self.unresponsive.swap(false, Ordering::AcqRel) {
             tracing::info!(addr = %self.addr, "replica answers again");
         }
         Ok(reply)
     }
 
-    async fn send(&self, mut req: Request) -> Result<Reply, LinkError> {
+    async fn send(&self, mut req: Request) -> Result<(Reply, u64), LinkError> {
         let timeout_ms = self.timeout.as_millis() as u64;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         req.header.request_id = id;
@@ -223,7 +235,8 @@ impl Link {
             {
                 return Err(LinkError::Closed(self.addr));
             }
-            rx.await.map_err(|_| LinkError::Closed(self.addr))
+            let reply = rx.await.map_err(|_| LinkError::Closed(self.addr))?;
+            Ok((reply, session.number))
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
@@ -266,7 +279,9 @@ impl Link {
         let addr = self.addr;
         let reader = tokio::spawn(read_replies(r, Arc::clone(&shared), addr));
         let writer = tokio::spawn(write_requests(w, rx, Arc::clone(&shared), addr));
+        let number = self.sessions_opened.fetch_add(1, Ordering::Relaxed) + 1;
         let session = Arc::new(Session {
+            number,
             tx,
             shared,
             _reader: AbortOnDrop(reader),

@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client::link::Link;
+use crate::client::link::{Link, Outcome, outcome};
 use crate::client::membership::{Action, Event, Membership, NotRemoved};
 use crate::client::{RemovalError, ReplicaFailure};
 use crate::volume::VolumeError;
-use crate::wire::{Op, Request, WriteVersion};
+use crate::wire::{EXTENT_SIZE_BYTES, Op, Request, WriteVersion};
 
 use super::Inner;
+use super::ledger::Ledger;
 
 /// How often a write waiting for its group looks again even without a wake-up (a map change
 /// or a resync that brings a replica back wakes it at once).
@@ -33,7 +34,12 @@ const WAIT_POLL_MS: u64 = 50;
 pub(super) struct Replica {
     pub(super) link: Arc<Link>,
     state: Mutex<Membership>,
+    pub(super) ledger: Mutex<Ledger>,
 }
+
+/// Why an acknowledgement does not count: see [`super::ledger`].
+const RESTARTED: &str =
+    "answered in a new session while it held unflushed writes: it may have restarted and lost them";
 
 /// The replicas of one group at one moment. Swapped whole when the PG map changes; an IO works
 /// on the snapshot it started with.
@@ -66,7 +72,57 @@ impl Replica {
         Replica {
             link,
             state: Mutex::new(Membership::listed(stale)),
+            ledger: Mutex::new(Ledger::default()),
         }
+    }
+
+    pub(super) fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("replica ledger")
+    }
+
+    /// Sends mutation `req` (a write, trim or zeroing) and keeps the ledger: a failure marks
+    /// its extents missed, and an acknowledgement in a new session, after writes that were
+    /// not flushed, counts as a failure.
+    pub(super) async fn mutation(&self, req: Request) -> Outcome {
+        let h = req.header;
+        let extents =
+            h.offset / EXTENT_SIZE_BYTES..(h.offset + u64::from(h.len)).div_ceil(EXTENT_SIZE_BYTES);
+        let answered = self.link.call_in_session(req).await;
+        let session = answered.as_ref().ok().map(|(_, s)| *s);
+        match outcome(answered.map(|(reply, _)| reply)) {
+            Outcome::Acked(payload) => match session {
+                Some(s) if self.ledger().acked(extents.clone(), s) => Outcome::Acked(payload),
+                _ => {
+                    self.ledger().failed(extents);
+                    Outcome::Failed(RESTARTED.to_owned())
+                }
+            },
+            Outcome::Fenced(current) => Outcome::Fenced(current),
+            failed => {
+                self.ledger().failed(extents);
+                failed
+            }
+        }
+    }
+
+    /// Sends read `req`; an answer in a new session, after writes that were not flushed,
+    /// counts as a failure (the replica may hold older data than it acknowledged).
+    pub(super) async fn read(&self, req: Request) -> Outcome {
+        let answered = self.link.call_in_session(req).await;
+        let session = answered.as_ref().ok().map(|(_, s)| *s);
+        match outcome(answered.map(|(reply, _)| reply)) {
+            Outcome::Acked(payload) => match session {
+                Some(s) if self.ledger().read(s) => Outcome::Acked(payload),
+                _ => Outcome::Failed(RESTARTED.to_owned()),
+            },
+            other => other,
+        }
+    }
+
+    /// Sends flush `req`: see [`flush_places`].
+    pub(super) async fn flush(self: &Arc<Self>, req: Request) -> Outcome {
+        let mut outcomes = flush_places(&self.link, std::slice::from_ref(self), req).await;
+        outcomes.pop().expect("one outcome per replica")
     }
 
     pub(super) fn addr(&self) -> SocketAddr {
@@ -96,6 +152,38 @@ impl Replica {
         let action = state.on_event(event);
         (action, *state != before)
     }
+}
+
+/// Sends flush `req` over `link`, for `replicas` (the replicas of several groups that are one
+/// server): the outcome for each, in order. A flush answered in a new session does not make
+/// durable what the replica acknowledged before it.
+pub(super) async fn flush_places(
+    link: &Link,
+    replicas: &[Arc<Replica>],
+    req: Request,
+) -> Vec<Outcome> {
+    let marks: Vec<_> = replicas.iter().map(|r| r.ledger().flush_sent()).collect();
+    let answered = link.call_in_session(req).await;
+    let session = answered.as_ref().ok().map(|(_, s)| *s);
+    let result = outcome(answered.map(|(reply, _)| reply));
+    replicas
+        .iter()
+        .zip(marks)
+        .map(|(r, mark)| match (&result, session) {
+            (Outcome::Acked(p), Some(s)) => {
+                if r.ledger().flushed(mark, s) {
+                    Outcome::Acked(p.clone())
+                } else {
+                    Outcome::Failed(RESTARTED.to_owned())
+                }
+            }
+            (Outcome::Fenced(c), _) => Outcome::Fenced(*c),
+            (other, _) => {
+                r.ledger().failed(0..0);
+                other.clone()
+            }
+        })
+        .collect()
 }
 
 impl Inner {

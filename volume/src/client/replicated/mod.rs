@@ -27,6 +27,7 @@ use super::membership::Event;
 use super::pool::ReplicaPool;
 use super::{AclObserver, ActingSets, ClientConfig, ClientConfigError, IO_SIZE_MAX_BYTES};
 
+mod ledger;
 mod members;
 mod mutate;
 mod read;
@@ -262,7 +263,12 @@ impl Inner {
         reply: Result<crate::wire::Reply, crate::client::LinkError>,
         from: SocketAddr,
     ) -> Result<Bytes, VolumeError> {
-        match outcome(reply) {
+        self.answered(outcome(reply), from)
+    }
+
+    /// [`Inner::answer`] for an outcome.
+    fn answered(&self, outcome: Outcome, from: SocketAddr) -> Result<Bytes, VolumeError> {
+        match outcome {
             Outcome::Acked(payload) => Ok(payload),
             Outcome::Fenced(current) => Err(VolumeError::Io(format!(
                 "{from}: fenced by attach epoch {current}"

@@ -10,13 +10,13 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::client::bounded::{PieceFuture, run_bounded};
-use crate::client::link::{Outcome, outcome};
+use crate::client::link::Outcome;
 use crate::client::split::{Piece, split};
 use crate::client::tally::{Tally, Verdict};
 use crate::volume::VolumeError;
 use crate::wire::{Op, Request, WriteVersion};
 
-use super::members::{Replica, Writable};
+use super::members::{Replica, Writable, flush_places};
 use super::{Inner, LOCK_BLOCK_BYTES};
 
 /// How one replica's part in a mutation ended, as the group's tally counts it.
@@ -46,7 +46,7 @@ impl Inner {
             .map(|(replica, counts)| {
                 let req = req.clone();
                 async move {
-                    let why = match outcome(replica.link.call(req).await) {
+                    let why = match replica.mutation(req).await {
                         Outcome::Fenced(current) => return Answer::Fenced(current),
                         Outcome::Acked(_) if counts => return Answer::Acked,
                         Outcome::Acked(_) => return Answer::Aside,
@@ -164,17 +164,22 @@ impl Inner {
                 let req = req.clone();
                 async move {
                     let link = Arc::clone(&places[0].1.link);
-                    let why = match outcome(link.call(req).await) {
-                        Outcome::Acked(_) => return Ok(()),
-                        Outcome::Fenced(current) => return Err(Some(current)),
-                        Outcome::Corrupt => "damaged flush reply".to_owned(),
-                        Outcome::Failed(why) => why,
-                    };
+                    let replicas: Vec<_> = places.iter().map(|(_, r)| Arc::clone(r)).collect();
+                    let outcomes = flush_places(&link, &replicas, req).await;
                     // A dead replica is in many groups: report it in each, then wait for the
                     // live ones' removals together.
-                    let live: Vec<_> = places.iter().filter(|(_, r)| r.is_live()).collect();
-                    for (g, r) in &places {
-                        inner.failed(*g, r, why.clone());
+                    let mut live = Vec::new();
+                    for ((g, r), answered) in places.iter().zip(outcomes) {
+                        let why = match answered {
+                            Outcome::Acked(_) => continue,
+                            Outcome::Fenced(current) => return Err(Some(current)),
+                            Outcome::Corrupt => "damaged flush reply".to_owned(),
+                            Outcome::Failed(why) => why,
+                        };
+                        if r.is_live() {
+                            live.push((*g, r));
+                        }
+                        inner.failed(*g, r, why);
                     }
                     let removals = live.iter().map(|(g, r)| inner.removed(*g, r));
                     let removed = futures::future::join_all(removals).await;

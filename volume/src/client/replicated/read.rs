@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::client::IO_SIZE_MAX_BYTES;
 use crate::client::bounded::{PieceFuture, run_bounded};
-use crate::client::link::{Outcome, outcome};
+use crate::client::link::Outcome;
 use crate::client::split::{Piece, split};
 use crate::volume::VolumeError;
 use crate::wire::{Op, Request, WriteVersion};
@@ -30,7 +30,7 @@ impl Inner {
                 continue;
             }
             let addr = replica.addr();
-            match outcome(replica.link.call(Request::new(header)).await) {
+            match replica.read(Request::new(header)).await {
                 Outcome::Acked(data) if data.len() == piece.len as usize => {
                     for bad in corrupt {
                         self.start_repair(bad, Arc::clone(replica), piece.offset, piece.len);

@@ -21,6 +21,7 @@
 //! metadata service restore the replica, and only then marks it live: the replica serves no
 //! read before it holds every acknowledged write.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,7 +118,9 @@ impl ReplicatedVolume {
         let mut paced_since = Instant::now();
         let mut paced_bytes = 0;
         let mut seen_ios = inner.foreground_ios.load(Ordering::Relaxed);
-        let differing = inner.differing(group, &t, &extents).await?;
+        // Extents the target may lack whatever its versions say (see `ledger`).
+        let mut missed = t.ledger().missed();
+        let differing = inner.differing(group, &t, &extents, &missed).await?;
         let total = differing.len() as u64 * EXTENT_SIZE_BYTES;
         tracing::debug!(volume = %inner.config.volume, group, replica = %target, extents = differing.len(), "resync: caught up with the writes in flight; copying");
         progress(0, total);
@@ -160,7 +163,7 @@ impl ReplicatedVolume {
         // What was copied is durable on the replica before it counts as a current copy. The
         // writes it got meanwhile need not be: a client's flush reaches it like any replica.
         let flush = inner.header(Op::Flush, 0, 0, 0, WriteVersion::NONE);
-        inner.answer(t.link.call(Request::new(flush)).await, target)?;
+        inner.answered(t.flush(Request::new(flush)).await, target)?;
 
         let _held = inner.group_locks[group].write().await;
         tracing::debug!(volume = %inner.config.volume, group, replica = %target, "resync: first pass flushed, the group's writes held");
@@ -169,15 +172,18 @@ impl ReplicatedVolume {
                 "{target} missed a write or flush while it caught up"
             )));
         }
-        let late = inner.differing(group, &t, &extents).await?;
+        let late_missed: BTreeSet<u64> = t.ledger().missed().difference(&missed).copied().collect();
+        let late = inner.differing(group, &t, &extents, &late_missed).await?;
+        missed.extend(late_missed);
         for &e in &late {
             report.bytes_copied += inner.copy_extent(group, &t, e).await?;
             report.extents_copied += 1;
         }
         if !late.is_empty() {
-            inner.answer(t.link.call(Request::new(flush)).await, target)?;
+            inner.answered(t.flush(Request::new(flush)).await, target)?;
         }
         restore.await.map_err(VolumeError::Io)?;
+        t.ledger().repaired(&missed);
         inner.event(group, &t, Event::Restored);
         if !t.is_live() {
             // A flush failed on it while the restore committed: it is being removed again.
@@ -233,12 +239,14 @@ impl Inner {
             .ok_or_else(|| VolumeError::Io(format!("group {group} has no live replica")))
     }
 
-    /// Extents among `extents` whose version on replica `t` differs from the source's.
+    /// Extents among `extents` whose version on replica `t` differs from the source's, or
+    /// that are in `missed`.
     async fn differing(
         &self,
         group: usize,
         t: &Replica,
         extents: &[u64],
+        missed: &BTreeSet<u64>,
     ) -> Result<Vec<u64>, VolumeError> {
         let s = self.source(group)?;
         let source = self.all_versions(&s).await?;
@@ -246,7 +254,7 @@ impl Inner {
         Ok(extents
             .iter()
             .copied()
-            .filter(|&e| source[e as usize] != target[e as usize])
+            .filter(|&e| source[e as usize] != target[e as usize] || missed.contains(&e))
             .collect())
     }
 
@@ -322,7 +330,7 @@ impl Inner {
         } else {
             Request::write_with_crc(self.header(Op::Write, offset, len, 0, version), data, crc)
         };
-        self.answer(target.call(write).await, target.addr())?;
+        self.answered(t.mutation(write).await, target.addr())?;
         Ok(u64::from(len))
     }
 }

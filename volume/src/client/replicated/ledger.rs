@@ -1,0 +1,167 @@
+//! [`Ledger`]: what one replica of a group may lack, as this client knows it.
+//!
+//! Extent versions tell resync which extents differ, but a version is the newest write of a
+//! whole extent: a replica that failed one write of an extent and took a later one of the same
+//! extent shows the same version as its peers while it lacks the first. And a replica that
+//! restarts after a power loss forgets the writes it had not made durable, though it
+//! acknowledged them. The client sees both, so it keeps, per replica:
+//!
+//! - the extents it acknowledged a mutation of since its last flush, and the session (of its
+//!   link) that carried them: an answer in another session means the replica may have
+//!   restarted, and those extents may be gone;
+//! - the extents it may lack: a mutation failed on it, or it may have lost unflushed ones.
+//!   Resync copies these whatever their versions say, and only then forgets them.
+//!
+//! Pure bookkeeping; [`super::members`] and the IO paths feed it.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+#[derive(Debug, Default)]
+pub(super) struct Ledger {
+    unflushed: BTreeSet<u64>,
+    /// The session that acknowledged `unflushed`.
+    session: Option<u64>,
+    missed: BTreeSet<u64>,
+}
+
+/// Taken when a flush is sent; what its acknowledgement makes durable.
+#[derive(Debug)]
+pub(super) struct FlushMark(BTreeSet<u64>);
+
+impl Ledger {
+    /// Whether the replica may have lost acknowledged writes because `session` is not the one
+    /// that carried them.
+    fn restarted(&self, session: u64) -> bool {
+        !self.unflushed.is_empty() && self.session.is_some_and(|s| s != session)
+    }
+
+    /// Moves every unflushed extent to the missed ones.
+    fn lose_unflushed(&mut self) {
+        self.missed.append(&mut self.unflushed);
+        self.session = None;
+    }
+
+    /// A mutation of `extents` was acknowledged in `session`. `false` if the replica may have
+    /// lost earlier ones (it answered in a new session): treat it as failed.
+    pub(super) fn acked(&mut self, extents: Range<u64>, session: u64) -> bool {
+        if self.restarted(session) {
+            self.lose_unflushed();
+            return false;
+        }
+        self.unflushed.extend(extents);
+        self.session = Some(session);
+        true
+    }
+
+    /// A mutation of `extents` failed, or its outcome is unknown.
+    pub(super) fn failed(&mut self, extents: Range<u64>) {
+        self.missed.extend(extents);
+        // The failure may be the replica going down, taking its unflushed writes along.
+        self.lose_unflushed();
+    }
+
+    /// A read was answered in `session`. `false` if the replica may have lost acknowledged
+    /// writes (see [`Ledger::acked`]): its answer may be older than them.
+    pub(super) fn read(&mut self, session: u64) -> bool {
+        if self.restarted(session) {
+            self.lose_unflushed();
+            return false;
+        }
+        true
+    }
+
+    /// Sent a flush: what it covers.
+    pub(super) fn flush_sent(&self) -> FlushMark {
+        FlushMark(self.unflushed.clone())
+    }
+
+    /// The flush marked `mark` was acknowledged in `session`. `false` if the replica may have
+    /// lost what the flush was to make durable.
+    pub(super) fn flushed(&mut self, mark: FlushMark, session: u64) -> bool {
+        if self.restarted(session) {
+            self.lose_unflushed();
+            return false;
+        }
+        for e in mark.0 {
+            self.unflushed.remove(&e);
+        }
+        if self.unflushed.is_empty() {
+            self.session = None;
+        }
+        true
+    }
+
+    /// The extents the replica may lack, for a resync to copy.
+    pub(super) fn missed(&self) -> BTreeSet<u64> {
+        self.missed.clone()
+    }
+
+    /// A resync copied `extents` (taken from [`Ledger::missed`]) to the replica.
+    pub(super) fn repaired(&mut self, extents: &BTreeSet<u64>) {
+        self.missed.retain(|e| !extents.contains(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(extents: &[u64]) -> BTreeSet<u64> {
+        extents.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_failed_write_is_missed_even_when_a_later_one_of_its_extent_succeeds() {
+        let mut l = Ledger::default();
+        l.failed(3..5);
+        assert!(l.acked(4..5, 1));
+        assert_eq!(l.missed(), set(&[3, 4]));
+        l.repaired(&set(&[3, 4]));
+        assert!(l.missed().is_empty());
+    }
+
+    #[test]
+    fn an_answer_in_a_new_session_loses_what_was_not_flushed() {
+        let mut l = Ledger::default();
+        assert!(l.acked(1..2, 1));
+        assert!(l.acked(7..8, 1));
+        assert!(!l.read(2), "the replica may have restarted");
+        assert_eq!(l.missed(), set(&[1, 7]));
+        // Nothing unflushed any more: a new session is no longer suspicious.
+        assert!(l.acked(2..3, 2));
+        assert!(l.read(2));
+    }
+
+    #[test]
+    fn a_flush_covers_only_what_was_acknowledged_before_it_was_sent() {
+        let mut l = Ledger::default();
+        assert!(l.acked(1..2, 1));
+        let mark = l.flush_sent();
+        assert!(l.acked(2..3, 1));
+        assert!(l.flushed(mark, 1));
+        // Extent 2 is still unflushed: a restart loses it.
+        assert!(!l.read(2));
+        assert_eq!(l.missed(), set(&[2]));
+    }
+
+    #[test]
+    fn a_flush_answered_in_a_new_session_does_not_count() {
+        let mut l = Ledger::default();
+        assert!(l.acked(5..6, 1));
+        let mark = l.flush_sent();
+        assert!(!l.flushed(mark, 2));
+        assert_eq!(l.missed(), set(&[5]));
+    }
+
+    #[test]
+    fn with_everything_flushed_a_new_session_is_harmless() {
+        let mut l = Ledger::default();
+        assert!(l.acked(5..6, 1));
+        let mark = l.flush_sent();
+        assert!(l.flushed(mark, 1));
+        assert!(l.read(9));
+        assert!(l.acked(6..7, 9));
+        assert!(l.missed().is_empty());
+    }
+}
