@@ -421,9 +421,22 @@ async fn a_flush_that_a_dead_replica_misses_removes_it_and_succeeds_on_the_rest(
     nodes[1].kill();
     vol.flush().await.unwrap();
     assert_eq!(recorder.failed_replicas(), vec![nodes[1].addr]);
+    vol.write(0, pattern(4096, 2), false).await.unwrap();
     nodes[2].kill();
-    let err = vol.flush().await.unwrap_err();
+    // Below min_replicas the flush still succeeds once the dead replica has left: the one
+    // left holds every acknowledged write. Writes are what a group below min refuses.
+    vol.flush().await.unwrap();
+    assert_eq!(
+        recorder.failed_replicas(),
+        vec![nodes[1].addr, nodes[2].addr]
+    );
+    let err = vol.write(0, pattern(4096, 3), false).await.unwrap_err();
     assert!(err.to_string().contains("min_replicas"), "{err}");
+    same(
+        &vol.read(0, 4096).await.unwrap(),
+        &pattern(4096, 2),
+        "the last acknowledged write",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,7 +237,9 @@ async fn run(seed: u64, options: SimOptions) -> SimReport {
     failures.extend(history.fenced_acks.iter().cloned());
     SimReport {
         seed,
-        failure: failures.into_iter().next(),
+        // The first few: a later one often explains the first.
+        failure: (!failures.is_empty())
+            .then(|| failures[..failures.len().min(3)].join("\n    then: ")),
         writes_checked,
         reads_checked: history.reads_checked,
         simulated,

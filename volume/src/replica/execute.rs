@@ -124,10 +124,8 @@ async fn run(vol: &ReplicaVolume, req: &Request) -> Result<(Bytes, Option<u32>),
             vol.local.write_zeroes(h.offset, len, flags).await?;
         }
         Op::Flush => {
-            // Versions taken before the data sync describe data the sync makes durable.
-            let pending = vol.versions.pending();
             vol.local.flush().await?;
-            vol.versions.persist(pending).await?;
+            vol.versions.sync().await?;
             return Ok((Bytes::new(), None));
         }
         Op::GetExtentVersions | Op::Ping => unreachable!("answered before admission"),
@@ -135,7 +133,10 @@ async fn run(vol: &ReplicaVolume, req: &Request) -> Result<(Bytes, Option<u32>),
     if len > 0 {
         let first = h.offset / EXTENT_SIZE_BYTES;
         let end = (h.offset + len).div_ceil(EXTENT_SIZE_BYTES);
-        vol.versions.record(first, end, h.version);
+        vol.versions.record(first, end, h.version).await?;
+        if fua {
+            vol.versions.sync().await?;
+        }
     }
     Ok((Bytes::new(), None))
 }

@@ -2,25 +2,26 @@
 //! volume on one replica, cached in memory and persisted in a sparse `versions` file of 16
 //! bytes per extent (see [`crate::wire::versions`] for the entry layout).
 //!
-//! Crash consistency. A version is what delta resync trusts to decide that an extent needs no
-//! copy, so a version on disk must never be ahead of the data it describes: after a power
-//! loss it would hide a write the replica lost, for ever. Unflushed data and an unflushed
-//! entry of the `versions` file may each survive a power loss without the other, so entries
-//! are written only when their data is known durable:
+//! Ordering and crash consistency. The checksum file is written *before* the data it describes
+//! because a checksum ahead of its data is harmless (the previous slot still vouches for the old
+//! contents). A version is the opposite: it is what delta resync trusts to decide that an extent
+//! needs no copy, so a version ahead of its data would hide a missed write forever. Versions are
+//! therefore written *after* the data, in the same request, before the reply:
 //!
-//! 1. a mutation raises its extents' versions in memory ([`VersionTable::record`]), after its
-//!    data was written and before its reply; replies to `GetExtentVersions` come from memory,
-//!    which is the truth while the process runs;
-//! 2. a FLUSH takes the extents raised so far ([`VersionTable::pending`]), syncs the store, and
-//!    only then writes those extents' entries and syncs the `versions` file
-//!    ([`VersionTable::persist`]).
+//! 1. the store writes the data (checksums first, as it always does);
+//! 2. the extent's version is raised to `max(current, request's version)` and written;
+//! 3. for FUA, the data is already durable, and the `versions` file is synced before the reply;
+//!    a FLUSH syncs the store first and the `versions` file second.
 //!
-//! After a kill or a power loss the file may therefore be *behind* the data (never ahead):
-//! resync then copies such extents again, which is wasteful but safe. A FUA write's data is
-//! durable at its reply; its version becomes durable with the next flush (writing it earlier
-//! could vouch for an older, unflushed write of the same extent).
+//! A process killed between 1 and 2 leaves newer data under an older version; resync then
+//! copies the extent again, which is wasteful but safe. Known limit: after a power loss (not a
+//! process kill), unflushed version entries and unflushed data may each survive without the
+//! other, like the store's checksums; acknowledged FUA writes and flushes are unaffected.
+//!
+//! Entries are written under one async mutex per volume, so two writes of the same extent
+//! cannot reorder their entries in the file behind the cache's back.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -40,21 +41,9 @@ pub struct VersionTable {
     file: Arc<dyn BlockFile>,
     extents: u64,
     /// Only extents ever written; absent means [`WriteVersion::NONE`].
-    cache: Mutex<Cache>,
-    /// Held while entries are written, so two flushes do not interleave their writes.
+    cache: Mutex<HashMap<u64, WriteVersion>>,
     persist: tokio::sync::Mutex<()>,
 }
-
-#[derive(Default)]
-struct Cache {
-    versions: HashMap<u64, WriteVersion>,
-    /// Extents whose version in memory is ahead of the file.
-    dirty: BTreeSet<u64>,
-}
-
-/// Versions taken by [`VersionTable::pending`], to be written once their data is durable.
-#[derive(Debug, Default)]
-pub struct Pending(Vec<(u64, WriteVersion)>);
 
 impl VersionTable {
     /// Number of extents of a volume of `size_bytes`.
@@ -76,7 +65,7 @@ impl VersionTable {
                 format!("versions file is {have} bytes, want {want}"),
             ));
         }
-        let mut versions = HashMap::new();
+        let mut cache = HashMap::new();
         let mut pos = 0;
         while pos < want {
             let Some(data) = file.seek_data(pos).await? else {
@@ -96,7 +85,7 @@ impl VersionTable {
                 })?;
                 for (i, v) in entries.into_iter().enumerate() {
                     if v != WriteVersion::NONE {
-                        versions.insert(at / ENTRY + i as u64, v);
+                        cache.insert(at / ENTRY + i as u64, v);
                     }
                 }
                 at += n;
@@ -107,10 +96,7 @@ impl VersionTable {
         Ok(VersionTable {
             file,
             extents,
-            cache: Mutex::new(Cache {
-                versions,
-                dirty: BTreeSet::new(),
-            }),
+            cache: Mutex::new(cache),
             persist: tokio::sync::Mutex::new(()),
         })
     }
@@ -124,78 +110,34 @@ impl VersionTable {
         assert!(first + count <= self.extents);
         let cache = self.cache.lock().expect("versions cache");
         (first..first + count)
-            .map(|e| {
-                cache
-                    .versions
-                    .get(&e)
-                    .copied()
-                    .unwrap_or(WriteVersion::NONE)
-            })
+            .map(|e| cache.get(&e).copied().unwrap_or(WriteVersion::NONE))
             .collect()
     }
 
-    /// Raises the version of extents `first..end` to at least `version`, in memory. Call only
-    /// after the data the version describes was written.
-    pub fn record(&self, first: u64, end: u64, version: WriteVersion) {
+    /// Raises the version of extents `first..end` to at least `version` and writes them.
+    /// Call only after the data the version describes was written.
+    pub async fn record(&self, first: u64, end: u64, version: WriteVersion) -> io::Result<()> {
         assert!(first < end && end <= self.extents, "extents {first}..{end}");
         assert_ne!(version, WriteVersion::NONE, "a write carries a version");
-        let mut cache = self.cache.lock().expect("versions cache");
-        for e in first..end {
-            let v = cache.versions.entry(e).or_insert(WriteVersion::NONE);
-            *v = (*v).max(version);
-            cache.dirty.insert(e);
-        }
-    }
-
-    /// The versions recorded so far and not yet in the file. Take them *before* syncing the
-    /// data they describe, then [`VersionTable::persist`] them.
-    pub fn pending(&self) -> Pending {
-        let cache = self.cache.lock().expect("versions cache");
-        Pending(
-            cache
-                .dirty
-                .iter()
-                .map(|&e| (e, cache.versions[&e]))
-                .collect(),
-        )
-    }
-
-    /// Writes `pending`'s entries and makes them durable. Call once the data they describe
-    /// is durable. An extent raised again meanwhile stays pending for the next flush.
-    pub async fn persist(&self, pending: Pending) -> io::Result<()> {
-        if pending.0.is_empty() {
-            return Ok(());
-        }
         let _persist = self.persist.lock().await;
-        // One write per run of consecutive extents.
-        let mut runs: Vec<(u64, BytesMut)> = Vec::new();
-        for &(e, v) in &pending.0 {
-            match runs.last_mut() {
-                Some((first, bytes)) if *first + (bytes.len() as u64) / ENTRY == e => {
-                    bytes.put_u64_le(v.epoch);
-                    bytes.put_u64_le(v.seq);
-                }
-                _ => {
-                    let mut bytes = BytesMut::with_capacity(ENTRY as usize);
-                    bytes.put_u64_le(v.epoch);
-                    bytes.put_u64_le(v.seq);
-                    runs.push((e, bytes));
-                }
+        let mut bytes = BytesMut::with_capacity(((end - first) * ENTRY) as usize);
+        {
+            let mut cache = self.cache.lock().expect("versions cache");
+            for e in first..end {
+                let v = cache.entry(e).or_insert(WriteVersion::NONE);
+                *v = (*v).max(version);
+                bytes.put_u64_le(v.epoch);
+                bytes.put_u64_le(v.seq);
             }
         }
-        for (first, bytes) in runs {
-            self.file
-                .write_at(first * ENTRY, bytes.freeze(), false)
-                .await?;
-        }
-        self.file.sync_data().await?;
-        let mut cache = self.cache.lock().expect("versions cache");
-        for (e, v) in pending.0 {
-            if cache.versions.get(&e) == Some(&v) {
-                cache.dirty.remove(&e);
-            }
-        }
-        Ok(())
+        self.file
+            .write_at(first * ENTRY, bytes.freeze(), false)
+            .await
+    }
+
+    /// Makes every recorded version durable.
+    pub async fn sync(&self) -> io::Result<()> {
+        self.file.sync_data().await
     }
 }
 
@@ -220,11 +162,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let table = open(dir.path()).await;
         let v = |epoch, seq| WriteVersion { epoch, seq };
-        table.record(3, 5, v(1, 5));
+        table.record(3, 5, v(1, 5)).await.unwrap();
         // A write that completed later but was numbered earlier does not move it back.
-        table.record(4, 5, v(1, 3));
-        table.record(1000, 1001, v(2, 1));
-        table.persist(table.pending()).await.unwrap();
+        table.record(4, 5, v(1, 3)).await.unwrap();
+        table.record(1000, 1001, v(2, 1)).await.unwrap();
+        table.sync().await.unwrap();
         assert_eq!(table.get(3, 2), vec![v(1, 5), v(1, 5)]);
         drop(table);
 
@@ -232,28 +174,5 @@ mod tests {
         assert_eq!(again.get(2, 3), vec![WriteVersion::NONE, v(1, 5), v(1, 5)]);
         assert_eq!(again.get(1000, 1), vec![v(2, 1)]);
         assert_eq!(again.get(999, 1), vec![WriteVersion::NONE]);
-    }
-
-    #[tokio::test]
-    async fn a_version_reaches_the_file_only_through_a_persist() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = |epoch, seq| WriteVersion { epoch, seq };
-        let table = open(dir.path()).await;
-        table.record(7, 8, v(1, 1));
-        let pending = table.pending();
-        table.persist(pending).await.unwrap();
-        table.record(7, 9, v(1, 2));
-        // Taken before the data is synced, then raised again: that raise stays pending.
-        let pending = table.pending();
-        table.record(8, 9, v(1, 3));
-        table.persist(pending).await.unwrap();
-        assert_eq!(table.get(7, 2), vec![v(1, 2), v(1, 3)]);
-        table.record(9, 10, v(1, 4));
-        drop(table);
-
-        // As after a crash: what was never persisted is not in the file.
-        let again = open(dir.path()).await;
-        assert_eq!(again.get(7, 3), vec![v(1, 2), v(1, 2), WriteVersion::NONE]);
-        assert!(again.pending().0.is_empty());
     }
 }

@@ -266,7 +266,7 @@ impl Inner {
         let mut first = 0;
         while first < total {
             let count = (total - first).min(u64::from(VERSIONS_PER_REQUEST_MAX)) as u32;
-            out.extend(self.versions(link, first, count, Reach::Responsive).await?);
+            out.extend(self.versions(link, first, count, Reach::Probe).await?);
             first += u64::from(count);
         }
         Ok(out)
