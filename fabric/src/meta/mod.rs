@@ -32,6 +32,8 @@ pub mod state;
 #[cfg(test)]
 mod state_placement_test;
 #[cfg(test)]
+mod state_prop_test;
+#[cfg(test)]
 mod state_sim_test;
 pub mod store;
 pub mod types;

@@ -208,20 +208,17 @@ impl ClusterState {
             },
         };
         let old = self.nodes.insert(r.id, record.clone());
-        let evolved = match self.topology.evolve(&self.nodes) {
-            Ok(t) => t,
-            Err(e) => {
-                // Refused: leave the state as it was.
-                match old {
-                    Some(old) => self.nodes.insert(r.id, old),
-                    None => self.nodes.remove(&r.id),
-                };
-                return Err(e);
-            }
+        let moved = match self.topology.evolve(&self.nodes) {
+            Ok(evolved) => self.follow_topology(evolved),
+            Err(e) => Err(e),
         };
-        if let Some(topology) = evolved {
-            self.topology = topology;
-            self.remap_pools();
+        if let Err(e) = moved {
+            // Refused: leave the state as it was.
+            match old {
+                Some(old) => self.nodes.insert(r.id, old),
+                None => self.nodes.remove(&r.id),
+            };
+            return Err(e);
         }
         Ok(Applied::Node(record))
     }
@@ -239,18 +236,15 @@ impl ClusterState {
         let old = record.participation;
         record.participation = participation;
         let record = record.clone();
-        match self.topology.evolve(&self.nodes) {
-            Ok(Some(topology)) => {
-                self.topology = topology;
-                self.remap_pools();
+        let moved = match self.topology.evolve(&self.nodes) {
+            Ok(evolved) => self.follow_topology(evolved),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = moved {
+            if let Some(r) = self.nodes.get_mut(&node) {
+                r.participation = old;
             }
-            Ok(None) => {}
-            Err(e) => {
-                if let Some(r) = self.nodes.get_mut(&node) {
-                    r.participation = old;
-                }
-                return Err(e);
-            }
+            return Err(e);
         }
         Ok(Applied::Node(record))
     }
@@ -265,15 +259,56 @@ impl ClusterState {
         Ok(Applied::Node(record.clone()))
     }
 
-    /// Recomputes every pool's map after the topology changed; a pool whose map changes gets a
-    /// new epoch. A pool the new topology cannot satisfy keeps its last map.
-    fn remap_pools(&mut self) {
-        for pool in self.pools.values_mut() {
+    /// Moves to `evolved` (if the topology changed) and remaps the pools, or refuses and
+    /// changes nothing if a new PG map would leave some volume's PG without a current replica.
+    fn follow_topology(&mut self, evolved: Option<Topology>) -> Result<(), CommandError> {
+        let Some(topology) = evolved else {
+            return Ok(());
+        };
+        let maps = self.pool_maps(&topology)?;
+        self.topology = topology;
+        self.remap_pools(maps);
+        Ok(())
+    }
+
+    /// The new map of every pool `topology` can satisfy (a pool it cannot keeps its last map).
+    /// Refused if a PG of a volume would hold none of the volume's current replicas: the
+    /// replicas that arrive hold none of its data yet, so such a move would leave the PG with
+    /// no copy to serve or rebuild from. The change can go through once the PG's stale
+    /// replicas are restored (and never, in a pool of one replica, for a PG that would move).
+    fn pool_maps(&self, topology: &Topology) -> Result<Vec<Option<PgMap>>, CommandError> {
+        let mut maps = Vec::with_capacity(self.pools.len());
+        for pool in self.pools.values() {
             let spec = &pool.spec;
-            if let Ok(map) = self
-                .topology
-                .pg_map(pool.id, &spec.name, &spec.rule, spec.pg_count)
-            {
+            let Ok(map) = topology.pg_map(pool.id, &spec.name, &spec.rule, spec.pg_count) else {
+                maps.push(None);
+                continue;
+            };
+            for v in self.volumes.values().filter(|v| v.spec.pool == spec.name) {
+                for (pg, (before, after)) in pool.map.pgs.iter().zip(&map.pgs).enumerate() {
+                    let current = v.acting(pg as u32, before);
+                    // A PG that stays put is left alone, whatever it holds.
+                    if before != after && !after.iter().any(|n| current.contains(n)) {
+                        return Err(CommandError::FailedPrecondition(format!(
+                            "volume {}: PG {pg} of pool {} would move from {before:?} to {after:?}, \
+                             leaving none of its current replicas {current:?}",
+                            v.spec.name, spec.name
+                        )));
+                    }
+                }
+            }
+            maps.push(Some(map));
+        }
+        Ok(maps)
+    }
+
+    /// Puts in place the pools' new maps (in pool order, as [`Self::pool_maps`] gives them);
+    /// a pool whose map changes gets a new epoch.
+    fn remap_pools(&mut self, maps: Vec<Option<PgMap>>) {
+        assert_eq!(maps.len(), self.pools.len());
+        for (pool, map) in self.pools.values_mut().zip(maps) {
+            let spec = &pool.spec;
+            if let Some(map) = map {
                 let moved = map.disks != pool.map.disks;
                 // A replica that stays in its PG stays stale until restored; one that moved
                 // away takes its staleness with it; one that arrives holds none of the data yet,
