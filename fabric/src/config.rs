@@ -3,7 +3,7 @@
 //! Command-line flags arrive as strings ([`DevArgs`]); [`DevConfig::try_from`] checks every
 //! field once, so the rest of the daemon works with values that are known to be valid.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -108,6 +108,83 @@ impl TryFrom<DevArgs> for DevConfig {
     }
 }
 
+/// A listening socket of a node: where it binds, and what others dial to reach it.
+///
+/// The address a node registers in the cluster metadata (for other members, gateways and
+/// tools to dial) is the advertised one. By default that is the bound address; a wildcard bind
+/// (`0.0.0.0`, `::`) names no address anyone can dial, so it needs an explicit advertise
+/// address. An advertised port of 0 stands for the port actually bound, so a node can bind
+/// port 0 on every interface and advertise one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub bind: SocketAddr,
+    advertise: Option<SocketAddr>,
+}
+
+impl Endpoint {
+    /// Validates a bind address given with `bind_flag` and an advertise address given with
+    /// `advertise_flag` (flag names are for the error messages).
+    pub fn parse(
+        bind_flag: &str,
+        bind: &str,
+        advertise_flag: &str,
+        advertise: Option<&str>,
+    ) -> anyhow::Result<Endpoint> {
+        let bind_addr: SocketAddr = bind
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{bind_flag} {bind:?}: {e} (want IP:PORT)"))?;
+        let advertise = match advertise {
+            None => None,
+            Some(a) => {
+                let addr: SocketAddr = a.parse().map_err(|e| {
+                    anyhow::anyhow!(
+                        "{advertise_flag} {a:?}: {e} (want IP:PORT, port 0 for the bound port)"
+                    )
+                })?;
+                if addr.ip().is_unspecified() {
+                    anyhow::bail!(
+                        "{advertise_flag} {a:?}: a wildcard address cannot be dialed; give the address other nodes reach this one at"
+                    );
+                }
+                Some(addr)
+            }
+        };
+        if bind_addr.ip().is_unspecified() && advertise.is_none() {
+            anyhow::bail!(
+                "{bind_flag} {bind:?} binds every interface, which other nodes cannot dial: give {advertise_flag} IP:PORT, the address they reach this node at"
+            );
+        }
+        Ok(Endpoint {
+            bind: bind_addr,
+            advertise,
+        })
+    }
+
+    /// What others dial, once the socket is bound to `bound`.
+    pub fn advertised(&self, bound: SocketAddr) -> SocketAddr {
+        match self.advertise {
+            None => bound,
+            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
+            Some(a) => a,
+        }
+    }
+}
+
+/// An address the node itself can dial to reach its socket bound to `bound`: the bound
+/// address, with a wildcard IP replaced by loopback (an advertised address may be one that
+/// only other hosts can reach, such as a NAT's).
+pub fn local_dial(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), bound.port())
+        }
+        _ => bound,
+    }
+}
+
 /// Parses `NAME:SIZE`.
 pub fn parse_volume(s: &str) -> anyhow::Result<VolumeSpec> {
     let (name, size) = s
@@ -141,6 +218,75 @@ mod tests {
             "vol0", "vol0:", ":1GiB", "a/b:1GiB", "a:0", "a:1000", "a:lots",
         ] {
             assert!(parse_volume(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_bind_needs_an_advertise_address() {
+        for bind in ["0.0.0.0:7000", "[::]:7000"] {
+            let e = Endpoint::parse("--listen", bind, "--advertise-rpc", None).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains("--advertise-rpc"), "{msg}");
+            assert!(msg.contains("binds every interface"), "{msg}");
+        }
+        let ep = Endpoint::parse(
+            "--listen",
+            "0.0.0.0:7000",
+            "--advertise-rpc",
+            Some("10.1.2.3:7000"),
+        )
+        .unwrap();
+        let bound: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        assert_eq!(ep.advertised(bound), "10.1.2.3:7000".parse().unwrap());
+        assert_eq!(local_dial(bound), "127.0.0.1:7000".parse().unwrap());
+        let v6: SocketAddr = "[::]:7000".parse().unwrap();
+        assert_eq!(local_dial(v6), "[::1]:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn the_advertised_address_defaults_to_the_bound_one_and_port_0_follows_the_bind() {
+        let ep = Endpoint::parse("--data-addr", "127.0.0.1:0", "--advertise-data", None).unwrap();
+        let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        assert_eq!(ep.advertised(bound), bound, "the bound port, not 0");
+        assert_eq!(local_dial(bound), bound);
+        let ep = Endpoint::parse(
+            "--data-addr",
+            "0.0.0.0:0",
+            "--advertise-data",
+            Some("10.1.2.3:0"),
+        )
+        .unwrap();
+        assert_eq!(
+            ep.advertised("0.0.0.0:41234".parse().unwrap()),
+            "10.1.2.3:41234".parse().unwrap()
+        );
+        // An explicit port is kept as given (a forwarded port, say).
+        let ep = Endpoint::parse(
+            "--data-addr",
+            "0.0.0.0:0",
+            "--advertise-data",
+            Some("10.1.2.3:9000"),
+        )
+        .unwrap();
+        assert_eq!(
+            ep.advertised("0.0.0.0:41234".parse().unwrap()),
+            "10.1.2.3:9000".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_bind_and_advertise_addresses_are_refused() {
+        for (bind, advertise, reason) in [
+            ("localhost:7000", None, "want IP:PORT"),
+            ("127.0.0.1:7000", Some("somewhere"), "want IP:PORT"),
+            ("0.0.0.0:7000", Some("0.0.0.0:7000"), "cannot be dialed"),
+            ("0.0.0.0:7000", Some("[::]:7000"), "cannot be dialed"),
+        ] {
+            let e = Endpoint::parse("--listen", bind, "--advertise-rpc", advertise).unwrap_err();
+            assert!(
+                format!("{e:#}").contains(reason),
+                "{bind} {advertise:?}: {e:#}"
+            );
         }
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::config::{Endpoint, local_dial};
 use crate::meta::client::{NODE_FILE, NodeFile};
 use crate::meta::model::{DiskInfo, Location};
 use crate::meta::pgmap::{DISK_BYTES_MAX, DISK_BYTES_MIN};
@@ -36,9 +37,17 @@ pub struct NodeArgs {
     /// gRPC listen address (Raft transport and metadata API), IP:PORT.
     #[arg(long)]
     pub listen: Option<String>,
-    /// Address of the node's data path, as advertised to drivers.
+    /// The gRPC address other members, gateways and tools dial, IP:PORT (default: the
+    /// --listen address; required when that is a wildcard; port 0 means the bound port).
+    #[arg(long)]
+    pub advertise_rpc: Option<String>,
+    /// Listen address of the node's data path (the replica server), IP:PORT.
     #[arg(long)]
     pub data_addr: Option<String>,
+    /// The data path address drivers dial, IP:PORT (default: the --data-addr address;
+    /// required when that is a wildcard; port 0 means the bound port).
+    #[arg(long)]
+    pub advertise_data: Option<String>,
     /// Location in the fault-domain hierarchy, widest first: `row=r1,rack=r2,host=h3`.
     #[arg(long)]
     pub location: Option<String>,
@@ -81,7 +90,9 @@ pub struct NodeToml {
     pub id: Option<u64>,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    pub advertise_rpc: Option<String>,
     pub data_addr: Option<String>,
+    pub advertise_data: Option<String>,
     pub location: Option<String>,
     pub bootstrap: Option<bool>,
     pub peers: Option<String>,
@@ -103,7 +114,9 @@ impl TryFrom<NodeArgs> for MemberConfig {
             id,
             data_dir,
             listen,
+            advertise_rpc,
             data_addr,
+            advertise_data,
             location,
             bootstrap,
             peers,
@@ -128,7 +141,9 @@ impl TryFrom<NodeArgs> for MemberConfig {
             id: f_id,
             data_dir: f_data_dir,
             listen: f_listen,
+            advertise_rpc: f_advertise_rpc,
             data_addr: f_data_addr,
+            advertise_data: f_advertise_data,
             location: f_location,
             bootstrap: f_bootstrap,
             peers: f_peers,
@@ -146,10 +161,26 @@ impl TryFrom<NodeArgs> for MemberConfig {
             bail!("--id must not be zero");
         }
         let data_dir = data_dir.or(f_data_dir).context("--data-dir is required")?;
-        let listen_s = listen.or(f_listen).context("--listen is required")?;
-        let listen: SocketAddr = listen_s
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--listen {listen_s:?}: {e} (want IP:PORT)"))?;
+        let listen = listen.or(f_listen).context("--listen is required")?;
+        let rpc = Endpoint::parse(
+            "--listen",
+            &listen,
+            "--advertise-rpc",
+            advertise_rpc.or(f_advertise_rpc).as_deref(),
+        )?;
+        let advertise_data = advertise_data.or(f_advertise_data);
+        let data = match data_addr.or(f_data_addr).filter(|a| !a.is_empty()) {
+            Some(bind) => Some(Endpoint::parse(
+                "--data-addr",
+                &bind,
+                "--advertise-data",
+                advertise_data.as_deref(),
+            )?),
+            None if advertise_data.is_some() => {
+                bail!("--advertise-data is given without --data-addr")
+            }
+            None => None,
+        };
         let location = parse_location(&location.or(f_location).unwrap_or_default())?;
         let bootstrap = bootstrap || f_bootstrap.unwrap_or(false);
         let peers = peers.or(f_peers);
@@ -213,8 +244,8 @@ impl TryFrom<NodeArgs> for MemberConfig {
         Ok(MemberConfig {
             id,
             data_dir,
-            listen,
-            data_addr: data_addr.or(f_data_addr).unwrap_or_default(),
+            rpc,
+            data,
             location,
             disks,
             formation,
@@ -297,22 +328,40 @@ pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
     let _lock = lock_dir(&cfg.data_dir)?;
     let id = cfg.id;
     let dir = cfg.data_dir.clone();
-    let data_addr = cfg.data_addr.clone();
-    let running = crate::meta::server::start(cfg)
+    // The data socket is bound before the member registers the node, so that the address it
+    // registers carries the port actually bound.
+    let data = match cfg.data {
+        Some(endpoint) => {
+            let listener = tokio::net::TcpListener::bind(endpoint.bind)
+                .await
+                .with_context(|| format!("listen for replica traffic on {}", endpoint.bind))?;
+            let advertised =
+                endpoint.advertised(listener.local_addr().context("local data address")?);
+            Some((listener, advertised))
+        }
+        None => None,
+    };
+    let data_addr = data.as_ref().map_or(String::new(), |(_, a)| a.to_string());
+    let running = crate::meta::server::start(cfg, data_addr)
         .await
         .context("start metadata member")?;
-    let storage = if data_addr.is_empty() {
-        None
-    } else {
-        let storage =
-            crate::storage::Storage::start(&dir.join("store"), &data_addr, id, running.addr)
-                .await
-                .context("start the replica server")?;
-        println!(
-            "fabricd node {id} serving replicas at {}",
-            storage.data_addr
-        );
-        Some(storage)
+    let storage = match data {
+        None => None,
+        Some((listener, advertised)) => {
+            let storage = crate::storage::Storage::start(
+                &dir.join("store"),
+                listener,
+                id,
+                local_dial(running.bound),
+            )
+            .await
+            .context("start the replica server")?;
+            println!(
+                "fabricd node {id} serving replicas at {} (advertised as {advertised})",
+                storage.data_addr
+            );
+            Some(storage)
+        }
     };
     write_node_file(
         &dir,
@@ -323,7 +372,10 @@ pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
         },
     )
     .context("write node.json")?;
-    println!("fabricd node {id} serving metadata at {}", running.addr);
+    println!(
+        "fabricd node {id} serving metadata at {} (advertised as {})",
+        running.bound, running.addr
+    );
     stop.wait().await;
     tracing::info!(id, "stopping");
     if let Some(storage) = storage {
@@ -378,5 +430,59 @@ mod tests {
         ] {
             assert!(parse_peers(bad).is_err(), "{bad}");
         }
+    }
+
+    fn args(listen: &str) -> NodeArgs {
+        NodeArgs {
+            id: Some(1),
+            data_dir: Some(PathBuf::from("node-1")),
+            listen: Some(listen.into()),
+            disk_capacity: Some("1TiB".into()),
+            ..NodeArgs::default()
+        }
+    }
+
+    #[test]
+    fn a_wildcard_listen_or_data_addr_without_advertise_is_refused() {
+        let e = MemberConfig::try_from(args("0.0.0.0:7000")).unwrap_err();
+        assert!(format!("{e:#}").contains("give --advertise-rpc"), "{e:#}");
+        let e = MemberConfig::try_from(NodeArgs {
+            data_addr: Some("[::]:7100".into()),
+            ..args("127.0.0.1:7000")
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("give --advertise-data"), "{e:#}");
+        let e = MemberConfig::try_from(NodeArgs {
+            advertise_data: Some("10.0.0.1:7100".into()),
+            ..args("127.0.0.1:7000")
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("without --data-addr"), "{e:#}");
+    }
+
+    #[test]
+    fn advertise_addresses_are_taken_from_flags_and_default_to_the_binds() {
+        let cfg = MemberConfig::try_from(NodeArgs {
+            advertise_rpc: Some("10.0.0.1:7000".into()),
+            data_addr: Some("0.0.0.0:0".into()),
+            advertise_data: Some("10.0.0.1:0".into()),
+            ..args("0.0.0.0:7000")
+        })
+        .unwrap();
+        assert_eq!(cfg.rpc.bind, "0.0.0.0:7000".parse().unwrap());
+        let bound = "0.0.0.0:7000".parse().unwrap();
+        assert_eq!(cfg.rpc.advertised(bound), "10.0.0.1:7000".parse().unwrap());
+        let data = cfg.data.expect("a data endpoint");
+        assert_eq!(
+            data.advertised("0.0.0.0:40001".parse().unwrap()),
+            "10.0.0.1:40001".parse().unwrap()
+        );
+        let cfg = MemberConfig::try_from(args("127.0.0.1:7000")).unwrap();
+        assert_eq!(
+            cfg.rpc.advertised(bound),
+            bound,
+            "default: the bound address"
+        );
+        assert!(cfg.data.is_none(), "no data path without --data-addr");
     }
 }

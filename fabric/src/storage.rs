@@ -34,12 +34,12 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens the store in `dir`, listens on `data_addr` and starts node `node`'s agents: one
-    /// creates the cluster's volumes (asking the metadata service at `rpc_addr`), the other
-    /// heals idle volumes while this node's member leads ([`crate::rebuild_agent`]).
+    /// Opens the store in `dir`, serves replica traffic on `listener` and starts node `node`'s
+    /// agents: one creates the cluster's volumes (asking the metadata service at `rpc_addr`),
+    /// the other heals idle volumes while this node's member leads ([`crate::rebuild_agent`]).
     pub async fn start(
         dir: &Path,
-        data_addr: &str,
+        listener: tokio::net::TcpListener,
         node: u64,
         rpc_addr: SocketAddr,
     ) -> anyhow::Result<Storage> {
@@ -48,9 +48,6 @@ impl Storage {
             .await
             .context("open the replica store")?;
         let server = ReplicaServer::new(Arc::new(store), ReplicaConfig::default());
-        let listener = tokio::net::TcpListener::bind(data_addr)
-            .await
-            .with_context(|| format!("listen for replica traffic on {data_addr}"))?;
         let data_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();

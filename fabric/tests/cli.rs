@@ -40,3 +40,30 @@ fn bad_flags_are_refused_with_a_reason() {
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_node_binding_a_wildcard_without_an_advertise_address_is_refused() {
+    for (args, reason) in [
+        (vec!["--listen", "0.0.0.0:0"], "give --advertise-rpc"),
+        (
+            vec!["--listen", "127.0.0.1:0", "--data-addr", "0.0.0.0:0"],
+            "give --advertise-data",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = fabricd()
+            .args(["node", "--id", "1", "--disk-capacity", "1TiB"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("binds every interface"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -37,7 +37,7 @@ enum Command {
     Dev(DevArgs),
     /// Run one node: a metadata member (Raft over gRPC) and, with --data-addr, a replica
     /// server; from a TOML file and/or flags.
-    Node(fabric::node::NodeArgs),
+    Node(Box<fabric::node::NodeArgs>),
     /// Run the volume driver: attach volumes and serve them over NBD from their replicas.
     Gateway(fabric::gateway::GatewayArgs),
 }
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Node(args) => run_node(args, cli.worker_threads),
+        Command::Node(args) => run_node(*args, cli.worker_threads),
         Command::Gateway(args) => {
             match runtime(cli.worker_threads).block_on(fabric::gateway::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@ use super::net::client::{NetworkFactory, PeerChannels};
 use super::net::server::RaftTransport;
 use super::service::MetadataService;
 use super::types::{MemberNode, Raft};
+use crate::config::Endpoint;
 
 /// How often a member retries registering itself until it succeeds.
 pub const REGISTER_RETRY_MS: u64 = 500;
@@ -72,8 +73,10 @@ pub struct MemberConfig {
     pub id: u64,
     /// The member's own directory.
     pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub data_addr: String,
+    /// The gRPC socket (Raft transport and metadata API).
+    pub rpc: Endpoint,
+    /// The replica server's socket, if the node stores data.
+    pub data: Option<Endpoint>,
     pub location: Location,
     pub disks: Vec<DiskInfo>,
     pub formation: Formation,
@@ -104,14 +107,18 @@ pub enum StartError {
 /// A member that is running; [`RunningMember::stop`] shuts it down.
 pub struct RunningMember {
     pub member: Arc<Member>,
+    /// The address other members and clients dial (registered in the group).
     pub addr: SocketAddr,
+    /// The address the gRPC listener is bound to.
+    pub bound: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
 }
 
-/// Starts a member and returns once it serves gRPC.
-pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
+/// Starts a member and returns once it serves gRPC. `data_addr` is the replica server's
+/// advertised address, registered for drivers (empty if the node stores no data).
+pub async fn start(cfg: MemberConfig, data_addr: String) -> Result<RunningMember, StartError> {
     let meta_dir = cfg.data_dir.join("meta");
     let (log, sm) = super::store::open(&meta_dir)
         .await
@@ -146,16 +153,17 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     let raft = Raft::new(cfg.id, Arc::new(config), network, log, sm.clone())
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
+    let listener = tokio::net::TcpListener::bind(cfg.rpc.bind)
         .await
         .map_err(|source| StartError::Bind {
-            addr: cfg.listen,
+            addr: cfg.rpc.bind,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: cfg.listen,
+    let bound = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.rpc.bind,
         source,
     })?;
+    let addr = cfg.rpc.advertised(bound);
     let member = Arc::new(Member {
         id: cfg.id,
         rpc_addr: addr.to_string(),
@@ -190,7 +198,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     let registration = NodeRegistration {
         id: cfg.id,
         rpc_addr: addr.to_string(),
-        data_addr: cfg.data_addr.clone(),
+        data_addr,
         location: cfg.location.clone(),
         disks: cfg.disks.clone(),
     };
@@ -214,6 +222,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     Ok(RunningMember {
         member,
         addr,
+        bound,
         stop: stop_tx,
         server,
         background,
