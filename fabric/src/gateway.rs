@@ -32,7 +32,7 @@ use volume::client::{
 use volume::volume::BlockVolume;
 use volume::wire::VolumeId;
 
-use crate::meta::client::Client;
+use crate::meta::client::{CALL_RETRY_DEADLINE_MS, Client};
 use crate::meta::command::{FENCED_WORDS, fencing_epoch};
 
 /// How long the gateway waits for `min_replicas` of every PG to hold a volume before giving up.
@@ -69,12 +69,18 @@ pub struct GatewayArgs {
     /// Take the volumes over from another attachment; its writes are refused from then on.
     #[arg(long)]
     pub force: bool,
+    /// How long a metadata call keeps retrying while no member can serve it (a removal that
+    /// gives up is tried again later; shortened in tests of long metadata outages).
+    #[arg(long, default_value_t = CALL_RETRY_DEADLINE_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub metadata_retry_deadline_ms: u64,
 }
 
 /// Serves the volumes until SIGINT or SIGTERM, then flushes them.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut stop = crate::dev::StopSignals::install();
-    let client = Arc::new(Client::new(args.endpoints.clone()));
+    let mut client = Client::new(args.endpoints.clone());
+    client.retry_deadline = Duration::from_millis(args.metadata_retry_deadline_ms);
+    let client = Arc::new(client);
     // One pool for every volume: links to a node, and the copy budget towards it, are shared.
     let pool = ReplicaPool::tcp(PoolConfig::default()).context("replica pool")?;
     let attach_as = args
