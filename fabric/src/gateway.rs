@@ -51,6 +51,14 @@ pub const RESYNC_INTERVAL_MS: u64 = 1_000;
 /// node, across every volume of the process, by the shared `ReplicaPool`.
 pub const RESYNCS_IN_PARALLEL_MAX: usize = 64;
 
+/// Deadline of one metadata call attempt of the gateway, before it asks the next member. A
+/// replica that failed leaves its acting set through such a call while the write waits at
+/// most `REMOVAL_WAIT_MS_DEFAULT`; with the client's default (12 s) a member whose packets
+/// are dropped by a partition made the first removal after the cut miss that wait, and the
+/// write fail, although the other members committed it in milliseconds.
+pub const METADATA_ATTEMPT_DEADLINE_MS: u64 = 3_000;
+const _: () = assert!(2 * METADATA_ATTEMPT_DEADLINE_MS < REMOVAL_WAIT_MS_DEFAULT);
+
 /// Flags of `fabricd gateway`.
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
@@ -80,6 +88,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut stop = crate::dev::StopSignals::install();
     let mut client = Client::new(args.endpoints.clone());
     client.retry_deadline = Duration::from_millis(args.metadata_retry_deadline_ms);
+    client.attempt_deadline = Duration::from_millis(METADATA_ATTEMPT_DEADLINE_MS);
     let client = Arc::new(client);
     // One pool for every volume: links to a node, and the copy budget towards it, are shared.
     let pool = ReplicaPool::tcp(PoolConfig::default()).context("replica pool")?;

@@ -18,7 +18,7 @@ use super::net::client::PeerChannels;
 
 /// How long a call keeps retrying while no member can serve it.
 pub const CALL_RETRY_DEADLINE_MS: u64 = 30_000;
-/// Deadline of one attempt.
+/// Deadline of one attempt (by default; see [`Client::attempt_deadline`]).
 pub const ATTEMPT_DEADLINE_MS: u64 = 12_000;
 /// Pause between attempts.
 pub const RETRY_PAUSE_MS: u64 = 100;
@@ -70,6 +70,10 @@ pub struct Client {
     channels: PeerChannels,
     current: AtomicUsize,
     pub retry_deadline: Duration,
+    /// How long one attempt may take before the call moves on to the next member. A member
+    /// cut off by a partition that drops packets does not refuse the connection, so this is
+    /// also how long such a member holds a call up.
+    pub attempt_deadline: Duration,
 }
 
 fn retriable(s: &Status) -> bool {
@@ -94,6 +98,7 @@ impl Client {
             channels: PeerChannels::default(),
             current: AtomicUsize::new(0),
             retry_deadline: Duration::from_millis(CALL_RETRY_DEADLINE_MS),
+            attempt_deadline: Duration::from_millis(ATTEMPT_DEADLINE_MS),
         }
     }
 
@@ -123,15 +128,15 @@ impl Client {
         loop {
             let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
             let client = self.endpoint(&self.endpoints[i])?;
-            let attempt =
-                tokio::time::timeout(Duration::from_millis(ATTEMPT_DEADLINE_MS), call(client))
-                    .await;
+            let attempt = tokio::time::timeout(self.attempt_deadline, call(client)).await;
             let status = match attempt {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) => s,
-                Err(_) => {
-                    Status::deadline_exceeded(format!("no answer within {ATTEMPT_DEADLINE_MS} ms"))
-                }
+                Err(_) => Status::deadline_exceeded(format!(
+                    "no answer from {} within {} ms",
+                    self.endpoints[i],
+                    self.attempt_deadline.as_millis()
+                )),
             };
             if !retriable(&status) || started.elapsed() >= self.retry_deadline {
                 return Err(status);
