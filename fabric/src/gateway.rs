@@ -325,6 +325,18 @@ pub(crate) async fn open_volume(
         .flush()
         .await
         .map_err(|e| anyhow::anyhow!("install attach epoch {}: {e}", attachment.attach_epoch))?;
+    // Writes the previous holder had in flight may have reached some replicas only.
+    let copied = replicated
+        .reconcile()
+        .await
+        .map_err(|e| anyhow::anyhow!("reconcile the replicas after attach: {e}"))?;
+    if copied > 0 {
+        tracing::warn!(
+            volume = name,
+            bytes = copied,
+            "replicas differed after the change of writer and were reconciled"
+        );
+    }
     Ok(Attached {
         name: name.to_owned(),
         volume: replicated,

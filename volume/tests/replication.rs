@@ -1155,3 +1155,45 @@ async fn queueing_for_a_link_permit_does_not_count_against_the_reply_timeout() {
         recorder.failed_replicas()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_writer_reconciles_replicas_that_an_unacknowledged_write_left_different() {
+    let nodes = three_nodes().await;
+    let (old, _) = client(&nodes, 1, 2);
+    old.write(0, pattern(8192, 1), true).await.unwrap();
+    // The old writer's last writes reached the first replica only before the writer died
+    // (played by a client of that replica alone, under the same epoch; its second write
+    // carries a newer version than the write all three replicas have).
+    let (partial, _) = client_with(&[nodes[0].addr], 1, 1, SLOW_DISK_TIMEOUT_MS);
+    partial.write(0, pattern(4096, 4), false).await.unwrap();
+    partial.write(0, pattern(4096, 2), true).await.unwrap();
+    drop((old, partial));
+
+    let (new, _) = client(&nodes, 2, 2);
+    new.flush().await.unwrap();
+    let copied = new.reconcile().await.unwrap();
+    assert!(copied > 0, "the replicas differed in extent 0");
+    assert_eq!(
+        new.reconcile().await.unwrap(),
+        0,
+        "a second pass finds nothing"
+    );
+    // The new writer's writes to the same extent raise every replica's version alike; the
+    // replicas must agree on the rest of the extent too.
+    new.write(4096, pattern(4096, 3), true).await.unwrap();
+    let first = nodes[0].local().read(0, EXTENT as u32).await.unwrap();
+    for node in &nodes[1..] {
+        let got = node.local().read(0, EXTENT as u32).await.unwrap();
+        same(&got, &first, "extent 0 after reconciling");
+    }
+    same(
+        &first[..4096],
+        &pattern(4096, 2),
+        "the newest version's block",
+    );
+    same(
+        &first[4096..8192],
+        &pattern(4096, 3),
+        "the new writer's block",
+    );
+}

@@ -129,6 +129,11 @@ impl SimClient {
             tokio::time::sleep(Duration::from_millis(500)).await;
             client.round().await;
         }
+        client
+            .volume
+            .reconcile()
+            .await
+            .map_err(|e| format!("reconcile after attach epoch {epoch}: {e}"))?;
         Ok(client)
     }
 

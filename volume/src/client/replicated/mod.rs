@@ -4,7 +4,8 @@
 //! Code map: this file sets a volume up, follows PG maps and holds what the IO paths share;
 //! `members` is the runtime of each replica's [`Membership`] (failures, removals, waiting
 //! for a group); `mutate` fans writes, trims, zeroings and flushes out; `read` reads with
-//! failover; `resync` brings stale replicas back; `repair` rewrites bad blocks.
+//! failover; `resync` brings stale replicas back; `repair` rewrites bad blocks; `reconcile`
+//! makes the live replicas agree when a new writer takes a volume over.
 //!
 //! [`Membership`]: crate::client::membership::Membership
 
@@ -31,6 +32,7 @@ mod ledger;
 mod members;
 mod mutate;
 mod read;
+mod reconcile;
 mod repair;
 mod resync;
 

@@ -224,7 +224,7 @@ impl Drop for CatchingUp<'_> {
 
 impl Inner {
     /// Lock blocks covering extent `e`.
-    fn extent_lock(&self, e: u64) -> (u64, u64) {
+    pub(super) fn extent_lock(&self, e: u64) -> (u64, u64) {
         let start = e * EXTENT_SIZE_BYTES;
         let end = (start + EXTENT_SIZE_BYTES).min(self.config.size_bytes);
         (start / LOCK_BLOCK_BYTES, end.div_ceil(LOCK_BLOCK_BYTES))
@@ -259,7 +259,10 @@ impl Inner {
     }
 
     /// Versions of every extent of the volume on `replica`.
-    async fn all_versions(&self, replica: &Replica) -> Result<Vec<WriteVersion>, VolumeError> {
+    pub(super) async fn all_versions(
+        &self,
+        replica: &Replica,
+    ) -> Result<Vec<WriteVersion>, VolumeError> {
         let link = &replica.link;
         let total = self.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
         let mut out = Vec::with_capacity(total as usize);

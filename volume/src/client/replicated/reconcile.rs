@@ -1,0 +1,62 @@
+//! Reconciling the live replicas of a volume when a new writer takes it over.
+//!
+//! A writer that died or was fenced may have had writes in flight: each reached some replicas
+//! and not others, and no client is left that knows which. Once the new writer's attach
+//! epoch is installed on every live replica, no such write can land any more, but the
+//! replicas may hold different contents for the extents those writes touched, under different
+//! versions; the new writer's own writes would then raise every replica's version alike and
+//! hide the difference for good. So before it writes, the new writer compares the live
+//! replicas' versions extent by extent and copies each extent that differs from the replica
+//! with the newest version to the others. Either content was a correct answer for a write
+//! that was never acknowledged; afterwards the replicas agree on one.
+
+use crate::volume::VolumeError;
+use crate::wire::EXTENT_SIZE_BYTES;
+
+use super::ReplicatedVolume;
+
+impl ReplicatedVolume {
+    /// Makes the live replicas of every group agree (see the module docs); returns the bytes
+    /// copied. Call after the attach epoch is installed (a first flush) and before writing.
+    pub async fn reconcile(&self) -> Result<u64, VolumeError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let mut copied = 0;
+        for group in 0..inner.groups.len() {
+            let live: Vec<_> = inner
+                .members(group)
+                .iter()
+                .filter(|r| r.is_live())
+                .cloned()
+                .collect();
+            if live.len() < 2 {
+                continue;
+            }
+            let mut versions = Vec::with_capacity(live.len());
+            for r in &live {
+                versions.push(inner.all_versions(r).await?);
+            }
+            let extents = inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
+            for e in (0..extents).filter(|&e| inner.group_of(e) == group) {
+                let at = |i: usize| versions[i][e as usize];
+                let newest = (0..live.len())
+                    .max_by_key(|&i| at(i))
+                    .expect("two replicas");
+                if (0..live.len()).all(|i| at(i) == at(newest)) {
+                    continue;
+                }
+                let range = inner.extent_lock(e);
+                let _held = inner.locks.lock(range.0, range.1).await;
+                let offset = e * EXTENT_SIZE_BYTES;
+                let len = (inner.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
+                for i in (0..live.len()).filter(|&i| at(i) != at(newest)) {
+                    tracing::info!(volume = %inner.config.volume, group, extent = e, from = %live[newest].addr(), to = %live[i].addr(), "replicas differ after a change of writer: copying the newest");
+                    copied += inner
+                        .copy_range(&live[newest], &live[i], offset, len)
+                        .await?;
+                }
+            }
+        }
+        Ok(copied)
+    }
+}
