@@ -434,6 +434,10 @@ pub(crate) async fn resync_round(attached: &Attached, client: &Arc<Client>) {
     if let Err(e) = follow_map(attached, client).await {
         tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
     }
+    // A replica that restarted while the volume was idle is found here, not by the next reader.
+    if let Err(e) = attached.volume.probe_unflushed().await {
+        tracing::debug!(volume = %name, error = %e, "replicas not probed");
+    }
     let round: Vec<(usize, SocketAddr, u64)> = {
         let nodes = attached.node_of.read().expect("node addresses");
         attached

@@ -55,6 +55,22 @@ impl Node {
     }
 
     async fn start_in(dir: tempfile::TempDir) -> Node {
+        Node::start_at(dir, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Stops the server and starts a new one on the same directory and address: a restart
+    /// of the process, as the client sees it.
+    async fn restart(self) -> Node {
+        self.kill();
+        let Node {
+            dir, store, addr, ..
+        } = self;
+        drop(store);
+        wait_for_unlock(dir.path()).await;
+        Node::start_at(dir, addr).await
+    }
+
+    async fn start_at(dir: tempfile::TempDir, at: SocketAddr) -> Node {
         let store = Arc::new(
             ExtentStore::open(dir.path(), Arc::new(PortableDisk::new("test")))
                 .await
@@ -62,7 +78,7 @@ impl Node {
         );
         let server = ReplicaServer::new(Arc::clone(&store), ReplicaConfig::default());
         server.ensure_volume(VOL, SIZE).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(server.serve(listener, rx));
@@ -1196,4 +1212,24 @@ async fn a_new_writer_reconciles_replicas_that_an_unacknowledged_write_left_diff
         &pattern(4096, 3),
         "the new writer's block",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_writer_finds_a_replica_that_restarted_holding_unflushed_writes() {
+    let mut nodes = three_nodes().await;
+    let (vol, recorder) = client(&nodes, 1, 2);
+    vol.write(0, pattern(4096, 1), false).await.unwrap();
+    assert_eq!(vol.probe_unflushed().await.unwrap(), 0, "nobody restarted");
+
+    // Node 0 restarts while the volume is idle: it may have lost the unflushed write.
+    let restarted = nodes.remove(0).restart().await;
+    assert_eq!(vol.probe_unflushed().await.unwrap(), 1);
+    assert_eq!(recorder.failed_replicas(), vec![restarted.addr]);
+    assert!(!vol.live_replicas(0).contains(&restarted.addr));
+
+    // Once everything is flushed, a restart loses nothing and the probe leaves it alone.
+    vol.flush().await.unwrap();
+    let restarted = nodes.remove(0).restart().await;
+    assert_eq!(vol.probe_unflushed().await.unwrap(), 0);
+    assert!(vol.live_replicas(0).contains(&restarted.addr));
 }

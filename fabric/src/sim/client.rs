@@ -158,6 +158,9 @@ impl SimClient {
                 tracing::warn!(error = %e, "PG map not followed");
             }
         }
+        if let Err(e) = self.volume.probe_unflushed().await {
+            tracing::debug!(error = %e, "replicas not probed");
+        }
         for (group, replica) in self.volume.stale_replicas() {
             if self.volume.extent_versions(replica, 0, 1).await.is_err() {
                 continue;

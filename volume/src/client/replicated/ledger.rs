@@ -36,6 +36,11 @@ impl Ledger {
         !self.unflushed.is_empty() && self.session.is_some_and(|s| s != session)
     }
 
+    /// Whether it acknowledged mutations since its last flush.
+    pub(super) fn holds_unflushed(&self) -> bool {
+        !self.unflushed.is_empty()
+    }
+
     /// Moves every unflushed extent to the missed ones.
     fn lose_unflushed(&mut self) {
         self.missed.append(&mut self.unflushed);

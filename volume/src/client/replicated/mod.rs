@@ -5,7 +5,8 @@
 //! `members` is the runtime of each replica's [`Membership`] (failures, removals, waiting
 //! for a group); `mutate` fans writes, trims, zeroings and flushes out; `read` reads with
 //! failover; `resync` brings stale replicas back; `repair` rewrites bad blocks; `reconcile`
-//! makes the live replicas agree when a new writer takes a volume over.
+//! makes the live replicas agree when a new writer takes a volume over; `probe` finds a
+//! replica that restarted while the volume was idle.
 //!
 //! [`Membership`]: crate::client::membership::Membership
 
@@ -31,6 +32,7 @@ use super::{AclObserver, ActingSets, ClientConfig, ClientConfigError, IO_SIZE_MA
 mod ledger;
 mod members;
 mod mutate;
+mod probe;
 mod read;
 mod reconcile;
 mod repair;
