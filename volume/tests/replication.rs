@@ -1233,3 +1233,55 @@ async fn an_idle_writer_finds_a_replica_that_restarted_holding_unflushed_writes(
     assert_eq!(vol.probe_unflushed().await.unwrap(), 0);
     assert!(vol.live_replicas(0).contains(&restarted.addr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_writer_copies_every_written_extent_to_a_replica_stale_under_another_writer() {
+    let nodes = three_nodes().await;
+    let (first, _) = client(&nodes, 1, 2);
+    first.write(0, pattern(4096, 1), true).await.unwrap();
+    // Node 2 misses a write of extent 0 (it was out of the acting set)...
+    let (two, _) = client_with(&[nodes[0].addr, nodes[1].addr], 1, 2, SLOW_DISK_TIMEOUT_MS);
+    two.write(4096, pattern(4096, 2), true).await.unwrap();
+    two.write(4096, pattern(4096, 2), true).await.unwrap();
+    // ...and then gets later writes of the same extent, as a resync of the old writer that
+    // never finished would send it: its version of extent 0 ends equal to the others'.
+    let (all, _) = client(&nodes, 1, 2);
+    all.write(8192, pattern(4096, 3), true).await.unwrap();
+    all.write(8192, pattern(4096, 3), true).await.unwrap();
+    let versions: Vec<_> = {
+        let mut v = Vec::new();
+        for n in &nodes {
+            v.push(all.extent_versions(n.addr, 0, 1).await.unwrap()[0]);
+        }
+        v
+    };
+    assert!(versions.iter().all(|&v| v == versions[0]), "{versions:?}");
+    drop((first, two, all));
+
+    // A new writer attaches with node 2 listed stale, and resyncs it.
+    let acting = ActingSets {
+        groups: vec![vec![nodes[0].addr, nodes[1].addr]],
+        stale: vec![vec![nodes[2].addr]],
+    };
+    let (new, _) = client_over(acting, 2, 2, SLOW_DISK_TIMEOUT_MS, BELOW_MIN_WAIT_MS);
+    new.flush().await.unwrap();
+    let report = new
+        .resync(0, nodes[2].addr, |_, _| {}, async { Ok(()) })
+        .await
+        .unwrap();
+    assert_eq!(
+        report.extents_copied, 1,
+        "extent 0, though its versions agreed"
+    );
+    let want = nodes[0].local().read(0, 3 * 4096).await.unwrap();
+    same(
+        &want[4096..8192],
+        &pattern(4096, 2),
+        "the write node 2 missed",
+    );
+    same(
+        &nodes[2].local().read(0, 3 * 4096).await.unwrap(),
+        &want,
+        "node 2 after its resync",
+    );
+}

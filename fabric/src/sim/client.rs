@@ -32,7 +32,7 @@ pub struct SimClient {
     meta: Arc<SimMeta>,
     volume_name: String,
     node_of: Arc<HashMap<SocketAddr, u64>>,
-    addr_of: Arc<HashMap<u64, SocketAddr>>,
+    pub addr_of: Arc<HashMap<u64, SocketAddr>>,
 }
 
 /// The acting sets of `volume` in `state`: per PG, its replicas not stale, then the stale.

@@ -114,6 +114,7 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, what: String) {
+        tracing::error!(failure = %what, "check failed");
         self.failures.lock().expect("failures").push(what);
     }
 
@@ -189,7 +190,20 @@ async fn run(seed: u64, options: SimOptions) -> SimReport {
     let end = started + Duration::from_secs(options.sim_seconds);
     let (mut world, taken_over) = schedule(world, end, takeover_at).await;
     if taken_over.is_some() {
-        match SimClient::attach(1, &net, &meta, VOLUME, Arc::clone(&addr_of), true).await {
+        // Crashed nodes keep coming back while the new writer attaches: the last current
+        // replica of a group may be on one.
+        let attach = SimClient::attach(1, &net, &meta, VOLUME, Arc::clone(&addr_of), true);
+        tokio::pin!(attach);
+        let attached = loop {
+            tokio::select! {
+                biased;
+                attached = &mut attach => break attached,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    world.restart_due(Instant::now()).await;
+                }
+            }
+        };
+        match attached {
             Ok(second) => {
                 shared.history.lock().expect("history").fence(0);
                 world.faults.push(format!(
@@ -375,7 +389,17 @@ async fn worker(client: Arc<SimClient>, shared: Arc<Shared>, mut rng: ChaCha8Rng
                         .expect("history")
                         .check_read(first, &data, t0);
                     if let Err(e) = checked {
-                        shared.fail(format!("client {}: {e}", client.id));
+                        let extent = offset / EXTENT_SIZE_BYTES;
+                        let mut versions = Vec::new();
+                        for (node, &addr) in client.addr_of.iter().collect::<BTreeMap<_, _>>() {
+                            let v = volume.extent_versions(addr, extent, 1).await;
+                            versions.push(format!("node {node}: {:?}", v.map(|v| v[0])));
+                        }
+                        shared.fail(format!(
+                            "client {}: {e}; extent {extent} versions {}",
+                            client.id,
+                            versions.join(", ")
+                        ));
                     }
                 }
             }
@@ -419,15 +443,7 @@ async fn schedule<'a>(
         tokio::time::sleep(pause).await;
         let now = Instant::now();
         // Restarts and heals that are due.
-        let due: Vec<usize> = world
-            .down
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(&i, _)| i)
-            .collect();
-        for i in due {
-            world.restart(i).await;
-        }
+        world.restart_due(now).await;
         let mut i = 0;
         while i < healing.len() {
             if healing[i].0 <= now {
@@ -456,6 +472,19 @@ async fn schedule<'a>(
 impl World<'_> {
     fn note(&mut self, what: String) {
         self.faults.push(what);
+    }
+
+    /// Starts the crashed nodes whose time to come back has come.
+    async fn restart_due(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .down
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        for i in due {
+            self.restart(i).await;
+        }
     }
 
     fn up_nodes(&self) -> Vec<usize> {

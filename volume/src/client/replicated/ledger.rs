@@ -12,6 +12,12 @@
 //! - the extents it may lack: a mutation failed on it, or it may have lost unflushed ones.
 //!   Resync copies these whatever their versions say, and only then forgets them.
 //!
+//! A replica the client first sees stale (listed so by the map it attached with) lacks what
+//! an earlier writer knew about it, and its versions may say it holds writes it does not: the
+//! earlier writer may have sent it the writes of a resync that never finished, raising the
+//! versions of extents it had not copied yet. Its history is unknown, and its first resync
+//! copies every extent the current replicas ever wrote, not only those whose versions differ.
+//!
 //! Pure bookkeeping; [`super::members`] and the IO paths feed it.
 
 use std::collections::BTreeSet;
@@ -23,6 +29,8 @@ pub(super) struct Ledger {
     /// The session that acknowledged `unflushed`.
     session: Option<u64>,
     missed: BTreeSet<u64>,
+    /// Another writer's history: see the module docs.
+    history_unknown: bool,
 }
 
 /// Taken when a flush is sent; what its acknowledgement makes durable.
@@ -30,6 +38,19 @@ pub(super) struct Ledger {
 pub(super) struct FlushMark(BTreeSet<u64>);
 
 impl Ledger {
+    /// The ledger of a replica first seen stale: its history is unknown.
+    pub(super) fn history_unknown() -> Ledger {
+        Ledger {
+            history_unknown: true,
+            ..Ledger::default()
+        }
+    }
+
+    /// Whether a resync must copy every extent the current replicas wrote.
+    pub(super) fn misses_everything(&self) -> bool {
+        self.history_unknown
+    }
+
     /// Whether the replica may have lost acknowledged writes because `session` is not the one
     /// that carried them.
     fn restarted(&self, session: u64) -> bool {
@@ -105,6 +126,12 @@ impl Ledger {
     /// A resync copied `extents` (taken from [`Ledger::missed`]) to the replica.
     pub(super) fn repaired(&mut self, extents: &BTreeSet<u64>) {
         self.missed.retain(|e| !extents.contains(e));
+    }
+
+    /// A resync copied every extent the current replicas wrote: from here on this client's
+    /// bookkeeping is the replica's whole story.
+    pub(super) fn history_known(&mut self) {
+        self.history_unknown = false;
     }
 }
 

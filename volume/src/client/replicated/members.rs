@@ -72,7 +72,11 @@ impl Replica {
         Replica {
             link,
             state: Mutex::new(Membership::listed(stale)),
-            ledger: Mutex::new(Ledger::default()),
+            ledger: Mutex::new(if stale {
+                Ledger::history_unknown()
+            } else {
+                Ledger::default()
+            }),
         }
     }
 

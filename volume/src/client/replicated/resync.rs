@@ -4,7 +4,8 @@
 //! extent of the volume in the PG whose version on the stale replica differs from a current
 //! replica's is copied whole, under the client's range lock for that extent, so no write of the
 //! extent can interleave with its copy. Extents with equal versions were not written while the
-//! replica was away and are not copied — that is the delta.
+//! replica was away and are not copied — that is the delta — unless the client's ledger says
+//! the replica may lack them, or the replica's history is another writer's (see `ledger`).
 //!
 //! From the moment the resync starts, every new write of the group also goes to the replica
 //! (it "catches up"), and so does every client flush, so a rebuild converges however busy the
@@ -118,8 +119,12 @@ impl ReplicatedVolume {
         let mut paced_since = Instant::now();
         let mut paced_bytes = 0;
         let mut seen_ios = inner.foreground_ios.load(Ordering::Relaxed);
-        // Extents the target may lack whatever its versions say (see `ledger`).
+        // Extents the target may lack whatever its versions say (see `ledger`): with another
+        // writer's history, every one of the group.
         let mut missed = t.ledger().missed();
+        if t.ledger().misses_everything() {
+            missed.extend(extents.iter().copied());
+        }
         let differing = inner.differing(group, &t, &extents, &missed).await?;
         let total = differing.len() as u64 * EXTENT_SIZE_BYTES;
         tracing::debug!(volume = %inner.config.volume, group, replica = %target, extents = differing.len(), "resync: caught up with the writes in flight; copying");
@@ -183,7 +188,11 @@ impl ReplicatedVolume {
             inner.answered(t.flush(Request::new(flush)).await, target)?;
         }
         restore.await.map_err(VolumeError::Io)?;
-        t.ledger().repaired(&missed);
+        {
+            let mut ledger = t.ledger();
+            ledger.repaired(&missed);
+            ledger.history_known();
+        }
         inner.event(group, &t, Event::Restored);
         if !t.is_live() {
             // A flush failed on it while the restore committed: it is being removed again.
@@ -254,7 +263,10 @@ impl Inner {
         Ok(extents
             .iter()
             .copied()
-            .filter(|&e| source[e as usize] != target[e as usize] || missed.contains(&e))
+            .filter(|&e| {
+                let (s, t) = (source[e as usize], target[e as usize]);
+                s != t || (missed.contains(&e) && s != WriteVersion::NONE)
+            })
             .collect())
     }
 
