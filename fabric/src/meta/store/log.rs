@@ -37,13 +37,20 @@ fn run_flusher(wal: Weak<Mutex<Wal>>, queue: std::sync::mpsc::Receiver<IOFlushed
     while let Ok(first) = queue.recv() {
         let mut covered = vec![first];
         covered.extend(queue.try_iter());
-        // The file is fetched after the batches were written, so it is the one holding them
-        // (a compaction in between has synced them into its new file already).
-        let file = match wal.upgrade() {
-            Some(wal) => lock(&wal).map(|w| w.file()),
+        // The sync point is taken after the batches were written, so its file is the one
+        // holding them (a compaction in between has synced them into its new file already).
+        let point = match wal.upgrade() {
+            Some(wal) => lock(&wal).map(|w| w.sync_point()),
             None => Err(io::Error::other("the log store was closed before the sync")),
         };
-        let result = file.and_then(|f| f.sync_data());
+        let result = point.and_then(|p| p.sync().map(|()| p));
+        // The log's next write marks these bytes synced.
+        if let (Ok(point), Some(wal)) = (&result, wal.upgrade())
+            && let Ok(mut w) = lock(&wal)
+        {
+            w.synced(point);
+        }
+        let result = result.map(drop);
         for callback in covered {
             let reported = match &result {
                 Ok(()) => Ok(()),
@@ -103,12 +110,14 @@ impl LogStore {
     ) -> io::Result<()> {
         let wal = Arc::clone(&self.wal);
         tokio::task::spawn_blocking(move || {
-            let file = {
+            let point = {
                 let mut w = lock(&wal)?;
                 f(&mut w)?;
-                w.file()
+                w.sync_point()
             };
-            file.sync_data()
+            point.sync()?;
+            lock(&wal)?.synced(&point);
+            Ok(())
         })
         .await
         .map_err(io::Error::other)?

@@ -1,6 +1,6 @@
-//! Persistence of one metadata member: the Raft log's entries in their own file (`wal.rs`), the
-//! vote and committed log id in sled ([`LogStore`]), the state machine in memory with durable
-//! snapshots ([`StateMachineStore`]).
+//! Persistence of one metadata member: the Raft log's entries in their own file (`wal.rs`, with
+//! the mark of how far it is synced in `mark.rs`), the vote and committed log id in sled
+//! ([`LogStore`]), the state machine in memory with durable snapshots ([`StateMachineStore`]).
 //!
 //! Durability contract: `save_vote` returns, and `append` signals openraft's callback, only
 //! after the bytes are on disk. For the vote that is sled's `flush` followed by an `fdatasync`
@@ -17,6 +17,7 @@
 
 mod durable;
 mod log;
+mod mark;
 mod sm;
 mod snapshot_file;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use std::sync::Arc;
 pub use durable::DurableDb;
 pub use log::LogStore;
 pub use sm::{SnapshotPayload, StateMachineStore};
+pub use wal::{Corruption, Damage, LogCorrupt};
 
 /// Largest encoded log entry, vote or committed log id, in bytes. Far below sled's blob
 /// threshold, so the vote lives in sled's fsynced data file; the log file's records are held
