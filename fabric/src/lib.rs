@@ -20,3 +20,6 @@ pub mod storage;
 pub const EXIT_DATA_DIR_LOCKED: i32 = 3;
 /// Exit code for invalid configuration.
 pub const EXIT_BAD_CONFIG: i32 = 2;
+/// Exit code for a member whose Raft log file is damaged where it was known synced: it would
+/// serve without entries it acknowledged, so it does not start.
+pub const EXIT_METADATA_LOG_CORRUPT: i32 = 4;

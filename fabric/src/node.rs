@@ -316,6 +316,18 @@ pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 pub enum NodeError {
     #[error("data directory {0} is in use by another process")]
     DataDirLocked(PathBuf),
+    #[error(
+        "{log}. It holds entries this member acknowledged as durable, so the member does not \
+         start without them. If the group has other members: remove this one (fabricctl node \
+         remove {id}), move {dir} aside (keep it for inspection), and start this node again with \
+         --join <a member's address>, so that it catches up from a peer's snapshot. Otherwise \
+         restore {dir} from a backup.",
+        dir = meta_dir(log)
+    )]
+    MetadataLogCorrupt {
+        id: u64,
+        log: crate::meta::store::LogCorrupt,
+    },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -344,7 +356,13 @@ pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
     let data_addr = data.as_ref().map_or(String::new(), |(_, a)| a.to_string());
     let running = crate::meta::server::start(cfg, data_addr)
         .await
-        .context("start metadata member")?;
+        .map_err(|e| match e.log_corrupt() {
+            Some(log) => NodeError::MetadataLogCorrupt {
+                id,
+                log: log.clone(),
+            },
+            None => NodeError::Other(anyhow::Error::new(e).context("start metadata member")),
+        })?;
     let storage = match data {
         None => None,
         Some((listener, advertised)) => {
@@ -383,6 +401,11 @@ pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
     }
     running.stop().await;
     Ok(())
+}
+
+/// The member's metadata directory, which holds the damaged log file.
+fn meta_dir(log: &crate::meta::store::LogCorrupt) -> String {
+    log.path.parent().unwrap_or(&log.path).display().to_string()
 }
 
 fn lock_dir(dir: &Path) -> Result<std::fs::File, NodeError> {

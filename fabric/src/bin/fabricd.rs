@@ -100,6 +100,11 @@ fn run_node(args: fabric::node::NodeArgs, worker_threads: Option<usize>) -> Exit
             tracing::error!("{e}");
             ExitCode::from(fabric::EXIT_DATA_DIR_LOCKED as u8)
         }
+        Err(e @ NodeError::MetadataLogCorrupt { .. }) => {
+            // Printed whatever FABRIC_LOG filters: the operator has to act on it.
+            eprintln!("fabricd node: {e}");
+            ExitCode::from(fabric::EXIT_METADATA_LOG_CORRUPT as u8)
+        }
         Err(NodeError::Other(e)) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE

@@ -104,6 +104,16 @@ pub enum StartError {
     Raft(String),
 }
 
+impl StartError {
+    /// The damage in the Raft log file that stopped the start, if that is why.
+    pub fn log_corrupt(&self) -> Option<&super::store::LogCorrupt> {
+        match self {
+            StartError::Store { source, .. } => super::store::LogCorrupt::find(source),
+            _ => None,
+        }
+    }
+}
+
 /// A member that is running; [`RunningMember::stop`] shuts it down.
 pub struct RunningMember {
     pub member: Arc<Member>,
