@@ -106,7 +106,10 @@ impl From<LogCorrupt> for io::Error {
 /// What is wrong where a [`LogCorrupt`] points.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Corruption {
-    #[error("{damage}, before byte {synced_to}, up to which the log's mark says it was synced")]
+    #[error(
+        "{damage} (the log's mark says it was synced up to byte {synced_to}, so this is no torn \
+         write)"
+    )]
     Synced { damage: Damage, synced_to: u64 },
     #[error("a record whose crc32c matches does not decode: {0}")]
     Undecodable(String),
