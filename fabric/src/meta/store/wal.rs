@@ -14,11 +14,13 @@
 //! append overwrites allocated blocks and its `fdatasync` writes data only, never the file's
 //! size. A zero `len` ends the log.
 //!
-//! The mark trails the log by one batch and costs no `fdatasync` of its own: once a sync of the
-//! bytes up to S has returned (reported with [`Wal::synced`]), the next write also rewrites a
-//! mark slot to say S, and that write's own `fdatasync` makes the mark durable with the batch.
-//! A mark is written only once the one before it is known durable, so the slot it overwrites
-//! never holds the only whole mark: a torn mark write leaves the other slot's mark.
+//! The mark trails the log by about one batch and costs no `fdatasync` of its own: once a sync
+//! of the bytes up to S has returned (reported with [`Wal::synced`]), the next write also
+//! rewrites a mark slot to say S, and that write's own `fdatasync` makes the mark durable with
+//! the batch. A mark is written only once the one before it is known durable, so the slot it
+//! overwrites never holds the only whole mark: a torn mark write leaves the other slot's mark.
+//! (Why not a mark per sync, written after it: that would be a second `fdatasync` per group
+//! commit, doubling the latency an append waits for.)
 //!
 //! Recovery: every record before the mark's S was synced, and may have been acknowledged, so
 //! it must be whole. A record there that is short, fails its crc, or has a zero or oversized
@@ -31,21 +33,22 @@
 //! body whose crc matches but that does not decode is refused wherever it is. Opening then
 //! syncs what it kept and marks it synced.
 //!
-//! Limits: the mark trails by one batch, so damage inside the last batch synced before the next
-//! mark was written (the last batch before a crash or a stop) cannot be told from a torn tail,
-//! and is cut as one. Only opening reads the file; damage to it while the member runs is found
-//! at the next start. A mark is trusted as far as its crc32c goes. A file without marks
-//! (written before they existed) is read the old way, every bad record a torn tail, except that
-//! it must begin with a whole record, and is rewritten with marks at once.
+//! Limits: the mark trails, so damage inside the batches synced after the last mark was written
+//! (the last batch before a crash or a stop, typically: a stop writes no mark of its own) cannot
+//! be told from a torn tail, and is cut as one; the entries lost that way may have been
+//! acknowledged. Only opening reads the file; damage to it while the member runs is found at the
+//! next start. A mark is trusted as far as its crc32c goes. A file without marks (written before
+//! they existed) is read the old way, every bad record a torn tail, except that it must begin
+//! with a whole record, and is rewritten with marks at once.
 //!
 //! Replay: an `Entry` at index i replaces every entry from i on (Raft's log matching: a new
 //! entry at an index supersedes the old tail); `TruncateAfter(i)` drops entries after i;
 //! `Purge(id)` drops entries up to id's index and makes id the last purged log id.
 //!
 //! Compaction: when a purge finds the file past [`WAL_COMPACT_BYTES`], the live state (last
-//! purged id and entries) is written to `raft.log.new` with both mark slots saying all of it is
-//! synced, synced, renamed over `raft.log`, and the directory synced. A fresh log is created the
-//! same way, so `raft.log` always exists whole and marked.
+//! purged id and entries) is written to `raft.log.new`, both mark slots saying all of it is
+//! synced; that file is synced, renamed over `raft.log`, and the directory synced. A fresh log is
+//! created the same way, so `raft.log` always exists whole and marked.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
