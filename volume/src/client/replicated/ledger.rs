@@ -118,6 +118,12 @@ impl Ledger {
         true
     }
 
+    /// The replica may lack `extents` whatever its versions say (a resync is about to copy
+    /// them while the replica takes new writes).
+    pub(super) fn may_lack(&mut self, extents: &[u64]) {
+        self.missed.extend(extents.iter().copied());
+    }
+
     /// The extents the replica may lack, for a resync to copy.
     pub(super) fn missed(&self) -> BTreeSet<u64> {
         self.missed.clone()

@@ -32,9 +32,23 @@ impl ReplicatedVolume {
             if live.len() < 2 {
                 continue;
             }
+            // A replica that fails here fails as it would under IO: it leaves the acting set
+            // (the group's writes wait for that) and is resynced later.
+            let mut answered = Vec::with_capacity(live.len());
             let mut versions = Vec::with_capacity(live.len());
-            for r in &live {
-                versions.push(inner.all_versions(r).await?);
+            for r in live {
+                match inner.all_versions(&r).await {
+                    Ok(v) => {
+                        versions.push(v);
+                        answered.push(r);
+                    }
+                    Err(e) if inner.check_open().is_err() => return Err(e),
+                    Err(e) => inner.failed(group, &r, e.to_string()),
+                }
+            }
+            let live = answered;
+            if live.len() < 2 {
+                continue;
             }
             let extents = inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
             for e in (0..extents).filter(|&e| inner.group_of(e) == group) {
@@ -51,9 +65,12 @@ impl ReplicatedVolume {
                 let len = (inner.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
                 for i in (0..live.len()).filter(|&i| at(i) != at(newest)) {
                     tracing::info!(volume = %inner.config.volume, group, extent = e, from = %live[newest].addr(), to = %live[i].addr(), "replicas differ after a change of writer: copying the newest");
-                    copied += inner
-                        .copy_range(&live[newest], &live[i], offset, len)
-                        .await?;
+                    match inner.copy_range(&live[newest], &live[i], offset, len).await {
+                        Ok(bytes) => copied += bytes,
+                        Err(e) if inner.check_open().is_err() => return Err(e),
+                        // The copy is not made: the replica that was to take it leaves.
+                        Err(e) => inner.failed(group, &live[i], e.to_string()),
+                    }
                 }
             }
         }

@@ -102,6 +102,9 @@ impl ReplicatedVolume {
                     "{target} is no stale replica of group {group} (or is resynced already)"
                 ))
             })?;
+        // The replica's versions before it takes any write: once it catches up, a write to an
+        // extent it lacks older writes of would give it the source's version of that extent.
+        let before = inner.all_versions(&t).await?;
         // From here on writes of the group reach the replica too. Writes that started before
         // may have missed it: wait for them (the group held for a moment), so the versions
         // compared below include every one of them.
@@ -125,7 +128,12 @@ impl ReplicatedVolume {
         if t.ledger().misses_everything() {
             missed.extend(extents.iter().copied());
         }
-        let differing = inner.differing(group, &t, &extents, &missed).await?;
+        let differing = inner.differing(group, &before, &extents, &missed).await?;
+        // Until its copy, such an extent takes the writes the replica catches up with, which
+        // raise its version: should this resync fail, the versions would hide that the copy
+        // never happened. The ledger remembers it until the resync succeeds.
+        t.ledger().may_lack(&differing);
+        missed.extend(differing.iter().copied());
         let total = differing.len() as u64 * EXTENT_SIZE_BYTES;
         tracing::debug!(volume = %inner.config.volume, group, replica = %target, extents = differing.len(), "resync: caught up with the writes in flight; copying");
         progress(0, total);
@@ -178,7 +186,8 @@ impl ReplicatedVolume {
             )));
         }
         let late_missed: BTreeSet<u64> = t.ledger().missed().difference(&missed).copied().collect();
-        let late = inner.differing(group, &t, &extents, &late_missed).await?;
+        let now = inner.all_versions(&t).await?;
+        let late = inner.differing(group, &now, &extents, &late_missed).await?;
         missed.extend(late_missed);
         for &e in &late {
             report.bytes_copied += inner.copy_extent(group, &t, e).await?;
@@ -248,18 +257,17 @@ impl Inner {
             .ok_or_else(|| VolumeError::Io(format!("group {group} has no live replica")))
     }
 
-    /// Extents among `extents` whose version on replica `t` differs from the source's, or
-    /// that are in `missed`.
+    /// Extents among `extents` whose version in `target` (the stale replica's versions)
+    /// differs from the source's, or that are in `missed`.
     async fn differing(
         &self,
         group: usize,
-        t: &Replica,
+        target: &[WriteVersion],
         extents: &[u64],
         missed: &BTreeSet<u64>,
     ) -> Result<Vec<u64>, VolumeError> {
         let s = self.source(group)?;
         let source = self.all_versions(&s).await?;
-        let target = self.all_versions(t).await?;
         Ok(extents
             .iter()
             .copied()
@@ -345,6 +353,7 @@ impl Inner {
         } else {
             Request::write_with_crc(self.header(Op::Write, offset, len, 0, version), data, crc)
         };
+        tracing::debug!(volume = %self.config.volume, extent = e, from = %source.addr(), to = %target.addr(), ?version, zeros = write.header.op == Op::WriteZeroes, "copying");
         self.answered(t.mutation(write).await, target.addr())?;
         Ok(u64::from(len))
     }
