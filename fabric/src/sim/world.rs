@@ -474,6 +474,16 @@ impl World<'_> {
         self.faults.push(what);
     }
 
+    /// Whether node `id` holds the last current replica of a PG of the volume.
+    fn holds_a_last_copy(&self, id: u64) -> bool {
+        let state = self.meta.state();
+        let v = &state.volumes[VOLUME];
+        let pgs = &state.pools[&v.spec.pool].map.pgs;
+        pgs.iter()
+            .enumerate()
+            .any(|(g, replicas)| v.acting(g as u32, replicas) == [id])
+    }
+
     /// Starts the crashed nodes whose time to come back has come.
     async fn restart_due(&mut self, now: Instant) {
         let due: Vec<usize> = self
@@ -554,7 +564,10 @@ impl World<'_> {
                 self.nodes[n].disk.fail_next(op, count);
                 self.note(format!("node {}: next {count} {op:?} fail", n + 1));
             }
-            77..85 => {
+            // A torn write garbles the old contents of its blocks; on the last current
+            // replica of a PG that destroys the only copy of acknowledged data, which is
+            // beyond what replication can mask (a failure of every replica): not injected.
+            77..85 if !self.holds_a_last_copy(self.nodes[n].id) => {
                 self.nodes[n].disk.tear_next_writes(1);
                 self.note(format!("node {}: next write torn", n + 1));
             }
@@ -638,6 +651,8 @@ async fn verify_after_heal(
     let store_name = store_volume_name(volume_id);
     for &b in &blocks {
         let offset = b * BLOCK_BYTES;
+        let extent = offset / EXTENT_SIZE_BYTES;
+        let pg = volume::client::pg_of(volume_id, extent, pgs.len());
         let t0 = shared.history.lock().expect("history").tick();
         match active.volume.read(offset, BLOCK_BYTES as u32).await {
             Ok(data) => {
@@ -647,13 +662,11 @@ async fn verify_after_heal(
                     .expect("history")
                     .check_read(b, &data, t0);
                 if let Err(e) = checked {
-                    shared.fail(format!("after heal: {e}"));
+                    shared.fail(format!("after heal: PG {pg}: {e}"));
                 }
             }
-            Err(e) => shared.fail(format!("after heal: block {b} unreadable: {e}")),
+            Err(e) => shared.fail(format!("after heal: PG {pg}: block {b} unreadable: {e}")),
         }
-        let extent = offset / EXTENT_SIZE_BYTES;
-        let pg = volume::client::pg_of(volume_id, extent, pgs.len());
         let mut copies: Vec<(u64, Result<bytes::Bytes, String>)> = Vec::new();
         for node in &pgs[pg] {
             let local = by_id[node]
