@@ -70,6 +70,23 @@ impl Node {
         Node::start_at(dir, addr).await
     }
 
+    /// Restarts the node as after a restart of its machine: the replica's power record names
+    /// another boot, so the replica counts what was not durable as lost (the data itself stays,
+    /// as this machine did not really restart).
+    async fn restart_machine(self) -> Node {
+        self.kill();
+        let Node {
+            dir, store, addr, ..
+        } = self;
+        drop(store);
+        wait_for_unlock(dir.path()).await;
+        let record = dir.path().join("replica").join("power");
+        let text = std::fs::read_to_string(&record).unwrap();
+        let epoch = text.lines().nth(1).unwrap();
+        std::fs::write(&record, format!("an-earlier-boot\n{epoch}\n")).unwrap();
+        Node::start_at(dir, addr).await
+    }
+
     async fn start_at(dir: tempfile::TempDir, at: SocketAddr) -> Node {
         let store = Arc::new(
             ExtentStore::open(dir.path(), Arc::new(PortableDisk::new("test")))
@@ -491,7 +508,9 @@ async fn the_epoch_and_extent_versions_survive_a_replica_restart() {
     let (vol, _) = client_with(&[node.addr], 5, 1, SLOW_DISK_TIMEOUT_MS);
     vol.write(3 * EXTENT, pattern(8192, 1), true).await.unwrap();
     let before = vol.extent_versions(node.addr, 0, 4).await.unwrap();
-    assert_eq!(before[3].epoch, 5);
+    assert_eq!(before[3].version.epoch, 5);
+    // The process restarts on the same machine: nothing is lost, nothing is suspect.
+    assert!(before[3].recent && !before[3].suspect);
     drop(vol);
 
     // Stop it and open the same directory again.
@@ -587,7 +606,13 @@ async fn extent_versions_follow_the_writes() {
         WriteVersion { epoch: 3, seq: 4 },
     ];
     for node in &nodes {
-        assert_eq!(vol.extent_versions(node.addr, 0, 6).await.unwrap(), want);
+        let got = vol.extent_versions(node.addr, 0, 6).await.unwrap();
+        let versions: Vec<WriteVersion> = got.iter().map(|e| e.version).collect();
+        assert_eq!(versions, want);
+        // The written extents are marked recent, and nothing is suspect.
+        let recent: Vec<bool> = got.iter().map(|e| e.recent).collect();
+        assert_eq!(recent, [true, false, true, false, false, true]);
+        assert!(got.iter().all(|e| !e.suspect));
     }
     // Asking past the end of the volume is refused, not clamped.
     assert!(vol.extent_versions(nodes[0].addr, 15, 2).await.is_err());
@@ -1215,21 +1240,28 @@ async fn a_new_writer_reconciles_replicas_that_an_unacknowledged_write_left_diff
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_writer_finds_a_replica_that_restarted_holding_unflushed_writes() {
+async fn an_idle_writer_finds_a_replica_whose_machine_restarted_holding_unflushed_writes() {
     let mut nodes = three_nodes().await;
     let (vol, recorder) = client(&nodes, 1, 2);
     vol.write(0, pattern(4096, 1), false).await.unwrap();
     assert_eq!(vol.probe_unflushed().await.unwrap(), 0, "nobody restarted");
 
-    // Node 0 restarts while the volume is idle: it may have lost the unflushed write.
-    let restarted = nodes.remove(0).restart().await;
+    // Node 1's process restarts while the volume is idle: the kernel kept the unflushed write,
+    // the power epoch is the same, and the replica stays in the acting set.
+    let restarted = nodes.remove(1).restart().await;
+    assert_eq!(vol.probe_unflushed().await.unwrap(), 0);
+    assert!(vol.live_replicas(0).contains(&restarted.addr));
+
+    // Node 0's machine restarts while the volume is idle: it lost the unflushed write.
+    let restarted = nodes.remove(0).restart_machine().await;
     assert_eq!(vol.probe_unflushed().await.unwrap(), 1);
     assert_eq!(recorder.failed_replicas(), vec![restarted.addr]);
     assert!(!vol.live_replicas(0).contains(&restarted.addr));
 
-    // Once everything is flushed, a restart loses nothing and the probe leaves it alone.
+    // Once everything is flushed, a machine restart loses nothing and the probe leaves it
+    // alone.
     vol.flush().await.unwrap();
-    let restarted = nodes.remove(0).restart().await;
+    let restarted = nodes.remove(0).restart_machine().await;
     assert_eq!(vol.probe_unflushed().await.unwrap(), 0);
     assert!(vol.live_replicas(0).contains(&restarted.addr));
 }

@@ -12,6 +12,12 @@
 //! permit is queueing in this client, not silence of the replica, and must not read as a
 //! replica failure. (Each permit holder is itself bounded by the timeout, so the wait is too.)
 //!
+//! A new session starts with a PING, whose answer is the replica's power epoch
+//! ([`crate::replica::power`]): it changes only when the replica's machine restarted, losing
+//! what it had not made durable. Replies come back with the power epoch of their session, so a
+//! caller can tell a replica that lost writes from one that merely reconnected or restarted its
+//! process.
+//!
 //! How a session's byte stream is opened is the [`Connector`] seam: TCP in production
 //! ([`TcpConnector`]), an in-memory network with faults in simulations.
 
@@ -30,7 +36,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::framing::{Filled, fill};
-use crate::wire::{Reply, Request, Status, WireError, decode_reply, take_large_reply_header};
+use crate::wire::{
+    Op, Reply, Request, RequestHeader, Status, VolumeId, WireError, WriteVersion, decode_reply,
+    take_large_reply_header,
+};
 
 /// Initial capacity of a session's read buffer, in bytes.
 pub const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -136,8 +145,8 @@ impl Drop for AbortOnDrop {
 
 /// One TCP session. Dropping it stops its tasks and closes the socket.
 struct Session {
-    /// Which of the link's sessions this is: 1 for the first, counting up.
-    number: u64,
+    /// The replica's power epoch, as it answered the session's first PING.
+    power_epoch: u64,
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
     _reader: AbortOnDrop,
@@ -155,7 +164,6 @@ pub struct Link {
     in_flight: Arc<Semaphore>,
     /// Set when a call timed out; cleared when a probe is answered.
     unresponsive: AtomicBool,
-    sessions_opened: AtomicU64,
 }
 
 impl Link {
@@ -175,7 +183,6 @@ impl Link {
             in_flight_max,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             unresponsive: AtomicBool::new(false),
-            sessions_opened: AtomicU64::new(0),
         }
     }
 
@@ -190,9 +197,9 @@ impl Link {
         self.call_in_session(req).await.map(|(reply, _)| reply)
     }
 
-    /// Like [`Link::call`], and also says which session carried the reply (see
-    /// [`Session`]'s number): a replica that answered in a new session may have restarted,
-    /// and lost what it had not made durable.
+    /// Like [`Link::call`], and also returns the replica's power epoch as the session that
+    /// carried the reply learned it: a replica that answers with another epoch than before
+    /// lost what it had not made durable.
     pub async fn call_in_session(&self, req: Request) -> Result<(Reply, u64), LinkError> {
         if self.unresponsive.load(Ordering::Acquire) {
             return Err(LinkError::Unresponsive(self.addr));
@@ -224,19 +231,8 @@ impl Link {
         let attempt = async {
             let session = self.session().await?;
             used = Some(Arc::clone(&session));
-            let (tx, rx) = oneshot::channel();
-            session
-                .shared
-                .pending
-                .lock()
-                .expect("pending")
-                .insert(id, tx);
-            if session.shared.closed.load(Ordering::Acquire) || session.tx.send(req).await.is_err()
-            {
-                return Err(LinkError::Closed(self.addr));
-            }
-            let reply = rx.await.map_err(|_| LinkError::Closed(self.addr))?;
-            Ok((reply, session.number))
+            let reply = self.exchange(&session.tx, &session.shared, req).await?;
+            Ok((reply, session.power_epoch))
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
@@ -279,17 +275,60 @@ impl Link {
         let addr = self.addr;
         let reader = tokio::spawn(read_replies(r, Arc::clone(&shared), addr));
         let writer = tokio::spawn(write_requests(w, rx, Arc::clone(&shared), addr));
-        let number = self.sessions_opened.fetch_add(1, Ordering::Relaxed) + 1;
+        let (reader, writer) = (AbortOnDrop(reader), AbortOnDrop(writer));
+        let ping = Request::new(RequestHeader {
+            op: Op::Ping,
+            flags: 0,
+            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            volume: VolumeId(0),
+            offset: 0,
+            len: 0,
+            payload_crc: 0,
+            attach_epoch: 0,
+            version: WriteVersion::NONE,
+        });
+        let answer = self.exchange(&tx, &shared, ping).await?;
+        let power_epoch = match (answer.header.status, answer.payload.len()) {
+            (Status::Ok, 8) => u64::from_le_bytes(answer.payload[..].try_into().expect("8 bytes")),
+            (status, len) => {
+                shared.close();
+                return Err(LinkError::Connect {
+                    addr,
+                    reason: format!(
+                        "the session's PING was answered {status:?} with {len} bytes, not a power epoch"
+                    ),
+                });
+            }
+        };
         let session = Arc::new(Session {
-            number,
+            power_epoch,
             tx,
             shared,
-            _reader: AbortOnDrop(reader),
-            _writer: AbortOnDrop(writer),
+            _reader: reader,
+            _writer: writer,
         });
         *slot = Some(Arc::clone(&session));
-        tracing::debug!(%addr, "replica session opened");
+        tracing::debug!(%addr, power_epoch, "replica session opened");
         Ok(session)
+    }
+
+    /// Sends `req` on a session and waits for its reply.
+    async fn exchange(
+        &self,
+        tx: &mpsc::Sender<Request>,
+        shared: &Shared,
+        req: Request,
+    ) -> Result<Reply, LinkError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        shared
+            .pending
+            .lock()
+            .expect("pending")
+            .insert(req.header.request_id, reply_tx);
+        if shared.closed.load(Ordering::Acquire) || tx.send(req).await.is_err() {
+            return Err(LinkError::Closed(self.addr));
+        }
+        reply_rx.await.map_err(|_| LinkError::Closed(self.addr))
     }
 }
 

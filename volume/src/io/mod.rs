@@ -25,6 +25,7 @@ use bytes::Bytes;
 pub mod portable;
 pub mod sim;
 pub mod small_file;
+pub mod sparse;
 pub mod uring;
 
 /// Alignment, in bytes, of offsets and lengths on files opened with `direct: true`.
@@ -65,6 +66,14 @@ pub trait Disk: Send + Sync {
     /// resolves, the new content survives a crash; a crash before that leaves the old content
     /// or the new one, never a mix. The parent directory must exist.
     fn replace_durably(&self, path: &Path, data: Bytes) -> IoFuture<()>;
+
+    /// Names the current boot of the machine the disk is in: it changes when the machine
+    /// restarts (a power loss included), and only then. A process restart keeps it, as it keeps
+    /// everything the kernel had accepted.
+    fn boot_id(&self) -> io::Result<String> {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+        Ok(id.trim().to_owned())
+    }
 }
 
 /// One open file on a [`Disk`]. Safe to use from many tasks at once; requests may complete in

@@ -98,6 +98,7 @@ impl SimDisk {
             seed,
             rng: SplitMix64(seed),
             generation: 0,
+            boots: 0,
             files: BTreeMap::new(),
             records: BTreeMap::new(),
             fail_next: [0; 3],
@@ -193,6 +194,10 @@ impl Disk for SimDisk {
         &self.name
     }
 
+    fn boot_id(&self) -> io::Result<String> {
+        Ok(format!("sim-boot-{}", lock(&self.state).boots))
+    }
+
     fn open(&self, path: &Path, options: OpenOptions) -> io::Result<Arc<dyn BlockFile>> {
         let mut state = lock(&self.state);
         if !state.files.contains_key(path) {
@@ -268,6 +273,8 @@ struct SimState {
     rng: SplitMix64,
     /// Bumped by every crash; handles from an older generation are stale.
     generation: u64,
+    /// Bumped by every power loss (not by a process kill): the machine's boot.
+    boots: u64,
     files: BTreeMap<PathBuf, SimFile>,
     /// Small records ([`Disk::replace_durably`]): each is replaced whole and durably, so one
     /// view serves both reads and crashes.
@@ -358,6 +365,7 @@ impl SimState {
 
     fn crash(&mut self, tearing: bool) {
         self.generation += 1;
+        self.boots += 1;
         self.stats.crashes += 1;
         for file in self.files.values_mut() {
             file.crash(tearing.then_some(&mut self.rng));

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use crate::volume::{BlockVolume, VolumeError, ZeroFlags};
 use crate::wire::{
     EXTENT_SIZE_BYTES, FLAG_FUA, FLAG_MAY_TRIM, FLAGS_KNOWN, Op, PAYLOAD_MAX_BYTES, Reply, Request,
-    Status, VERSIONS_PER_REQUEST_MAX, WriteVersion, encode_versions,
+    Status, VERSIONS_PER_REQUEST_MAX, WriteVersion, encode_extent_versions,
 };
 
 use super::{ReplicaServer, ReplicaVolume};
@@ -21,7 +21,17 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
         return refuse(Status::BadRequest);
     }
     if h.op == Op::Ping {
-        return Reply::ok(h.op, h.request_id, Bytes::new());
+        return match server.power().await {
+            Ok(power) => Reply::ok(
+                h.op,
+                h.request_id,
+                Bytes::copy_from_slice(&power.epoch.to_le_bytes()),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "power record cannot be read");
+                Reply::status(h.op, h.request_id, Status::Error, EIO, 0)
+            }
+        };
     }
     let vol = match server.volume(h.volume).await {
         Ok(Some(v)) => v,
@@ -41,11 +51,31 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
         {
             return refuse(Status::OutOfRange);
         }
-        let versions = vol.versions.get(first, count);
-        return Reply::ok(h.op, h.request_id, encode_versions(&versions));
+        let extents = vol.extents(first, count);
+        return Reply::ok(h.op, h.request_id, encode_extent_versions(&extents));
     }
-    if h.op.mutates() && h.version == WriteVersion::NONE {
+    // A mutation carries its version; only a reset (a trim of whole extents back to never
+    // written, as a copy of an extent its source never wrote) carries none.
+    if h.op.mutates() && h.version == WriteVersion::NONE && !is_reset(&vol, &h) {
         return refuse(Status::BadRequest);
+    }
+    if h.op == Op::Digest {
+        // Not fenced: like GET_EXTENT_VERSIONS, it only reads.
+        if !in_range(&vol, Op::Read, h.offset, h.len) {
+            return refuse(Status::OutOfRange);
+        }
+        return match vol.local.read_with_crc(h.offset, h.len).await {
+            Ok((data, crc)) => {
+                let crc = crc.unwrap_or_else(|| crate::wire::payload_crc(&data));
+                Reply::ok(
+                    h.op,
+                    h.request_id,
+                    Bytes::copy_from_slice(&crc.to_le_bytes()),
+                )
+            }
+            Err(VolumeError::Checksum { .. }) => refuse(Status::Checksum),
+            Err(e) => Reply::status(h.op, h.request_id, Status::Error, e.errno(), 0),
+        };
     }
     if h.op != Op::Flush && !in_range(&vol, h.op, h.offset, h.len) {
         return refuse(Status::OutOfRange);
@@ -83,6 +113,28 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
     }
 }
 
+/// Whether `h` is a trim of whole extents without a version: a reset to never written.
+fn is_reset(vol: &ReplicaVolume, h: &crate::wire::RequestHeader) -> bool {
+    let end = h.offset.saturating_add(u64::from(h.len));
+    h.op == Op::Trim
+        && h.version == WriteVersion::NONE
+        && h.len > 0
+        && h.offset.is_multiple_of(EXTENT_SIZE_BYTES)
+        && (end.is_multiple_of(EXTENT_SIZE_BYTES) || end == vol.local.size())
+}
+
+/// Extents `[offset, offset + len)` covers whole (the volume's last extent may be short).
+fn whole_extents(vol: &ReplicaVolume, offset: u64, len: u64) -> std::ops::Range<u64> {
+    let end = offset + len;
+    let first = offset.div_ceil(EXTENT_SIZE_BYTES);
+    let last = if end == vol.local.size() {
+        end.div_ceil(EXTENT_SIZE_BYTES)
+    } else {
+        end / EXTENT_SIZE_BYTES
+    };
+    first..last.max(first)
+}
+
 /// Whether the op's range lies within the volume and its limits.
 fn in_range(vol: &ReplicaVolume, op: Op, offset: u64, len: u32) -> bool {
     if op == Op::Read && len > PAYLOAD_MAX_BYTES {
@@ -102,6 +154,49 @@ fn in_range(vol: &ReplicaVolume, op: Op, offset: u64, len: u32) -> bool {
 async fn run(vol: &ReplicaVolume, req: &Request) -> Result<(Bytes, Option<u32>), VolumeError> {
     let h = &req.header;
     let fua = h.flags & FLAG_FUA != 0;
+    let len = u64::from(h.len);
+    let (first, end) = (
+        h.offset / EXTENT_SIZE_BYTES,
+        (h.offset + len).div_ceil(EXTENT_SIZE_BYTES),
+    );
+    // A mutation's extents are marked durably before its data is written (see `intent`).
+    let _mutating = if h.op.mutates() && len > 0 {
+        Some(vol.intent.mutate(first, end).await?)
+    } else {
+        None
+    };
+    let stored = store(vol, req, fua).await;
+    if stored.is_err() && h.op.mutates() && len > 0 {
+        vol.intent.failed(first, end).await?;
+    }
+    if h.op == Op::Read || h.op == Op::Flush {
+        return stored;
+    }
+    stored?;
+    if len > 0 {
+        if h.version == WriteVersion::NONE {
+            vol.versions.reset(first, end).await?;
+        } else {
+            vol.versions.record(first, end, h.version).await?;
+        }
+        if fua {
+            vol.versions.sync().await?;
+        }
+        let whole = whole_extents(vol, h.offset, len);
+        if !whole.is_empty() {
+            vol.intent.rewritten(whole.start, whole.end).await?;
+        }
+    }
+    Ok((Bytes::new(), None))
+}
+
+/// The store operation of `req` (for a flush, also the versions' and the intents' part).
+async fn store(
+    vol: &ReplicaVolume,
+    req: &Request,
+    fua: bool,
+) -> Result<(Bytes, Option<u32>), VolumeError> {
+    let h = &req.header;
     let len = u64::from(h.len);
     match h.op {
         Op::Read => return vol.local.read_with_crc(h.offset, h.len).await,
@@ -124,18 +219,14 @@ async fn run(vol: &ReplicaVolume, req: &Request) -> Result<(Bytes, Option<u32>),
             vol.local.write_zeroes(h.offset, len, flags).await?;
         }
         Op::Flush => {
+            let ticket = vol.intent.flush_started();
             vol.local.flush().await?;
             vol.versions.sync().await?;
+            vol.intent.flush_completed(ticket).await?;
             return Ok((Bytes::new(), None));
         }
-        Op::GetExtentVersions | Op::Ping => unreachable!("answered before admission"),
-    }
-    if len > 0 {
-        let first = h.offset / EXTENT_SIZE_BYTES;
-        let end = (h.offset + len).div_ceil(EXTENT_SIZE_BYTES);
-        vol.versions.record(first, end, h.version).await?;
-        if fua {
-            vol.versions.sync().await?;
+        Op::GetExtentVersions | Op::Ping | Op::Digest => {
+            unreachable!("answered before admission")
         }
     }
     Ok((Bytes::new(), None))

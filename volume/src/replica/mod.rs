@@ -9,6 +9,12 @@
 //!   overwrite data.
 //! - `versions`: the version `(attach_epoch, seq)` of each extent's last write ([`versions`]),
 //!   for delta resync, answered by GET_EXTENT_VERSIONS.
+//! - `intent`: which extents may hold writes no flush made durable yet ([`intent`]); what it
+//!   marks when the replica starts after a power loss is reported *suspect* with the versions
+//!   until rewritten.
+//!
+//! Per node, `DATA_DIR/replica/power` holds the boot the replica last ran in and its power
+//! epoch ([`power`]), which PING answers.
 //!
 //! Code map: `connection` reads frames, runs each request as its own task and writes replies
 //! in completion order (bounded in flight per connection); `execute` runs one request against
@@ -21,6 +27,8 @@
 mod connection;
 mod execute;
 pub mod fence;
+pub mod intent;
+pub mod power;
 pub mod versions;
 
 use std::collections::HashMap;
@@ -34,10 +42,12 @@ use tokio::task::JoinSet;
 
 use crate::store::{CRC_OPEN, ExtentStore, LocalVolume, StoreError};
 use crate::volume::BlockVolume;
-use crate::wire::{VolumeId, WriteVersion};
+use crate::wire::{ExtentVersion, VolumeId, WriteVersion};
 
 pub use connection::Ending;
 use fence::Fence;
+use intent::IntentLog;
+use power::Power;
 use versions::VersionTable;
 
 /// Requests read but not yet answered, per connection, by default.
@@ -72,18 +82,40 @@ pub fn store_volume_name(id: VolumeId) -> String {
     format!("r-{id}")
 }
 
-/// One volume as a replica serves it: the store's volume, its fence and its versions.
+/// One volume as a replica serves it: the store's volume, its fence, its versions and its
+/// write intents.
 pub struct ReplicaVolume {
     pub local: Arc<LocalVolume>,
     pub fence: Fence,
     pub versions: VersionTable,
+    pub intent: IntentLog,
 }
 
 impl ReplicaVolume {
     /// Versions of extents `first..first + count` (clamped to the volume).
     pub fn extent_versions(&self, first: u64, count: u64) -> Vec<WriteVersion> {
+        self.extents(first, count)
+            .into_iter()
+            .map(|e| e.version)
+            .collect()
+    }
+
+    /// Extents `first..first + count` (clamped to the volume) as GET_EXTENT_VERSIONS reports
+    /// them.
+    pub fn extents(&self, first: u64, count: u64) -> Vec<ExtentVersion> {
         let end = first.saturating_add(count).min(self.versions.extents());
-        self.versions.get(first.min(end), end - first.min(end))
+        let first = first.min(end);
+        let versions = self.versions.get(first, end - first);
+        let flags = self.intent.flags(first, end - first);
+        versions
+            .into_iter()
+            .zip(flags)
+            .map(|(version, (suspect, recent))| ExtentVersion {
+                version,
+                suspect,
+                recent,
+            })
+            .collect()
     }
 }
 
@@ -94,6 +126,8 @@ pub struct ReplicaServer {
     volumes: std::sync::Mutex<HashMap<VolumeId, Arc<ReplicaVolume>>>,
     /// Held while a volume's replica state is opened, so it is opened once.
     opening: tokio::sync::Mutex<()>,
+    /// Read (and raised, after a machine restart) on first use.
+    power: tokio::sync::OnceCell<Power>,
 }
 
 impl ReplicaServer {
@@ -104,7 +138,24 @@ impl ReplicaServer {
             config,
             volumes: std::sync::Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
+            power: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// What the replica learned about its machine when it started (see [`power`]).
+    pub async fn power(&self) -> io::Result<Power> {
+        self.power
+            .get_or_try_init(|| async {
+                let dir = self.store.dir().join("replica");
+                std::fs::create_dir_all(&dir)?;
+                let p = power::open(self.store.disk(), &dir.join("power")).await?;
+                if p.lost_at_start {
+                    tracing::warn!(epoch = p.epoch, "the machine restarted since the replica last ran: writes that were not durable then are lost; their extents are suspect");
+                }
+                Ok(p)
+            })
+            .await
+            .copied()
     }
 
     pub fn store(&self) -> &Arc<ExtentStore> {
@@ -142,10 +193,18 @@ impl ReplicaServer {
         let fence = Fence::open(Arc::clone(self.store.disk()), dir.join("epoch")).await?;
         let file = self.store.disk().open(&dir.join("versions"), CRC_OPEN)?;
         let versions = VersionTable::open(file, local.size()).await?;
+        let power = self.power().await?;
+        let file = self.store.disk().open(&dir.join("intent"), CRC_OPEN)?;
+        let intent = IntentLog::open(file, local.size(), power.lost_at_start).await?;
+        let suspect = intent.suspect_count();
+        if suspect > 0 {
+            tracing::warn!(volume = %id, extents = suspect, "extents that may have lost writes are suspect until copied from another replica");
+        }
         let v = Arc::new(ReplicaVolume {
             local,
             fence,
             versions,
+            intent,
         });
         self.volumes
             .lock()

@@ -25,16 +25,12 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::io::BlockFile;
+use crate::io::{BlockFile, sparse};
 use crate::wire::{EXTENT_SIZE_BYTES, VERSION_ENTRY_BYTES, WriteVersion, decode_versions};
 
-/// Largest read of the `versions` file while loading it, in bytes.
-const LOAD_CHUNK_BYTES: u64 = 1 << 20;
-
 const ENTRY: u64 = VERSION_ENTRY_BYTES as u64;
-const _: () = assert!(LOAD_CHUNK_BYTES.is_multiple_of(ENTRY));
 
 /// Versions of every extent of one volume on this replica.
 pub struct VersionTable {
@@ -56,43 +52,19 @@ impl VersionTable {
     pub async fn open(file: Arc<dyn BlockFile>, size_bytes: u64) -> io::Result<VersionTable> {
         let extents = Self::extents_of(size_bytes);
         let want = extents * ENTRY;
-        let have = file.file_len().await?;
-        if have == 0 {
-            file.set_len(want).await?;
-        } else if have != want {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("versions file is {have} bytes, want {want}"),
-            ));
-        }
+        sparse::size_table(&*file, want, "versions").await?;
         let mut cache = HashMap::new();
-        let mut pos = 0;
-        while pos < want {
-            let Some(data) = file.seek_data(pos).await? else {
-                break;
-            };
-            if data >= want {
-                break;
-            }
-            let start = data - data % ENTRY;
-            let end = file.seek_hole(data).await?.min(want).div_ceil(ENTRY) * ENTRY;
-            let mut at = start;
-            while at < end {
-                let n = (end - at).min(LOAD_CHUNK_BYTES);
-                let bytes = file.read_at(at, n as usize).await?;
-                let entries = decode_versions(&bytes).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidData, "short versions read")
-                })?;
-                for (i, v) in entries.into_iter().enumerate() {
-                    if v != WriteVersion::NONE {
-                        cache.insert(at / ENTRY + i as u64, v);
-                    }
+        sparse::for_each_allocated(&*file, want, ENTRY, |at, bytes| {
+            let entries = decode_versions(&bytes)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short versions read"))?;
+            for (i, v) in entries.into_iter().enumerate() {
+                if v != WriteVersion::NONE {
+                    cache.insert(at / ENTRY + i as u64, v);
                 }
-                at += n;
             }
-            assert!(end > pos, "versions load made no progress at {pos}");
-            pos = end;
-        }
+            Ok(())
+        })
+        .await?;
         Ok(VersionTable {
             file,
             extents,
@@ -133,6 +105,21 @@ impl VersionTable {
         self.file
             .write_at(first * ENTRY, bytes.freeze(), false)
             .await
+    }
+
+    /// Sets the versions of extents `first..end` back to [`WriteVersion::NONE`]: their data was
+    /// just reset to never written. Call only after the data was.
+    pub async fn reset(&self, first: u64, end: u64) -> io::Result<()> {
+        assert!(first < end && end <= self.extents, "extents {first}..{end}");
+        let _persist = self.persist.lock().await;
+        {
+            let mut cache = self.cache.lock().expect("versions cache");
+            for e in first..end {
+                cache.remove(&e);
+            }
+        }
+        let zeros = Bytes::from(vec![0u8; ((end - first) * ENTRY) as usize]);
+        self.file.write_at(first * ENTRY, zeros, false).await
     }
 
     /// Makes every recorded version durable.

@@ -39,10 +39,13 @@ pub use reply::{REPLY_HEADER_BYTES, Reply, ReplyHeader, decode_reply, take_large
 pub use request::{
     REQUEST_HEADER_BYTES, Request, RequestHeader, decode_request, take_large_request_header,
 };
-pub use versions::{VERSION_ENTRY_BYTES, decode_versions, encode_versions};
+pub use versions::{
+    EXTENT_VERSION_ENTRY_BYTES, ExtentVersion, VERSION_ENTRY_BYTES, decode_extent_versions,
+    decode_versions, encode_extent_versions, encode_versions,
+};
 
 /// Protocol version this build speaks. A peer speaking another is refused, not guessed at.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Magic of a request frame: "FBRQ".
 pub const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"FBRQ");
 /// Magic of a reply frame: "FBRP".
@@ -59,7 +62,7 @@ pub const PAYLOAD_MAX_BYTES: u32 = EXTENT_SIZE_BYTES as u32;
 /// O_DIRECT.
 pub const DIRECT_PAYLOAD_MIN_BYTES: u32 = 64 * 1024;
 /// Most extents one GET_EXTENT_VERSIONS request may ask about.
-pub const VERSIONS_PER_REQUEST_MAX: u32 = PAYLOAD_MAX_BYTES / VERSION_ENTRY_BYTES as u32;
+pub const VERSIONS_PER_REQUEST_MAX: u32 = PAYLOAD_MAX_BYTES / EXTENT_VERSION_ENTRY_BYTES as u32;
 
 const _: () = assert!(EXTENT_SIZE_BYTES.is_multiple_of(4096));
 const _: () = assert!(PAYLOAD_MAX_BYTES as u64 <= EXTENT_SIZE_BYTES);
@@ -105,6 +108,9 @@ pub enum Op {
     WriteZeroes = 5,
     GetExtentVersions = 6,
     Ping = 7,
+    /// The crc32c of a range's contents, read and checked on the replica: the reply's payload
+    /// is the crc32c, 4 bytes little endian. Compares copies without moving them.
+    Digest = 8,
 }
 
 impl Op {
@@ -117,6 +123,7 @@ impl Op {
             5 => Op::WriteZeroes,
             6 => Op::GetExtentVersions,
             7 => Op::Ping,
+            8 => Op::Digest,
             _ => return None,
         })
     }

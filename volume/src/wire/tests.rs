@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn op() -> impl Strategy<Value = Op> {
-    (1u8..=7).prop_map(|v| Op::from_u8(v).expect("1..=7 are ops"))
+    (1u8..=8).prop_map(|v| Op::from_u8(v).expect("1..=8 are ops"))
 }
 
 fn status() -> impl Strategy<Value = Status> {
@@ -108,6 +108,7 @@ proptest! {
         let mut b = BytesMut::from(&data[..]);
         let _ = decode_reply(&mut b);
         let _ = decode_versions(&data);
+        let _ = decode_extent_versions(&data);
         let mut c = BytesMut::from(&data[..]);
         let _ = take_large_request_header(&mut c);
         let mut d = BytesMut::from(&data[..]);
@@ -126,6 +127,22 @@ proptest! {
         let v: Vec<WriteVersion> = v.into_iter().map(|(epoch, seq)| WriteVersion { epoch, seq }).collect();
         prop_assert_eq!(decode_versions(&encode_versions(&v)), Some(v));
     }
+
+    #[test]
+    fn extent_versions_round_trip(v in proptest::collection::vec(any::<(u64, u64, bool, bool)>(), 0..512)) {
+        let v: Vec<ExtentVersion> = v
+            .into_iter()
+            .map(|(epoch, seq, suspect, recent)| ExtentVersion { version: WriteVersion { epoch, seq }, suspect, recent })
+            .collect();
+        prop_assert_eq!(decode_extent_versions(&encode_extent_versions(&v)), Some(v));
+    }
+
+    #[test]
+    fn an_unknown_extent_flag_is_refused(flags in 4u8..) {
+        let mut b = encode_extent_versions(&[ExtentVersion::default()]).to_vec();
+        b[VERSION_ENTRY_BYTES] = flags;
+        prop_assert_eq!(decode_extent_versions(&b), None);
+    }
 }
 
 #[test]
@@ -140,8 +157,9 @@ fn bad_magic_version_and_crc_get_their_own_errors() {
     ));
 
     let mut bad = good.clone();
-    bad[4..6].copy_from_slice(&2u16.to_le_bytes());
-    assert_eq!(decode_request(&mut bad), Err(WireError::BadVersion(2)));
+    let other = PROTOCOL_VERSION + 1;
+    bad[4..6].copy_from_slice(&other.to_le_bytes());
+    assert_eq!(decode_request(&mut bad), Err(WireError::BadVersion(other)));
 
     let mut bad = good.clone();
     bad[30] ^= 1; // inside the offset

@@ -6,9 +6,10 @@
 //! restarts after a power loss forgets the writes it had not made durable, though it
 //! acknowledged them. The client sees both, so it keeps, per replica:
 //!
-//! - the extents it acknowledged a mutation of since its last flush, and the session (of its
-//!   link) that carried them: an answer in another session means the replica may have
-//!   restarted, and those extents may be gone;
+//! - the extents it acknowledged a mutation of since its last flush, and the replica's power
+//!   epoch when it did (the link learns it with each session): an answer with another epoch
+//!   means the replica's machine restarted, and those extents may be gone (a reconnect or a
+//!   process restart keeps the epoch, and loses nothing);
 //! - the extents it may lack: a mutation failed on it, or it may have lost unflushed ones.
 //!   Resync copies these whatever their versions say, and only then forgets them.
 //!
@@ -26,8 +27,8 @@ use std::ops::Range;
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
     unflushed: BTreeSet<u64>,
-    /// The session that acknowledged `unflushed`.
-    session: Option<u64>,
+    /// The power epoch in which the replica acknowledged `unflushed`.
+    power_epoch: Option<u64>,
     missed: BTreeSet<u64>,
     /// Another writer's history: see the module docs.
     history_unknown: bool,
@@ -51,10 +52,10 @@ impl Ledger {
         self.history_unknown
     }
 
-    /// Whether the replica may have lost acknowledged writes because `session` is not the one
-    /// that carried them.
-    fn restarted(&self, session: u64) -> bool {
-        !self.unflushed.is_empty() && self.session.is_some_and(|s| s != session)
+    /// Whether the replica may have lost acknowledged writes because `power_epoch` is not the
+    /// one it acknowledged them in.
+    fn restarted(&self, power_epoch: u64) -> bool {
+        !self.unflushed.is_empty() && self.power_epoch.is_some_and(|p| p != power_epoch)
     }
 
     /// Whether it acknowledged mutations since its last flush.
@@ -65,18 +66,18 @@ impl Ledger {
     /// Moves every unflushed extent to the missed ones.
     fn lose_unflushed(&mut self) {
         self.missed.append(&mut self.unflushed);
-        self.session = None;
+        self.power_epoch = None;
     }
 
-    /// A mutation of `extents` was acknowledged in `session`. `false` if the replica may have
-    /// lost earlier ones (it answered in a new session): treat it as failed.
-    pub(super) fn acked(&mut self, extents: Range<u64>, session: u64) -> bool {
-        if self.restarted(session) {
+    /// A mutation of `extents` was acknowledged in `power_epoch`. `false` if the replica may
+    /// have lost earlier ones (it answered with a new epoch): treat it as failed.
+    pub(super) fn acked(&mut self, extents: Range<u64>, power_epoch: u64) -> bool {
+        if self.restarted(power_epoch) {
             self.lose_unflushed();
             return false;
         }
         self.unflushed.extend(extents);
-        self.session = Some(session);
+        self.power_epoch = Some(power_epoch);
         true
     }
 
@@ -87,10 +88,10 @@ impl Ledger {
         self.lose_unflushed();
     }
 
-    /// A read was answered in `session`. `false` if the replica may have lost acknowledged
+    /// A read was answered in `power_epoch`. `false` if the replica may have lost acknowledged
     /// writes (see [`Ledger::acked`]): its answer may be older than them.
-    pub(super) fn read(&mut self, session: u64) -> bool {
-        if self.restarted(session) {
+    pub(super) fn read(&mut self, power_epoch: u64) -> bool {
+        if self.restarted(power_epoch) {
             self.lose_unflushed();
             return false;
         }
@@ -102,10 +103,10 @@ impl Ledger {
         FlushMark(self.unflushed.clone())
     }
 
-    /// The flush marked `mark` was acknowledged in `session`. `false` if the replica may have
+    /// The flush marked `mark` was acknowledged in `power_epoch`. `false` if the replica may have
     /// lost what the flush was to make durable.
-    pub(super) fn flushed(&mut self, mark: FlushMark, session: u64) -> bool {
-        if self.restarted(session) {
+    pub(super) fn flushed(&mut self, mark: FlushMark, power_epoch: u64) -> bool {
+        if self.restarted(power_epoch) {
             self.lose_unflushed();
             return false;
         }
@@ -113,7 +114,7 @@ impl Ledger {
             self.unflushed.remove(&e);
         }
         if self.unflushed.is_empty() {
-            self.session = None;
+            self.power_epoch = None;
         }
         true
     }
@@ -160,13 +161,13 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_in_a_new_session_loses_what_was_not_flushed() {
+    fn an_answer_with_a_new_power_epoch_loses_what_was_not_flushed() {
         let mut l = Ledger::default();
         assert!(l.acked(1..2, 1));
         assert!(l.acked(7..8, 1));
         assert!(!l.read(2), "the replica may have restarted");
         assert_eq!(l.missed(), set(&[1, 7]));
-        // Nothing unflushed any more: a new session is no longer suspicious.
+        // Nothing unflushed any more: a new power epoch is no longer suspicious.
         assert!(l.acked(2..3, 2));
         assert!(l.read(2));
     }
@@ -184,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flush_answered_in_a_new_session_does_not_count() {
+    fn a_flush_answered_with_a_new_power_epoch_does_not_count() {
         let mut l = Ledger::default();
         assert!(l.acked(5..6, 1));
         let mark = l.flush_sent();
@@ -193,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn with_everything_flushed_a_new_session_is_harmless() {
+    fn with_everything_flushed_a_new_power_epoch_is_harmless() {
         let mut l = Ledger::default();
         assert!(l.acked(5..6, 1));
         let mark = l.flush_sent();

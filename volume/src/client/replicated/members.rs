@@ -38,8 +38,7 @@ pub(super) struct Replica {
 }
 
 /// Why an acknowledgement does not count: see [`super::ledger`].
-const RESTARTED: &str =
-    "answered in a new session while it held unflushed writes: it may have restarted and lost them";
+const RESTARTED: &str = "answered with a new power epoch while it held unflushed writes: its machine restarted and lost them";
 
 /// The replicas of one group at one moment. Swapped whole when the PG map changes; an IO works
 /// on the snapshot it started with.
@@ -85,16 +84,16 @@ impl Replica {
     }
 
     /// Sends mutation `req` (a write, trim or zeroing) and keeps the ledger: a failure marks
-    /// its extents missed, and an acknowledgement in a new session, after writes that were
+    /// its extents missed, and an acknowledgement with a new power epoch, after writes that were
     /// not flushed, counts as a failure.
     pub(super) async fn mutation(&self, req: Request) -> Outcome {
         let h = req.header;
         let extents =
             h.offset / EXTENT_SIZE_BYTES..(h.offset + u64::from(h.len)).div_ceil(EXTENT_SIZE_BYTES);
         let answered = self.link.call_in_session(req).await;
-        let session = answered.as_ref().ok().map(|(_, s)| *s);
+        let power_epoch = answered.as_ref().ok().map(|(_, p)| *p);
         match outcome(answered.map(|(reply, _)| reply)) {
-            Outcome::Acked(payload) => match session {
+            Outcome::Acked(payload) => match power_epoch {
                 Some(s) if self.ledger().acked(extents.clone(), s) => Outcome::Acked(payload),
                 _ => {
                     self.ledger().failed(extents);
@@ -109,13 +108,13 @@ impl Replica {
         }
     }
 
-    /// Sends read `req`; an answer in a new session, after writes that were not flushed,
+    /// Sends read `req`; an answer with a new power epoch, after writes that were not flushed,
     /// counts as a failure (the replica may hold older data than it acknowledged).
     pub(super) async fn read(&self, req: Request) -> Outcome {
         let answered = self.link.call_in_session(req).await;
-        let session = answered.as_ref().ok().map(|(_, s)| *s);
+        let power_epoch = answered.as_ref().ok().map(|(_, p)| *p);
         match outcome(answered.map(|(reply, _)| reply)) {
-            Outcome::Acked(payload) => match session {
+            Outcome::Acked(payload) => match power_epoch {
                 Some(s) if self.ledger().read(s) => Outcome::Acked(payload),
                 _ => Outcome::Failed(RESTARTED.to_owned()),
             },
@@ -159,7 +158,7 @@ impl Replica {
 }
 
 /// Sends flush `req` over `link`, for `replicas` (the replicas of several groups that are one
-/// server): the outcome for each, in order. A flush answered in a new session does not make
+/// server): the outcome for each, in order. A flush answered with a new power epoch does not make
 /// durable what the replica acknowledged before it.
 pub(super) async fn flush_places(
     link: &Link,
@@ -168,12 +167,12 @@ pub(super) async fn flush_places(
 ) -> Vec<Outcome> {
     let marks: Vec<_> = replicas.iter().map(|r| r.ledger().flush_sent()).collect();
     let answered = link.call_in_session(req).await;
-    let session = answered.as_ref().ok().map(|(_, s)| *s);
+    let power_epoch = answered.as_ref().ok().map(|(_, p)| *p);
     let result = outcome(answered.map(|(reply, _)| reply));
     replicas
         .iter()
         .zip(marks)
-        .map(|(r, mark)| match (&result, session) {
+        .map(|(r, mark)| match (&result, power_epoch) {
             (Outcome::Acked(p), Some(s)) => {
                 if r.ledger().flushed(mark, s) {
                     Outcome::Acked(p.clone())

@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 use crate::store::range_lock::RangeLock;
 use crate::volume::{BlockVolume, Extent, ExtentState, VolFuture, VolumeError, ZeroFlags};
 use crate::wire::{
-    FLAG_FUA, FLAG_MAY_TRIM, Op, Request, RequestHeader, VERSIONS_PER_REQUEST_MAX, VolumeId,
-    WriteVersion, decode_versions,
+    ExtentVersion, FLAG_FUA, FLAG_MAY_TRIM, Op, Request, RequestHeader, VERSIONS_PER_REQUEST_MAX,
+    VolumeId, WriteVersion, decode_extent_versions,
 };
 
 use super::link::{Link, Outcome, outcome};
@@ -210,14 +210,15 @@ impl ReplicatedVolume {
             .collect()
     }
 
-    /// Asks `replica` for the versions of extents `first..first + count` (for resync). A probe:
+    /// Asks `replica` for the versions of extents `first..first + count`, each with whether the
+    /// replica can vouch for its contents (for resync). A probe:
     /// it also reaches a replica that timed out before, and an answer makes it usable again.
     pub async fn extent_versions(
         &self,
         replica: SocketAddr,
         first: u64,
         count: u32,
-    ) -> Result<Vec<WriteVersion>, VolumeError> {
+    ) -> Result<Vec<ExtentVersion>, VolumeError> {
         assert!(count <= VERSIONS_PER_REQUEST_MAX);
         let link = (0..self.inner.groups.len())
             .find_map(|g| {
@@ -247,7 +248,7 @@ impl Inner {
         first: u64,
         count: u32,
         reach: Reach,
-    ) -> Result<Vec<WriteVersion>, VolumeError> {
+    ) -> Result<Vec<ExtentVersion>, VolumeError> {
         assert!(count <= VERSIONS_PER_REQUEST_MAX);
         let req =
             Request::new(self.header(Op::GetExtentVersions, first, count, 0, WriteVersion::NONE));
@@ -256,7 +257,7 @@ impl Inner {
             Reach::Probe => link.probe(req).await,
         };
         let payload = self.answer(reply, link.addr())?;
-        decode_versions(&payload)
+        decode_extent_versions(&payload)
             .filter(|v| v.len() == count as usize)
             .ok_or_else(|| VolumeError::Io(format!("{}: malformed versions reply", link.addr())))
     }

@@ -1,11 +1,12 @@
 //! Probing the live replicas that hold unflushed writes.
 //!
-//! A replica that restarts forgets the writes it acknowledged but had not made durable; the
-//! [`Ledger`](super::ledger) notices when the replica next answers, in a new session. A busy
+//! A replica whose machine restarts forgets the writes it acknowledged but had not made
+//! durable; the [`Ledger`](super::ledger) notices when the replica next answers, with a new
+//! power epoch. A busy
 //! volume talks to every replica all the time, but an idle one may not until a reader arrives,
 //! and meanwhile the replicas of a group hold different data while all count as current. So
 //! the writer pings, now and then, each live replica it holds unflushed writes on: one that
-//! answers in a new session, or not at all, fails as a read to it would, leaves the acting set
+//! answers with a new power epoch, or not at all, fails as a read to it would, leaves the acting set
 //! and is resynced. A replica with nothing unflushed costs nothing.
 
 use crate::client::link::Outcome;

@@ -9,6 +9,16 @@
 //! replicas' versions extent by extent and copies each extent that differs from the replica
 //! with the newest version to the others. Either content was a correct answer for a write
 //! that was never acknowledged; afterwards the replicas agree on one.
+//!
+//! A replica that crashed while the extent had writes that were not durable reports it
+//! *suspect* (`replica::intent`): its blocks may be torn while its version looks current. A
+//! suspect copy is never the source while a live replica can vouch for the extent, and it is
+//! copied over even when its version is equal.
+//!
+//! Equal versions do not prove equal contents: a dying writer's write that reached one replica
+//! and a later write of another block of the extent that reached all leave every replica with
+//! the later version. So an extent any replica marks as written recently (`replica::intent`)
+//! has its contents compared by digest, computed on each replica, and copied where they differ.
 
 use crate::volume::VolumeError;
 use crate::wire::EXTENT_SIZE_BYTES;
@@ -53,17 +63,42 @@ impl ReplicatedVolume {
             let extents = inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
             for e in (0..extents).filter(|&e| inner.group_of(e) == group) {
                 let at = |i: usize| versions[i][e as usize];
+                // A replica that cannot vouch for the extent is no source while one that can
+                // is live.
+                let vouched = (0..live.len()).any(|i| !at(i).suspect);
                 let newest = (0..live.len())
-                    .max_by_key(|&i| at(i))
+                    .filter(|&i| !vouched || !at(i).suspect)
+                    .max_by_key(|&i| at(i).version)
                     .expect("two replicas");
-                if (0..live.len()).all(|i| at(i) == at(newest)) {
+                let mut differs: Vec<bool> = (0..live.len())
+                    .map(|i| {
+                        at(i).version != at(newest).version
+                            || (at(i).suspect && !at(newest).suspect)
+                    })
+                    .collect();
+                let offset = e * EXTENT_SIZE_BYTES;
+                let len = (inner.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
+                if !differs.contains(&true) && (0..live.len()).any(|i| at(i).recent) {
+                    // Equal versions, but written recently: a write that reached some replicas
+                    // only may hide under a later one that reached all. Compare contents.
+                    let digests = futures::future::join_all(
+                        live.iter().map(|r| inner.digest(r, offset, len)),
+                    )
+                    .await;
+                    let Ok(theirs) = &digests[newest] else {
+                        tracing::warn!(volume = %inner.config.volume, group, extent = e, replica = %live[newest].addr(), "recently written extent unreadable on the replica to copy from: left to reads and repair");
+                        continue;
+                    };
+                    for (i, d) in digests.iter().enumerate() {
+                        differs[i] = d.as_ref().is_ok_and(|d| d != theirs) || d.is_err();
+                    }
+                }
+                if !differs.contains(&true) {
                     continue;
                 }
                 let range = inner.extent_lock(e);
                 let _held = inner.locks.lock(range.0, range.1).await;
-                let offset = e * EXTENT_SIZE_BYTES;
-                let len = (inner.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
-                for i in (0..live.len()).filter(|&i| at(i) != at(newest)) {
+                for i in (0..live.len()).filter(|&i| differs[i]) {
                     tracing::info!(volume = %inner.config.volume, group, extent = e, from = %live[newest].addr(), to = %live[i].addr(), "replicas differ after a change of writer: copying the newest");
                     match inner.copy_range(&live[newest], &live[i], offset, len).await {
                         Ok(bytes) => copied += bytes,

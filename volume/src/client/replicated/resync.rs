@@ -34,7 +34,8 @@ use tokio::time::Instant;
 
 use crate::volume::VolumeError;
 use crate::wire::{
-    EXTENT_SIZE_BYTES, FLAG_MAY_TRIM, Op, Request, VERSIONS_PER_REQUEST_MAX, WriteVersion,
+    EXTENT_SIZE_BYTES, ExtentVersion, FLAG_MAY_TRIM, Op, Request, VERSIONS_PER_REQUEST_MAX,
+    WriteVersion,
 };
 
 use crate::client::membership::{Event, Membership};
@@ -258,11 +259,11 @@ impl Inner {
     }
 
     /// Extents among `extents` whose version in `target` (the stale replica's versions)
-    /// differs from the source's, or that are in `missed`.
+    /// differs from the source's, that the target cannot vouch for, or that are in `missed`.
     async fn differing(
         &self,
         group: usize,
-        target: &[WriteVersion],
+        target: &[ExtentVersion],
         extents: &[u64],
         missed: &BTreeSet<u64>,
     ) -> Result<Vec<u64>, VolumeError> {
@@ -272,8 +273,8 @@ impl Inner {
             .iter()
             .copied()
             .filter(|&e| {
-                let (s, t) = (source[e as usize], target[e as usize]);
-                s != t || (missed.contains(&e) && s != WriteVersion::NONE)
+                let (s, t) = (source[e as usize].version, target[e as usize]);
+                s != t.version || t.suspect || (missed.contains(&e) && s != WriteVersion::NONE)
             })
             .collect())
     }
@@ -282,7 +283,7 @@ impl Inner {
     pub(super) async fn all_versions(
         &self,
         replica: &Replica,
-    ) -> Result<Vec<WriteVersion>, VolumeError> {
+    ) -> Result<Vec<ExtentVersion>, VolumeError> {
         let link = &replica.link;
         let total = self.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
         let mut out = Vec::with_capacity(total as usize);
@@ -293,6 +294,22 @@ impl Inner {
             first += u64::from(count);
         }
         Ok(out)
+    }
+
+    /// The crc32c of `[offset, offset + len)` on `replica`, computed there.
+    pub(super) async fn digest(
+        &self,
+        replica: &Replica,
+        offset: u64,
+        len: u32,
+    ) -> Result<u32, VolumeError> {
+        let link = &replica.link;
+        let req = Request::new(self.header(Op::Digest, offset, len, 0, WriteVersion::NONE));
+        let payload = self.answer(link.call(req).await, link.addr())?;
+        let crc: [u8; 4] = payload[..]
+            .try_into()
+            .map_err(|_| VolumeError::Io(format!("{}: malformed digest reply", link.addr())))?;
+        Ok(u32::from_le_bytes(crc))
     }
 
     /// Copies extent `e` from the group's source to replica `t`, stamped with the source's
@@ -306,7 +323,10 @@ impl Inner {
 
     /// Copies `[offset, offset + len)` (within one extent) from replica `s` to replica `t`,
     /// stamped with the extent's version on `s`; the caller holds the range. Returns the bytes
-    /// copied: none when `s` never wrote the extent.
+    /// copied: none when `s` never wrote the extent. Then a whole extent is reset to never
+    /// written on `t` instead (what `t` holds there is an unacknowledged write or the wreck of
+    /// a failed one), and a part of one is left alone, as resetting it would need the whole
+    /// extent's range.
     ///
     /// The data passes through with the crc32c the source sent, unchecked here: the target
     /// checks it against the data it writes, so the copy is verified end to end and this
@@ -326,9 +346,16 @@ impl Inner {
         );
         let source = &s.link;
         let target = &t.link;
-        let version = self.versions(source, e, 1, Reach::Responsive).await?[0];
+        let version = self.versions(source, e, 1, Reach::Responsive).await?[0].version;
         if version == WriteVersion::NONE {
-            // The source never wrote the extent, so the target cannot hold a newer write of it.
+            // The source never wrote the extent, so the target cannot hold a newer
+            // acknowledged write of it.
+            let extent_end = ((e + 1) * EXTENT_SIZE_BYTES).min(self.config.size_bytes);
+            if offset == e * EXTENT_SIZE_BYTES && offset + u64::from(len) == extent_end {
+                let reset = self.header(Op::Trim, offset, len, 0, WriteVersion::NONE);
+                tracing::debug!(volume = %self.config.volume, extent = e, from = %source.addr(), to = %target.addr(), "resetting an extent the source never wrote");
+                self.answered(t.mutation(Request::new(reset)).await, target.addr())?;
+            }
             return Ok(0);
         }
         let read = self.header(Op::Read, offset, len, 0, WriteVersion::NONE);
