@@ -70,11 +70,16 @@ const PINNED: &[(u64, &str)] = &[
         154,
         "a replica that restarted its process counted as failed, and one that lost power survived it",
     ),
+    (174, WRONG_SURVIVOR),
+    (
+        396,
+        "a resync that failed reading the source's versions after the replica began catching up left its versions hiding what it lacked",
+    ),
 ];
 
 /// Seeds of the sweep that fail today, with the class of failure; a seed of the list that
 /// passes fails the sweep too, so the list stays true.
-const KNOWN_FAILURES: &[(u64, &str)] = &[(124, WRONG_SURVIVOR), (174, WRONG_SURVIVOR)];
+const KNOWN_FAILURES: &[(u64, &str)] = &[(124, WRONG_SURVIVOR)];
 
 /// The known failure: every replica of a PG fails in overlapping windows while the metadata
 /// service is away, one of them by a power loss, and the removals that commit afterwards leave

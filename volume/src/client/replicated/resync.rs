@@ -106,11 +106,6 @@ impl ReplicatedVolume {
         // The replica's versions before it takes any write: once it catches up, a write to an
         // extent it lacks older writes of would give it the source's version of that extent.
         let before = inner.all_versions(&t).await?;
-        // From here on writes of the group reach the replica too. Writes that started before
-        // may have missed it: wait for them (the group held for a moment), so the versions
-        // compared below include every one of them.
-        let _catching_up = CatchingUp::start(inner, group, &t);
-        drop(inner.group_locks[group].write().await);
 
         let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
             .filter(|&e| inner.group_of(e) == group)
@@ -129,11 +124,17 @@ impl ReplicatedVolume {
         if t.ledger().misses_everything() {
             missed.extend(extents.iter().copied());
         }
-        let differing = inner.differing(group, &before, &extents, &missed).await?;
-        // Until its copy, such an extent takes the writes the replica catches up with, which
-        // raise its version: should this resync fail, the versions would hide that the copy
-        // never happened. The ledger remembers it until the resync succeeds.
-        t.ledger().may_lack(&differing);
+        // With the group's writes held (those in flight finish first, none start), compare the
+        // source's versions with the replica's and put what differs in the ledger, then let the
+        // replica catch up. From here on its versions rise with the writes it takes, which
+        // would hide an extent it lacks should this resync fail: the ledger remembers each such
+        // extent until the resync succeeds, also when the comparison itself fails part-way.
+        let (differing, _catching_up) = {
+            let _held = inner.group_locks[group].write().await;
+            let differing = inner.differing(group, &before, &extents, &missed).await?;
+            t.ledger().may_lack(&differing);
+            (differing, CatchingUp::start(inner, group, &t))
+        };
         missed.extend(differing.iter().copied());
         let total = differing.len() as u64 * EXTENT_SIZE_BYTES;
         tracing::debug!(volume = %inner.config.volume, group, replica = %target, extents = differing.len(), "resync: caught up with the writes in flight; copying");
