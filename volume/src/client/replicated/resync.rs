@@ -314,9 +314,21 @@ impl Inner {
     }
 
     /// Copies extent `e` from the group's source to replica `t`, stamped with the source's
-    /// version; the caller holds the extent's range. Returns the bytes copied.
+    /// version; the caller holds the extent's range. Returns the bytes copied. The source is
+    /// the first live replica that can vouch for the extent (one that lost power while it was
+    /// being written may hold torn blocks), or the first live one if none can.
     async fn copy_extent(&self, group: usize, t: &Replica, e: u64) -> Result<u64, VolumeError> {
-        let s = self.source(group)?;
+        let first = self.source(group)?;
+        let mut s = Arc::clone(&first);
+        for r in self.members(group).iter().filter(|r| r.is_live()) {
+            match self.versions(&r.link, e, 1, Reach::Responsive).await {
+                Ok(v) if !v[0].suspect => {
+                    s = Arc::clone(r);
+                    break;
+                }
+                _ => {}
+            }
+        }
         let offset = e * EXTENT_SIZE_BYTES;
         let len = (self.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
         self.copy_range(&s, t, offset, len).await
