@@ -63,12 +63,7 @@ impl Node {
     /// Stops the server and starts a new one on the same directory and address: a restart
     /// of the process, as the client sees it.
     async fn restart(self) -> Node {
-        self.kill();
-        let Node {
-            dir, store, addr, ..
-        } = self;
-        drop(store);
-        wait_for_unlock(dir.path()).await;
+        let (dir, addr) = self.stop().await;
         Node::start_at(dir, addr).await
     }
 
@@ -76,17 +71,23 @@ impl Node {
     /// another boot, so the replica counts what was not durable as lost (the data itself stays,
     /// as this machine did not really restart).
     async fn restart_machine(self) -> Node {
+        let (dir, addr) = self.stop().await;
+        let record = dir.path().join("replica").join("power");
+        let text = std::fs::read_to_string(&record).unwrap();
+        let epoch = text.lines().nth(1).unwrap();
+        std::fs::write(&record, format!("an-earlier-boot\n{epoch}\n")).unwrap();
+        Node::start_at(dir, addr).await
+    }
+
+    /// Kills the server and waits until its store is let go; returns where it lived.
+    async fn stop(self) -> (tempfile::TempDir, SocketAddr) {
         self.kill();
         let Node {
             dir, store, addr, ..
         } = self;
         drop(store);
         wait_for_unlock(dir.path()).await;
-        let record = dir.path().join("replica").join("power");
-        let text = std::fs::read_to_string(&record).unwrap();
-        let epoch = text.lines().nth(1).unwrap();
-        std::fs::write(&record, format!("an-earlier-boot\n{epoch}\n")).unwrap();
-        Node::start_at(dir, addr).await
+        (dir, addr)
     }
 
     async fn start_at(dir: tempfile::TempDir, at: SocketAddr) -> Node {

@@ -115,12 +115,13 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
 
 /// Whether `h` is a trim of whole extents without a version: a reset to never written.
 fn is_reset(vol: &ReplicaVolume, h: &crate::wire::RequestHeader) -> bool {
-    let end = h.offset.saturating_add(u64::from(h.len));
+    let len = u64::from(h.len);
     h.op == Op::Trim
         && h.version == WriteVersion::NONE
         && h.len > 0
-        && h.offset.is_multiple_of(EXTENT_SIZE_BYTES)
-        && (end.is_multiple_of(EXTENT_SIZE_BYTES) || end == vol.local.size())
+        && h.offset.checked_add(len).is_some()
+        && whole_extents(vol, h.offset, len)
+            == (h.offset / EXTENT_SIZE_BYTES..(h.offset + len).div_ceil(EXTENT_SIZE_BYTES))
 }
 
 /// Extents `[offset, offset + len)` covers whole (the volume's last extent may be short).
