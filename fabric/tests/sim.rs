@@ -76,6 +76,21 @@ const PINNED: &[(u64, &str)] = &[
         396,
         "a resync that failed reading the source's versions after the replica began catching up left its versions hiding what it lacked",
     ),
+    (
+        56,
+        "a replica whose removal was refused came back live without a resync after another member had become current again",
+    ),
+    (268, WRONG_SURVIVOR),
+    (376, WRONG_SURVIVOR),
+    (555, WRONG_SURVIVOR),
+    (
+        769,
+        "a resync did not copy the extents its source had lost in a power loss, and the copies differed under equal versions",
+    ),
+    (
+        897,
+        "a resync did not copy the extents its source had lost in a power loss, and the copies differed under equal versions",
+    ),
 ];
 
 /// Seeds of the sweep that fail today, with the class of failure; a seed of the list that
@@ -85,9 +100,11 @@ const KNOWN_FAILURES: &[(u64, &str)] = &[];
 /// Every replica of a PG failed in overlapping windows while the metadata service was away, one
 /// of them by a power loss, and the removals that committed afterwards left the replica that
 /// lost power as the last current copy, while a removed one (that only missed writes that were
-/// never acknowledged) still held the acknowledged writes it lost. Seeds 1–200 of this class
-/// pass since resync copies each extent from a live replica that can vouch for it; beyond
-/// 200 the class remains (see ARCHITECTURE.md).
+/// never acknowledged) still held the acknowledged writes it lost. Since then resync copies
+/// each extent from a live replica that can vouch for it, a write counts only replicas that
+/// still answer in the power epoch they acked it in, and a stale replica that holds every
+/// acknowledged write is brought back in place of the one that lost power. Where the stale
+/// replica missed some acknowledged writes, the class remains (see ARCHITECTURE.md).
 const WRONG_SURVIVOR: &str = "overlapping failures of every replica of a PG left the one that lost power as its last current copy";
 
 /// Seeds of the sweep.

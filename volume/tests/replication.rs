@@ -139,8 +139,8 @@ async fn three_nodes() -> Vec<Node> {
 }
 
 /// Records everything the client reports. Removals are accepted at once, unless the
-/// metadata service is made unavailable ([`Recorder::metadata_down`]) or removals are held
-/// ([`Recorder::hold_removals`]).
+/// metadata service is made unavailable (`down`), removals are held (`hold`) or refused
+/// (`refuse`).
 #[derive(Default)]
 struct Recorder {
     failures: Mutex<Vec<ReplicaFailure>>,
@@ -148,6 +148,8 @@ struct Recorder {
     corrupt: Mutex<Vec<(SocketAddr, u64)>>,
     /// While set, every removal fails as "not committed".
     down: std::sync::atomic::AtomicBool,
+    /// While set, every removal is refused, as one of a group's last current copy is.
+    refuse: std::sync::atomic::AtomicBool,
     /// While set, removals wait for a permit of this semaphore before they commit.
     hold: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     committed: Arc<std::sync::atomic::AtomicUsize>,
@@ -161,6 +163,13 @@ impl AclObserver for Recorder {
             return Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 Err(RemovalError::Unavailable("no quorum".into()))
+            });
+        }
+        if self.refuse.load(SeqCst) {
+            return Box::pin(async {
+                Err(RemovalError::Refused(
+                    "holds the last current replica".into(),
+                ))
             });
         }
         let held = self.hold.lock().unwrap().clone();
@@ -1267,6 +1276,109 @@ async fn an_idle_writer_finds_a_replica_whose_machine_restarted_holding_unflushe
     let restarted = nodes.remove(0).restart_machine().await;
     assert_eq!(vol.probe_unflushed().await.unwrap(), 0);
     assert!(vol.live_replicas(0).contains(&restarted.addr));
+}
+
+/// Waits up to 10 s for `done`.
+async fn wait_until(done: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A write acknowledged by one replica while another's removal was pending counts only if the
+/// first still answers in the power epoch it acknowledged in: its machine may have restarted
+/// meanwhile and lost the write, while the replica being removed was the one that held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_not_acknowledged_by_a_replica_whose_machine_restarted_while_it_waited() {
+    let mut nodes = vec![Node::start().await, Node::start().await];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let pool = ReplicaPool::tcp(PoolConfig::default()).unwrap();
+    let (vol, recorder) = client_waiting(
+        pool,
+        ActingSets::single(addrs),
+        1,
+        1,
+        BELOW_MIN_WAIT_MS,
+        60_000,
+    );
+    vol.write(0, pattern(4096, 1), true).await.unwrap();
+
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    *recorder.hold.lock().unwrap() = Some(Arc::clone(&hold));
+    nodes[1].kill();
+    let write = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.write(0, pattern(4096, 2), false).await }
+    });
+    // Node 0 acks at once; node 1 fails and its removal waits. Then node 0's machine restarts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "the write waits for node 1's removal");
+    let restarted = nodes.remove(0).restart_machine().await;
+    hold.add_permits(1);
+    let err = write.await.unwrap().unwrap_err();
+    assert!(matches!(err, VolumeError::Io(_)), "{err}");
+    assert!(
+        recorder.failed_replicas().contains(&restarted.addr),
+        "node 0 leaves too: {:?}",
+        recorder.failed_replicas()
+    );
+}
+
+/// The group's last current copy loses power with writes it had not flushed; the replica
+/// removed just before it holds every acknowledged write. That one is brought back without a
+/// copy, the other leaves and is resynced from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_replica_holding_every_acknowledged_write_outranks_a_last_copy_that_lost_power() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut nodes = vec![Node::start().await, Node::start().await];
+    let (vol, recorder) = client(&nodes, 1, 1);
+    let data = pattern(65536, 7);
+    vol.write(0, data.clone(), false).await.unwrap();
+
+    // Node 1's process dies (it keeps what it acknowledged) and it leaves the acting set.
+    let (dir, addr) = nodes.remove(1).stop().await;
+    assert_eq!(vol.probe_unflushed().await.unwrap(), 1);
+    wait_until(|| vol.stale_replicas() == [(0, addr)], "node 1 leaves").await;
+    assert_eq!(vol.live_replicas(0), vec![nodes[0].addr]);
+    // Node 0's machine restarts: its unflushed write is gone. The metadata service refuses
+    // to remove the last current copy.
+    recorder.refuse.store(true, SeqCst);
+    let power_lost = nodes.remove(0).restart_machine().await;
+    assert_eq!(vol.probe_unflushed().await.unwrap(), 1);
+    // It answers again, but is not taken back: node 1 holds what it lost.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        vol.live_replicas(0).is_empty(),
+        "{:?}",
+        vol.live_replicas(0)
+    );
+
+    let holder = Node::start_at(dir, addr).await;
+    let report = vol
+        .resync(0, holder.addr, |_, _| {}, async { Ok(()) })
+        .await
+        .unwrap();
+    assert_eq!(report.bytes_copied, 0, "brought back without a copy");
+    assert_eq!(vol.live_replicas(0), vec![holder.addr]);
+    same(&vol.read(0, 65536).await.unwrap(), &data, "from node 1");
+
+    // Now node 0's removal goes through, and its resync copies the write back to it.
+    recorder.refuse.store(false, SeqCst);
+    wait_until(
+        || vol.stale_replicas() == [(0, power_lost.addr)],
+        "node 0 leaves",
+    )
+    .await;
+    vol.resync(0, power_lost.addr, |_, _| {}, async { Ok(()) })
+        .await
+        .unwrap();
+    same(
+        &power_lost.local().read(0, 65536).await.unwrap(),
+        &data,
+        "node 0 after its resync",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

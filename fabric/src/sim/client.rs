@@ -185,10 +185,13 @@ impl SimClient {
         }
     }
 
-    /// Whether this client holds no stale replica and the metadata lists none.
+    /// Whether this client holds no stale replica nor one on its way out, and the metadata
+    /// lists none stale.
     pub fn settled(&self) -> bool {
         let state = self.meta.state();
-        self.volume.stale_replicas().is_empty() && state.volumes[&self.volume_name].stale.is_empty()
+        self.volume.stale_replicas().is_empty()
+            && self.volume.leaving_replicas().is_empty()
+            && state.volumes[&self.volume_name].stale.is_empty()
     }
 }
 

@@ -234,8 +234,9 @@ async fn run(seed: u64, options: SimOptions) -> SimReport {
         if Instant::now() > settle_end {
             let state = meta.state();
             shared.fail(format!(
-                "not settled {SETTLE_SECONDS_MAX} s after heal: driver holds stale {:?}, metadata lists {:?}",
+                "not settled {SETTLE_SECONDS_MAX} s after heal: driver holds stale {:?}, leaving {:?}, metadata lists {:?}",
                 active.volume.stale_replicas(),
+                active.volume.leaving_replicas(),
                 state.volumes[VOLUME].stale
             ));
             break;

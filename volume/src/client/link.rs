@@ -210,11 +210,17 @@ impl Link {
     /// Like [`Link::call`], but also tries an unresponsive replica; an answer (of any status)
     /// makes it responsive again.
     pub async fn probe(&self, req: Request) -> Result<Reply, LinkError> {
-        let (reply, _) = self.send(req).await?;
+        self.probe_in_session(req).await.map(|(reply, _)| reply)
+    }
+
+    /// Like [`Link::probe`], and also returns the replica's power epoch (see
+    /// [`Link::call_in_session`]).
+    pub async fn probe_in_session(&self, req: Request) -> Result<(Reply, u64), LinkError> {
+        let answered = self.send(req).await?;
         if self.unresponsive.swap(false, Ordering::AcqRel) {
             tracing::info!(addr = %self.addr, "replica answers again");
         }
-        Ok(reply)
+        Ok(answered)
     }
 
     async fn send(&self, mut req: Request) -> Result<(Reply, u64), LinkError> {

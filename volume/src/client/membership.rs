@@ -7,7 +7,7 @@
 //!   Live ───────────▶ Removing ───────────────────────────────▶ Stale ◀──┐
 //!    ▲                 │   ▲                                      │      │ ResyncEnded
 //!    │   RemovalFailed │   │ RetryDue (unavailable)  ResyncStarted│      │
-//!    │                 ▼   │ ProbeFailed (refused)                ▼      │
+//!    │                 ▼   │ ProbeFailed, MustLeave (refused)     ▼      │
 //!    └─ ProbeAnswered ─ Stuck                                 CatchingUp ┘
 //!       (refused only)                                            │ Restored (missed nothing)
 //!                                                                 ▼
@@ -22,7 +22,9 @@
 //! Meanwhile the group's writes wait, bounded, and then fail: acknowledging them would let a
 //! member of the acting set miss them. When the metadata service *refuses* the removal (the
 //! replica holds the group's last current copy) the replica stays a member: it returns to
-//! `Live` only once it answers a probe, and until then the group cannot be written.
+//! `Live` only once it answers a probe, and until then the group cannot be written. It
+//! tries to leave once more instead (`MustLeave`) when another member has become live
+//! meanwhile, or when it lost acknowledged writes that a stale member still holds.
 //!
 //! A replica never returns to `Live` from `Removing` or an unavailable `Stuck` on its own,
 //! even if it answers again: it may have missed writes that failed on it but landed on the
@@ -85,6 +87,10 @@ pub enum Event {
     ProbeAnswered,
     /// That probe failed.
     ProbeFailed,
+    /// That probe was answered, but the replica must leave all the same: another member is
+    /// live again, or a stale one holds acknowledged writes this one lost. Its removal is
+    /// tried again.
+    MustLeave,
     /// The PG map lists the replica as stale in this group.
     ListedStale,
     /// A resync of the (stale) replica begins.
@@ -175,7 +181,7 @@ impl Membership {
                     cause: NotRemoved::Refused,
                     ..
                 },
-                Event::ProbeFailed,
+                Event::ProbeFailed | Event::MustLeave,
             ) => {
                 // Perhaps the others are current again and the removal can go through now.
                 let attempt = attempt + 1;
@@ -264,6 +270,7 @@ mod tests {
             (stuck(2, REFUSED, at), Event::RetryDue, stuck(2, REFUSED, at), Action::Probe),
             (stuck(2, REFUSED, at), Event::ProbeAnswered, Live, Action::Wake),
             (stuck(2, REFUSED, at), Event::ProbeFailed, Removing { attempt: 3 }, Action::Remove { attempt: 3 }),
+            (stuck(2, REFUSED, at), Event::MustLeave, Removing { attempt: 3 }, Action::Remove { attempt: 3 }),
             (stuck(2, REFUSED, at), Event::ListedStale, Stale, Action::Wake),
             (Stale, Event::ResyncStarted, CatchingUp { missed: false }, Action::None),
             (CatchingUp { missed: false }, Event::Failed, CatchingUp { missed: true }, Action::None),
@@ -281,6 +288,7 @@ mod tests {
             Event::RetryDue,
             Event::ProbeAnswered,
             Event::ProbeFailed,
+            Event::MustLeave,
             Event::ListedStale,
             Event::ResyncStarted,
             Event::ResyncEnded,

@@ -39,6 +39,14 @@ impl Tally {
         }
     }
 
+    /// A replica that acked no longer counts (it may have lost the write since); `removed`
+    /// says whether it has left the acting set.
+    pub fn withdrawn(&mut self, removed: bool) {
+        assert!(self.acked > 0, "only an ack can be withdrawn");
+        self.acked -= 1;
+        self.failed(removed);
+    }
+
     /// The outcome once every replica answered. Fencing wins over everything: a stale
     /// client must stop, whatever else happened.
     pub fn verdict(&self, min_replicas: usize) -> Verdict {
@@ -80,6 +88,15 @@ mod tests {
     #[test]
     fn a_failed_replica_still_in_the_acting_set_blocks_the_acknowledgement() {
         assert_eq!(tally(2, 0, 1).verdict(2), Verdict::Unremoved);
+    }
+
+    #[test]
+    fn a_withdrawn_ack_counts_as_a_failure() {
+        let mut t = tally(2, 1, 0);
+        t.withdrawn(true);
+        assert_eq!(t.verdict(2), Verdict::BelowMin { acked: 1 });
+        t.withdrawn(false);
+        assert_eq!(t.verdict(1), Verdict::Unremoved);
     }
 
     #[test]

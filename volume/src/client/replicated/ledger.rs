@@ -11,7 +11,13 @@
 //!   means the replica's machine restarted, and those extents may be gone (a reconnect or a
 //!   process restart keeps the epoch, and loses nothing);
 //! - the extents it may lack: a mutation failed on it, or it may have lost unflushed ones.
-//!   Resync copies these whatever their versions say, and only then forgets them.
+//!   Resync copies these whatever their versions say, and only then forgets them;
+//! - the extents of acknowledged mutations it did not take (it was out of the acting set),
+//!   and whether it answered with a new power epoch while it held acknowledged writes that
+//!   were not durable. A stale replica with neither, whose power epoch is still the one it
+//!   acknowledged its last writes in, holds every acknowledged write of its group: when the
+//!   group's only current copy lost power, that replica, not the one that lost power, is the
+//!   copy to keep (see `resync`).
 //!
 //! A replica the client first sees stale (listed so by the map it attached with) lacks what
 //! an earlier writer knew about it, and its versions may say it holds writes it does not: the
@@ -30,6 +36,13 @@ pub(super) struct Ledger {
     /// The power epoch in which the replica acknowledged `unflushed`.
     power_epoch: Option<u64>,
     missed: BTreeSet<u64>,
+    /// Extents of mutations acknowledged without this replica.
+    behind: BTreeSet<u64>,
+    /// It answered with a new power epoch while it held acknowledged, unflushed writes.
+    lost_acked: bool,
+    /// The power epoch in which it held acknowledged, unflushed writes when it failed: they
+    /// are intact if it still answers in that epoch.
+    unflushed_when_failed: Option<u64>,
     /// Another writer's history: see the module docs.
     history_unknown: bool,
 }
@@ -69,11 +82,17 @@ impl Ledger {
         self.power_epoch = None;
     }
 
+    /// It answered with a new power epoch while holding unflushed writes: they are gone.
+    fn lose_acked(&mut self) {
+        self.lost_acked = true;
+        self.lose_unflushed();
+    }
+
     /// A mutation of `extents` was acknowledged in `power_epoch`. `false` if the replica may
     /// have lost earlier ones (it answered with a new epoch): treat it as failed.
     pub(super) fn acked(&mut self, extents: Range<u64>, power_epoch: u64) -> bool {
         if self.restarted(power_epoch) {
-            self.lose_unflushed();
+            self.lose_acked();
             return false;
         }
         self.unflushed.extend(extents);
@@ -84,15 +103,53 @@ impl Ledger {
     /// A mutation of `extents` failed, or its outcome is unknown.
     pub(super) fn failed(&mut self, extents: Range<u64>) {
         self.missed.extend(extents);
+        if let Some(p) = self.power_epoch.filter(|_| !self.unflushed.is_empty()) {
+            match self.unflushed_when_failed {
+                Some(earlier) if earlier != p => self.lost_acked = true,
+                _ => self.unflushed_when_failed = Some(p),
+            }
+        }
         // The failure may be the replica going down, taking its unflushed writes along.
         self.lose_unflushed();
+    }
+
+    /// A mutation of `extents` was acknowledged without this replica.
+    pub(super) fn acked_without(&mut self, extents: Range<u64>) {
+        self.behind.extend(extents);
+    }
+
+    /// It turned out unable to vouch for what it acknowledged (an extent it reports suspect,
+    /// another power epoch): count it as having lost acknowledged writes.
+    pub(super) fn cannot_vouch(&mut self) {
+        self.lost_acked = true;
+    }
+
+    /// Whether it may have lost writes it acknowledged (it answered with a new power epoch
+    /// while it held unflushed ones).
+    pub(super) fn lost_acked(&self) -> bool {
+        self.lost_acked
+    }
+
+    /// Whether, as far as this bookkeeping knows, it holds every acknowledged write of its
+    /// group, provided its power epoch is still the one it failed in (see
+    /// [`Ledger::holds_every_acked_write`]).
+    pub(super) fn missed_no_acked_write(&self) -> bool {
+        !self.history_unknown && self.behind.is_empty() && !self.lost_acked
+    }
+
+    /// Whether it holds every acknowledged write of its group, answering now in power epoch
+    /// `power_epoch`: it missed none, and lost none of those it had not made durable.
+    pub(super) fn holds_every_acked_write(&self, power_epoch: u64) -> bool {
+        self.missed_no_acked_write()
+            && self.unflushed_when_failed.is_none_or(|p| p == power_epoch)
+            && (self.unflushed.is_empty() || self.power_epoch == Some(power_epoch))
     }
 
     /// A read was answered in `power_epoch`. `false` if the replica may have lost acknowledged
     /// writes (see [`Ledger::acked`]): its answer may be older than them.
     pub(super) fn read(&mut self, power_epoch: u64) -> bool {
         if self.restarted(power_epoch) {
-            self.lose_unflushed();
+            self.lose_acked();
             return false;
         }
         true
@@ -107,7 +164,7 @@ impl Ledger {
     /// lost what the flush was to make durable.
     pub(super) fn flushed(&mut self, mark: FlushMark, power_epoch: u64) -> bool {
         if self.restarted(power_epoch) {
-            self.lose_unflushed();
+            self.lose_acked();
             return false;
         }
         for e in mark.0 {
@@ -135,10 +192,14 @@ impl Ledger {
         self.missed.retain(|e| !extents.contains(e));
     }
 
-    /// A resync copied every extent the current replicas wrote: from here on this client's
-    /// bookkeeping is the replica's whole story.
+    /// The replica is current again, its resync having copied every extent the current
+    /// replicas wrote (or it held every acknowledged write already): from here on this
+    /// client's bookkeeping is the replica's whole story.
     pub(super) fn history_known(&mut self) {
         self.history_unknown = false;
+        self.behind.clear();
+        self.lost_acked = false;
+        self.unflushed_when_failed = None;
     }
 }
 
@@ -191,6 +252,38 @@ mod tests {
         let mark = l.flush_sent();
         assert!(!l.flushed(mark, 2));
         assert_eq!(l.missed(), set(&[5]));
+    }
+
+    #[test]
+    fn a_replica_holds_every_acked_write_until_one_is_acked_without_it() {
+        let mut l = Ledger::default();
+        assert!(l.acked(1..2, 3));
+        // It fails with the write unflushed: intact only if it answers in the same epoch.
+        l.failed(4..5);
+        assert!(l.missed_no_acked_write());
+        assert!(l.holds_every_acked_write(3));
+        assert!(!l.holds_every_acked_write(4), "its machine restarted");
+        l.acked_without(6..7);
+        assert!(!l.missed_no_acked_write());
+        assert!(!l.holds_every_acked_write(3));
+        // Once current again, its story starts afresh.
+        l.history_known();
+        assert!(l.holds_every_acked_write(4));
+    }
+
+    #[test]
+    fn an_answer_in_a_new_power_epoch_after_unflushed_writes_counts_as_lost() {
+        let mut l = Ledger::default();
+        assert!(l.acked(1..2, 3));
+        assert!(!l.lost_acked());
+        assert!(!l.read(4));
+        assert!(l.lost_acked());
+        assert!(!l.missed_no_acked_write());
+        let mut m = Ledger::history_unknown();
+        assert!(!m.missed_no_acked_write(), "another writer's history");
+        m.history_known();
+        m.cannot_vouch();
+        assert!(!m.missed_no_acked_write());
     }
 
     #[test]

@@ -339,8 +339,16 @@ async fn drive(
                     return;
                 };
                 let probe = inner.header(Op::GetExtentVersions, 0, 1, 0, WriteVersion::NONE);
-                match replica.link.probe(Request::new(probe)).await {
-                    Ok(_) => Event::ProbeAnswered,
+                match replica.link.probe_in_session(Request::new(probe)).await {
+                    Ok((_, power_epoch)) => {
+                        // An answer in a new power epoch tells the ledger what was lost.
+                        replica.ledger().read(power_epoch);
+                        if inner.must_leave(group, &replica) {
+                            Event::MustLeave
+                        } else {
+                            Event::ProbeAnswered
+                        }
+                    }
                     Err(_) => Event::ProbeFailed,
                 }
             }
@@ -361,6 +369,20 @@ async fn drive(
 }
 
 impl Inner {
+    /// Whether `replica` of `group`, whose removal was refused and which answers again, must
+    /// leave all the same: another member is live again (the removal can go through now, and
+    /// the replica may lack writes that failed on it), or it lost acknowledged writes while a
+    /// stale member holds every one, as far as this client's ledgers know (that member's
+    /// resync checks its power epoch before it is brought back without a copy).
+    fn must_leave(&self, group: usize, replica: &Arc<Replica>) -> bool {
+        let members = self.members(group);
+        let mut others = members.iter().filter(|r| !Arc::ptr_eq(r, replica));
+        let lost_acked = replica.ledger().lost_acked();
+        others.any(|r| {
+            r.is_live() || (lost_acked && r.is_stale() && r.ledger().missed_no_acked_write())
+        })
+    }
+
     /// One attempt at removing `replica` from `group`'s acting set, as the event it ends in.
     async fn remove_once(&self, group: usize, replica: &Replica, attempt: u32, why: &str) -> Event {
         let failure = ReplicaFailure {

@@ -14,19 +14,21 @@ use crate::client::link::Outcome;
 use crate::client::split::{Piece, split};
 use crate::client::tally::{Tally, Verdict};
 use crate::volume::VolumeError;
-use crate::wire::{Op, Request, WriteVersion};
+use crate::wire::{EXTENT_SIZE_BYTES, Op, Request, WriteVersion};
 
 use super::members::{Replica, Writable, flush_places};
 use super::{Inner, LOCK_BLOCK_BYTES};
 
 /// How one replica's part in a mutation ended, as the group's tally counts it.
 enum Answer {
-    Acked,
+    Acked(Arc<Replica>),
     Fenced(u64),
     /// A live replica failed; `true` once it has left the acting set.
     Failed(bool),
-    /// A replica catching up answered; it does not count towards the acknowledgement.
-    Aside,
+    /// A replica catching up took it; it does not count towards the acknowledgement.
+    Aside(Arc<Replica>),
+    /// A replica catching up failed it: its resync ends.
+    AsideFailed,
 }
 
 impl Inner {
@@ -48,8 +50,8 @@ impl Inner {
                 async move {
                     let why = match replica.mutation(req).await {
                         Outcome::Fenced(current) => return Answer::Fenced(current),
-                        Outcome::Acked(_) if counts => return Answer::Acked,
-                        Outcome::Acked(_) => return Answer::Aside,
+                        Outcome::Acked(_) if counts => return Answer::Acked(replica),
+                        Outcome::Acked(_) => return Answer::Aside(replica),
                         Outcome::Corrupt => {
                             "checksum failure on the replica, or a damaged reply".to_owned()
                         }
@@ -58,23 +60,49 @@ impl Inner {
                     inner.failed(group, &replica, why);
                     if !counts {
                         // A replica catching up that misses the write only ends its resync.
-                        return Answer::Aside;
+                        return Answer::AsideFailed;
                     }
                     Answer::Failed(inner.removed(group, &replica).await)
                 }
             })
             .collect();
         let mut tally = Tally::default();
+        let mut took_it = Vec::new();
+        let mut acked_by = Vec::new();
+        let mut removed_one = false;
         while let Some(answer) = calls.next().await {
             match answer {
-                Answer::Acked => tally.acked(),
+                Answer::Acked(r) => {
+                    tally.acked();
+                    acked_by.push(Arc::clone(&r));
+                    took_it.push(r);
+                }
                 Answer::Fenced(current) => tally.fenced(current),
-                Answer::Failed(removed) => tally.failed(removed),
-                Answer::Aside => {}
+                Answer::Failed(removed) => {
+                    removed_one |= removed;
+                    tally.failed(removed);
+                }
+                Answer::Aside(r) => took_it.push(r),
+                Answer::AsideFailed => {}
             }
         }
+        if removed_one && tally.verdict(self.config.min_replicas) == Verdict::Done {
+            self.reconfirm(group, &acked_by, &mut tally).await;
+        }
         match tally.verdict(self.config.min_replicas) {
-            Verdict::Done => Ok(()),
+            Verdict::Done => {
+                // Under the group's shared hold: a resync that brings back a replica without
+                // a copy decides with the group's writes held, so it sees this.
+                let h = req.header;
+                let extents = h.offset / EXTENT_SIZE_BYTES
+                    ..(h.offset + u64::from(h.len)).div_ceil(EXTENT_SIZE_BYTES);
+                for r in self.members(group).iter() {
+                    if !took_it.iter().any(|t| Arc::ptr_eq(t, r)) {
+                        r.ledger().acked_without(extents.clone());
+                    }
+                }
+                Ok(())
+            }
             Verdict::Fenced { current } => Err(self.fence(current)),
             Verdict::Unremoved => Err(VolumeError::Io(format!(
                 "a replica of group {group} failed and its removal from the acting set was not committed within {} ms",
@@ -84,6 +112,37 @@ impl Inner {
                 "{:?} at {} reached {acked} replicas of group {group}, fewer than min_replicas {}",
                 req.header.op, req.header.offset, self.config.min_replicas
             ))),
+        }
+    }
+
+    /// A mutation of `group` was acked by `acked_by` and the others were removed meanwhile:
+    /// before it counts as acknowledged, each replica that acked must still answer in the
+    /// power epoch it acked in. A removal can take seconds, and a replica that acked early
+    /// may have lost power since, taking the write along while the replica that was removed
+    /// was the one left holding it. One that fails this leaves the acting set like any other.
+    async fn reconfirm(
+        self: &Arc<Self>,
+        group: usize,
+        acked_by: &[Arc<Replica>],
+        tally: &mut Tally,
+    ) {
+        let pings = acked_by.iter().map(|r| async move {
+            let ping = Request::new(self.header(Op::Ping, 0, 0, 0, WriteVersion::NONE));
+            r.read(ping).await
+        });
+        let answers = futures::future::join_all(pings).await;
+        for (r, answer) in acked_by.iter().zip(answers) {
+            let why = match answer {
+                Outcome::Acked(_) | Outcome::Corrupt => continue,
+                Outcome::Fenced(current) => {
+                    tally.fenced(current);
+                    continue;
+                }
+                Outcome::Failed(why) => why,
+            };
+            self.failed(group, r, why);
+            let removed = self.removed(group, r).await;
+            tally.withdrawn(removed);
         }
     }
 

@@ -73,6 +73,23 @@ impl ReplicatedVolume {
         out
     }
 
+    /// Replicas that failed and have not left the acting set yet (their removal is under way,
+    /// or was refused or could not commit), as `(group, address)`.
+    pub fn leaving_replicas(&self) -> Vec<(usize, SocketAddr)> {
+        let mut out = Vec::new();
+        for g in 0..self.inner.groups.len() {
+            for r in self
+                .inner
+                .members(g)
+                .iter()
+                .filter(|r| r.state().blocks_writes())
+            {
+                out.push((g, r.addr()));
+            }
+        }
+        out
+    }
+
     /// Brings stale replica `target` of `group` up to date and back into the acting set.
     /// `progress(done, total)` hears how many bytes of the first pass are copied, once before
     /// the first copy and after each. `restore` records the result in the metadata service; it
@@ -110,6 +127,9 @@ impl ReplicatedVolume {
         let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
             .filter(|&e| inner.group_of(e) == group)
             .collect();
+        if !inner.members(group).iter().any(|r| r.is_live()) {
+            return inner.reinstate(group, &t, &before, &extents, restore).await;
+        }
         let mut report = ResyncReport {
             extents_in_group: extents.len() as u64,
             ..ResyncReport::default()
@@ -243,6 +263,68 @@ impl Drop for CatchingUp<'_> {
 }
 
 impl Inner {
+    /// Brings stale replica `t` of `group`, which has no live replica to copy from, back
+    /// without a copy, if it holds every acknowledged write of the group: no write was
+    /// acknowledged without it, it lost none of those it acknowledged (its power epoch is the
+    /// one it acknowledged its unflushed writes in), and it can vouch for each of its extents
+    /// (`versions`, read before). That is the case when the group's last current copy lost
+    /// power after this replica had left: the metadata service kept the replica that lost
+    /// power, this client knows which one holds the data. Decided with the group's writes
+    /// held, so no acknowledgement slips in between.
+    async fn reinstate<F>(
+        self: &Arc<Self>,
+        group: usize,
+        t: &Arc<Replica>,
+        versions: &[ExtentVersion],
+        extents: &[u64],
+        restore: F,
+    ) -> Result<ResyncReport, VolumeError>
+    where
+        F: Future<Output = Result<(), String>>,
+    {
+        let target = t.addr();
+        let no_source = || VolumeError::Io(format!("group {group} has no live replica"));
+        let ping = Request::new(self.header(Op::Ping, 0, 0, 0, WriteVersion::NONE));
+        let (_, power_epoch) = t
+            .link
+            .call_in_session(ping)
+            .await
+            .map_err(|e| VolumeError::Io(e.to_string()))?;
+        let _held = self.group_locks[group].write().await;
+        if self.members(group).iter().any(|r| r.is_live()) || !t.is_stale() {
+            return Err(no_source());
+        }
+        if !t.ledger().missed_no_acked_write() {
+            return Err(no_source());
+        }
+        // From here on, a replica that cannot be brought back is no longer counted as holding
+        // every acknowledged write, so that the one whose removal was refused may serve again.
+        if !t.ledger().holds_every_acked_write(power_epoch) {
+            tracing::warn!(volume = %self.config.volume, group, replica = %target, power_epoch, "the replica that missed no acknowledged write lost some it had not flushed: not brought back alone");
+            t.ledger().cannot_vouch();
+            return Err(no_source());
+        }
+        if let Some(e) = extents.iter().find(|&&e| versions[e as usize].suspect) {
+            tracing::warn!(volume = %self.config.volume, group, replica = %target, extent = e, "the replica that missed no acknowledged write cannot vouch for one of its extents: not brought back alone");
+            t.ledger().cannot_vouch();
+            return Err(no_source());
+        }
+        let _catching_up = CatchingUp::start(self, group, t);
+        restore.await.map_err(VolumeError::Io)?;
+        {
+            let mut ledger = t.ledger();
+            let missed = ledger.missed();
+            ledger.repaired(&missed);
+            ledger.history_known();
+        }
+        self.event(group, t, Event::Restored);
+        tracing::warn!(volume = %self.config.volume, group, replica = %target, "the group's last current copy lost acknowledged writes: brought back the stale replica that holds every one, without a copy");
+        Ok(ResyncReport {
+            extents_in_group: extents.len() as u64,
+            ..ResyncReport::default()
+        })
+    }
+
     /// Lock blocks covering extent `e`.
     pub(super) fn extent_lock(&self, e: u64) -> (u64, u64) {
         let start = e * EXTENT_SIZE_BYTES;
@@ -260,7 +342,10 @@ impl Inner {
     }
 
     /// Extents among `extents` whose version in `target` (the stale replica's versions)
-    /// differs from the source's, that the target cannot vouch for, or that are in `missed`.
+    /// differs from the source's, that the target cannot vouch for, or that are in `missed`;
+    /// also those the source's own ledger says it may lack (it stayed in the acting set
+    /// through a refused removal, say): whatever the target holds there must become what the
+    /// source holds, or the copies differ under equal versions.
     async fn differing(
         &self,
         group: usize,
@@ -269,13 +354,17 @@ impl Inner {
         missed: &BTreeSet<u64>,
     ) -> Result<Vec<u64>, VolumeError> {
         let s = self.source(group)?;
+        let source_missed = s.ledger().missed();
         let source = self.all_versions(&s).await?;
         Ok(extents
             .iter()
             .copied()
             .filter(|&e| {
                 let (s, t) = (source[e as usize].version, target[e as usize]);
-                s != t.version || t.suspect || (missed.contains(&e) && s != WriteVersion::NONE)
+                s != t.version
+                    || t.suspect
+                    || (missed.contains(&e) && s != WriteVersion::NONE)
+                    || source_missed.contains(&e)
             })
             .collect())
     }
