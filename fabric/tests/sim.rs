@@ -91,7 +91,14 @@ const PINNED: &[(u64, &str)] = &[
         897,
         "a resync did not copy the extents its source had lost in a power loss, and the copies differed under equal versions",
     ),
+    (632, FAILED_WRITE_TAKEN),
+    (667, FAILED_WRITE_TAKEN),
 ];
+
+/// A write that failed after some replicas took it left them holding it, while a later write
+/// of the same extent gave every replica the same version: resync must copy such extents
+/// whatever the versions say.
+const FAILED_WRITE_TAKEN: &str = "a write that failed after some replicas took it left the copies differing under equal versions";
 
 /// Seeds of the sweep that fail today, with the class of failure; a seed of the list that
 /// passes fails the sweep too, so the list stays true.

@@ -1381,6 +1381,63 @@ async fn a_stale_replica_holding_every_acknowledged_write_outranks_a_last_copy_t
     );
 }
 
+/// The last current copy loses power and comes back with its written extents suspect; the
+/// stale replica missed a write of extent 1 but none of extent 0. Its resync keeps its own
+/// copy of extent 0 (written over the live one, under a fresh version) and takes extent 1
+/// from the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_keeps_the_stale_copy_of_an_extent_the_live_one_cannot_vouch_for() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut nodes = vec![Node::start().await, Node::start().await];
+    let (vol, recorder) = client(&nodes, 1, 1);
+    let first = pattern(8192, 3);
+    vol.write(0, first.clone(), false).await.unwrap();
+
+    let (dir, addr) = nodes.remove(1).stop().await;
+    assert_eq!(vol.probe_unflushed().await.unwrap(), 1);
+    wait_until(|| vol.stale_replicas() == [(0, addr)], "node 1 leaves").await;
+    let second = pattern(4096, 4);
+    vol.write(EXTENT, second.clone(), false).await.unwrap();
+
+    // Node 0's machine restarts; as the last current copy it stays, with both extents
+    // suspect. (Node 1 missed a write, so it cannot be brought back whole.)
+    recorder.refuse.store(true, SeqCst);
+    let power_lost = nodes.remove(0).restart_machine().await;
+    assert_eq!(vol.probe_unflushed().await.unwrap(), 1);
+    wait_until(
+        || vol.live_replicas(0) == [power_lost.addr],
+        "node 0 serves again",
+    )
+    .await;
+    let before = vol.extent_versions(power_lost.addr, 0, 2).await.unwrap();
+    assert!(before[0].suspect && before[1].suspect, "{before:?}");
+
+    let holder = Node::start_at(dir, addr).await;
+    vol.resync(0, holder.addr, |_, _| {}, async { Ok(()) })
+        .await
+        .unwrap();
+    let live = vol.extent_versions(power_lost.addr, 0, 2).await.unwrap();
+    let stale = vol.extent_versions(holder.addr, 0, 2).await.unwrap();
+    assert!(!live[0].suspect, "extent 0 was rewritten whole on node 0");
+    assert_eq!(live[0].version, stale[0].version);
+    assert!(
+        live[0].version > before[0].version,
+        "node 1's copy of extent 0 went out under a fresh version: {live:?} {before:?}"
+    );
+    assert_eq!(
+        stale[1].version, before[1].version,
+        "extent 1 came from node 0"
+    );
+    for n in [&power_lost, &holder] {
+        same(&n.local().read(0, 8192).await.unwrap(), &first, "extent 0");
+        same(
+            &n.local().read(EXTENT, 4096).await.unwrap(),
+            &second,
+            "extent 1",
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_writer_copies_every_written_extent_to_a_replica_stale_under_another_writer() {
     let nodes = three_nodes().await;

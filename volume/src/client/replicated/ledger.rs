@@ -140,7 +140,19 @@ impl Ledger {
     /// Whether it holds every acknowledged write of its group, answering now in power epoch
     /// `power_epoch`: it missed none, and lost none of those it had not made durable.
     pub(super) fn holds_every_acked_write(&self, power_epoch: u64) -> bool {
-        self.missed_no_acked_write()
+        self.behind.is_empty() && self.kept_what_it_acked(power_epoch)
+    }
+
+    /// Like [`Ledger::holds_every_acked_write`], for extent `e` alone.
+    pub(super) fn holds_every_acked_write_of(&self, e: u64, power_epoch: u64) -> bool {
+        !self.behind.contains(&e) && self.kept_what_it_acked(power_epoch)
+    }
+
+    /// Whether, answering in `power_epoch`, it still holds every write it acknowledged, and
+    /// this client knows its whole story.
+    fn kept_what_it_acked(&self, power_epoch: u64) -> bool {
+        !self.history_unknown
+            && !self.lost_acked
             && self.unflushed_when_failed.is_none_or(|p| p == power_epoch)
             && (self.unflushed.is_empty() || self.power_epoch == Some(power_epoch))
     }
@@ -176,8 +188,9 @@ impl Ledger {
         true
     }
 
-    /// The replica may lack `extents` whatever its versions say (a resync is about to copy
-    /// them while the replica takes new writes).
+    /// The replica's copy of `extents` may differ from the others' whatever its versions say:
+    /// a resync is about to copy them while the replica takes new writes, or it took a write
+    /// that was not acknowledged.
     pub(super) fn may_lack(&mut self, extents: &[u64]) {
         self.missed.extend(extents.iter().copied());
     }

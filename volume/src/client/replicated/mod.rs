@@ -37,6 +37,7 @@ mod read;
 mod reconcile;
 mod repair;
 mod resync;
+mod vouch;
 
 use members::{Members, Replica};
 pub use resync::{RESYNC_BYTES_PER_SEC_MAX, ResyncReport};

@@ -89,20 +89,28 @@ impl Inner {
         if removed_one && tally.verdict(self.config.min_replicas) == Verdict::Done {
             self.reconfirm(group, &acked_by, &mut tally).await;
         }
-        match tally.verdict(self.config.min_replicas) {
-            Verdict::Done => {
-                // Under the group's shared hold: a resync that brings back a replica without
-                // a copy decides with the group's writes held, so it sees this.
-                let h = req.header;
-                let extents = h.offset / EXTENT_SIZE_BYTES
-                    ..(h.offset + u64::from(h.len)).div_ceil(EXTENT_SIZE_BYTES);
-                for r in self.members(group).iter() {
-                    if !took_it.iter().any(|t| Arc::ptr_eq(t, r)) {
-                        r.ledger().acked_without(extents.clone());
-                    }
+        let h = req.header;
+        let extents =
+            h.offset / EXTENT_SIZE_BYTES..(h.offset + u64::from(h.len)).div_ceil(EXTENT_SIZE_BYTES);
+        let verdict = tally.verdict(self.config.min_replicas);
+        // Under the group's shared hold: a resync that brings back a replica without a copy
+        // decides with the group's writes held, so it sees this.
+        if verdict == Verdict::Done {
+            for r in self.members(group).iter() {
+                if !took_it.iter().any(|t| Arc::ptr_eq(t, r)) {
+                    r.ledger().acked_without(extents.clone());
                 }
-                Ok(())
             }
+        } else {
+            // Those that took it hold a write the others may lack: a resync to or from them
+            // copies these extents whatever the versions say.
+            let extents: Vec<u64> = extents.collect();
+            for r in &took_it {
+                r.ledger().may_lack(&extents);
+            }
+        }
+        match verdict {
+            Verdict::Done => Ok(()),
             Verdict::Fenced { current } => Err(self.fence(current)),
             Verdict::Unremoved => Err(VolumeError::Io(format!(
                 "a replica of group {group} failed and its removal from the acting set was not committed within {} ms",
@@ -146,6 +154,14 @@ impl Inner {
         }
     }
 
+    /// The version the next mutation of this writer is stamped with.
+    pub(super) fn next_version(&self) -> WriteVersion {
+        WriteVersion {
+            epoch: self.config.attach_epoch,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
     /// Runs a mutation of `[offset, offset + len)`: takes the range, stamps each piece with the
     /// next version, and fans the pieces out.
     pub(super) async fn mutate(
@@ -185,10 +201,7 @@ impl Inner {
             .await;
         let mut tasks: Vec<PieceFuture<()>> = Vec::new();
         for piece in split(offset, len) {
-            let version = WriteVersion {
-                epoch: self.config.attach_epoch,
-                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-            };
+            let version = self.next_version();
             let req = build(&self, piece, version);
             let group = self.group_of(piece.extent);
             tasks.push(Box::pin(Arc::clone(&self).mutate_group(group, req)));

@@ -123,6 +123,7 @@ impl ReplicatedVolume {
         // The replica's versions before it takes any write: once it catches up, a write to an
         // extent it lacks older writes of would give it the source's version of that extent.
         let before = inner.all_versions(&t).await?;
+        let t_power_epoch = inner.power_epoch(&t).await?;
 
         let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
             .filter(|&e| inner.group_of(e) == group)
@@ -159,13 +160,15 @@ impl ReplicatedVolume {
         let total = differing.len() as u64 * EXTENT_SIZE_BYTES;
         tracing::debug!(volume = %inner.config.volume, group, replica = %target, extents = differing.len(), "resync: caught up with the writes in flight; copying");
         progress(0, total);
-        let target_replica: &Replica = &t;
+        let target_replica = &t;
         let copies = futures::stream::iter(differing)
             .map(|e| async move {
                 let _slot = inner.pool.copy_slot(target).await;
                 let range = inner.extent_lock(e);
                 let _held = inner.locks.lock(range.0, range.1).await;
-                inner.copy_extent(group, target_replica, e).await
+                inner
+                    .copy_extent(group, target_replica, e, t_power_epoch)
+                    .await
             })
             .buffer_unordered(COPIES_IN_FLIGHT_PER_RESYNC_MAX);
         let mut copies = std::pin::pin!(copies);
@@ -212,7 +215,7 @@ impl ReplicatedVolume {
         let late = inner.differing(group, &now, &extents, &late_missed).await?;
         missed.extend(late_missed);
         for &e in &late {
-            report.bytes_copied += inner.copy_extent(group, &t, e).await?;
+            report.bytes_copied += inner.copy_extent(group, &t, e, t_power_epoch).await?;
             report.extents_copied += 1;
         }
         if !late.is_empty() {
@@ -238,14 +241,18 @@ impl ReplicatedVolume {
 
 /// Keeps a replica catching up for as long as it lives (a resync that fails part-way stops
 /// sending it writes; one that succeeded has made it live, which this leaves alone).
-struct CatchingUp<'a> {
+pub(super) struct CatchingUp<'a> {
     inner: &'a Arc<Inner>,
     group: usize,
     replica: &'a Arc<Replica>,
 }
 
 impl<'a> CatchingUp<'a> {
-    fn start(inner: &'a Arc<Inner>, group: usize, replica: &'a Arc<Replica>) -> CatchingUp<'a> {
+    pub(super) fn start(
+        inner: &'a Arc<Inner>,
+        group: usize,
+        replica: &'a Arc<Replica>,
+    ) -> CatchingUp<'a> {
         inner.event(group, replica, Event::ResyncStarted);
         CatchingUp {
             inner,
@@ -263,68 +270,6 @@ impl Drop for CatchingUp<'_> {
 }
 
 impl Inner {
-    /// Brings stale replica `t` of `group`, which has no live replica to copy from, back
-    /// without a copy, if it holds every acknowledged write of the group: no write was
-    /// acknowledged without it, it lost none of those it acknowledged (its power epoch is the
-    /// one it acknowledged its unflushed writes in), and it can vouch for each of its extents
-    /// (`versions`, read before). That is the case when the group's last current copy lost
-    /// power after this replica had left: the metadata service kept the replica that lost
-    /// power, this client knows which one holds the data. Decided with the group's writes
-    /// held, so no acknowledgement slips in between.
-    async fn reinstate<F>(
-        self: &Arc<Self>,
-        group: usize,
-        t: &Arc<Replica>,
-        versions: &[ExtentVersion],
-        extents: &[u64],
-        restore: F,
-    ) -> Result<ResyncReport, VolumeError>
-    where
-        F: Future<Output = Result<(), String>>,
-    {
-        let target = t.addr();
-        let no_source = || VolumeError::Io(format!("group {group} has no live replica"));
-        let ping = Request::new(self.header(Op::Ping, 0, 0, 0, WriteVersion::NONE));
-        let (_, power_epoch) = t
-            .link
-            .call_in_session(ping)
-            .await
-            .map_err(|e| VolumeError::Io(e.to_string()))?;
-        let _held = self.group_locks[group].write().await;
-        if self.members(group).iter().any(|r| r.is_live()) || !t.is_stale() {
-            return Err(no_source());
-        }
-        if !t.ledger().missed_no_acked_write() {
-            return Err(no_source());
-        }
-        // From here on, a replica that cannot be brought back is no longer counted as holding
-        // every acknowledged write, so that the one whose removal was refused may serve again.
-        if !t.ledger().holds_every_acked_write(power_epoch) {
-            tracing::warn!(volume = %self.config.volume, group, replica = %target, power_epoch, "the replica that missed no acknowledged write lost some it had not flushed: not brought back alone");
-            t.ledger().cannot_vouch();
-            return Err(no_source());
-        }
-        if let Some(e) = extents.iter().find(|&&e| versions[e as usize].suspect) {
-            tracing::warn!(volume = %self.config.volume, group, replica = %target, extent = e, "the replica that missed no acknowledged write cannot vouch for one of its extents: not brought back alone");
-            t.ledger().cannot_vouch();
-            return Err(no_source());
-        }
-        let _catching_up = CatchingUp::start(self, group, t);
-        restore.await.map_err(VolumeError::Io)?;
-        {
-            let mut ledger = t.ledger();
-            let missed = ledger.missed();
-            ledger.repaired(&missed);
-            ledger.history_known();
-        }
-        self.event(group, t, Event::Restored);
-        tracing::warn!(volume = %self.config.volume, group, replica = %target, "the group's last current copy lost acknowledged writes: brought back the stale replica that holds every one, without a copy");
-        Ok(ResyncReport {
-            extents_in_group: extents.len() as u64,
-            ..ResyncReport::default()
-        })
-    }
-
     /// Lock blocks covering extent `e`.
     pub(super) fn extent_lock(&self, e: u64) -> (u64, u64) {
         let start = e * EXTENT_SIZE_BYTES;
@@ -405,14 +350,23 @@ impl Inner {
     /// Copies extent `e` from the group's source to replica `t`, stamped with the source's
     /// version; the caller holds the extent's range. Returns the bytes copied. The source is
     /// the first live replica that can vouch for the extent (one that lost power while it was
-    /// being written may hold torn blocks), or the first live one if none can.
-    async fn copy_extent(&self, group: usize, t: &Replica, e: u64) -> Result<u64, VolumeError> {
+    /// being written may hold torn blocks). If none can, or the copy finds a damaged block,
+    /// and `t` holds every acknowledged write of the extent (`t_power_epoch`: its power
+    /// epoch as this resync found it), `t`'s copy is the one kept (see `vouch`); otherwise the
+    /// first live replica is the source.
+    async fn copy_extent(
+        self: &Arc<Self>,
+        group: usize,
+        t: &Arc<Replica>,
+        e: u64,
+        t_power_epoch: u64,
+    ) -> Result<u64, VolumeError> {
         let first = self.source(group)?;
-        let mut s = Arc::clone(&first);
+        let mut vouched = None;
         for r in self.members(group).iter().filter(|r| r.is_live()) {
             match self.versions(&r.link, e, 1, Reach::Responsive).await {
                 Ok(v) if !v[0].suspect => {
-                    s = Arc::clone(r);
+                    vouched = Some(Arc::clone(r));
                     break;
                 }
                 _ => {}
@@ -420,7 +374,21 @@ impl Inner {
         }
         let offset = e * EXTENT_SIZE_BYTES;
         let len = (self.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
-        self.copy_range(&s, t, offset, len).await
+        let copied = match &vouched {
+            Some(s) => self.copy_range(s, t, offset, len).await,
+            None => Err(VolumeError::Io(format!(
+                "no live replica of group {group} can vouch for extent {e}"
+            ))),
+        };
+        match copied {
+            Ok(bytes) => Ok(bytes),
+            Err(why) if self.vouches_for(t, e, t_power_epoch).await => {
+                tracing::warn!(volume = %self.config.volume, group, extent = e, replica = %t.addr(), reason = %why, "the stale replica holds every acknowledged write of an extent the live ones cannot vouch for: its copy is kept");
+                self.keep_target_copy(group, t, e).await
+            }
+            Err(_) if vouched.is_some() => copied,
+            Err(_) => self.copy_range(&first, t, offset, len).await,
+        }
     }
 
     /// Copies `[offset, offset + len)` (within one extent) from replica `s` to replica `t`,
@@ -446,10 +414,9 @@ impl Inner {
             e,
             "a copy stays within one extent"
         );
-        let source = &s.link;
-        let target = &t.link;
-        let version = self.versions(source, e, 1, Reach::Responsive).await?[0].version;
+        let version = self.versions(&s.link, e, 1, Reach::Responsive).await?[0].version;
         if version == WriteVersion::NONE {
+            let (source, target) = (&s.link, &t.link);
             // The source never wrote the extent, so the target cannot hold a newer
             // acknowledged write of it.
             let extent_end = ((e + 1) * EXTENT_SIZE_BYTES).min(self.config.size_bytes);
@@ -460,6 +427,21 @@ impl Inner {
             }
             return Ok(0);
         }
+        self.copy_stamped(s, t, offset, len, version).await
+    }
+
+    /// Copies `[offset, offset + len)` (within one extent) from replica `s` to replica `t`,
+    /// stamped `version`; the caller holds the range. Returns the bytes copied.
+    pub(super) async fn copy_stamped(
+        &self,
+        s: &Replica,
+        t: &Replica,
+        offset: u64,
+        len: u32,
+        version: WriteVersion,
+    ) -> Result<u64, VolumeError> {
+        let e = offset / EXTENT_SIZE_BYTES;
+        let (source, target) = (&s.link, &t.link);
         let read = self.header(Op::Read, offset, len, 0, WriteVersion::NONE);
         let (data, crc) = self.forwarded(source.call(Request::new(read)).await, source.addr())?;
         if data.len() != len as usize {
