@@ -20,6 +20,7 @@ pub mod client;
 pub mod command;
 pub mod detector;
 pub mod launch;
+pub mod liveness;
 pub mod member;
 pub mod model;
 pub mod net;
