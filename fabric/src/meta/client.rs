@@ -126,7 +126,8 @@ impl Client {
     {
         let started = Instant::now();
         loop {
-            let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+            let seen = self.current.load(Ordering::Relaxed);
+            let i = seen % self.endpoints.len();
             let client = self.endpoint(&self.endpoints[i])?;
             let attempt = tokio::time::timeout(self.attempt_deadline, call(client)).await;
             let status = match attempt {
@@ -141,9 +142,11 @@ impl Client {
             if !retriable(&status) || started.elapsed() >= self.retry_deadline {
                 return Err(status);
             }
+            // Move on to the next member, unless a concurrent call already has.
+            let next = (i + 1) % self.endpoints.len();
             let _ = self
                 .current
-                .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
+                .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
         }
     }
