@@ -32,15 +32,37 @@ fn placement_sim_dump_rechecks_with_distinct_racks_and_no_violations() {
     assert_eq!(report["violations"]["shared_domain"], 0);
     assert_eq!(report["violations"]["unusable_disk"], 0);
 
-    // Recheck from the plain-text dump alone: `disk DISK HOST RACK WEIGHT`, `pg PG DISK...`.
-    let text = std::fs::read_to_string(&dump).unwrap();
+    // Recheck from the plain-text dumps alone: `disk DISK HOST RACK WEIGHT`, `pg PG DISK...`;
+    // the second holds the PG map after the balancer's overrides.
+    let mut balanced = dump.clone().into_os_string();
+    balanced.push(".balanced");
+    for (path, report_key) in [(dump.clone(), "balance"), (balanced.into(), "balanced")] {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let counts = recheck(&text);
+        assert_eq!(counts.len(), 40, "{}", path.display());
+        let max = *counts.values().max().unwrap();
+        let min = *counts.values().min().unwrap();
+        assert_eq!(report[report_key]["max"], max, "{}", path.display());
+        assert_eq!(report[report_key]["min"], min, "{}", path.display());
+    }
+    assert!(
+        report["balanced"]["max_over_mean"].as_f64().unwrap()
+            <= report["balance"]["max_over_mean"].as_f64().unwrap(),
+        "the balancer does not make the balance worse"
+    );
+}
+
+/// Checks a dump: 2048 PGs of 3 replicas in distinct racks. Returns each disk's replica count.
+fn recheck(text: &str) -> HashMap<&str, u64> {
     let mut rack_of: HashMap<&str, &str> = HashMap::new();
+    let mut counts: HashMap<&str, u64> = HashMap::new();
     let mut pgs = 0;
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.first() {
             Some(&"disk") => {
                 rack_of.insert(f[1], f[3]);
+                counts.insert(f[1], 0);
             }
             Some(&"pg") => {
                 pgs += 1;
@@ -50,12 +72,15 @@ fn placement_sim_dump_rechecks_with_distinct_racks_and_no_violations() {
                     racks[0] != racks[1] && racks[1] != racks[2] && racks[0] != racks[2],
                     "{line}"
                 );
+                for d in &f[2..] {
+                    *counts.get_mut(d).expect("a listed disk") += 1;
+                }
             }
             _ => panic!("unexpected line {line:?}"),
         }
     }
     assert_eq!(pgs, 2048);
-    assert_eq!(rack_of.len(), 40);
+    counts
 }
 
 #[test]

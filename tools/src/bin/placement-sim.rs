@@ -2,7 +2,8 @@
 //! balance, fault-domain violations and mapping cost, then how many replicas move, against the
 //! optimum, when 1% hosts are added, a host is removed, a rack fails, one disk weight changes,
 //! and the balancer runs once. `--dump-mapping FILE` writes the map and the PG map as plain
-//! text so anyone can recheck them:
+//! text so anyone can recheck them, and `FILE.balanced` the same map with the PG map after the
+//! balancer's overrides:
 //!
 //! ```text
 //! disk DISK_ID HOST_ID RACK_ID WEIGHT
@@ -180,9 +181,18 @@ fn main() -> anyhow::Result<()> {
     scenarios.push(sim.remove_host()?);
     scenarios.push(sim.fail_rack()?);
     scenarios.push(sim.change_weight()?);
-    let (scenario, balanced, balanced_violations) =
+    let (scenario, balanced_pgmap) =
         sim.balancer(args.balancer_budget.unwrap_or(args.pgs as usize))?;
     scenarios.push(scenario);
+    let balanced = Balance::of(&map, &pool, &balanced_pgmap);
+    let balanced_violations = Violations::of(&map, &pool, &balanced_pgmap);
+    if let Some(path) = &args.dump_mapping {
+        let mut balanced_path = path.clone().into_os_string();
+        balanced_path.push(".balanced");
+        let balanced_path = PathBuf::from(balanced_path);
+        dump(&map, &balanced_pgmap, &balanced_path)
+            .with_context(|| format!("write {}", balanced_path.display()))?;
+    }
 
     let report = Report {
         topology: TopologyReport {
@@ -361,8 +371,8 @@ impl Sim<'_> {
     }
 
     /// One balancer round from the base mapping; the optimum is the fewest moves that could
-    /// bring every disk within tolerance.
-    fn balancer(&self, budget: usize) -> anyhow::Result<(Scenario, Balance, Violations)> {
+    /// bring every disk within tolerance. Returns the scenario and the balanced PG map.
+    fn balancer(&self, budget: usize) -> anyhow::Result<(Scenario, PgMap)> {
         let pool = Pool::compile(self.spec, self.map)?;
         let started = Instant::now();
         let plan = placement::balance(
@@ -400,11 +410,7 @@ impl Sim<'_> {
             recomputed == plan.pgmap,
             "the balancer's overrides do not reproduce its PG map"
         );
-        Ok((
-            scenario,
-            Balance::of(self.map, &pool, &plan.pgmap),
-            Violations::of(self.map, &pool, &plan.pgmap),
-        ))
+        Ok((scenario, plan.pgmap))
     }
 }
 
