@@ -81,7 +81,7 @@ impl Node {
 
     /// Kills the server and waits until its store is let go; returns where it lived.
     async fn stop(self) -> (tempfile::TempDir, SocketAddr) {
-        self.kill();
+        self.kill().await;
         let Node {
             dir, store, addr, ..
         } = self;
@@ -111,9 +111,20 @@ impl Node {
         }
     }
 
-    /// Aborts the server: the listener and all its connections close at once.
-    fn kill(&self) {
+    /// Aborts the server and waits until it is gone: its listener and every connection are
+    /// closed, so nothing sent afterwards is served. (An abort lands at the task's next poll;
+    /// a request sent meanwhile could still be answered.)
+    async fn kill(&self) {
         self.task.abort();
+        // The server and its connections hold the store: once they are gone, only this does.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.store) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the server never let go of its store"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The volume as this node's store holds it, read without any replication in between.
@@ -368,7 +379,7 @@ async fn a_replica_killed_mid_stream_is_removed_writes_go_on_with_two_and_fail_w
             vol.write(i * 65536, pattern(65536, i as u8), false).await
         }));
         if i == 20 {
-            nodes[2].kill();
+            nodes[2].kill().await;
         }
     }
     for (i, w) in writes.into_iter().enumerate() {
@@ -397,7 +408,7 @@ async fn a_replica_killed_mid_stream_is_removed_writes_go_on_with_two_and_fail_w
     }
 
     // Down to one replica: below min_replicas 2, writes fail with an IO error.
-    nodes[1].kill();
+    nodes[1].kill().await;
     let err = vol.write(0, pattern(4096, 2), false).await.unwrap_err();
     assert!(matches!(err, VolumeError::Io(_)), "{err}");
     assert!(recorder.failed_replicas().contains(&nodes[1].addr));
@@ -425,7 +436,7 @@ async fn reads_prefer_the_first_replica_and_fail_over_when_it_dies() {
     );
     assert!(recorder.failures.lock().unwrap().is_empty());
 
-    nodes[0].kill();
+    nodes[0].kill().await;
     same(
         &vol.read(EXTENT, 8192).await.unwrap(),
         &data,
@@ -463,11 +474,11 @@ async fn a_flush_that_a_dead_replica_misses_removes_it_and_succeeds_on_the_rest(
     let nodes = three_nodes().await;
     let (vol, recorder) = client(&nodes, 1, 2);
     vol.write(0, pattern(4096, 1), false).await.unwrap();
-    nodes[1].kill();
+    nodes[1].kill().await;
     vol.flush().await.unwrap();
     assert_eq!(recorder.failed_replicas(), vec![nodes[1].addr]);
     vol.write(0, pattern(4096, 2), false).await.unwrap();
-    nodes[2].kill();
+    nodes[2].kill().await;
     // Below min_replicas the flush still succeeds once the dead replica has left: the one
     // left holds every acknowledged write. Writes are what a group below min refuses.
     vol.flush().await.unwrap();
@@ -526,7 +537,7 @@ async fn the_epoch_and_extent_versions_survive_a_replica_restart() {
     drop(vol);
 
     // Stop it and open the same directory again.
-    node.kill();
+    node.kill().await;
     let Node { dir, store, .. } = node;
     drop(store);
     wait_for_unlock(&kept).await;
@@ -990,7 +1001,7 @@ async fn below_min_replicas_a_write_waits_for_a_resynced_replica_then_succeeds()
     let nodes = three_nodes().await;
     let (vol, _) = client_with_node_2_stale(&nodes, 30_000);
     vol.write(0, pattern(4096, 1), false).await.unwrap();
-    nodes[1].kill();
+    nodes[1].kill().await;
     // The write in flight when node 1 dies cannot reach two replicas.
     assert!(vol.write(0, pattern(4096, 2), false).await.is_err());
 
@@ -1027,7 +1038,7 @@ async fn a_removal_that_cannot_commit_blocks_the_group_until_the_metadata_answer
     vol.write(0, before.clone(), true).await.unwrap();
 
     recorder.down.store(true, SeqCst);
-    nodes[2].kill();
+    nodes[2].kill().await;
     for i in 0..3u64 {
         let err = vol
             .write(EXTENT + i * 4096, pattern(4096, 12), false)
@@ -1098,7 +1109,7 @@ async fn a_read_fails_over_at_once_while_the_removal_is_still_pending() {
 
     let hold = Arc::new(tokio::sync::Semaphore::new(0));
     *recorder.hold.lock().unwrap() = Some(Arc::clone(&hold));
-    nodes[0].kill();
+    nodes[0].kill().await;
     let read = tokio::time::timeout(Duration::from_secs(5), vol.read(EXTENT, 8192))
         .await
         .expect("the read waited for the removal");
@@ -1307,7 +1318,8 @@ async fn a_write_is_not_acknowledged_by_a_replica_whose_machine_restarted_while_
 
     let hold = Arc::new(tokio::sync::Semaphore::new(0));
     *recorder.hold.lock().unwrap() = Some(Arc::clone(&hold));
-    nodes[1].kill();
+    // Gone for good before the write: its store let go, so no session of it serves any more.
+    let _gone = nodes.remove(1).stop().await;
     let write = tokio::spawn({
         let vol = vol.clone();
         async move { vol.write(0, pattern(4096, 2), false).await }
