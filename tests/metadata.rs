@@ -366,6 +366,8 @@ fn bad_requests_are_refused_precisely_and_change_nothing() {
             "FAILED_PRECONDITION",
         ),
         (vec!["pool", "create", "default"], "ALREADY_EXISTS"),
+        (vec!["pool", "delete", "default"], "FAILED_PRECONDITION"),
+        (vec!["pool", "delete", "nope"], "NOT_FOUND"),
     ];
     for (args, code) in refused {
         let err = cluster.ctl(&args).expect_err("refused");
@@ -397,6 +399,17 @@ fn bad_requests_are_refused_precisely_and_change_nothing() {
         .ctl(&["volume", "delete", "via-follower"])
         .expect("delete");
     assert_eq!(cluster.volume_names(), vec!["vol-a"]);
+
+    // An empty pool can be deleted.
+    cluster
+        .ctl(&["pool", "create", "spare", "--replicas", "1"])
+        .expect("create an empty pool");
+    let deleted = cluster
+        .ctl(&["pool", "delete", "spare"])
+        .expect("delete it");
+    assert_eq!(deleted["deleted"], "spare");
+    let pools = cluster.ctl(&["pool", "list"]).unwrap();
+    assert_eq!(pools.as_array().unwrap().len(), 1);
 }
 
 #[test]

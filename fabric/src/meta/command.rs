@@ -119,6 +119,10 @@ pub enum CommandV1 {
         client: String,
         attach_epoch: u64,
     },
+    /// Removes pool `name`; refused while it holds volumes.
+    DeletePool {
+        name: String,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -192,6 +196,7 @@ impl std::fmt::Display for CommandV1 {
                 write!(f, "resize volume {name} to {size_bytes} bytes")
             }
             CommandV1::DeleteVolume { name } => write!(f, "delete volume {name}"),
+            CommandV1::DeletePool { name } => write!(f, "delete pool {name}"),
             CommandV1::AttachVolume {
                 name,
                 client,

@@ -117,6 +117,7 @@ impl ClusterState {
             CommandV1::CreateVolume(spec) => self.create_volume(spec),
             CommandV1::ResizeVolume { name, size_bytes } => self.resize_volume(name, *size_bytes),
             CommandV1::DeleteVolume { name } => self.delete_volume(name),
+            CommandV1::DeletePool { name } => self.delete_pool(name),
             CommandV1::AttachVolume {
                 name,
                 client,
@@ -431,6 +432,27 @@ impl ClusterState {
         }
         volume.spec.size_bytes = size_bytes;
         Ok(Applied::Volume(volume.clone()))
+    }
+
+    fn delete_pool(&mut self, name: &str) -> Outcome {
+        if !self.pools.contains_key(name) {
+            return Err(CommandError::NotFound(format!("pool {name}")));
+        }
+        let held: Vec<&str> = self
+            .volumes
+            .values()
+            .filter(|v| v.spec.pool == name)
+            .map(|v| v.spec.name.as_str())
+            .collect();
+        if !held.is_empty() {
+            return Err(CommandError::FailedPrecondition(format!(
+                "pool {name} holds {} volumes ({}); delete them first",
+                held.len(),
+                held.join(", ")
+            )));
+        }
+        self.pools.remove(name);
+        Ok(Applied::Deleted)
     }
 
     fn delete_volume(&mut self, name: &str) -> Outcome {

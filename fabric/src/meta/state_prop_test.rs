@@ -46,10 +46,11 @@ enum Kind {
     Report,
     ReportV2,
     SetParticipation,
+    DeletePool,
     Once,
 }
 
-const PLAIN: [Kind; 16] = [
+const PLAIN: [Kind; 17] = [
     Kind::Register,
     Kind::Heartbeat,
     Kind::CreatePool,
@@ -66,6 +67,7 @@ const PLAIN: [Kind; 16] = [
     Kind::Report,
     Kind::ReportV2,
     Kind::SetParticipation,
+    Kind::DeletePool,
 ];
 
 /// One step of a run: a kind, three numbers that choose among what the state holds, and
@@ -114,6 +116,7 @@ fn kind() -> impl Strategy<Value = Kind> {
         1 => Just(Kind::Report),
         3 => Just(Kind::ReportV2),
         3 => Just(Kind::SetParticipation),
+        1 => Just(Kind::DeletePool),
         3 => Just(Kind::Once),
     ]
 }
@@ -430,6 +433,13 @@ fn command_of(s: &ClusterState, p: &Pick, kind: Kind) -> CommandV1 {
                 Participation::In
             } else {
                 Participation::Out
+            },
+        },
+        Kind::DeletePool => CommandV1::DeletePool {
+            name: if p.flawed {
+                "nope".into()
+            } else {
+                nth(&["p", "q"], p.a).unwrap().into()
             },
         },
         Kind::Once => {
@@ -750,6 +760,35 @@ fn marking_out_the_last_current_replica_of_a_pg_is_refused_until_another_is_rest
     assert!(!now.contains(&replicas[0]), "{now:?}");
     assert_eq!(s.volumes["v"].acting(5, now), vec![replicas[1]]);
     check_state(&s, "after the mark-out");
+}
+
+/// A pool goes only once it holds no volume; a refused delete changes nothing.
+#[test]
+fn a_pool_is_deleted_only_when_it_holds_no_volume() {
+    let mut s = cluster(1, 1);
+    let before = s.clone();
+    let delete = || CommandV1::DeletePool { name: "p".into() };
+    match s.apply(&delete().into()) {
+        Err(CommandError::FailedPrecondition(m)) => {
+            assert!(m.contains("holds 1 volumes (v)"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s, before, "a refused delete changes nothing");
+    let missing = CommandV1::DeletePool {
+        name: "none".into(),
+    };
+    assert!(matches!(
+        s.apply(&missing.into()),
+        Err(CommandError::NotFound(_))
+    ));
+    s.apply(&CommandV1::DeleteVolume { name: "v".into() }.into())
+        .expect("delete the volume");
+    assert_eq!(
+        s.apply(&delete().into()),
+        Ok(crate::meta::command::Applied::Deleted)
+    );
+    assert!(s.pools.is_empty());
 }
 
 /// In a pool of one replica, a node that joins takes PGs whose only copy stays behind: refused

@@ -93,6 +93,10 @@ enum PoolCmd {
         tags: Vec<String>,
     },
     List,
+    /// Delete an empty pool (refused while it holds volumes).
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -325,6 +329,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out["replica_state"] = replica_state(&v, pool);
             }
             Output::one(out)
+        }
+        Cmd::Pool(PoolCmd::Delete { name }) => {
+            // One request id across retries: a retried delete that already happened succeeds.
+            let req = pb::DeletePoolRequest {
+                name: name.clone(),
+                request_id: new_request_id(),
+            };
+            client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.delete_pool(req).await }
+                })
+                .await?;
+            Output::one(json!({ "deleted": name }))
         }
         Cmd::Volume(VolumeCmd::Delete { name }) => {
             // One request id across retries: a retried delete that already happened succeeds.

@@ -183,6 +183,20 @@ impl Metadata for MetadataService {
         }
     }
 
+    async fn delete_pool(
+        &self,
+        req: Request<pb::DeletePoolRequest>,
+    ) -> Result<Response<pb::DeletePoolReply>, Status> {
+        let pb::DeletePoolRequest { name, request_id } = req.into_inner();
+        match self
+            .write_once(request_id, CommandV1::DeletePool { name })
+            .await?
+        {
+            Applied::Deleted => Ok(Response::new(pb::DeletePoolReply {})),
+            _ => Err(unexpected("delete pool")),
+        }
+    }
+
     async fn create_volume(
         &self,
         req: Request<pb::CreateVolumeRequest>,
