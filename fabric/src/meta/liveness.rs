@@ -239,30 +239,27 @@ impl Liveness {
             .filter_map(|(r, _)| domain_of(r))
             .filter(|d| *d != own)
             .collect();
-        let via = self.probers(node, &own, now);
         let other_domains: BTreeSet<&str> = self
             .nodes
             .iter()
             .filter(|(n, l)| **n != node && l.health == Health::Up && l.domain != own)
             .map(|(_, l)| l.domain.as_str())
             .collect();
-        let needed = self.config.confirm_domains.min(other_domains.len());
-        if confirming.len() >= needed {
-            let lease = self.nodes.get_mut(&node).expect("known node");
+        let confirmed = confirming.len() >= self.config.confirm_domains.min(other_domains.len());
+        let probe_every_ms = self.config.probe_every_ms;
+        let lease = self.nodes.get_mut(&node).expect("known node");
+        if confirmed {
             lease.pending = Some((Health::Down, now));
             return Some(Decision::Mark {
                 node,
                 to: Health::Down,
             });
         }
-        let lease = self.nodes.get_mut(&node).expect("known node");
-        if lease
-            .probed_at
-            .is_some_and(|at| now < at + self.config.probe_every_ms)
-        {
+        if lease.probed_at.is_some_and(|at| now < at + probe_every_ms) {
             return None;
         }
         lease.probed_at = Some(now);
+        let via = self.probers(node, &own, now);
         Some(Decision::Probe { node, via })
     }
 

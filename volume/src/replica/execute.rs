@@ -120,8 +120,7 @@ fn is_reset(vol: &ReplicaVolume, h: &crate::wire::RequestHeader) -> bool {
         && h.version == WriteVersion::NONE
         && h.len > 0
         && h.offset.checked_add(len).is_some()
-        && whole_extents(vol, h.offset, len)
-            == (h.offset / EXTENT_SIZE_BYTES..(h.offset + len).div_ceil(EXTENT_SIZE_BYTES))
+        && whole_extents(vol, h.offset, len) == h.extents()
 }
 
 /// Extents `[offset, offset + len)` covers whole (the volume's last extent may be short).
@@ -156,10 +155,7 @@ async fn run(vol: &ReplicaVolume, req: &Request) -> Result<(Bytes, Option<u32>),
     let h = &req.header;
     let fua = h.flags & FLAG_FUA != 0;
     let len = u64::from(h.len);
-    let (first, end) = (
-        h.offset / EXTENT_SIZE_BYTES,
-        (h.offset + len).div_ceil(EXTENT_SIZE_BYTES),
-    );
+    let (first, end) = (h.extents().start, h.extents().end);
     // A mutation's extents are marked durably before its data is written (see `intent`).
     let _mutating = if h.op.mutates() && len > 0 {
         Some(vol.intent.mutate(first, end).await?)

@@ -3,8 +3,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
-    DIRECT_PAYLOAD_MIN_BYTES, Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, REQUEST_MAGIC, VolumeId,
-    WireError, WriteVersion, le_u16, le_u32, le_u64, payload_crc,
+    DIRECT_PAYLOAD_MIN_BYTES, EXTENT_SIZE_BYTES, Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION,
+    REQUEST_MAGIC, VolumeId, WireError, WriteVersion, le_u16, le_u32, le_u64, payload_crc,
 };
 
 /// Size of a request header, in bytes.
@@ -30,6 +30,12 @@ impl RequestHeader {
     /// Bytes of payload that follow this header on the wire.
     pub fn payload_len(&self) -> u32 {
         if self.op == Op::Write { self.len } else { 0 }
+    }
+
+    /// The extents `[offset, offset + len)` touches. For a range known not to overflow.
+    pub fn extents(&self) -> std::ops::Range<u64> {
+        let end = self.offset + u64::from(self.len);
+        self.offset / EXTENT_SIZE_BYTES..end.div_ceil(EXTENT_SIZE_BYTES)
     }
 
     pub fn encode(&self) -> [u8; REQUEST_HEADER_BYTES] {

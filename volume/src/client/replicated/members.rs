@@ -21,7 +21,7 @@ use crate::client::link::{Link, Outcome, outcome};
 use crate::client::membership::{Action, Event, Membership, NotRemoved};
 use crate::client::{RemovalError, ReplicaFailure};
 use crate::volume::VolumeError;
-use crate::wire::{EXTENT_SIZE_BYTES, Op, Request, WriteVersion};
+use crate::wire::{Op, Request, WriteVersion};
 
 use super::Inner;
 use super::ledger::Ledger;
@@ -87,9 +87,7 @@ impl Replica {
     /// its extents missed, and an acknowledgement with a new power epoch, after writes that were
     /// not flushed, counts as a failure.
     pub(super) async fn mutation(&self, req: Request) -> Outcome {
-        let h = req.header;
-        let extents =
-            h.offset / EXTENT_SIZE_BYTES..(h.offset + u64::from(h.len)).div_ceil(EXTENT_SIZE_BYTES);
+        let extents = req.header.extents();
         let answered = self.link.call_in_session(req).await;
         let power_epoch = answered.as_ref().ok().map(|(_, p)| *p);
         match outcome(answered.map(|(reply, _)| reply)) {

@@ -14,7 +14,7 @@ use crate::client::link::Outcome;
 use crate::client::split::{Piece, split};
 use crate::client::tally::{Tally, Verdict};
 use crate::volume::VolumeError;
-use crate::wire::{EXTENT_SIZE_BYTES, Op, Request, WriteVersion};
+use crate::wire::{Op, Request, WriteVersion};
 
 use super::members::{Replica, Writable, flush_places};
 use super::{Inner, LOCK_BLOCK_BYTES};
@@ -67,37 +67,35 @@ impl Inner {
             })
             .collect();
         let mut tally = Tally::default();
+        // The replicas that took it, and whether each counts towards the acknowledgement.
         let mut took_it = Vec::new();
-        let mut acked_by = Vec::new();
         let mut removed_one = false;
         while let Some(answer) = calls.next().await {
             match answer {
                 Answer::Acked(r) => {
                     tally.acked();
-                    acked_by.push(Arc::clone(&r));
-                    took_it.push(r);
+                    took_it.push((r, true));
                 }
                 Answer::Fenced(current) => tally.fenced(current),
                 Answer::Failed(removed) => {
                     removed_one |= removed;
                     tally.failed(removed);
                 }
-                Answer::Aside(r) => took_it.push(r),
+                Answer::Aside(r) => took_it.push((r, false)),
                 Answer::AsideFailed => {}
             }
         }
         if removed_one && tally.verdict(self.config.min_replicas) == Verdict::Done {
+            let acked_by: Vec<_> = took_it.iter().filter(|(_, c)| *c).map(|(r, _)| r).collect();
             self.reconfirm(group, &acked_by, &mut tally).await;
         }
-        let h = req.header;
-        let extents =
-            h.offset / EXTENT_SIZE_BYTES..(h.offset + u64::from(h.len)).div_ceil(EXTENT_SIZE_BYTES);
+        let extents = req.header.extents();
         let verdict = tally.verdict(self.config.min_replicas);
         // Under the group's shared hold: a resync that brings back a replica without a copy
         // decides with the group's writes held, so it sees this.
         if verdict == Verdict::Done {
             for r in self.members(group).iter() {
-                if !took_it.iter().any(|t| Arc::ptr_eq(t, r)) {
+                if !took_it.iter().any(|(t, _)| Arc::ptr_eq(t, r)) {
                     r.ledger().acked_without(extents.clone());
                 }
             }
@@ -105,7 +103,7 @@ impl Inner {
             // Those that took it hold a write the others may lack: a resync to or from them
             // copies these extents whatever the versions say.
             let extents: Vec<u64> = extents.collect();
-            for r in &took_it {
+            for (r, _) in &took_it {
                 r.ledger().may_lack(&extents);
             }
         }
@@ -131,7 +129,7 @@ impl Inner {
     async fn reconfirm(
         self: &Arc<Self>,
         group: usize,
-        acked_by: &[Arc<Replica>],
+        acked_by: &[&Arc<Replica>],
         tally: &mut Tally,
     ) {
         let pings = acked_by.iter().map(|r| async move {

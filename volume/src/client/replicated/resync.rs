@@ -129,7 +129,9 @@ impl ReplicatedVolume {
             .filter(|&e| inner.group_of(e) == group)
             .collect();
         if !inner.members(group).iter().any(|r| r.is_live()) {
-            return inner.reinstate(group, &t, &before, &extents, restore).await;
+            return inner
+                .reinstate(group, &t, t_power_epoch, &before, &extents, restore)
+                .await;
         }
         let mut report = ResyncReport {
             extents_in_group: extents.len() as u64,

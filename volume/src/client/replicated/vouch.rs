@@ -40,8 +40,8 @@ impl Inner {
     /// Brings stale replica `t` of `group`, which has no live replica to copy from, back
     /// without a copy, if it holds every acknowledged write of the group: no write was
     /// acknowledged without it, it lost none of those it acknowledged (its power epoch is the
-    /// one it acknowledged its unflushed writes in), and it can vouch for each of its extents
-    /// (`versions`, read before). That is the case when the group's last current copy lost
+    /// one it acknowledged its unflushed writes in: `power_epoch`, as it answered just before),
+    /// and it can vouch for each of its extents (`versions`, read before). That is the case when the group's last current copy lost
     /// power after this replica had left: the metadata service kept the replica that lost
     /// power, this client knows which one holds the data. Decided with the group's writes
     /// held, so no acknowledgement slips in between.
@@ -49,6 +49,7 @@ impl Inner {
         self: &Arc<Self>,
         group: usize,
         t: &Arc<Replica>,
+        power_epoch: u64,
         versions: &[ExtentVersion],
         extents: &[u64],
         restore: F,
@@ -58,7 +59,6 @@ impl Inner {
     {
         let target = t.addr();
         let no_source = || VolumeError::Io(format!("group {group} has no live replica"));
-        let power_epoch = self.power_epoch(t).await?;
         let _held = self.group_locks[group].write().await;
         if self.members(group).iter().any(|r| r.is_live()) || !t.is_stale() {
             return Err(no_source());
