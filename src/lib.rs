@@ -315,3 +315,29 @@ pub fn nbdsh() -> Command {
     c.env("PATH", format!("/usr/bin:{path}"));
     c
 }
+
+/// `fabricctl --json --data-dir DATA_DIR ARGS...`, parsed; panics (naming the command and its
+/// error output) if it fails.
+pub fn fabricctl(data_dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(workspace_bin("fabricctl"))
+        .args(["--json", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run fabricctl");
+    assert!(
+        out.status.success(),
+        "fabricctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("fabricctl JSON")
+}
+
+/// The pid of node `id` of the cluster in `data_dir`, from the `node.json` it writes into its
+/// directory (storage-only nodes have no metadata address to ask).
+pub fn node_pid(data_dir: &Path, id: u64) -> u32 {
+    let path = data_dir.join(format!("node-{id}/node.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let node: serde_json::Value = serde_json::from_str(&text).expect("node.json");
+    node["pid"].as_u64().expect("pid") as u32
+}

@@ -6,24 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fabric_suite::{DevNode, run, tools, workspace_bin};
+use fabric_suite::{DevNode, fabricctl, node_pid, run, tools, workspace_bin};
 use serde_json::Value;
-
-/// `fabricctl --json --data-dir DATA_DIR ARGS...`, parsed.
-fn fabricctl(data_dir: &std::path::Path, args: &[&str]) -> Value {
-    let out = Command::new(workspace_bin("fabricctl"))
-        .args(["--json", "--data-dir"])
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run fabricctl");
-    assert!(
-        out.status.success(),
-        "fabricctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("fabricctl JSON")
-}
 
 /// `fabricd dev --nodes 3` serving `vol0` (64 MiB) from a fresh directory: the directory, the
 /// data directory in it, and the running launcher. `None` (skip) when a client is missing.
@@ -68,18 +52,6 @@ fn assert_distinct(nodes: &[u64]) {
     distinct.sort_unstable();
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "three distinct nodes: {nodes:?}");
-}
-
-/// Pid of storage node `id` of the cluster in `data_dir`, from `fabricctl status --json`.
-fn node_pid(data_dir: &std::path::Path, id: u64) -> u32 {
-    let status = fabricctl(data_dir, &["status"]);
-    let node = status["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .find(|n| n["id"] == id)
-        .unwrap_or_else(|| panic!("node {id} in {status}"));
-    node["pid"].as_u64().expect("pid") as u32
 }
 
 /// Bytes the store of node `id` holds on disk (its data files are thin).

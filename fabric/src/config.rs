@@ -36,10 +36,18 @@ pub struct DevArgs {
     /// IO engine for the node's disk.
     #[arg(long, value_enum, default_value_t = IoEngine::Uring)]
     pub io_engine: IoEngine,
-    /// Run a local cluster instead: N `fabricd node` processes (storage and metadata, one rack
-    /// each; 1 to 7) and a gateway serving the volumes, 3-way replicated, over NBD.
+    /// Run a local cluster instead: N `fabricd node` storage processes (1 to 16), of which
+    /// the first 3 (5 once N ≥ 5) are also the metadata group's voters, and a gateway serving
+    /// the volumes, 3-way replicated across racks, over NBD.
     #[arg(long)]
     pub nodes: Option<u32>,
+    /// With --nodes: how many nodes share a rack (the default pool needs 3 racks).
+    #[arg(long, default_value_t = 1)]
+    pub nodes_per_rack: u32,
+    /// With --nodes: how many of the nodes are voters of the metadata group (odd; default 3,
+    /// or 5 once N ≥ 5, and never more than N).
+    #[arg(long)]
+    pub voters: Option<u32>,
 }
 
 /// A volume to serve.
@@ -57,8 +65,11 @@ pub struct DevConfig {
     pub nbd_unix: Option<PathBuf>,
     pub volumes: Vec<VolumeSpec>,
     pub io_engine: IoEngine,
-    /// Size of the local metadata group, if one runs.
+    /// Nodes of the local cluster, if one runs.
     pub nodes: Option<u32>,
+    pub nodes_per_rack: u32,
+    /// Voters of the local cluster's metadata group.
+    pub voters: u32,
 }
 
 impl TryFrom<DevArgs> for DevConfig {
@@ -73,8 +84,26 @@ impl TryFrom<DevArgs> for DevConfig {
             volumes,
             io_engine,
             nodes,
+            nodes_per_rack,
+            voters,
         } = args;
+        if nodes_per_rack == 0 {
+            anyhow::bail!("--nodes-per-rack must not be zero");
+        }
+        let n = nodes.unwrap_or(1);
+        let voters = voters.unwrap_or(crate::meta::launch::dev_voters(n));
+        if voters == 0 || voters > n || voters.is_multiple_of(2) && voters != n {
+            anyhow::bail!(
+                "--voters {voters}: want an odd number of voters from 1 to --nodes ({n})"
+            );
+        }
         if let Some(n) = nodes {
+            if n >= 3 && n.div_ceil(nodes_per_rack) < 3 {
+                anyhow::bail!(
+                    "--nodes {n} with --nodes-per-rack {nodes_per_rack} makes fewer than the 3 \
+                     racks the default pool places its replicas in"
+                );
+            }
             let max = crate::meta::launch::DEV_NODES_MAX;
             if n == 0 || n > max {
                 anyhow::bail!("--nodes {n}: want 1 to {max}");
@@ -104,6 +133,8 @@ impl TryFrom<DevArgs> for DevConfig {
             volumes: specs,
             io_engine,
             nodes,
+            nodes_per_rack,
+            voters,
         })
     }
 }

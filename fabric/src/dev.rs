@@ -1,6 +1,7 @@
 //! `fabricd dev`: a local node that serves volumes over NBD from one data directory, or with
-//! `--nodes N` a local cluster of processes: N storage nodes that are also metadata members,
-//! and a gateway serving the volumes, 3-way replicated across racks, over NBD.
+//! `--nodes N` a local cluster of processes: N storage nodes, the first 3 (or 5) of which are
+//! also the metadata group's voters, and a gateway serving the volumes, 3-way replicated
+//! across racks, over NBD.
 //!
 //! The single node's store lives in `DATA_DIR/node-0`, the cluster's nodes in
 //! `DATA_DIR/node-1..N`, the gateway's log in `DATA_DIR/gateway`.
@@ -117,12 +118,21 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
 async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut stop = StopSignals::install();
-    let mut cluster =
-        crate::meta::launch::DevCluster::start(&config.data_dir, nodes, config.nbd_listen)
-            .await
-            .context("start the nodes")?;
+    let mut cluster = crate::meta::launch::DevCluster::start(
+        &config.data_dir,
+        nodes,
+        config.nodes_per_rack,
+        config.voters,
+        config.nbd_listen,
+    )
+    .await
+    .context("start the nodes")?;
     let addrs: Vec<&str> = cluster.members.iter().map(|(_, a)| a.as_str()).collect();
-    println!("metadata group of {nodes} at {}", addrs.join(","));
+    println!(
+        "{nodes} storage nodes; metadata group of {} voters at {}",
+        addrs.len(),
+        addrs.join(",")
+    );
     let volumes: Vec<(String, u64)> = config
         .volumes
         .iter()

@@ -39,8 +39,6 @@ use crate::meta::command::{FENCED_WORDS, fencing_epoch};
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
 /// How long it waits for the rest, once every PG has `min_replicas` ready.
 pub const REPLICAS_GRACE_MS: u64 = 3_000;
-/// Reads of a volume's map before the gateway gives up on getting a consistent one.
-const MAP_READS_MAX: u32 = 10;
 /// Pause before the gateway opens its watch stream again after it ended.
 pub const WATCH_RETRY_MS: u64 = 500;
 /// How often the gateway looks for stale replicas that answer again.
@@ -216,53 +214,24 @@ struct VolumeMap {
 }
 
 impl VolumeMap {
-    /// Reads the volume, its pool and the nodes as one consistent view. The PG map and the
-    /// volume's stale replicas come from separate reads, and a remap between them would pair
-    /// a new map with the old stale lists: the replicas a PG just moved to would look current
-    /// while they hold nothing. So the pool is read before and after the volume, and the read
-    /// is repeated until its map epoch did not move in between (a remap marks the arriving
-    /// replicas stale in the same command that changes the map).
+    /// Reads the volume, its pool and the nodes the PG map names as one consistent view (one
+    /// linearizable read at one applied index): a new map is never paired with old stale
+    /// lists, which would make the replicas a PG just moved to look current while they hold
+    /// nothing.
     async fn fetch(client: &Client, name: &str) -> anyhow::Result<VolumeMap> {
         let get = pb::GetVolumeRequest { name: name.into() };
-        let list_pools = || async {
-            client
-                .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
-                .await
-                .context("list pools")
-                .map(|r| r.pools)
-        };
-        for _ in 0..MAP_READS_MAX {
-            let before = list_pools().await?;
-            let volume = client
-                .call(|mut c| {
-                    let get = get.clone();
-                    async move { c.get_volume(get).await }
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("volume {name}: {}", s.message()))?;
-            let nodes = client
-                .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
-                .await
-                .context("list nodes")?
-                .nodes;
-            let pool = list_pools()
-                .await?
-                .into_iter()
-                .find(|p| p.name == volume.pool)
-                .with_context(|| format!("pool {} is not listed", volume.pool))?;
-            if !before
-                .iter()
-                .any(|p| p.name == pool.name && p.map_epoch == pool.map_epoch)
-            {
-                continue; // remapped meanwhile: read again
-            }
-            return Ok(VolumeMap {
-                volume,
-                pool,
-                nodes,
-            });
-        }
-        bail!("the PG map of volume {name} kept moving over {MAP_READS_MAX} reads")
+        let map = client
+            .call(|mut c| {
+                let get = get.clone();
+                async move { c.get_volume_map(get).await }
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("volume {name}: {}", s.message()))?;
+        Ok(VolumeMap {
+            volume: map.volume.context("volume map without its volume")?,
+            pool: map.pool.context("volume map without its pool")?,
+            nodes: map.nodes,
+        })
     }
 
     /// The acting sets and the node behind each replica address.

@@ -3,10 +3,13 @@
 //! - [`dev`]: `fabricd dev`, a local node serving volumes over NBD from one data directory.
 //! - [`config`]: raw command-line input in, validated configuration out.
 //! - [`meta`]: Raft-replicated cluster metadata (openraft + sled + tonic).
-//! - [`node`]: `fabricd node`, one metadata member as its own process, with its storage.
+//! - [`node`]: `fabricd node`, one process with the roles it is given: a metadata member (a
+//!   voter of the fixed Raft group) and/or a storage node.
+//! - [`agent`]: a storage node's registration, heartbeats and probes.
 //! - [`storage`]: a node's replica server and the agent that creates its volumes' replicas.
 //! - [`gateway`]: `fabricd gateway`, the volume driver: NBD in front, replicas behind.
 
+pub mod agent;
 pub mod config;
 pub mod dev;
 pub mod gateway;

@@ -1,9 +1,17 @@
-//! `fabricd node`: one metadata member as its own process, configured from a TOML file and/or
-//! flags (flags win). Raw input ([`NodeArgs`], [`NodeToml`]) is validated once into a
-//! [`MemberConfig`]; the process then serves until SIGINT/SIGTERM.
+//! `fabricd node`: one node as its own process, configured from a TOML file and/or flags (flags
+//! win). Raw input ([`NodeArgs`], [`NodeToml`]) is validated once into a [`NodeConfig`]; the
+//! process then serves until SIGINT/SIGTERM.
 //!
-//! The member's directory holds `LOCK` (flock'd while running), `meta/` (the Raft log file,
-//! sled and the snapshot) and `node.json` (id, gRPC address, pid) for discovery by `fabricctl`.
+//! A node has one or both roles (`--roles meta,storage`):
+//! - **meta**: a member of the metadata group, which has a small fixed voter set (3 or 5)
+//!   chosen at bootstrap and changed only by an explicit command;
+//! - **storage**: a storage node. It registers through the metadata API, heartbeats to the
+//!   leader ([`crate::agent`]) and serves replicas on `--data-addr`; it is not a Raft member.
+//!   Without `--data-addr` it registers its disk for placement and serves no data.
+//!
+//! The node's directory holds `LOCK` (flock'd while running), `meta/` (the Raft log file, sled
+//! and the snapshot; meta role), `store/` (storage role) and `node.json` (id, gRPC address if
+//! a member, pid) for discovery by `fabricctl` and tests.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,13 +22,13 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::agent::NODE_HEARTBEAT_INTERVAL_MS;
 use crate::config::{Endpoint, local_dial};
 use crate::meta::client::{NODE_FILE, NodeFile};
+use crate::meta::liveness::LivenessConfig;
 use crate::meta::model::{DiskInfo, Location};
 use crate::meta::pgmap::{DISK_BYTES_MAX, DISK_BYTES_MIN};
-use crate::meta::server::{
-    Formation, MemberConfig, NODE_HEARTBEAT_INTERVAL_MS, NODE_OUT_AFTER_MS_DEFAULT, RaftTuning,
-};
+use crate::meta::server::{Formation, MemberConfig, RaftTuning};
 
 /// Flags of `fabricd node`.
 #[derive(Args, Debug, Clone, Default)]
@@ -31,10 +39,18 @@ pub struct NodeArgs {
     /// Node id (non-zero, unique in the cluster).
     #[arg(long)]
     pub id: Option<u64>,
+    /// What the node does: `meta` (a member of the metadata group), `storage` (a storage
+    /// node), or both (the default).
+    #[arg(long)]
+    pub roles: Option<String>,
+    /// Metadata members a storage node registers and heartbeats with, `IP:PORT,...`
+    /// (required without the meta role; with it, the node's own member is asked first).
+    #[arg(long)]
+    pub meta: Option<String>,
     /// The node's own directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// gRPC listen address (Raft transport and metadata API), IP:PORT.
+    /// gRPC listen address (Raft transport and metadata API), IP:PORT; meta role.
     #[arg(long)]
     pub listen: Option<String>,
     /// The gRPC address other members, gateways and tools dial, IP:PORT (default: the
@@ -77,7 +93,7 @@ pub struct NodeArgs {
     /// of the filesystem holding --data-dir.
     #[arg(long)]
     pub disk_capacity: Option<String>,
-    /// While this member leads: heartbeat silence after which a node is marked out of
+    /// While this member leads: how long a node stays down before it is marked out of
     /// placement and its PGs rebuilt elsewhere (default ten minutes).
     #[arg(long)]
     pub node_out_after_ms: Option<u64>,
@@ -88,6 +104,8 @@ pub struct NodeArgs {
 #[serde(deny_unknown_fields)]
 pub struct NodeToml {
     pub id: Option<u64>,
+    pub roles: Option<String>,
+    pub meta: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub advertise_rpc: Option<String>,
@@ -105,13 +123,67 @@ pub struct NodeToml {
     pub node_out_after_ms: Option<u64>,
 }
 
-impl TryFrom<NodeArgs> for MemberConfig {
+/// The roles a node has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub meta: bool,
+    pub storage: bool,
+}
+
+impl Roles {
+    /// Parses `meta`, `storage` or both, comma-separated.
+    pub fn parse(s: &str) -> anyhow::Result<Roles> {
+        let mut roles = Roles {
+            meta: false,
+            storage: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            let seen = match part {
+                "meta" => std::mem::replace(&mut roles.meta, true),
+                "storage" => std::mem::replace(&mut roles.storage, true),
+                other => {
+                    bail!("--roles {s:?}: unknown role {other:?} (want meta, storage or both)")
+                }
+            };
+            if seen {
+                bail!("--roles {s:?}: {part} is given twice");
+            }
+        }
+        Ok(roles)
+    }
+}
+
+/// The storage role's validated settings.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// The replica server's socket; none: the node registers for placement and serves no data.
+    pub data: Option<Endpoint>,
+    pub location: Location,
+    pub disks: Vec<DiskInfo>,
+    /// Members to register and heartbeat with (after the node's own member, if it has one).
+    pub meta: Vec<String>,
+}
+
+/// Validated configuration of one node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// The meta role: this node's metadata member.
+    pub member: Option<MemberConfig>,
+    /// The storage role.
+    pub storage: Option<StorageConfig>,
+}
+
+impl TryFrom<NodeArgs> for NodeConfig {
     type Error = anyhow::Error;
 
-    fn try_from(args: NodeArgs) -> anyhow::Result<MemberConfig> {
+    fn try_from(args: NodeArgs) -> anyhow::Result<NodeConfig> {
         let NodeArgs {
             config,
             id,
+            roles,
+            meta,
             data_dir,
             listen,
             advertise_rpc,
@@ -139,6 +211,8 @@ impl TryFrom<NodeArgs> for MemberConfig {
         };
         let NodeToml {
             id: f_id,
+            roles: f_roles,
+            meta: f_meta,
             data_dir: f_data_dir,
             listen: f_listen,
             advertise_rpc: f_advertise_rpc,
@@ -161,98 +235,223 @@ impl TryFrom<NodeArgs> for MemberConfig {
             bail!("--id must not be zero");
         }
         let data_dir = data_dir.or(f_data_dir).context("--data-dir is required")?;
-        let listen = listen.or(f_listen).context("--listen is required")?;
-        let rpc = Endpoint::parse(
-            "--listen",
-            &listen,
-            "--advertise-rpc",
-            advertise_rpc.or(f_advertise_rpc).as_deref(),
-        )?;
-        let advertise_data = advertise_data.or(f_advertise_data);
-        let data = match data_addr.or(f_data_addr).filter(|a| !a.is_empty()) {
-            Some(bind) => Some(Endpoint::parse(
-                "--data-addr",
-                &bind,
-                "--advertise-data",
-                advertise_data.as_deref(),
-            )?),
-            None if advertise_data.is_some() => {
-                bail!("--advertise-data is given without --data-addr")
+        let roles = Roles::parse(roles.or(f_roles).as_deref().unwrap_or("meta,storage"))?;
+        let meta_endpoints = parse_endpoints(meta.or(f_meta).as_deref().unwrap_or(""))?;
+        let raft = RaftFlags {
+            listen: listen.or(f_listen),
+            advertise_rpc: advertise_rpc.or(f_advertise_rpc),
+            bootstrap: bootstrap || f_bootstrap.unwrap_or(false),
+            peers: peers.or(f_peers),
+            join: join.or(f_join),
+            heartbeat_interval_ms: heartbeat_interval_ms.or(f_hb),
+            election_timeout_min_ms: election_timeout_min_ms.or(f_emin),
+            election_timeout_max_ms: election_timeout_max_ms.or(f_emax),
+            snapshot_logs: snapshot_logs.or(f_snap),
+            node_out_after_ms: node_out_after_ms.or(f_out),
+        };
+        let member = if roles.meta {
+            Some(member_config(id, &data_dir, raft)?)
+        } else {
+            raft.refuse_without_meta()?;
+            None
+        };
+        let storage = if roles.storage {
+            if member.is_none() && meta_endpoints.is_empty() {
+                bail!("a node without the meta role needs --meta, the members to register with");
             }
-            None => None,
+            let advertise_data = advertise_data.or(f_advertise_data);
+            let data = match data_addr.or(f_data_addr).filter(|a| !a.is_empty()) {
+                Some(bind) => Some(Endpoint::parse(
+                    "--data-addr",
+                    &bind,
+                    "--advertise-data",
+                    advertise_data.as_deref(),
+                )?),
+                None if advertise_data.is_some() => {
+                    bail!("--advertise-data is given without --data-addr")
+                }
+                None => None,
+            };
+            if member.is_none() && data.is_none() {
+                bail!("a node without the meta role needs --data-addr, the replica server it runs");
+            }
+            let location = parse_location(&location.or(f_location).unwrap_or_default())?;
+            let capacity_bytes = match disk_capacity.or(f_disk) {
+                Some(s) => parse_size::Config::new()
+                    .with_binary()
+                    .parse_size(&s)
+                    .map_err(|e| anyhow::anyhow!("--disk-capacity {s:?}: {e}"))?,
+                None => filesystem_bytes(&data_dir)?,
+            };
+            if !(DISK_BYTES_MIN..=DISK_BYTES_MAX).contains(&capacity_bytes) {
+                bail!(
+                    "disk capacity {capacity_bytes} bytes is outside {DISK_BYTES_MIN}..={DISK_BYTES_MAX}"
+                );
+            }
+            // One disk per node for now: the data directory's.
+            let disks = vec![DiskInfo {
+                name: DEFAULT_DISK_NAME.into(),
+                capacity_bytes,
+            }];
+            Some(StorageConfig {
+                data,
+                location,
+                disks,
+                meta: meta_endpoints,
+            })
+        } else {
+            let storage_flags = [
+                ("--data-addr", data_addr.or(f_data_addr).is_some()),
+                (
+                    "--advertise-data",
+                    advertise_data.or(f_advertise_data).is_some(),
+                ),
+                ("--location", location.or(f_location).is_some()),
+                ("--disk-capacity", disk_capacity.or(f_disk).is_some()),
+                ("--meta", !meta_endpoints.is_empty()),
+            ];
+            if let Some((flag, _)) = storage_flags.iter().find(|(_, given)| *given) {
+                bail!("{flag} is a setting of the storage role, which this node does not have");
+            }
+            None
         };
-        let location = parse_location(&location.or(f_location).unwrap_or_default())?;
-        let bootstrap = bootstrap || f_bootstrap.unwrap_or(false);
-        let peers = peers.or(f_peers);
-        let join = join.or(f_join);
-        let formation = match (bootstrap, join) {
-            (true, Some(_)) => bail!("--bootstrap and --join exclude each other"),
-            (true, None) => Formation::Bootstrap(parse_peers(peers.as_deref().unwrap_or(""))?),
-            (false, Some(seed)) => Formation::Join(seed),
-            (false, None) => Formation::Existing,
-        };
-        let d = RaftTuning::default();
-        let tuning = RaftTuning {
-            heartbeat_interval_ms: heartbeat_interval_ms
-                .or(f_hb)
-                .unwrap_or(d.heartbeat_interval_ms),
-            election_timeout_min_ms: election_timeout_min_ms
-                .or(f_emin)
-                .unwrap_or(d.election_timeout_min_ms),
-            election_timeout_max_ms: election_timeout_max_ms
-                .or(f_emax)
-                .unwrap_or(d.election_timeout_max_ms),
-            snapshot_logs: snapshot_logs.or(f_snap).unwrap_or(d.snapshot_logs),
-        };
-        if tuning.heartbeat_interval_ms == 0
-            || tuning.heartbeat_interval_ms >= tuning.election_timeout_min_ms
-        {
-            bail!("the heartbeat interval must be non-zero and below the election timeout");
+        if member.is_none() && storage.is_none() {
+            bail!("--roles names no role");
         }
-        if tuning.election_timeout_min_ms >= tuning.election_timeout_max_ms {
-            bail!("--election-timeout-min-ms must be below --election-timeout-max-ms");
+        Ok(NodeConfig {
+            id,
+            data_dir,
+            member,
+            storage,
+        })
+    }
+}
+
+/// The meta role's raw settings.
+struct RaftFlags {
+    listen: Option<String>,
+    advertise_rpc: Option<String>,
+    bootstrap: bool,
+    peers: Option<String>,
+    join: Option<String>,
+    heartbeat_interval_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    snapshot_logs: Option<u64>,
+    node_out_after_ms: Option<u64>,
+}
+
+impl RaftFlags {
+    /// Refuses meta settings on a node that is not a member, naming the first one given.
+    fn refuse_without_meta(&self) -> anyhow::Result<()> {
+        let given = [
+            ("--listen", self.listen.is_some()),
+            ("--advertise-rpc", self.advertise_rpc.is_some()),
+            ("--bootstrap", self.bootstrap),
+            ("--peers", self.peers.is_some()),
+            ("--join", self.join.is_some()),
+            (
+                "--heartbeat-interval-ms",
+                self.heartbeat_interval_ms.is_some(),
+            ),
+            (
+                "--election-timeout-min-ms",
+                self.election_timeout_min_ms.is_some(),
+            ),
+            (
+                "--election-timeout-max-ms",
+                self.election_timeout_max_ms.is_some(),
+            ),
+            ("--snapshot-logs", self.snapshot_logs.is_some()),
+            ("--node-out-after-ms", self.node_out_after_ms.is_some()),
+        ];
+        match given.iter().find(|(_, g)| *g) {
+            Some((flag, _)) => {
+                bail!("{flag} is a setting of the meta role, which this node does not have")
+            }
+            None => Ok(()),
         }
-        if tuning.snapshot_logs == 0 {
-            bail!("--snapshot-logs must not be zero");
-        }
-        let capacity_bytes = match disk_capacity.or(f_disk) {
-            Some(s) => parse_size::Config::new()
-                .with_binary()
-                .parse_size(&s)
-                .map_err(|e| anyhow::anyhow!("--disk-capacity {s:?}: {e}"))?,
-            None => filesystem_bytes(&data_dir)?,
-        };
-        if !(DISK_BYTES_MIN..=DISK_BYTES_MAX).contains(&capacity_bytes) {
+    }
+}
+
+fn member_config(id: u64, data_dir: &Path, f: RaftFlags) -> anyhow::Result<MemberConfig> {
+    let listen = f.listen.context("--listen is required for the meta role")?;
+    let rpc = Endpoint::parse(
+        "--listen",
+        &listen,
+        "--advertise-rpc",
+        f.advertise_rpc.as_deref(),
+    )?;
+    let formation = match (f.bootstrap, f.join) {
+        (true, Some(_)) => bail!("--bootstrap and --join exclude each other"),
+        (true, None) => Formation::Bootstrap(parse_peers(f.peers.as_deref().unwrap_or(""))?),
+        (false, Some(seed)) => Formation::Join(seed),
+        (false, None) => Formation::Existing,
+    };
+    if let Formation::Bootstrap(voters) = &formation
+        && voters.len() > VOTERS_MAX
+    {
+        bail!(
+            "--peers names {} voters; a metadata group has at most {VOTERS_MAX} (storage nodes \
+             join with --roles storage)",
+            voters.len()
+        );
+    }
+    let d = RaftTuning::default();
+    let tuning = RaftTuning {
+        heartbeat_interval_ms: f.heartbeat_interval_ms.unwrap_or(d.heartbeat_interval_ms),
+        election_timeout_min_ms: f
+            .election_timeout_min_ms
+            .unwrap_or(d.election_timeout_min_ms),
+        election_timeout_max_ms: f
+            .election_timeout_max_ms
+            .unwrap_or(d.election_timeout_max_ms),
+        snapshot_logs: f.snapshot_logs.unwrap_or(d.snapshot_logs),
+    };
+    if tuning.heartbeat_interval_ms == 0
+        || tuning.heartbeat_interval_ms >= tuning.election_timeout_min_ms
+    {
+        bail!("the heartbeat interval must be non-zero and below the election timeout");
+    }
+    if tuning.election_timeout_min_ms >= tuning.election_timeout_max_ms {
+        bail!("--election-timeout-min-ms must be below --election-timeout-max-ms");
+    }
+    if tuning.snapshot_logs == 0 {
+        bail!("--snapshot-logs must not be zero");
+    }
+    let mut liveness = LivenessConfig::default();
+    if let Some(out_after_ms) = f.node_out_after_ms {
+        if out_after_ms < 2 * NODE_HEARTBEAT_INTERVAL_MS {
             bail!(
-                "disk capacity {capacity_bytes} bytes is outside {DISK_BYTES_MIN}..={DISK_BYTES_MAX}"
-            );
-        }
-        let node_out_after_ms = node_out_after_ms
-            .or(f_out)
-            .unwrap_or(NODE_OUT_AFTER_MS_DEFAULT);
-        if node_out_after_ms < 2 * NODE_HEARTBEAT_INTERVAL_MS {
-            bail!(
-                "--node-out-after-ms {node_out_after_ms} is below two heartbeat intervals ({} ms)",
+                "--node-out-after-ms {out_after_ms} is below two heartbeat intervals ({} ms)",
                 2 * NODE_HEARTBEAT_INTERVAL_MS
             );
         }
-        // One disk per node for now: the data directory's.
-        let disks = vec![DiskInfo {
-            name: DEFAULT_DISK_NAME.into(),
-            capacity_bytes,
-        }];
-        Ok(MemberConfig {
-            id,
-            data_dir,
-            rpc,
-            data,
-            location,
-            disks,
-            formation,
-            tuning,
-            node_out_after_ms,
-        })
+        liveness.out_after_ms = out_after_ms;
     }
+    Ok(MemberConfig {
+        id,
+        data_dir: data_dir.to_path_buf(),
+        rpc,
+        formation,
+        tuning,
+        liveness,
+    })
+}
+
+/// Most voters a metadata group is bootstrapped with.
+pub const VOTERS_MAX: usize = 7;
+
+/// Parses `ip:port,ip:port`.
+fn parse_endpoints(s: &str) -> anyhow::Result<Vec<String>> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .map(|_| a.to_string())
+                .with_context(|| format!("--meta {s:?}: bad address {a:?}"))
+        })
+        .collect()
 }
 
 /// Name of the disk a node registers by default.
@@ -332,75 +531,153 @@ pub enum NodeError {
     Other(#[from] anyhow::Error),
 }
 
-/// Runs the member until SIGINT or SIGTERM.
-pub async fn run(cfg: MemberConfig) -> Result<(), NodeError> {
+/// Runs the node's roles until SIGINT or SIGTERM.
+pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let mut stop = crate::dev::StopSignals::install();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("create {}", cfg.data_dir.display()))?;
     let _lock = lock_dir(&cfg.data_dir)?;
-    let id = cfg.id;
-    let dir = cfg.data_dir.clone();
-    // The data socket is bound before the member registers the node, so that the address it
-    // registers carries the port actually bound.
-    let data = match cfg.data {
-        Some(endpoint) => {
-            let listener = tokio::net::TcpListener::bind(endpoint.bind)
-                .await
-                .with_context(|| format!("listen for replica traffic on {}", endpoint.bind))?;
-            let advertised =
-                endpoint.advertised(listener.local_addr().context("local data address")?);
-            Some((listener, advertised))
-        }
+    let NodeConfig {
+        id,
+        data_dir: dir,
+        member,
+        storage,
+    } = cfg;
+    let running =
+        match member {
+            None => None,
+            Some(member) => {
+                Some(crate::meta::server::start(member).await.map_err(
+                    |e| match e.log_corrupt() {
+                        Some(log) => NodeError::MetadataLogCorrupt {
+                            id,
+                            log: log.clone(),
+                        },
+                        None => {
+                            NodeError::Other(anyhow::Error::new(e).context("start metadata member"))
+                        }
+                    },
+                )?)
+            }
+        };
+    // The rebuild agent heals idle volumes while this node's member leads.
+    let (stop_rebuild, rebuild_stopped) = tokio::sync::watch::channel(false);
+    let mut rebuild = None;
+    if let Some(running) = &running {
+        println!(
+            "fabricd node {id} serving metadata at {} (advertised as {})",
+            running.bound, running.addr
+        );
+        rebuild = Some(tokio::spawn(crate::rebuild_agent::run(
+            id,
+            local_dial(running.bound),
+            rebuild_stopped,
+        )));
+    }
+    let storage = match storage {
         None => None,
-    };
-    let data_addr = data.as_ref().map_or(String::new(), |(_, a)| a.to_string());
-    let running = crate::meta::server::start(cfg, data_addr)
-        .await
-        .map_err(|e| match e.log_corrupt() {
-            Some(log) => NodeError::MetadataLogCorrupt {
-                id,
-                log: log.clone(),
-            },
-            None => NodeError::Other(anyhow::Error::new(e).context("start metadata member")),
-        })?;
-    let storage = match data {
-        None => None,
-        Some((listener, advertised)) => {
-            let storage = crate::storage::Storage::start(
-                &dir.join("store"),
-                listener,
-                id,
-                local_dial(running.bound),
-            )
-            .await
-            .context("start the replica server")?;
-            println!(
-                "fabricd node {id} serving replicas at {} (advertised as {advertised})",
-                storage.data_addr
-            );
-            Some(storage)
+        Some(cfg) => {
+            // The member (if any) is asked first: it forwards to the leader like any member.
+            let mut endpoints: Vec<String> = running
+                .iter()
+                .map(|r| local_dial(r.bound).to_string())
+                .collect();
+            endpoints.extend(cfg.meta.iter().cloned());
+            let own_rpc = running.as_ref().map(|r| r.addr.to_string());
+            Some(start_storage(id, &dir, cfg, endpoints, own_rpc).await?)
         }
     };
     write_node_file(
         &dir,
         &NodeFile {
             id,
-            rpc_addr: running.addr.to_string(),
+            rpc_addr: running
+                .as_ref()
+                .map_or(String::new(), |r| r.addr.to_string()),
             pid: std::process::id(),
         },
     )
     .context("write node.json")?;
-    println!(
-        "fabricd node {id} serving metadata at {} (advertised as {})",
-        running.bound, running.addr
-    );
     stop.wait().await;
     tracing::info!(id, "stopping");
+    let _ = stop_rebuild.send(true);
+    if let Some(rebuild) = rebuild {
+        let _ = rebuild.await;
+    }
     if let Some(storage) = storage {
         storage.stop().await;
     }
-    running.stop().await;
+    if let Some(running) = running {
+        running.stop().await;
+    }
     Ok(())
+}
+
+/// The storage role at work: its replica server (if it serves data) and its agent.
+struct StorageRole {
+    storage: Option<crate::storage::Storage>,
+    stop: tokio::sync::watch::Sender<bool>,
+    agent: tokio::task::JoinHandle<()>,
+}
+
+impl StorageRole {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.agent.await;
+        if let Some(storage) = self.storage {
+            storage.stop().await;
+        }
+    }
+}
+
+async fn start_storage(
+    id: u64,
+    dir: &Path,
+    cfg: StorageConfig,
+    endpoints: Vec<String>,
+    own_rpc: Option<String>,
+) -> Result<StorageRole, NodeError> {
+    // The data socket is bound before the node registers, so that the address it registers
+    // carries the port actually bound.
+    let (storage, data_addr) = match cfg.data {
+        None => (None, String::new()),
+        Some(endpoint) => {
+            let listener = tokio::net::TcpListener::bind(endpoint.bind)
+                .await
+                .with_context(|| format!("listen for replica traffic on {}", endpoint.bind))?;
+            let advertised =
+                endpoint.advertised(listener.local_addr().context("local data address")?);
+            let storage =
+                crate::storage::Storage::start(&dir.join("store"), listener, endpoints.clone())
+                    .await
+                    .context("start the replica server")?;
+            println!(
+                "fabricd node {id} serving replicas at {} (advertised as {advertised})",
+                storage.data_addr
+            );
+            (Some(storage), advertised.to_string())
+        }
+    };
+    let registration = proto::meta::RegisterNodeRequest {
+        id,
+        // A storage-only node serves no gRPC.
+        rpc_addr: own_rpc.unwrap_or_default(),
+        data_addr,
+        location: Some((&cfg.location).into()),
+        disks: cfg.disks.iter().map(Into::into).collect(),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let agent = tokio::spawn(crate::agent::run(
+        registration,
+        endpoints,
+        std::sync::Arc::new(crate::agent::ReplicaProber),
+        stopped,
+    ));
+    Ok(StorageRole {
+        storage,
+        stop,
+        agent,
+    })
 }
 
 /// The member's metadata directory, which holds the damaged log file.
@@ -467,15 +744,15 @@ mod tests {
 
     #[test]
     fn a_wildcard_listen_or_data_addr_without_advertise_is_refused() {
-        let e = MemberConfig::try_from(args("0.0.0.0:7000")).unwrap_err();
+        let e = NodeConfig::try_from(args("0.0.0.0:7000")).unwrap_err();
         assert!(format!("{e:#}").contains("give --advertise-rpc"), "{e:#}");
-        let e = MemberConfig::try_from(NodeArgs {
+        let e = NodeConfig::try_from(NodeArgs {
             data_addr: Some("[::]:7100".into()),
             ..args("127.0.0.1:7000")
         })
         .unwrap_err();
         assert!(format!("{e:#}").contains("give --advertise-data"), "{e:#}");
-        let e = MemberConfig::try_from(NodeArgs {
+        let e = NodeConfig::try_from(NodeArgs {
             advertise_data: Some("10.0.0.1:7100".into()),
             ..args("127.0.0.1:7000")
         })
@@ -485,27 +762,117 @@ mod tests {
 
     #[test]
     fn advertise_addresses_are_taken_from_flags_and_default_to_the_binds() {
-        let cfg = MemberConfig::try_from(NodeArgs {
+        let cfg = NodeConfig::try_from(NodeArgs {
             advertise_rpc: Some("10.0.0.1:7000".into()),
             data_addr: Some("0.0.0.0:0".into()),
             advertise_data: Some("10.0.0.1:0".into()),
             ..args("0.0.0.0:7000")
         })
         .unwrap();
-        assert_eq!(cfg.rpc.bind, "0.0.0.0:7000".parse().unwrap());
+        let member = cfg.member.expect("the meta role by default");
+        assert_eq!(member.rpc.bind, "0.0.0.0:7000".parse().unwrap());
         let bound = "0.0.0.0:7000".parse().unwrap();
-        assert_eq!(cfg.rpc.advertised(bound), "10.0.0.1:7000".parse().unwrap());
-        let data = cfg.data.expect("a data endpoint");
+        assert_eq!(
+            member.rpc.advertised(bound),
+            "10.0.0.1:7000".parse().unwrap()
+        );
+        let data = cfg.storage.and_then(|s| s.data).expect("a data endpoint");
         assert_eq!(
             data.advertised("0.0.0.0:40001".parse().unwrap()),
             "10.0.0.1:40001".parse().unwrap()
         );
-        let cfg = MemberConfig::try_from(args("127.0.0.1:7000")).unwrap();
+        let cfg = NodeConfig::try_from(args("127.0.0.1:7000")).unwrap();
         assert_eq!(
-            cfg.rpc.advertised(bound),
+            cfg.member.expect("meta").rpc.advertised(bound),
             bound,
             "default: the bound address"
         );
-        assert!(cfg.data.is_none(), "no data path without --data-addr");
+        assert!(
+            cfg.storage.expect("storage by default").data.is_none(),
+            "no data path without --data-addr"
+        );
+    }
+
+    #[test]
+    fn roles_choose_what_a_node_runs_and_refuse_settings_of_a_role_it_lacks() {
+        let storage_only = NodeArgs {
+            roles: Some("storage".into()),
+            meta: Some("127.0.0.1:7001,127.0.0.1:7002".into()),
+            data_addr: Some("127.0.0.1:0".into()),
+            listen: None,
+            ..args("127.0.0.1:7000")
+        };
+        let cfg = NodeConfig::try_from(storage_only.clone()).unwrap();
+        assert!(cfg.member.is_none());
+        assert_eq!(cfg.storage.expect("storage").meta.len(), 2);
+
+        let meta_only = NodeArgs {
+            roles: Some("meta".into()),
+            disk_capacity: None,
+            ..args("127.0.0.1:7000")
+        };
+        let cfg = NodeConfig::try_from(meta_only).unwrap();
+        assert!(cfg.member.is_some() && cfg.storage.is_none());
+
+        for (bad, want) in [
+            (
+                NodeArgs {
+                    meta: None,
+                    ..storage_only.clone()
+                },
+                "needs --meta",
+            ),
+            (
+                NodeArgs {
+                    listen: Some("127.0.0.1:7000".into()),
+                    ..storage_only.clone()
+                },
+                "--listen is a setting of the meta role",
+            ),
+            (
+                NodeArgs {
+                    roles: Some("meta".into()),
+                    ..args("127.0.0.1:7000")
+                },
+                "--disk-capacity is a setting of the storage role",
+            ),
+            (
+                NodeArgs {
+                    roles: Some("storage,disk".into()),
+                    ..storage_only.clone()
+                },
+                "unknown role \"disk\"",
+            ),
+            (
+                NodeArgs {
+                    roles: Some("meta,meta".into()),
+                    ..args("127.0.0.1:7000")
+                },
+                "given twice",
+            ),
+            (
+                NodeArgs {
+                    meta: Some("nowhere".into()),
+                    ..storage_only.clone()
+                },
+                "bad address",
+            ),
+            (
+                NodeArgs {
+                    bootstrap: true,
+                    peers: Some(
+                        (1..=9)
+                            .map(|i| format!("{i}=127.0.0.1:{}", 7000 + i))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    ..args("127.0.0.1:7000")
+                },
+                "at most 7",
+            ),
+        ] {
+            let e = NodeConfig::try_from(bad).unwrap_err();
+            assert!(format!("{e:#}").contains(want), "{e:#} lacks {want:?}");
+        }
     }
 }

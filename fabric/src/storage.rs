@@ -1,8 +1,8 @@
 //! The storage side of a node: its extent store, the replica server that drivers write to, and
 //! the agent that gives the store a replica of every volume the cluster holds.
 //!
-//! The agent follows the metadata service (a member asks itself, and is redirected to the
-//! leader like any client): every `VOLUME_SYNC_INTERVAL_MS` it lists the volumes and creates
+//! The agent follows the metadata service (asking the node's members, which forward to the
+//! leader): every `VOLUME_SYNC_INTERVAL_MS` it lists the volumes and creates
 //! the missing ones in the store, so a driver never finds a replica without its volume for
 //! longer than that. Until PG maps drive it, every node holds every volume (thin, so
 //! unwritten ranges cost nothing).
@@ -34,14 +34,12 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens the store in `dir`, serves replica traffic on `listener` and starts node `node`'s
-    /// agents: one creates the cluster's volumes (asking the metadata service at `rpc_addr`),
-    /// the other heals idle volumes while this node's member leads ([`crate::rebuild_agent`]).
+    /// Opens the store in `dir`, serves replica traffic on `listener` and starts the agent that
+    /// creates the cluster's volumes (asking the metadata members at `endpoints`).
     pub async fn start(
         dir: &Path,
         listener: tokio::net::TcpListener,
-        node: u64,
-        rpc_addr: SocketAddr,
+        endpoints: Vec<String>,
     ) -> anyhow::Result<Storage> {
         let disk = crate::dev::open_disk(IoEngine::Uring, &dir.display().to_string())?;
         let store = ExtentStore::open(dir, disk)
@@ -52,8 +50,7 @@ impl Storage {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(Arc::clone(&server).serve(listener, stopped.clone()));
-        tasks.spawn(follow_volumes(server, rpc_addr, stopped.clone()));
-        tasks.spawn(crate::rebuild_agent::run(node, rpc_addr, stopped));
+        tasks.spawn(follow_volumes(server, endpoints, stopped));
         tracing::info!(%data_addr, "replica server listening");
         Ok(Storage {
             data_addr,
@@ -72,10 +69,10 @@ impl Storage {
 /// Creates a replica of every volume the cluster lists, until `stop`.
 async fn follow_volumes(
     server: Arc<ReplicaServer>,
-    rpc_addr: SocketAddr,
+    endpoints: Vec<String>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = Client::new(vec![rpc_addr.to_string()]);
+    let client = Client::new(endpoints);
     let mut refused = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(VOLUME_SYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
 
 fn run_node(args: fabric::node::NodeArgs, worker_threads: Option<usize>) -> ExitCode {
     use fabric::node::NodeError;
-    let config = match fabric::meta::server::MemberConfig::try_from(args) {
+    let config = match fabric::node::NodeConfig::try_from(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("fabricd node: {e:#}");

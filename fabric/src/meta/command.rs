@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Attachment, NodeId, NodeRecord, NodeRegistration, Participation, Pool, PoolSpec,
+    Attachment, Health, NodeId, NodeRecord, NodeRegistration, Participation, Pool, PoolSpec,
     RebuildProgress, Volume, VolumeSpec,
 };
 
@@ -30,7 +30,9 @@ pub enum Command {
 pub enum CommandV1 {
     /// A node announces (or re-announces) its addresses, location and disks.
     RegisterNode(NodeRegistration),
-    /// A node is alive at `at_ms` (wall clock of the proposer).
+    /// A node is alive at `at_ms` (wall clock of the proposer). Replayed from old logs only:
+    /// liveness is the leader's soft state now, and only its transitions (`SetHealth`) are
+    /// written.
     Heartbeat {
         node: NodeId,
         at_ms: u64,
@@ -123,6 +125,12 @@ pub enum CommandV1 {
     DeletePool {
         name: String,
     },
+    /// The leader's failure detector found `node` down (its heartbeats stopped and the loss
+    /// was confirmed) or up again. Down fences nothing by itself and moves no PG; out does.
+    SetHealth {
+        node: NodeId,
+        health: Health,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -197,6 +205,7 @@ impl std::fmt::Display for CommandV1 {
             }
             CommandV1::DeleteVolume { name } => write!(f, "delete volume {name}"),
             CommandV1::DeletePool { name } => write!(f, "delete pool {name}"),
+            CommandV1::SetHealth { node, health } => write!(f, "mark node {node} {health:?}"),
             CommandV1::AttachVolume {
                 name,
                 client,

@@ -1,88 +1,254 @@
-//! The failure detector: on the Raft leader, a node whose heartbeats have stopped for longer
-//! than `node_out_after_ms` is marked out of placement, so its PGs are re-placed and rebuilt on
-//! the others without an operator. A node that is merely slow or briefly away (a restart, a
-//! short partition) is left alone: it keeps its PGs, misses some writes, and is resynced.
+//! The failure detector's runtime on the Raft leader: the lease table of [`Liveness`] fed by
+//! the `Heartbeat` RPC, its decisions carried out.
 //!
-//! Two guards keep one bad moment from emptying the cluster: silence is counted from when this
-//! member became leader at the latest (a leader that just took over, or a whole cluster coming
-//! back from a power cut, has seen no heartbeats yet), and nothing is marked out while half or
-//! more of the nodes are silent (that is a partition or an outage, not a failed node).
+//! - A heartbeat renews the node's lease in memory and writes nothing to the Raft log; the
+//!   answer carries the probes the leader wants this node to make.
+//! - Every [`DETECTOR_TICK_MS`] the table takes the node set from the applied state (when its
+//!   epoch moved) and makes its decisions: a `Probe` is queued for the chosen probers and
+//!   handed to each with its next heartbeat; a `Mark` becomes one command (`SetHealth` for
+//!   down and up, `SetParticipation` for out).
+//! - The table belongs to one leader term: a member that (again) becomes leader starts a new
+//!   one, so every node gets one grace period from that moment.
+//!
+//! Time is the leader's monotonic clock (milliseconds since the detector was made), never a
+//! wall clock stamped by the sender.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::command::CommandV1;
+use super::liveness::{Decision, Health, Liveness, LivenessConfig, Millis};
 use super::member::Member;
-use super::model::{NodeId, Participation};
+use super::model::{self, Location, NodeId, NodeRecord, Participation};
 
-/// How often the leader looks for silent nodes.
-pub const DETECTOR_INTERVAL_MS: u64 = 1_000;
+/// How often the leader makes its decisions.
+pub const DETECTOR_TICK_MS: u64 = 200;
 
-/// Watches heartbeats while this member leads, until `stop`.
-pub async fn run(
-    member: Arc<Member>,
-    node_out_after_ms: u64,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut leading_since: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(DETECTOR_INTERVAL_MS)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+/// What a member answers a heartbeat.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// Renewed; probe these nodes (id, data address) and report back.
+    Accepted { probes: Vec<(NodeId, String)> },
+    /// This member does not lead; the leader's address if known.
+    NotLeader { leader_addr: Option<String> },
+    /// The node is not registered.
+    Unknown,
+}
+
+/// The lease table of the current leader term, with what it owes its probers.
+struct Table {
+    term: u64,
+    liveness: Liveness,
+    /// Cluster epoch of the state the node set was last taken from.
+    synced_epoch: Option<u64>,
+    /// Data address of every node, for the probes.
+    data_addrs: BTreeMap<NodeId, String>,
+    /// Prober → the nodes it is to probe with its next heartbeat.
+    probes: BTreeMap<NodeId, BTreeSet<NodeId>>,
+}
+
+/// The detector of one member (a table only while it leads).
+pub struct Detector {
+    config: LivenessConfig,
+    origin: Instant,
+    table: Mutex<Option<Table>>,
+}
+
+/// The failure domain a node is confirmed from: its rack, else its host, else the node itself.
+pub fn failure_domain(location: &Location, node: NodeId) -> String {
+    match location.at("rack").or_else(|| location.at("host")) {
+        Some(name) => name.to_owned(),
+        None => format!("node-{node}"),
+    }
+}
+
+/// A node's state as the lease table sees it.
+fn health_of(record: &NodeRecord) -> Health {
+    match (record.participation, record.health) {
+        (Participation::Out, _) => Health::Out,
+        (Participation::In, model::Health::Down) => Health::Down,
+        (Participation::In, model::Health::Up) => Health::Up,
+    }
+}
+
+impl Detector {
+    pub fn new(config: LivenessConfig) -> Arc<Detector> {
+        Arc::new(Detector {
+            config,
+            origin: Instant::now(),
+            table: Mutex::new(None),
+        })
+    }
+
+    fn now(&self) -> Millis {
+        self.origin.elapsed().as_millis() as Millis
+    }
+
+    /// Runs `f` on this term's table (made or renewed first), or answers who leads.
+    fn with_table<R>(
+        &self,
+        member: &Member,
+        f: impl FnOnce(&mut Table, Millis) -> R,
+    ) -> Result<R, Option<String>> {
+        let term = match member.leading_term() {
+            Some(term) => term,
+            None => return Err(member.leader_addr()),
+        };
+        let now = self.now();
+        let mut slot = self.table.lock().expect("detector lock");
+        if slot.as_ref().is_none_or(|t| t.term != term) {
+            tracing::info!(term, "leading: every node's lease starts now");
+            *slot = Some(Table {
+                term,
+                liveness: Liveness::new(self.config.clone(), now),
+                synced_epoch: None,
+                data_addrs: BTreeMap::new(),
+                probes: BTreeMap::new(),
+            });
         }
-        let now = wall_clock_ms();
-        if member.metrics().current_leader != Some(member.id) {
-            leading_since = None;
-            continue;
+        let table = slot.as_mut().expect("made above");
+        sync(table, member, now);
+        Ok(f(table, now))
+    }
+
+    /// A heartbeat of `node`, with its answers to earlier probes. A node recorded down that
+    /// heartbeats is marked up (in the background).
+    pub fn heartbeat(
+        self: &Arc<Self>,
+        member: &Arc<Member>,
+        node: NodeId,
+        reports: &[(NodeId, bool)],
+    ) -> Beat {
+        let beat = self.with_table(member, |t, now| {
+            if !t.data_addrs.contains_key(&node) {
+                return (Beat::Unknown, None);
+            }
+            for &(target, reachable) in reports {
+                t.liveness.report(target, node, reachable, now);
+            }
+            let mark = match t.liveness.heartbeat(node, now) {
+                Some(Decision::Mark { node, to }) => Some((t.term, node, to)),
+                _ => None,
+            };
+            let probes = t
+                .probes
+                .remove(&node)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|n| Some((n, t.data_addrs.get(&n)?.clone())))
+                .collect();
+            (Beat::Accepted { probes }, mark)
+        });
+        match beat {
+            Ok((beat, mark)) => {
+                if let Some((term, node, to)) = mark {
+                    tokio::spawn(Arc::clone(self).mark(Arc::clone(member), term, node, to));
+                }
+                beat
+            }
+            Err(leader_addr) => Beat::NotLeader { leader_addr },
         }
-        let since = *leading_since.get_or_insert(now);
-        for node in silent_nodes(&member, now, since, node_out_after_ms) {
-            tracing::warn!(
+    }
+
+    /// Makes and carries out the decisions while this member leads, until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        member: Arc<Member>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(DETECTOR_TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let decided = self.with_table(&member, |t, now| {
+                let decisions = t.liveness.tick(now);
+                let mut marks = Vec::new();
+                for d in decisions {
+                    match d {
+                        Decision::Probe { node, via } => {
+                            tracing::info!(
+                                node,
+                                ?via,
+                                "node silent; probing it from other domains"
+                            );
+                            for prober in via {
+                                t.probes.entry(prober).or_default().insert(node);
+                            }
+                        }
+                        Decision::Mark { node, to } => marks.push((node, to)),
+                    }
+                }
+                (t.term, marks)
+            });
+            let Ok((term, marks)) = decided else {
+                continue;
+            };
+            for (node, to) in marks {
+                tokio::spawn(Arc::clone(&self).mark(Arc::clone(&member), term, node, to));
+            }
+        }
+    }
+
+    /// Commits `node`'s transition to `to` and tells the table of `term`.
+    async fn mark(self: Arc<Self>, member: Arc<Member>, term: u64, node: NodeId, to: Health) {
+        let command = match to {
+            Health::Up => CommandV1::SetHealth {
                 node,
-                node_out_after_ms,
-                "node silent past the out timeout; marking it out"
-            );
-            let out = CommandV1::SetParticipation {
+                health: model::Health::Up,
+            },
+            Health::Down => CommandV1::SetHealth {
+                node,
+                health: model::Health::Down,
+            },
+            Health::Out => CommandV1::SetParticipation {
                 node,
                 participation: Participation::Out,
-            };
-            if let Err(e) = member.write(out.into()).await {
-                tracing::warn!(node, error = %e, "could not mark a silent node out");
+            },
+        };
+        match member.write(command.into()).await {
+            Ok(_) => {
+                tracing::warn!(node, to = ?to, "node marked {to:?}");
+                let now = self.now();
+                let mut slot = self.table.lock().expect("detector lock");
+                if let Some(t) = slot.as_mut().filter(|t| t.term == term) {
+                    t.liveness.committed(node, to, now);
+                }
             }
+            Err(e) => tracing::warn!(node, to = ?to, error = %e, "could not mark a node"),
         }
     }
 }
 
-/// Nodes still in placement whose last heartbeat (or `since`, if later) is more than
-/// `out_after_ms` before `now`; none while half or more of the nodes are silent.
-fn silent_nodes(member: &Member, now: u64, since: u64, out_after_ms: u64) -> Vec<NodeId> {
+/// Brings the table's node set up to the applied state, if that changed.
+fn sync(table: &mut Table, member: &Member, now: Millis) {
     member.sm.read(|state, _| {
-        let silent_ms = |last: u64| now.saturating_sub(last.max(since));
-        let silent: Vec<NodeId> = state
-            .nodes
-            .values()
-            .filter(|n| silent_ms(n.last_heartbeat_ms) > out_after_ms)
-            .map(|n| n.registration.id)
-            .collect();
-        if silent.len() * 2 >= state.nodes.len() {
-            if !silent.is_empty() {
-                tracing::warn!(
-                    silent = silent.len(),
-                    nodes = state.nodes.len(),
-                    "half or more of the nodes are silent; marking none out"
-                );
-            }
-            return Vec::new();
+        if table.synced_epoch == Some(state.cluster_epoch) {
+            return;
         }
-        silent
-            .into_iter()
-            .filter(|id| state.nodes[id].participation == Participation::In)
-            .collect()
-    })
-}
-
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        table.synced_epoch = Some(state.cluster_epoch);
+        for (&id, record) in &state.nodes {
+            let domain = failure_domain(&record.registration.location, id);
+            table.liveness.set_node(id, &domain, health_of(record), now);
+            if table.data_addrs.get(&id) != Some(&record.registration.data_addr) {
+                table
+                    .data_addrs
+                    .insert(id, record.registration.data_addr.clone());
+            }
+        }
+        let gone: Vec<NodeId> = table
+            .data_addrs
+            .keys()
+            .filter(|id| !state.nodes.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            table.liveness.remove_node(id);
+            table.data_addrs.remove(&id);
+            table.probes.remove(&id);
+        }
+    });
 }

@@ -1,6 +1,7 @@
-//! `fabricd dev --nodes N`: N `fabricd node` child processes on loopback, each a metadata
-//! member and a storage node in its own rack, bootstrapped into one Raft group with a default
-//! pool, and a `fabricd gateway` child serving the volumes over NBD.
+//! `fabricd dev --nodes N`: N `fabricd node` child processes on loopback, each a storage node
+//! in its own rack, and a `fabricd gateway` child serving the volumes over NBD. The first 3
+//! nodes (5 once N ≥ 5) are also the voters of the metadata group, bootstrapped with a default
+//! pool; the others are storage-only and register through the API, as in a large cluster.
 //!
 //! Member addresses (gRPC and data) are recorded in `DATA_DIR/cluster.json` and reused on the
 //! next start, since the Raft membership and the node records store them. Children die with
@@ -17,21 +18,26 @@ use serde::{Deserialize, Serialize};
 
 use super::client::Client;
 
-/// Most members a dev cluster may have.
-pub const DEV_NODES_MAX: u32 = 7;
+/// Most nodes a dev cluster may have.
+pub const DEV_NODES_MAX: u32 = 16;
+
+/// How many of a dev cluster's `nodes` are voters of the metadata group.
+pub fn dev_voters(nodes: u32) -> u32 {
+    if nodes >= 5 { 5 } else { nodes.min(3) }
+}
 /// How long the launcher waits for every member to register.
 pub const DEV_FORM_TIMEOUT_MS: u64 = 60_000;
 /// How long a member may take to exit after SIGTERM before it is killed.
 pub const DEV_STOP_TIMEOUT_MS: u64 = 10_000;
 /// Placement groups of the default pool.
 pub const DEV_DEFAULT_PG_COUNT: u32 = 64;
-/// Heartbeat silence after which a dev cluster marks a node out: short, so that a killed node
+/// How long a node stays down before a dev cluster marks it out: short, so that a killed node
 /// is seen healing within a minute (a production node's default is ten minutes).
 pub const DEV_NODE_OUT_AFTER_MS: u64 = 30_000;
 
 #[derive(Serialize, Deserialize)]
 struct ClusterFile {
-    /// id → gRPC address.
+    /// id → gRPC address of every metadata member (voter).
     members: Vec<(u64, String)>,
     /// id → replica (data path) address; absent in files written before nodes stored data.
     #[serde(default)]
@@ -40,6 +46,7 @@ struct ClusterFile {
 
 /// The running child processes.
 pub struct DevCluster {
+    /// id → gRPC address of each metadata member.
     pub members: Vec<(u64, String)>,
     /// id → replica address of each node.
     pub data: Vec<(u64, String)>,
@@ -48,26 +55,27 @@ pub struct DevCluster {
     gateway: Option<Child>,
 }
 
-/// The gRPC and data addresses of every member: from `cluster.json`, or fresh ports that
-/// differ from `avoid` (the gateway's NBD address).
+/// The gRPC address of every member and the data address of every node: from
+/// `cluster.json`, or fresh ports that differ from `avoid` (the gateway's NBD address).
 fn member_addresses(
     data_dir: &Path,
     nodes: u32,
+    voters: u32,
     avoid: std::net::SocketAddr,
 ) -> anyhow::Result<ClusterFile> {
     let path = data_dir.join("cluster.json");
     if let Ok(bytes) = std::fs::read(&path) {
         let mut file: ClusterFile =
             serde_json::from_slice(&bytes).with_context(|| format!("read {}", path.display()))?;
-        if file.members.len() != nodes as usize {
+        // Files written before storage-only nodes list every node as a member.
+        let held = file.data.len().max(file.members.len());
+        if held != nodes as usize {
             bail!(
-                "{} holds a {}-member cluster; start with --nodes {} or use another --data-dir",
+                "{} holds a {held}-node cluster; start with --nodes {held} or use another --data-dir",
                 data_dir.display(),
-                file.members.len(),
-                file.members.len()
             );
         }
-        if file.data.len() == file.members.len() {
+        if file.data.len() == held {
             return Ok(file);
         }
         let mut taken: Vec<std::net::SocketAddr> = vec![avoid];
@@ -80,8 +88,8 @@ fn member_addresses(
         write_cluster_file(&path, &file)?;
         return Ok(file);
     }
-    let mut members = fresh_addresses(2 * nodes, &[avoid])?;
-    let data = members.split_off(nodes as usize);
+    let mut members = fresh_addresses(voters + nodes, &[avoid])?;
+    let data = members.split_off(voters as usize);
     let file = ClusterFile {
         members: numbered(members),
         data: numbered(data),
@@ -143,18 +151,22 @@ fn log_file(dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 impl DevCluster {
-    /// Starts the members, waits for all to register, and ensures the default pool exists.
+    /// Starts the nodes (`nodes_per_rack` to a rack, the first `voters` also members of the
+    /// metadata group), waits for all to register, and ensures the default pool exists. A data
+    /// directory that holds a cluster keeps its voters.
     /// `nbd_listen` is the gateway's address, which no member may be given.
     pub async fn start(
         data_dir: &Path,
         nodes: u32,
+        nodes_per_rack: u32,
+        voters: u32,
         nbd_listen: std::net::SocketAddr,
     ) -> anyhow::Result<DevCluster> {
         assert!(
             (1..=DEV_NODES_MAX).contains(&nodes),
             "validated by the caller"
         );
-        let ClusterFile { members, data } = member_addresses(data_dir, nodes, nbd_listen)?;
+        let ClusterFile { members, data } = member_addresses(data_dir, nodes, voters, nbd_listen)?;
         let exe = std::env::current_exe().context("find the fabricd executable")?;
         let peers: Vec<String> = members.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let mut cluster = DevCluster {
@@ -164,7 +176,8 @@ impl DevCluster {
             children: Vec::new(),
             gateway: None,
         };
-        for ((id, addr), (_, data_addr)) in members.iter().zip(&data) {
+        let member_endpoints: Vec<&str> = members.iter().map(|(_, a)| a.as_str()).collect();
+        for (id, data_addr) in &data {
             let dir: PathBuf = data_dir.join(format!("node-{id}"));
             let log = log_file(&dir)?;
             let mut cmd = Command::new(&exe);
@@ -173,19 +186,34 @@ impl DevCluster {
                 .arg(id.to_string())
                 .arg("--data-dir")
                 .arg(&dir)
-                .arg("--listen")
-                .arg(addr)
                 .arg("--data-addr")
                 .arg(data_addr)
-                .arg("--node-out-after-ms")
-                .arg(DEV_NODE_OUT_AFTER_MS.to_string())
                 .arg("--location")
-                .arg(format!("rack=rack{id},host=host{id}"))
+                .arg(format!(
+                    "rack=rack{},host=host{id}",
+                    (id - 1) / u64::from(nodes_per_rack) + 1
+                ))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
-            if *id == 1 {
-                cmd.arg("--bootstrap").arg("--peers").arg(peers.join(","));
+            match members.iter().find(|(m, _)| m == id) {
+                Some((_, addr)) => {
+                    cmd.arg("--roles")
+                        .arg("meta,storage")
+                        .arg("--listen")
+                        .arg(addr)
+                        .arg("--node-out-after-ms")
+                        .arg(DEV_NODE_OUT_AFTER_MS.to_string());
+                    if *id == 1 {
+                        cmd.arg("--bootstrap").arg("--peers").arg(peers.join(","));
+                    }
+                }
+                None => {
+                    cmd.arg("--roles")
+                        .arg("storage")
+                        .arg("--meta")
+                        .arg(member_endpoints.join(","));
+                }
             }
             cluster
                 .children
@@ -219,9 +247,7 @@ impl DevCluster {
                 bail!("{exited}");
             }
             if Instant::now() > deadline {
-                bail!(
-                    "the metadata members did not all register within {DEV_FORM_TIMEOUT_MS} ms: {listed:?}"
-                );
+                bail!("the nodes did not all register within {DEV_FORM_TIMEOUT_MS} ms: {listed:?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -294,11 +320,11 @@ impl DevCluster {
         Ok(())
     }
 
-    /// A member that exited before the cluster formed, named with its status and log file.
+    /// A node that exited before the cluster formed, named with its status and log file.
     fn exited_member(&mut self) -> Option<String> {
         self.children
             .iter_mut()
-            .zip(&self.members)
+            .zip(&self.data)
             .find_map(|(child, (id, _))| {
                 let status = child.try_wait().ok().flatten()?;
                 Some(format!(

@@ -118,20 +118,25 @@ impl Liveness {
     }
 
     /// Adds `node` (in failure domain `domain`, recorded as `health`) or updates it, from the
-    /// cluster state.
-    pub fn set_node(&mut self, node: NodeId, domain: &str, health: Health) {
+    /// cluster state as applied at `now`. A changed health counts as committed then.
+    pub fn set_node(&mut self, node: NodeId, domain: &str, health: Health, now: Millis) {
         let leader_since = self.leader_since;
         let lease = self.nodes.entry(node).or_insert_with(|| Lease {
             domain: domain.to_owned(),
             health,
             last_heard: leader_since,
-            down_since: None,
+            // A node found down by an earlier leader is down from this leader's start on.
+            down_since: (health == Health::Down).then_some(leader_since),
             unreachable_from: BTreeMap::new(),
             probed_at: None,
             pending: None,
         });
-        lease.domain = domain.to_owned();
-        lease.health = health;
+        if lease.domain != domain {
+            lease.domain = domain.to_owned();
+        }
+        if lease.health != health {
+            self.committed(node, health, now);
+        }
     }
 
     /// Forgets a node that left the cluster.
@@ -353,6 +358,7 @@ mod tests {
                 node,
                 &format!("rack{}", (node - 1) / per_domain),
                 Health::Up,
+                at,
             );
             l.heartbeat(node, at);
         }
@@ -427,10 +433,27 @@ mod tests {
     }
 
     #[test]
+    fn a_node_an_earlier_leader_found_down_goes_out_one_interval_after_this_leader_started() {
+        let config = LivenessConfig::default();
+        let start = 50_000;
+        let mut l = Liveness::new(config.clone(), start);
+        for n in 1..=6 {
+            let health = if n == 2 { Health::Down } else { Health::Up };
+            l.set_node(n, &format!("rack{n}"), health, start);
+        }
+        let t = start + config.out_after_ms - 1;
+        beat_all_but(&mut l, &[2], t);
+        assert!(l.tick(t).is_empty(), "not before the out interval");
+        let t = start + config.out_after_ms;
+        beat_all_but(&mut l, &[2], t);
+        assert_eq!(l.tick(t), vec![mark(2, Health::Out)]);
+    }
+
+    #[test]
     fn a_new_leader_gives_every_node_one_grace_period() {
         let mut l = Liveness::new(LivenessConfig::default(), 100_000);
         for n in 1..=6 {
-            l.set_node(n, &format!("rack{n}"), Health::Up);
+            l.set_node(n, &format!("rack{n}"), Health::Up, 100_000);
         }
         // No heartbeat seen yet: nothing is suspected before the grace has passed.
         assert!(l.tick(100_000 + SUSPECT).is_empty());

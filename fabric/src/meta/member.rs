@@ -47,6 +47,24 @@ impl Member {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// The current term, if this member leads in it. Cheap: nothing is copied.
+    pub fn leading_term(&self) -> Option<u64> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
+    /// The gRPC address of the member this one believes leads, if any.
+    pub fn leader_addr(&self) -> Option<String> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let leader = m.current_leader?;
+        let membership = m.membership_config.membership();
+        membership.get_node(&leader).map(|n| n.rpc_addr.clone())
+    }
+
     /// Proposes `command` and returns what applying it produced and its log index.
     pub async fn write(&self, command: Command) -> Result<(Applied, u64), MetaError> {
         let reply = self.write_local(command.clone()).await;
@@ -145,7 +163,10 @@ impl Member {
             Err(_) => ForwardReply::Unavailable(format!(
                 "leadership not confirmed within {READ_DEADLINE_MS} ms"
             )),
-            Ok(Ok(_)) => ForwardReply::Read(self.sm.read(|state, _| evaluate(state, query))),
+            Ok(Ok(_)) => ForwardReply::Read(
+                self.sm
+                    .read(|state, applied| evaluate(state, applied, query)),
+            ),
             Ok(Err(e)) => not_leader_or_unavailable(e.forward_to_leader(), &e),
         }
     }

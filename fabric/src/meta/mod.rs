@@ -3,7 +3,8 @@
 //! Start with [`command`] (the one versioned enum of changes) and [`state`] (the pure,
 //! deterministic apply). Around that core:
 //!
-//! - [`model`]: domain types; [`query`]: reads of the state; [`pgmap`]: the placement seam.
+//! - [`model`]: domain types; [`query`]: reads of the state; [`pgmap`]: the placement seam;
+//!   [`changes`]: which records recent commands changed, for `Watch` deltas.
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: the log in its own file and the vote in sled (both fsynced), the state machine
 //!   with durable snapshots.
@@ -16,6 +17,7 @@
 //!
 //! Architecture invariant: prost types never cross into [`state`], [`command`] or [`model`].
 
+pub mod changes;
 pub mod client;
 pub mod command;
 pub mod detector;

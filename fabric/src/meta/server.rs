@@ -1,11 +1,12 @@
 //! Starting and stopping one member: open the store, build Raft, serve the Raft transport and
-//! the metadata API on one gRPC listener, bootstrap or join the group, and register the node.
+//! the metadata API on one gRPC listener, bootstrap or join the group, and run the failure
+//! detector (which acts while this member leads). A member is not a storage node by itself:
+//! the node's agent registers and heartbeats through the API like any other node's.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::{Config, SnapshotPolicy};
 use proto::meta::metadata_server::MetadataServer;
@@ -13,23 +14,15 @@ use proto::raft::raft_service_server::RaftServiceServer;
 use tokio::task::JoinHandle;
 
 use super::client::Client;
-use super::command::CommandV1;
+use super::detector::Detector;
+use super::liveness::LivenessConfig;
 use super::member::Member;
-use super::model::{DiskInfo, Location, NodeRegistration};
 use super::net::MESSAGE_BYTES_MAX;
 use super::net::client::{NetworkFactory, PeerChannels};
 use super::net::server::RaftTransport;
 use super::service::MetadataService;
 use super::types::{MemberNode, Raft};
 use crate::config::Endpoint;
-
-/// How often a member retries registering itself until it succeeds.
-pub const REGISTER_RETRY_MS: u64 = 500;
-/// How often a registered node proposes a heartbeat.
-pub const NODE_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
-/// Default silence after which the leader marks a node out: ten minutes, long enough that a
-/// reboot or a short network cut only costs a resync, not a full rebuild.
-pub const NODE_OUT_AFTER_MS_DEFAULT: u64 = 600_000;
 
 /// Raft timing and snapshot knobs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,14 +68,10 @@ pub struct MemberConfig {
     pub data_dir: PathBuf,
     /// The gRPC socket (Raft transport and metadata API).
     pub rpc: Endpoint,
-    /// The replica server's socket, if the node stores data.
-    pub data: Option<Endpoint>,
-    pub location: Location,
-    pub disks: Vec<DiskInfo>,
     pub formation: Formation,
     pub tuning: RaftTuning,
-    /// Heartbeat silence after which the leader marks a node out of placement.
-    pub node_out_after_ms: u64,
+    /// The failure detector's tunables, used while this member leads.
+    pub liveness: LivenessConfig,
 }
 
 /// Why a member could not start.
@@ -126,9 +115,8 @@ pub struct RunningMember {
     background: Vec<JoinHandle<()>>,
 }
 
-/// Starts a member and returns once it serves gRPC. `data_addr` is the replica server's
-/// advertised address, registered for drivers (empty if the node stores no data).
-pub async fn start(cfg: MemberConfig, data_addr: String) -> Result<RunningMember, StartError> {
+/// Starts a member and returns once it serves gRPC.
+pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     let meta_dir = cfg.data_dir.join("meta");
     let (log, sm) = super::store::open(&meta_dir)
         .await
@@ -188,8 +176,10 @@ pub async fn start(cfg: MemberConfig, data_addr: String) -> Result<RunningMember
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let detector = Detector::new(cfg.liveness.clone());
     let metadata = MetadataServer::new(MetadataService {
         member: Arc::clone(&member),
+        detector: Arc::clone(&detector),
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -205,24 +195,8 @@ pub async fn start(cfg: MemberConfig, data_addr: String) -> Result<RunningMember
     );
 
     form_group(&raft, &cfg, &addr).await?;
-    let registration = NodeRegistration {
-        id: cfg.id,
-        rpc_addr: addr.to_string(),
-        data_addr,
-        location: cfg.location.clone(),
-        disks: cfg.disks.clone(),
-    };
     let background = vec![
-        tokio::spawn(register_and_heartbeat(
-            Arc::clone(&member),
-            registration,
-            stop_tx.subscribe(),
-        )),
-        tokio::spawn(super::detector::run(
-            Arc::clone(&member),
-            cfg.node_out_after_ms,
-            stop_tx.subscribe(),
-        )),
+        tokio::spawn(detector.run(Arc::clone(&member), stop_tx.subscribe())),
         tokio::spawn(super::snapshots::run(
             Arc::clone(&member),
             t.snapshot_logs,
@@ -281,56 +255,6 @@ async fn form_group(raft: &Raft, cfg: &MemberConfig, addr: &SocketAddr) -> Resul
         }
     }
     Ok(())
-}
-
-/// Registers the node (retrying until a leader accepts it), then proposes heartbeats.
-async fn register_and_heartbeat(
-    member: Arc<Member>,
-    registration: NodeRegistration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let id = registration.id;
-    let mut registered = false;
-    loop {
-        let wait = if registered {
-            let at_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let _ = member
-                .write(CommandV1::Heartbeat { node: id, at_ms }.into())
-                .await;
-            NODE_HEARTBEAT_INTERVAL_MS
-        } else {
-            let already = member.sm.read(|s, _| {
-                s.nodes
-                    .get(&id)
-                    .is_some_and(|n| n.registration == registration)
-            });
-            registered = already
-                || match member
-                    .write(CommandV1::RegisterNode(registration.clone()).into())
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(id, "node registered");
-                        true
-                    }
-                    Err(e) => {
-                        tracing::debug!(id, error = %e, "registration not accepted yet");
-                        false
-                    }
-                };
-            if registered {
-                NODE_HEARTBEAT_INTERVAL_MS
-            } else {
-                REGISTER_RETRY_MS
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
 }
 
 impl RunningMember {

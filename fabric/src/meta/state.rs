@@ -8,10 +8,11 @@
 //! them. A writer whose attach was superseded may have missed the new writer's writes, so its
 //! word on which replica caught up no longer holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::changes::{Change, Journal};
 use super::command::{Applied, Command, CommandError, CommandV1, FENCED_WORDS, Outcome};
 use super::model::{
     Attachment, EXTENT_SIZE_MAX_BYTES, Epochs, Health, NAME_LEN_MAX, NodeId, NodeRecord,
@@ -35,6 +36,9 @@ pub struct ClusterState {
     /// Outcomes of recent `Once` commands, by request id.
     #[serde(default)]
     pub requests: RequestLog,
+    /// Which records recent commands changed, for `Watch` deltas (derived, never stored).
+    #[serde(skip)]
+    pub journal: Journal,
 }
 
 /// Most request ids whose outcome the state remembers; the oldest is forgotten first. A retry
@@ -113,6 +117,7 @@ impl ClusterState {
         let outcome = match c {
             CommandV1::RegisterNode(r) => self.register_node(r),
             CommandV1::Heartbeat { node, at_ms } => self.heartbeat(*node, *at_ms),
+            CommandV1::SetHealth { node, health } => self.set_health(*node, *health),
             CommandV1::CreatePool(spec) => self.create_pool(spec),
             CommandV1::CreateVolume(spec) => self.create_volume(spec),
             CommandV1::ResizeVolume { name, size_bytes } => self.resize_volume(name, *size_bytes),
@@ -171,6 +176,12 @@ impl ClusterState {
         };
         if outcome.is_ok() {
             self.cluster_epoch += 1;
+            if let Some(change) = changed_by(c) {
+                self.journal.note(change);
+            }
+            self.journal.commit(self.cluster_epoch);
+        } else {
+            self.journal.discard();
         }
         outcome
     }
@@ -250,6 +261,31 @@ impl ClusterState {
         Ok(Applied::Node(record))
     }
 
+    fn set_health(&mut self, node: NodeId, health: Health) -> Outcome {
+        let record = self
+            .nodes
+            .get_mut(&node)
+            .ok_or_else(|| CommandError::NotFound(format!("node {node}")))?;
+        if record.health == health {
+            return Ok(Applied::Node(record.clone()));
+        }
+        let old = record.health;
+        record.health = health;
+        let record = record.clone();
+        // Placement keeps a down node's PGs where they are; the cluster map records the flag.
+        let moved = match self.topology.evolve(&self.nodes) {
+            Ok(evolved) => self.follow_topology(evolved),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = moved {
+            if let Some(r) = self.nodes.get_mut(&node) {
+                r.health = old;
+            }
+            return Err(e);
+        }
+        Ok(Applied::Node(record))
+    }
+
     fn heartbeat(&mut self, node: NodeId, at_ms: u64) -> Outcome {
         let record = self
             .nodes
@@ -311,6 +347,16 @@ impl ClusterState {
             let spec = &pool.spec;
             if let Some(map) = map {
                 let moved = map.disks != pool.map.disks;
+                let pgs: BTreeSet<u32> = (0..map.disks.len().max(pool.map.disks.len()))
+                    .filter(|&pg| map.disks.get(pg) != pool.map.disks.get(pg))
+                    .map(|pg| pg as u32)
+                    .collect();
+                if !pgs.is_empty() || map.map_epoch != pool.map.map_epoch {
+                    self.journal.note(Change::Pool {
+                        name: spec.name.clone(),
+                        pgs: Some(pgs),
+                    });
+                }
                 // A replica that stays in its PG stays stale until restored; one that moved
                 // away takes its staleness with it; one that arrives holds none of the data yet,
                 // so it starts stale and is rebuilt by the volume's writer.
@@ -332,6 +378,9 @@ impl ClusterState {
                     let stale = &v.stale;
                     v.rebuilding
                         .retain(|r| stale.get(&r.pg).is_some_and(|s| s.contains(&r.node)));
+                    if moved {
+                        self.journal.note(Change::Volume(v.spec.name.clone()));
+                    }
                 }
                 pool.map = PgMap {
                     epoch: pool.map.epoch + u64::from(moved),
@@ -667,4 +716,36 @@ fn validate_size(size_bytes: u64) -> Result<(), CommandError> {
         )));
     }
     Ok(())
+}
+
+/// The record a command names (beyond what a remap it causes changes, which the remap notes).
+fn changed_by(c: &CommandV1) -> Option<Change> {
+    let volume = |name: &String| Some(Change::Volume(name.clone()));
+    match c {
+        CommandV1::RegisterNode(r) => Some(Change::Node(r.id)),
+        CommandV1::Heartbeat { node, .. }
+        | CommandV1::SetHealth { node, .. }
+        | CommandV1::SetParticipation { node, .. } => Some(Change::Node(*node)),
+        CommandV1::CreatePool(spec) => Some(Change::Pool {
+            name: spec.name.clone(),
+            pgs: None,
+        }),
+        CommandV1::DeletePool { name } => Some(Change::Pool {
+            name: name.clone(),
+            pgs: None,
+        }),
+        CommandV1::CreateVolume(spec) => volume(&spec.name),
+        CommandV1::ResizeVolume { name, .. }
+        | CommandV1::DeleteVolume { name }
+        | CommandV1::AttachVolume { name, .. }
+        | CommandV1::DetachVolume { name, .. }
+        | CommandV1::DetachVolumeV2 { name, .. } => volume(name),
+        CommandV1::RemoveReplica { volume: v, .. }
+        | CommandV1::RestoreReplica { volume: v, .. }
+        | CommandV1::ReportRebuild { volume: v, .. }
+        | CommandV1::RemoveReplicaV2 { volume: v, .. }
+        | CommandV1::RestoreReplicaV2 { volume: v, .. }
+        | CommandV1::ReportRebuildV2 { volume: v, .. } => volume(v),
+        CommandV1::Once { .. } => None,
+    }
 }

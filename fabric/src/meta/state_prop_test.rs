@@ -22,8 +22,8 @@ use proptest::test_runner::TestRunner;
 
 use super::command::{Command, CommandError, CommandV1, FENCED_WORDS, Outcome, fencing_epoch};
 use super::model::{
-    DiskInfo, Location, NodeId, NodeRegistration, Participation, PoolSpec, RebuildProgress, Rule,
-    VolumeSpec,
+    DiskInfo, Health, Location, NodeId, NodeRegistration, Participation, PoolSpec, RebuildProgress,
+    Rule, VolumeSpec,
 };
 use super::state::{ClusterState, REBUILD_AGENT_PREFIX};
 
@@ -47,10 +47,11 @@ enum Kind {
     ReportV2,
     SetParticipation,
     DeletePool,
+    SetHealth,
     Once,
 }
 
-const PLAIN: [Kind; 17] = [
+const PLAIN: [Kind; 18] = [
     Kind::Register,
     Kind::Heartbeat,
     Kind::CreatePool,
@@ -68,6 +69,7 @@ const PLAIN: [Kind; 17] = [
     Kind::ReportV2,
     Kind::SetParticipation,
     Kind::DeletePool,
+    Kind::SetHealth,
 ];
 
 /// One step of a run: a kind, three numbers that choose among what the state holds, and
@@ -117,6 +119,7 @@ fn kind() -> impl Strategy<Value = Kind> {
         3 => Just(Kind::ReportV2),
         3 => Just(Kind::SetParticipation),
         1 => Just(Kind::DeletePool),
+        2 => Just(Kind::SetHealth),
         3 => Just(Kind::Once),
     ]
 }
@@ -435,6 +438,14 @@ fn command_of(s: &ClusterState, p: &Pick, kind: Kind) -> CommandV1 {
                 Participation::Out
             },
         },
+        Kind::SetHealth => CommandV1::SetHealth {
+            node: node(),
+            health: if p.b.is_multiple_of(2) {
+                Health::Up
+            } else {
+                Health::Down
+            },
+        },
         Kind::DeletePool => CommandV1::DeletePool {
             name: if p.flawed {
                 "nope".into()
@@ -634,7 +645,7 @@ proptest! {
 fn the_generated_runs_apply_and_refuse_every_kind_of_command() {
     let mut runner = TestRunner::deterministic();
     let mut total = Coverage::default();
-    for _ in 0..8 {
+    for _ in 0..16 {
         let picks = run_picks(200)
             .new_tree(&mut runner)
             .expect("generate a run")

@@ -201,13 +201,21 @@ fn members_output(r: &pb::MembershipReply) -> Output {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let endpoints: Vec<String> = if cli.endpoints.is_empty() {
+        // Storage-only nodes have no metadata address.
         discover(&cli.data_dir)?
             .into_iter()
             .map(|n| n.rpc_addr)
+            .filter(|a| !a.is_empty())
             .collect()
     } else {
         cli.endpoints.clone()
     };
+    if endpoints.is_empty() {
+        anyhow::bail!(
+            "no metadata member found under {} (only storage nodes); give --endpoints",
+            cli.data_dir.display()
+        );
+    }
     let client = Client::new(endpoints);
     let out = match cli.command {
         Cmd::Status => status(&client).await?,

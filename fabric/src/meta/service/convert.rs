@@ -160,8 +160,18 @@ impl TryFrom<pb::RegisterNodeRequest> for NodeRegistration {
         if id == 0 {
             return Err(Status::invalid_argument("node id must not be zero"));
         }
-        if rpc_addr.is_empty() {
-            return Err(Status::invalid_argument("node needs an rpc address"));
+        // A member has a metadata address, a storage node a data address; a node has a role.
+        if rpc_addr.is_empty() && data_addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "node needs an rpc address (a member) or a data address (a storage node)",
+            ));
+        }
+        for (what, addr) in [("rpc", &rpc_addr), ("data", &data_addr)] {
+            if !addr.is_empty() && addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "node {id}: {what} address {addr:?} is not IP:PORT"
+                )));
+            }
         }
         Ok(NodeRegistration {
             id,
@@ -279,6 +289,23 @@ pub fn detach_in(r: pb::DetachVolumeRequest) -> Result<CommandV1, Status> {
     })
 }
 
+impl From<&Location> for pb::Location {
+    fn from(l: &Location) -> Self {
+        pb::Location {
+            levels: levels_out(&l.levels),
+        }
+    }
+}
+
+impl From<&DiskInfo> for pb::Disk {
+    fn from(d: &DiskInfo) -> Self {
+        pb::Disk {
+            name: d.name.clone(),
+            capacity_bytes: d.capacity_bytes,
+        }
+    }
+}
+
 impl From<&NodeRecord> for pb::Node {
     fn from(n: &NodeRecord) -> Self {
         let r = &n.registration;
@@ -286,17 +313,8 @@ impl From<&NodeRecord> for pb::Node {
             id: r.id,
             rpc_addr: r.rpc_addr.clone(),
             data_addr: r.data_addr.clone(),
-            location: Some(pb::Location {
-                levels: levels_out(&r.location.levels),
-            }),
-            disks: r
-                .disks
-                .iter()
-                .map(|d| pb::Disk {
-                    name: d.name.clone(),
-                    capacity_bytes: d.capacity_bytes,
-                })
-                .collect(),
+            location: Some((&r.location).into()),
+            disks: r.disks.iter().map(Into::into).collect(),
             health: match n.health {
                 Health::Up => "up",
                 Health::Down => "down",

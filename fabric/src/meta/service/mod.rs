@@ -19,6 +19,7 @@ use self::convert::{
     status_of,
 };
 use super::command::{Applied, CommandV1};
+use super::detector::{Beat, Detector};
 use super::member::Member;
 use super::model::{NodeRegistration, Participation, PoolSpec, VolumeSpec};
 use super::query::{Query, QueryReply};
@@ -27,6 +28,7 @@ use super::types::MemberNode;
 /// Serves the metadata API of one member.
 pub struct MetadataService {
     pub member: Arc<Member>,
+    pub detector: Arc<Detector>,
 }
 
 impl MetadataService {
@@ -78,6 +80,9 @@ impl MetadataService {
     }
 }
 
+/// Most probe answers one heartbeat may carry.
+pub const HEARTBEAT_REPORTS_MAX: usize = 1024;
+
 fn unexpected(what: &str) -> Status {
     Status::internal(format!("unexpected result of {what}"))
 }
@@ -125,6 +130,45 @@ impl Metadata for MetadataService {
             })),
             _ => Err(unexpected("list nodes")),
         }
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let req = req.into_inner();
+        if req.node == 0 {
+            return Err(Status::invalid_argument("node id 0 is not a node"));
+        }
+        if req.reports.len() > HEARTBEAT_REPORTS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} probe reports in one heartbeat; at most {HEARTBEAT_REPORTS_MAX}",
+                req.reports.len()
+            )));
+        }
+        let reports: Vec<(u64, bool)> = req.reports.iter().map(|r| (r.node, r.reachable)).collect();
+        let reply = match self.detector.heartbeat(&self.member, req.node, &reports) {
+            Beat::Accepted { probes } => pb::HeartbeatReply {
+                accepted: true,
+                leader_addr: self.member.rpc_addr.clone(),
+                probes: probes
+                    .into_iter()
+                    .map(|(node, data_addr)| pb::ProbeTarget { node, data_addr })
+                    .collect(),
+            },
+            Beat::NotLeader { leader_addr } => pb::HeartbeatReply {
+                accepted: false,
+                leader_addr: leader_addr.unwrap_or_default(),
+                probes: Vec::new(),
+            },
+            Beat::Unknown => {
+                return Err(Status::not_found(format!(
+                    "node {} is not registered",
+                    req.node
+                )));
+            }
+        };
+        Ok(Response::new(reply))
     }
 
     async fn register_node(
@@ -229,6 +273,25 @@ impl Metadata for MetadataService {
             QueryReply::Volume(Some(v)) => Ok(Response::new(pb::Volume::from(&v))),
             QueryReply::Volume(None) => Err(Status::not_found(format!("volume {name} not found"))),
             _ => Err(unexpected("get volume")),
+        }
+    }
+
+    async fn get_volume_map(
+        &self,
+        req: Request<pb::GetVolumeRequest>,
+    ) -> Result<Response<pb::VolumeMap>, Status> {
+        let name = req.into_inner().name;
+        match self.read(Query::VolumeMap(name.clone())).await? {
+            QueryReply::VolumeMap(Some(m)) => Ok(Response::new(pb::VolumeMap {
+                applied_index: m.applied_index,
+                volume: Some(pb::Volume::from(&m.volume)),
+                pool: Some(pb::Pool::from(&m.pool)),
+                nodes: m.nodes.iter().map(pb::Node::from).collect(),
+            })),
+            QueryReply::VolumeMap(None) => {
+                Err(Status::not_found(format!("volume {name} not found")))
+            }
+            _ => Err(unexpected("get volume map")),
         }
     }
 

@@ -1,0 +1,213 @@
+//! The node agent: registers a storage node with the metadata service, then heartbeats to the
+//! leader and answers its probes, until stopped. The same loop runs in every storage node
+//! (member of the Raft group or not) and, thousands at a time, in `control-bench`.
+//!
+//! A heartbeat goes to the member that answered last as leader; a member that does not lead
+//! names the leader and the heartbeat is sent there at once, and an unreachable one sends the
+//! agent on to the next configured endpoint. A probe asked for by the leader is made through
+//! [`Prober`] and answered with the next heartbeat, which is then sent right away.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::meta as pb;
+use tokio::sync::watch;
+use tonic::Code;
+
+use crate::meta::client::Client;
+
+/// How often a node heartbeats.
+pub const NODE_HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// How long one heartbeat may take before the agent tries the next member.
+pub const HEARTBEAT_DEADLINE_MS: u64 = 800;
+/// How long a probe of another node's data path may take before it counts as unreachable.
+pub const PROBE_DEADLINE_MS: u64 = 1_000;
+/// How often registration is retried until it succeeds.
+pub const REGISTER_RETRY_MS: u64 = 500;
+
+/// Answers whether another node's data path answers.
+pub trait Prober: Send + Sync + 'static {
+    fn reachable(&self, node: u64, data_addr: &str) -> impl Future<Output = bool> + Send;
+}
+
+/// Probes a replica server: opening a session sends a PING, which the server answers with its
+/// power epoch, so an answer means the process serves, not only that its port is open.
+pub struct ReplicaProber;
+
+impl Prober for ReplicaProber {
+    async fn reachable(&self, _node: u64, data_addr: &str) -> bool {
+        use volume::client::{Link, TcpConnector};
+        use volume::wire::{Op, Request, RequestHeader, VolumeId, WriteVersion};
+        let Ok(addr) = data_addr.parse() else {
+            return false;
+        };
+        let link = Link::new(
+            addr,
+            Arc::new(TcpConnector),
+            Duration::from_millis(PROBE_DEADLINE_MS),
+            1,
+        );
+        let ping = Request::new(RequestHeader {
+            op: Op::Ping,
+            flags: 0,
+            request_id: 0,
+            volume: VolumeId(0),
+            offset: 0,
+            len: 0,
+            payload_crc: 0,
+            attach_epoch: 0,
+            version: WriteVersion::NONE,
+        });
+        let probe =
+            tokio::time::timeout(Duration::from_millis(PROBE_DEADLINE_MS), link.probe(ping));
+        matches!(probe.await, Ok(Ok(_)))
+    }
+}
+
+/// Registers `registration` through `endpoints`, then heartbeats until `stop`.
+pub async fn run<P: Prober>(
+    registration: pb::RegisterNodeRequest,
+    endpoints: Vec<String>,
+    prober: Arc<P>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let node = registration.id;
+    let client = Client::new(endpoints);
+    let mut agent = Agent {
+        node,
+        client,
+        target: None,
+        next: 0,
+    };
+    loop {
+        if agent.register(&registration).await {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(REGISTER_RETRY_MS)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(NODE_HEARTBEAT_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reports = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        // Probes answered are sent at once, in a heartbeat of their own.
+        for _ in 0..2 {
+            match agent.heartbeat(std::mem::take(&mut reports)).await {
+                Ok(probes) if probes.is_empty() => break,
+                Ok(probes) => reports = probe_all(&*prober, probes).await,
+                Err(Code::NotFound) => {
+                    tracing::warn!(
+                        node,
+                        "the leader does not know this node; registering again"
+                    );
+                    agent.register(&registration).await;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// One agent's view of where the leader is.
+struct Agent {
+    node: u64,
+    client: Client,
+    /// The member that last accepted a heartbeat, or that one named as leader.
+    target: Option<String>,
+    /// The configured endpoint to try when there is no target.
+    next: usize,
+}
+
+impl Agent {
+    async fn register(&self, registration: &pb::RegisterNodeRequest) -> bool {
+        let req = registration.clone();
+        match self
+            .client
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.register_node(req).await }
+            })
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(node = self.node, "node registered");
+                true
+            }
+            Err(status) => {
+                tracing::warn!(node = self.node, %status, "registration not accepted yet");
+                false
+            }
+        }
+    }
+
+    /// Sends one heartbeat (following at most one redirect) and returns the probes asked for.
+    async fn heartbeat(
+        &mut self,
+        reports: Vec<pb::Reachability>,
+    ) -> Result<Vec<pb::ProbeTarget>, Code> {
+        for _ in 0..2 {
+            let addr = self.target.clone().unwrap_or_else(|| {
+                let endpoints = self.client.endpoints();
+                endpoints[self.next % endpoints.len()].clone()
+            });
+            let req = pb::HeartbeatRequest {
+                node: self.node,
+                reports: reports.clone(),
+            };
+            let answer = match self.client.endpoint(&addr) {
+                Ok(mut c) => {
+                    let mut req = tonic::Request::new(req);
+                    req.set_timeout(Duration::from_millis(HEARTBEAT_DEADLINE_MS));
+                    c.heartbeat(req).await.map(|r| r.into_inner())
+                }
+                Err(status) => Err(status),
+            };
+            match answer {
+                Ok(reply) if reply.accepted => {
+                    self.target = Some(addr);
+                    return Ok(reply.probes);
+                }
+                Ok(reply) if !reply.leader_addr.is_empty() && reply.leader_addr != addr => {
+                    self.target = Some(reply.leader_addr);
+                }
+                Ok(_) => return Err(self.move_on(Code::Unavailable)),
+                Err(status) if status.code() == Code::NotFound => return Err(Code::NotFound),
+                Err(status) => {
+                    tracing::debug!(node = self.node, %addr, %status, "heartbeat not taken");
+                    return Err(self.move_on(status.code()));
+                }
+            }
+        }
+        Err(Code::Unavailable)
+    }
+
+    /// Forgets the target and moves on to the next configured endpoint.
+    fn move_on(&mut self, code: Code) -> Code {
+        self.target = None;
+        self.next = self.next.wrapping_add(1);
+        code
+    }
+}
+
+/// Probes every target at once and collects the answers.
+async fn probe_all<P: Prober>(prober: &P, targets: Vec<pb::ProbeTarget>) -> Vec<pb::Reachability> {
+    let probes = targets.iter().map(|t| async move {
+        let reachable = prober.reachable(t.node, &t.data_addr).await;
+        if !reachable {
+            tracing::info!(node = t.node, addr = %t.data_addr, "probed node does not answer");
+        }
+        pb::Reachability {
+            node: t.node,
+            reachable,
+        }
+    });
+    futures::future::join_all(probes).await
+}
