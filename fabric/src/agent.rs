@@ -8,8 +8,9 @@
 //! [`Prober`] and answered with the next heartbeat, which is then sent right away.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use proto::meta as pb;
 use tokio::sync::watch;
@@ -65,15 +66,25 @@ impl Prober for ReplicaProber {
     }
 }
 
-/// Registers `registration` through `endpoints`, then heartbeats until `stop`.
+/// What an agent has seen of its heartbeats.
+#[derive(Debug, Default)]
+pub struct Beats {
+    /// Heartbeats the leader accepted.
+    pub accepted: AtomicU64,
+    /// When the last one was accepted.
+    pub last_accepted: Mutex<Option<Instant>>,
+}
+
+/// Registers `registration` through `client`, then heartbeats until `stop`, counting them
+/// into `beats`.
 pub async fn run<P: Prober>(
     registration: pb::RegisterNodeRequest,
-    endpoints: Vec<String>,
+    client: Arc<Client>,
     prober: Arc<P>,
+    beats: Arc<Beats>,
     mut stop: watch::Receiver<bool>,
 ) {
     let node = registration.id;
-    let client = Client::new(endpoints);
     let mut agent = Agent {
         node,
         client,
@@ -99,7 +110,12 @@ pub async fn run<P: Prober>(
         }
         // Probes answered are sent at once, in a heartbeat of their own.
         for _ in 0..2 {
-            match agent.heartbeat(std::mem::take(&mut reports)).await {
+            let answer = agent.heartbeat(std::mem::take(&mut reports)).await;
+            if answer.is_ok() {
+                beats.accepted.fetch_add(1, Ordering::Relaxed);
+                *beats.last_accepted.lock().expect("beats lock") = Some(Instant::now());
+            }
+            match answer {
                 Ok(probes) if probes.is_empty() => break,
                 Ok(probes) => reports = probe_all(&*prober, probes).await,
                 Err(Code::NotFound) => {
@@ -119,7 +135,7 @@ pub async fn run<P: Prober>(
 /// One agent's view of where the leader is.
 struct Agent {
     node: u64,
-    client: Client,
+    client: Arc<Client>,
     /// The member that last accepted a heartbeat, or that one named as leader.
     target: Option<String>,
     /// The configured endpoint to try when there is no target.

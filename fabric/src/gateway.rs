@@ -39,8 +39,6 @@ use crate::meta::command::{FENCED_WORDS, fencing_epoch};
 pub const REPLICAS_READY_TIMEOUT_MS: u64 = 30_000;
 /// How long it waits for the rest, once every PG has `min_replicas` ready.
 pub const REPLICAS_GRACE_MS: u64 = 3_000;
-/// Pause before the gateway opens its watch stream again after it ended.
-pub const WATCH_RETRY_MS: u64 = 500;
 /// How often the gateway looks for stale replicas that answer again.
 pub const RESYNC_INTERVAL_MS: u64 = 1_000;
 /// Stale replicas resynced at once. Each resync also has steps that copy nothing (versions
@@ -315,40 +313,57 @@ pub(crate) async fn open_volume(
     })
 }
 
-/// Follows the metadata service's watch stream for as long as the gateway runs, and signals
-/// `moved` whenever a pool's PG map epoch changes, so that every volume follows the new map
-/// at once rather than at its next poll. Reconnects (through any member) when the stream ends.
+/// Follows the metadata service's watch stream (pools only) for as long as the gateway runs,
+/// and signals `moved` whenever a pool's PG map epoch changes, so that every volume follows
+/// the new map at once rather than at its next poll.
 async fn watch_maps(client: Arc<Client>, moved: tokio::sync::watch::Sender<()>) {
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    loop {
-        let stream = client
-            .call(|mut c| async move { c.watch(pb::WatchRequest {}).await })
-            .await;
-        match stream {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(event)) => {
-                        let epochs: BTreeMap<String, u64> = event
-                            .pools
-                            .into_iter()
-                            .map(|p| (p.name, p.map_epoch))
-                            .collect();
-                        if epochs != seen {
-                            tracing::debug!(?epochs, "PG map epochs moved");
-                            seen = epochs;
-                            moved.send_replace(());
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(%status, "watch stream ended");
-                        break;
-                    }
-                }
-            },
-            Err(status) => tracing::debug!(%status, "watch stream not opened"),
+    let request = pb::WatchRequest {
+        exclude_nodes: true,
+        exclude_volumes: true,
+        ..pb::WatchRequest::default()
+    };
+    let mut follower = PoolEpochs {
+        epoch: 0,
+        seen: BTreeMap::new(),
+        moved,
+    };
+    // The gateway stops by ending its runtime; this subscription never stops by itself.
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    crate::meta::watcher::follow(&client, request, &mut follower, never).await;
+}
+
+/// The PG map epoch of every pool, as the watch stream brings them.
+struct PoolEpochs {
+    epoch: u64,
+    seen: BTreeMap<String, u64>,
+    moved: tokio::sync::watch::Sender<()>,
+}
+
+impl crate::meta::watcher::Follower for PoolEpochs {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn apply(&mut self, event: pb::WatchEvent) -> bool {
+        if !event.full && event.base_epoch != self.epoch {
+            return false;
         }
-        tokio::time::sleep(Duration::from_millis(WATCH_RETRY_MS)).await;
+        let before = self.seen.clone();
+        if event.full {
+            self.seen.clear();
+        }
+        for p in event.pools {
+            self.seen.insert(p.name, p.map_epoch);
+        }
+        for name in event.removed_pools {
+            self.seen.remove(&name);
+        }
+        self.epoch = event.cluster_epoch;
+        if self.seen != before {
+            tracing::debug!(epochs = ?self.seen, "PG map epochs moved");
+            self.moved.send_replace(());
+        }
+        true
     }
 }
 

@@ -669,8 +669,9 @@ async fn start_storage(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(crate::agent::run(
         registration,
-        endpoints,
+        std::sync::Arc::new(crate::meta::client::Client::new(endpoints)),
         std::sync::Arc::new(crate::agent::ReplicaProber),
+        std::sync::Arc::new(crate::agent::Beats::default()),
         stopped,
     ));
     Ok(StorageRole {

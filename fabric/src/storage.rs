@@ -1,16 +1,14 @@
 //! The storage side of a node: its extent store, the replica server that drivers write to, and
 //! the agent that gives the store a replica of every volume the cluster holds.
 //!
-//! The agent follows the metadata service (asking the node's members, which forward to the
-//! leader): every `VOLUME_SYNC_INTERVAL_MS` it lists the volumes and creates
-//! the missing ones in the store, so a driver never finds a replica without its volume for
-//! longer than that. Until PG maps drive it, every node holds every volume (thin, so
+//! The agent follows the metadata service's watch stream (volumes only): a volume created in
+//! the cluster is created in the store as soon as the event arrives, so a driver finds its
+//! replicas ready (it waits for them, see the gateway). Until PG maps drive it, every node holds every volume (thin, so
 //! unwritten ranges cost nothing).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use proto::meta as pb;
@@ -22,9 +20,7 @@ use volume::wire::VolumeId;
 
 use crate::config::IoEngine;
 use crate::meta::client::Client;
-
-/// How often the agent compares the store with the cluster's volumes.
-pub const VOLUME_SYNC_INTERVAL_MS: u64 = 250;
+use crate::meta::watcher::{ClusterView, Follower, follow};
 
 /// A running replica server and its agent.
 pub struct Storage {
@@ -66,38 +62,76 @@ impl Storage {
     }
 }
 
-/// Creates a replica of every volume the cluster lists, until `stop`.
+/// Creates a replica of every volume the cluster holds, following the watch stream (volumes
+/// only), until `stop`.
 async fn follow_volumes(
     server: Arc<ReplicaServer>,
     endpoints: Vec<String>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let client = Client::new(endpoints);
+    let (tx, mut rx) = watch::channel(Vec::new());
+    let mut follower = VolumeList {
+        view: ClusterView::default(),
+        tx,
+    };
+    let request = pb::WatchRequest {
+        exclude_nodes: true,
+        exclude_pools: true,
+        ..pb::WatchRequest::default()
+    };
+    let subscription = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let client = Client::new(endpoints);
+            follow(&client, request, &mut follower, stop).await;
+        }
+    });
     let mut refused = std::collections::HashSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(VOLUME_SYNC_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = stop;
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+            changed = rx.changed() => if changed.is_err() { break },
         }
-        let listed = client
-            .call(|mut c| async move { c.list_volumes(pb::ListVolumesRequest {}).await })
-            .await;
-        let volumes = match listed {
-            Ok(r) => r.volumes,
-            Err(status) => {
-                tracing::debug!(%status, "volume list unavailable; retrying");
-                continue;
-            }
-        };
-        for v in volumes {
-            if let Err(e) = server.ensure_volume(VolumeId(v.id), v.size_bytes).await
-                && refused.insert((v.id, v.size_bytes))
+        let volumes: Vec<(u64, u64, String)> = rx.borrow_and_update().clone();
+        for (id, size_bytes, name) in volumes {
+            if let Err(e) = server.ensure_volume(VolumeId(id), size_bytes).await
+                && refused.insert((id, size_bytes))
             {
                 // A size mismatch is a resize the store does not follow yet: logged once.
-                tracing::warn!(volume = v.id, name = %v.name, error = %e, "replica of volume not created");
+                tracing::warn!(volume = id, %name, error = %e, "replica of volume not created");
             }
         }
+    }
+    subscription.abort();
+}
+
+/// The cluster's volumes (id, size, name), published after every event that changed them.
+struct VolumeList {
+    view: ClusterView,
+    tx: watch::Sender<Vec<(u64, u64, String)>>,
+}
+
+impl Follower for VolumeList {
+    fn epoch(&self) -> u64 {
+        self.view.epoch()
+    }
+
+    fn apply(&mut self, event: pb::WatchEvent) -> bool {
+        let changed =
+            event.full || !event.volume_records.is_empty() || !event.removed_volumes.is_empty();
+        if !self.view.apply(event) {
+            return false;
+        }
+        if changed {
+            let list = self
+                .view
+                .volumes
+                .values()
+                .map(|v| (v.id, v.size_bytes, v.name.clone()))
+                .collect();
+            self.tx.send_replace(list);
+        }
+        true
     }
 }

@@ -1,1 +1,3 @@
 //! Shared helpers of the tools binaries.
+
+pub mod group;

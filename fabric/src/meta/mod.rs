@@ -12,7 +12,8 @@
 //! - [`member`]: a running member, where writes and linearizable reads enter.
 //! - [`service`]: the metadata gRPC service, with wire ↔ domain conversion at its edge.
 //! - [`server`]: starting a member: storage, Raft, gRPC server, bootstrap, registration.
-//! - [`client`]: the client `fabricctl`, the dev launcher and the benchmark use.
+//! - [`client`]: the client `fabricctl`, the dev launcher and the benchmark use; [`watcher`]:
+//!   following `Watch` from the client side.
 //! - [`launch`]: `fabricd dev --nodes N`, a local group of child processes.
 //!
 //! Architecture invariant: prost types never cross into [`state`], [`command`] or [`model`].
@@ -40,3 +41,4 @@ mod state_prop_test;
 mod state_sim_test;
 pub mod store;
 pub mod types;
+pub mod watcher;

@@ -202,12 +202,10 @@ impl Volume {
     }
 }
 
-/// Epochs that drivers and agents follow, as pushed by the watch stream.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Epochs {
+/// How far a member's state machine has come: what the watch stream wakes up on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
     pub applied_index: u64,
     /// Advances on every change of the cluster state.
     pub cluster_epoch: u64,
-    pub pools: BTreeMap<String, u64>,
-    pub volumes: BTreeMap<String, u64>,
 }

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::changes::{Change, Journal};
 use super::command::{Applied, Command, CommandError, CommandV1, FENCED_WORDS, Outcome};
 use super::model::{
-    Attachment, EXTENT_SIZE_MAX_BYTES, Epochs, Health, NAME_LEN_MAX, NodeId, NodeRecord,
-    NodeRegistration, PG_COUNT_MAX, Participation, PgMap, Pool, PoolSpec, REPLICAS_MAX,
-    RebuildProgress, VOLUME_BLOCK_BYTES, VOLUME_SIZE_MAX_BYTES, Volume, VolumeSpec,
+    Attachment, EXTENT_SIZE_MAX_BYTES, Health, NAME_LEN_MAX, NodeId, NodeRecord, NodeRegistration,
+    PG_COUNT_MAX, Participation, PgMap, Pool, PoolSpec, REPLICAS_MAX, RebuildProgress,
+    VOLUME_BLOCK_BYTES, VOLUME_SIZE_MAX_BYTES, Volume, VolumeSpec,
 };
 use super::pgmap::{Topology, validate_registration};
 
@@ -184,24 +184,6 @@ impl ClusterState {
             self.journal.discard();
         }
         outcome
-    }
-
-    /// The epochs drivers and agents follow.
-    pub fn epochs(&self, applied_index: u64) -> Epochs {
-        Epochs {
-            applied_index,
-            cluster_epoch: self.cluster_epoch,
-            pools: self
-                .pools
-                .iter()
-                .map(|(n, p)| (n.clone(), p.map.epoch))
-                .collect(),
-            volumes: self
-                .volumes
-                .iter()
-                .map(|(n, v)| (n.clone(), v.attach_epoch))
-                .collect(),
-        }
     }
 
     fn register_node(&mut self, r: &NodeRegistration) -> Outcome {

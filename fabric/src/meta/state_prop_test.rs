@@ -25,7 +25,9 @@ use super::model::{
     DiskInfo, Health, Location, NodeId, NodeRegistration, Participation, PoolSpec, RebuildProgress,
     Rule, VolumeSpec,
 };
+use super::service::watch;
 use super::state::{ClusterState, REBUILD_AGENT_PREFIX};
+use super::watcher::{ClusterView, Follower};
 
 /// Every kind of plain command; `Once` wraps one of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -563,6 +565,8 @@ fn run(picks: &[Pick]) -> Coverage {
     let mut epochs: BTreeMap<u64, u64> = BTreeMap::new();
     // First outcome of every request id.
     let mut requests: BTreeMap<String, Outcome> = BTreeMap::new();
+    // A watch subscriber that applies every delta.
+    let mut view = ClusterView::default();
     for (i, p) in picks.iter().enumerate() {
         let c = command(&s, p);
         let step = format!("step {i} ({p:?}): {c:?}");
@@ -608,6 +612,7 @@ fn run(picks: &[Pick]) -> Coverage {
         }
 
         check_state(&s, &step);
+        follow_watch(&s, &mut view, &step);
         for v in s.volumes.values() {
             let seen = epochs.entry(v.id).or_default();
             assert!(
@@ -637,6 +642,25 @@ proptest! {
     fn every_apply_keeps_the_state_machine_invariants(picks in run_picks(200)) {
         run(&picks);
     }
+}
+
+/// A subscriber that follows the watch deltas holds what a new subscriber's full state holds.
+fn follow_watch(s: &ClusterState, view: &mut ClusterView, step: &str) {
+    let have = (view.epoch > 0).then_some(view.epoch);
+    if let Some(event) = watch::event(s, 0, have, watch::Filter::ALL) {
+        assert!(
+            have.is_none() || !event.full,
+            "{step}: a full state where a delta fits"
+        );
+        assert!(
+            view.apply(event),
+            "{step}: the delta does not fit its subscriber"
+        );
+    }
+    let mut fresh = ClusterView::default();
+    let full = watch::event(s, 0, None, watch::Filter::ALL).expect("a full state");
+    assert!(fresh.apply(full));
+    assert_eq!(*view, fresh, "{step}: the deltas lost or kept a change");
 }
 
 /// The generator is worth what it reaches: over a few fixed runs every kind of command is

@@ -7,7 +7,6 @@
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use fabric::meta::client::Client;
 use proto::meta as pb;
+use tools::group::Group;
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let fsync_rate = fdatasync_rate(&args.dir, args.fsyncs).context("measure fdatasync")?;
     let runtime = tokio::runtime::Runtime::new().context("start tokio")?;
-    let mut group = Group::start(&args.dir)?;
+    let mut group = Group::start(&args.dir, MEMBERS, &[])?;
     let result = runtime.block_on(bench(&args, &mut group));
     drop(group);
     let _ = std::fs::remove_dir_all(&args.dir);
@@ -104,68 +104,6 @@ fn fdatasync_rate(dir: &Path, n: u32) -> anyhow::Result<f64> {
     drop(f);
     std::fs::remove_file(&path)?;
     Ok(rate)
-}
-
-struct Group {
-    addrs: Vec<String>,
-    children: Vec<Option<Child>>,
-}
-
-impl Group {
-    fn start(dir: &Path) -> anyhow::Result<Group> {
-        let exe = std::env::current_exe()?;
-        let fabricd = exe.with_file_name("fabricd");
-        if !fabricd.exists() {
-            bail!(
-                "{} not found; build it with `cargo build --release -p fabric`",
-                fabricd.display()
-            );
-        }
-        let addrs: Vec<String> = (0..MEMBERS)
-            .map(|_| {
-                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-                Ok(l.local_addr()?.to_string())
-            })
-            .collect::<std::io::Result<_>>()?;
-        let peers: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect();
-        let mut children = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let id = i as u64 + 1;
-            let mut cmd = Command::new(&fabricd);
-            cmd.arg("node")
-                .args(["--id", &id.to_string(), "--listen", addr])
-                .arg("--data-dir")
-                .arg(dir.join(format!("node-{id}")))
-                .args(["--location", &format!("rack=r{id}")])
-                .env("FABRIC_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
-            if id == 1 {
-                cmd.args(["--bootstrap", "--peers", &peers.join(",")]);
-            }
-            children.push(Some(cmd.spawn().context("spawn fabricd node")?));
-        }
-        Ok(Group { addrs, children })
-    }
-
-    fn kill9(&mut self, id: u64) {
-        if let Some(mut c) = self.children[id as usize - 1].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        for id in 1..=MEMBERS {
-            self.kill9(id);
-        }
-    }
 }
 
 struct Results {

@@ -9,7 +9,7 @@ use tonic::Status;
 use crate::meta::command::{CommandError, CommandV1};
 use crate::meta::member::MetaError;
 use crate::meta::model::{
-    Attachment, DiskInfo, EXTENT_SIZE_DEFAULT_BYTES, Epochs, Health, Location, NodeRecord,
+    Attachment, DiskInfo, EXTENT_SIZE_DEFAULT_BYTES, Health, Location, NodeRecord,
     NodeRegistration, Participation, Pool, PoolSpec, RebuildProgress, Rule, VOLUME_BLOCK_BYTES,
     Volume, VolumeSpec,
 };
@@ -333,31 +333,35 @@ impl From<&NodeRecord> for pb::Node {
 
 impl From<&Pool> for pb::Pool {
     fn from(p: &Pool) -> Self {
-        let rule = &p.spec.rule;
-        pb::Pool {
-            name: p.spec.name.clone(),
-            rule: Some(pb::Rule {
-                replicas: rule.replicas,
-                min_replicas: rule.min_replicas,
-                failure_domain: rule.failure_domain.clone(),
-                tag_filter: levels_out(&rule.tag_filter),
-            }),
-            pg_count: p.spec.pg_count,
-            map_epoch: p.map.epoch,
-            cluster_map_epoch: p.map.map_epoch,
-            pgs: p
-                .map
-                .pgs
-                .iter()
-                .zip(&p.map.disks)
-                .enumerate()
-                .map(|(pg, (replicas, disks))| pb::PlacementGroup {
-                    pg: pg as u32,
-                    replicas: replicas.clone(),
-                    disks: disks.clone(),
-                })
-                .collect(),
-        }
+        pool_out(p, None)
+    }
+}
+
+/// The wire form of `p` with the PG entries in `pgs` only (all of them for `None`).
+pub fn pool_out(p: &Pool, pgs: Option<&std::collections::BTreeSet<u32>>) -> pb::Pool {
+    let rule = &p.spec.rule;
+    let entry = |pg: usize| {
+        Some(pb::PlacementGroup {
+            pg: pg as u32,
+            replicas: p.map.pgs.get(pg)?.clone(),
+            disks: p.map.disks.get(pg)?.clone(),
+        })
+    };
+    pb::Pool {
+        name: p.spec.name.clone(),
+        rule: Some(pb::Rule {
+            replicas: rule.replicas,
+            min_replicas: rule.min_replicas,
+            failure_domain: rule.failure_domain.clone(),
+            tag_filter: levels_out(&rule.tag_filter),
+        }),
+        pg_count: p.spec.pg_count,
+        map_epoch: p.map.epoch,
+        cluster_map_epoch: p.map.map_epoch,
+        pgs: match pgs {
+            None => (0..p.map.pgs.len()).filter_map(entry).collect(),
+            Some(pgs) => pgs.iter().filter_map(|&pg| entry(pg as usize)).collect(),
+        },
     }
 }
 
@@ -409,30 +413,5 @@ pub fn attachment_out(volume: &str, a: &Attachment) -> pb::Attachment {
         volume: volume.to_string(),
         client: a.client.clone(),
         attach_epoch: a.epoch,
-    }
-}
-
-impl From<&Epochs> for pb::WatchEvent {
-    fn from(e: &Epochs) -> Self {
-        pb::WatchEvent {
-            applied_index: e.applied_index,
-            cluster_epoch: e.cluster_epoch,
-            pools: e
-                .pools
-                .iter()
-                .map(|(name, epoch)| pb::PoolEpoch {
-                    name: name.clone(),
-                    map_epoch: *epoch,
-                })
-                .collect(),
-            volumes: e
-                .volumes
-                .iter()
-                .map(|(name, epoch)| pb::VolumeEpoch {
-                    name: name.clone(),
-                    attach_epoch: *epoch,
-                })
-                .collect(),
-        }
     }
 }

@@ -3,12 +3,13 @@
 //! [`Member`], and converts the answer back.
 
 pub mod convert;
+pub mod watch;
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use openraft::ServerState;
 use proto::meta as pb;
 use proto::meta::metadata_server::Metadata;
@@ -176,6 +177,17 @@ impl Metadata for MetadataService {
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let reg = NodeRegistration::try_from(req.into_inner())?;
+        // A node that restarts unchanged is registered already: nothing to write. (A member
+        // that lags may miss the record and write it again, which changes nothing.)
+        let known = self.member.sm.read(|s, _| {
+            s.nodes
+                .get(&reg.id)
+                .filter(|n| n.registration == reg)
+                .cloned()
+        });
+        if let Some(n) = known {
+            return Ok(Response::new(pb::Node::from(&n)));
+        }
         match self.write(CommandV1::RegisterNode(reg)).await? {
             Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
             _ => Err(unexpected("register node")),
@@ -388,11 +400,19 @@ impl Metadata for MetadataService {
 
     async fn watch(
         &self,
-        _: Request<pb::WatchRequest>,
+        req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let stream = tokio_stream::wrappers::WatchStream::new(self.member.sm.subscribe())
-            .map(|epochs| Ok(pb::WatchEvent::from(&epochs)));
-        Ok(Response::new(Box::pin(stream)))
+        let req = req.into_inner();
+        let filter = watch::Filter {
+            nodes: !req.exclude_nodes,
+            pools: !req.exclude_pools,
+            volumes: !req.exclude_volumes,
+        };
+        Ok(Response::new(Box::pin(watch::stream(
+            self.member.sm.clone(),
+            req.since_epoch,
+            filter,
+        ))))
     }
 
     async fn add_learner(

@@ -1,5 +1,6 @@
 //! The state machine of one member: the [`ClusterState`] in memory, applied entry by entry,
-//! with durable snapshots and a watch channel of [`Epochs`] for drivers and agents.
+//! with durable snapshots and a watch channel of its [`Progress`], which `Watch` streams wake
+//! up on.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use tokio::sync::watch;
 
 use super::snapshot_file;
 use crate::meta::command::Applied;
-use crate::meta::model::Epochs;
+use crate::meta::model::Progress;
 use crate::meta::state::ClusterState;
 use crate::meta::types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
@@ -38,7 +39,7 @@ struct Inner {
     snapshot_path: PathBuf,
     /// Serializes snapshot file writes, so an older snapshot never replaces a newer one.
     snapshot_write: tokio::sync::Mutex<()>,
-    epochs: watch::Sender<Epochs>,
+    progress: watch::Sender<Progress>,
 }
 
 /// The state machine; clones share it (a clone is the snapshot builder).
@@ -63,16 +64,16 @@ impl StateMachineStore {
             data.state = payload.state;
             data.snapshot = Some((meta, Arc::new(bytes)));
         }
-        let epochs = data
-            .state
-            .epochs(data.last_applied.as_ref().map_or(0, |l| l.index()));
-        let (tx, _) = watch::channel(epochs);
+        let (tx, _) = watch::channel(Progress {
+            applied_index: data.last_applied.as_ref().map_or(0, |l| l.index()),
+            cluster_epoch: data.state.cluster_epoch,
+        });
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 data: RwLock::new(data),
                 snapshot_path: snapshot_path.to_path_buf(),
                 snapshot_write: tokio::sync::Mutex::new(()),
-                epochs: tx,
+                progress: tx,
             }),
         })
     }
@@ -83,24 +84,21 @@ impl StateMachineStore {
         f(&d.state, d.last_applied.as_ref().map_or(0, |l| l.index()))
     }
 
-    /// Epochs now and after every change.
-    pub fn subscribe(&self) -> watch::Receiver<Epochs> {
-        // Epochs are only computed while somebody watches; bring them up to date first.
-        let epochs = self.read(|s, applied| s.epochs(applied));
-        self.inner.epochs.send_replace(epochs);
-        self.inner.epochs.subscribe()
+    /// The progress now and after every applied batch.
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.inner.progress.subscribe()
     }
 
-    fn publish_epochs(&self) {
-        // Listing every volume's epoch costs time per applied batch; skip it unwatched.
-        if self.inner.epochs.receiver_count() == 0 {
-            return;
-        }
-        let epochs = self.read(|s, applied| s.epochs(applied));
-        self.inner.epochs.send_if_modified(|cur| {
-            let changed = cur.cluster_epoch != epochs.cluster_epoch;
+    fn publish_progress(&self) {
+        let progress = self.read(|s, applied| Progress {
+            applied_index: applied,
+            cluster_epoch: s.cluster_epoch,
+        });
+        self.inner.progress.send_if_modified(|cur| {
+            let changed = cur.cluster_epoch != progress.cluster_epoch;
+            // The applied index moves with every entry; only a changed state wakes watchers.
             if changed {
-                *cur = epochs;
+                *cur = progress;
             }
             changed
         });
@@ -186,7 +184,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 r.send(outcome);
             }
         }
-        self.publish_epochs();
+        self.publish_progress();
         Ok(())
     }
 
@@ -207,7 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             d.state = payload.state;
         }
         self.persist_snapshot(meta, Arc::new(snapshot)).await?;
-        self.publish_epochs();
+        self.publish_progress();
         Ok(())
     }
 
