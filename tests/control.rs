@@ -144,3 +144,138 @@ fn six_nodes_three_voters_a_quiet_log_and_a_dead_rack_marked_down_but_never_out(
     }
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }
+
+/// The metrics address node `id` recorded in its node.json.
+fn metrics_addr(data: &Path, id: u64) -> String {
+    let text = std::fs::read_to_string(data.join(format!("node-{id}/node.json"))).unwrap();
+    let node: Value = serde_json::from_str(&text).unwrap();
+    node["metrics_addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("node {id} serves metrics: {node}"))
+        .to_string()
+}
+
+fn scrape(addr: &str) -> Vec<(String, f64)> {
+    let text = fabric_suite::scrape(addr).unwrap_or_else(|e| panic!("scrape {addr}: {e:#}"));
+    fabric_suite::parse_prometheus_text(&text)
+        .unwrap_or_else(|e| panic!("{addr} is not Prometheus text: {e:#}\n{text}"))
+}
+
+fn value(samples: &[(String, f64)], series: &str) -> f64 {
+    fabric_suite::sample(samples, series).unwrap_or_else(|| panic!("no {series} in {samples:?}"))
+}
+
+#[test]
+fn every_process_serves_prometheus_metrics_that_move_with_io() {
+    if tools(&["qemu-io"]).is_none() {
+        return;
+    }
+    let _serial = fabric_suite::one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gateway = format!("127.0.0.1:{}", fabric_suite::free_port());
+    let mut dev = DevNode::start_with(
+        &data,
+        "vol0:64MiB",
+        &["--nodes", "4", "--metrics-listen", &gateway],
+    )
+    .expect("start dev");
+    let uri = dev.uri();
+
+    let write = |samples: &[(String, f64)], what: &str| {
+        value(
+            samples,
+            &format!("fabric_volume_{what}_total{{volume=\"vol0\",op=\"write\"}}"),
+        )
+    };
+    qemu_io_ok(&uri, "write -P 0x11 0 1M");
+    let before = scrape(&gateway);
+    qemu_io_ok(&uri, "write -P 0x12 0 8M");
+    qemu_io_ok(&uri, "read -P 0x12 0 8M");
+    let after = scrape(&gateway);
+    assert!(write(&after, "ops") > write(&before, "ops"));
+    assert!(
+        write(&after, "bytes") - write(&before, "bytes") >= (8 << 20) as f64,
+        "8 MiB written"
+    );
+    let reads = value(
+        &after,
+        "fabric_volume_bytes_total{volume=\"vol0\",op=\"read\"}",
+    );
+    assert!(reads >= (8 << 20) as f64, "8 MiB read: {reads}");
+    assert!(
+        value(
+            &after,
+            "fabric_volume_latency_seconds_count{volume=\"vol0\",op=\"write\"}"
+        ) >= 1.0
+    );
+
+    // Every node: its Raft progress (members) and its heartbeats (all four store data).
+    let mut leaders = 0.0;
+    for id in 1..=4 {
+        // A node's first heartbeat waits up to an interval (spread over the interval).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let samples = loop {
+            let samples = scrape(&metrics_addr(&data, id));
+            if value(&samples, "fabric_agent_heartbeats") >= 1.0 {
+                break samples;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} has no accepted heartbeat"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(value(&samples, "fabric_store_checksum_errors"), 0.0);
+        if id <= 3 {
+            assert!(value(&samples, "fabric_raft_term") >= 1.0, "node {id}");
+            assert!(
+                value(&samples, "fabric_raft_applied_index") >= 1.0,
+                "node {id}"
+            );
+            assert_eq!(
+                value(&samples, "fabric_nodes{state=\"up\"}"),
+                4.0,
+                "node {id}"
+            );
+            leaders += value(&samples, "fabric_raft_leader");
+        } else {
+            assert!(fabric_suite::sample(&samples, "fabric_raft_term").is_none());
+        }
+    }
+    assert_eq!(leaders, 1.0, "one leader");
+
+    // Every metric the Grafana dashboard plots is one some process declares.
+    let mut declared = std::collections::BTreeSet::new();
+    let mut addrs = vec![gateway.clone()];
+    addrs.extend((1..=4).map(|id| metrics_addr(&data, id)));
+    for addr in &addrs {
+        let text = fabric_suite::scrape(addr).unwrap();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_string());
+            }
+        }
+    }
+    let dashboard = std::fs::read_to_string(
+        fabric_suite::workspace_root().join("tools/grafana/fabric-dashboard.json"),
+    )
+    .unwrap();
+    let mut plotted = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("fabric_") {
+            continue;
+        }
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| word.strip_suffix(s))
+            .unwrap_or(word);
+        assert!(
+            declared.contains(base),
+            "the dashboard plots {word}, which no process declares: {declared:?}"
+        );
+        plotted += 1;
+    }
+    assert!(plotted >= 10, "{plotted} metrics plotted");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}

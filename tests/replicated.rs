@@ -673,3 +673,51 @@ fn an_idle_volume_is_rebuilt_by_the_agent_after_its_node_is_marked_out() {
     qemu_io_ok(&uri, "read -P 0x71 0 32M");
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }
+
+#[test]
+fn a_deleted_volume_frees_its_space_on_every_node() {
+    let Some((_serial, dir, data, mut dev)) = cluster(4, &["qemu-io"]) else {
+        return;
+    };
+    fabricctl(&data, &["volume", "create", "scratch", "--size", "64MiB"]);
+    let (mut gateway, uri) = start_gateway_of(
+        &data,
+        &dir.path().join("gateway-scratch.log"),
+        "host-s",
+        "scratch",
+    );
+    let before: Vec<u64> = (1..=4).map(|id| stored_bytes(&data, id)).collect();
+    qemu_io_ok(&uri, "write -P 0x3c 0 48M");
+    signal(gateway.0.id(), "-TERM");
+    assert!(gateway.0.wait().unwrap().success(), "clean gateway exit");
+    let written: Vec<u64> = (1..=4).map(|id| stored_bytes(&data, id)).collect();
+    let grown: u64 = written.iter().zip(&before).map(|(w, b)| w - b).sum();
+    assert!(
+        grown >= 3 * (48 << 20),
+        "3 copies of 48 MiB stored: {grown}"
+    );
+
+    fabricctl(&data, &["volume", "delete", "scratch"]);
+    // Every node's agent sees the deletion on its watch and removes the replica.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Vec<u64> = (1..=4).map(|id| stored_bytes(&data, id)).collect();
+        let held: u64 = now
+            .iter()
+            .zip(&before)
+            .map(|(n, b)| n.saturating_sub(*b))
+            .sum();
+        if held < 1 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "space not freed 30 s after the delete: {now:?} (before {before:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The volume the dev gateway serves is untouched.
+    qemu_io_ok(&dev.uri(), "write -P 0x3d 0 1M");
+    qemu_io_ok(&dev.uri(), "read -P 0x3d 0 1M");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}

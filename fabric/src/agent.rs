@@ -100,6 +100,13 @@ pub async fn run<P: Prober>(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+    // Nodes started together (or reconnecting after a leader change) spread their heartbeats
+    // over the interval instead of sending them in one burst.
+    let jitter_ms = (node.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % NODE_HEARTBEAT_INTERVAL_MS;
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(jitter_ms)) => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(NODE_HEARTBEAT_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reports = Vec::new();

@@ -48,6 +48,10 @@ pub struct DevArgs {
     /// or 5 once N ≥ 5, and never more than N).
     #[arg(long)]
     pub voters: Option<u32>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (with --nodes: the gateway's; each
+    /// node serves its own on a free port of the same IP, recorded in its node.json).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// A volume to serve.
@@ -70,6 +74,7 @@ pub struct DevConfig {
     pub nodes_per_rack: u32,
     /// Voters of the local cluster's metadata group.
     pub voters: u32,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl TryFrom<DevArgs> for DevConfig {
@@ -86,7 +91,15 @@ impl TryFrom<DevArgs> for DevConfig {
             nodes,
             nodes_per_rack,
             voters,
+            metrics_listen,
         } = args;
+        let metrics_listen = match metrics_listen {
+            None => None,
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|e| anyhow::anyhow!("--metrics-listen {a:?}: {e} (want IP:PORT)"))?,
+            ),
+        };
         if nodes_per_rack == 0 {
             anyhow::bail!("--nodes-per-rack must not be zero");
         }
@@ -135,6 +148,7 @@ impl TryFrom<DevArgs> for DevConfig {
             nodes,
             nodes_per_rack,
             voters,
+            metrics_listen,
         })
     }
 }

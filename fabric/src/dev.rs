@@ -61,6 +61,31 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
         exports.push(vol);
     }
 
+    if let Some(listen) = config.metrics_listen {
+        let metrics = crate::metrics::Metrics::new();
+        let volumes = crate::metrics::VolumeMetrics::default();
+        metrics.register_volumes(&volumes);
+        let store_errors = Arc::clone(store.stats());
+        let errors = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        metrics.register_gauge(
+            "fabric_store_checksum_errors",
+            "Blocks whose crc32c did not match on read",
+            errors.clone(),
+        );
+        metrics.on_scrape(move || {
+            errors.set(i64::try_from(store_errors.checksum_errors()).unwrap_or(i64::MAX));
+        });
+        exports = exports
+            .into_iter()
+            .map(|v| {
+                Arc::new(crate::gateway::Metered::new(v, volumes.clone())) as Arc<dyn BlockVolume>
+            })
+            .collect();
+        let bound = crate::metrics::serve(metrics, listen)
+            .await
+            .with_context(|| format!("serve metrics on {listen}"))?;
+        println!("serving metrics at http://{bound}/metrics");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = volume::nbd::NbdServer::new(exports.clone(), volume::nbd::NbdConfig::default())
         .context("configure NBD server")?;
@@ -124,6 +149,7 @@ async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
         config.nodes_per_rack,
         config.voters,
         config.nbd_listen,
+        config.metrics_listen,
     )
     .await
     .context("start the nodes")?;
@@ -139,7 +165,12 @@ async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
         .map(|v| (v.name.clone(), v.size_bytes))
         .collect();
     if let Err(e) = cluster
-        .start_gateway(&config.data_dir, &volumes, config.nbd_listen)
+        .start_gateway(
+            &config.data_dir,
+            &volumes,
+            config.nbd_listen,
+            config.metrics_listen,
+        )
         .await
     {
         cluster.stop();

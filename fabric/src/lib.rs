@@ -6,6 +6,7 @@
 //! - [`node`]: `fabricd node`, one process with the roles it is given: a metadata member (a
 //!   voter of the fixed Raft group) and/or a storage node.
 //! - [`agent`]: a storage node's registration, heartbeats and probes.
+//! - [`metrics`]: the Prometheus endpoint every process serves.
 //! - [`storage`]: a node's replica server and the agent that creates its volumes' replicas.
 //! - [`gateway`]: `fabricd gateway`, the volume driver: NBD in front, replicas behind.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod dev;
 pub mod gateway;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod rebuild_agent;
 pub mod sim;

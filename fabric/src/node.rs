@@ -97,6 +97,9 @@ pub struct NodeArgs {
     /// placement and its PGs rebuilt elsewhere (default ten minutes).
     #[arg(long)]
     pub node_out_after_ms: Option<u64>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// The TOML form of the same settings.
@@ -121,6 +124,7 @@ pub struct NodeToml {
     pub snapshot_logs: Option<u64>,
     pub disk_capacity: Option<String>,
     pub node_out_after_ms: Option<u64>,
+    pub metrics_listen: Option<String>,
 }
 
 /// The roles a node has.
@@ -173,6 +177,8 @@ pub struct NodeConfig {
     pub member: Option<MemberConfig>,
     /// The storage role.
     pub storage: Option<StorageConfig>,
+    /// Where to serve metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl TryFrom<NodeArgs> for NodeConfig {
@@ -199,6 +205,7 @@ impl TryFrom<NodeArgs> for NodeConfig {
             snapshot_logs,
             disk_capacity,
             node_out_after_ms,
+            metrics_listen,
         } = args;
         let file = match &config {
             Some(path) => {
@@ -228,6 +235,7 @@ impl TryFrom<NodeArgs> for NodeConfig {
             snapshot_logs: f_snap,
             disk_capacity: f_disk,
             node_out_after_ms: f_out,
+            metrics_listen: f_metrics,
         } = file;
 
         let id = id.or(f_id).context("--id is required")?;
@@ -318,11 +326,19 @@ impl TryFrom<NodeArgs> for NodeConfig {
         if member.is_none() && storage.is_none() {
             bail!("--roles names no role");
         }
+        let metrics_listen = match metrics_listen.or(f_metrics) {
+            None => None,
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|e| anyhow::anyhow!("--metrics-listen {a:?}: {e} (want IP:PORT)"))?,
+            ),
+        };
         Ok(NodeConfig {
             id,
             data_dir,
             member,
             storage,
+            metrics_listen,
         })
     }
 }
@@ -542,6 +558,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         data_dir: dir,
         member,
         storage,
+        metrics_listen,
     } = cfg;
     let running =
         match member {
@@ -587,6 +604,23 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             Some(start_storage(id, &dir, cfg, endpoints, own_rpc).await?)
         }
     };
+    let metrics_addr = match metrics_listen {
+        None => None,
+        Some(listen) => {
+            let metrics = crate::metrics::Metrics::new();
+            if let Some(running) = &running {
+                watch_member(&metrics, running);
+            }
+            if let Some(storage) = &storage {
+                watch_storage(&metrics, storage);
+            }
+            let bound = crate::metrics::serve(metrics, listen)
+                .await
+                .with_context(|| format!("serve metrics on {listen}"))?;
+            println!("fabricd node {id} serving metrics at http://{bound}/metrics");
+            Some(bound.to_string())
+        }
+    };
     write_node_file(
         &dir,
         &NodeFile {
@@ -595,6 +629,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
                 .as_ref()
                 .map_or(String::new(), |r| r.addr.to_string()),
             pid: std::process::id(),
+            metrics_addr,
         },
     )
     .context("write node.json")?;
@@ -613,9 +648,78 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Registers a member's metrics; Raft progress and node counts are read at scrape time.
+fn watch_member(metrics: &crate::metrics::Metrics, running: &crate::meta::server::RunningMember) {
+    use crate::metrics::StateLabels;
+    let m = running.detector.metrics.clone();
+    metrics.register_member(&m);
+    let member = std::sync::Arc::clone(&running.member);
+    metrics.on_scrape(move || {
+        let raft = member.metrics();
+        let set = |g: &prometheus_client::metrics::gauge::Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&m.term, raft.current_term);
+        set(&m.last_log_index, raft.last_log_index.unwrap_or(0));
+        set(
+            &m.commit_index,
+            raft.cluster_committed.as_ref().map_or(0, |l| l.index()),
+        );
+        set(
+            &m.applied_index,
+            raft.last_applied.as_ref().map_or(0, |l| l.index()),
+        );
+        set(
+            &m.snapshot_index,
+            raft.snapshot.as_ref().map_or(0, |l| l.index()),
+        );
+        set(&m.leader, u64::from(raft.current_leader == Some(member.id)));
+        let (mut up, mut down, mut out) = (0, 0, 0);
+        member.sm.read(|state, _| {
+            for n in state.nodes.values() {
+                match (n.participation, n.health) {
+                    (crate::meta::model::Participation::Out, _) => out += 1,
+                    (_, crate::meta::model::Health::Down) => down += 1,
+                    (_, crate::meta::model::Health::Up) => up += 1,
+                }
+            }
+        });
+        for (state, count) in [("up", up), ("down", down), ("out", out)] {
+            m.nodes
+                .get_or_create(&StateLabels {
+                    state: state.into(),
+                })
+                .set(count);
+        }
+    });
+}
+
+/// Registers a storage node's metrics, read at scrape time.
+fn watch_storage(metrics: &crate::metrics::Metrics, role: &StorageRole) {
+    let m = crate::metrics::StorageMetrics::default();
+    metrics.register_storage(&m);
+    let beats = std::sync::Arc::clone(&role.beats);
+    let server = role
+        .storage
+        .as_ref()
+        .map(|s| std::sync::Arc::clone(&s.server));
+    metrics.on_scrape(move || {
+        let accepted = beats.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        m.heartbeats
+            .set(i64::try_from(accepted).unwrap_or(i64::MAX));
+        if let Some(server) = &server {
+            let errors = server.store().stats().checksum_errors();
+            m.checksum_errors
+                .set(i64::try_from(errors).unwrap_or(i64::MAX));
+            m.volumes.set(server.volume_ids().len() as i64);
+        }
+    });
+}
+
 /// The storage role at work: its replica server (if it serves data) and its agent.
 struct StorageRole {
     storage: Option<crate::storage::Storage>,
+    beats: std::sync::Arc<crate::agent::Beats>,
     stop: tokio::sync::watch::Sender<bool>,
     agent: tokio::task::JoinHandle<()>,
 }
@@ -667,15 +771,17 @@ async fn start_storage(
         disks: cfg.disks.iter().map(Into::into).collect(),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let beats = std::sync::Arc::new(crate::agent::Beats::default());
     let agent = tokio::spawn(crate::agent::run(
         registration,
         std::sync::Arc::new(crate::meta::client::Client::new(endpoints)),
         std::sync::Arc::new(crate::agent::ReplicaProber),
-        std::sync::Arc::new(crate::agent::Beats::default()),
+        std::sync::Arc::clone(&beats),
         stopped,
     ));
     Ok(StorageRole {
         storage,
+        beats,
         stop,
         agent,
     })

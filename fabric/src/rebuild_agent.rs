@@ -90,7 +90,7 @@ async fn heal(
     name: &str,
     me: &str,
 ) -> anyhow::Result<()> {
-    let attached = open_volume(client, pool, name, me, false).await?;
+    let attached = open_volume(client, pool, name, me, false, Default::default()).await?;
     let volume = &attached.volume;
     tracing::info!(
         volume = name,

@@ -25,6 +25,7 @@ use crate::meta::watcher::{ClusterView, Follower, follow};
 /// A running replica server and its agent.
 pub struct Storage {
     pub data_addr: SocketAddr,
+    pub server: Arc<ReplicaServer>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -46,10 +47,11 @@ impl Storage {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(Arc::clone(&server).serve(listener, stopped.clone()));
-        tasks.spawn(follow_volumes(server, endpoints, stopped));
+        tasks.spawn(follow_volumes(Arc::clone(&server), endpoints, stopped));
         tracing::info!(%data_addr, "replica server listening");
         Ok(Storage {
             data_addr,
+            server,
             stop,
             tasks,
         })
@@ -69,7 +71,7 @@ async fn follow_volumes(
     endpoints: Vec<String>,
     stop: watch::Receiver<bool>,
 ) {
-    let (tx, mut rx) = watch::channel(Vec::new());
+    let (tx, mut rx) = watch::channel(Volumes::default());
     let mut follower = VolumeList {
         view: ClusterView::default(),
         tx,
@@ -93,23 +95,46 @@ async fn follow_volumes(
             _ = stop.wait_for(|s| *s) => break,
             changed = rx.changed() => if changed.is_err() { break },
         }
-        let volumes: Vec<(u64, u64, String)> = rx.borrow_and_update().clone();
-        for (id, size_bytes, name) in volumes {
-            if let Err(e) = server.ensure_volume(VolumeId(id), size_bytes).await
-                && refused.insert((id, size_bytes))
+        let list: Volumes = rx.borrow_and_update().clone();
+        for (&id, (size_bytes, name)) in &list.volumes {
+            if let Err(e) = server.ensure_volume(VolumeId(id), *size_bytes).await
+                && refused.insert((id, *size_bytes))
             {
                 // A size mismatch is a resize the store does not follow yet: logged once.
                 tracing::warn!(volume = id, %name, error = %e, "replica of volume not created");
+            }
+        }
+        // Ids are assigned in order and never reused: one below the next id that the cluster
+        // no longer holds was deleted, and its replica goes (a lagging member's view, which
+        // lacks a newer volume, also has a lower next id).
+        for id in server.volume_ids() {
+            if id.0 < list.next_volume_id && !list.volumes.contains_key(&id.0) {
+                match server.delete_volume(id).await {
+                    Ok(()) => {
+                        tracing::info!(volume = %id, "volume deleted in the cluster; replica removed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %id, error = %e, "replica of a deleted volume not removed")
+                    }
+                }
             }
         }
     }
     subscription.abort();
 }
 
-/// The cluster's volumes (id, size, name), published after every event that changed them.
+/// The cluster's volumes as the agent follows them.
+#[derive(Clone, Debug, Default)]
+struct Volumes {
+    /// Volume id → (size, name).
+    volumes: std::collections::BTreeMap<u64, (u64, String)>,
+    next_volume_id: u64,
+}
+
+/// The cluster's volumes, published after every event that changed them.
 struct VolumeList {
     view: ClusterView,
-    tx: watch::Sender<Vec<(u64, u64, String)>>,
+    tx: watch::Sender<Volumes>,
 }
 
 impl Follower for VolumeList {
@@ -124,13 +149,15 @@ impl Follower for VolumeList {
             return false;
         }
         if changed {
-            let list = self
-                .view
-                .volumes
-                .values()
-                .map(|v| (v.id, v.size_bytes, v.name.clone()))
-                .collect();
-            self.tx.send_replace(list);
+            self.tx.send_replace(Volumes {
+                volumes: self
+                    .view
+                    .volumes
+                    .values()
+                    .map(|v| (v.id, (v.size_bytes, v.name.clone())))
+                    .collect(),
+                next_volume_id: self.view.next_volume_id,
+            });
         }
         true
     }

@@ -14,6 +14,18 @@ use super::model::NodeId;
 /// gets the full state).
 pub const JOURNAL_CHANGES_MAX: usize = 65_536;
 
+/// The kinds of records a subscriber may follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Nodes = 0,
+    Pools = 1,
+    Volumes = 2,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Nodes, Kind::Pools, Kind::Volumes];
+}
+
 /// One changed record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -34,6 +46,16 @@ pub struct Changed {
     /// Pool name → the changed PGs (`None`: all of them).
     pub pools: BTreeMap<String, Option<BTreeSet<u32>>>,
     pub volumes: BTreeSet<String>,
+}
+
+impl Change {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Change::Node(_) => Kind::Nodes,
+            Change::Pool { .. } => Kind::Pools,
+            Change::Volume(_) => Kind::Volumes,
+        }
+    }
 }
 
 impl Changed {
@@ -68,6 +90,8 @@ pub struct Journal {
     /// Every change of the epochs after this one is in `entries`; `None` until the first
     /// command applied in this process (the state may come from a snapshot).
     complete_after: Option<u64>,
+    /// The epoch of the last change of each [`Kind`] (0: none since the journal began).
+    last: [u64; 3],
 }
 
 /// The journal is derived from the log, never part of a state's identity.
@@ -92,6 +116,7 @@ impl Journal {
     pub fn commit(&mut self, epoch: u64) {
         self.complete_after.get_or_insert(epoch - 1);
         for change in self.pending.drain(..) {
+            self.last[change.kind() as usize] = epoch;
             self.entries.push_back((epoch, change));
         }
         while self.entries.len() > JOURNAL_CHANGES_MAX {
@@ -99,6 +124,11 @@ impl Journal {
             // Epoch `forgotten` may have more changes still kept; it is incomplete now.
             self.complete_after = Some(forgotten);
         }
+    }
+
+    /// The epoch of the last change of `kind` this journal saw (0: none).
+    pub fn last_change(&self, kind: Kind) -> u64 {
+        self.last[kind as usize]
     }
 
     /// What changed after epoch `since`, if the journal still knows all of it.

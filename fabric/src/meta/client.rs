@@ -29,8 +29,12 @@ pub const NODE_FILE: &str = "node.json";
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct NodeFile {
     pub id: u64,
+    /// Empty for a storage-only node.
     pub rpc_addr: String,
     pub pid: u32,
+    /// Where the node serves metrics, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
 }
 
 /// Errors of discovery from a data directory.

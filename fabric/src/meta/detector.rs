@@ -21,6 +21,7 @@ use super::command::CommandV1;
 use super::liveness::{Decision, Health, Liveness, LivenessConfig, Millis};
 use super::member::Member;
 use super::model::{self, Location, NodeId, NodeRecord, Participation};
+use crate::metrics::{MemberMetrics, StateLabels};
 
 /// How often the leader makes its decisions.
 pub const DETECTOR_TICK_MS: u64 = 200;
@@ -50,6 +51,9 @@ struct Table {
 
 /// The detector of one member (a table only while it leads).
 pub struct Detector {
+    /// Heartbeats taken and transitions committed (registered by the process, if it serves
+    /// metrics).
+    pub metrics: MemberMetrics,
     config: LivenessConfig,
     origin: Instant,
     table: Mutex<Option<Table>>,
@@ -74,7 +78,14 @@ fn health_of(record: &NodeRecord) -> Health {
 
 impl Detector {
     pub fn new(config: LivenessConfig) -> Arc<Detector> {
+        let metrics = MemberMetrics::default();
+        for state in ["up", "down", "out"] {
+            drop(metrics.transitions.get_or_create(&StateLabels {
+                state: state.into(),
+            }));
+        }
         Arc::new(Detector {
+            metrics,
             config,
             origin: Instant::now(),
             table: Mutex::new(None),
@@ -138,6 +149,7 @@ impl Detector {
                 .into_iter()
                 .filter_map(|n| Some((n, t.data_addrs.get(&n)?.clone())))
                 .collect();
+            self.metrics.heartbeats.inc();
             (Beat::Accepted { probes }, mark)
         });
         match beat {
@@ -212,6 +224,11 @@ impl Detector {
         match member.write(command.into()).await {
             Ok(_) => {
                 tracing::warn!(node, to = ?to, "node marked {to:?}");
+                let state = format!("{to:?}").to_lowercase();
+                self.metrics
+                    .transitions
+                    .get_or_create(&StateLabels { state })
+                    .inc();
                 let now = self.now();
                 let mut slot = self.table.lock().expect("detector lock");
                 if let Some(t) = slot.as_mut().filter(|t| t.term == term) {

@@ -161,6 +161,7 @@ impl DevCluster {
         nodes_per_rack: u32,
         voters: u32,
         nbd_listen: std::net::SocketAddr,
+        metrics_listen: Option<std::net::SocketAddr>,
     ) -> anyhow::Result<DevCluster> {
         assert!(
             (1..=DEV_NODES_MAX).contains(&nodes),
@@ -196,6 +197,11 @@ impl DevCluster {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
+            if let Some(m) = metrics_listen {
+                // A free port of the same address; the node records it in its node.json.
+                cmd.arg("--metrics-listen")
+                    .arg(std::net::SocketAddr::new(m.ip(), 0).to_string());
+            }
             match members.iter().find(|(m, _)| m == id) {
                 Some((_, addr)) => {
                     cmd.arg("--roles")
@@ -283,6 +289,7 @@ impl DevCluster {
         data_dir: &Path,
         volumes: &[(String, u64)],
         nbd_listen: std::net::SocketAddr,
+        metrics_listen: Option<std::net::SocketAddr>,
     ) -> anyhow::Result<()> {
         let client = Client::new(self.members.iter().map(|(_, a)| a.clone()).collect());
         for (name, size_bytes) in volumes {
@@ -315,6 +322,9 @@ impl DevCluster {
             .stderr(log);
         for (name, _) in volumes {
             cmd.arg("--volume").arg(name);
+        }
+        if let Some(m) = metrics_listen {
+            cmd.arg("--metrics-listen").arg(m.to_string());
         }
         self.gateway = Some(spawn_child(cmd, "the gateway")?);
         Ok(())

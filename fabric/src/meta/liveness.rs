@@ -53,7 +53,9 @@ pub struct LivenessConfig {
 impl Default for LivenessConfig {
     fn default() -> LivenessConfig {
         LivenessConfig {
-            suspect_after_ms: 3_000,
+            // Two and a half heartbeat intervals: one lost heartbeat is not suspicious, and
+            // a suspected node is only marked down once probes confirm it.
+            suspect_after_ms: 2_500,
             confirm_domains: 2,
             probe_every_ms: 1_000,
             out_after_ms: 600_000,
@@ -348,7 +350,7 @@ fn pending_fresh(lease: &Lease, to: Health, now: Millis, retry_ms: Millis) -> bo
 mod tests {
     use super::*;
 
-    const SUSPECT: Millis = 3_000;
+    const SUSPECT: Millis = 2_500;
 
     /// Nodes 1..=n, `per_domain` to a failure domain, all up and heard at `at`.
     fn cluster(n: u64, per_domain: u64, at: Millis) -> Liveness {

@@ -201,11 +201,3 @@ impl Volume {
             .collect()
     }
 }
-
-/// How far a member's state machine has come: what the watch stream wakes up on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    pub applied_index: u64,
-    /// Advances on every change of the cluster state.
-    pub cluster_epoch: u64,
-}

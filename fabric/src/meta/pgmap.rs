@@ -20,7 +20,7 @@ use placement::{BucketSpec, ClusterMap, Edit, MapSpec, State, WEIGHT_UNITS_PER_W
 use serde::{Deserialize, Serialize};
 
 use super::command::CommandError;
-use super::model::{Health, NodeId, NodeRecord, NodeRegistration, Participation, PgMap, Rule};
+use super::model::{NodeId, NodeRecord, NodeRegistration, Participation, PgMap, Rule};
 
 /// Levels of the placement hierarchy, root first.
 pub const LEVELS: [&str; 7] = ["root", "cell", "row", "rack", "host", "node", "disk"];
@@ -172,7 +172,9 @@ fn wanted_buckets(nodes: &BTreeMap<NodeId, NodeRecord>) -> Vec<Wanted> {
                 parent: Some(parent),
                 weight: None,
                 state: State {
-                    down: node.health == Health::Down,
+                    // Placement ignores `down`; the failure detector's verdict stays in the
+                    // node record, so that marking nodes down never remaps a pool.
+                    down: false,
                     out: node.participation == Participation::Out,
                     draining: node.draining,
                 },

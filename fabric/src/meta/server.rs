@@ -106,6 +106,8 @@ impl StartError {
 /// A member that is running; [`RunningMember::stop`] shuts it down.
 pub struct RunningMember {
     pub member: Arc<Member>,
+    /// The failure detector (acting while this member leads), with its metrics.
+    pub detector: Arc<Detector>,
     /// The address other members and clients dial (registered in the group).
     pub addr: SocketAddr,
     /// The address the gRPC listener is bound to.
@@ -151,12 +153,10 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     let raft = Raft::new(cfg.id, Arc::new(config), network, log, sm.clone())
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind(cfg.rpc.bind)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: cfg.rpc.bind,
-            source,
-        })?;
+    let listener = listen(cfg.rpc.bind).map_err(|source| StartError::Bind {
+        addr: cfg.rpc.bind,
+        source,
+    })?;
     let bound = listener.local_addr().map_err(|source| StartError::Bind {
         addr: cfg.rpc.bind,
         source,
@@ -196,7 +196,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
 
     form_group(&raft, &cfg, &addr).await?;
     let background = vec![
-        tokio::spawn(detector.run(Arc::clone(&member), stop_tx.subscribe())),
+        tokio::spawn(Arc::clone(&detector).run(Arc::clone(&member), stop_tx.subscribe())),
         tokio::spawn(super::snapshots::run(
             Arc::clone(&member),
             t.snapshot_logs,
@@ -205,12 +205,27 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     ];
     Ok(RunningMember {
         member,
+        detector,
         addr,
         bound,
         stop: stop_tx,
         server,
         background,
     })
+}
+
+/// Connections a member's listener queues before it accepts them: thousands of storage nodes
+/// reconnect at once after a leader change.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn form_group(raft: &Raft, cfg: &MemberConfig, addr: &SocketAddr) -> Result<(), StartError> {

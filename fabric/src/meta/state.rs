@@ -202,7 +202,7 @@ impl ClusterState {
             },
         };
         let old = self.nodes.insert(r.id, record.clone());
-        let moved = match self.topology.evolve(&self.nodes) {
+        let moved = match self.evolve_topology() {
             Ok(evolved) => self.follow_topology(evolved),
             Err(e) => Err(e),
         };
@@ -230,7 +230,7 @@ impl ClusterState {
         let old = record.participation;
         record.participation = participation;
         let record = record.clone();
-        let moved = match self.topology.evolve(&self.nodes) {
+        let moved = match self.evolve_topology() {
             Ok(evolved) => self.follow_topology(evolved),
             Err(e) => Err(e),
         };
@@ -248,24 +248,10 @@ impl ClusterState {
             .nodes
             .get_mut(&node)
             .ok_or_else(|| CommandError::NotFound(format!("node {node}")))?;
-        if record.health == health {
-            return Ok(Applied::Node(record.clone()));
-        }
-        let old = record.health;
+        // Placement keeps a down node's PGs where they are: no map changes, so marking a
+        // hundred nodes down costs a hundred record updates, not a hundred remaps.
         record.health = health;
-        let record = record.clone();
-        // Placement keeps a down node's PGs where they are; the cluster map records the flag.
-        let moved = match self.topology.evolve(&self.nodes) {
-            Ok(evolved) => self.follow_topology(evolved),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = moved {
-            if let Some(r) = self.nodes.get_mut(&node) {
-                r.health = old;
-            }
-            return Err(e);
-        }
-        Ok(Applied::Node(record))
+        Ok(Applied::Node(record.clone()))
     }
 
     fn heartbeat(&mut self, node: NodeId, at_ms: u64) -> Outcome {
@@ -276,6 +262,20 @@ impl ClusterState {
         record.last_heartbeat_ms = record.last_heartbeat_ms.max(at_ms);
         record.health = Health::Up;
         Ok(Applied::Node(record.clone()))
+    }
+
+    /// The topology the nodes now describe. While no pool exists nothing depends on the map's
+    /// layout, so none is kept (which also makes registering thousands of nodes cheap) and the
+    /// first pool lays one out afresh: the capacity line's block size is fixed when a map is
+    /// born and the line grows at most `BLOCKS_MAX / BLOCKS_AT_GENESIS` (256) fold after that,
+    /// so a map born with the first node of a cluster that registers thousands before its
+    /// first pool could not take them in.
+    fn evolve_topology(&self) -> Result<Option<Topology>, CommandError> {
+        if self.pools.is_empty() {
+            // Born with the first pool (`create_pool`), from every node registered by then.
+            return Ok(Some(Topology::default()));
+        }
+        self.topology.evolve(&self.nodes)
     }
 
     /// Moves to `evolved` (if the topology changed) and remaps the pools, or refuses and
@@ -402,7 +402,15 @@ impl ClusterState {
             return Err(CommandError::AlreadyExists(format!("pool {}", spec.name)));
         }
         let id = self.next_pool_id;
-        let map = self.topology.pg_map(id, &spec.name, rule, spec.pg_count)?;
+        let born = match self.pools.is_empty() {
+            true => Topology::default().evolve(&self.nodes)?,
+            false => None,
+        };
+        let topology = born.as_ref().unwrap_or(&self.topology);
+        let map = topology.pg_map(id, &spec.name, rule, spec.pg_count)?;
+        if let Some(born) = born {
+            self.topology = born;
+        }
         let pool = Pool {
             id,
             spec: spec.clone(),

@@ -79,6 +79,8 @@ pub struct ClusterView {
     /// Pools with their whole PG maps (deltas are merged in by PG).
     pub pools: BTreeMap<String, pb::Pool>,
     pub volumes: BTreeMap<String, pb::Volume>,
+    /// Every volume id below it was assigned (and, if not in `volumes`, deleted).
+    pub next_volume_id: u64,
 }
 
 impl Follower for ClusterView {
@@ -121,6 +123,7 @@ impl Follower for ClusterView {
             self.volumes.remove(&name);
         }
         self.epoch = event.cluster_epoch;
+        self.next_volume_id = event.next_volume_id;
         true
     }
 }

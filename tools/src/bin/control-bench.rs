@@ -61,6 +61,9 @@ const STOPPED: usize = 100;
 const STALLED_PERCENT: usize = 5;
 /// How long a stalled agent sends nothing.
 const STALL: Duration = Duration::from_secs(2);
+/// Agents started together, and the pause between such waves.
+const AGENTS_PER_WAVE: usize = 500;
+const WAVE_PAUSE_MS: u64 = 100;
 /// Ids of simulated nodes start above the members'.
 const FIRST_AGENT_ID: u64 = 1_000;
 
@@ -116,7 +119,12 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lets this process (and the members it starts) hold a connection per agent.
+/// Open files this process (and the members it starts) asks for: a connection or two per
+/// agent on each side.
+const FILES_WANTED: u64 = 1 << 18;
+
+/// Lets this process (and the members it starts) hold a connection per agent: the hard limit
+/// is raised where the process may (as root), the soft one to the hard one.
 fn raise_fd_limit() -> anyhow::Result<()> {
     // SAFETY: getrlimit/setrlimit with a properly sized struct.
     unsafe {
@@ -124,10 +132,21 @@ fn raise_fd_limit() -> anyhow::Result<()> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             bail!("getrlimit: {}", std::io::Error::last_os_error());
         }
+        let raised = libc::rlimit {
+            rlim_cur: FILES_WANTED.max(lim.rlim_max),
+            rlim_max: FILES_WANTED.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return Ok(());
+        }
         lim.rlim_cur = lim.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
             bail!("setrlimit: {}", std::io::Error::last_os_error());
         }
+        eprintln!(
+            "control-bench: open files limited to {} (an agent holds one connection)",
+            lim.rlim_max
+        );
     }
     Ok(())
 }
@@ -144,6 +163,8 @@ struct Results {
     propagation: (f64, f64),
     attach_s: f64,
     register_s: f64,
+    /// The out's commit (with its remap), as its caller saw it.
+    commit_s: f64,
 }
 
 impl Results {
@@ -151,7 +172,8 @@ impl Results {
         println!(
             "{n} agents: registered in {:.1} s; {:.0} heartbeats/s; leader {:.4} cores/1k agents, \
              {:.1} KiB/agent; {:.1} log entries/min; detection p50 {:.2} s p99 {:.2} s max {:.2} s; \
-             {} false downs; propagation p50 {:.3} s p99 {:.3} s; attaches {:.2} s",
+             {} false downs; remap committed in {:.3} s, propagation p50 {:.3} s p99 {:.3} s; \
+             attaches {:.2} s",
             self.register_s,
             self.beats_per_s,
             self.cores_per_1k,
@@ -161,6 +183,7 @@ impl Results {
             self.detect.1,
             self.detect.2,
             self.false_downs,
+            self.commit_s,
             self.propagation.0,
             self.propagation.1,
             self.attach_s
@@ -307,11 +330,25 @@ fn registration(i: usize, rack_size: usize) -> pb::RegisterNodeRequest {
 }
 
 async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Results> {
-    let group = Group::start(dir, MEMBERS, &["--roles", "meta"])?;
+    // Election timeouts of a loaded machine: three members, the bench and ten thousand
+    // connections share two cores, and the default half second let followers call elections
+    // while the leader was busy accepting the agents.
+    let group = Group::start(
+        dir,
+        MEMBERS,
+        &[
+            "--roles",
+            "meta",
+            "--heartbeat-interval-ms",
+            "250",
+            "--election-timeout-min-ms",
+            "1500",
+            "--election-timeout-max-ms",
+            "3000",
+        ],
+    )?;
     let all = Arc::new(Client::new(group.addrs.clone()));
-    let leader = all.leader_status().await.context("find the leader")?;
-    let leader_pid = group.pid(leader.id).context("leader pid")?;
-    let rss_before = rss_kib(leader_pid)?;
+    all.leader_status().await.context("find the leader")?;
     let origin = Instant::now();
 
     // Registration: one command per node, from `clients` concurrent callers.
@@ -334,15 +371,21 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
     .await
     .context("register the agents")?;
     let register_s = started.elapsed().as_secs_f64();
+    // The leader that took the registrations (elected and settled by now); its memory before
+    // any agent connects is the baseline of the per-agent figure.
+    let leader = all.leader_status().await.context("find the leader")?;
+    let leader_pid = group.pid(leader.id).context("leader pid")?;
+    let rss_before = rss_kib(leader_pid)?;
 
     let prober = Arc::new(SimProber::default());
     let agents: Vec<Agent> = registrations
         .into_iter()
-        .enumerate()
-        .map(|(i, registration)| {
-            // Every agent dials its own connection; watches spread over the members.
-            let mut endpoints = group.addrs.clone();
-            endpoints.rotate_left(i % group.addrs.len());
+        .map(|registration| {
+            // Every agent dials its own connection, one only (the process's open files are
+            // capped at 20,000 here): heartbeats and its watch both go to the leader, the worst
+            // case for the leader. With the other members listed too, a call that timed out in
+            // a burst would move on to a follower and open a second connection.
+            let endpoints = vec![leader.rpc_addr.clone()];
             Agent {
                 id: registration.id,
                 client: Arc::new(Client::new(endpoints)),
@@ -353,15 +396,31 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
             }
         })
         .collect();
-    for a in &agents {
-        spawn_agent(a, &prober, origin);
+    // Started in waves, as nodes booting in a rack would: a member's listener queues a few
+    // thousand connections, not ten thousand at once.
+    for wave in agents.chunks(AGENTS_PER_WAVE) {
+        for a in wave {
+            spawn_agent(a, &prober, origin);
+        }
+        tokio::time::sleep(Duration::from_millis(WAVE_PAUSE_MS)).await;
     }
-    wait_for("every agent heartbeating", Duration::from_secs(120), || {
+    let beating = || {
         agents
             .iter()
-            .all(|a| a.beats.accepted.load(Ordering::Relaxed) > 0)
-    })
-    .await?;
+            .filter(|a| a.beats.accepted.load(Ordering::Relaxed) > 0)
+            .count()
+    };
+    let started = Instant::now();
+    while beating() < n {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("{} of {n} agents heartbeating after 120 s", beating());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "control-bench: {n} agents heartbeating {:.1} s after the first started",
+        started.elapsed().as_secs_f64()
+    );
     let pool = pb::CreatePoolRequest {
         name: "bench".into(),
         rule: Some(pb::Rule {
@@ -477,23 +536,34 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
         stall.iter().filter(|a| down.contains_key(&a.id)).count()
     };
 
-    // Propagation: a stopped node goes out, its PGs move: a new PG map epoch for everyone.
+    // Propagation: a node that holds a PG goes out, its PGs move: a new PG map epoch that
+    // every agent follows.
     let live: Vec<&Agent> = agents
         .iter()
         .filter(|a| !stopped_ids.contains(&a.id))
         .collect();
-    let out = pb::NodeParticipationRequest {
-        node: stopped[0].id,
-        out: true,
-    };
-    let sent = origin.elapsed().as_micros() as u64;
-    all.call(|mut c| async move { c.set_node_participation(out).await })
-        .await
-        .context("mark a node out")?;
     let pools = all
         .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
         .await?;
-    let target = pools.pools.iter().map(|p| p.map_epoch).max().unwrap_or(0);
+    let pool = pools.pools.first().context("the bench pool")?;
+    let holder = pool
+        .pgs
+        .first()
+        .and_then(|pg| pg.replicas.first())
+        .copied()
+        .context("a PG with a replica")?;
+    let target = pool.map_epoch + 1;
+    let out = pb::NodeParticipationRequest {
+        node: holder,
+        out: true,
+    };
+    let asked = Instant::now();
+    all.call(|mut c| async move { c.set_node_participation(out).await })
+        .await
+        .context("mark a node out")?;
+    // Committed and applied on the leader when the call returns: propagation counts from here.
+    let commit_s = asked.elapsed().as_secs_f64();
+    let sent = origin.elapsed().as_micros() as u64;
     wait_for(
         "every agent applied the new map",
         Duration::from_secs(60),
@@ -566,6 +636,7 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
         ),
         attach_s,
         register_s,
+        commit_s,
     })
 }
 

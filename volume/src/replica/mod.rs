@@ -174,6 +174,33 @@ impl ReplicaServer {
             .await
     }
 
+    /// Deletes the replica of volume `id` (its data, fence, versions and intents) and frees
+    /// its space; requests already under way finish on the unlinked files.
+    pub async fn delete_volume(&self, id: VolumeId) -> Result<(), StoreError> {
+        let _opening = self.opening.lock().await;
+        self.volumes.lock().expect("volumes").remove(&id);
+        let name = store_volume_name(id);
+        self.store.delete_volume(&name).await?;
+        let dir = self.store.dir().join("replica").join(&name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("remove {}", dir.display()), e)),
+        }
+    }
+
+    /// The ids of the replicated volumes the store holds.
+    pub fn volume_ids(&self) -> Vec<VolumeId> {
+        self.store
+            .volumes()
+            .iter()
+            .filter_map(|v| {
+                let hex = v.name().strip_prefix("r-")?;
+                u64::from_str_radix(hex, 16).ok().map(VolumeId)
+            })
+            .collect()
+    }
+
     /// The replica state of volume `id`, opened on first use; `None` if the store does not
     /// hold it.
     pub async fn volume(&self, id: VolumeId) -> io::Result<Option<Arc<ReplicaVolume>>> {

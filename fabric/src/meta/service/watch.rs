@@ -13,7 +13,9 @@ use proto::meta as pb;
 use tonic::Status;
 
 use super::convert::pool_out;
-use crate::meta::changes::Changed;
+use tokio::sync::watch;
+
+use crate::meta::changes::{Changed, Kind};
 use crate::meta::model::{Pool, Volume};
 use crate::meta::state::ClusterState;
 use crate::meta::store::StateMachineStore;
@@ -33,6 +35,14 @@ impl Filter {
         volumes: true,
     };
 
+    fn follows(self, kind: Kind) -> bool {
+        match kind {
+            Kind::Nodes => self.nodes,
+            Kind::Pools => self.pools,
+            Kind::Volumes => self.volumes,
+        }
+    }
+
     fn keep(self, changed: &mut Changed) {
         if !self.nodes {
             changed.nodes.clear();
@@ -46,28 +56,40 @@ impl Filter {
     }
 }
 
-/// The events of one subscriber that has the state of `since_epoch` (0: nothing).
+/// The events of one subscriber that has the state of `since_epoch` (0: nothing). It wakes
+/// only when a kind of record it follows changed.
 pub fn stream(
     sm: StateMachineStore,
     since_epoch: u64,
     filter: Filter,
 ) -> impl Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static {
-    let progress = sm.subscribe();
+    let followed: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| filter.follows(*k))
+        .collect();
+    let changes: Vec<watch::Receiver<u64>> = followed.iter().map(|k| sm.subscribe(*k)).collect();
     let have = (since_epoch > 0).then_some(since_epoch);
     futures::stream::unfold(
-        (sm, progress, have),
-        move |(sm, mut progress, mut have)| async move {
+        (sm, changes, have),
+        move |(sm, mut changes, mut have)| async move {
             loop {
                 // Marked seen before the read: a change applied after it wakes the wait below.
-                progress.borrow_and_update();
+                for c in &mut changes {
+                    c.borrow_and_update();
+                }
                 let (event, now) = sm.read(|state, applied| {
                     (event(state, applied, have, filter), state.cluster_epoch)
                 });
                 have = Some(now);
                 if let Some(event) = event {
-                    return Some((Ok(event), (sm, progress, have)));
+                    return Some((Ok(event), (sm, changes, have)));
                 }
-                if progress.changed().await.is_err() {
+                if changes.is_empty() {
+                    futures::future::pending::<()>().await;
+                }
+                let waits = changes.iter_mut().map(|c| Box::pin(c.changed()));
+                let (woke, _, _) = futures::future::select_all(waits).await;
+                if woke.is_err() {
                     return None;
                 }
             }
@@ -103,6 +125,8 @@ pub fn event(
         cluster_epoch: state.cluster_epoch,
         full: delta.is_none(),
         base_epoch: delta.as_ref().map_or(0, |(h, _)| *h),
+        // The state counts the last id it gave out.
+        next_volume_id: state.next_volume_id + 1,
         ..pb::WatchEvent::default()
     };
     match delta {

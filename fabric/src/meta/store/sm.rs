@@ -1,6 +1,6 @@
 //! The state machine of one member: the [`ClusterState`] in memory, applied entry by entry,
-//! with durable snapshots and a watch channel of its [`Progress`], which `Watch` streams wake
-//! up on.
+//! with durable snapshots, and one watch channel per kind of record (nodes, pools, volumes)
+//! carrying the epoch of its last change, which `Watch` streams wake up on.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::snapshot_file;
+use crate::meta::changes::Kind;
 use crate::meta::command::Applied;
-use crate::meta::model::Progress;
 use crate::meta::state::ClusterState;
 use crate::meta::types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
@@ -39,7 +39,8 @@ struct Inner {
     snapshot_path: PathBuf,
     /// Serializes snapshot file writes, so an older snapshot never replaces a newer one.
     snapshot_write: tokio::sync::Mutex<()>,
-    progress: watch::Sender<Progress>,
+    /// Per [`Kind`]: the cluster epoch of its last change.
+    changed: [watch::Sender<u64>; 3],
 }
 
 /// The state machine; clones share it (a clone is the snapshot builder).
@@ -64,16 +65,14 @@ impl StateMachineStore {
             data.state = payload.state;
             data.snapshot = Some((meta, Arc::new(bytes)));
         }
-        let (tx, _) = watch::channel(Progress {
-            applied_index: data.last_applied.as_ref().map_or(0, |l| l.index()),
-            cluster_epoch: data.state.cluster_epoch,
-        });
+        let epoch = data.state.cluster_epoch;
+        let changed = Kind::ALL.map(|_| watch::channel(epoch).0);
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 data: RwLock::new(data),
                 snapshot_path: snapshot_path.to_path_buf(),
                 snapshot_write: tokio::sync::Mutex::new(()),
-                progress: tx,
+                changed,
             }),
         })
     }
@@ -84,24 +83,29 @@ impl StateMachineStore {
         f(&d.state, d.last_applied.as_ref().map_or(0, |l| l.index()))
     }
 
-    /// The progress now and after every applied batch.
-    pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.inner.progress.subscribe()
+    /// The epoch of the last change of `kind`, now and after every change of it.
+    pub fn subscribe(&self, kind: Kind) -> watch::Receiver<u64> {
+        self.inner.changed[kind as usize].subscribe()
     }
 
-    fn publish_progress(&self) {
-        let progress = self.read(|s, applied| Progress {
-            applied_index: applied,
-            cluster_epoch: s.cluster_epoch,
+    /// Wakes the watchers of each kind that changed; all of them when the whole state was
+    /// replaced (a snapshot installed), which the journal cannot describe.
+    fn publish_changes(&self, replaced: bool) {
+        let last = self.read(|s, _| {
+            Kind::ALL.map(|k| match replaced {
+                true => s.cluster_epoch,
+                false => s.journal.last_change(k),
+            })
         });
-        self.inner.progress.send_if_modified(|cur| {
-            let changed = cur.cluster_epoch != progress.cluster_epoch;
-            // The applied index moves with every entry; only a changed state wakes watchers.
-            if changed {
-                *cur = progress;
-            }
-            changed
-        });
+        for (tx, epoch) in self.inner.changed.iter().zip(last) {
+            tx.send_if_modified(|cur| {
+                let moved = epoch > *cur || (replaced && epoch != *cur);
+                if moved {
+                    *cur = epoch;
+                }
+                moved
+            });
+        }
     }
 
     async fn persist_snapshot(&self, meta: &SnapshotMeta, bytes: Arc<Vec<u8>>) -> io::Result<()> {
@@ -184,7 +188,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 r.send(outcome);
             }
         }
-        self.publish_progress();
+        self.publish_changes(false);
         Ok(())
     }
 
@@ -205,7 +209,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             d.state = payload.state;
         }
         self.persist_snapshot(meta, Arc::new(snapshot)).await?;
-        self.publish_progress();
+        self.publish_changes(true);
         Ok(())
     }
 

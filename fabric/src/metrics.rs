@@ -1,0 +1,324 @@
+//! Telemetry: every process serves its metrics in the Prometheus text format (0.0.4) on
+//! `--metrics-listen`, at `/metrics`. Metrics never go through Raft.
+//!
+//! [`Metrics`] is one registry per process; the parts of the process register what they own
+//! ([`Metrics::node`], [`Metrics::volume`], ...) and scrape-time gauges are filled by the
+//! `refresh` hooks just before each scrape (the Raft progress, the node counts, a store's
+//! checksum errors), so nothing polls in the background.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A hook run before every scrape.
+type Refresh = Box<dyn Fn() + Send + Sync>;
+
+/// The registry of one process, with the hooks that bring its gauges up to date.
+#[derive(Default)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    refresh: Mutex<Vec<Refresh>>,
+}
+
+/// What a volume operation was.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum IoOp {
+    Read,
+    Write,
+    Flush,
+    Trim,
+    WriteZeroes,
+}
+
+impl EncodeLabelValue for IoOp {
+    fn encode(&self, w: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        w.write_str(match self {
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Flush => "flush",
+            IoOp::Trim => "trim",
+            IoOp::WriteZeroes => "write_zeroes",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeOpLabels {
+    pub volume: String,
+    pub op: IoOp,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeLabels {
+    pub volume: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+/// A gateway's metrics of its volumes.
+#[derive(Clone)]
+pub struct VolumeMetrics {
+    pub ops: Family<VolumeOpLabels, Counter>,
+    pub bytes: Family<VolumeOpLabels, Counter>,
+    pub errors: Family<VolumeOpLabels, Counter>,
+    pub latency: Family<VolumeOpLabels, Histogram>,
+    pub in_flight: Family<VolumeLabels, Gauge>,
+    pub removals: Family<VolumeLabels, Counter>,
+    pub resync_bytes: Family<VolumeLabels, Counter>,
+    pub link_timeouts: Family<VolumeLabels, Counter>,
+}
+
+impl Default for VolumeMetrics {
+    fn default() -> VolumeMetrics {
+        VolumeMetrics {
+            ops: Family::default(),
+            bytes: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                // 20 µs to about 10 s.
+                Histogram::new(exponential_buckets(0.000_02, 2.0, 20))
+            }),
+            in_flight: Family::default(),
+            removals: Family::default(),
+            resync_bytes: Family::default(),
+            link_timeouts: Family::default(),
+        }
+    }
+}
+
+impl VolumeMetrics {
+    /// Creates every series of `volume` at zero, so that a scrape shows them (and a rate over
+    /// them starts) before the first event.
+    pub fn declare(&self, volume: &str) {
+        let v = VolumeLabels {
+            volume: volume.to_owned(),
+        };
+        for op in [
+            IoOp::Read,
+            IoOp::Write,
+            IoOp::Flush,
+            IoOp::Trim,
+            IoOp::WriteZeroes,
+        ] {
+            let l = VolumeOpLabels {
+                volume: volume.to_owned(),
+                op,
+            };
+            drop(self.ops.get_or_create(&l));
+            drop(self.bytes.get_or_create(&l));
+            drop(self.errors.get_or_create(&l));
+            drop(self.latency.get_or_create(&l));
+        }
+        drop(self.in_flight.get_or_create(&v));
+        drop(self.removals.get_or_create(&v));
+        drop(self.resync_bytes.get_or_create(&v));
+        drop(self.link_timeouts.get_or_create(&v));
+    }
+}
+
+/// A metadata member's metrics.
+#[derive(Clone, Default)]
+pub struct MemberMetrics {
+    pub term: Gauge,
+    pub last_log_index: Gauge,
+    pub commit_index: Gauge,
+    pub applied_index: Gauge,
+    pub snapshot_index: Gauge,
+    pub leader: Gauge,
+    /// Heartbeats this member took while leading.
+    pub heartbeats: Counter,
+    /// Nodes by state (`up`, `down`, `out`), as the applied state records them.
+    pub nodes: Family<StateLabels, Gauge>,
+    /// Transitions the failure detector committed, by the state entered.
+    pub transitions: Family<StateLabels, Counter>,
+}
+
+/// A storage node's metrics.
+#[derive(Clone, Default)]
+pub struct StorageMetrics {
+    pub checksum_errors: Gauge,
+    pub volumes: Gauge,
+    pub heartbeats: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// Runs `hook` before every scrape.
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.refresh.lock().expect("metrics").push(Box::new(hook));
+    }
+
+    /// Registers a metadata member's metrics.
+    pub fn register_member(&self, m: &MemberMetrics) {
+        let mut r = self.registry.lock().expect("metrics");
+        r.register("fabric_raft_term", "Current Raft term", m.term.clone());
+        r.register(
+            "fabric_raft_last_log_index",
+            "Index of the last entry in this member's log",
+            m.last_log_index.clone(),
+        );
+        r.register(
+            "fabric_raft_commit_index",
+            "Index of the last entry known committed",
+            m.commit_index.clone(),
+        );
+        r.register(
+            "fabric_raft_applied_index",
+            "Index of the last entry applied to the state machine",
+            m.applied_index.clone(),
+        );
+        r.register(
+            "fabric_raft_snapshot_index",
+            "Index covered by the current snapshot",
+            m.snapshot_index.clone(),
+        );
+        r.register(
+            "fabric_raft_leader",
+            "1 while this member leads",
+            m.leader.clone(),
+        );
+        r.register(
+            "fabric_heartbeats",
+            "Storage node heartbeats this member took as leader",
+            m.heartbeats.clone(),
+        );
+        r.register(
+            "fabric_nodes",
+            "Storage nodes by state (up, down, out)",
+            m.nodes.clone(),
+        );
+        r.register(
+            "fabric_liveness_transitions",
+            "Node transitions the failure detector committed, by the state entered",
+            m.transitions.clone(),
+        );
+    }
+
+    /// Registers a storage node's metrics.
+    pub fn register_storage(&self, m: &StorageMetrics) {
+        let mut r = self.registry.lock().expect("metrics");
+        r.register(
+            "fabric_store_checksum_errors",
+            "Blocks whose crc32c did not match on read",
+            m.checksum_errors.clone(),
+        );
+        r.register(
+            "fabric_store_volumes",
+            "Replicas the store holds",
+            m.volumes.clone(),
+        );
+        r.register(
+            "fabric_agent_heartbeats",
+            "Heartbeats the leader accepted from this node",
+            m.heartbeats.clone(),
+        );
+    }
+
+    /// Registers a gateway's per-volume metrics.
+    pub fn register_volumes(&self, m: &VolumeMetrics) {
+        let mut r = self.registry.lock().expect("metrics");
+        r.register(
+            "fabric_volume_ops",
+            "Volume operations served",
+            m.ops.clone(),
+        );
+        r.register(
+            "fabric_volume_bytes",
+            "Bytes read or written",
+            m.bytes.clone(),
+        );
+        r.register(
+            "fabric_volume_errors",
+            "Volume operations that failed",
+            m.errors.clone(),
+        );
+        r.register(
+            "fabric_volume_latency_seconds",
+            "Latency of volume operations",
+            m.latency.clone(),
+        );
+        r.register(
+            "fabric_volume_in_flight",
+            "Volume operations under way (queue depth)",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "fabric_acting_set_removals",
+            "Replicas taken out of an acting set after a failed write",
+            m.removals.clone(),
+        );
+        r.register(
+            "fabric_resync_bytes",
+            "Bytes copied to stale or rebuilt replicas",
+            m.resync_bytes.clone(),
+        );
+        r.register(
+            "fabric_replica_link_timeouts",
+            "Replica requests that timed out",
+            m.link_timeouts.clone(),
+        );
+    }
+
+    /// Registers one gauge of its own.
+    pub fn register_gauge(&self, name: &str, help: &str, gauge: Gauge) {
+        self.registry
+            .lock()
+            .expect("metrics")
+            .register(name, help, gauge);
+    }
+
+    /// The text exposition, after running the scrape hooks.
+    pub fn encode(&self) -> String {
+        for hook in self.refresh.lock().expect("metrics").iter() {
+            hook();
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics");
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `metrics` at `http://listen/metrics` until the runtime ends; returns the bound
+/// address.
+pub async fn serve(metrics: Arc<Metrics>, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%bound, "serving metrics at /metrics");
+    Ok(bound)
+}
