@@ -103,23 +103,29 @@ impl TryFrom<DevArgs> for DevConfig {
         if nodes_per_rack == 0 {
             anyhow::bail!("--nodes-per-rack must not be zero");
         }
-        let n = nodes.unwrap_or(1);
-        let voters = voters.unwrap_or(crate::meta::launch::dev_voters(n));
-        if voters == 0 || voters > n || voters.is_multiple_of(2) && voters != n {
-            anyhow::bail!(
-                "--voters {voters}: want an odd number of voters from 1 to --nodes ({n})"
-            );
+        if nodes.is_none() && (voters.is_some() || nodes_per_rack != 1) {
+            anyhow::bail!("--voters and --nodes-per-rack shape a cluster: give --nodes too");
         }
+        let mut voter_count = 1;
         if let Some(n) = nodes {
+            let max = crate::meta::launch::DEV_NODES_MAX;
+            if n == 0 || n > max {
+                anyhow::bail!("--nodes {n}: want 1 to {max}");
+            }
             if n >= 3 && n.div_ceil(nodes_per_rack) < 3 {
                 anyhow::bail!(
                     "--nodes {n} with --nodes-per-rack {nodes_per_rack} makes fewer than the 3 \
                      racks the default pool places its replicas in"
                 );
             }
-            let max = crate::meta::launch::DEV_NODES_MAX;
-            if n == 0 || n > max {
-                anyhow::bail!("--nodes {n}: want 1 to {max}");
+            voter_count = voters.unwrap_or(crate::meta::launch::dev_voters(n));
+            if voter_count == 0
+                || voter_count > n
+                || voter_count.is_multiple_of(2) && voter_count != n
+            {
+                anyhow::bail!(
+                    "--voters {voter_count}: want an odd number of voters from 1 to --nodes ({n})"
+                );
             }
             if nbd_unix.is_some() {
                 anyhow::bail!("--nbd-unix is served by the single node only, not with --nodes");
@@ -147,7 +153,7 @@ impl TryFrom<DevArgs> for DevConfig {
             io_engine,
             nodes,
             nodes_per_rack,
-            voters,
+            voters: voter_count,
             metrics_listen,
         })
     }

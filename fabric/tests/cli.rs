@@ -19,6 +19,20 @@ fn bad_flags_are_refused_with_a_reason() {
         ),
         (vec!["--nodes", "0"], "want 1 to"),
         (
+            vec!["--nodes", "6", "--voters", "4"],
+            "want an odd number of voters",
+        ),
+        (
+            vec!["--nodes", "3", "--voters", "5"],
+            "want an odd number of voters",
+        ),
+        (
+            vec!["--nodes", "6", "--nodes-per-rack", "3"],
+            "fewer than the 3 racks",
+        ),
+        (vec!["--voters", "3"], "give --nodes too"),
+        (vec!["--metrics-listen", "nowhere"], "want IP:PORT"),
+        (
             vec!["--nodes", "3", "--nbd-unix", "x.sock"],
             "single node only",
         ),
