@@ -105,10 +105,11 @@ const FAILED_WRITE_TAKEN: &str = "a write that failed after some replicas took i
 const KNOWN_FAILURES: &[(u64, &str)] = &[(9, STALE_AHEAD), (555, STALE_AHEAD)];
 
 /// Open since the placement map is born with the first pool (which placed these seeds' PGs
-/// elsewhere than before): a PG ends with its one live replica behind a stale one that took
-/// writes that were never acknowledged, and the resync never brings the stale replicas back
-/// ("not settled"). Every acknowledged write still reads back; the PG stays degraded.
-const STALE_AHEAD: &str = "a stale replica ahead of the PG's only live one is never resynced";
+/// elsewhere than before): a PG's only live replica holds a block that fails its checksum in
+/// an extent its stale replicas must copy, so every resync round stops at "checksum failure"
+/// and the PG never settles. Every acknowledged write still reads back; the PG stays degraded.
+const STALE_AHEAD: &str =
+    "a block failing its checksum on the PG's only live replica stops every resync of the others";
 
 /// Every replica of a PG failed in overlapping windows while the metadata service was away, one
 /// of them by a power loss, and the removals that committed afterwards left the replica that
