@@ -428,3 +428,19 @@ pub fn parse_prometheus_text(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
 pub fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
     samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
+
+/// `qemu-io -f raw -c CMD URI`, which must succeed: exit 0, and no error or failed pattern
+/// check in its output (qemu-io reports some failures on stdout only).
+pub fn qemu_io_ok(uri: &str, cmd: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", cmd, uri])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run qemu-io");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("error") && !text.contains("Pattern verification"),
+        "qemu-io {cmd:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -3,10 +3,9 @@
 //! whole rack out.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fabric_suite::{DevNode, fabricctl, node_pid, tools};
+use fabric_suite::{DevNode, fabricctl, node_pid, qemu_io_ok, tools};
 use serde_json::Value;
 
 /// Out interval of a dev cluster (`DEV_NODE_OUT_AFTER_MS`).
@@ -14,20 +13,6 @@ const DEV_OUT_AFTER: Duration = Duration::from_secs(30);
 /// Longest a killed node may stay `up`: 3 s of silence, then a probe answered with the next
 /// heartbeat (1 s), then the commit; the rest is slack for a loaded machine.
 const DOWN_WITHIN: Duration = Duration::from_secs(10);
-
-fn qemu_io_ok(uri: &str, cmd: &str) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", cmd, uri])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run qemu-io");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !text.contains("error") && !text.contains("Pattern verification"),
-        "qemu-io {cmd:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The node records, by id.
 fn node(data: &Path, id: u64) -> Value {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fabric_suite::{DevNode, fabricctl, node_pid, run, tools, workspace_bin};
+use fabric_suite::{DevNode, fabricctl, node_pid, qemu_io_ok, run, tools, workspace_bin};
 use serde_json::Value;
 
 /// `fabricd dev --nodes 3` serving `vol0` (64 MiB) from a fresh directory: the directory, the
@@ -200,12 +200,6 @@ impl Drop for Respawned {
 fn signal(pid: u32, sig: &str) {
     run(Command::new("kill").args([sig, &pid.to_string()]))
         .unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
-}
-
-/// Runs one qemu-io command against `uri`; it must succeed.
-fn qemu_io_ok(uri: &str, cmd: &str) {
-    run(Command::new("qemu-io").args(["-f", "raw", "-c", cmd, uri]))
-        .unwrap_or_else(|e| panic!("qemu-io {cmd}: {e}"));
 }
 
 /// Bytes the gateway's resyncs copied, from its log, once its last round of resyncs has

@@ -39,7 +39,7 @@ pub struct ReplicaProber;
 impl Prober for ReplicaProber {
     async fn reachable(&self, _node: u64, data_addr: &str) -> bool {
         use volume::client::{Link, TcpConnector};
-        use volume::wire::{Op, Request, RequestHeader, VolumeId, WriteVersion};
+        use volume::wire::{Request, RequestHeader};
         let Ok(addr) = data_addr.parse() else {
             return false;
         };
@@ -49,17 +49,8 @@ impl Prober for ReplicaProber {
             Duration::from_millis(PROBE_DEADLINE_MS),
             1,
         );
-        let ping = Request::new(RequestHeader {
-            op: Op::Ping,
-            flags: 0,
-            request_id: 0,
-            volume: VolumeId(0),
-            offset: 0,
-            len: 0,
-            payload_crc: 0,
-            attach_epoch: 0,
-            version: WriteVersion::NONE,
-        });
+        // Its request id is assigned by the link.
+        let ping = Request::new(RequestHeader::ping(0));
         let probe =
             tokio::time::timeout(Duration::from_millis(PROBE_DEADLINE_MS), link.probe(ping));
         matches!(probe.await, Ok(Ok(_)))

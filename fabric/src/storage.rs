@@ -143,8 +143,16 @@ impl Follower for VolumeList {
     }
 
     fn apply(&mut self, event: pb::WatchEvent) -> bool {
-        let changed =
-            event.full || !event.volume_records.is_empty() || !event.removed_volumes.is_empty();
+        // Attaches and acting-set changes touch volume records too; the store cares only
+        // about which volumes exist and their sizes.
+        let changed = event.full
+            || !event.removed_volumes.is_empty()
+            || event.volume_records.iter().any(|v| {
+                self.view
+                    .volumes
+                    .get(&v.name)
+                    .is_none_or(|have| (have.id, have.size_bytes) != (v.id, v.size_bytes))
+            });
         if !self.view.apply(event) {
             return false;
         }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::changes::Kind;
 use super::command::CommandV1;
 use super::liveness::{Decision, Health, Liveness, LivenessConfig, Millis};
 use super::member::Member;
@@ -41,7 +42,8 @@ pub enum Beat {
 struct Table {
     term: u64,
     liveness: Liveness,
-    /// Cluster epoch of the state the node set was last taken from.
+    /// The epoch of the last node change the node set was taken at (the journal's): other
+    /// changes (thousands of attaches a second) leave the table alone.
     synced_epoch: Option<u64>,
     /// Data address of every node, for the probes.
     data_addrs: BTreeMap<NodeId, String>,
@@ -240,13 +242,14 @@ impl Detector {
     }
 }
 
-/// Brings the table's node set up to the applied state, if that changed.
+/// Brings the table's node set up to the applied state, if a node changed since.
 fn sync(table: &mut Table, member: &Member, now: Millis) {
     member.sm.read(|state, _| {
-        if table.synced_epoch == Some(state.cluster_epoch) {
+        let nodes_changed = state.journal.last_change(Kind::Nodes);
+        if table.synced_epoch == Some(nodes_changed) {
             return;
         }
-        table.synced_epoch = Some(state.cluster_epoch);
+        table.synced_epoch = Some(nodes_changed);
         for (&id, record) in &state.nodes {
             let domain = failure_domain(&record.registration.location, id);
             table.liveness.set_node(id, &domain, health_of(record), now);

@@ -37,8 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::framing::{Filled, fill};
 use crate::wire::{
-    Op, Reply, Request, RequestHeader, Status, VolumeId, WireError, WriteVersion, decode_reply,
-    take_large_reply_header,
+    Reply, Request, RequestHeader, Status, WireError, decode_reply, take_large_reply_header,
 };
 
 /// Initial capacity of a session's read buffer, in bytes.
@@ -282,17 +281,9 @@ impl Link {
         let reader = tokio::spawn(read_replies(r, Arc::clone(&shared), addr));
         let writer = tokio::spawn(write_requests(w, rx, Arc::clone(&shared), addr));
         let (reader, writer) = (AbortOnDrop(reader), AbortOnDrop(writer));
-        let ping = Request::new(RequestHeader {
-            op: Op::Ping,
-            flags: 0,
-            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            volume: VolumeId(0),
-            offset: 0,
-            len: 0,
-            payload_crc: 0,
-            attach_epoch: 0,
-            version: WriteVersion::NONE,
-        });
+        let ping = Request::new(RequestHeader::ping(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+        ));
         let answer = self.exchange(&tx, &shared, ping).await?;
         let power_epoch = match (answer.header.status, answer.payload.len()) {
             (Status::Ok, 8) => u64::from_le_bytes(answer.payload[..].try_into().expect("8 bytes")),

@@ -27,6 +27,21 @@ pub struct RequestHeader {
 }
 
 impl RequestHeader {
+    /// A PING: answered with the replica's power epoch, touching no volume.
+    pub fn ping(request_id: u64) -> RequestHeader {
+        RequestHeader {
+            op: Op::Ping,
+            flags: 0,
+            request_id,
+            volume: VolumeId(0),
+            offset: 0,
+            len: 0,
+            payload_crc: 0,
+            attach_epoch: 0,
+            version: WriteVersion::NONE,
+        }
+    }
+
     /// Bytes of payload that follow this header on the wire.
     pub fn payload_len(&self) -> u32 {
         if self.op == Op::Write { self.len } else { 0 }
