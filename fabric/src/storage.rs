@@ -3,8 +3,10 @@
 //!
 //! The agent follows the metadata service's watch stream (volumes only): a volume created in
 //! the cluster is created in the store as soon as the event arrives, so a driver finds its
-//! replicas ready (it waits for them, see the gateway). Until PG maps drive it, every node holds every volume (thin, so
-//! unwritten ranges cost nothing).
+//! replicas ready (it waits for them, see the gateway), and a resized one is grown
+//! (`ReplicaServer::ensure_volume`); the gateway serves the new size once every replica has
+//! it. A replica larger than the record is never shrunk: that is logged, once. Until PG maps
+//! drive it, every node holds every volume (thin, so unwritten ranges cost nothing).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -64,8 +66,8 @@ impl Storage {
     }
 }
 
-/// Creates a replica of every volume the cluster holds, following the watch stream (volumes
-/// only), until `stop`.
+/// Creates a replica of every volume the cluster holds, and grows those the cluster resized,
+/// following the watch stream (volumes only), until `stop`.
 async fn follow_volumes(
     server: Arc<ReplicaServer>,
     endpoints: Vec<String>,
@@ -100,8 +102,9 @@ async fn follow_volumes(
             if let Err(e) = server.ensure_volume(VolumeId(id), *size_bytes).await
                 && refused.insert((id, *size_bytes))
             {
-                // A size mismatch is a resize the store does not follow yet: logged once.
-                tracing::warn!(volume = id, %name, error = %e, "replica of volume not created");
+                // Logged once per size: a replica larger than the record stays so, and the
+                // next event retries a create or grow that failed.
+                tracing::warn!(volume = id, %name, size_bytes, error = %e, "replica of volume not created or grown");
             }
         }
         // Ids are assigned in order and never reused: one below the next id that the cluster

@@ -111,6 +111,11 @@ impl VolumeMap {
         })
     }
 
+    /// The volume's size in the cluster's record.
+    pub(super) fn size_bytes(&self) -> u64 {
+        self.volume.size_bytes
+    }
+
     /// The acting sets and the node behind each replica address.
     pub(super) fn acting_sets(&self) -> anyhow::Result<(ActingSets, HashMap<SocketAddr, u64>)> {
         acting_sets(&self.pool, &self.volume, &self.nodes)
@@ -255,11 +260,11 @@ pub(super) fn acting_sets(
     Ok((ActingSets { groups, stale }, node_of))
 }
 
-/// Waits until the replicas hold the volume (the storage agents create it a moment after the
-/// metadata service does): all of them, or, once `REPLICAS_GRACE_MS` have passed, at least
-/// `min_replicas` in every group. A replica that is down then fails its first request and
-/// leaves the acting set like any other; the gateway does not wait for a node that may never
-/// come back.
+/// Waits until the replicas hold the volume at its recorded size (the storage agents create it
+/// a moment after the metadata service does, and grow it a moment after a resize): all of
+/// them, or, once `REPLICAS_GRACE_MS` have passed, at least `min_replicas` in every group. A
+/// replica that is down then fails its first request and leaves the acting set like any
+/// other; the gateway does not wait for a node that may never come back.
 pub(super) async fn wait_until_replicas_hold(
     volume: &ReplicatedVolume,
     acting: &ActingSets,
@@ -278,9 +283,16 @@ pub(super) async fn wait_until_replicas_hold(
         waiting.sort();
         waiting.dedup();
         for replica in waiting {
-            match volume.extent_versions(replica, 0, 1).await {
-                Ok(_) => {
+            let holds = match volume.extent_versions(replica, 0, 1).await {
+                Ok(_) => volume.replica_holds_size(replica).await,
+                Err(e) => Err(e),
+            };
+            match holds {
+                Ok(true) => {
                     ready.insert(replica);
+                }
+                Ok(false) => {
+                    tracing::debug!(%replica, "replica not grown to the volume's size yet")
                 }
                 Err(e) => tracing::debug!(%replica, error = %e, "replica not ready"),
             }

@@ -1,10 +1,13 @@
 //! Following the PG maps: the watch stream's pool epochs wake every volume, which reads its
-//! map again and follows it.
+//! map again and follows it. The same read carries the volume's size, which a resize raises:
+//! the volume takes it once its replicas hold it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proto::meta as pb;
+use volume::client::Growth;
+use volume::volume::BlockVolume;
 
 use super::attach::{Attached, VolumeMap};
 use crate::meta::client::Client;
@@ -65,14 +68,32 @@ impl crate::meta::watcher::Follower for PoolEpochs {
 
 /// Reads the volume's PG map and stale replicas, the pool's map and the nodes' addresses again,
 /// and has `volume` follow them: replicas re-placed onto new nodes join as stale (to be
-/// rebuilt), and replicas of nodes taken out leave.
+/// rebuilt), and replicas of nodes taken out leave. Then follows the volume's size.
 pub(super) async fn follow_map(attached: &Attached, client: &Client) -> anyhow::Result<()> {
-    let (acting, addresses) = VolumeMap::fetch(client, &attached.name)
-        .await?
-        .acting_sets()?;
+    let map = VolumeMap::fetch(client, &attached.name).await?;
+    let (acting, addresses) = map.acting_sets()?;
     *attached.node_of.write().expect("node addresses") = addresses;
     attached
         .volume
         .follow(&acting)
-        .map_err(|e| anyhow::anyhow!("follow the PG map: {e}"))
+        .map_err(|e| anyhow::anyhow!("follow the PG map: {e}"))?;
+    follow_size(attached, map.size_bytes()).await
+}
+
+/// Grows the volume to `size_bytes`, the size the cluster records, once every live replica
+/// holds it (their storage agents grow them as they see the record); until then the next
+/// call tries again. The NBD connections opened from then on see the new size.
+async fn follow_size(attached: &Attached, size_bytes: u64) -> anyhow::Result<()> {
+    if size_bytes <= attached.volume.size() {
+        // The metadata service refuses shrinking, and a lagging member's record is older.
+        return Ok(());
+    }
+    match attached.volume.grow(size_bytes).await {
+        Ok(Growth::Grown) => Ok(()),
+        Ok(Growth::Waiting { replica }) => {
+            tracing::debug!(volume = %attached.name, size_bytes, %replica, "resized: waiting for the replica's node to grow it");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("grow to {size_bytes} bytes: {e}")),
+    }
 }

@@ -8,7 +8,9 @@
 //! always names which copies are current. Every `RESYNC_INTERVAL_MS` the gateway looks for
 //! stale replicas that answer again and resyncs them (`ReplicatedVolume::resync`: only the
 //! extents that changed), then restores them through `RestoreReplica`. It follows the PG map
-//! at once when the watch stream reports a new map epoch, and on every such look.
+//! at once when the watch stream reports a new map epoch, and on every such look. Each look
+//! also follows a resize: once every live replica holds the new size, the volume takes it
+//! (`ReplicatedVolume::grow`) and every NBD connection made from then on exports it.
 //!
 //! Every membership change (`RemoveReplica`, `RestoreReplica`, `ReportRebuild`, `DetachVolume`)
 //! names the attach epoch the gateway got for the volume. Once another client attaches, the

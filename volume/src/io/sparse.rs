@@ -11,12 +11,23 @@ use super::BlockFile;
 /// Largest read while loading a table, in bytes.
 const LOAD_CHUNK_BYTES: u64 = 1 << 20;
 
-/// Sizes a fresh table file to `len` bytes, or checks an existing one has that length.
+/// Sizes a fresh table file to `len` bytes, or checks an existing one has that length. A
+/// longer one is what a grow of its volume left when it stopped before the volume grew (a
+/// table grows first, see [`grow_table`]): nothing was written past `len`, and it is cut back.
+/// A shorter one is damage.
 pub async fn size_table(file: &dyn BlockFile, len: u64, what: &str) -> io::Result<()> {
     let have = file.file_len().await?;
-    if have == 0 {
+    if have == 0 || have > len {
+        if have > len {
+            tracing::warn!(
+                what,
+                have,
+                len,
+                "undoing the grow of a table that did not finish"
+            );
+        }
         file.set_len(len).await
-    } else if have != len {
+    } else if have < len {
         Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{what} file is {have} bytes, want {len}"),
@@ -24,6 +35,18 @@ pub async fn size_table(file: &dyn BlockFile, len: u64, what: &str) -> io::Resul
     } else {
         Ok(())
     }
+}
+
+/// Grows a table file to at least `len` bytes (the new entries are holes, read as zeros) and
+/// makes the length durable: a table grows before its volume does, so that it is never found
+/// shorter. One already longer (an earlier grow that went further and failed) is left so.
+pub async fn grow_table(file: &dyn BlockFile, len: u64) -> io::Result<()> {
+    let have = file.file_len().await?;
+    if len > have {
+        file.set_len(len).await?;
+        file.sync_data().await?;
+    }
+    Ok(())
 }
 
 /// Calls `each(offset, bytes)` for the allocated parts of the first `len` bytes of `file`, in

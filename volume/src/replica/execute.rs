@@ -47,7 +47,7 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
         if h.len > VERSIONS_PER_REQUEST_MAX
             || first
                 .checked_add(count)
-                .is_none_or(|end| end > vol.versions.extents())
+                .is_none_or(|end| end > vol.extent_count())
         {
             return refuse(Status::OutOfRange);
         }

@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -69,7 +70,8 @@ struct State {
 /// The intent record of one volume on this replica.
 pub struct IntentLog {
     file: Arc<dyn BlockFile>,
-    extents: u64,
+    /// Raised by a grow, never lowered.
+    extents: AtomicU64,
     state: Mutex<State>,
     /// Held while marks are written and synced; the holder writes every pending mark.
     persist: tokio::sync::Mutex<()>,
@@ -134,10 +136,26 @@ impl IntentLog {
         }
         Ok(IntentLog {
             file,
-            extents,
+            extents: AtomicU64::new(extents),
             state: Mutex::new(state),
             persist: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Makes room for the extents of a volume grown to `size_bytes` (clean), durably. Call
+    /// before the volume itself grows.
+    pub async fn grow(&self, size_bytes: u64) -> io::Result<()> {
+        let extents = size_bytes.div_ceil(EXTENT_SIZE_BYTES);
+        // Already larger after an earlier grow that went further and failed: left so.
+        if extents > self.extents() {
+            sparse::grow_table(&*self.file, extents).await?;
+            self.extents.fetch_max(extents, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn extents(&self) -> u64 {
+        self.extents.load(Ordering::Acquire)
     }
 
     /// Extents `first..first + count` that are suspect (indices into the volume).
@@ -151,7 +169,7 @@ impl IntentLog {
     /// Per extent of `first..first + count`: whether it is suspect, and whether it is marked
     /// or being written (written recently).
     pub fn flags(&self, first: u64, count: u64) -> Vec<(bool, bool)> {
-        assert!(first + count <= self.extents);
+        assert!(first + count <= self.extents());
         let state = self.state.lock().expect("intent state");
         (first..first + count)
             .map(|e| {
@@ -172,7 +190,10 @@ impl IntentLog {
     /// Starts a mutation of extents `first..end`: returns once each of them is marked durably.
     /// The mutation lasts until the returned guard is dropped.
     pub async fn mutate(&self, first: u64, end: u64) -> io::Result<Mutating<'_>> {
-        assert!(first < end && end <= self.extents, "extents {first}..{end}");
+        assert!(
+            first < end && end <= self.extents(),
+            "extents {first}..{end}"
+        );
         {
             let mut state = self.state.lock().expect("intent state");
             let generation = state.generation;

@@ -16,6 +16,9 @@
 //! Per node, `DATA_DIR/replica/power` holds the boot the replica last ran in and its power
 //! epoch ([`power`]), which PING answers.
 //!
+//! A replica grows when its volume is resized ([`ReplicaServer::grow_volume`]): `versions`
+//! and `intent` first, the store's volume last, as the store's size is what admits a request.
+//!
 //! Code map: `connection` reads frames, runs each request as its own task and writes replies
 //! in completion order (bounded in flight per connection); `execute` runs one request against
 //! the store, the fence and the version table. Start at [`ReplicaServer::serve`].
@@ -92,6 +95,12 @@ pub struct ReplicaVolume {
 }
 
 impl ReplicaVolume {
+    /// Extents of the volume at its current size. The version and intent tables may have
+    /// more, from a grow under way: they grow first.
+    pub fn extent_count(&self) -> u64 {
+        VersionTable::extents_of(self.local.size())
+    }
+
     /// Versions of extents `first..first + count` (clamped to the volume).
     pub fn extent_versions(&self, first: u64, count: u64) -> Vec<WriteVersion> {
         self.extents(first, count)
@@ -103,7 +112,7 @@ impl ReplicaVolume {
     /// Extents `first..first + count` (clamped to the volume) as GET_EXTENT_VERSIONS reports
     /// them.
     pub fn extents(&self, first: u64, count: u64) -> Vec<ExtentVersion> {
-        let end = first.saturating_add(count).min(self.versions.extents());
+        let end = first.saturating_add(count).min(self.extent_count());
         let first = first.min(end);
         let versions = self.versions.get(first, end - first);
         let flags = self.intent.flags(first, end - first);
@@ -162,16 +171,65 @@ impl ReplicaServer {
         &self.store
     }
 
-    /// Creates the store volume of `id` if it does not exist yet (the metadata service will
-    /// drive this; tests and tools call it directly).
+    /// Makes the replica of volume `id` hold `size_bytes`, as the cluster's record of the
+    /// volume says (the storage agent follows it): creates it if it does not exist, grows it if
+    /// it is smaller (the volume was resized). A replica larger than that is refused
+    /// ([`StoreError::Shrink`]), never shrunk.
     pub async fn ensure_volume(
         &self,
         id: VolumeId,
         size_bytes: u64,
     ) -> Result<Arc<LocalVolume>, StoreError> {
-        self.store
-            .ensure_volume(&store_volume_name(id), size_bytes)
-            .await
+        let name = store_volume_name(id);
+        match self.store.volume(&name).map(|v| v.size_bytes()) {
+            Some(have) if have < size_bytes => self.grow_volume(id, size_bytes).await,
+            Some(have) if have > size_bytes => Err(StoreError::Shrink {
+                name,
+                size: have,
+                requested: size_bytes,
+            }),
+            _ => self.store.ensure_volume(&name, size_bytes).await,
+        }
+    }
+
+    /// Grows the replica of volume `id` to `size_bytes` while it serves: its version and intent
+    /// tables first, then the store's volume (see [`ExtentStore::grow_volume`]), whose size is
+    /// what requests are checked against, so a request in the new range finds every table
+    /// ready. A crash part-way leaves the old size; tables already grown are cut back when the
+    /// replica opens again.
+    pub async fn grow_volume(
+        &self,
+        id: VolumeId,
+        size_bytes: u64,
+    ) -> Result<Arc<LocalVolume>, StoreError> {
+        let _opening = self.opening.lock().await;
+        let name = store_volume_name(id);
+        let local = self
+            .store
+            .volume(&name)
+            .ok_or_else(|| StoreError::NotFound(name.clone()))?;
+        if size_bytes > local.size_bytes() {
+            let io = |what: &str| {
+                let context = format!("grow the {what} of {name}");
+                move |e| StoreError::io(context, e)
+            };
+            let replica = self
+                .open_locked(id)
+                .await
+                .map_err(io("replica state"))?
+                .ok_or_else(|| StoreError::NotFound(name.clone()))?;
+            replica
+                .versions
+                .grow(size_bytes)
+                .await
+                .map_err(io("versions"))?;
+            replica
+                .intent
+                .grow(size_bytes)
+                .await
+                .map_err(io("intents"))?;
+        }
+        self.store.grow_volume(&name, size_bytes).await
     }
 
     /// Deletes the replica of volume `id` (its data, fence, versions and intents) and frees
@@ -208,6 +266,11 @@ impl ReplicaServer {
             return Ok(Some(Arc::clone(v)));
         }
         let _opening = self.opening.lock().await;
+        self.open_locked(id).await
+    }
+
+    /// [`ReplicaServer::volume`] for a caller holding `opening`.
+    async fn open_locked(&self, id: VolumeId) -> io::Result<Option<Arc<ReplicaVolume>>> {
         if let Some(v) = self.volumes.lock().expect("volumes").get(&id) {
             return Ok(Some(Arc::clone(v)));
         }

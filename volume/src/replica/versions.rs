@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -35,7 +36,8 @@ const ENTRY: u64 = VERSION_ENTRY_BYTES as u64;
 /// Versions of every extent of one volume on this replica.
 pub struct VersionTable {
     file: Arc<dyn BlockFile>,
-    extents: u64,
+    /// Raised by a grow, never lowered.
+    extents: AtomicU64,
     /// Only extents ever written; absent means [`WriteVersion::NONE`].
     cache: Mutex<HashMap<u64, WriteVersion>>,
     persist: tokio::sync::Mutex<()>,
@@ -67,19 +69,31 @@ impl VersionTable {
         .await?;
         Ok(VersionTable {
             file,
-            extents,
+            extents: AtomicU64::new(extents),
             cache: Mutex::new(cache),
             persist: tokio::sync::Mutex::new(()),
         })
     }
 
     pub fn extents(&self) -> u64 {
-        self.extents
+        self.extents.load(Ordering::Acquire)
+    }
+
+    /// Makes room for the extents of a volume grown to `size_bytes` (never written, so
+    /// [`WriteVersion::NONE`]), durably. Call before the volume itself grows.
+    pub async fn grow(&self, size_bytes: u64) -> io::Result<()> {
+        let extents = Self::extents_of(size_bytes);
+        // Already larger after an earlier grow that went further and failed: left so.
+        if extents > self.extents() {
+            sparse::grow_table(&*self.file, extents * ENTRY).await?;
+            self.extents.fetch_max(extents, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Versions of extents `first..first + count`, which must exist.
     pub fn get(&self, first: u64, count: u64) -> Vec<WriteVersion> {
-        assert!(first + count <= self.extents);
+        assert!(first + count <= self.extents());
         let cache = self.cache.lock().expect("versions cache");
         (first..first + count)
             .map(|e| cache.get(&e).copied().unwrap_or(WriteVersion::NONE))
@@ -89,7 +103,10 @@ impl VersionTable {
     /// Raises the version of extents `first..end` to at least `version` and writes them.
     /// Call only after the data the version describes was written.
     pub async fn record(&self, first: u64, end: u64, version: WriteVersion) -> io::Result<()> {
-        assert!(first < end && end <= self.extents, "extents {first}..{end}");
+        assert!(
+            first < end && end <= self.extents(),
+            "extents {first}..{end}"
+        );
         assert_ne!(version, WriteVersion::NONE, "a write carries a version");
         let _persist = self.persist.lock().await;
         let mut bytes = BytesMut::with_capacity(((end - first) * ENTRY) as usize);
@@ -110,7 +127,10 @@ impl VersionTable {
     /// Sets the versions of extents `first..end` back to [`WriteVersion::NONE`]: their data was
     /// just reset to never written. Call only after the data was.
     pub async fn reset(&self, first: u64, end: u64) -> io::Result<()> {
-        assert!(first < end && end <= self.extents, "extents {first}..{end}");
+        assert!(
+            first < end && end <= self.extents(),
+            "extents {first}..{end}"
+        );
         let _persist = self.persist.lock().await;
         {
             let mut cache = self.cache.lock().expect("versions cache");

@@ -1,8 +1,8 @@
 //! The node's list of local volumes: `volumes.json` in the data directory.
 //!
-//! It changes only when a volume is created or deleted, so it is rewritten whole and replaced
-//! atomically and durably through the disk seam ([`Disk::replace_durably`]). A crash leaves
-//! either the old list or the new one.
+//! It changes only when a volume is created, grown or deleted, so it is rewritten whole and
+//! replaced atomically and durably through the disk seam ([`Disk::replace_durably`]). A crash
+//! leaves either the old list or the new one.
 
 use std::path::Path;
 

@@ -9,11 +9,13 @@
 //!
 //! The value [`CRC_ZERO`] in a slot means "reads as zeros" (never written, trimmed or zeroed).
 //! The cache is filled a page (512 entries, 2 MiB of data) at a time on first use, so memory is
-//! proportional to the part of the volume that was touched.
+//! proportional to the part of the volume that was touched. It grows with its volume in place
+//! ([`Segments`]): a page cached before a grow is the page used after it.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::segments::{SEGMENTS_MAX, Segments};
+use super::{BLOCK_SIZE_BYTES, VOLUME_SIZE_MAX_BYTES};
 use crate::checksum::{ZERO_BLOCK_CRC, block_crc};
 
 /// Bytes per checksum entry in the `crc` file.
@@ -24,6 +26,9 @@ pub const ENTRIES_PER_PAGE: u64 = 512;
 pub const CRC_ZERO: u32 = 0;
 
 const _: () = assert!(ENTRY_BYTES * ENTRIES_PER_PAGE == 4096);
+// The largest volume's pages fit the segments even when the table starts at one page.
+const _: () =
+    assert!(VOLUME_SIZE_MAX_BYTES / BLOCK_SIZE_BYTES / ENTRIES_PER_PAGE <= 1 << (SEGMENTS_MAX - 1));
 
 /// One block's checksum entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,36 +105,47 @@ type Page = [AtomicU64; ENTRIES_PER_PAGE as usize];
 
 /// In-memory cache of a volume's checksum entries.
 pub struct CrcTable {
-    pages: Vec<OnceLock<Box<Page>>>,
-    blocks: u64,
+    pages: Segments<Box<Page>>,
+    blocks: AtomicU64,
 }
 
 impl CrcTable {
     pub fn new(blocks: u64) -> Self {
-        let pages = blocks.div_ceil(ENTRIES_PER_PAGE);
         CrcTable {
-            pages: (0..pages).map(|_| OnceLock::new()).collect(),
-            blocks,
+            pages: Segments::new(blocks.div_ceil(ENTRIES_PER_PAGE)),
+            blocks: AtomicU64::new(blocks),
         }
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.blocks.load(Ordering::Acquire)
+    }
+
+    /// Makes room for `blocks` blocks; the new ones are read from the `crc` file on first use.
+    /// Callers serialise their grows; readers and writers of the table need not.
+    pub fn grow(&self, blocks: u64) {
+        assert!(blocks >= self.blocks(), "the table grows only");
+        self.pages.grow(blocks.div_ceil(ENTRIES_PER_PAGE));
+        self.blocks.store(blocks, Ordering::Release);
     }
 
     /// Pages (indices) among blocks `[start, end)` that are not cached yet.
     pub fn missing_pages(&self, start: u64, end: u64) -> impl Iterator<Item = u64> + '_ {
+        let blocks = self.blocks();
         assert!(
-            start <= end && end <= self.blocks,
-            "blocks {start}..{end} of {}",
-            self.blocks
+            start <= end && end <= blocks,
+            "blocks {start}..{end} of {blocks}"
         );
         let first = start / ENTRIES_PER_PAGE;
         let last = end.div_ceil(ENTRIES_PER_PAGE);
-        (first..last).filter(|&p| self.pages[p as usize].get().is_none())
+        (first..last).filter(|&p| self.pages.slot(p).get().is_none())
     }
 
     /// Caches page `page` from its bytes in the `crc` file. A page cached meanwhile by another
     /// task wins: it may hold updates these bytes predate.
     pub fn fill_page(&self, page: u64, bytes: &[u8]) {
         assert_eq!(bytes.len() as u64, ENTRIES_PER_PAGE * ENTRY_BYTES);
-        self.pages[page as usize].get_or_init(|| {
+        self.pages.slot(page).get_or_init(|| {
             let entries: Page = std::array::from_fn(|i| {
                 let at = i * ENTRY_BYTES as usize;
                 let raw: [u8; 8] = bytes[at..at + 8].try_into().expect("8-byte entry");
@@ -140,8 +156,10 @@ impl CrcTable {
     }
 
     fn slot(&self, block: u64) -> &AtomicU64 {
-        assert!(block < self.blocks, "block {block} of {}", self.blocks);
-        let page = self.pages[(block / ENTRIES_PER_PAGE) as usize]
+        assert!(block < self.blocks(), "block {block} of {}", self.blocks());
+        let page = self
+            .pages
+            .slot(block / ENTRIES_PER_PAGE)
             .get()
             .expect("crc page cached before use");
         &page[(block % ENTRIES_PER_PAGE) as usize]
@@ -210,5 +228,21 @@ mod tests {
             table.get(511)
         );
         assert_eq!(table.missing_pages(0, 1000).count(), 0);
+    }
+
+    #[test]
+    fn a_grown_table_keeps_its_cached_entries_and_loads_the_new_ones() {
+        let table = CrcTable::new(600);
+        for p in table.missing_pages(0, 600).collect::<Vec<_>>() {
+            table.fill_page(p, &[0u8; 4096]);
+        }
+        table.advance(599, &[5]);
+        table.grow(5000);
+        assert_eq!(table.blocks(), 5000);
+        assert_eq!(table.get(599).current, 5, "an entry cached before the grow");
+        // Block 1023 shares its page with block 599: cached already, as unwritten.
+        assert_eq!(table.missing_pages(0, 1024).count(), 0);
+        assert_eq!(table.get(1023), Entry::UNWRITTEN);
+        assert_eq!(table.missing_pages(0, 5000).count(), 10 - 2);
     }
 }

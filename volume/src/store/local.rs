@@ -12,10 +12,15 @@
 //! Reads take no lock: they read the blocks, then check each against its entry. A read racing
 //! two writes of the same block can see an entry two steps ahead of the data it read, so a
 //! mismatch is re-checked once under the range lock before it is reported as corruption.
+//!
+//! A volume grows while it serves IO (see [`ExtentStore::grow_volume`](super::ExtentStore)):
+//! its files are extended first, durably, then the catalog records the new size, and only then
+//! does the size the range checks use move, so no IO reaches the new range before the grow is
+//! durable, and none in the old range waits for it.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
@@ -38,7 +43,8 @@ pub struct LocalVolume {
 
 struct Inner {
     name: String,
-    size: u64,
+    /// The size range checks use: raised by a grow once it is durable, never lowered.
+    size: AtomicU64,
     data: Arc<dyn BlockFile>,
     crc: Arc<dyn BlockFile>,
     table: CrcTable,
@@ -131,7 +137,7 @@ impl LocalVolume {
         let data = open(&data_path, DATA_OPEN)?;
         let crc = open(&crc_path, CRC_OPEN)?;
         let blocks = size / BS;
-        let crc_len = blocks.div_ceil(ENTRIES_PER_PAGE) * ENTRIES_PER_PAGE * ENTRY_BYTES;
+        let crc_len = crc_file_len(size);
         if create {
             data.set_len(size)
                 .await
@@ -152,16 +158,27 @@ impl LocalVolume {
                 dl.map_err(|e| StoreError::io("stat data", e))?,
                 cl.map_err(|e| StoreError::io("stat crc", e))?,
             );
-            if dl != size || cl != crc_len {
+            if dl < size || cl < crc_len {
                 return Err(StoreError::Corrupt(format!(
                     "volume {name}: data is {dl} bytes (want {size}), crc is {cl} bytes (want {crc_len})"
                 )));
+            }
+            if dl > size || cl > crc_len {
+                // A grow that stopped before the catalog recorded it: its files were extended,
+                // and nothing was written past the old end, which only the catalog's record
+                // would have allowed. Back to the recorded size.
+                tracing::warn!(volume = %name, data_bytes = dl, size_bytes = size, "undoing a grow that did not finish");
+                for (file, path, len) in [(&data, &data_path, size), (&crc, &crc_path, crc_len)] {
+                    file.set_len(len)
+                        .await
+                        .map_err(|e| StoreError::io(format!("size {}", path.display()), e))?;
+                }
             }
         }
         Ok(LocalVolume {
             inner: Arc::new(Inner {
                 name,
-                size,
+                size: AtomicU64::new(size),
                 data,
                 crc,
                 table: CrcTable::new(blocks),
@@ -172,7 +189,41 @@ impl LocalVolume {
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.inner.size
+        self.inner.size()
+    }
+
+    /// First step of a grow to `size` bytes: extends the data and crc files and makes their
+    /// lengths durable. The volume keeps serving its old size; the new range is refused until
+    /// [`LocalVolume::grown`]. Idempotent, so a grow that failed part-way can be retried.
+    pub(crate) async fn extend_files(&self, size: u64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        assert!(
+            size > inner.size() && size.is_multiple_of(BS),
+            "a grow to {size}"
+        );
+        for (file, what, len) in [
+            (&inner.data, "data", size),
+            (&inner.crc, "crc", crc_file_len(size)),
+        ] {
+            file.set_len(len).await.map_err(|e| {
+                StoreError::io(format!("grow the {what} file of {}", inner.name), e)
+            })?;
+            // Durable before the catalog names the new size, as at create.
+            file.sync_data().await.map_err(|e| {
+                StoreError::io(format!("sync the {what} file of {}", inner.name), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Last step of a grow: the files were extended and the catalog records `size`, so the new
+    /// range is served from now on (it reads as zeros until written).
+    pub(crate) fn grown(&self, size: u64) {
+        let inner = &self.inner;
+        assert!(size > inner.size(), "a grow to {size}");
+        // The table first: a request that sees the new size finds entries for its blocks.
+        inner.table.grow(size / BS);
+        inner.size.store(size, Ordering::Release);
     }
 
     pub fn checksum_errors(&self) -> u64 {
@@ -180,7 +231,16 @@ impl LocalVolume {
     }
 }
 
+/// Length of the `crc` file of a volume of `size` bytes: whole pages of entries.
+fn crc_file_len(size: u64) -> u64 {
+    (size / BS).div_ceil(ENTRIES_PER_PAGE) * ENTRIES_PER_PAGE * ENTRY_BYTES
+}
+
 impl Inner {
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
     /// Checks a read or write: within the volume and within the IO size limit.
     fn check_io(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         if len > u64::from(IO_SIZE_MAX_BYTES) {
@@ -193,13 +253,10 @@ impl Inner {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        let size = self.size();
         match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(VolumeError::OutOfRange {
-                offset,
-                len,
-                size: self.size,
-            }),
+            Some(end) if end <= size => Ok(()),
+            _ => Err(VolumeError::OutOfRange { offset, len, size }),
         }
     }
 
@@ -459,15 +516,10 @@ impl Inner {
         offset: u64,
         len: u64,
     ) -> Result<Vec<Extent>, VolumeError> {
+        let size = self.size();
         match offset.checked_add(len) {
-            Some(end) if end <= self.size && len > 0 => {}
-            _ => {
-                return Err(VolumeError::OutOfRange {
-                    offset,
-                    len,
-                    size: self.size,
-                });
-            }
+            Some(end) if end <= size && len > 0 => {}
+            _ => return Err(VolumeError::OutOfRange { offset, len, size }),
         }
         const DATA: ExtentState = ExtentState {
             hole: false,
@@ -506,7 +558,7 @@ impl BlockVolume for LocalVolume {
     }
 
     fn size(&self) -> u64 {
-        self.inner.size
+        self.inner.size()
     }
 
     fn max_io_bytes(&self) -> u32 {

@@ -30,6 +30,7 @@ pub mod catalog;
 pub mod crc_table;
 pub mod local;
 pub mod range_lock;
+mod segments;
 
 pub use local::LocalVolume;
 
@@ -56,6 +57,14 @@ pub enum StoreError {
     InvalidSize { name: String, size: u64 },
     #[error("volume {name} already exists with size {size}")]
     AlreadyExists { name: String, size: u64 },
+    #[error(
+        "volume {name} is {size} bytes: shrinking it to {requested} is refused, it would drop data"
+    )]
+    Shrink {
+        name: String,
+        size: u64,
+        requested: u64,
+    },
     #[error("volume {0} does not exist")]
     NotFound(String),
     #[error("data directory {0} is in use by another process")]
@@ -98,8 +107,8 @@ pub struct ExtentStore {
     disk: Arc<dyn Disk>,
     volumes: Mutex<BTreeMap<String, Arc<LocalVolume>>>,
     stats: Arc<StoreStats>,
-    /// Held by a create or a delete from its check to its catalog update, so that two of them
-    /// never write the catalog from the same old list.
+    /// Held by a create, a grow or a delete from its check to its catalog update, so that two
+    /// of them never write the catalog from the same old list.
     catalog_change: tokio::sync::Mutex<()>,
     _lock: fs::File,
 }
@@ -253,6 +262,45 @@ impl ExtentStore {
             }),
             None => self.create_volume(name, size).await,
         }
+    }
+
+    /// Grows volume `name` to `size` bytes, keeping its data; the new range reads as zeros. IO
+    /// goes on meanwhile, and the new range is refused until the grow is durable. In order:
+    /// the files are extended and synced, the catalog records the new size (replaced
+    /// atomically), the volume serves it. A crash before the catalog's replace leaves the old
+    /// size, and the next open cuts the files back to it. Growing to the current size does
+    /// nothing; a smaller size is refused ([`StoreError::Shrink`]).
+    pub async fn grow_volume(&self, name: &str, size: u64) -> Result<Arc<LocalVolume>, StoreError> {
+        validate_size(name, size)?;
+        let _changing = self.catalog_change.lock().await;
+        let vol = self
+            .volume(name)
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let old = vol.size_bytes();
+        if size < old {
+            return Err(StoreError::Shrink {
+                name: name.to_string(),
+                size: old,
+                requested: size,
+            });
+        }
+        if size == old {
+            return Ok(vol);
+        }
+        vol.extend_files(size).await?;
+        let mut records = records_of(self.volumes.lock().expect("volumes").values());
+        for r in records.iter_mut().filter(|r| r.name == name) {
+            r.size_bytes = size;
+        }
+        catalog::store(&*self.disk, &self.dir, &records).await?;
+        vol.grown(size);
+        tracing::info!(
+            volume = name,
+            from_bytes = old,
+            size_bytes = size,
+            "volume grown"
+        );
+        Ok(vol)
     }
 
     /// Deletes a volume and its data.

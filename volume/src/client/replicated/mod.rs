@@ -6,7 +6,7 @@
 //! for a group); `mutate` fans writes, trims, zeroings and flushes out; `read` reads with
 //! failover; `resync` brings stale replicas back; `repair` rewrites bad blocks; `reconcile`
 //! makes the live replicas agree when a new writer takes a volume over; `probe` finds a
-//! replica that restarted while the volume was idle.
+//! replica that restarted while the volume was idle; `grow` follows a resize.
 //!
 //! [`Membership`]: crate::client::membership::Membership
 
@@ -29,6 +29,7 @@ use super::membership::Event;
 use super::pool::ReplicaPool;
 use super::{AclObserver, ActingSets, ClientConfig, ClientConfigError, IO_SIZE_MAX_BYTES};
 
+mod grow;
 mod ledger;
 mod members;
 mod mutate;
@@ -39,6 +40,7 @@ mod repair;
 mod resync;
 mod vouch;
 
+pub use grow::Growth;
 use members::{Members, Replica};
 pub use resync::{RESYNC_BYTES_PER_SEC_MAX, ResyncReport};
 
@@ -52,7 +54,11 @@ pub struct ReplicatedVolume {
 }
 
 struct Inner {
+    /// Its `size_bytes` is the size at construction; `size_bytes` below is the current one.
     config: ClientConfig,
+    /// The volume's size: raised by [`ReplicatedVolume::grow`] while every group is held (see
+    /// `group_locks`), never lowered.
+    size_bytes: AtomicU64,
     /// Per group (PG), its current members.
     groups: Vec<RwLock<Members>>,
     /// Per group: woken whenever a member's state or the member list changes, for the writes
@@ -69,7 +75,9 @@ struct Inner {
     locks: Arc<RangeLock>,
     /// Per group: every mutation holds it shared while it runs, and a resync takes it
     /// exclusively to wait out the writes in flight, without stopping other groups' writes.
-    /// tokio's lock is fair, so a waiting resync is not starved by a stream of writes.
+    /// tokio's lock is fair, so a waiting resync is not starved by a stream of writes. A grow
+    /// holds them all, in ascending order like a mutation, so the size stays put while any
+    /// one is held.
     group_locks: Vec<tokio::sync::RwLock<()>>,
 }
 
@@ -136,6 +144,7 @@ impl ReplicatedVolume {
             .collect();
         let inner = Inner {
             config,
+            size_bytes: AtomicU64::new(size_bytes),
             groups,
             group_changed: (0..n).map(|_| Notify::new()).collect(),
             pool,
@@ -221,15 +230,7 @@ impl ReplicatedVolume {
         count: u32,
     ) -> Result<Vec<ExtentVersion>, VolumeError> {
         assert!(count <= VERSIONS_PER_REQUEST_MAX);
-        let link = (0..self.inner.groups.len())
-            .find_map(|g| {
-                let members = self.inner.members(g);
-                members
-                    .iter()
-                    .find(|r| r.addr() == replica)
-                    .map(|r| Arc::clone(&r.link))
-            })
-            .ok_or_else(|| VolumeError::Io(format!("{replica} is not a replica of this volume")))?;
+        let link = self.inner.link_of(replica)?;
         self.inner.versions(&link, first, count, Reach::Probe).await
     }
 }
@@ -330,14 +331,16 @@ impl Inner {
         }
     }
 
+    /// The volume's current size.
+    fn size(&self) -> u64 {
+        self.size_bytes.load(Ordering::Acquire)
+    }
+
     fn check_range(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        let size = self.size();
         match offset.checked_add(len) {
-            Some(end) if end <= self.config.size_bytes => Ok(()),
-            _ => Err(VolumeError::OutOfRange {
-                offset,
-                len,
-                size: self.config.size_bytes,
-            }),
+            Some(end) if end <= size => Ok(()),
+            _ => Err(VolumeError::OutOfRange { offset, len, size }),
         }
     }
 
@@ -354,6 +357,19 @@ impl Inner {
                 .fenced(self.volume(), self.config.attach_epoch, current);
         }
         self.check_open().expect_err("just fenced")
+    }
+
+    /// The link to `replica`, which must be a member of some group.
+    fn link_of(&self, replica: SocketAddr) -> Result<Arc<Link>, VolumeError> {
+        (0..self.groups.len())
+            .find_map(|g| {
+                let members = self.members(g);
+                members
+                    .iter()
+                    .find(|r| r.addr() == replica)
+                    .map(|r| Arc::clone(&r.link))
+            })
+            .ok_or_else(|| VolumeError::Io(format!("{replica} is not a replica of this volume")))
     }
 
     /// The current members of `group`.
@@ -373,7 +389,7 @@ impl BlockVolume for ReplicatedVolume {
     }
 
     fn size(&self) -> u64 {
-        self.inner.config.size_bytes
+        self.inner.size()
     }
 
     fn max_io_bytes(&self) -> u32 {
@@ -438,7 +454,7 @@ impl BlockVolume for ReplicatedVolume {
                 return Err(VolumeError::OutOfRange {
                     offset,
                     len,
-                    size: inner.config.size_bytes,
+                    size: inner.size(),
                 });
             }
             inner.check_range(offset, len)?;

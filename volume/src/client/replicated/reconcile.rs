@@ -31,6 +31,8 @@ impl ReplicatedVolume {
     pub async fn reconcile(&self) -> Result<u64, VolumeError> {
         let inner = &self.inner;
         inner.check_open()?;
+        // One size for the whole pass: every replica's versions are read for it.
+        let size = inner.size();
         let mut copied = 0;
         for group in 0..inner.groups.len() {
             let live: Vec<_> = inner
@@ -47,7 +49,7 @@ impl ReplicatedVolume {
             let mut answered = Vec::with_capacity(live.len());
             let mut versions = Vec::with_capacity(live.len());
             for r in live {
-                match inner.all_versions(&r).await {
+                match inner.all_versions(&r, size).await {
                     Ok(v) => {
                         versions.push(v);
                         answered.push(r);
@@ -60,7 +62,7 @@ impl ReplicatedVolume {
             if live.len() < 2 {
                 continue;
             }
-            let extents = inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
+            let extents = size.div_ceil(EXTENT_SIZE_BYTES);
             for e in (0..extents).filter(|&e| inner.group_of(e) == group) {
                 let at = |i: usize| versions[i][e as usize];
                 // A replica that cannot vouch for the extent is no source while one that can
@@ -77,7 +79,7 @@ impl ReplicatedVolume {
                     })
                     .collect();
                 let offset = e * EXTENT_SIZE_BYTES;
-                let len = (inner.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
+                let len = (size - offset).min(EXTENT_SIZE_BYTES) as u32;
                 if !differs.contains(&true) && (0..live.len()).any(|i| at(i).recent) {
                     // Equal versions, but written recently: a write that reached some replicas
                     // only may hide under a later one that reached all. Compare contents.

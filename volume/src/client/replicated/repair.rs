@@ -44,7 +44,7 @@ impl Inner {
         let end = (offset + u64::from(len)).div_ceil(LOCK_BLOCK_BYTES);
         let _held = self.locks.lock(first, end).await;
         let start = first * LOCK_BLOCK_BYTES;
-        let span = ((end * LOCK_BLOCK_BYTES).min(self.config.size_bytes) - start) as u32;
+        let span = ((end * LOCK_BLOCK_BYTES).min(self.size()) - start) as u32;
         let replica = bad.addr();
         match self.copy_range(&good, &bad, start, span).await {
             Ok(bytes) => {

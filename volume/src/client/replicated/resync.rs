@@ -120,12 +120,15 @@ impl ReplicatedVolume {
                     "{target} is no stale replica of group {group} (or is resynced already)"
                 ))
             })?;
+        // The size the resync works over: it stays put while the group is held (see `grow`),
+        // and a grow before the group is first held starts the resync over.
+        let size = inner.size();
         // The replica's versions before it takes any write: once it catches up, a write to an
         // extent it lacks older writes of would give it the source's version of that extent.
-        let before = inner.all_versions(&t).await?;
+        let before = inner.all_versions(&t, size).await?;
         let t_power_epoch = inner.power_epoch(&t).await?;
 
-        let extents: Vec<u64> = (0..inner.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES))
+        let extents: Vec<u64> = (0..size.div_ceil(EXTENT_SIZE_BYTES))
             .filter(|&e| inner.group_of(e) == group)
             .collect();
         if !inner.members(group).iter().any(|r| r.is_live()) {
@@ -154,7 +157,16 @@ impl ReplicatedVolume {
         // extent until the resync succeeds, also when the comparison itself fails part-way.
         let (differing, _catching_up) = {
             let _held = inner.group_locks[group].write().await;
-            let differing = inner.differing(group, &before, &extents, &missed).await?;
+            // Writes past `size` may have been acknowledged without the replica: from here on
+            // it catches up with every write, but not with those.
+            if inner.size() != size {
+                return Err(VolumeError::Io(format!(
+                    "the volume grew from {size} bytes as the resync of {target} started; it starts over"
+                )));
+            }
+            let differing = inner
+                .differing(group, &before, &extents, &missed, size)
+                .await?;
             t.ledger().may_lack(&differing);
             (differing, CatchingUp::start(inner, group, &t))
         };
@@ -213,8 +225,10 @@ impl ReplicatedVolume {
             )));
         }
         let late_missed: BTreeSet<u64> = t.ledger().missed().difference(&missed).copied().collect();
-        let now = inner.all_versions(&t).await?;
-        let late = inner.differing(group, &now, &extents, &late_missed).await?;
+        let now = inner.all_versions(&t, size).await?;
+        let late = inner
+            .differing(group, &now, &extents, &late_missed, size)
+            .await?;
         missed.extend(late_missed);
         for &e in &late {
             report.bytes_copied += inner.copy_extent(group, &t, e, t_power_epoch).await?;
@@ -275,7 +289,7 @@ impl Inner {
     /// Lock blocks covering extent `e`.
     pub(super) fn extent_lock(&self, e: u64) -> (u64, u64) {
         let start = e * EXTENT_SIZE_BYTES;
-        let end = (start + EXTENT_SIZE_BYTES).min(self.config.size_bytes);
+        let end = (start + EXTENT_SIZE_BYTES).min(self.size());
         (start / LOCK_BLOCK_BYTES, end.div_ceil(LOCK_BLOCK_BYTES))
     }
 
@@ -288,7 +302,8 @@ impl Inner {
             .ok_or_else(|| VolumeError::Io(format!("group {group} has no live replica")))
     }
 
-    /// Extents among `extents` whose version in `target` (the stale replica's versions)
+    /// Extents among `extents` (of a volume of `size` bytes, which `target` was read for)
+    /// whose version in `target` (the stale replica's versions)
     /// differs from the source's, that the target cannot vouch for, or that are in `missed`;
     /// also those the source's own ledger says it may lack (it stayed in the acting set
     /// through a refused removal, say): whatever the target holds there must become what the
@@ -299,10 +314,11 @@ impl Inner {
         target: &[ExtentVersion],
         extents: &[u64],
         missed: &BTreeSet<u64>,
+        size: u64,
     ) -> Result<Vec<u64>, VolumeError> {
         let s = self.source(group)?;
         let source_missed = s.ledger().missed();
-        let source = self.all_versions(&s).await?;
+        let source = self.all_versions(&s, size).await?;
         Ok(extents
             .iter()
             .copied()
@@ -316,13 +332,14 @@ impl Inner {
             .collect())
     }
 
-    /// Versions of every extent of the volume on `replica`.
+    /// Versions of every extent of the volume at `size` bytes on `replica`.
     pub(super) async fn all_versions(
         &self,
         replica: &Replica,
+        size: u64,
     ) -> Result<Vec<ExtentVersion>, VolumeError> {
         let link = &replica.link;
-        let total = self.config.size_bytes.div_ceil(EXTENT_SIZE_BYTES);
+        let total = size.div_ceil(EXTENT_SIZE_BYTES);
         let mut out = Vec::with_capacity(total as usize);
         let mut first = 0;
         while first < total {
@@ -375,7 +392,7 @@ impl Inner {
             }
         }
         let offset = e * EXTENT_SIZE_BYTES;
-        let len = (self.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
+        let len = (self.size() - offset).min(EXTENT_SIZE_BYTES) as u32;
         let copied = match &vouched {
             Some(s) => self.copy_range(s, t, offset, len).await,
             None => Err(VolumeError::Io(format!(
@@ -421,7 +438,7 @@ impl Inner {
             let (source, target) = (&s.link, &t.link);
             // The source never wrote the extent, so the target cannot hold a newer
             // acknowledged write of it.
-            let extent_end = ((e + 1) * EXTENT_SIZE_BYTES).min(self.config.size_bytes);
+            let extent_end = ((e + 1) * EXTENT_SIZE_BYTES).min(self.size());
             if offset == e * EXTENT_SIZE_BYTES && offset + u64::from(len) == extent_end {
                 let reset = self.header(Op::Trim, offset, len, 0, WriteVersion::NONE);
                 tracing::debug!(volume = %self.config.volume, extent = e, from = %source.addr(), to = %target.addr(), "resetting an extent the source never wrote");

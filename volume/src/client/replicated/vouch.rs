@@ -115,7 +115,7 @@ impl Inner {
         e: u64,
     ) -> Result<u64, VolumeError> {
         let offset = e * EXTENT_SIZE_BYTES;
-        let len = (self.config.size_bytes - offset).min(EXTENT_SIZE_BYTES) as u32;
+        let len = (self.size() - offset).min(EXTENT_SIZE_BYTES) as u32;
         let version = self.next_version();
         for s in self.members(group).iter().filter(|r| r.is_live()) {
             if let Err(why) = self.copy_stamped(t, s, offset, len, version).await {
