@@ -1,3 +1,4 @@
 //! Shared helpers of the tools binaries.
 
 pub mod group;
+pub mod movement;

@@ -15,8 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Attachment, Health, NodeId, NodeRecord, NodeRegistration, Participation, Pool, PoolSpec,
-    RebuildProgress, Volume, VolumeSpec,
+    Attachment, DiskMove, Health, NodeId, NodeRecord, NodeRegistration, Participation, Pool,
+    PoolSpec, RebuildProgress, Volume, VolumeSpec,
 };
 
 /// A change of the cluster state, tagged with the version of its encoding.
@@ -131,6 +131,19 @@ pub enum CommandV1 {
         node: NodeId,
         health: Health,
     },
+    /// Starts (or ends) the drain of `node`: it takes no new replicas and its PGs move away,
+    /// each staying on it until the replica that replaces it is current.
+    SetDraining {
+        node: NodeId,
+        draining: bool,
+    },
+    /// Moves replicas of pool `pool` from disk to disk as the balancer planned them at the
+    /// pool's map epoch `pool_epoch` (refused once the map moved on), by adding overrides.
+    Rebalance {
+        pool: String,
+        pool_epoch: u64,
+        moves: Vec<DiskMove>,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -206,6 +219,19 @@ impl std::fmt::Display for CommandV1 {
             CommandV1::DeleteVolume { name } => write!(f, "delete volume {name}"),
             CommandV1::DeletePool { name } => write!(f, "delete pool {name}"),
             CommandV1::SetHealth { node, health } => write!(f, "mark node {node} {health:?}"),
+            CommandV1::SetDraining { node, draining } => match draining {
+                true => write!(f, "drain node {node}"),
+                false => write!(f, "end the drain of node {node}"),
+            },
+            CommandV1::Rebalance {
+                pool,
+                pool_epoch,
+                moves,
+            } => write!(
+                f,
+                "move {} replicas of pool {pool} (planned at map epoch {pool_epoch})",
+                moves.len()
+            ),
             CommandV1::AttachVolume {
                 name,
                 client,

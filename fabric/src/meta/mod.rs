@@ -18,10 +18,12 @@
 //!
 //! Architecture invariant: prost types never cross into [`state`], [`command`] or [`model`].
 
+pub mod balance;
 pub mod changes;
 pub mod client;
 pub mod command;
 pub mod detector;
+pub mod handover;
 pub mod launch;
 pub mod liveness;
 pub mod member;

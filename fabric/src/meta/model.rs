@@ -133,6 +133,25 @@ pub struct PgMap {
     pub pgs: Vec<Vec<NodeId>>,
     /// `disks[pg]` lists the disks (placement bucket ids) of the same replicas, in order.
     pub disks: Vec<Vec<u32>>,
+    /// `leaving[pg]`: replicas that placement moved away from `pg` but that stay in it (at
+    /// the end of `pgs[pg]`, serving reads and taking writes) until the replicas that arrived
+    /// in their place are current for every volume; see `meta::handover`.
+    #[serde(default)]
+    pub leaving: BTreeMap<u32, BTreeSet<NodeId>>,
+}
+
+impl PgMap {
+    /// The replicas placement puts in `pg` (its list without the leaving ones).
+    pub fn targets(&self, pg: u32) -> Vec<NodeId> {
+        let leaving = self.leaving.get(&pg);
+        self.pgs
+            .get(pg as usize)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|n| leaving.is_none_or(|l| !l.contains(n)))
+            .collect()
+    }
 }
 
 /// A pool as the cluster knows it.
@@ -142,6 +161,18 @@ pub struct Pool {
     pub id: u32,
     pub spec: PoolSpec,
     pub map: PgMap,
+    /// The balancer's exceptions to placement ("PG 7 uses disk 12 instead of disk 4"), applied
+    /// on top of every PG map computed for the pool.
+    #[serde(default)]
+    pub overrides: placement::Overrides,
+}
+
+/// One replica of a PG moved from one disk to another (placement bucket ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskMove {
+    pub pg: u32,
+    pub from_disk: u32,
+    pub to_disk: u32,
 }
 
 /// A volume as requested.

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use placement::{BucketSpec, ClusterMap, Edit, MapSpec, State, WEIGHT_UNITS_PER_WEIGHT};
+use placement::{BucketSpec, ClusterMap, Edit, MapSpec, Overrides, State, WEIGHT_UNITS_PER_WEIGHT};
 use serde::{Deserialize, Serialize};
 
 use super::command::CommandError;
@@ -310,15 +310,15 @@ impl Topology {
         }))
     }
 
-    /// The PG map of pool `pool_id` under `rule`, computed on the current cluster map. An
-    /// unsatisfiable rule is a `FailedPrecondition` naming the pool.
-    pub fn pg_map(
+    /// The cluster map and pool `pool_id` compiled under `rule` on it. An unsatisfiable rule
+    /// is a `FailedPrecondition` naming the pool.
+    pub fn placement_pool(
         &self,
         pool_id: u32,
         name: &str,
         rule: &Rule,
         pg_count: u32,
-    ) -> Result<PgMap, CommandError> {
+    ) -> Result<(ClusterMap, placement::Pool), CommandError> {
         let map = self.cluster_map()?.ok_or_else(|| {
             CommandError::FailedPrecondition(format!("pool {name}: no node has registered a disk"))
         })?;
@@ -337,18 +337,41 @@ impl Topology {
             }
             _ => CommandError::InvalidArgument(e.to_string()),
         })?;
-        let computed = placement::PgMap::compute(&map, &pool, None)
+        Ok((map, pool))
+    }
+
+    /// The PG map of pool `pool_id` under `rule` with the balancer's `overrides`, computed on
+    /// the current cluster map: where placement puts every replica, without the replicas
+    /// still leaving their PGs.
+    pub fn pg_map(
+        &self,
+        pool_id: u32,
+        name: &str,
+        rule: &Rule,
+        pg_count: u32,
+        overrides: &Overrides,
+    ) -> Result<PgMap, CommandError> {
+        let (map, pool) = self.placement_pool(pool_id, name, rule, pg_count)?;
+        // Overrides are kept only for the pool they were written for.
+        let overrides = (overrides.pool == pool_id).then_some(overrides);
+        let computed = placement::PgMap::compute(&map, &pool, overrides)
             .map_err(|e| CommandError::FailedPrecondition(e.to_string()))?;
+        Ok(self.named(&computed))
+    }
+
+    /// `computed` with every replica named by its node as well as its disk.
+    pub fn named(&self, computed: &placement::PgMap) -> PgMap {
         let disks: Vec<Vec<u32>> = computed.iter().map(|(_, r)| r.to_vec()).collect();
         let pgs = disks
             .iter()
             .map(|r| r.iter().map(|d| self.disk_owner[d]).collect())
             .collect();
-        Ok(PgMap {
+        PgMap {
             epoch: 0,
             map_epoch: computed.epoch(),
             pgs,
             disks,
-        })
+            leaving: BTreeMap::new(),
+        }
     }
 }

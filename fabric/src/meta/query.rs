@@ -4,6 +4,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::balance::{self, Budget, Plan};
+use super::command::CommandError;
 use super::model::{NodeId, NodeRecord, Pool, Volume};
 use super::state::ClusterState;
 
@@ -16,6 +18,12 @@ pub enum Query {
     Volume(String),
     /// Everything a driver needs to serve the volume, at one applied index.
     VolumeMap(String),
+    /// What the balancer would move in a pool within a budget.
+    BalancePlan {
+        pool: String,
+        moves_max: usize,
+        bytes_max: u64,
+    },
 }
 
 /// A volume with its pool (and PG map) and the nodes that map names, all read at one applied
@@ -29,13 +37,14 @@ pub struct VolumeMap {
 }
 
 /// The answer to a [`Query`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum QueryReply {
     Nodes(Vec<NodeRecord>),
     Pools(Vec<Pool>),
     Volumes(Vec<Volume>),
     Volume(Option<Volume>),
     VolumeMap(Option<Box<VolumeMap>>),
+    BalancePlan(Result<Plan, CommandError>),
 }
 
 /// Evaluates `query` against `state`, which has applied the log up to `applied_index`.
@@ -46,6 +55,18 @@ pub fn evaluate(state: &ClusterState, applied_index: u64, query: &Query) -> Quer
         Query::Pools => QueryReply::Pools(state.pools.values().cloned().collect()),
         Query::Volumes => QueryReply::Volumes(state.volumes.values().cloned().collect()),
         Query::Volume(name) => QueryReply::Volume(state.volumes.get(name).cloned()),
+        Query::BalancePlan {
+            pool,
+            moves_max,
+            bytes_max,
+        } => QueryReply::BalancePlan(balance::plan(
+            state,
+            pool,
+            Budget {
+                moves_max: *moves_max,
+                bytes_max: *bytes_max,
+            },
+        )),
     }
 }
 

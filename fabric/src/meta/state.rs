@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::changes::{Change, Journal};
 use super::command::{Applied, Command, CommandError, CommandV1, FENCED_WORDS, Outcome};
+use super::handover::{self, Remapped};
 use super::model::{
     Attachment, EXTENT_SIZE_MAX_BYTES, Health, NAME_LEN_MAX, NodeId, NodeRecord, NodeRegistration,
     PG_COUNT_MAX, Participation, PgMap, Pool, PoolSpec, REPLICAS_MAX, RebuildProgress,
@@ -118,6 +119,12 @@ impl ClusterState {
             CommandV1::RegisterNode(r) => self.register_node(r),
             CommandV1::Heartbeat { node, at_ms } => self.heartbeat(*node, *at_ms),
             CommandV1::SetHealth { node, health } => self.set_health(*node, *health),
+            CommandV1::SetDraining { node, draining } => self.set_draining(*node, *draining),
+            CommandV1::Rebalance {
+                pool,
+                pool_epoch,
+                moves,
+            } => self.rebalance(pool, *pool_epoch, moves),
             CommandV1::CreatePool(spec) => self.create_pool(spec),
             CommandV1::CreateVolume(spec) => self.create_volume(spec),
             CommandV1::ResizeVolume { name, size_bytes } => self.resize_volume(name, *size_bytes),
@@ -217,27 +224,37 @@ impl ClusterState {
         Ok(Applied::Node(record))
     }
 
-    /// Marks `node` in or out of placement and re-places the PGs that change; as on any
-    /// topology change, a pool whose rule the new topology cannot meet keeps its map.
+    /// Marks `node` in or out of placement and re-places the PGs that change.
     fn set_participation(&mut self, node: NodeId, participation: Participation) -> Outcome {
+        self.replace_node(node, |r| r.participation = participation)
+    }
+
+    /// Starts or ends the drain of `node`: a draining node takes no new replicas and its PGs
+    /// move away, each staying on it until its successor is current.
+    fn set_draining(&mut self, node: NodeId, draining: bool) -> Outcome {
+        self.replace_node(node, |r| r.draining = draining)
+    }
+
+    /// Changes `node`'s record with `change` and re-places the PGs that change; as on any
+    /// topology change, a pool whose rule the new topology cannot meet keeps its map, and a
+    /// refused remap leaves the record as it was.
+    fn replace_node(&mut self, node: NodeId, change: impl FnOnce(&mut NodeRecord)) -> Outcome {
         let record = self
             .nodes
             .get_mut(&node)
             .ok_or_else(|| CommandError::NotFound(format!("node {node}")))?;
-        if record.participation == participation {
-            return Ok(Applied::Node(record.clone()));
+        let old = record.clone();
+        change(record);
+        if *record == old {
+            return Ok(Applied::Node(old));
         }
-        let old = record.participation;
-        record.participation = participation;
         let record = record.clone();
         let moved = match self.evolve_topology() {
             Ok(evolved) => self.follow_topology(evolved),
             Err(e) => Err(e),
         };
         if let Err(e) = moved {
-            if let Some(r) = self.nodes.get_mut(&node) {
-                r.participation = old;
-            }
+            self.nodes.insert(node, old);
             return Err(e);
         }
         Ok(Applied::Node(record))
@@ -290,21 +307,34 @@ impl ClusterState {
         Ok(())
     }
 
-    /// The new map of every pool `topology` can satisfy (a pool it cannot keeps its last map).
-    /// Refused if a PG of a volume would hold none of the volume's current replicas: the
-    /// replicas that arrive hold none of its data yet, so such a move would leave the PG with
-    /// no copy to serve or rebuild from. The change can go through once the PG's stale
-    /// replicas are restored (and never, in a pool of one replica, for a PG that would move).
-    fn pool_maps(&self, topology: &Topology) -> Result<Vec<Option<PgMap>>, CommandError> {
+    /// The next map of every pool `topology` can satisfy (a pool it cannot keeps its last
+    /// map), with replicas that leave their PGs handed over (see [`handover`]). Refused if a
+    /// PG of a volume would hold none of the volume's current replicas: the replicas that
+    /// arrive hold none of its data yet, so such a move would leave the PG with no copy to
+    /// serve or rebuild from. The change can go through once the PG's stale replicas are
+    /// restored (and never, in a pool of one replica, for a PG that would move).
+    pub(super) fn pool_maps(
+        &self,
+        topology: &Topology,
+    ) -> Result<Vec<Option<Remapped>>, CommandError> {
         let mut maps = Vec::with_capacity(self.pools.len());
         for pool in self.pools.values() {
             let spec = &pool.spec;
-            let Ok(map) = topology.pg_map(pool.id, &spec.name, &spec.rule, spec.pg_count) else {
+            let Ok(target) = topology.pg_map(
+                pool.id,
+                &spec.name,
+                &spec.rule,
+                spec.pg_count,
+                &pool.overrides,
+            ) else {
                 maps.push(None);
                 continue;
             };
-            for v in self.volumes.values().filter(|v| v.spec.pool == spec.name) {
-                for (pg, (before, after)) in pool.map.pgs.iter().zip(&map.pgs).enumerate() {
+            let volumes = self.volumes_of(&spec.name);
+            let remapped = handover::remap(&pool.map, target, &volumes, |n| self.can_serve(n));
+            for v in &volumes {
+                for (pg, (before, after)) in pool.map.pgs.iter().zip(&remapped.map.pgs).enumerate()
+                {
                     let current = v.acting(pg as u32, before);
                     // A PG that stays put is left alone, whatever it holds.
                     if before != after && !after.iter().any(|n| current.contains(n)) {
@@ -316,60 +346,99 @@ impl ClusterState {
                     }
                 }
             }
-            maps.push(Some(map));
+            maps.push(Some(remapped));
         }
         Ok(maps)
     }
 
+    /// The volumes of pool `pool`, in name order.
+    fn volumes_of(&self, pool: &str) -> Vec<&Volume> {
+        self.volumes
+            .values()
+            .filter(|v| v.spec.pool == pool)
+            .collect()
+    }
+
+    /// Whether `node` can keep a replica that leaves its PG: it is in placement and up.
+    fn can_serve(&self, node: NodeId) -> bool {
+        self.nodes
+            .get(&node)
+            .is_some_and(|r| r.participation == Participation::In && r.health == Health::Up)
+    }
+
     /// Puts in place the pools' new maps (in pool order, as [`Self::pool_maps`] gives them);
     /// a pool whose map changes gets a new epoch.
-    fn remap_pools(&mut self, maps: Vec<Option<PgMap>>) {
+    pub(super) fn remap_pools(&mut self, maps: Vec<Option<Remapped>>) {
         assert_eq!(maps.len(), self.pools.len());
-        for (pool, map) in self.pools.values_mut().zip(maps) {
+        for (pool, remapped) in self.pools.values_mut().zip(maps) {
+            let Some(Remapped { map, stale }) = remapped else {
+                continue;
+            };
             let spec = &pool.spec;
-            if let Some(map) = map {
-                let moved = map.disks != pool.map.disks;
-                let pgs: BTreeSet<u32> = (0..map.disks.len().max(pool.map.disks.len()))
-                    .filter(|&pg| map.disks.get(pg) != pool.map.disks.get(pg))
-                    .map(|pg| pg as u32)
-                    .collect();
-                if !pgs.is_empty() || map.map_epoch != pool.map.map_epoch {
-                    self.journal.note(Change::Pool {
-                        name: spec.name.clone(),
-                        pgs: Some(pgs),
-                    });
+            let moved = map.disks != pool.map.disks;
+            let pgs: BTreeSet<u32> = (0..map.disks.len().max(pool.map.disks.len()))
+                .filter(|&pg| map.disks.get(pg) != pool.map.disks.get(pg))
+                .map(|pg| pg as u32)
+                .collect();
+            if !pgs.is_empty() || map.map_epoch != pool.map.map_epoch {
+                self.journal.note(Change::Pool {
+                    name: spec.name.clone(),
+                    pgs: Some(pgs),
+                });
+            }
+            let volumes = self
+                .volumes
+                .values_mut()
+                .filter(|v| v.spec.pool == spec.name);
+            for (v, sets) in volumes.zip(stale) {
+                v.stale = sets;
+                let stale = &v.stale;
+                v.rebuilding
+                    .retain(|r| stale.get(&r.pg).is_some_and(|s| s.contains(&r.node)));
+                if moved {
+                    self.journal.note(Change::Volume(v.spec.name.clone()));
                 }
-                // A replica that stays in its PG stays stale until restored; one that moved
-                // away takes its staleness with it; one that arrives holds none of the data yet,
-                // so it starts stale and is rebuilt by the volume's writer.
-                for v in self
-                    .volumes
-                    .values_mut()
-                    .filter(|v| v.spec.pool == spec.name)
-                {
-                    for (pg, (before, after)) in pool.map.pgs.iter().zip(&map.pgs).enumerate() {
-                        for n in after.iter().filter(|n| !before.contains(n)) {
-                            v.stale.entry(pg as u32).or_default().insert(*n);
-                        }
-                    }
-                    v.stale.retain(|pg, nodes| {
-                        let now = map.pgs.get(*pg as usize);
-                        nodes.retain(|n| now.is_some_and(|r| r.contains(n)));
-                        !nodes.is_empty()
-                    });
-                    let stale = &v.stale;
-                    v.rebuilding
-                        .retain(|r| stale.get(&r.pg).is_some_and(|s| s.contains(&r.node)));
-                    if moved {
-                        self.journal.note(Change::Volume(v.spec.name.clone()));
+            }
+            pool.map = PgMap {
+                epoch: pool.map.epoch + u64::from(moved),
+                ..map
+            };
+        }
+    }
+
+    /// Lets the leaving replicas of `pool` go from every PG whose targets are now current for
+    /// every volume; one new epoch for the pool if any went.
+    fn settle(&mut self, pool: &str) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        if p.map.leaving.is_empty() {
+            return;
+        }
+        let pgs = handover::settled(&p.map, &self.volumes_of(pool));
+        if pgs.is_empty() {
+            return;
+        }
+        let p = self.pools.get_mut(pool).expect("pool looked up above");
+        for &pg in &pgs {
+            let gone = handover::drop_leaving(&mut p.map, pg);
+            for v in self.volumes.values_mut().filter(|v| v.spec.pool == pool) {
+                if let Some(stale) = v.stale.get_mut(&pg) {
+                    stale.retain(|n| !gone.contains(n));
+                    if stale.is_empty() {
+                        v.stale.remove(&pg);
                     }
                 }
-                pool.map = PgMap {
-                    epoch: pool.map.epoch + u64::from(moved),
-                    ..map
-                };
+                v.rebuilding
+                    .retain(|r| r.pg != pg || !gone.contains(&r.node));
+                self.journal.note(Change::Volume(v.spec.name.clone()));
             }
         }
+        p.map.epoch += 1;
+        self.journal.note(Change::Pool {
+            name: pool.to_owned(),
+            pgs: Some(pgs.into_iter().collect()),
+        });
     }
 
     fn create_pool(&mut self, spec: &PoolSpec) -> Outcome {
@@ -407,7 +476,8 @@ impl ClusterState {
             false => None,
         };
         let topology = born.as_ref().unwrap_or(&self.topology);
-        let map = topology.pg_map(id, &spec.name, rule, spec.pg_count)?;
+        let overrides = placement::Overrides::new(id);
+        let map = topology.pg_map(id, &spec.name, rule, spec.pg_count, &overrides)?;
         if let Some(born) = born {
             self.topology = born;
         }
@@ -415,6 +485,7 @@ impl ClusterState {
             id,
             spec: spec.clone(),
             map: PgMap { epoch: 1, ..map },
+            overrides,
         };
         self.next_pool_id += 1;
         self.pools.insert(spec.name.clone(), pool.clone());
@@ -505,7 +576,10 @@ impl ClusterState {
                 a.client
             )));
         }
+        let pool = volume.spec.pool.clone();
         self.volumes.remove(name);
+        // The deleted volume may have been the last one waiting for a replica to arrive.
+        self.settle(&pool);
         Ok(Applied::Deleted)
     }
 
@@ -571,7 +645,8 @@ impl ClusterState {
         Ok(Applied::Volume(v.clone()))
     }
 
-    /// Puts `node`'s replica of `volume` in `pg` back into the acting set. Idempotent.
+    /// Puts `node`'s replica of `volume` in `pg` back into the acting set. Idempotent. The
+    /// last arrival of a PG to become current lets the PG's leaving replicas go.
     fn restore_replica(&mut self, volume: &str, pg: u32, node: NodeId) -> Outcome {
         let (v, _) = self.volume_replica(volume, pg, node)?;
         v.rebuilding.retain(|r| (r.pg, r.node) != (pg, node));
@@ -581,6 +656,9 @@ impl ClusterState {
         {
             v.stale.remove(&pg);
         }
+        let pool = v.spec.pool.clone();
+        self.settle(&pool);
+        let v = self.volumes.get(volume).expect("volume looked up above");
         Ok(Applied::Volume(v.clone()))
     }
 
@@ -715,7 +793,14 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         CommandV1::RegisterNode(r) => Some(Change::Node(r.id)),
         CommandV1::Heartbeat { node, .. }
         | CommandV1::SetHealth { node, .. }
+        | CommandV1::SetDraining { node, .. }
         | CommandV1::SetParticipation { node, .. } => Some(Change::Node(*node)),
+        // The moved PGs are noted by the remap; a plan without moves changes the pool's
+        // record in nothing but its epoch.
+        CommandV1::Rebalance { pool, .. } => Some(Change::Pool {
+            name: pool.clone(),
+            pgs: Some(Default::default()),
+        }),
         CommandV1::CreatePool(spec) => Some(Change::Pool {
             name: spec.name.clone(),
             pgs: None,

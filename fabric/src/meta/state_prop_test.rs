@@ -20,6 +20,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
+use super::balance::{self, Budget};
 use super::command::{Command, CommandError, CommandV1, FENCED_WORDS, Outcome, fencing_epoch};
 use super::model::{
     DiskInfo, Health, Location, NodeId, NodeRegistration, Participation, PoolSpec, RebuildProgress,
@@ -50,10 +51,12 @@ enum Kind {
     SetParticipation,
     DeletePool,
     SetHealth,
+    SetDraining,
+    Rebalance,
     Once,
 }
 
-const PLAIN: [Kind; 18] = [
+const PLAIN: [Kind; 20] = [
     Kind::Register,
     Kind::Heartbeat,
     Kind::CreatePool,
@@ -72,6 +75,8 @@ const PLAIN: [Kind; 18] = [
     Kind::SetParticipation,
     Kind::DeletePool,
     Kind::SetHealth,
+    Kind::SetDraining,
+    Kind::Rebalance,
 ];
 
 /// One step of a run: a kind, three numbers that choose among what the state holds, and
@@ -122,6 +127,8 @@ fn kind() -> impl Strategy<Value = Kind> {
         3 => Just(Kind::SetParticipation),
         1 => Just(Kind::DeletePool),
         2 => Just(Kind::SetHealth),
+        2 => Just(Kind::SetDraining),
+        2 => Just(Kind::Rebalance),
         3 => Just(Kind::Once),
     ]
 }
@@ -293,6 +300,36 @@ fn progress(p: &Pick, pg: u32, node: u64) -> RebuildProgress {
     }
 }
 
+/// A balancer plan for a pool, within a budget of a few moves; flawed, one made at an older
+/// map epoch or with a move onto a disk the PG already uses.
+fn rebalance(s: &ClusterState, p: &Pick) -> CommandV1 {
+    let pool = nth(&["p", "q"], p.a).unwrap().to_string();
+    let budget = Budget {
+        moves_max: 1 + p.b as usize % 8,
+        bytes_max: u64::MAX,
+    };
+    let Ok(plan) = balance::plan(s, &pool, budget) else {
+        return CommandV1::Rebalance {
+            pool,
+            pool_epoch: 0,
+            moves: Vec::new(),
+        };
+    };
+    let mut moves = plan.disk_moves();
+    let mut pool_epoch = plan.pool_epoch;
+    if p.flawed {
+        match (p.c % 2, moves.first_mut()) {
+            (0, Some(m)) => m.to_disk = s.pools[&pool].map.disks[m.pg as usize][0],
+            _ => pool_epoch = pool_epoch.saturating_sub(1),
+        }
+    }
+    CommandV1::Rebalance {
+        pool,
+        pool_epoch,
+        moves,
+    }
+}
+
 /// The command `p` makes against `s`.
 fn command(s: &ClusterState, p: &Pick) -> CommandV1 {
     command_of(s, p, p.kind)
@@ -448,6 +485,11 @@ fn command_of(s: &ClusterState, p: &Pick, kind: Kind) -> CommandV1 {
                 Health::Down
             },
         },
+        Kind::SetDraining => CommandV1::SetDraining {
+            node: node(),
+            draining: !p.b.is_multiple_of(3),
+        },
+        Kind::Rebalance => rebalance(s, p),
         Kind::DeletePool => CommandV1::DeletePool {
             name: if p.flawed {
                 "nope".into()
@@ -507,6 +549,54 @@ fn fenced_by(s: &ClusterState, c: &CommandV1) -> Option<u64> {
 
 /// Checks the invariants of the state itself.
 fn check_state(s: &ClusterState, step: &str) {
+    for (name, pool) in &s.pools {
+        let map = &pool.map;
+        assert_eq!(map.pgs.len(), map.disks.len(), "{step}: pool {name}");
+        for (pg, replicas) in map.pgs.iter().enumerate() {
+            let pg = pg as u32;
+            assert_eq!(
+                replicas.len(),
+                map.disks[pg as usize].len(),
+                "{step}: {name}/{pg}"
+            );
+            let mut distinct = replicas.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(
+                distinct.len(),
+                replicas.len(),
+                "{step}: {name}/{pg} {replicas:?}"
+            );
+            let Some(leaving) = map.leaving.get(&pg) else {
+                continue;
+            };
+            let targets = map.targets(pg);
+            assert!(
+                !leaving.is_empty(),
+                "{step}: {name}/{pg}: empty leaving set"
+            );
+            assert_eq!(
+                &replicas[targets.len()..]
+                    .iter()
+                    .copied()
+                    .collect::<std::collections::BTreeSet<_>>(),
+                leaving,
+                "{step}: {name}/{pg}: leaving replicas follow the targets"
+            );
+            // A replica leaves once its successors are current: a leaving one with nothing to
+            // wait for should have gone.
+            let waiting = s.volumes.values().any(|v| {
+                v.spec.pool == *name
+                    && v.stale
+                        .get(&pg)
+                        .is_some_and(|st| targets.iter().any(|n| st.contains(n)))
+            });
+            assert!(
+                waiting,
+                "{step}: {name}/{pg}: {leaving:?} leave but nothing is stale"
+            );
+        }
+    }
     for (name, v) in &s.volumes {
         let pool = s
             .pools
@@ -826,18 +916,118 @@ fn a_pool_is_deleted_only_when_it_holds_no_volume() {
     assert!(s.pools.is_empty());
 }
 
-/// In a pool of one replica, a node that joins takes PGs whose only copy stays behind: refused
-/// while a volume lives in the pool.
+/// In a pool of one replica, a node that joins takes PGs whose only copy would stay behind.
+/// The copy stays in the PG as leaving, serving, until the newcomer is current; without
+/// volumes there is nothing to hand over and the PG moves at once.
 #[test]
-fn a_node_joining_cannot_move_the_only_replica_of_a_volume() {
+fn a_node_joining_a_one_replica_pool_keeps_the_only_copy_until_its_successor_is_current() {
     let mut s = cluster(1, 1);
-    let before = s.clone();
-    refused_as_leaving_no_current_replica(s.apply(&node(2, 2).into()));
-    assert_eq!(s, before, "a refused registration changes nothing");
+    s.apply(&node(2, 2).into()).expect("join");
+    check_state(&s, "after the join");
+    let map = &s.pools["p"].map;
+    let moved: Vec<u32> = (0..32).filter(|pg| map.targets(*pg) == [2]).collect();
+    assert!(!moved.is_empty(), "the newcomer takes some PGs");
+    for &pg in &moved {
+        assert_eq!(map.pgs[pg as usize], vec![2, 1], "PG {pg}");
+        assert_eq!(s.volumes["v"].acting(pg, &map.pgs[pg as usize]), vec![1]);
+    }
+    let attach = CommandV1::AttachVolume {
+        name: "v".into(),
+        client: "x".into(),
+        force: false,
+    };
+    s.apply(&attach.into()).expect("attach");
+    let epoch = s.pools["p"].map.epoch;
+    for &pg in &moved {
+        let restore = CommandV1::RestoreReplicaV2 {
+            volume: "v".into(),
+            pg,
+            node: 2,
+            attach_epoch: 1,
+        };
+        s.apply(&restore.into()).expect("restore");
+        assert_eq!(
+            s.pools["p"].map.pgs[pg as usize],
+            vec![2],
+            "PG {pg} settled"
+        );
+        check_state(&s, "after a restore");
+    }
+    assert_eq!(s.pools["p"].map.epoch, epoch + moved.len() as u64);
 
-    let delete = CommandV1::DeleteVolume { name: "v".into() };
-    s.apply(&delete.into()).expect("delete");
-    s.apply(&node(2, 2).into())
-        .expect("without volumes the PGs move freely");
+    let mut s = cluster(1, 1);
+    s.apply(&CommandV1::DeleteVolume { name: "v".into() }.into())
+        .expect("delete");
+    s.apply(&node(2, 2).into()).expect("join");
     assert!(s.pools["p"].map.pgs.iter().any(|r| r == &[2]));
+    assert!(s.pools["p"].map.leaving.is_empty());
+}
+
+/// A drained node keeps serving every PG it held until its successor is current, then holds
+/// none; ending the drain brings PGs back the same way.
+#[test]
+fn a_drained_node_leaves_each_pg_once_its_successor_is_current() {
+    let mut s = cluster(4, 3);
+    let attach = CommandV1::AttachVolume {
+        name: "v".into(),
+        client: "x".into(),
+        force: false,
+    };
+    s.apply(&attach.into()).expect("attach");
+    let holds = |s: &ClusterState, n: u64| {
+        s.pools["p"]
+            .map
+            .pgs
+            .iter()
+            .filter(|r| r.contains(&n))
+            .count()
+    };
+    let held = holds(&s, 1);
+    assert!(held > 0);
+    s.apply(
+        &CommandV1::SetDraining {
+            node: 1,
+            draining: true,
+        }
+        .into(),
+    )
+    .expect("drain");
+    check_state(&s, "after the drain started");
+    assert_eq!(
+        holds(&s, 1),
+        held,
+        "a draining node keeps its PGs while they move"
+    );
+    let map = s.pools["p"].map.clone();
+    for pg in 0..32u32 {
+        assert!(
+            !map.targets(pg).contains(&1),
+            "PG {pg} still targets the drained node"
+        );
+        if map.pgs[pg as usize].contains(&1) {
+            let acting = s.volumes["v"].acting(pg, &map.pgs[pg as usize]);
+            assert!(
+                acting.contains(&1),
+                "PG {pg}: the drained node serves until replaced"
+            );
+            assert_eq!(acting.len(), 3, "PG {pg}: no copy lost meanwhile");
+        }
+    }
+    let stale: Vec<(u32, u64)> = s.volumes["v"]
+        .stale
+        .iter()
+        .flat_map(|(pg, nodes)| nodes.iter().map(move |n| (*pg, *n)))
+        .collect();
+    for (pg, node) in stale {
+        let restore = CommandV1::RestoreReplicaV2 {
+            volume: "v".into(),
+            pg,
+            node,
+            attach_epoch: 1,
+        };
+        s.apply(&restore.into()).expect("restore");
+        check_state(&s, "after a restore");
+    }
+    assert_eq!(holds(&s, 1), 0, "drained");
+    assert!(s.pools["p"].map.leaving.is_empty());
 }

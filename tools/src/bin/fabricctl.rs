@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use fabric::meta::client::{Client, discover, new_request_id};
 use proto::meta as pb;
 use serde_json::{Value, json};
+use tools::movement::Movement;
 
 #[derive(Parser)]
 #[command(name = "fabricctl", version, about = "Administer a Fabric cluster")]
@@ -44,6 +45,39 @@ enum Cmd {
     /// Volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// The balancer: what it would move, and moving within a budget.
+    #[command(subcommand)]
+    Balance(BalanceCmd),
+}
+
+#[derive(Subcommand)]
+enum BalanceCmd {
+    /// Shows what the balancer would move in a pool: PGs, bytes, replicas per node before and
+    /// after, and the rule check of the result. Changes nothing.
+    Plan {
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// Most replica moves (default: as many as the balancer wants, up to its limit).
+        #[arg(long)]
+        max_moves: Option<u32>,
+        /// Most bytes moved, e.g. 10GiB (provisioned bytes of the moved PGs).
+        #[arg(long)]
+        max_bytes: Option<String>,
+    },
+    /// Moves what `plan` shows within the budget, then follows the moves (each rebuilt at the
+    /// rebuild's throttled rate) until they are done.
+    Apply {
+        #[arg(long, default_value = "default")]
+        pool: String,
+        #[arg(long, default_value_t = 16)]
+        max_moves: u32,
+        /// Most bytes moved, e.g. 10GiB (default: no limit).
+        #[arg(long)]
+        max_bytes: Option<String>,
+        /// Return once the moves are committed, without following them.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +105,22 @@ enum NodeCmd {
     /// Puts a node back into placement.
     In {
         id: u64,
+    },
+    /// Drains a node: it keeps serving while its PGs move to other nodes, each staying on it
+    /// until its successor is current. Follows the drain until the node holds no replica.
+    Drain {
+        id: u64,
+        /// Return once the drain is committed, without following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Ends a drain: the node takes replicas again (PGs move back the same way). Follows the
+    /// moves until every PG is where placement wants it.
+    Undrain {
+        id: u64,
+        /// Return once the change is committed, without following the moves.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -188,6 +238,83 @@ fn parse_bytes(what: &str, s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("{what} {s:?}"))
 }
 
+async fn set_draining(client: &Client, node: u64, draining: bool) -> anyhow::Result<pb::Node> {
+    Ok(client
+        .call(|mut c| async move {
+            c.set_node_draining(pb::NodeDrainingRequest { node, draining })
+                .await
+        })
+        .await?)
+}
+
+fn balance_request(
+    pool: String,
+    max_moves: u32,
+    max_bytes: Option<String>,
+) -> anyhow::Result<pb::BalanceRequest> {
+    let max_bytes = match max_bytes {
+        Some(b) => match parse_bytes("--max-bytes", &b)? {
+            0 => bail!("--max-bytes must be more than 0"),
+            b => b,
+        },
+        None => 0,
+    };
+    Ok(pb::BalanceRequest {
+        pool,
+        max_moves,
+        max_bytes,
+    })
+}
+
+/// A plan as a diff: the moves, then each node's replicas and bytes before and after.
+fn print_plan(plan: &pb::BalancePlan, as_json: bool) {
+    let moves: Vec<Value> = plan
+        .moves
+        .iter()
+        .map(|m| {
+            json!({
+                "pg": m.pg, "from_node": m.from_node, "from_disk": m.from_disk,
+                "to_node": m.to_node, "to_disk": m.to_disk, "bytes": m.bytes,
+                "from": format!("node {} disk {}", m.from_node, m.from_disk),
+                "to": format!("node {} disk {}", m.to_node, m.to_disk),
+            })
+        })
+        .collect();
+    let nodes: Vec<Value> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node, "replicas_before": n.replicas_before,
+                "replicas_after": n.replicas_after, "bytes_before": n.bytes_before,
+                "bytes_after": n.bytes_after,
+                "replicas": format!("{} -> {}", n.replicas_before, n.replicas_after),
+                "bytes": format!("{} -> {}", n.bytes_before, n.bytes_after),
+            })
+        })
+        .collect();
+    let bytes: u64 = plan.moves.iter().map(|m| m.bytes).sum();
+    let summary = json!({
+        "pool": plan.pool, "pool_epoch": plan.pool_epoch, "applied_epoch": plan.applied_epoch,
+        "moves_planned": plan.moves.len(), "moves_wanted": plan.moves_wanted, "bytes": bytes,
+        "unbalanced_disks_before": plan.unbalanced_disks_before,
+        "unbalanced_disks_after": plan.unbalanced_disks_after,
+        "rule_violations_after": plan.violations_after,
+    });
+    if as_json {
+        let mut all = summary;
+        all["moves"] = Value::Array(moves);
+        all["nodes"] = Value::Array(nodes);
+        println!("{all}");
+        return;
+    }
+    Output::one(summary).print(false);
+    println!();
+    table(&["pg", "from", "to", "bytes"], &moves);
+    println!();
+    table(&["node", "replicas", "bytes"], &nodes);
+}
+
 /// The group's membership after a change.
 fn members_output(r: &pb::MembershipReply) -> Output {
     Output::list(
@@ -242,6 +369,69 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             Output::one(node_json(&n))
         }
+        Cmd::Node(NodeCmd::Drain { id, no_wait }) => {
+            let n = set_draining(&client, id, true).await?;
+            if no_wait {
+                Output::one(node_json(&n))
+            } else {
+                let done = Movement::Drain(id).follow(&client, cli.json).await?;
+                Output::one(json!({"drained": id, "progress": done}))
+            }
+        }
+        Cmd::Node(NodeCmd::Undrain { id, no_wait }) => {
+            let n = set_draining(&client, id, false).await?;
+            if no_wait {
+                Output::one(node_json(&n))
+            } else {
+                let done = Movement::Settle.follow(&client, cli.json).await?;
+                Output::one(json!({"undrained": id, "progress": done}))
+            }
+        }
+        Cmd::Balance(BalanceCmd::Plan {
+            pool,
+            max_moves,
+            max_bytes,
+        }) => {
+            let req = balance_request(pool, max_moves.unwrap_or(0), max_bytes)?;
+            let plan = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.plan_balance(req).await }
+                })
+                .await?;
+            print_plan(&plan, cli.json);
+            return Ok(());
+        }
+        Cmd::Balance(BalanceCmd::Apply {
+            pool,
+            max_moves,
+            max_bytes,
+            no_wait,
+        }) => {
+            if max_moves == 0 {
+                bail!("--max-moves must be at least 1");
+            }
+            let req = balance_request(pool, max_moves, max_bytes)?;
+            let plan = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.apply_balance(req).await }
+                })
+                .await?;
+            print_plan(&plan, cli.json);
+            if !no_wait && !plan.moves.is_empty() {
+                let movement = Movement::Pool {
+                    pool: plan.pool.clone(),
+                    pgs: plan.moves.iter().map(|m| m.pg).collect(),
+                };
+                let done = movement.follow(&client, cli.json).await?;
+                Output::one(
+                    json!({"balanced": plan.pool, "moves": plan.moves.len(), "progress": done}),
+                )
+                .print(cli.json);
+            }
+            return Ok(());
+        }
         Cmd::Node(NodeCmd::Remove { id }) => members_output(&client.remove_member(id).await?),
         Cmd::Pool(PoolCmd::Create {
             name,
@@ -291,6 +481,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "failure_domain",
                     "pg_count",
                     "map_epoch",
+                    "pgs_moving",
                 ],
             )
         }
@@ -517,6 +708,8 @@ fn pool_json(p: &pb::Pool) -> Value {
         "name": p.name, "replicas": rule.replicas, "min_replicas": rule.min_replicas,
         "failure_domain": rule.failure_domain, "pg_count": p.pg_count, "map_epoch": p.map_epoch,
         "pgs": p.pgs.iter().map(|g| g.replicas.clone()).collect::<Vec<_>>(),
+        "leaving": p.pgs.iter().map(|g| g.leaving.clone()).collect::<Vec<_>>(),
+        "pgs_moving": p.pgs.iter().filter(|g| !g.leaving.is_empty()).count(),
     })
 }
 

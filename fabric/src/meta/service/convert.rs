@@ -6,6 +6,7 @@
 use proto::meta as pb;
 use tonic::Status;
 
+use crate::meta::balance::Plan;
 use crate::meta::command::{CommandError, CommandV1};
 use crate::meta::member::MetaError;
 use crate::meta::model::{
@@ -345,6 +346,12 @@ pub fn pool_out(p: &Pool, pgs: Option<&std::collections::BTreeSet<u32>>) -> pb::
             pg: pg as u32,
             replicas: p.map.pgs.get(pg)?.clone(),
             disks: p.map.disks.get(pg)?.clone(),
+            leaving: p
+                .map
+                .leaving
+                .get(&(pg as u32))
+                .map(|l| l.iter().copied().collect())
+                .unwrap_or_default(),
         })
     };
     pb::Pool {
@@ -413,5 +420,42 @@ pub fn attachment_out(volume: &str, a: &Attachment) -> pb::Attachment {
         volume: volume.to_string(),
         client: a.client.clone(),
         attach_epoch: a.epoch,
+    }
+}
+
+impl From<&Plan> for pb::BalancePlan {
+    fn from(p: &Plan) -> Self {
+        pb::BalancePlan {
+            pool: p.pool.clone(),
+            pool_epoch: p.pool_epoch,
+            moves: p
+                .moves
+                .iter()
+                .map(|m| pb::BalanceMove {
+                    pg: m.pg,
+                    from_node: m.from_node,
+                    to_node: m.to_node,
+                    from_disk: m.from_disk,
+                    to_disk: m.to_disk,
+                    bytes: m.bytes,
+                })
+                .collect(),
+            moves_wanted: p.moves_wanted as u32,
+            nodes: p
+                .nodes
+                .iter()
+                .map(|n| pb::NodeLoad {
+                    node: n.node,
+                    replicas_before: n.replicas_before,
+                    replicas_after: n.replicas_after,
+                    bytes_before: n.bytes_before,
+                    bytes_after: n.bytes_after,
+                })
+                .collect(),
+            unbalanced_disks_before: p.unbalanced_disks_before as u32,
+            unbalanced_disks_after: p.unbalanced_disks_after as u32,
+            violations_after: p.violations_after,
+            applied_epoch: p.pool_epoch,
+        }
     }
 }

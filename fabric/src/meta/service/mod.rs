@@ -19,6 +19,7 @@ use self::convert::{
     ReplicaChange, attachment_out, detach_in, replica_change_in, report_rebuild_in, resize_in,
     status_of,
 };
+use super::balance::{BALANCE_MOVES_MAX, Plan};
 use super::command::{Applied, CommandV1};
 use super::detector::{Beat, Detector};
 use super::member::Member;
@@ -64,6 +65,32 @@ impl MetadataService {
 
     async fn read(&self, query: Query) -> Result<QueryReply, Status> {
         self.member.read(query).await.map_err(status_of)
+    }
+
+    /// The balancer's plan for the request's pool and budget, read on the leader.
+    async fn balance_plan(&self, req: pb::BalanceRequest) -> Result<Plan, Status> {
+        let pb::BalanceRequest {
+            pool,
+            max_moves,
+            max_bytes,
+        } = req;
+        let query = Query::BalancePlan {
+            pool,
+            moves_max: match max_moves {
+                0 => BALANCE_MOVES_MAX,
+                n => n as usize,
+            },
+            bytes_max: match max_bytes {
+                0 => u64::MAX,
+                n => n,
+            },
+        };
+        match self.read(query).await? {
+            QueryReply::BalancePlan(plan) => {
+                plan.map_err(|e| status_of(crate::meta::member::MetaError::Command(e)))
+            }
+            _ => Err(unexpected("balance plan")),
+        }
     }
 
     fn members(&self) -> Vec<pb::Member> {
@@ -213,6 +240,47 @@ impl Metadata for MetadataService {
         {
             Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
             _ => Err(unexpected("set node participation")),
+        }
+    }
+
+    async fn set_node_draining(
+        &self,
+        req: Request<pb::NodeDrainingRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let pb::NodeDrainingRequest { node, draining } = req.into_inner();
+        match self
+            .write(CommandV1::SetDraining { node, draining })
+            .await?
+        {
+            Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
+            _ => Err(unexpected("set node draining")),
+        }
+    }
+
+    async fn plan_balance(
+        &self,
+        req: Request<pb::BalanceRequest>,
+    ) -> Result<Response<pb::BalancePlan>, Status> {
+        let plan = self.balance_plan(req.into_inner()).await?;
+        Ok(Response::new(pb::BalancePlan::from(&plan)))
+    }
+
+    async fn apply_balance(
+        &self,
+        req: Request<pb::BalanceRequest>,
+    ) -> Result<Response<pb::BalancePlan>, Status> {
+        let plan = self.balance_plan(req.into_inner()).await?;
+        let command = CommandV1::Rebalance {
+            pool: plan.pool.clone(),
+            pool_epoch: plan.pool_epoch,
+            moves: plan.disk_moves(),
+        };
+        match self.write(command).await? {
+            Applied::Pool(p) => Ok(Response::new(pb::BalancePlan {
+                applied_epoch: p.map.epoch,
+                ..pb::BalancePlan::from(&plan)
+            })),
+            _ => Err(unexpected("apply balance")),
         }
     }
 
