@@ -305,3 +305,183 @@ impl ClusterState {
         Ok(Applied::Pool(self.pools[name].clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::command::{Command, CommandV1};
+    use crate::meta::model::{DiskInfo, Location, NodeRegistration, PoolSpec, Rule, VolumeSpec};
+
+    /// Seven nodes of unequal disks, in six racks (node 7 shares rack 1); pool `p` of 3
+    /// replicas over 64 PGs holding a 256 MiB volume.
+    fn cluster() -> ClusterState {
+        let mut s = ClusterState::default();
+        let mut apply = |c: CommandV1| s.apply(&Command::V1(c)).expect("set up");
+        for id in 1..=7u64 {
+            apply(CommandV1::RegisterNode(NodeRegistration {
+                id,
+                rpc_addr: String::new(),
+                data_addr: format!("127.0.0.1:{}", 9000 + id),
+                location: Location {
+                    levels: vec![("rack".into(), format!("r{}", if id == 7 { 1 } else { id }))],
+                },
+                disks: vec![DiskInfo {
+                    name: "d0".into(),
+                    capacity_bytes: (1 + id % 2) << 40,
+                }],
+            }));
+        }
+        apply(CommandV1::CreatePool(PoolSpec {
+            name: "p".into(),
+            rule: Rule {
+                replicas: 3,
+                min_replicas: 2,
+                failure_domain: "rack".into(),
+                tag_filter: vec![],
+            },
+            pg_count: 64,
+        }));
+        apply(CommandV1::CreateVolume(VolumeSpec {
+            name: "v".into(),
+            pool: "p".into(),
+            size_bytes: 256 << 20,
+            extent_size_bytes: 4 << 20,
+            request_id: String::new(),
+        }));
+        s
+    }
+
+    const UNLIMITED: Budget = Budget {
+        moves_max: BALANCE_MOVES_MAX,
+        bytes_max: u64::MAX,
+    };
+
+    #[test]
+    fn a_plan_keeps_to_its_budget_and_counts_every_byte() {
+        let s = cluster();
+        let full = plan(&s, "p", UNLIMITED).expect("plan");
+        assert!(full.moves.len() >= 4, "{full:?}");
+        assert_eq!(full.violations_after, 0);
+        assert!(full.unbalanced_disks_after < full.unbalanced_disks_before);
+        // Every provisioned byte is in some PG, three times over.
+        let held: u64 = full.nodes.iter().map(|n| n.bytes_before).sum();
+        assert_eq!(held, 3 * (256 << 20));
+        let after: u64 = full.nodes.iter().map(|n| n.bytes_after).sum();
+        assert_eq!(after, held);
+
+        let two = plan(
+            &s,
+            "p",
+            Budget {
+                moves_max: 2,
+                ..UNLIMITED
+            },
+        )
+        .expect("plan");
+        assert_eq!(two.moves, full.moves[..2]);
+        let cap = full.moves[0].bytes + full.moves[1].bytes;
+        let cut = plan(
+            &s,
+            "p",
+            Budget {
+                bytes_max: cap,
+                ..UNLIMITED
+            },
+        )
+        .expect("plan");
+        assert!(cut.bytes() <= cap && cut.moves.len() >= 2, "{cut:?}");
+        assert_eq!(cut.moves, full.moves[..cut.moves.len()]);
+        assert_eq!(cut.moves_wanted, full.moves.len());
+    }
+
+    #[test]
+    fn an_applied_plan_moves_exactly_its_pgs_and_hands_them_over() {
+        let mut s = cluster();
+        let before = s.pools["p"].map.clone();
+        let p = plan(
+            &s,
+            "p",
+            Budget {
+                moves_max: 3,
+                ..UNLIMITED
+            },
+        )
+        .expect("plan");
+        let rebalance = CommandV1::Rebalance {
+            pool: "p".into(),
+            pool_epoch: p.pool_epoch,
+            moves: p.disk_moves(),
+        };
+        s.apply(&Command::V1(rebalance.clone())).expect("apply");
+        let after = &s.pools["p"].map;
+        assert_eq!(after.epoch, before.epoch + 1);
+        for pg in 0..64u32 {
+            let moved: Vec<&PlannedMove> = p.moves.iter().filter(|m| m.pg == pg).collect();
+            if moved.is_empty() {
+                assert_eq!(after.pgs[pg as usize], before.pgs[pg as usize], "PG {pg}");
+                continue;
+            }
+            for m in moved {
+                assert!(after.targets(pg).contains(&m.to_node), "PG {pg}");
+                assert!(!after.targets(pg).contains(&m.from_node), "PG {pg}");
+                // The volume's data is in the PG: the old replica stays until the new is current.
+                assert!(after.leaving[&pg].contains(&m.from_node), "PG {pg}");
+                assert!(s.volumes["v"].stale[&pg].contains(&m.to_node), "PG {pg}");
+            }
+        }
+        // Planning again while PGs are handed over is refused, and so is the old plan.
+        assert!(matches!(
+            plan(&s, "p", UNLIMITED),
+            Err(CommandError::FailedPrecondition(_))
+        ));
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&Command::V1(rebalance)),
+            Err(CommandError::FailedPrecondition(_))
+        ));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_move_that_breaks_the_rule_is_refused_and_changes_nothing() {
+        let mut s = cluster();
+        let map = s.pools["p"].map.clone();
+        let owners = s.topology.disk_owner.clone();
+        let disk_of = |node: NodeId| *owners.iter().find(|(_, n)| **n == node).expect("a disk").0;
+        let rebalance = |pg: u32, from_disk: u32, to_disk: u32| {
+            Command::V1(CommandV1::Rebalance {
+                pool: "p".into(),
+                pool_epoch: map.epoch,
+                moves: vec![DiskMove {
+                    pg,
+                    from_disk,
+                    to_disk,
+                }],
+            })
+        };
+        let before = s.clone();
+        // Onto a disk the PG already uses.
+        let refused = s.apply(&rebalance(0, map.disks[0][0], map.disks[0][1]));
+        assert!(
+            matches!(refused, Err(CommandError::InvalidArgument(_))),
+            "{refused:?}"
+        );
+        // Onto node 7, in the rack of node 1, for a PG that node 1 already serves.
+        let pg = (0..64)
+            .find(|&pg| map.pgs[pg].contains(&1) && !map.pgs[pg].contains(&7))
+            .expect("a PG on node 1");
+        let i = map.pgs[pg].iter().position(|n| *n != 1).unwrap();
+        let refused = s.apply(&rebalance(pg as u32, map.disks[pg][i], disk_of(7)));
+        match refused {
+            Err(CommandError::FailedPrecondition(m)) => assert!(m.contains("rule"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // From a disk the PG does not use.
+        let refused = s.apply(&rebalance(pg as u32, 9999, disk_of(7)));
+        assert!(
+            matches!(refused, Err(CommandError::FailedPrecondition(_))),
+            "{refused:?}"
+        );
+        assert_eq!(s, before);
+    }
+}
