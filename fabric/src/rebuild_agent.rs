@@ -22,17 +22,20 @@ use tokio::sync::watch;
 use crate::gateway::{detach, open_volume, resync_round};
 use crate::meta::client::Client;
 use crate::meta::state::REBUILD_AGENT_PREFIX;
+use crate::meta::watcher::{ClusterView, Follower, follow};
 use proto::meta as pb;
 use volume::BlockVolume;
 use volume::client::{PoolConfig, ReplicaPool};
 
-/// How often the agent looks for idle, degraded volumes.
-pub const REBUILD_AGENT_INTERVAL_MS: u64 = 2_000;
+/// How often the agent looks again at degraded volumes when nothing changed: a heal that
+/// failed (a replica still away) is retried at this pace. New work wakes it at once.
+pub const REBUILD_AGENT_RETRY_MS: u64 = 5_000;
 /// Resync rounds the agent spends on one volume before it moves on (one round a second): a
 /// replica that stays away is tried again at a later visit.
 const ROUNDS_PER_VISIT_MAX: u32 = 60;
 
 /// Runs the agent of node `node`, whose metadata member listens on `rpc_addr`, until `stop`.
+/// It follows the volumes over `Watch` (from its own member) and acts while that member leads.
 pub async fn run(node: u64, rpc_addr: SocketAddr, mut stop: watch::Receiver<bool>) {
     let client = Arc::new(Client::new(vec![rpc_addr.to_string()]));
     let me = format!("{REBUILD_AGENT_PREFIX}node-{node}");
@@ -43,12 +46,29 @@ pub async fn run(node: u64, rpc_addr: SocketAddr, mut stop: watch::Receiver<bool
             return;
         }
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(REBUILD_AGENT_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (tx, mut degraded) = watch::channel(Vec::new());
+    let subscription = tokio::spawn({
+        let (client, stop) = (Arc::clone(&client), stop.clone());
+        async move {
+            let request = pb::WatchRequest {
+                exclude_nodes: true,
+                exclude_pools: true,
+                ..pb::WatchRequest::default()
+            };
+            let mut follower = Degraded {
+                view: ClusterView::default(),
+                tx,
+            };
+            follow(&client, request, &mut follower, stop).await;
+        }
+    });
+    let mut retry = tokio::time::interval(Duration::from_millis(REBUILD_AGENT_RETRY_MS));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = retry.tick() => {}
+            changed = degraded.changed() => if changed.is_err() { break },
+            _ = stop.changed() => break,
         }
         let leads = client
             .status_of(&rpc_addr.to_string())
@@ -57,26 +77,53 @@ pub async fn run(node: u64, rpc_addr: SocketAddr, mut stop: watch::Receiver<bool
         if !leads {
             continue;
         }
-        let Ok(listed) = client
-            .call(|mut c| async move { c.list_volumes(pb::ListVolumesRequest {}).await })
-            .await
-        else {
-            continue;
-        };
-        for v in listed.volumes {
-            let idle = v.attached_to.is_empty() || v.attached_to == me;
-            if !idle || v.stale.is_empty() {
+        let volumes: Vec<(String, String)> = degraded.borrow_and_update().clone();
+        for (name, holder) in volumes {
+            if !holder.is_empty() && holder != me {
                 continue;
             }
             tokio::select! {
-                healed = heal(&client, &pool, &v.name, &me) => {
+                healed = heal(&client, &pool, &name, &me) => {
                     if let Err(e) = healed {
-                        tracing::warn!(volume = %v.name, error = %format!("{e:#}"), "rebuild agent could not heal the volume; will try again");
+                        tracing::warn!(volume = %name, error = %format!("{e:#}"), "rebuild agent could not heal the volume; will try again");
                     }
                 }
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
         }
+    }
+    subscription.abort();
+}
+
+/// Follows the volumes and publishes those with stale replicas (name and holder) whenever
+/// that list changes.
+struct Degraded {
+    view: ClusterView,
+    tx: watch::Sender<Vec<(String, String)>>,
+}
+
+impl Follower for Degraded {
+    fn epoch(&self) -> u64 {
+        self.view.epoch()
+    }
+
+    fn apply(&mut self, event: pb::WatchEvent) -> bool {
+        if !self.view.apply(event) {
+            return false;
+        }
+        let degraded: Vec<(String, String)> = self
+            .view
+            .volumes
+            .values()
+            .filter(|v| !v.stale.is_empty())
+            .map(|v| (v.name.clone(), v.attached_to.clone()))
+            .collect();
+        self.tx.send_if_modified(|have| {
+            let changed = *have != degraded;
+            *have = degraded;
+            changed
+        });
+        true
     }
 }
 
