@@ -165,6 +165,17 @@ struct Results {
     register_s: f64,
     /// The out's commit (with its remap), as its caller saw it.
     commit_s: f64,
+    propagation_cpu: PropagationCpu,
+}
+
+/// Where the CPU went while a map change reached every agent: the leader's process, this
+/// process (every agent's side of its stream, plus their heartbeats), and the whole machine.
+struct PropagationCpu {
+    window_s: f64,
+    leader_s: f64,
+    bench_s: f64,
+    /// Share of all CPUs busy over the window.
+    machine_busy: f64,
 }
 
 impl Results {
@@ -173,7 +184,8 @@ impl Results {
             "{n} agents: registered in {:.1} s; {:.0} heartbeats/s; leader {:.4} cores/1k agents, \
              {:.1} KiB/agent; {:.1} log entries/min; detection p50 {:.2} s p99 {:.2} s max {:.2} s; \
              {} false downs; remap committed in {:.3} s, propagation p50 {:.3} s p99 {:.3} s; \
-             attaches {:.2} s",
+             attaches {:.2} s; while the map propagated ({:.2} s) the leader used {:.2} core-s, \
+             the agents' process {:.2} core-s, the machine was {:.0} % busy",
             self.register_s,
             self.beats_per_s,
             self.cores_per_1k,
@@ -186,7 +198,11 @@ impl Results {
             self.commit_s,
             self.propagation.0,
             self.propagation.1,
-            self.attach_s
+            self.attach_s,
+            self.propagation_cpu.window_s,
+            self.propagation_cpu.leader_s,
+            self.propagation_cpu.bench_s,
+            self.propagation_cpu.machine_busy * 100.0
         );
     }
 }
@@ -557,6 +573,11 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
         node: holder,
         out: true,
     };
+    let (leader_cpu0, bench_cpu0, machine0) = (
+        cpu_ticks(leader_pid)?,
+        cpu_ticks(std::process::id())?,
+        machine_ticks()?,
+    );
     let asked = Instant::now();
     all.call(|mut c| async move { c.set_node_participation(out).await })
         .await
@@ -573,6 +594,14 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
         },
     )
     .await?;
+    let window = asked.elapsed().as_secs_f64();
+    let (busy, total) = machine_ticks()?;
+    let propagation_cpu = PropagationCpu {
+        window_s: window,
+        leader_s: (cpu_ticks(leader_pid)? - leader_cpu0) as f64 / clock_ticks(),
+        bench_s: (cpu_ticks(std::process::id())? - bench_cpu0) as f64 / clock_ticks(),
+        machine_busy: (busy - machine0.0) as f64 / (total - machine0.1).max(1) as f64,
+    };
     let mut propagation: Vec<f64> = live
         .iter()
         .map(|a| a.map.at_us.load(Ordering::Relaxed).saturating_sub(sent) as f64 / 1e6)
@@ -637,6 +666,7 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
         attach_s,
         register_s,
         commit_s,
+        propagation_cpu,
     })
 }
 
@@ -700,6 +730,21 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let fields: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 of stat; `after` starts at field 3.
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// Busy and total ticks of all CPUs together, from `/proc/stat`.
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat cpu line")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
 }
 
 fn clock_ticks() -> f64 {
