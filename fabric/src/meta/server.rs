@@ -115,6 +115,43 @@ pub struct RunningMember {
     stop: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
+    /// Declared last: dropped after everything that may still call into Raft.
+    _raft_runtime: RaftRuntime,
+}
+
+/// The runtime Raft runs on: one worker thread, shut down without blocking when dropped
+/// (a runtime dropped inside another's task must not wait for its own).
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+/// Worker threads of Raft's runtime: the core is one task and the replication streams are
+/// light; one thread keeps it off the service threads' queues.
+const RAFT_WORKER_THREADS: usize = 1;
+
+impl RaftRuntime {
+    fn start() -> std::io::Result<RaftRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RAFT_WORKER_THREADS)
+            .thread_name("fabric-raft")
+            .enable_all()
+            .build()?;
+        Ok(RaftRuntime(Some(runtime)))
+    }
+
+    fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.as_ref().expect("raft runtime").spawn(future)
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Starts a member and returns once it serves gRPC.
@@ -146,13 +183,25 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     }
     .validate()
     .map_err(|e| StartError::Config(e.to_string()))?;
-    let channels = PeerChannels::default();
+    // Raft's core, its replication streams and their connections run on a thread of their
+    // own: a leader whose service threads are busy with thousands of clients (a watch event
+    // fanned out to every storage node, a storm of heartbeats) still sends its heartbeats to
+    // the followers in time, instead of losing its leadership to the load it serves.
+    let raft_runtime = RaftRuntime::start().map_err(|e| StartError::Raft(e.to_string()))?;
     let network = NetworkFactory {
-        channels: channels.clone(),
+        channels: PeerChannels::default(),
     };
-    let raft = Raft::new(cfg.id, Arc::new(config), network, log, sm.clone())
+    let raft = raft_runtime
+        .spawn({
+            let (id, sm) = (cfg.id, sm.clone());
+            async move { Raft::new(id, Arc::new(config), network, log, sm).await }
+        })
         .await
+        .map_err(|e| StartError::Raft(e.to_string()))?
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    // Forwarded client requests dial the leader on channels of their own, driven by the
+    // service threads, so that they never queue on Raft's.
+    let channels = PeerChannels::default();
     let listener = listen(cfg.rpc.bind).map_err(|source| StartError::Bind {
         addr: cfg.rpc.bind,
         source,
@@ -211,6 +260,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         stop: stop_tx,
         server,
         background,
+        _raft_runtime: raft_runtime,
     })
 }
 

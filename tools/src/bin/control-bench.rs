@@ -560,7 +560,8 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
         .collect();
     let pools = all
         .call(|mut c| async move { c.list_pools(pb::ListPoolsRequest {}).await })
-        .await?;
+        .await
+        .context("list the pools")?;
     let pool = pools.pools.first().context("the bench pool")?;
     let holder = pool
         .pgs
