@@ -20,12 +20,23 @@ type Serial = std::sync::MutexGuard<'static, ()>;
 
 /// The same with `nodes` storage nodes.
 fn cluster(nodes: u32, clients: &[&str]) -> Option<(Serial, tempfile::TempDir, PathBuf, DevNode)> {
+    cluster_with(nodes, clients, &[])
+}
+
+/// The same with more arguments to `fabricd dev`.
+fn cluster_with(
+    nodes: u32,
+    clients: &[&str],
+    extra: &[&str],
+) -> Option<(Serial, tempfile::TempDir, PathBuf, DevNode)> {
     tools(clients)?;
     let serial = fabric_suite::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let nodes = nodes.to_string();
-    let dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", &nodes]).expect("start dev");
+    let mut args = vec!["--nodes", &nodes];
+    args.extend_from_slice(extra);
+    let dev = DevNode::start_with(&data, "vol0:64MiB", &args).expect("start dev");
     Some((serial, dir, data, dev))
 }
 
@@ -202,35 +213,28 @@ fn signal(pid: u32, sig: &str) {
         .unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
 }
 
-/// Bytes the gateway's resyncs copied, from its log, once its last round of resyncs has
-/// finished. A replica is restored in the metadata before its resync logs "resync done", and
-/// the round logs "resync round done" after all of its resyncs, so the test waits for that.
-fn resync_bytes_copied(data_dir: &std::path::Path) -> u64 {
+/// Bytes the gateway's resyncs of `vol0` copied, from its `fabric_resync_bytes` counter on
+/// `metrics` (counted at the end of each round of resyncs), once it reached `at_least` and
+/// then held still for two resync intervals.
+fn resync_bytes_copied(metrics: &str, at_least: u64) -> u64 {
+    let read = || {
+        let text = fabric_suite::scrape(metrics).expect("scrape the gateway");
+        let samples = fabric_suite::parse_prometheus_text(&text).expect("Prometheus text");
+        fabric_suite::sample(&samples, "fabric_resync_bytes_total{volume=\"vol0\"}").unwrap_or(0.0)
+            as u64
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let log =
-            std::fs::read_to_string(data_dir.join("gateway/fabricd.log")).expect("gateway log");
-        let resyncs: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("resync done") || l.contains("resync round done"))
-            .collect();
-        if resyncs
-            .last()
-            .is_some_and(|l| l.contains("resync round done"))
-        {
-            return resyncs
-                .iter()
-                .filter(|l| l.contains("resync done"))
-                .filter_map(|l| l.split("bytes_copied=").nth(1))
-                .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .sum();
-        }
+    let mut copied = read();
+    while copied < at_least {
         assert!(
             std::time::Instant::now() < deadline,
-            "the gateway did not finish a round of resyncs: {log}"
+            "the gateway counted {copied} resync bytes, not {at_least}"
         );
         std::thread::sleep(Duration::from_millis(100));
+        copied = read();
     }
+    std::thread::sleep(Duration::from_secs(2));
+    read()
 }
 
 fn volume_show(data_dir: &std::path::Path) -> Value {
@@ -243,7 +247,10 @@ fn show(data_dir: &std::path::Path, volume: &str) -> Value {
 
 #[test]
 fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
-    let Some((_serial, dir, data, mut dev)) = three_node_cluster(&["qemu-io"]) else {
+    let metrics = format!("127.0.0.1:{}", fabric_suite::free_port());
+    let Some((_serial, dir, data, mut dev)) =
+        cluster_with(3, &["qemu-io"], &["--metrics-listen", &metrics])
+    else {
         return;
     };
     let uri = dev.uri();
@@ -279,7 +286,7 @@ fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
     wait_fully_redundant(&data);
 
     // Only the rewritten extent was copied, and node 2 holds it.
-    let copied = resync_bytes_copied(&data);
+    let copied = resync_bytes_copied(&metrics, 4 << 20);
     eprintln!("written while node 2 was away: 4194304 bytes; resync copied {copied} bytes");
     assert_eq!(
         copied,
@@ -525,7 +532,10 @@ fn a_corrupt_block_on_the_primary_is_read_from_another_replica_and_repaired() {
 
 #[test]
 fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
-    let Some((_serial, _dir, data, mut dev)) = cluster(4, &["qemu-io"]) else {
+    let metrics = format!("127.0.0.1:{}", fabric_suite::free_port());
+    let Some((_serial, _dir, data, mut dev)) =
+        cluster_with(4, &["qemu-io"], &["--metrics-listen", &metrics])
+    else {
         return;
     };
     let uri = dev.uri();
@@ -561,7 +571,7 @@ fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
     }
     signal(node_pid(&data, 2), "-9");
     qemu_io_ok(&uri, "read -P 0x61 0 32M");
-    let copied = resync_bytes_copied(&data);
+    let copied = resync_bytes_copied(&metrics, 1);
     eprintln!("rebuild copied {copied} bytes");
     assert!(
         copied > 0 && copied <= 32 << 20,

@@ -75,6 +75,9 @@ pub struct VolumeMetrics {
     pub in_flight: Family<VolumeLabels, Gauge>,
     pub removals: Family<VolumeLabels, Counter>,
     pub resync_bytes: Family<VolumeLabels, Counter>,
+    /// Time spent in resync rounds that copied data (rounds that only confirmed replicas
+    /// already current are left out), so that bytes over seconds is the rebuild rate.
+    pub resync_seconds: Family<VolumeLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub link_timeouts: Family<VolumeLabels, Counter>,
 }
 
@@ -91,6 +94,7 @@ impl Default for VolumeMetrics {
             in_flight: Family::default(),
             removals: Family::default(),
             resync_bytes: Family::default(),
+            resync_seconds: Family::default(),
             link_timeouts: Family::default(),
         }
     }
@@ -122,6 +126,7 @@ impl VolumeMetrics {
         drop(self.in_flight.get_or_create(&v));
         drop(self.removals.get_or_create(&v));
         drop(self.resync_bytes.get_or_create(&v));
+        drop(self.resync_seconds.get_or_create(&v));
         drop(self.link_timeouts.get_or_create(&v));
     }
 }
@@ -264,6 +269,11 @@ impl Metrics {
             "fabric_resync_bytes",
             "Bytes copied to stale or rebuilt replicas",
             m.resync_bytes.clone(),
+        );
+        r.register(
+            "fabric_resync_seconds",
+            "Seconds spent in resync rounds that copied data",
+            m.resync_seconds.clone(),
         );
         r.register(
             "fabric_replica_link_timeouts",

@@ -83,13 +83,21 @@ pub(crate) async fn resync_round(attached: &Attached, client: &Arc<Client>) {
     // reader of the log (or a test) waiting for the end of the resyncs must not wait for a
     // round that copied data when the last one only confirmed replicas already current.
     let (bytes_copied, replicas) = (copied.into_inner(), resynced.into_inner());
+    let labels = crate::metrics::VolumeLabels {
+        volume: name.to_owned(),
+    };
     attached
         .metrics
         .resync_bytes
-        .get_or_create(&crate::metrics::VolumeLabels {
-            volume: name.to_owned(),
-        })
+        .get_or_create(&labels)
         .inc_by(bytes_copied);
+    if bytes_copied > 0 {
+        attached
+            .metrics
+            .resync_seconds
+            .get_or_create(&labels)
+            .inc_by(started.elapsed().as_secs_f64());
+    }
     if replicas > 0 {
         tracing::info!(volume = %name, replicas, bytes_copied, elapsed_ms = started.elapsed().as_millis() as u64, "resync round done");
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::Value;
+use tools::prometheus::{parse_prometheus_text, sample, scrape};
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark Fabric's NBD data path against qemu-nbd and the raw disk")]
@@ -403,7 +404,8 @@ fn main() -> anyhow::Result<()> {
 
 /// The rebuild benchmark: a node of a 4-node cluster is marked out with no client IO, and the
 /// gateway rebuilds its PGs on the others. The rate is what the gateway's resync rounds copied
-/// over the time they took (from its log), beside fio's 1 MiB sequential write rate on the disk.
+/// over the time they took (its `fabric_resync_bytes` and `fabric_resync_seconds` counters),
+/// beside fio's 1 MiB sequential write rate on the disk.
 fn rebuild(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Result<()> {
     let fabricctl = fabricd.with_file_name("fabricctl");
     anyhow::ensure!(
@@ -488,7 +490,7 @@ struct RebuildRound {
 }
 
 /// A fresh 4-node cluster in `dir`: fill the volume, measure the disk, mark node 2 out, and
-/// time the rebuild from the gateway's log.
+/// time the rebuild from the gateway's metrics.
 fn rebuild_round(
     args: &Args,
     size: u64,
@@ -499,13 +501,15 @@ fn rebuild_round(
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let data = dir.join("fabric-4");
     let port = free_port()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
     let mut cluster = Server {
         child: Command::new(fabricd)
             .args(["dev", "--nodes", "4", "--data-dir"])
             .arg(&data)
             .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
             .args(["--volume", &format!("bench:{size}")])
-            // The rate is read from the gateway's info lines; FABRIC_LOG may add more.
+            .args(["--metrics-listen", &metrics])
+            // Logs are kept with --logs; FABRIC_LOG chooses how much they say.
             .env(
                 "FABRIC_LOG",
                 std::env::var("FABRIC_LOG").unwrap_or_else(|_| "info".into()),
@@ -567,45 +571,35 @@ fn rebuild_round(
         std::thread::sleep(Duration::from_millis(200));
     }
     let wall = started.elapsed();
-    // The gateway logs its round once every resync of it has ended, a moment after the last
-    // replica was restored: wait for that line before stopping the cluster.
-    let log_path = data.join("gateway/fabricd.log");
-    let round_logged = || -> anyhow::Result<bool> {
-        let log = std::fs::read_to_string(&log_path)?;
-        let last = log
-            .lines()
-            .rfind(|l| l.contains("resync done") || l.contains("resync round done"));
-        Ok(last.is_some_and(|l| l.contains("resync round done")))
+    // The gateway counts a round once every resync of it has ended, a moment after the last
+    // replica was restored: wait until its counters hold still for two resync intervals.
+    let counters = || -> anyhow::Result<(u64, f64)> {
+        let samples = parse_prometheus_text(&scrape(&metrics)?)?;
+        let read = |name: &str| sample(&samples, &format!("{name}{{volume=\"bench\"}}"));
+        Ok((
+            read("fabric_resync_bytes_total").unwrap_or(0.0) as u64,
+            read("fabric_resync_seconds_total").unwrap_or(0.0),
+        ))
     };
-    while !round_logged()? {
+    let mut last = counters()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = counters()?;
+        if now == last && now.0 > 0 {
+            break;
+        }
+        last = now;
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(600),
-            "the gateway did not log the end of its resync round"
+            "the gateway's resync counters did not settle"
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
     let cpu = cpu_seconds(launcher)? - cpu_before;
     drop(cluster);
 
-    let log = std::fs::read_to_string(&log_path)?;
-    let field = |line: &str, name: &str| -> Option<u64> {
-        line.split(&format!("{name}="))
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    let (mut bytes, mut ms) = (0u64, 0u64);
-    // Rounds that only confirmed replicas already current copied nothing and do not count.
-    for line in log.lines().filter(|l| l.contains("resync round done")) {
-        let copied = field(line, "bytes_copied").unwrap_or(0);
-        if copied > 0 {
-            bytes += copied;
-            ms += field(line, "elapsed_ms").unwrap_or(0);
-        }
-    }
-    anyhow::ensure!(bytes > 0 && ms > 0, "the gateway logged no rebuild");
+    let (bytes, seconds) = last;
+    let ms = (seconds * 1000.0).round() as u64;
+    anyhow::ensure!(bytes > 0 && ms > 0, "the gateway counted no rebuild");
     let mib = bytes as f64 / (1024.0 * 1024.0);
     if let Some(logs) = &args.logs {
         let round = dir.file_name().unwrap_or_default();
