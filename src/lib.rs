@@ -349,6 +349,46 @@ pub fn node_pid(data_dir: &Path, id: u64) -> u32 {
 
 pub use tools::prometheus::{parse_prometheus_text, sample, scrape};
 
+/// fio's random 4 KiB writes with crc32c verification over 48 MiB of the volume; with
+/// `--verify_only` the same job only reads back and checks what the first run wrote.
+pub fn fio_verify(uri: &str, extra: &[&str]) -> Command {
+    let mut fio = Command::new("fio");
+    fio.args([
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--offset=8M",
+        "--size=48M",
+        "--iodepth=16",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--do_verify=1",
+        "--output-format=json",
+    ])
+    .args(extra);
+    fio
+}
+
+/// fio's JSON report of a run that must have succeeded with no IO error.
+pub fn fio_report(out: std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).unwrap();
+    assert_eq!(
+        report["jobs"][0]["error"], 0,
+        "fio saw an IO error: {report}"
+    );
+    report
+}
+
 /// `qemu-io -f raw -c CMD URI`, which must succeed: exit 0, and no error or failed pattern
 /// check in its output (qemu-io reports some failures on stdout only).
 pub fn qemu_io_ok(uri: &str, cmd: &str) {

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use fabric_suite::{DevNode, fabricctl, qemu_io_ok, run, tools, workspace_bin};
+use fabric_suite::{
+    DevNode, fabricctl, fio_report, fio_verify, qemu_io_ok, run, tools, workspace_bin,
+};
 use serde_json::Value;
 
 /// `fabricctl --json --data-dir DATA ARGS...`: every JSON line it printed, once it succeeded.
@@ -50,45 +52,6 @@ fn pgs(data: &Path) -> (Vec<Vec<u64>>, Vec<Vec<u64>>) {
             .collect()
     };
     (lists("pgs"), lists("leaving"))
-}
-
-/// fio's random 4 KiB writes with crc32c verification over 48 MiB; with `--verify_only` the
-/// same job reads back and checks what the first run wrote.
-fn fio_verify(uri: &str, extra: &[&str]) -> Command {
-    let mut fio = Command::new("fio");
-    fio.args([
-        "--name=verify",
-        "--ioengine=nbd",
-        &format!("--uri={uri}"),
-        "--rw=randwrite",
-        "--bs=4k",
-        "--offset=8M",
-        "--size=48M",
-        "--iodepth=16",
-        "--verify=crc32c",
-        "--verify_fatal=1",
-        "--verify_state_save=0",
-        "--do_verify=1",
-        "--output-format=json",
-    ])
-    .args(extra);
-    fio
-}
-
-/// fio's report of a run that succeeded with no IO error.
-fn fio_ok(out: Output) -> Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fio failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).unwrap();
-    assert_eq!(
-        report["jobs"][0]["error"], 0,
-        "fio saw an IO error: {report}"
-    );
-    report
 }
 
 #[test]
@@ -137,7 +100,7 @@ fn drain_under_fio_verify_then_balance_within_budget() {
     assert_eq!(last["drained"], 4, "{drained:?}");
     let first = &drained[0]["progress"];
     assert!(first["remaining"].as_u64().unwrap() > 0, "{drained:?}");
-    fio_ok(fio.wait_with_output().expect("fio ran"));
+    fio_report(fio.wait_with_output().expect("fio ran"));
 
     // Node 4 holds nothing; every PG has three distinct nodes and nothing still leaving.
     let (after, leaving) = pgs(&data);
@@ -160,7 +123,7 @@ fn drain_under_fio_verify_then_balance_within_budget() {
         .cloned()
         .unwrap();
     assert_eq!(node4["draining"], true, "{node4}");
-    fio_ok(fio_verify(&uri, &["--verify_only"]).output().unwrap());
+    fio_report(fio_verify(&uri, &["--verify_only"]).output().unwrap());
     qemu_io_ok(&uri, "read -P 0x5a 0 4M");
 
     // The node comes back: PGs return to it the same way, and settle.
@@ -216,7 +179,7 @@ fn drain_under_fio_verify_then_balance_within_budget() {
     assert_eq!(summary["bytes"], bytes, "{summary}");
 
     // Everything written still reads back and verifies.
-    fio_ok(fio_verify(&uri, &["--verify_only"]).output().unwrap());
+    fio_report(fio_verify(&uri, &["--verify_only"]).output().unwrap());
     run(Command::new("qemu-io")
         .args(["-f", "raw", "-c", "read -P 0x5a 0 4M"])
         .arg(&uri))

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fabric_suite::{DevNode, fabricctl, node_pid, qemu_io_ok, run, tools, workspace_bin};
+use fabric_suite::{
+    DevNode, fabricctl, fio_report, fio_verify, node_pid, qemu_io_ok, run, tools, workspace_bin,
+};
 use serde_json::Value;
 
 /// `fabricd dev --nodes 3` serving `vol0` (64 MiB) from a fresh directory: the directory, the
@@ -77,45 +79,6 @@ fn stored_bytes(data_dir: &std::path::Path, id: u64) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .expect("du output")
-}
-
-/// fio's random 4 KiB writes with crc32c verification over 48 MiB of the volume; with
-/// `--verify_only` the same job only reads back and checks what the first run wrote.
-fn fio_verify(uri: &str, extra: &[&str]) -> Command {
-    let mut fio = Command::new("fio");
-    fio.args([
-        "--name=verify",
-        "--ioengine=nbd",
-        &format!("--uri={uri}"),
-        "--rw=randwrite",
-        "--bs=4k",
-        "--offset=8M",
-        "--size=48M",
-        "--iodepth=16",
-        "--verify=crc32c",
-        "--verify_fatal=1",
-        "--verify_state_save=0",
-        "--do_verify=1",
-        "--output-format=json",
-    ])
-    .args(extra);
-    fio
-}
-
-/// fio's JSON report of a run that must have succeeded with no IO error.
-fn fio_report(out: std::process::Output) -> Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fio failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).unwrap();
-    assert_eq!(
-        report["jobs"][0]["error"], 0,
-        "fio saw an IO error: {report}"
-    );
-    report
 }
 
 #[test]

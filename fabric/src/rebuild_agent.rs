@@ -150,7 +150,7 @@ async fn heal(
         if volume.stale_replicas().is_empty() || taken() {
             break;
         }
-        resync_round(&attached, client).await;
+        resync_round(&attached, client, true).await;
         if !volume.stale_replicas().is_empty() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

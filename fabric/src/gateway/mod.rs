@@ -7,10 +7,11 @@
 //! (`RemoveReplica`, a Raft command) before the write is acknowledged, so the cluster's PG map
 //! always names which copies are current. Every `RESYNC_INTERVAL_MS` the gateway looks for
 //! stale replicas that answer again and resyncs them (`ReplicatedVolume::resync`: only the
-//! extents that changed), then restores them through `RestoreReplica`. It follows the PG map
-//! at once when the watch stream reports a new map epoch, and on every such look. Each look
-//! also follows a resize: once every live replica holds the new size, the volume takes it
-//! (`ReplicatedVolume::grow`) and every NBD connection made from then on exports it.
+//! extents that changed), then restores them through `RestoreReplica`. It reads the volume's
+//! map again at once when the watch stream reports a new PG map epoch or a change of the
+//! volume's record (which it follows by name), and otherwise only every 30 s as a safety net.
+//! Each read also follows a resize: once every live replica holds the new size, the volume
+//! takes it (`ReplicatedVolume::grow`) and every NBD connection made from then on exports it.
 //!
 //! Every membership change (`RemoveReplica`, `RestoreReplica`, `ReportRebuild`, `DetachVolume`)
 //! names the attach epoch the gateway got for the volume. Once another client attaches, the
@@ -112,8 +113,12 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     }
     let mut attached: Vec<Attached> = Vec::new();
     let mut resyncs = tokio::task::JoinSet::new();
-    let (maps_moved, maps_moved_rx) = tokio::sync::watch::channel(());
-    resyncs.spawn(watch_maps(Arc::clone(&client), maps_moved));
+    let (maps_moved, maps_moved_rx) = tokio::sync::watch::channel(maps::Stamps::default());
+    resyncs.spawn(watch_maps(
+        Arc::clone(&client),
+        args.volumes.clone(),
+        maps_moved,
+    ));
     for name in &args.volumes {
         let a = open_volume(
             &client,

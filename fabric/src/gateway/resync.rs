@@ -1,5 +1,7 @@
-//! Bringing stale replicas back: every second, and at once when a map moves, each volume's
-//! stale replicas that answer are resynced and restored in the metadata.
+//! Bringing stale replicas back: every second, and at once when the watch says the volume's
+//! map or record moved, each volume's stale replicas that answer are resynced and restored in
+//! the metadata. The map is read again only when something moved (or a resize waits for a
+//! replica), and as a safety net every [`MAP_REFRESH_TICKS_MAX`] seconds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +12,13 @@ use futures::StreamExt;
 use proto::meta as pb;
 
 use super::attach::Attached;
-use super::maps::follow_map;
+use super::maps::{Followed, Stamps, follow_map};
 use super::{RESYNC_INTERVAL_MS, RESYNCS_IN_PARALLEL_MAX};
 use crate::meta::client::Client;
+
+/// Resync intervals after which a volume reads its map again although the watch reported
+/// nothing: a subscription that was down for a while may have missed a change.
+pub const MAP_REFRESH_TICKS_MAX: u32 = 30;
 
 /// Follows the PG map and resyncs stale replicas of the volume that answer, for as long as
 /// the attachment is not superseded: a node that came back, or a node a PG was re-placed
@@ -20,34 +26,54 @@ use crate::meta::client::Client;
 pub(super) async fn resync_stale(
     attached: Attached,
     client: Arc<Client>,
-    mut maps_moved: tokio::sync::watch::Receiver<()>,
+    mut moved: tokio::sync::watch::Receiver<Stamps>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(RESYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watching = true;
+    // The map was read at attach, as the stamps stood then.
+    let mut seen = moved.borrow_and_update().clone();
+    let (mut since_refresh, mut again) = (0u32, false);
     loop {
         // A moved map is followed at once; the tick retries replicas that were away.
         tokio::select! {
-            _ = tick.tick() => {}
-            moved = maps_moved.changed(), if watching => watching = moved.is_ok(),
+            _ = tick.tick() => since_refresh += 1,
+            changed = moved.changed(), if watching => watching = changed.is_ok(),
         }
         if attached.superseded.refusal().is_some() {
             return;
         }
-        resync_round(&attached, &client).await;
+        let now = moved.borrow_and_update().clone();
+        let refresh = again
+            || seen.moved_for(&now, &attached.name)
+            || since_refresh >= MAP_REFRESH_TICKS_MAX
+            || !watching;
+        seen = now;
+        if refresh {
+            since_refresh = 0;
+        }
+        again = resync_round(&attached, &client, refresh).await;
     }
 }
 
-/// Follows the PG map once and resyncs the stale replicas of the volume that answer, up to
-/// [`RESYNCS_IN_PARALLEL_MAX`] at once. Nothing once the attachment is superseded.
-pub(crate) async fn resync_round(attached: &Attached, client: &Arc<Client>) {
+/// With `refresh`, follows the PG map first; then resyncs the stale replicas of the volume
+/// that answer, up to [`RESYNCS_IN_PARALLEL_MAX`] at once. Nothing once the attachment is
+/// superseded. True when the map should be read again at the next round (the read failed, or
+/// a resize waits for a replica to grow).
+pub(crate) async fn resync_round(attached: &Attached, client: &Arc<Client>, refresh: bool) -> bool {
     let name = attached.name.as_str();
     if attached.superseded.refusal().is_some() {
-        return;
+        return false;
     }
-    if let Err(e) = follow_map(attached, client).await {
-        tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
-    }
+    let again = refresh
+        && match follow_map(attached, client).await {
+            Ok(Followed::Done) => false,
+            Ok(Followed::SizePending) => true,
+            Err(e) => {
+                tracing::debug!(volume = %name, error = %e, "PG map not refreshed");
+                true
+            }
+        };
     // A replica that restarted while the volume was idle is found here, not by the next reader.
     if let Err(e) = attached.volume.probe_unflushed().await {
         tracing::debug!(volume = %name, error = %e, "replicas not probed");
@@ -62,7 +88,7 @@ pub(crate) async fn resync_round(attached: &Attached, client: &Arc<Client>) {
             .collect()
     };
     if round.is_empty() {
-        return;
+        return again;
     }
     tracing::debug!(volume = %name, replicas = round.len(), "resync round starting");
     let started = Instant::now();
@@ -101,6 +127,7 @@ pub(crate) async fn resync_round(attached: &Attached, client: &Arc<Client>) {
     if replicas > 0 {
         tracing::info!(volume = %name, replicas, bytes_copied, elapsed_ms = started.elapsed().as_millis() as u64, "resync round done");
     }
+    again
 }
 
 /// Resyncs stale `replica` (on `node`) of `group` if it answers; the bytes copied, or `None`

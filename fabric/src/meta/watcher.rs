@@ -34,11 +34,14 @@ pub async fn follow<F: Follower>(
     loop {
         let req = pb::WatchRequest {
             since_epoch: if start_over { 0 } else { follower.epoch() },
-            ..request
+            ..request.clone()
         };
         start_over = false;
         let opened = tokio::select! {
-            opened = client.call(|mut c| async move { c.watch(req).await }) => opened,
+            opened = client.call(|mut c| {
+                let req = req.clone();
+                async move { c.watch(req).await }
+            }) => opened,
             _ = stop.wait_for(|s| *s) => return,
         };
         match opened {

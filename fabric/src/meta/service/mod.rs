@@ -471,10 +471,19 @@ impl Metadata for MetadataService {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
+        if req.volume_names.len() > watch::WATCH_NAMES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} volume names; a watch follows at most {} by name",
+                req.volume_names.len(),
+                watch::WATCH_NAMES_MAX
+            )));
+        }
         let filter = watch::Filter {
             nodes: !req.exclude_nodes,
             pools: !req.exclude_pools,
             volumes: !req.exclude_volumes,
+            names: (!req.volume_names.is_empty())
+                .then(|| Arc::new(req.volume_names.into_iter().collect())),
         };
         Ok(Response::new(Box::pin(watch::stream(
             self.member.sm.clone(),

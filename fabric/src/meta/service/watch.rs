@@ -7,6 +7,7 @@
 //! that starts from nothing, gets the full state.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use futures::Stream;
 use proto::meta as pb;
@@ -20,22 +21,33 @@ use crate::meta::model::{Pool, Volume};
 use crate::meta::state::ClusterState;
 use crate::meta::store::StateMachineStore;
 
-/// Which kinds of records a subscriber follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which records a subscriber follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     pub nodes: bool,
     pub pools: bool,
     pub volumes: bool,
+    /// Only the volumes of these names (every volume for `None`).
+    pub names: Option<Arc<BTreeSet<String>>>,
 }
+
+/// Most volume names one subscription may follow by name.
+pub const WATCH_NAMES_MAX: usize = 4096;
 
 impl Filter {
     pub const ALL: Filter = Filter {
         nodes: true,
         pools: true,
         volumes: true,
+        names: None,
     };
 
-    fn follows(self, kind: Kind) -> bool {
+    /// Whether the subscriber follows volume `name`.
+    fn wants(&self, name: &str) -> bool {
+        self.volumes && self.names.as_ref().is_none_or(|n| n.contains(name))
+    }
+
+    fn follows(&self, kind: Kind) -> bool {
         match kind {
             Kind::Nodes => self.nodes,
             Kind::Pools => self.pools,
@@ -43,16 +55,14 @@ impl Filter {
         }
     }
 
-    fn keep(self, changed: &mut Changed) {
+    fn keep(&self, changed: &mut Changed) {
         if !self.nodes {
             changed.nodes.clear();
         }
         if !self.pools {
             changed.pools.clear();
         }
-        if !self.volumes {
-            changed.volumes.clear();
-        }
+        changed.volumes.retain(|name| self.wants(name));
     }
 }
 
@@ -69,16 +79,16 @@ pub fn stream(
         .collect();
     let changes: Vec<watch::Receiver<u64>> = followed.iter().map(|k| sm.subscribe(*k)).collect();
     let have = (since_epoch > 0).then_some(since_epoch);
-    futures::stream::unfold(
-        (sm, changes, have),
-        move |(sm, mut changes, mut have)| async move {
+    futures::stream::unfold((sm, changes, have), move |(sm, mut changes, mut have)| {
+        let filter = filter.clone();
+        async move {
             loop {
                 // Marked seen before the read: a change applied after it wakes the wait below.
                 for c in &mut changes {
                     c.borrow_and_update();
                 }
                 let (event, now) = sm.read(|state, applied| {
-                    (event(state, applied, have, filter), state.cluster_epoch)
+                    (event(state, applied, have, &filter), state.cluster_epoch)
                 });
                 have = Some(now);
                 if let Some(event) = event {
@@ -93,8 +103,8 @@ pub fn stream(
                     return None;
                 }
             }
-        },
-    )
+        }
+    })
 }
 
 /// The event that brings a subscriber at `have` to `state`, for the records `filter` keeps;
@@ -103,7 +113,7 @@ pub fn event(
     state: &ClusterState,
     applied_index: u64,
     have: Option<u64>,
-    filter: Filter,
+    filter: &Filter,
 ) -> Option<pb::WatchEvent> {
     if have == Some(state.cluster_epoch) {
         return None;
@@ -137,7 +147,11 @@ pub fn event(
             for pool in state.pools.values().filter(|_| filter.pools) {
                 push_pool(&mut event, pool, None);
             }
-            for volume in state.volumes.values().filter(|_| filter.volumes) {
+            for volume in state
+                .volumes
+                .values()
+                .filter(|v| filter.wants(&v.spec.name))
+            {
                 push_volume(&mut event, volume);
             }
         }
