@@ -688,3 +688,33 @@ fn a_deleted_volume_frees_its_space_on_every_node() {
     qemu_io_ok(&dev.uri(), "read -P 0x3d 0 1M");
     assert_eq!(dev.stop().unwrap(), 0, "clean exit");
 }
+
+/// `nbdinfo --map` of a replicated volume shows where data was written and holes elsewhere:
+/// the gateway asks a live replica of each extent's group, whose store knows its holes.
+#[test]
+fn nbdinfo_map_of_a_replicated_volume_shows_holes() {
+    let Some((_serial, _dir, _data, mut dev)) = three_node_cluster(&["nbdinfo", "qemu-io"]) else {
+        return;
+    };
+    let uri = dev.uri();
+    qemu_io_ok(&uri, "write -P 0x5a 8M 1M");
+    let map = fabric_suite::run_text(Command::new("nbdinfo").args(["--map", &uri])).unwrap();
+    // offset length type description
+    let mut covered = 0u64;
+    let (mut data, mut holes) = (Vec::new(), 0u64);
+    for line in map.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (offset, len): (u64, u64) = (fields[0].parse().unwrap(), fields[1].parse().unwrap());
+        assert_eq!(offset, covered, "extents tile the volume: {map}");
+        covered += len;
+        match fields.last() {
+            Some(&"data") => data.push((offset, len)),
+            Some(&"hole,zero") => holes += len,
+            other => panic!("unexpected type {other:?}: {map}"),
+        }
+    }
+    assert_eq!(covered, 64 << 20, "{map}");
+    assert_eq!(data, vec![(8 << 20, 1 << 20)], "{map}");
+    assert_eq!(holes, 63 << 20, "{map}");
+    assert_eq!(dev.stop().unwrap(), 0, "clean exit");
+}

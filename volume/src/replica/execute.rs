@@ -77,6 +77,20 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
             Err(e) => Reply::status(h.op, h.request_id, Status::Error, e.errno(), 0),
         };
     }
+    if h.op == Op::BlockStatus {
+        // Not fenced either: which blocks hold data is a read.
+        if h.len == 0 || !in_range(&vol, h.op, h.offset, h.len) || h.extents().count() != 1 {
+            return refuse(Status::OutOfRange);
+        }
+        return match vol.local.block_status(h.offset, u64::from(h.len)).await {
+            Ok(extents) => Reply::ok(
+                h.op,
+                h.request_id,
+                crate::wire::block_status::encode(&extents),
+            ),
+            Err(e) => Reply::status(h.op, h.request_id, Status::Error, e.errno(), 0),
+        };
+    }
     if h.op != Op::Flush && !in_range(&vol, h.op, h.offset, h.len) {
         return refuse(Status::OutOfRange);
     }
@@ -222,7 +236,7 @@ async fn store(
             vol.intent.flush_completed(ticket).await?;
             return Ok((Bytes::new(), None));
         }
-        Op::GetExtentVersions | Op::Ping | Op::Digest => {
+        Op::GetExtentVersions | Op::Ping | Op::Digest | Op::BlockStatus => {
             unreachable!("answered before admission")
         }
     }

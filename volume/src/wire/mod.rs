@@ -28,6 +28,7 @@
 //! Code map: [`request`] and [`reply`] hold the frame codecs, [`versions`] the payload of
 //! GET_EXTENT_VERSIONS. Start at [`request::RequestHeader`].
 
+pub mod block_status;
 pub mod reply;
 pub mod request;
 pub mod versions;
@@ -111,6 +112,9 @@ pub enum Op {
     /// The crc32c of a range's contents, read and checked on the replica: the reply's payload
     /// is the crc32c, 4 bytes little endian. Compares copies without moving them.
     Digest = 8,
+    /// Which parts of a range (within one extent) hold data: the reply's payload is
+    /// [`crate::wire::block_status`] entries. Not fenced: it only reads.
+    BlockStatus = 9,
 }
 
 impl Op {
@@ -124,6 +128,7 @@ impl Op {
             6 => Op::GetExtentVersions,
             7 => Op::Ping,
             8 => Op::Digest,
+            9 => Op::BlockStatus,
             _ => return None,
         })
     }

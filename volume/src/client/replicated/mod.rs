@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::store::range_lock::RangeLock;
-use crate::volume::{BlockVolume, Extent, ExtentState, VolFuture, VolumeError, ZeroFlags};
+use crate::volume::{BlockVolume, Extent, VolFuture, VolumeError, ZeroFlags};
 use crate::wire::{
     ExtentVersion, FLAG_FUA, FLAG_MAY_TRIM, Op, Request, RequestHeader, VERSIONS_PER_REQUEST_MAX,
     VolumeId, WriteVersion, decode_extent_versions,
@@ -29,6 +29,7 @@ use super::membership::Event;
 use super::pool::ReplicaPool;
 use super::{AclObserver, ActingSets, ClientConfig, ClientConfigError, IO_SIZE_MAX_BYTES};
 
+mod allocation;
 mod grow;
 mod ledger;
 mod members;
@@ -445,8 +446,6 @@ impl BlockVolume for ReplicatedVolume {
     }
 
     fn block_status(&self, offset: u64, len: u64) -> VolFuture<Vec<Extent>> {
-        // The protocol has no block status yet: report the range as allocated data, which is
-        // always a correct (if unhelpful) answer.
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             inner.check_open()?;
@@ -458,13 +457,7 @@ impl BlockVolume for ReplicatedVolume {
                 });
             }
             inner.check_range(offset, len)?;
-            Ok(vec![Extent {
-                len,
-                state: ExtentState {
-                    hole: false,
-                    zero: false,
-                },
-            }])
+            Ok(inner.block_status(offset, len).await)
         })
     }
 }
