@@ -36,10 +36,14 @@ pub(super) async fn resync_stale(
     let (mut since_refresh, mut again) = (0u32, false);
     loop {
         // A moved map is followed at once; the tick retries replicas that were away.
-        tokio::select! {
-            _ = tick.tick() => since_refresh += 1,
-            changed = moved.changed(), if watching => watching = changed.is_ok(),
-        }
+        let ticked = tokio::select! {
+            _ = tick.tick() => true,
+            changed = moved.changed(), if watching => {
+                watching = changed.is_ok();
+                false
+            }
+        };
+        since_refresh += u32::from(ticked);
         if attached.superseded.refusal().is_some() {
             return;
         }
@@ -49,6 +53,10 @@ pub(super) async fn resync_stale(
             || since_refresh >= MAP_REFRESH_TICKS_MAX
             || !watching;
         seen = now;
+        if !refresh && !ticked {
+            // Another volume's record moved: nothing for this one until its next tick.
+            continue;
+        }
         if refresh {
             since_refresh = 0;
         }

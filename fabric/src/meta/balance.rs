@@ -41,7 +41,7 @@ pub struct PlannedMove {
 }
 
 /// Replicas and provisioned bytes a node holds in the pool, before and after the plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeLoad {
     pub node: NodeId,
     pub replicas_before: u64,
@@ -143,12 +143,7 @@ pub fn plan(state: &ClusterState, name: &str, budget: Budget) -> Result<Plan, Co
     let moves_max = budget.moves_max.min(BALANCE_MOVES_MAX);
     let planned = placement::balance(&map, &placed, &current, &overrides, moves_max)
         .map_err(|e| CommandError::FailedPrecondition(e.to_string()))?;
-    let volumes: Vec<&Volume> = state
-        .volumes
-        .values()
-        .filter(|v| v.spec.pool == name)
-        .collect();
-    let bytes = pg_bytes(pool, &volumes);
+    let bytes = pg_bytes(pool, &state.volumes_of(name));
     let owner = |disk: u32| topology.disk_owner[&disk];
 
     let mut moves = Vec::new();
@@ -186,21 +181,22 @@ pub fn plan(state: &ClusterState, name: &str, budget: Budget) -> Result<Plan, Co
         after.iter().flatten().copied().collect(),
     );
     let mut loads: BTreeMap<NodeId, NodeLoad> = BTreeMap::new();
+    let mut count = |disk: u32, after: bool, pg_bytes: u64| {
+        let node = owner(disk);
+        let l = loads.entry(node).or_insert(NodeLoad {
+            node,
+            ..NodeLoad::default()
+        });
+        let (replicas, bytes) = match after {
+            false => (&mut l.replicas_before, &mut l.bytes_before),
+            true => (&mut l.replicas_after, &mut l.bytes_after),
+        };
+        *replicas += 1;
+        *bytes += pg_bytes;
+    };
     for (pg, (was, will)) in pool.map.disks.iter().zip(&after).enumerate() {
-        for d in was {
-            let l = loads
-                .entry(owner(*d))
-                .or_insert_with(|| empty_load(owner(*d)));
-            l.replicas_before += 1;
-            l.bytes_before += bytes[pg];
-        }
-        for d in will {
-            let l = loads
-                .entry(owner(*d))
-                .or_insert_with(|| empty_load(owner(*d)));
-            l.replicas_after += 1;
-            l.bytes_after += bytes[pg];
-        }
+        was.iter().for_each(|d| count(*d, false, bytes[pg]));
+        will.iter().for_each(|d| count(*d, true, bytes[pg]));
     }
     Ok(Plan {
         pool: name.to_owned(),
@@ -212,16 +208,6 @@ pub fn plan(state: &ClusterState, name: &str, budget: Budget) -> Result<Plan, Co
         unbalanced_disks_after: placement::Balance::of(&map, &placed, &after_map).unbalanced_disks,
         violations_after: placement::Violations::of(&map, &placed, &after_map).total(),
     })
-}
-
-fn empty_load(node: NodeId) -> NodeLoad {
-    NodeLoad {
-        node,
-        replicas_before: 0,
-        replicas_after: 0,
-        bytes_before: 0,
-        bytes_after: 0,
-    }
 }
 
 impl ClusterState {

@@ -94,18 +94,13 @@ pub fn drop_leaving(map: &mut PgMap, pg: u32) -> BTreeSet<NodeId> {
     let Some(leaving) = map.leaving.remove(&pg) else {
         return BTreeSet::new();
     };
-    let (pgs, disks) = (&mut map.pgs[pg as usize], &mut map.disks[pg as usize]);
-    let keep: Vec<bool> = pgs.iter().map(|n| !leaving.contains(n)).collect();
-    let mut i = 0;
-    pgs.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
-    let mut i = 0;
-    disks.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
+    let i = pg as usize;
+    (map.pgs[i], map.disks[i]) = map.pgs[i]
+        .iter()
+        .zip(&map.disks[i])
+        .filter(|(n, _)| !leaving.contains(n))
+        .map(|(n, d)| (*n, *d))
+        .unzip();
     leaving
 }
 

@@ -231,4 +231,26 @@ impl Volume {
             .filter(|n| stale.is_none_or(|s| !s.contains(n)))
             .collect()
     }
+
+    /// Forgets what the volume knew of `nodes` in PG `pg`, which left it: their stale marks
+    /// and rebuild progress. Whether anything was forgotten.
+    pub fn forget(&mut self, pg: u32, nodes: &BTreeSet<NodeId>) -> bool {
+        let before = (
+            self.stale.get(&pg).map_or(0, BTreeSet::len),
+            self.rebuilding.len(),
+        );
+        if let Some(stale) = self.stale.get_mut(&pg) {
+            stale.retain(|n| !nodes.contains(n));
+            if stale.is_empty() {
+                self.stale.remove(&pg);
+            }
+        }
+        self.rebuilding
+            .retain(|r| r.pg != pg || !nodes.contains(&r.node));
+        before
+            != (
+                self.stale.get(&pg).map_or(0, BTreeSet::len),
+                self.rebuilding.len(),
+            )
+    }
 }

@@ -352,7 +352,7 @@ impl ClusterState {
     }
 
     /// The volumes of pool `pool`, in name order.
-    fn volumes_of(&self, pool: &str) -> Vec<&Volume> {
+    pub(super) fn volumes_of(&self, pool: &str) -> Vec<&Volume> {
         self.volumes
             .values()
             .filter(|v| v.spec.pool == pool)
@@ -423,15 +423,10 @@ impl ClusterState {
         for &pg in &pgs {
             let gone = handover::drop_leaving(&mut p.map, pg);
             for v in self.volumes.values_mut().filter(|v| v.spec.pool == pool) {
-                if let Some(stale) = v.stale.get_mut(&pg) {
-                    stale.retain(|n| !gone.contains(n));
-                    if stale.is_empty() {
-                        v.stale.remove(&pg);
-                    }
+                // A leaving replica is mostly current: only a volume it was stale for changes.
+                if v.forget(pg, &gone) {
+                    self.journal.note(Change::Volume(v.spec.name.clone()));
                 }
-                v.rebuilding
-                    .retain(|r| r.pg != pg || !gone.contains(&r.node));
-                self.journal.note(Change::Volume(v.spec.name.clone()));
             }
         }
         p.map.epoch += 1;
