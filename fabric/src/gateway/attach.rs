@@ -60,6 +60,15 @@ impl Superseded {
     }
 }
 
+/// A metadata call the service answered with an error, kept whole so that callers can tell
+/// a missing volume or one held elsewhere from an outage.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {}", status.message())]
+pub(crate) struct MetadataRefusal {
+    pub what: String,
+    pub status: tonic::Status,
+}
+
 /// Lets go of the attached volume after its last flush, so that it shows as available and the
 /// rebuild agent may heal it while nobody serves it. Best effort: a gateway that was fenced,
 /// or cannot reach the metadata service, leaves the attachment as it is.
@@ -103,7 +112,10 @@ impl VolumeMap {
                 async move { c.get_volume_map(get).await }
             })
             .await
-            .map_err(|s| anyhow::anyhow!("volume {name}: {}", s.message()))?;
+            .map_err(|status| MetadataRefusal {
+                what: format!("volume {name}"),
+                status,
+            })?;
         Ok(VolumeMap {
             volume: map.volume.context("volume map without its volume")?,
             pool: map.pool.context("volume map without its pool")?,
@@ -150,7 +162,10 @@ pub(crate) async fn open_volume(
             async move { c.attach_volume(attach).await }
         })
         .await
-        .map_err(|s| anyhow::anyhow!("attach: {}", s.message()))?;
+        .map_err(|status| MetadataRefusal {
+            what: "attach".into(),
+            status,
+        })?;
     tracing::info!(volume = name, epoch = attachment.attach_epoch, "attached");
     let config = ClientConfig {
         name: name.into(),

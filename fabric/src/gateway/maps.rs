@@ -4,7 +4,7 @@
 //! volume's size, which a resize raises: the volume takes it once its replicas hold it.
 //! Nothing is read while nothing moves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use proto::meta as pb;
@@ -13,6 +13,7 @@ use volume::volume::BlockVolume;
 
 use super::attach::{Attached, VolumeMap};
 use crate::meta::client::Client;
+use crate::meta::service::watch::WATCH_NAMES_MAX;
 
 /// What the watch stream said moved: a count that advances whenever a pool's PG map epoch
 /// moves, and one per volume that advances whenever its record changes (its size, its stale
@@ -30,28 +31,49 @@ impl Stamps {
     }
 }
 
-/// Follows the metadata service's watch stream (pools, and the records of `volumes`) for as
-/// long as the gateway runs, and stamps `moved` whenever a pool's PG map epoch or one of the
-/// volumes' records changes, so that the volume follows at once.
+/// Follows the metadata service's watch stream (pools, and the records of the volumes named
+/// in `volumes`) for as long as the gateway runs, and stamps `moved` whenever a pool's PG map
+/// epoch or one of the volumes' records changes, so that the volume follows at once. When the
+/// set of volumes changes (one attached or detached), the stream is opened again for the new
+/// set, from the epoch reached.
 pub(super) async fn watch_maps(
     client: Arc<Client>,
-    volumes: Vec<String>,
-    moved: tokio::sync::watch::Sender<Stamps>,
+    mut volumes: tokio::sync::watch::Receiver<BTreeSet<String>>,
+    moved: Arc<tokio::sync::watch::Sender<Stamps>>,
 ) {
-    let request = pb::WatchRequest {
-        exclude_nodes: true,
-        volume_names: volumes,
-        ..pb::WatchRequest::default()
-    };
     let mut follower = MapFollower {
         epoch: 0,
         pools: BTreeMap::new(),
         volumes: BTreeMap::new(),
         moved,
     };
-    // The gateway stops by ending its runtime; this subscription never stops by itself.
-    let (_keep, never) = tokio::sync::watch::channel(false);
-    crate::meta::watcher::follow(&client, request, &mut follower, never).await;
+    loop {
+        let names = volumes.borrow_and_update().clone();
+        // Past the server's limit on names, every volume's record comes (and most are ignored).
+        let request = pb::WatchRequest {
+            exclude_nodes: true,
+            exclude_volumes: names.is_empty(),
+            volume_names: if names.len() <= WATCH_NAMES_MAX {
+                names.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+            ..pb::WatchRequest::default()
+        };
+        // The records of volumes no longer followed are forgotten; a volume followed again
+        // starts from its record as the stream brings it.
+        follower.volumes.retain(|name, _| names.contains(name));
+        // The subscription itself never stops; a change of names ends this one.
+        let (_keep, never) = tokio::sync::watch::channel(false);
+        tokio::select! {
+            _ = crate::meta::watcher::follow(&client, request, &mut follower, never) => return,
+            changed = volumes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The PG map epoch of every pool and the record of every followed volume, as the watch
@@ -60,7 +82,7 @@ pub(super) struct MapFollower {
     epoch: u64,
     pools: BTreeMap<String, u64>,
     volumes: BTreeMap<String, pb::Volume>,
-    moved: tokio::sync::watch::Sender<Stamps>,
+    moved: Arc<tokio::sync::watch::Sender<Stamps>>,
 }
 
 impl crate::meta::watcher::Follower for MapFollower {

@@ -1,7 +1,9 @@
-//! `fabricd gateway`: the volume driver as a process of its own. It attaches each volume it
-//! serves (taking a fencing epoch from the metadata service), builds the volume's acting sets
-//! from its pool's PG map and the nodes' data addresses, and exports the replicated volumes
-//! over NBD. Storage nodes can then die while the export stays up.
+//! `fabricd gateway`: the volume driver a hypervisor host runs, as a process of its own. It
+//! serves any volume of the cluster over NBD: a client's first `NBD_OPT_GO` for a volume
+//! attaches it (a fencing epoch from the metadata service; a volume another gateway holds is
+//! refused until the operator moves it), the gateway builds its acting sets from its pool's
+//! PG map and the nodes' data addresses, and the last client leaving detaches it after a grace
+//! period (`volumes`). Storage nodes can die while the export stays up.
 //!
 //! A replica that fails a write leaves its PG's acting set through the metadata service
 //! (`RemoveReplica`, a Raft command) before the write is acknowledged, so the cluster's PG map
@@ -24,12 +26,13 @@ mod metered;
 pub use metered::Metered;
 mod observer;
 mod resync;
+mod volumes;
 
 use crate::metrics::{Metrics, VolumeMetrics};
-pub(crate) use attach::{Attached, detach, open_volume};
-use maps::watch_maps;
+pub(crate) use attach::{detach, open_volume};
 pub(crate) use resync::resync_round;
-use resync::resync_stale;
+pub use volumes::DETACH_GRACE_MS_DEFAULT;
+use volumes::Volumes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +41,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use volume::client::{PoolConfig, REMOVAL_WAIT_MS_DEFAULT, ReplicaPool};
-use volume::volume::BlockVolume;
 
 use crate::meta::client::{CALL_RETRY_DEADLINE_MS, Client};
 
@@ -68,8 +70,10 @@ pub struct GatewayArgs {
     /// Metadata members to ask, comma-separated gRPC addresses.
     #[arg(long, value_delimiter = ',', required = true)]
     pub endpoints: Vec<String>,
-    /// A volume to serve (repeat for more); it must exist in the cluster.
-    #[arg(long = "volume", required = true)]
+    /// A volume to attach at start and hold until the gateway stops (repeat for more); the
+    /// first is what an empty NBD export name selects. Any other volume of the cluster is
+    /// attached when a client first asks for it.
+    #[arg(long = "volume")]
     pub volumes: Vec<String>,
     /// Where to accept NBD clients.
     #[arg(long, default_value = "127.0.0.1:10809")]
@@ -77,9 +81,13 @@ pub struct GatewayArgs {
     /// Name to attach as (default: `gateway-` and the NBD address, stable across restarts).
     #[arg(long)]
     pub client_name: Option<String>,
-    /// Take the volumes over from another attachment; its writes are refused from then on.
+    /// Take the `--volume`s over from another attachment; its writes are refused from then on.
     #[arg(long)]
     pub force: bool,
+    /// How long a volume no client uses stays attached; a client reconnecting within it
+    /// finds the same attachment.
+    #[arg(long, default_value_t = DETACH_GRACE_MS_DEFAULT)]
+    pub detach_grace_ms: u64,
     /// How long a metadata call keeps retrying while no member can serve it (a removal that
     /// gives up is tried again later; shortened in tests of long metadata outages).
     #[arg(long, default_value_t = CALL_RETRY_DEADLINE_MS, value_parser = clap::value_parser!(u64).range(1..))]
@@ -89,7 +97,7 @@ pub struct GatewayArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Serves the volumes until SIGINT or SIGTERM, then flushes them.
+/// Serves volumes until SIGINT or SIGTERM, then flushes and detaches them.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut stop = crate::dev::StopSignals::install();
     let mut client = Client::new(args.endpoints.clone());
@@ -111,42 +119,38 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .with_context(|| format!("serve metrics on {listen}"))?;
         println!("gateway serving metrics at http://{bound}/metrics");
     }
-    let mut attached: Vec<Attached> = Vec::new();
-    let mut resyncs = tokio::task::JoinSet::new();
-    let (maps_moved, maps_moved_rx) = tokio::sync::watch::channel(maps::Stamps::default());
-    resyncs.spawn(watch_maps(
+    let volumes = Volumes::new(
         Arc::clone(&client),
-        args.volumes.clone(),
-        maps_moved,
-    ));
-    for name in &args.volumes {
-        let a = open_volume(
-            &client,
-            &pool,
-            name,
-            &attach_as,
-            args.force,
-            volume_metrics.clone(),
-        )
-        .await
-        .with_context(|| format!("open volume {name}"))?;
-        resyncs.spawn(resync_stale(
-            a.clone(),
-            Arc::clone(&client),
-            maps_moved_rx.clone(),
-        ));
-        attached.push(a);
+        pool,
+        attach_as.clone(),
+        volume_metrics,
+        Duration::from_millis(args.detach_grace_ms),
+        args.volumes.first().cloned(),
+    );
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(volumes.clone().follow_maps());
+    // `--force` takes the named volumes over once, at start; on demand, a volume held
+    // elsewhere is refused until the operator moves it here.
+    if args.force {
+        for name in &args.volumes {
+            force_attach(&client, name, &attach_as)
+                .await
+                .with_context(|| format!("take volume {name} over"))?;
+        }
     }
-    let exports: Vec<Arc<dyn BlockVolume>> = attached
-        .iter()
-        .map(|a| {
-            let volume = Arc::new(a.volume.clone()) as Arc<dyn BlockVolume>;
-            Arc::new(Metered::new(volume, volume_metrics.clone())) as Arc<dyn BlockVolume>
-        })
-        .collect();
+    for name in &args.volumes {
+        volumes
+            .pin(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("open volume {name}: {e}"))?;
+    }
+    background.spawn(volumes.clone().detach_idle());
 
-    let server = volume::nbd::NbdServer::new(exports.clone(), volume::nbd::NbdConfig::default())
-        .context("configure NBD server")?;
+    let server = volume::nbd::NbdServer::with_exports(
+        Arc::new(volumes.clone()),
+        volume::nbd::NbdConfig::default(),
+    )
+    .context("configure NBD server")?;
     let server = Arc::new(server);
     let tcp = tokio::net::TcpListener::bind(args.nbd_listen)
         .await
@@ -154,25 +158,32 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let addr = tcp.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(Arc::clone(&server).serve_tcp(tcp, stop_rx));
-    for v in &exports {
-        println!(
-            "gateway serving replicated volume {} ({} bytes) at nbd://{addr}/{}",
-            v.name(),
-            v.size(),
-            v.name()
-        );
+    for name in &args.volumes {
+        println!("gateway serving replicated volume {name} at nbd://{addr}/{name}");
     }
+    println!("gateway serving any volume of the cluster at nbd://{addr}/NAME, as {attach_as}");
     stop.wait().await;
     tracing::info!("gateway stopping: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = serving.await;
-    resyncs.shutdown().await;
-    for a in &attached {
-        a.volume
-            .flush()
-            .await
-            .map_err(|e| anyhow::anyhow!("flush {}: {e}", a.name))?;
-        detach(&client, a, &attach_as).await;
-    }
+    background.shutdown().await;
+    volumes.shutdown().await
+}
+
+/// Grants `attach_as` the attachment of `name`, fencing whoever held it.
+async fn force_attach(client: &Client, name: &str, attach_as: &str) -> anyhow::Result<()> {
+    let req = proto::meta::AttachVolumeRequest {
+        name: name.into(),
+        client: attach_as.into(),
+        force: true,
+        request_id: crate::meta::client::new_request_id(),
+    };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.attach_volume(req).await }
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("attach: {}", s.message()))?;
     Ok(())
 }

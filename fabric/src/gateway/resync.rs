@@ -22,11 +22,12 @@ pub const MAP_REFRESH_TICKS_MAX: u32 = 30;
 
 /// Follows the PG map and resyncs stale replicas of the volume that answer, for as long as
 /// the attachment is not superseded: a node that came back, or a node a PG was re-placed
-/// onto (a rebuild).
+/// onto (a rebuild). Ends between rounds once `stop` turns true.
 pub(super) async fn resync_stale(
     attached: Attached,
     client: Arc<Client>,
     mut moved: tokio::sync::watch::Receiver<Stamps>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(RESYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -37,6 +38,8 @@ pub(super) async fn resync_stale(
     loop {
         // A moved map is followed at once; the tick retries replicas that were away.
         let ticked = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => true,
             changed = moved.changed(), if watching => {
                 watching = changed.is_ok();

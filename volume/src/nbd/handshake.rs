@@ -12,10 +12,11 @@ use std::io;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::exports::{Described, ExportError, Opened};
 use super::options::*;
 use super::proto::*;
 use super::request::Negotiated;
-use super::server::{ExportEntry, NbdServer, PREFERRED_BLOCK_BYTES};
+use super::server::{NbdServer, PREFERRED_BLOCK_BYTES};
 use super::wire::{Frame, read_frame};
 
 /// Largest option data accepted, in bytes. Real options are a few strings of at most 4 KiB;
@@ -38,10 +39,12 @@ pub enum Outcome {
 }
 
 /// What the transmission phase needs from the handshake.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Session {
-    /// Index into the server's exports.
-    pub export: usize,
+    /// The export, open (and its lease held) for the life of the connection.
+    pub export: Opened,
+    /// The size announced to the client; the transmission checks requests against it.
+    pub size_bytes: u64,
     pub negotiated: Negotiated,
 }
 
@@ -60,7 +63,7 @@ struct Haggle {
     no_zeroes: bool,
     structured: bool,
     /// Export for which `base:allocation` was selected by the last SET_META_CONTEXT.
-    meta_export: Option<usize>,
+    meta_export: Option<String>,
 }
 
 /// Runs the handshake on a fresh connection.
@@ -132,7 +135,9 @@ where
                 )));
             }
         }
-        if let Some(outcome) = handle_option(server, &mut state, opt.option, &data, &mut out)? {
+        if let Some(outcome) =
+            handle_option(server, &mut state, opt.option, &data, &mut out).await?
+        {
             send(w, &mut out).await?;
             return Ok(outcome);
         }
@@ -169,8 +174,51 @@ pub fn transmission_flags(multi_conn: bool, structured: bool) -> u16 {
     flags
 }
 
+/// The export a client's name selects: the default one for the empty name. Names that are
+/// not UTF-8 name nothing this server has.
+fn resolve(server: &NbdServer, name: &[u8]) -> Result<String, ExportError> {
+    if name.is_empty() {
+        return server.exports.default_name().ok_or_else(|| {
+            ExportError::Unavailable("this server has no default export; name one".into())
+        });
+    }
+    std::str::from_utf8(name)
+        .map(str::to_owned)
+        .map_err(|_| ExportError::Unavailable("export names are UTF-8".into()))
+}
+
+/// Describes the export `name` selects.
+async fn describe(server: &NbdServer, name: &[u8]) -> Result<Described, ExportError> {
+    let name = resolve(server, name)?;
+    server.exports.describe(&name).await
+}
+
+/// Opens the export `name` selects, for this connection.
+async fn open(server: &NbdServer, name: &[u8]) -> Result<Opened, ExportError> {
+    let name = resolve(server, name)?;
+    server.exports.open(&name).await
+}
+
+/// The error reply of an export that cannot be described or opened.
+fn put_export_error(out: &mut BytesMut, option: u32, error: &ExportError) {
+    let (reply, message) = match error {
+        ExportError::Unavailable(m) => (NBD_REP_ERR_UNKNOWN, m),
+        ExportError::Refused(m) => (NBD_REP_ERR_POLICY, m),
+    };
+    put_option_reply(out, option, reply, clip(message).as_bytes());
+}
+
+/// `message` cut to [`ERROR_MESSAGE_MAX_BYTES`] at a character boundary.
+fn clip(message: &str) -> &str {
+    let mut end = message.len().min(ERROR_MESSAGE_MAX_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
 /// Answers one option into `out`. Returns the outcome when the option ends the handshake.
-fn handle_option(
+async fn handle_option(
     server: &NbdServer,
     state: &mut Haggle,
     option: u32,
@@ -182,22 +230,25 @@ fn handle_option(
     };
     match option {
         NBD_OPT_EXPORT_NAME => {
-            // No error reply exists for this option: an unknown name ends the session.
-            let Some(index) = server.find_export(data) else {
-                return Err(HandshakeError::Protocol(format!(
-                    "NBD_OPT_EXPORT_NAME for unknown export {:?}",
+            // No error reply exists for this option: an export that cannot be opened ends
+            // the session.
+            let export = open(server, data).await.map_err(|e| {
+                HandshakeError::Protocol(format!(
+                    "NBD_OPT_EXPORT_NAME for {:?}: {e}",
                     String::from_utf8_lossy(data)
-                )));
-            };
-            let export = &server.exports[index];
-            out.extend_from_slice(&export.volume.size().to_be_bytes());
+                ))
+            })?;
+            let size_bytes = export.volume.size();
+            out.extend_from_slice(&size_bytes.to_be_bytes());
             out.extend_from_slice(
                 &transmission_flags(server.config.multi_conn, state.structured).to_be_bytes(),
             );
             if !state.no_zeroes {
                 out.extend_from_slice(&[0u8; EXPORT_NAME_PADDING_BYTES]);
             }
-            return Ok(Some(Outcome::Transmission(session(state, index))));
+            return Ok(Some(Outcome::Transmission(session(
+                state, export, size_bytes,
+            ))));
         }
         NBD_OPT_ABORT => {
             // Data with ABORT is to be ignored, not refused.
@@ -205,17 +256,20 @@ fn handle_option(
             return Ok(Some(Outcome::ClientLeft("aborted the handshake")));
         }
         NBD_OPT_LIST if !data.is_empty() => invalid(out, "NBD_OPT_LIST carries no data"),
-        NBD_OPT_LIST => {
-            for export in &server.exports {
-                put_option_reply(
-                    out,
-                    option,
-                    NBD_REP_SERVER,
-                    &server_reply_data(&export.name, &export.description),
-                );
+        NBD_OPT_LIST => match server.exports.list().await {
+            Ok(listed) => {
+                for export in &listed {
+                    put_option_reply(
+                        out,
+                        option,
+                        NBD_REP_SERVER,
+                        &server_reply_data(&export.name, &export.description),
+                    );
+                }
+                put_option_reply(out, option, NBD_REP_ACK, &[]);
             }
-            put_option_reply(out, option, NBD_REP_ACK, &[]);
-        }
+            Err(e) => put_export_error(out, option, &e),
+        },
         NBD_OPT_INFO | NBD_OPT_GO => {
             let request = match parse_info_request(data) {
                 Ok(request) => request,
@@ -224,21 +278,34 @@ fn handle_option(
                     return Ok(None);
                 }
             };
-            let Some(index) = server.find_export(request.export) else {
-                put_option_reply(out, option, NBD_REP_ERR_UNKNOWN, b"no such export");
-                return Ok(None);
+            // INFO only describes; GO opens, which for a driver may mean attaching.
+            let described = if option == NBD_OPT_GO {
+                open(server, request.export).await.map(|export| {
+                    let described = Described {
+                        name: export.name.clone(),
+                        description: export.description.clone(),
+                        size_bytes: export.volume.size(),
+                        payload_max_bytes: export.payload_max_bytes,
+                    };
+                    (described, Some(export))
+                })
+            } else {
+                describe(server, request.export).await.map(|d| (d, None))
             };
-            put_export_info(
-                server,
-                &server.exports[index],
-                state.structured,
-                &request,
-                option,
-                out,
-            );
+            let (described, export) = match described {
+                Ok(d) => d,
+                Err(e) => {
+                    put_export_error(out, option, &e);
+                    return Ok(None);
+                }
+            };
+            put_export_info(server, &described, state.structured, &request, option, out);
             put_option_reply(out, option, NBD_REP_ACK, &[]);
-            if option == NBD_OPT_GO {
-                return Ok(Some(Outcome::Transmission(session(state, index))));
+            if let Some(export) = export {
+                let size_bytes = described.size_bytes;
+                return Ok(Some(Outcome::Transmission(session(
+                    state, export, size_bytes,
+                ))));
             }
         }
         NBD_OPT_STRUCTURED_REPLY if !data.is_empty() => {
@@ -265,9 +332,12 @@ fn handle_option(
                     return Ok(None);
                 }
             };
-            let Some(index) = server.find_export(request.export) else {
-                put_option_reply(out, option, NBD_REP_ERR_UNKNOWN, b"no such export");
-                return Ok(None);
+            let export = match describe(server, request.export).await {
+                Ok(described) => described.name,
+                Err(e) => {
+                    put_export_error(out, option, &e);
+                    return Ok(None);
+                }
             };
             let selected = if setting {
                 request
@@ -296,7 +366,7 @@ fn handle_option(
                     &meta_context_reply_data(id, BASE_ALLOCATION),
                 );
                 if setting {
-                    state.meta_export = Some(index);
+                    state.meta_export = Some(export);
                 }
             }
             put_option_reply(out, option, NBD_REP_ACK, &[]);
@@ -310,7 +380,7 @@ fn handle_option(
 /// The `NBD_REP_INFO` replies of a successful INFO or GO.
 fn put_export_info(
     server: &NbdServer,
-    export: &ExportEntry,
+    export: &Described,
     structured: bool,
     request: &InfoRequest<'_>,
     option: u32,
@@ -321,7 +391,7 @@ fn put_export_info(
         out,
         option,
         NBD_REP_INFO,
-        &info_export(export.volume.size(), flags),
+        &info_export(export.size_bytes, flags),
     );
     if request.wants(NBD_INFO_NAME) {
         put_option_reply(
@@ -349,12 +419,14 @@ fn put_export_info(
     );
 }
 
-fn session(state: &Haggle, export: usize) -> Session {
+fn session(state: &Haggle, export: Opened, size_bytes: u64) -> Session {
     // Block status needs structured replies and a context selected for this very export.
-    let base_allocation = (state.structured && state.meta_export == Some(export))
-        .then_some(BASE_ALLOCATION_CONTEXT_ID);
+    let base_allocation = (state.structured
+        && state.meta_export.as_deref() == Some(export.name.as_str()))
+    .then_some(BASE_ALLOCATION_CONTEXT_ID);
     Session {
         export,
+        size_bytes,
         negotiated: Negotiated {
             structured_replies: state.structured,
             base_allocation,

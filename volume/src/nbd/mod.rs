@@ -14,6 +14,8 @@
 //! - [`request`]: checks a request against the export and the negotiation, no IO; every errno
 //!   of a refused request is decided there.
 //! - `dispatch`: runs a checked request against the volume and encodes the reply.
+//! - [`exports`]: where a connection's export comes from: a fixed list, or a driver that
+//!   opens volumes on a client's first `NBD_OPT_GO` and holds them while connections last.
 //! - `handshake`: the option haggling state machine over a socket.
 //! - `transmission`: reader, per-request tasks and the reply writer of one connection.
 //! - `server`: [`NbdServer`], listeners, connection lifecycle and shutdown. Start here.
@@ -25,6 +27,7 @@
 //! [`BlockVolume`]: crate::volume::BlockVolume
 
 mod dispatch;
+pub mod exports;
 mod handshake;
 pub mod options;
 pub mod proto;
@@ -34,6 +37,9 @@ mod transmission;
 mod wire;
 
 pub use dispatch::{BLOCK_STATUS_DESCRIPTORS_MAX, block_descriptors};
+pub use exports::{
+    Described, ExportError, Exports, FixedExports, Listed, Opened, describe_volume, payload_max_of,
+};
 pub use handshake::{BASE_ALLOCATION_CONTEXT_ID, OPTION_DATA_MAX_BYTES, OPTIONS_PER_HANDSHAKE_MAX};
 pub use server::{
     NbdConfig, NbdConfigError, NbdServer, PAYLOAD_MAX_BYTES, PREFERRED_BLOCK_BYTES,

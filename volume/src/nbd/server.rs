@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::volume::BlockVolume;
 
+use super::exports::{ExportNameError, Exports, FixedExports, FixedExportsError};
 use super::handshake::{self, HandshakeError, Outcome};
 use super::proto::STRING_MAX_BYTES;
 use super::request::Geometry;
@@ -92,78 +93,46 @@ pub enum NbdConfigError {
     InFlight(usize),
 }
 
-/// One export as the handshake sees it.
-pub(super) struct ExportEntry {
-    pub volume: Arc<dyn BlockVolume>,
-    pub name: String,
-    pub description: String,
-    /// The advertised maximum block size.
-    pub payload_max_bytes: u32,
-}
-
-/// An NBD server for a fixed set of exports. The first export is the default one (what an
-/// empty export name selects).
+/// An NBD server. Its exports come from an [`Exports`]: a fixed list, or a driver that opens
+/// volumes as clients ask for them.
 pub struct NbdServer {
-    pub(super) exports: Vec<ExportEntry>,
+    pub(super) exports: Arc<dyn Exports>,
     pub(super) config: NbdConfig,
     next_connection_id: AtomicU64,
 }
 
 impl NbdServer {
-    /// Checks the exports and the configuration.
+    /// A server for a fixed set of exports; the first is the default one (what an empty
+    /// export name selects). Checks the exports and the configuration.
     pub fn new(
         exports: Vec<Arc<dyn BlockVolume>>,
         config: NbdConfig,
     ) -> Result<Self, NbdConfigError> {
-        let NbdConfig {
-            multi_conn: _,
-            requests_in_flight_max,
-            handshake_timeout_ms,
-            shutdown_grace_ms: _,
-        } = config;
-        if !(1..=REQUESTS_IN_FLIGHT_MAX_LIMIT).contains(&requests_in_flight_max) {
-            return Err(NbdConfigError::InFlight(requests_in_flight_max));
-        }
-        if handshake_timeout_ms == 0 {
-            return Err(NbdConfigError::HandshakeTimeout);
-        }
-        if exports.is_empty() {
-            return Err(NbdConfigError::NoExports);
-        }
-        let mut entries: Vec<ExportEntry> = Vec::with_capacity(exports.len());
-        for volume in exports {
-            let name = volume.name().to_owned();
-            if name.is_empty() || name.len() > STRING_MAX_BYTES || name.contains('\0') {
-                return Err(NbdConfigError::BadName(name));
+        check_config(&config)?;
+        let exports = FixedExports::new(exports).map_err(|e| match e {
+            FixedExportsError::NoExports => NbdConfigError::NoExports,
+            FixedExportsError::DuplicateName(name) => NbdConfigError::DuplicateName(name),
+            FixedExportsError::Name(ExportNameError::BadName(name)) => {
+                NbdConfigError::BadName(name)
             }
-            if entries.iter().any(|e| e.name == name) {
-                return Err(NbdConfigError::DuplicateName(name));
+            FixedExportsError::Name(ExportNameError::MaxIoTooSmall { name, max_io_bytes }) => {
+                NbdConfigError::MaxIoTooSmall { name, max_io_bytes }
             }
-            let max_io_bytes = volume.max_io_bytes();
-            if max_io_bytes < PREFERRED_BLOCK_BYTES {
-                return Err(NbdConfigError::MaxIoTooSmall { name, max_io_bytes });
-            }
-            let description = format!("Fabric volume {name}");
-            entries.push(ExportEntry {
-                volume,
-                name,
-                description,
-                payload_max_bytes: max_io_bytes.min(PAYLOAD_MAX_BYTES),
-            });
-        }
+        })?;
+        Self::with_exports(Arc::new(exports), config)
+    }
+
+    /// A server whose exports `exports` opens on demand. Checks the configuration.
+    pub fn with_exports(
+        exports: Arc<dyn Exports>,
+        config: NbdConfig,
+    ) -> Result<Self, NbdConfigError> {
+        check_config(&config)?;
         Ok(NbdServer {
-            exports: entries,
+            exports,
             config,
             next_connection_id: AtomicU64::new(1),
         })
-    }
-
-    /// Index of the export called `name`; the empty name is the default (first) export.
-    pub(super) fn find_export(&self, name: &[u8]) -> Option<usize> {
-        if name.is_empty() {
-            return Some(0);
-        }
-        self.exports.iter().position(|e| e.name.as_bytes() == name)
     }
 
     /// Serves NBD on `listener` until `shutdown` turns true (or its sender is dropped), then
@@ -268,16 +237,17 @@ impl NbdServer {
             }
         };
 
-        let export = &self.exports[session.export];
+        // The export stays open (its lease held) until the transmission ends.
+        let export = session.export;
         let export_name = export.name.clone();
         tracing::debug!(%peer, export = %export_name, structured = session.negotiated.structured_replies,
             block_status = session.negotiated.base_allocation.is_some(), "nbd transmission started");
         let transmission = Transmission {
             volume: Arc::clone(&export.volume),
             negotiated: session.negotiated,
-            // Read the size once: the export size is fixed for the life of the connection.
+            // The size the handshake announced: fixed for the life of the connection.
             geometry: Geometry {
-                size_bytes: export.volume.size(),
+                size_bytes: session.size_bytes,
                 payload_max_bytes: export.payload_max_bytes,
             },
             requests_in_flight_max: self.config.requests_in_flight_max,
@@ -325,6 +295,22 @@ impl NbdServer {
             connections.shutdown().await;
         }
     }
+}
+
+fn check_config(config: &NbdConfig) -> Result<(), NbdConfigError> {
+    let NbdConfig {
+        multi_conn: _,
+        requests_in_flight_max,
+        handshake_timeout_ms,
+        shutdown_grace_ms: _,
+    } = *config;
+    if !(1..=REQUESTS_IN_FLIGHT_MAX_LIMIT).contains(&requests_in_flight_max) {
+        return Err(NbdConfigError::InFlight(requests_in_flight_max));
+    }
+    if handshake_timeout_ms == 0 {
+        return Err(NbdConfigError::HandshakeTimeout);
+    }
+    Ok(())
 }
 
 fn reap(done: Result<(), tokio::task::JoinError>) {
