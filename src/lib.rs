@@ -404,3 +404,109 @@ pub fn qemu_io_ok(uri: &str, cmd: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `fabricd gateway` process of the cluster in a data directory, serving on a port of its
+/// own; killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    pub client_name: String,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts a gateway attaching as `client_name`, with `extra` flags (`--volume`,
+    /// `--detach-grace-ms`, ...), its output in `log`; returns once it accepts connections.
+    pub fn start(data_dir: &Path, client_name: &str, extra: &[&str], log: &Path) -> Gateway {
+        Self::start_on(data_dir, client_name, extra, log, free_port())
+    }
+
+    /// The same on a given port (a restart takes the port of the gateway it replaces).
+    pub fn start_on(
+        data_dir: &Path,
+        client_name: &str,
+        extra: &[&str],
+        log: &Path,
+        port: u16,
+    ) -> Gateway {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("gateway log");
+        let child = Command::new(workspace_bin("fabricd"))
+            .args(["gateway", "--client-name", client_name])
+            .args(["--endpoints", &endpoints(data_dir).join(",")])
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(out.try_clone().expect("gateway log"))
+            .stderr(out)
+            .spawn()
+            .expect("start a gateway");
+        let mut gateway = Gateway {
+            child,
+            port,
+            client_name: client_name.to_owned(),
+            log: log.to_path_buf(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = gateway.child.try_wait() {
+                panic!(
+                    "gateway {client_name} exited ({status}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway {client_name} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gateway
+    }
+
+    /// `nbd://127.0.0.1:PORT/VOLUME`.
+    pub fn uri(&self, volume: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{volume}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, and the exit status once it has flushed and detached.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait for the gateway")
+    }
+
+    /// SIGKILL: no flush, no detach.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The metadata members' gRPC addresses of the cluster in `data_dir`.
+pub fn endpoints(data_dir: &Path) -> Vec<String> {
+    let cluster: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data_dir.join("cluster.json")).expect("cluster.json"),
+    )
+    .expect("cluster.json is JSON");
+    cluster["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m[1].as_str().expect("member address").to_owned())
+        .collect()
+}

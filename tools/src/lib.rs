@@ -3,3 +3,4 @@
 pub mod group;
 pub mod movement;
 pub mod prometheus;
+pub mod volume_map;

@@ -1279,3 +1279,154 @@ async fn nbdcopy_round_trips_a_sparse_image_over_several_connections() {
         "the image reads back"
     );
 }
+
+// ---- Exports opened on demand ------------------------------------------------------------
+
+/// Exports as a volume driver has them: `vol0` opens (counting opens and the leases held),
+/// `held` is refused by policy, anything else does not exist. No default export.
+struct OnDemand {
+    volume: MemVolume,
+    opens: AtomicUsize,
+    leases: Arc<AtomicUsize>,
+}
+
+/// Gives its count back when the connection holding it ends.
+struct CountedLease(Arc<AtomicUsize>);
+
+impl Drop for CountedLease {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl OnDemand {
+    fn check(name: &str) -> Result<(), volume::nbd::ExportError> {
+        match name {
+            "vol0" => Ok(()),
+            "held" => Err(volume::nbd::ExportError::Refused(
+                "held by host-x; move it first".into(),
+            )),
+            _ => Err(volume::nbd::ExportError::Unavailable(format!(
+                "no volume {name}"
+            ))),
+        }
+    }
+}
+
+impl volume::nbd::Exports for OnDemand {
+    fn default_name(&self) -> Option<String> {
+        None
+    }
+
+    fn list(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<volume::nbd::Listed>, volume::nbd::ExportError>>
+    {
+        Box::pin(async {
+            Ok(vec![volume::nbd::Listed {
+                name: "vol0".into(),
+                description: "the only one".into(),
+            }])
+        })
+    }
+
+    fn describe<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<volume::nbd::Described, volume::nbd::ExportError>>
+    {
+        Box::pin(async move {
+            Self::check(name)?;
+            Ok(volume::nbd::Described {
+                name: name.into(),
+                description: "the only one".into(),
+                size_bytes: SIZE,
+                payload_max_bytes: MAX_IO,
+            })
+        })
+    }
+
+    fn open<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<volume::nbd::Opened, volume::nbd::ExportError>> {
+        Box::pin(async move {
+            Self::check(name)?;
+            self.opens.fetch_add(1, Ordering::SeqCst);
+            self.leases.fetch_add(1, Ordering::SeqCst);
+            Ok(volume::nbd::Opened {
+                volume: Arc::new(self.volume.clone()),
+                name: name.into(),
+                description: "the only one".into(),
+                payload_max_bytes: MAX_IO,
+                lease: Some(Box::new(CountedLease(Arc::clone(&self.leases)))),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn exports_opened_on_demand_hold_a_lease_per_connection_and_refusals_say_why() {
+    let exports = Arc::new(OnDemand {
+        volume: MemVolume::new("vol0", true),
+        opens: AtomicUsize::new(0),
+        leases: Arc::new(AtomicUsize::new(0)),
+    });
+    let server = NbdServer::with_exports(
+        Arc::clone(&exports) as Arc<dyn volume::nbd::Exports>,
+        NbdConfig::default(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = watch::channel(false);
+    tokio::spawn(Arc::new(server).serve_tcp(listener, stopped));
+
+    let mut c = Client::tcp(addr).await;
+    let list = c.option(NBD_OPT_LIST, &[]).await;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].kind, NBD_REP_SERVER);
+    // INFO describes without opening; there is no default export to describe.
+    let info = c.option(NBD_OPT_INFO, &info_request("vol0", &[])).await;
+    assert_eq!(info.last().unwrap().kind, NBD_REP_ACK);
+    assert_eq!(
+        c.option(NBD_OPT_INFO, &info_request("", &[])).await[0].kind,
+        NBD_REP_ERR_UNKNOWN
+    );
+    assert_eq!(exports.opens.load(Ordering::SeqCst), 0);
+    // A refusal by policy carries the reason.
+    let held = c.option(NBD_OPT_GO, &info_request("held", &[])).await;
+    assert_eq!(held[0].kind, NBD_REP_ERR_POLICY);
+    assert_eq!(held[0].data, b"held by host-x; move it first");
+    assert_eq!(
+        c.option(NBD_OPT_GO, &info_request("other", &[])).await[0].kind,
+        NBD_REP_ERR_UNKNOWN
+    );
+
+    // Two connections, two leases; each is given back when its connection ends.
+    let (size, _) = c.go("vol0").await;
+    assert_eq!(size, SIZE);
+    let mut d = Client::tcp(addr).await;
+    d.go("vol0").await;
+    assert_eq!(exports.leases.load(Ordering::SeqCst), 2);
+    assert_eq!(c.write(0, b"lease").await, 0);
+    assert_eq!(d.read(0, 5).await.unwrap(), b"lease");
+    c.send(0, NBD_CMD_DISC, 1, 0, 0, &[]).await;
+    c.expect_closed().await;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while exports.leases.load(Ordering::SeqCst) != 1 {
+        assert!(Instant::now() < deadline, "the lease was not given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(d);
+    while exports.leases.load(Ordering::SeqCst) != 0 {
+        assert!(Instant::now() < deadline, "the lease was not given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // EXPORT_NAME has no error reply: a refused export ends the connection.
+    let mut e = Client::tcp(addr).await;
+    e.send_option(NBD_OPT_EXPORT_NAME, b"held").await;
+    e.expect_closed().await;
+    assert_eq!(exports.opens.load(Ordering::SeqCst), 2);
+}

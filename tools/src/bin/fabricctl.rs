@@ -177,6 +177,15 @@ enum VolumeCmd {
         #[arg(long)]
         size: String,
     },
+    /// How a hypervisor host reaches the volume through a gateway: its NBD URI, and the QEMU
+    /// and libvirt snippets that attach it (with reconnection across gateway restarts). Any
+    /// gateway serves any volume; the first client's open attaches it there.
+    Map {
+        name: String,
+        /// The gateway's NBD address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:10809")]
+        gateway: String,
+    },
     /// Grant a new fencing epoch to CLIENT; with --force, take the volume from its holder,
     /// whose writes replicas refuse once they see the new epoch.
     Attach {
@@ -528,6 +537,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out["replica_state"] = replica_state(&v, pool);
             }
             Output::one(out)
+        }
+        Cmd::Volume(VolumeCmd::Map { name, gateway }) => {
+            let (host, port) = tools::volume_map::split_gateway(&gateway)?;
+            let v = client
+                .call(|mut c| {
+                    let name = name.clone();
+                    async move { c.get_volume(pb::GetVolumeRequest { name }).await }
+                })
+                .await?;
+            let map = tools::volume_map::volume_map(&v.name, &host, port);
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({
+                        "volume": v.name, "size_bytes": v.size_bytes, "uri": map.uri,
+                        "qemu": map.qemu, "libvirt": map.libvirt,
+                    })
+                );
+            } else {
+                println!("{}\n", map.uri);
+                println!("qemu:\n  {}\n", map.qemu);
+                println!("libvirt:\n{}", map.libvirt);
+            }
+            return Ok(());
         }
         Cmd::Pool(PoolCmd::Delete { name }) => {
             // One request id across retries: a retried delete that already happened succeeds.

@@ -1,0 +1,215 @@
+//! The gateway as a hypervisor host's volume driver: it serves any volume of the cluster, the
+//! first client's `NBD_OPT_GO` attaching it and the last one's leaving detaching it after a
+//! grace period; it lists the cluster's volumes; and it refuses a volume another gateway holds
+//! until the operator moves it. Real clients (nbdinfo, qemu-io) against real processes.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fabric_suite::{DevNode, Gateway, fabricctl, qemu_io_ok, tools};
+use serde_json::Value;
+
+/// `fabricd dev --nodes 3` (its own gateway serving `vol0`) from a fresh directory.
+fn cluster() -> Option<(
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    DevNode,
+)> {
+    tools(&["nbdinfo", "qemu-io"])?;
+    let serial = fabric_suite::one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
+    Some((serial, dir, data, dev))
+}
+
+fn create(data: &Path, name: &str, size: &str) {
+    fabricctl(
+        data,
+        &[
+            "volume", "create", name, "--size", size, "--pool", "default",
+        ],
+    );
+}
+
+fn show(data: &Path, name: &str) -> Value {
+    fabricctl(data, &["volume", "show", name])
+}
+
+/// `nbdinfo --json URI`, which must succeed.
+fn nbdinfo(uri: &str) -> Value {
+    let out = Command::new("nbdinfo")
+        .args(["--json", uri])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nbdinfo");
+    assert!(
+        out.status.success(),
+        "nbdinfo {uri}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("nbdinfo JSON")
+}
+
+/// Why `nbdinfo URI` fails, with libnbd's debug output (which carries the server's message).
+fn nbdinfo_refusal(uri: &str) -> String {
+    let out = Command::new("nbdinfo")
+        .arg(uri)
+        .env("LIBNBD_DEBUG", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nbdinfo");
+    assert!(!out.status.success(), "nbdinfo {uri} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Waits until `volume show NAME` satisfies `ok`.
+fn wait_show(data: &Path, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = show(data, name);
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{name} never {what}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_volume_created_after_the_gateway_started_is_served_on_first_open_and_let_go_when_idle() {
+    let Some((_serial, dir, data, _dev)) = cluster() else {
+        return;
+    };
+    let gw = Gateway::start(
+        &data,
+        "host-a",
+        &["--detach-grace-ms", "1500"],
+        &dir.path().join("gateway-a.log"),
+    );
+    create(&data, "vm1", "64MiB");
+    assert_eq!(show(&data, "vm1")["state"], "available");
+
+    // The first open attaches; the export is the volume, multi-connection capable.
+    let info = nbdinfo(&gw.uri("vm1"));
+    let export = &info["exports"][0];
+    assert_eq!(export["export-size"], 64 << 20, "{info}");
+    assert_eq!(export["can_multi_conn"], true, "{info}");
+    let attached = show(&data, "vm1");
+    assert_eq!(attached["attached_to"], "host-a", "{attached}");
+    let epoch = attached["attach_epoch"].as_u64().unwrap();
+
+    // Clients that follow one another within the grace period share that attachment.
+    qemu_io_ok(&gw.uri("vm1"), "write -P 0x5a 1M 2M");
+    qemu_io_ok(&gw.uri("vm1"), "read -P 0x5a 1M 2M");
+    assert_eq!(show(&data, "vm1")["attach_epoch"], epoch);
+
+    // Nobody left: flushed and detached after the grace period.
+    wait_show(&data, "vm1", "was detached", |v| v["state"] == "available");
+    // Opened again: attached anew, and the data is there.
+    qemu_io_ok(&gw.uri("vm1"), "read -P 0x5a 1M 2M");
+    let again = show(&data, "vm1");
+    assert!(again["attach_epoch"].as_u64().unwrap() > epoch, "{again}");
+
+    // NBD_OPT_LIST shows the cluster's volumes, served here or not.
+    let listed = nbdinfo_list(&gw.uri(""));
+    for name in ["vol0", "vm1"] {
+        assert!(listed.contains(&name.to_owned()), "{listed:?}");
+    }
+    // A volume the cluster does not have is refused, and the gateway serves on.
+    let refusal = nbdinfo_refusal(&gw.uri("nosuch"));
+    assert!(refusal.contains("no volume named"), "{refusal}");
+    qemu_io_ok(&gw.uri("vm1"), "read -P 0x5a 1M 2M");
+
+    // `volume map` prints a URI that opens the volume.
+    let map = fabricctl(
+        &data,
+        &[
+            "volume",
+            "map",
+            "vm1",
+            "--gateway",
+            &format!("127.0.0.1:{}", gw.port),
+        ],
+    );
+    assert_eq!(map["uri"], gw.uri("vm1"));
+    assert!(
+        map["qemu"].as_str().unwrap().contains("export=vm1"),
+        "{map}"
+    );
+    nbdinfo(map["uri"].as_str().unwrap());
+}
+
+/// The export names `nbdinfo --list` shows.
+fn nbdinfo_list(uri: &str) -> Vec<String> {
+    let out = Command::new("nbdinfo")
+        .args(["--list", "--json", uri])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nbdinfo --list");
+    assert!(
+        out.status.success(),
+        "nbdinfo --list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("nbdinfo JSON");
+    listed["exports"]
+        .as_array()
+        .expect("exports")
+        .iter()
+        .map(|e| e["export-name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_volume_another_gateway_holds_is_refused_until_the_operator_moves_it() {
+    let Some((_serial, dir, data, _dev)) = cluster() else {
+        return;
+    };
+    create(&data, "vm1", "64MiB");
+    create(&data, "other", "64MiB");
+    // Host A holds `other` from its start and `vm1` from its first client on.
+    let a = Gateway::start(
+        &data,
+        "host-a",
+        &["--volume", "other", "--detach-grace-ms", "600000"],
+        &dir.path().join("gateway-a.log"),
+    );
+    let b = Gateway::start(&data, "host-b", &[], &dir.path().join("gateway-b.log"));
+    qemu_io_ok(&a.uri("vm1"), "write -P 0x11 0 4M");
+
+    let refusal = nbdinfo_refusal(&b.uri("vm1"));
+    assert!(
+        refusal.contains("attached to host-a")
+            && refusal.contains("fabricctl volume attach vm1 --client host-b --force"),
+        "{refusal}"
+    );
+
+    // The operator moves it; host B serves it, and host A's writes are fenced.
+    fabricctl(
+        &data,
+        &["volume", "attach", "vm1", "--client", "host-b", "--force"],
+    );
+    qemu_io_ok(&b.uri("vm1"), "read -P 0x11 0 4M");
+    qemu_io_ok(&b.uri("vm1"), "write -P 0x22 0 2M");
+    let fenced = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x33 0 4M", &a.uri("vm1")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run qemu-io");
+    let text = String::from_utf8_lossy(&fenced.stdout);
+    assert!(
+        !fenced.status.success() || text.contains("error"),
+        "a write through the superseded gateway succeeded: {text}"
+    );
+    qemu_io_ok(&b.uri("vm1"), "read -P 0x22 0 2M");
+    qemu_io_ok(&b.uri("vm1"), "read -P 0x11 2M 2M");
+
+    // The other volume on host A is untouched by vm1's fencing.
+    qemu_io_ok(&a.uri("other"), "write -P 0x44 0 1M");
+    qemu_io_ok(&a.uri("other"), "read -P 0x44 0 1M");
+    // And the empty name selects host A's first --volume.
+    assert_eq!(nbdinfo(&a.uri(""))["exports"][0]["export-name"], "other");
+}
