@@ -1501,3 +1501,77 @@ async fn a_new_writer_copies_every_written_extent_to_a_replica_stale_under_anoth
         "node 2 after its resync",
     );
 }
+
+/// `CAN_MULTI_CONN`: the writes one NBD connection had acknowledged are made durable by a
+/// flush on another connection of the same volume, since every connection shares one
+/// replicated volume whose flush reaches every replica. Each replica's machine then restarts
+/// (losing what it had not flushed) and none counts a write as lost. Without that flush, the
+/// same restart loses a write: the check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_on_one_nbd_connection_makes_every_connections_writes_durable() {
+    if !tool_available("nbdsh") {
+        return;
+    }
+    let mut nodes = three_nodes().await;
+    let (vol, recorder) = client(&nodes, 1, 2);
+    let server = Arc::new(
+        NbdServer::new(
+            vec![Arc::new(vol.clone()) as Arc<dyn BlockVolume>],
+            NbdConfig::default(),
+        )
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("nbd://{}", listener.local_addr().unwrap());
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(server.serve_tcp(listener, stop_rx));
+
+    // Connection a writes into two extents, connection b flushes, both leave without more.
+    let script = |flush: bool| {
+        format!(
+            "a = nbd.NBD(); a.connect_uri('{uri}')\n\
+             b = nbd.NBD(); b.connect_uri('{uri}')\n\
+             assert a.can_multi_conn() and b.can_multi_conn()\n\
+             a.pwrite(b'\\x5a' * 65536, 0)\n\
+             a.pwrite(b'\\x5b' * 65536, {EXTENT})\n\
+             {}\n\
+             a.shutdown(); b.shutdown()\n",
+            if flush { "b.flush()" } else { "pass" }
+        )
+    };
+    let run = |script: String| async move {
+        // nbdsh is Debian's, for Debian's python3 with the libnbd module.
+        let path = std::env::var("PATH").unwrap_or_default();
+        let out = tokio::process::Command::new("nbdsh")
+            .env("PATH", format!("/usr/bin:{path}"))
+            .args(["-c", &script])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nbdsh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(script(true)).await;
+    for i in 0..nodes.len() {
+        let node = nodes.remove(i);
+        nodes.insert(i, node.restart_machine().await);
+    }
+    assert_eq!(
+        vol.probe_unflushed().await.unwrap(),
+        0,
+        "a flushed write was lost"
+    );
+    assert!(recorder.failed_replicas().is_empty());
+
+    run(script(false)).await;
+    let node = nodes.remove(0);
+    nodes.insert(0, node.restart_machine().await);
+    assert_eq!(
+        vol.probe_unflushed().await.unwrap(),
+        1,
+        "without the flush, the restarted replica lost the writes"
+    );
+}
