@@ -213,3 +213,73 @@ fn a_volume_another_gateway_holds_is_refused_until_the_operator_moves_it() {
     // And the empty name selects host A's first --volume.
     assert_eq!(nbdinfo(&a.uri(""))["exports"][0]["export-name"], "other");
 }
+
+#[test]
+fn limits_refuse_the_connection_or_volume_past_them_and_nothing_else() {
+    let Some((_serial, dir, data, _dev)) = cluster() else {
+        return;
+    };
+    if tools(&["nbdsh"]).is_none() {
+        return;
+    }
+    create(&data, "vm1", "64MiB");
+    create(&data, "vm2", "64MiB");
+    let metrics_port = fabric_suite::free_port();
+    let gw = Gateway::start(
+        &data,
+        "host-a",
+        &[
+            "--volumes-max",
+            "1",
+            "--connections-per-volume-max",
+            "1",
+            "--detach-grace-ms",
+            "500",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        &dir.path().join("gateway.log"),
+    );
+    // One client holds vm1 open for a while.
+    let mut holder = fabric_suite::nbdsh()
+        .args([
+            "-c",
+            &format!(
+                "h = nbd.NBD(); h.connect_uri('{}'); print('open', flush=True); import time; time.sleep(6)",
+                gw.uri("vm1")
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run nbdsh");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "open");
+    let text = fabric_suite::scrape(&format!("127.0.0.1:{metrics_port}")).unwrap();
+    let samples = fabric_suite::parse_prometheus_text(&text).unwrap();
+    for series in [
+        "fabric_volume_connections{volume=\"vm1\"}",
+        "fabric_volume_attached{volume=\"vm1\"}",
+        "fabric_volume_attach_seconds_count",
+    ] {
+        assert_eq!(
+            fabric_suite::sample(&samples, series),
+            Some(1.0),
+            "{series}"
+        );
+    }
+
+    let refusal = nbdinfo_refusal(&gw.uri("vm1"));
+    assert!(refusal.contains("connections on this gateway"), "{refusal}");
+    let refusal = nbdinfo_refusal(&gw.uri("vm2"));
+    assert!(refusal.contains("volumes already"), "{refusal}");
+
+    // Once the holder leaves and the grace period ends, vm2 fits.
+    assert!(holder.wait().unwrap().success());
+    wait_show(&data, "vm1", "was detached", |v| v["state"] == "available");
+    qemu_io_ok(&gw.uri("vm2"), "write -P 0x7 0 1M");
+}

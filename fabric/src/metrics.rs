@@ -79,6 +79,12 @@ pub struct VolumeMetrics {
     /// already current are left out), so that bytes over seconds is the rebuild rate.
     pub resync_seconds: Family<VolumeLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub link_timeouts: Family<VolumeLabels, Counter>,
+    /// 1 while the gateway holds the volume attached.
+    pub attached: Family<VolumeLabels, Gauge>,
+    /// NBD connections open to the volume.
+    pub connections: Family<VolumeLabels, Gauge>,
+    /// Time from a client's open of a volume nobody here held to the volume serving.
+    pub attach_seconds: Histogram,
 }
 
 impl Default for VolumeMetrics {
@@ -96,6 +102,10 @@ impl Default for VolumeMetrics {
             resync_bytes: Family::default(),
             resync_seconds: Family::default(),
             link_timeouts: Family::default(),
+            attached: Family::default(),
+            connections: Family::default(),
+            // 5 ms to about 40 s.
+            attach_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
         }
     }
 }
@@ -128,6 +138,8 @@ impl VolumeMetrics {
         drop(self.resync_bytes.get_or_create(&v));
         drop(self.resync_seconds.get_or_create(&v));
         drop(self.link_timeouts.get_or_create(&v));
+        drop(self.attached.get_or_create(&v));
+        drop(self.connections.get_or_create(&v));
     }
 }
 
@@ -279,6 +291,21 @@ impl Metrics {
             "fabric_replica_link_timeouts",
             "Replica requests that timed out",
             m.link_timeouts.clone(),
+        );
+        r.register(
+            "fabric_volume_attached",
+            "1 while this gateway holds the volume attached",
+            m.attached.clone(),
+        );
+        r.register(
+            "fabric_volume_connections",
+            "NBD connections open to the volume",
+            m.connections.clone(),
+        );
+        r.register(
+            "fabric_volume_attach_seconds",
+            "Time from a client's open of a volume not attached here to the volume serving",
+            m.attach_seconds.clone(),
         );
     }
 

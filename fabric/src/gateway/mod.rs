@@ -31,8 +31,12 @@ mod volumes;
 use crate::metrics::{Metrics, VolumeMetrics};
 pub(crate) use attach::{detach, open_volume};
 pub(crate) use resync::resync_round;
-pub use volumes::DETACH_GRACE_MS_DEFAULT;
-use volumes::Volumes;
+pub use volumes::{
+    CONNECTIONS_PER_VOLUME_MAX_DEFAULT, DETACH_GRACE_MS_DEFAULT, VOLUMES_MAX_DEFAULT,
+};
+use volumes::{Limits, Volumes};
+
+use crate::meta::service::watch::WATCH_NAMES_MAX;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +92,14 @@ pub struct GatewayArgs {
     /// finds the same attachment.
     #[arg(long, default_value_t = DETACH_GRACE_MS_DEFAULT)]
     pub detach_grace_ms: u64,
+    /// Volumes held attached at once; past it a client's open of another is refused.
+    #[arg(long, default_value_t = VOLUMES_MAX_DEFAULT,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=WATCH_NAMES_MAX as u64))]
+    pub volumes_max: usize,
+    /// NBD connections to one volume at once.
+    #[arg(long, default_value_t = CONNECTIONS_PER_VOLUME_MAX_DEFAULT,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub connections_per_volume_max: usize,
     /// How long a metadata call keeps retrying while no member can serve it (a removal that
     /// gives up is tried again later; shortened in tests of long metadata outages).
     #[arg(long, default_value_t = CALL_RETRY_DEADLINE_MS, value_parser = clap::value_parser!(u64).range(1..))]
@@ -124,23 +136,20 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         pool,
         attach_as.clone(),
         volume_metrics,
-        Duration::from_millis(args.detach_grace_ms),
+        Limits {
+            detach_grace: Duration::from_millis(args.detach_grace_ms),
+            volumes_max: args.volumes_max,
+            connections_per_volume_max: args.connections_per_volume_max,
+        },
         args.volumes.first().cloned(),
     );
     let mut background = tokio::task::JoinSet::new();
     background.spawn(volumes.clone().follow_maps());
-    // `--force` takes the named volumes over once, at start; on demand, a volume held
-    // elsewhere is refused until the operator moves it here.
-    if args.force {
-        for name in &args.volumes {
-            force_attach(&client, name, &attach_as)
-                .await
-                .with_context(|| format!("take volume {name} over"))?;
-        }
-    }
+    // `--force` takes the named volumes over, at start; on demand, a volume held elsewhere
+    // is refused until the operator moves it here.
     for name in &args.volumes {
         volumes
-            .pin(name)
+            .pin(name, args.force)
             .await
             .map_err(|e| anyhow::anyhow!("open volume {name}: {e}"))?;
     }
@@ -168,22 +177,4 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let _ = serving.await;
     background.shutdown().await;
     volumes.shutdown().await
-}
-
-/// Grants `attach_as` the attachment of `name`, fencing whoever held it.
-async fn force_attach(client: &Client, name: &str, attach_as: &str) -> anyhow::Result<()> {
-    let req = proto::meta::AttachVolumeRequest {
-        name: name.into(),
-        client: attach_as.into(),
-        force: true,
-        request_id: crate::meta::client::new_request_id(),
-    };
-    client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.attach_volume(req).await }
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("attach: {}", s.message()))?;
-    Ok(())
 }

@@ -13,6 +13,7 @@
 //! reach `min_replicas`, refuses its own clients and nobody else's.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,12 +30,31 @@ use super::attach::{Attached, MetadataRefusal, detach, open_volume};
 use super::maps::{Stamps, watch_maps};
 use super::resync::resync_stale;
 use crate::meta::client::Client;
-use crate::metrics::VolumeMetrics;
+use crate::meta::service::watch::WATCH_NAMES_MAX;
+use crate::metrics::{VolumeLabels, VolumeMetrics};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// How long a volume nobody uses stays attached, by default.
 pub const DETACH_GRACE_MS_DEFAULT: u64 = 30_000;
 /// How often idle volumes are looked for, at most; shorter grace periods look more often.
 pub const IDLE_SCAN_MS_MAX: u64 = 1_000;
+/// Volumes one gateway holds attached at once, by default. Past it, a new volume is refused
+/// (the ones attached serve on).
+pub const VOLUMES_MAX_DEFAULT: usize = 1024;
+/// NBD connections to one volume at once, by default (QEMU and nbdcopy open a handful with
+/// multi-connection; more is a client gone wrong, which must not starve the others).
+pub const CONNECTIONS_PER_VOLUME_MAX_DEFAULT: usize = 64;
+// The watch stream's name filter then always holds every attached volume.
+const _: () = assert!(VOLUMES_MAX_DEFAULT <= WATCH_NAMES_MAX);
+
+/// The gateway's limits on what it holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// How long a volume no client uses stays attached.
+    pub detach_grace: Duration,
+    pub volumes_max: usize,
+    pub connections_per_volume_max: usize,
+}
 
 /// The gateway's volumes; cheap to clone, every clone the same set.
 #[derive(Clone)]
@@ -45,7 +65,9 @@ struct Inner {
     pool: Arc<ReplicaPool>,
     attach_as: String,
     metrics: VolumeMetrics,
-    detach_grace: Duration,
+    limits: Limits,
+    /// Volumes attached now.
+    attached: AtomicUsize,
     /// The export an empty NBD name selects: the first `--volume`, if any.
     default: Option<String>,
     /// What moved in the cluster, as the watch stream stamps it for the resync tasks.
@@ -60,6 +82,9 @@ struct Slot {
     name: String,
     live: tokio::sync::Mutex<Option<Live>>,
     usage: Mutex<Usage>,
+    /// `fabric_volume_connections` and `fabric_volume_attached` of the volume.
+    connections: Gauge,
+    attached: Gauge,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +112,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let mut usage = self.0.usage.lock().expect("volume usage");
         usage.connections -= 1;
+        self.0.connections.dec();
         if usage.connections == 0 {
             usage.idle_since = Some(Instant::now());
         }
@@ -100,7 +126,7 @@ impl Volumes {
         pool: Arc<ReplicaPool>,
         attach_as: String,
         metrics: VolumeMetrics,
-        detach_grace: Duration,
+        limits: Limits,
         default: Option<String>,
     ) -> Volumes {
         Volumes(Arc::new(Inner {
@@ -108,7 +134,8 @@ impl Volumes {
             pool,
             attach_as,
             metrics,
-            detach_grace,
+            limits,
+            attached: AtomicUsize::new(0),
             default,
             maps: Arc::new(watch::channel(Stamps::default()).0),
             followed: watch::channel(BTreeSet::new()).0,
@@ -122,9 +149,10 @@ impl Volumes {
         watch_maps(Arc::clone(&self.0.client), names, Arc::clone(&self.0.maps)).await
     }
 
-    /// Attaches `name` and holds it until [`shutdown`](Self::shutdown).
-    pub(crate) async fn pin(&self, name: &str) -> Result<(), ExportError> {
-        let opened = self.0.acquire(name).await?;
+    /// Attaches `name` and holds it until [`shutdown`](Self::shutdown); with `force`, takes
+    /// it from whoever holds it.
+    pub(crate) async fn pin(&self, name: &str, force: bool) -> Result<(), ExportError> {
+        let opened = self.0.acquire(name, force).await?;
         let slot = self.0.slot(name);
         slot.usage.lock().expect("volume usage").pinned = true;
         drop(opened);
@@ -133,9 +161,8 @@ impl Volumes {
 
     /// Detaches the volumes nobody has used for the grace period, until the process ends.
     pub(crate) async fn detach_idle(self) {
-        let scan = self
-            .0
-            .detach_grace
+        let grace = self.0.limits.detach_grace;
+        let scan = grace
             .min(Duration::from_millis(IDLE_SCAN_MS_MAX))
             .max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(scan);
@@ -151,8 +178,8 @@ impl Volumes {
                 .cloned()
                 .collect();
             for slot in slots {
-                if slot.idle_for(self.0.detach_grace) {
-                    self.0.let_go(&slot, Some(self.0.detach_grace)).await;
+                if slot.idle_for(grace) {
+                    self.0.let_go(&slot, Some(grace)).await;
                 }
             }
             self.0.forget_unused();
@@ -195,10 +222,15 @@ impl Inner {
     fn slot(&self, name: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().expect("slots");
         Arc::clone(slots.entry(name.to_owned()).or_insert_with(|| {
+            let labels = VolumeLabels {
+                volume: name.to_owned(),
+            };
             Arc::new(Slot {
                 name: name.to_owned(),
                 live: tokio::sync::Mutex::new(None),
                 usage: Mutex::new(Usage::default()),
+                connections: self.metrics.connections.get_or_create(&labels).clone(),
+                attached: self.metrics.attached.get_or_create(&labels).clone(),
             })
         }))
     }
@@ -211,8 +243,9 @@ impl Inner {
         });
     }
 
-    /// Opens `name` for one connection, attaching it first if nobody here holds it.
-    async fn acquire(self: &Arc<Self>, name: &str) -> Result<Opened, ExportError> {
+    /// Opens `name` for one connection, attaching it first if nobody here holds it (taking
+    /// it from another holder only with `force`).
+    async fn acquire(self: &Arc<Self>, name: &str, force: bool) -> Result<Opened, ExportError> {
         let slot = self.slot(name);
         let mut live = slot.live.lock().await;
         if let Some(refusal) = live
@@ -229,15 +262,36 @@ impl Inner {
             if let Some(old) = live.take() {
                 let _ = old.stop_resync.send(true);
                 let _ = old.resync.await;
+                self.attached.fetch_sub(1, Ordering::Relaxed);
+                slot.attached.set(0);
             }
         }
         if live.is_none() {
-            *live = Some(self.attach(name).await?);
+            let volumes_max = self.limits.volumes_max;
+            if self.attached.load(Ordering::Relaxed) >= volumes_max {
+                return Err(ExportError::Refused(format!(
+                    "this gateway serves {volumes_max} volumes already (--volumes-max); detach one or use another gateway"
+                )));
+            }
+            let started = Instant::now();
+            *live = Some(self.attach(name, force).await?);
+            self.metrics
+                .attach_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.attached.fetch_add(1, Ordering::Relaxed);
+            slot.attached.set(1);
         }
         let l = live.as_ref().expect("attached above");
         let mut usage = slot.usage.lock().expect("volume usage");
+        let connections_max = self.limits.connections_per_volume_max;
+        if usage.connections >= connections_max {
+            return Err(ExportError::Refused(format!(
+                "volume {name} has {connections_max} connections on this gateway already (--connections-per-volume-max)"
+            )));
+        }
         usage.connections += 1;
         usage.idle_since = None;
+        slot.connections.inc();
         Ok(Opened {
             volume: Arc::clone(&l.export),
             name: name.to_owned(),
@@ -248,14 +302,14 @@ impl Inner {
     }
 
     /// Attaches `name` and starts following it.
-    async fn attach(&self, name: &str) -> Result<Live, ExportError> {
+    async fn attach(&self, name: &str, force: bool) -> Result<Live, ExportError> {
         let started = Instant::now();
         let attached = open_volume(
             &self.client,
             &self.pool,
             name,
             &self.attach_as,
-            false,
+            force,
             self.metrics.clone(),
         )
         .await
@@ -316,6 +370,8 @@ impl Inner {
             return None;
         }
         let l = live.take()?;
+        self.attached.fetch_sub(1, Ordering::Relaxed);
+        slot.attached.set(0);
         self.followed.send_modify(|names| {
             names.remove(&slot.name);
         });
@@ -426,7 +482,7 @@ impl Exports for Volumes {
             // On a task of its own: the attach finishes even if the client leaves meanwhile
             // (its lease is then dropped, and the grace period starts).
             let what = name.clone();
-            tokio::spawn(async move { inner.acquire(&name).await })
+            tokio::spawn(async move { inner.acquire(&name, false).await })
                 .await
                 .map_err(|e| ExportError::Unavailable(format!("attach of {what} failed: {e}")))?
         })
