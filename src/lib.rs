@@ -1,5 +1,6 @@
 //! Test harness shared by the workspace-level integration tests: starting and killing real
-//! `fabricd` processes, finding external clients (qemu-img, nbdinfo, fio, ...) and running them.
+//! `fabricd` processes, finding external clients (qemu-img, nbdinfo, fio, ...) and running them,
+//! and booting a small Linux guest from a volume ([`vm`]).
 //!
 //! External tools are optional on a developer machine: a test that needs a missing tool prints
 //! why it skips. With `FABRIC_REQUIRE_TOOLS=1` (as CI runs) a missing tool fails the test.
@@ -12,6 +13,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+pub mod vm;
 
 /// How long a starting `fabricd` may take to start serving. Longer than the launcher's own
 /// limit on forming a cluster (60 s), so that a slow start ends in the launcher's specific error.
@@ -45,22 +48,30 @@ pub fn tools_required() -> bool {
     std::env::var("FABRIC_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
 }
 
-/// Finds `tool` on PATH. When it is missing: panics under `FABRIC_REQUIRE_TOOLS=1`, otherwise
-/// prints why the calling test skips and returns `None`.
+/// Finds `tool` on PATH, or in the system directories a user's PATH often lacks (`mke2fs` and
+/// `e2fsck` live in `/usr/sbin`). When it is missing: panics under `FABRIC_REQUIRE_TOOLS=1`,
+/// otherwise prints why the calling test skips and returns `None`.
 pub fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|p| p.join(name))
+        .find(|p| p.is_file());
     if found.is_none() {
-        assert!(
-            !tools_required(),
-            "{name} is not installed and FABRIC_REQUIRE_TOOLS=1 (install the packages in .ci/run)"
-        );
-        eprintln!("SKIP: {name} is not installed");
+        unavailable(&format!("{name} is not installed"));
     }
     found
+}
+
+/// The skip/fail rule for anything else a test needs from the machine (a kernel to boot, a
+/// static busybox): panics with `why` under `FABRIC_REQUIRE_TOOLS=1`, otherwise prints that
+/// the calling test skips, and why.
+pub fn unavailable(why: &str) {
+    assert!(
+        !tools_required(),
+        "{why} and FABRIC_REQUIRE_TOOLS=1 (install the packages in .ci/run)"
+    );
+    eprintln!("SKIP: {why}");
 }
 
 /// Finds all of `names`, or returns `None` (after the skip/fail rule of [`tool`]).
