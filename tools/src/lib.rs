@@ -2,4 +2,5 @@
 
 pub mod group;
 pub mod movement;
+pub mod nbd_probe;
 pub mod prometheus;
