@@ -15,32 +15,36 @@
 //! - the time from a fresh connection's `NBD_OPT_GO` to its first read
 //!   ([`open_to_first_read`]), the hook for the figure of a volume attached on demand.
 //!
-//! Beside each copy's rate it prints the cores the gateway, the nodes, nbdcopy and the whole
-//! machine kept busy: on a small machine that says whether more connections can help.
+//! Beside each copy's rate it prints what could bound it: the cores the gateway, the nodes,
+//! nbdcopy and the whole machine kept busy, the disk's write rate and busy time, and the
+//! gateway's writes in flight and their latency (its metrics). That says whether more
+//! connections can help.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use serde_json::Value;
+use tools::prometheus::{parse_prometheus_text, sample, scrape};
 use volume::nbd::proto::NBD_STATE_HOLE;
 
 use super::cpu::{MachineCpu, cluster_cpu, waited_children_cpu};
+use super::disk::Disk;
+use super::verify::{verify_copy, verify_output};
 use super::{Args, Server, free_port, median, wait_listening};
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 /// Bytes nbdcopy copies in, and bytes of data in the sparse volume.
-const DATA_BYTES: u64 = 1 << 30;
+pub(crate) const DATA_BYTES: u64 = 1 << 30;
 /// The sparse volume's size.
-const SPARSE_VOLUME_BYTES: u64 = 16 << 30;
+pub(crate) const SPARSE_VOLUME_BYTES: u64 = 16 << 30;
 /// Where the sparse volume's data lies, as (offset, length) in MiB: consecutive slices of the
 /// random source file, with holes between and after them.
-const DATA_RANGES_MIB: [(u64, u64); 7] = [
+pub(crate) const DATA_RANGES_MIB: [(u64, u64); 7] = [
     (512, 256),
     (3072, 128),
     (5376, 64),
@@ -73,9 +77,6 @@ const OPENS_PER_ROUND: usize = 5;
 /// How much more than the data written an allocation map may report: one 4 MiB extent per
 /// range, as a server may report allocation at its own granularity.
 const MAP_SLACK_BYTES: u64 = DATA_RANGES_MIB.len() as u64 * 4 * MIB;
-/// How much more than the data the converted file may hold allocated: qemu-img allocates the
-/// first block of an image it creates.
-const OUTPUT_SLACK_BYTES: u64 = MIB;
 const COPY_VOLUME: &str = "copy";
 const SPARSE_VOLUME: &str = "sparse";
 /// The clients and the peer server the run needs (Debian: libnbd-bin, qemu-utils).
@@ -92,19 +93,24 @@ pub(crate) fn open_to_first_read(uri: &str) -> anyhow::Result<Duration> {
     tools::nbd_probe::first_read_after_go(uri)
 }
 
-/// Cores kept busy on average while one nbdcopy ran.
+/// What was busy while one nbdcopy ran: cores kept busy on average, the disk, and the
+/// gateway's writes (NaN where the disk under the scratch directory is not known).
 #[derive(Clone, Copy, Debug, Default)]
-struct CopyCpu {
+struct CopyLoad {
     gateway: f64,
     nodes: f64,
     nbdcopy: f64,
     machine: f64,
+    disk_mib_s: f64,
+    disk_busy: f64,
+    writes_in_flight: f64,
+    write_ms: f64,
 }
 
 /// One round's figures; the copy arrays follow [`CONNECTIONS`].
 struct Round {
     copy_mib_s: [f64; 2],
-    copy_cpu: [CopyCpu; 2],
+    copy_load: [CopyLoad; 2],
     convert_fabric_s: f64,
     convert_qemu_s: f64,
     open_fabric_ms: f64,
@@ -120,6 +126,10 @@ struct Setup<'a> {
     qemu_sparse_uri: String,
     /// The dev cluster's launcher, whose children are the gateway and the nodes.
     launcher: u32,
+    /// The gateway's Prometheus endpoint.
+    metrics: String,
+    /// The disk under the scratch directory, which the replicas and qemu-nbd share.
+    disk: Option<Disk>,
 }
 
 pub(crate) fn driver(args: &Args, scratch: &Path, fabricd: &Path) -> anyhow::Result<()> {
@@ -142,6 +152,7 @@ pub(crate) fn driver(args: &Args, scratch: &Path, fabricd: &Path) -> anyhow::Res
     write_layout(&source, &layout)?;
 
     let port = free_port()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
     let mut cluster = Server {
         child: Command::new(fabricd)
             .args(["dev", "--nodes", "3", "--data-dir"])
@@ -152,6 +163,7 @@ pub(crate) fn driver(args: &Args, scratch: &Path, fabricd: &Path) -> anyhow::Res
                 "--volume",
                 &format!("{SPARSE_VOLUME}:{SPARSE_VOLUME_BYTES}"),
             ])
+            .args(["--metrics-listen", &metrics])
             .env("FABRIC_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -190,6 +202,8 @@ pub(crate) fn driver(args: &Args, scratch: &Path, fabricd: &Path) -> anyhow::Res
         fabric_sparse_uri: format!("nbd://127.0.0.1:{port}/{SPARSE_VOLUME}"),
         qemu_sparse_uri: format!("nbd://127.0.0.1:{qport}/{SPARSE_VOLUME}"),
         launcher: cluster.child.id(),
+        metrics,
+        disk: Disk::of(scratch)?,
     };
 
     let info = nbdinfo(&["--json", &setup.copy_uri])?;
@@ -246,10 +260,10 @@ pub(crate) fn driver(args: &Args, scratch: &Path, fabricd: &Path) -> anyhow::Res
 fn driver_round(round: usize, s: &Setup) -> anyhow::Result<Round> {
     let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
     let mut copy_mib_s = [0.0; 2];
-    let mut copy_cpu = [CopyCpu::default(); 2];
+    let mut copy_load = [CopyLoad::default(); 2];
     for i in order {
         trim(&s.copy_uri)?;
-        (copy_mib_s[i], copy_cpu[i]) = timed_copy(s, CONNECTIONS[i])?;
+        (copy_mib_s[i], copy_load[i]) = timed_copy(s, CONNECTIONS[i])?;
         if round == 1 {
             verify_copy(&s.copy_uri, s.source)?;
         }
@@ -282,7 +296,7 @@ fn driver_round(round: usize, s: &Setup) -> anyhow::Result<Round> {
     }
     Ok(Round {
         copy_mib_s,
-        copy_cpu,
+        copy_load,
         convert_fabric_s: convert_s[0],
         convert_qemu_s: convert_s[1],
         open_fabric_ms: open_ms[0],
@@ -290,11 +304,12 @@ fn driver_round(round: usize, s: &Setup) -> anyhow::Result<Round> {
     })
 }
 
-/// `nbdcopy --flush` of the source into the copy volume: MiB/s, and the cores each party kept
-/// busy meanwhile.
-fn timed_copy(s: &Setup, connections: u32) -> anyhow::Result<(f64, CopyCpu)> {
+/// `nbdcopy --flush` of the source into the copy volume: MiB/s, and what was busy meanwhile.
+fn timed_copy(s: &Setup, connections: u32) -> anyhow::Result<(f64, CopyLoad)> {
+    let writes_before = gateway_writes(s)?;
     let cluster_before = cluster_cpu(s.launcher)?;
     let machine_before = MachineCpu::now()?;
+    let disk_before = s.disk.as_ref().map(Disk::counters).transpose()?;
     let nbdcopy_before = waited_children_cpu();
     let started = Instant::now();
     run(Command::new("nbdcopy")
@@ -308,15 +323,46 @@ fn timed_copy(s: &Setup, connections: u32) -> anyhow::Result<(f64, CopyCpu)> {
     let nbdcopy = waited_children_cpu() - nbdcopy_before;
     let cluster = cluster_cpu(s.launcher)?.since(&cluster_before);
     let machine = MachineCpu::now()?.cores_busy_since(&machine_before, elapsed);
+    let (disk_mib_s, disk_busy) = match (&s.disk, disk_before) {
+        (Some(disk), Some(before)) => {
+            let now = disk.counters()?;
+            (
+                now.mib_s_written_since(&before, elapsed),
+                now.busy_since(&before, elapsed),
+            )
+        }
+        _ => (f64::NAN, f64::NAN),
+    };
+    let writes = gateway_writes(s)?;
+    let (count, latency_s) = (writes.0 - writes_before.0, writes.1 - writes_before.1);
+    ensure!(count > 0.0, "the gateway counted no write during the copy");
     let mib_s = (DATA_BYTES / MIB) as f64 / seconds;
     Ok((
         mib_s,
-        CopyCpu {
+        CopyLoad {
             gateway: cluster.gateway / seconds,
             nodes: cluster.nodes / seconds,
             nbdcopy: nbdcopy / seconds,
             machine,
+            disk_mib_s,
+            disk_busy,
+            // Little's law: the time writes spent in the gateway over the wall time.
+            writes_in_flight: latency_s / seconds,
+            write_ms: latency_s / count * 1000.0,
         },
+    ))
+}
+
+/// The gateway's count of NBD writes to the copy volume and the seconds they took, summed.
+fn gateway_writes(s: &Setup) -> anyhow::Result<(f64, f64)> {
+    let samples = parse_prometheus_text(&scrape(&s.metrics)?)?;
+    let read = |name: &str| {
+        let series = format!("{name}{{volume=\"{COPY_VOLUME}\",op=\"write\"}}");
+        sample(&samples, &series).with_context(|| format!("no {series} in the gateway's metrics"))
+    };
+    Ok((
+        read("fabric_volume_latency_seconds_count")?,
+        read("fabric_volume_latency_seconds_sum")?,
     ))
 }
 
@@ -337,151 +383,6 @@ fn trim(uri: &str) -> anyhow::Result<()> {
         "{uri} holds {left} bytes of data after a discard"
     );
     Ok(())
-}
-
-/// Reads the whole volume back through nbdcopy and compares it with the source.
-fn verify_copy(uri: &str, source: &Path) -> anyhow::Result<()> {
-    let mut child = Command::new("nbdcopy")
-        .arg(uri)
-        .arg("-")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start nbdcopy to read the copy back")?;
-    let compared = compare_stream(child.stdout.as_mut().expect("piped stdout"), source);
-    if compared.is_err() {
-        let _ = child.kill();
-    }
-    let status = child.wait()?;
-    compared.with_context(|| format!("the copy in {uri} is broken"))?;
-    ensure!(status.success(), "nbdcopy {uri} - failed: {status}");
-    eprintln!("the copy in {uri} reads back as the source");
-    Ok(())
-}
-
-fn compare_stream(stream: &mut impl Read, source: &Path) -> anyhow::Result<()> {
-    let mut file = File::open(source)?;
-    let mut got = vec![0u8; MIB as usize];
-    let mut want = vec![0u8; MIB as usize];
-    for mib in 0..DATA_BYTES / MIB {
-        stream
-            .read_exact(&mut got)
-            .with_context(|| format!("read back MiB {mib}"))?;
-        file.read_exact(&mut want)?;
-        if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
-            bail!(
-                "it differs from the source at byte {}",
-                mib * MIB + at as u64
-            );
-        }
-    }
-    ensure!(
-        stream.read(&mut got)? == 0,
-        "more than {DATA_BYTES} bytes read back"
-    );
-    Ok(())
-}
-
-/// Checks a converted file: the volume's size, still sparse (holes not filled), each data
-/// range equal to its slice of the source, and zeros in whatever else is allocated.
-fn verify_output(output: &Path, source: &Path) -> anyhow::Result<()> {
-    let out = File::open(output)?;
-    let meta = out.metadata()?;
-    ensure!(
-        meta.len() == SPARSE_VOLUME_BYTES,
-        "output of {} bytes",
-        meta.len()
-    );
-    let allocated = meta.blocks() * 512;
-    ensure!(
-        allocated <= DATA_BYTES + OUTPUT_SLACK_BYTES,
-        "output has {allocated} bytes allocated for {DATA_BYTES} of data: holes were written"
-    );
-    let src = File::open(source)?;
-    let mut from = 0;
-    for (offset, len) in DATA_RANGES_MIB {
-        if let Some(at) = first_difference(&out, offset * MIB, Some((&src, from)), len * MIB)? {
-            bail!("output differs from the source at byte {at}");
-        }
-        from += len * MIB;
-    }
-    for (start, end) in data_segments(&out)? {
-        let mut at = start;
-        for (offset, len) in DATA_RANGES_MIB.map(|(o, l)| (o * MIB, l * MIB)) {
-            if at >= end {
-                break;
-            }
-            if at < offset
-                && let Some(bad) = first_difference(&out, at, None, end.min(offset) - at)?
-            {
-                bail!("output holds data at byte {bad}, outside the ranges written");
-            }
-            at = at.max(offset + len);
-        }
-        if at < end
-            && let Some(bad) = first_difference(&out, at, None, end - at)?
-        {
-            bail!("output holds data at byte {bad}, after the ranges written");
-        }
-    }
-    eprintln!(
-        "convert output checked: {} MiB allocated, the data in place",
-        allocated / MIB
-    );
-    Ok(())
-}
-
-/// The first byte of `len` bytes of `file` at `offset` that differs from `reference` (a file
-/// and an offset in it), or from zeros without one.
-fn first_difference(
-    file: &File,
-    offset: u64,
-    reference: Option<(&File, u64)>,
-    len: u64,
-) -> anyhow::Result<Option<u64>> {
-    let mut got = vec![0u8; MIB as usize];
-    let mut want = vec![0u8; MIB as usize];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(MIB) as usize;
-        file.read_exact_at(&mut got[..n], offset + done)?;
-        if let Some((r, from)) = reference {
-            r.read_exact_at(&mut want[..n], from + done)?;
-        }
-        if let Some(at) = got[..n].iter().zip(&want[..n]).position(|(a, b)| a != b) {
-            return Ok(Some(offset + done + at as u64));
-        }
-        done += n as u64;
-    }
-    Ok(None)
-}
-
-/// The allocated ranges of a file, as (start, end), from SEEK_DATA and SEEK_HOLE.
-fn data_segments(file: &File) -> anyhow::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let size = i64::try_from(file.metadata()?.len())?;
-    let mut segments = Vec::new();
-    let mut at = 0i64;
-    while at < size {
-        // SAFETY: lseek on a descriptor this function borrows; it only moves its offset.
-        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if start < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data after `at`
-            }
-            return Err(e).context("lseek SEEK_DATA");
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        ensure!(
-            end > start,
-            "lseek SEEK_HOLE: {}",
-            std::io::Error::last_os_error()
-        );
-        segments.push((start as u64, end as u64));
-        at = end;
-    }
-    Ok(segments)
 }
 
 fn remove_if_there(path: &Path) -> anyhow::Result<()> {
@@ -592,32 +493,55 @@ fn print_table(args: &Args, rounds: &[Round]) -> anyhow::Result<()> {
         convert[1],
         convert[0] / convert[1]
     );
+    // Two significant digits at least: qemu-nbd's open can take hundreds of times Fabric's.
+    let open_ratio = open[0] / open[1];
+    let open_ratio = if open_ratio < 0.1 {
+        format!("{open_ratio:.4}")
+    } else {
+        format!("{open_ratio:.2}")
+    };
     println!(
-        "{:<58} {:>10.3} {:>10.3} {:>8.2}   (fabric / qemu-nbd)",
-        "NBD_OPT_GO to first 4 KiB read, attached (ms)",
-        open[0],
-        open[1],
-        open[0] / open[1]
+        "{:<58} {:>10.3} {:>10.3} {:>8}   (fabric / qemu-nbd)",
+        "NBD_OPT_GO to first 4 KiB read, attached (ms)", open[0], open[1], open_ratio
     );
-    println!("cores busy while nbdcopy ran (medians): gateway, nodes, nbdcopy, whole machine");
-    let mut cpu_rows = Vec::new();
+    println!(
+        "while nbdcopy ran (medians): cores busy (gateway, nodes, nbdcopy, whole machine), \
+         disk (MiB/s written, share of time busy), gateway writes (in flight, mean ms)"
+    );
+    let mut load_rows = Vec::new();
     for (i, connections) in CONNECTIONS.iter().enumerate() {
-        let cpu = [
-            med(&|r| r.copy_cpu[i].gateway),
-            med(&|r| r.copy_cpu[i].nodes),
-            med(&|r| r.copy_cpu[i].nbdcopy),
-            med(&|r| r.copy_cpu[i].machine),
-        ];
+        let l = CopyLoad {
+            gateway: med(&|r| r.copy_load[i].gateway),
+            nodes: med(&|r| r.copy_load[i].nodes),
+            nbdcopy: med(&|r| r.copy_load[i].nbdcopy),
+            machine: med(&|r| r.copy_load[i].machine),
+            disk_mib_s: med(&|r| r.copy_load[i].disk_mib_s),
+            disk_busy: med(&|r| r.copy_load[i].disk_busy),
+            writes_in_flight: med(&|r| r.copy_load[i].writes_in_flight),
+            write_ms: med(&|r| r.copy_load[i].write_ms),
+        };
         println!(
-            "  --connections {connections:<3} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            cpu[0], cpu[1], cpu[2], cpu[3]
+            "  --connections {connections:<3} cores {:.2} {:.2} {:.2} {:.2}   disk {:.0} MiB/s, \
+             {:.0} % busy   writes {:.0} in flight, {:.1} ms",
+            l.gateway,
+            l.nodes,
+            l.nbdcopy,
+            l.machine,
+            l.disk_mib_s,
+            l.disk_busy * 100.0,
+            l.writes_in_flight,
+            l.write_ms
         );
-        cpu_rows.push(serde_json::json!({
+        load_rows.push(serde_json::json!({
             "connections": connections,
-            "gateway": cpu[0],
-            "nodes": cpu[1],
-            "nbdcopy": cpu[2],
-            "machine": cpu[3],
+            "cores_gateway": l.gateway,
+            "cores_nodes": l.nodes,
+            "cores_nbdcopy": l.nbdcopy,
+            "cores_machine": l.machine,
+            "disk_mib_s_written": l.disk_mib_s,
+            "disk_busy": l.disk_busy,
+            "gateway_writes_in_flight": l.writes_in_flight,
+            "gateway_write_ms": l.write_ms,
         }));
     }
     if args.json {
@@ -631,7 +555,7 @@ fn print_table(args: &Args, rounds: &[Round]) -> anyhow::Result<()> {
             "convert_s": { "fabric": convert[0], "qemu-nbd": convert[1] },
             "convert_ratio": convert[0] / convert[1],
             "open_to_first_read_ms": { "fabric": open[0], "qemu-nbd": open[1] },
-            "cores_busy_while_copying": cpu_rows,
+            "while_copying": load_rows,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

@@ -21,7 +21,9 @@ use serde_json::Value;
 use tools::prometheus::{parse_prometheus_text, sample, scrape};
 
 mod cpu;
+mod disk;
 mod driver;
+mod verify;
 
 use cpu::cpu_seconds;
 
