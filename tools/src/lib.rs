@@ -2,5 +2,6 @@
 
 pub mod group;
 pub mod movement;
+pub mod nbd_probe;
 pub mod prometheus;
 pub mod volume_map;

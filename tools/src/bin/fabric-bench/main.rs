@@ -7,6 +7,8 @@
 //! `fabricd dev --nodes 3` (three storage processes and a gateway, every block written to three
 //! replicas on the same disk) and reports it beside the others. Jobs alternate between targets
 //! so that drift in the machine's load hits all alike; `--rounds N` repeats and reports medians.
+//! `--rebuild` measures a rebuild instead, and `--driver` the copy tools of a hypervisor host
+//! (`driver.rs`).
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,13 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::Value;
 use tools::prometheus::{parse_prometheus_text, sample, scrape};
+
+mod cpu;
+mod disk;
+mod driver;
+mod verify;
+
+use cpu::cpu_seconds;
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark Fabric's NBD data path against qemu-nbd and the raw disk")]
@@ -50,6 +59,12 @@ struct Args {
     /// and compare the rebuild rate with fio's 1 MiB sequential writes on the same disk.
     #[arg(long)]
     rebuild: bool,
+    /// Instead of the fio jobs: what a hypervisor host's disk tools see. nbdcopy of a 1 GiB
+    /// file into a 3-replica volume with 1 and 4 connections, qemu-img convert out of a 16 GiB
+    /// volume holding 1 GiB (beside qemu-nbd serving the same layout), and the time from
+    /// NBD_OPT_GO to the first read. `--size` and `--runtime` do not apply.
+    #[arg(long, conflicts_with_all = ["rebuild", "replicated"])]
+    driver: bool,
 }
 
 /// One fio job shape.
@@ -267,6 +282,11 @@ fn main() -> anyhow::Result<()> {
 
     if args.rebuild {
         let result = rebuild(&args, size, &scratch, &fabricd);
+        std::fs::remove_dir_all(&scratch).ok();
+        return result;
+    }
+    if args.driver {
+        let result = driver::driver(&args, &scratch, &fabricd);
         std::fs::remove_dir_all(&scratch).ok();
         return result;
     }
@@ -630,47 +650,6 @@ fn keep_logs(data: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// User and system CPU seconds used so far by process `pid` and its children that are still
-/// running (a dev cluster's launcher, nodes and gateway), from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    // SAFETY: sysconf only reads a constant of the system.
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut ticks = 0u64;
-    for entry in std::fs::read_dir("/proc")?.filter_map(Result::ok) {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name, which is in parentheses and may hold spaces:
-        // state, ppid, ... utime is field 14 of the line and stime 15.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let this: u32 = head
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .parse()
-            .unwrap_or(0);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ppid: u32 = fields.get(1).and_then(|f| f.parse().ok()).unwrap_or(0);
-        if this != pid && ppid != pid {
-            continue;
-        }
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        ticks += field(11) + field(12);
-    }
-    anyhow::ensure!(
-        ticks > 0,
-        "no CPU time found for process {pid} and its children"
-    );
-    Ok(ticks as f64 / ticks_per_s)
 }
 
 /// What the disk can copy onto itself: fio reading and writing 1 MiB blocks half and half at
