@@ -1575,3 +1575,32 @@ async fn a_flush_on_one_nbd_connection_makes_every_connections_writes_durable() 
         "without the flush, the restarted replica lost the writes"
     );
 }
+
+/// BLOCK_STATUS on a replicated volume covers many extents in one answer, each asked of its
+/// group's replicas: holes where nothing was written, data where something was, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_status_spans_extents_and_reports_each_ones_holes() {
+    let nodes = three_nodes().await;
+    let (vol, _) = client(&nodes, 1, 2);
+    vol.write(EXTENT + 8192, pattern(4096, 3), false)
+        .await
+        .unwrap();
+    vol.write(3 * EXTENT, pattern(8192, 4), false)
+        .await
+        .unwrap();
+    let map = vol.block_status(4096, 4 * EXTENT).await.unwrap();
+    let mut at = 4096;
+    let mut data = Vec::new();
+    for e in &map {
+        if !e.state.hole {
+            data.push((at, e.len));
+        }
+        at += e.len;
+    }
+    assert_eq!(
+        at,
+        4 * EXTENT + 4096,
+        "the answer covers the whole range: {map:?}"
+    );
+    assert_eq!(data, [(EXTENT + 8192, 4096), (3 * EXTENT, 8192)], "{map:?}");
+}
