@@ -815,13 +815,8 @@ fn tool_available(tool: &str) -> bool {
     fabric_suite::tool(tool).is_some()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_io_writes_and_reads_through_nbd_over_three_replicas() {
-    if !tool_available("qemu-io") {
-        return;
-    }
-    let nodes = three_nodes().await;
-    let (vol, _) = client(&nodes, 1, 2);
+/// Serves `vol` over NBD on a loopback port: its URI, and the sender that stops the server.
+async fn serve_nbd(vol: &ReplicatedVolume) -> (String, watch::Sender<bool>) {
     let server = Arc::new(
         NbdServer::new(
             vec![Arc::new(vol.clone()) as Arc<dyn BlockVolume>],
@@ -830,9 +825,20 @@ async fn qemu_io_writes_and_reads_through_nbd_over_three_replicas() {
         .unwrap(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("nbd://{}", listener.local_addr().unwrap());
-    let (_stop, stop_rx) = watch::channel(false);
+    let uri = format!("nbd://{}", listener.local_addr().unwrap());
+    let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(server.serve_tcp(listener, stop_rx));
+    (uri, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_io_writes_and_reads_through_nbd_over_three_replicas() {
+    if !tool_available("qemu-io") {
+        return;
+    }
+    let nodes = three_nodes().await;
+    let (vol, _) = client(&nodes, 1, 2);
+    let (url, _stop) = serve_nbd(&vol).await;
 
     // 64 KiB straddling the boundary of extents 0 and 1, then read back through NBD.
     let at = (EXTENT - 32 * 1024).to_string();
@@ -1514,17 +1520,7 @@ async fn a_flush_on_one_nbd_connection_makes_every_connections_writes_durable() 
     }
     let mut nodes = three_nodes().await;
     let (vol, recorder) = client(&nodes, 1, 2);
-    let server = Arc::new(
-        NbdServer::new(
-            vec![Arc::new(vol.clone()) as Arc<dyn BlockVolume>],
-            NbdConfig::default(),
-        )
-        .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!("nbd://{}", listener.local_addr().unwrap());
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(server.serve_tcp(listener, stop_rx));
+    let (uri, _stop) = serve_nbd(&vol).await;
 
     // Connection a writes into two extents, connection b flushes, both leave without more.
     let script = |flush: bool| {

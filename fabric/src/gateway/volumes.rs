@@ -169,15 +169,7 @@ impl Volumes {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let slots: Vec<Arc<Slot>> = self
-                .0
-                .slots
-                .lock()
-                .expect("slots")
-                .values()
-                .cloned()
-                .collect();
-            for slot in slots {
+            for slot in self.0.all_slots() {
                 if slot.idle_for(grace) {
                     self.0.let_go(&slot, Some(grace)).await;
                 }
@@ -189,16 +181,8 @@ impl Volumes {
     /// Lets go of every volume: the resyncs stop, each volume is flushed and detached.
     /// Connections must be closed first.
     pub(crate) async fn shutdown(&self) -> anyhow::Result<()> {
-        let slots: Vec<Arc<Slot>> = self
-            .0
-            .slots
-            .lock()
-            .expect("slots")
-            .values()
-            .cloned()
-            .collect();
         let mut failed = Vec::new();
-        for slot in slots {
+        for slot in self.0.all_slots() {
             if let Some(e) = self.0.let_go(&slot, None).await {
                 failed.push(format!("{}: {e}", slot.name));
             }
@@ -233,6 +217,16 @@ impl Inner {
                 attached: self.metrics.attached.get_or_create(&labels).clone(),
             })
         }))
+    }
+
+    /// Every slot, as it stands now.
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
+        self.slots
+            .lock()
+            .expect("slots")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Drops the slots of detached volumes nobody is opening.

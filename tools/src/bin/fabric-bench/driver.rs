@@ -38,7 +38,7 @@ use volume::nbd::proto::NBD_STATE_HOLE;
 use super::cpu::{MachineCpu, cluster_cpu, waited_children_cpu};
 use super::disk::Disk;
 use super::verify::{verify_copy, verify_output};
-use super::{Args, Server, free_port, median, wait_listening};
+use super::{Args, Server, free_port, median, start_qemu_nbd, wait_listening};
 
 pub(crate) const MIB: u64 = 1 << 20;
 /// Bytes nbdcopy copies in, and bytes of data in the sparse volume.
@@ -180,29 +180,7 @@ pub(crate) fn driver(args: &Args, scratch: &Path, fabricd: &Path) -> anyhow::Res
     };
     wait_listening(port, &mut cluster.child, "fabricd dev --nodes 3")?;
     let qport = free_port()?;
-    let mut qemu = Server {
-        child: Command::new("qemu-nbd")
-            .args([
-                "-f",
-                "raw",
-                "--cache=none",
-                "--aio=io_uring",
-                "--persistent",
-                "--shared=16",
-            ])
-            .args([
-                "-x",
-                SPARSE_VOLUME,
-                "-b",
-                "127.0.0.1",
-                "-p",
-                &qport.to_string(),
-            ])
-            .arg(&layout)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start qemu-nbd")?,
-    };
+    let mut qemu = start_qemu_nbd(SPARSE_VOLUME, qport, &layout)?;
     wait_listening(qport, &mut qemu.child, "qemu-nbd")?;
     let setup = Setup {
         source: &source,

@@ -165,6 +165,20 @@ fn wait_listening(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()
     bail!("{what} did not listen on port {port} within 30 s")
 }
 
+/// `qemu-nbd` serving the raw file `file` as export `name` on 127.0.0.1:`port` (O_DIRECT and
+/// io_uring, as Fabric's stores do; many clients at once).
+fn start_qemu_nbd(name: &str, port: u16, file: &Path) -> anyhow::Result<Server> {
+    let child = Command::new("qemu-nbd")
+        .args(["-f", "raw", "--cache=none", "--aio=io_uring"])
+        .args(["--persistent", "--shared=16"])
+        .args(["-x", name, "-b", "127.0.0.1", "-p", &port.to_string()])
+        .arg(file)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start qemu-nbd (is qemu-utils installed?)")?;
+    Ok(Server { child })
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -308,22 +322,7 @@ fn main() -> anyhow::Result<()> {
     let raw_qemu = scratch.join("qemu.raw");
     std::fs::File::create(&raw_qemu)?.set_len(size)?;
     let qport = free_port()?;
-    let mut qemu = Server {
-        child: Command::new("qemu-nbd")
-            .args([
-                "-f",
-                "raw",
-                "--cache=none",
-                "--aio=io_uring",
-                "--persistent",
-                "--shared=16",
-            ])
-            .args(["-x", "bench", "-b", "127.0.0.1", "-p", &qport.to_string()])
-            .arg(&raw_qemu)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start qemu-nbd (is qemu-utils installed?)")?,
-    };
+    let mut qemu = start_qemu_nbd("bench", qport, &raw_qemu)?;
     wait_listening(qport, &mut qemu.child, "qemu-nbd")?;
 
     let mut replicated = None;
