@@ -73,11 +73,15 @@ pub(crate) struct MetadataRefusal {
 /// rebuild agent may heal it while nobody serves it. Best effort: a gateway that was fenced,
 /// or cannot reach the metadata service, leaves the attachment as it is.
 pub(crate) async fn detach(client: &Client, attached: &Attached, attached_as: &str) {
-    let name = attached.name.as_str();
+    detach_epoch(client, &attached.name, attached_as, attached.attach_epoch).await
+}
+
+/// Lets go of the attachment of `name` by `attached_as` under `attach_epoch`; best effort.
+async fn detach_epoch(client: &Client, name: &str, attached_as: &str, attach_epoch: u64) {
     let req = pb::DetachVolumeRequest {
         name: name.into(),
         client: attached_as.into(),
-        attach_epoch: attached.attach_epoch,
+        attach_epoch,
     };
     match client
         .call(|mut c| {
@@ -144,10 +148,9 @@ pub(crate) async fn open_volume(
     metrics: VolumeMetrics,
 ) -> anyhow::Result<Attached> {
     let map = VolumeMap::fetch(client, name).await?;
-    let volume = &map.volume;
-    let rule = map.pool.rule.clone().context("pool without a rule")?;
-    let (acting, node_of) = map.acting_sets()?;
-    let node_of = Arc::new(RwLock::new(node_of));
+    map.pool.rule.as_ref().context("pool without a rule")?;
+    // Checked before the attach: a map that cannot be served is no reason to fence anyone.
+    let sets = map.acting_sets()?;
     // One request id for every retry: a retried attach returns the epoch it granted rather
     // than granting another, which would fence this gateway by its own retry.
     let attach = pb::AttachVolumeRequest {
@@ -167,11 +170,37 @@ pub(crate) async fn open_volume(
             status,
         })?;
     tracing::info!(volume = name, epoch = attachment.attach_epoch, "attached");
+    let epoch = attachment.attach_epoch;
+    match serve_attached(client, pool, name, &map, epoch, sets, metrics).await {
+        Ok(attached) => Ok(attached),
+        Err(e) => {
+            // Nobody serves it after all: let go, so that it shows as available (and the
+            // rebuild agent may heal it) rather than held by a gateway that failed.
+            detach_epoch(client, name, attach_as, epoch).await;
+            Err(e)
+        }
+    }
+}
+
+/// Builds the attached volume from its map and makes it ready to serve: the replicas hold
+/// it, the new epoch is installed on them, they agree.
+async fn serve_attached(
+    client: &Arc<Client>,
+    pool: &Arc<ReplicaPool>,
+    name: &str,
+    map: &VolumeMap,
+    attach_epoch: u64,
+    (acting, node_of): (ActingSets, HashMap<SocketAddr, u64>),
+    metrics: VolumeMetrics,
+) -> anyhow::Result<Attached> {
+    let volume = &map.volume;
+    let rule = map.pool.rule.clone().context("pool without a rule")?;
+    let node_of = Arc::new(RwLock::new(node_of));
     let config = ClientConfig {
         name: name.into(),
         volume: VolumeId(volume.id),
         size_bytes: volume.size_bytes,
-        attach_epoch: attachment.attach_epoch,
+        attach_epoch,
         min_replicas: rule.min_replicas as usize,
         below_min_wait_ms: BELOW_MIN_WAIT_MS_DEFAULT,
         removal_wait_ms: REMOVAL_WAIT_MS_DEFAULT,
@@ -192,7 +221,7 @@ pub(crate) async fn open_volume(
     replicated
         .flush()
         .await
-        .map_err(|e| anyhow::anyhow!("install attach epoch {}: {e}", attachment.attach_epoch))?;
+        .map_err(|e| anyhow::anyhow!("install attach epoch {}: {e}", attach_epoch))?;
     // Writes the previous holder had in flight may have reached some replicas only.
     let copied = replicated
         .reconcile()
@@ -208,7 +237,7 @@ pub(crate) async fn open_volume(
     Ok(Attached {
         name: name.to_owned(),
         volume: replicated,
-        attach_epoch: attachment.attach_epoch,
+        attach_epoch,
         node_of,
         superseded,
         metrics,
