@@ -18,6 +18,7 @@
 //!
 //! Architecture invariant: prost types never cross into [`state`], [`command`] or [`model`].
 
+pub mod auth;
 pub mod balance;
 pub mod changes;
 pub mod client;

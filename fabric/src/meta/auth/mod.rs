@@ -1,0 +1,20 @@
+//! Who may do what: local role-based access control with scopes, as pure data and decisions
+//! (no IO). Principals are certificate identities (`fabric://CLUSTER/user/alice`); a
+//! [`policy::Policy`] binds roles ([`role`], sets of [`verb::Verb`]s) to principals at a
+//! [`scope::Scope`] (the cluster, a pool, a volume); every call names a verb and a target and is
+//! checked before it runs, deny by default.
+//!
+//! Not wired yet: the policy's place in the Raft state, the commands that change it, and the
+//! check on every RPC (which needs the caller's identity from mutual TLS).
+
+pub mod policy;
+pub mod role;
+pub mod scope;
+pub mod verb;
+
+#[cfg(test)]
+mod policy_test;
+
+pub use policy::{Binding, Denied, Policy, PolicyError};
+pub use scope::{Scope, Target};
+pub use verb::{Level, Verb};
