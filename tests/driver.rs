@@ -283,3 +283,79 @@ fn limits_refuse_the_connection_or_volume_past_them_and_nothing_else() {
     wait_show(&data, "vm1", "was detached", |v| v["state"] == "available");
     qemu_io_ok(&gw.uri("vm2"), "write -P 0x7 0 1M");
 }
+
+#[test]
+fn a_volume_that_loses_its_only_replica_fails_alone_and_the_gateways_other_volumes_serve_on() {
+    let Some((_serial, _dir, data, dev)) = cluster() else {
+        return;
+    };
+    fabricctl(
+        &data,
+        &[
+            "pool",
+            "create",
+            "single",
+            "--replicas",
+            "1",
+            "--min-replicas",
+            "1",
+            "--pg-count",
+            "1",
+        ],
+    );
+    fabricctl(
+        &data,
+        &[
+            "volume", "create", "s1", "--size", "16MiB", "--pool", "single",
+        ],
+    );
+    create(&data, "vm1", "64MiB");
+    let uri = |name: &str| format!("nbd://{}/{name}", dev.addr);
+    qemu_io_ok(&uri("s1"), "write -P 0x1 0 1M");
+    qemu_io_ok(&uri("vm1"), "write -P 0x2 0 1M");
+
+    // The node holding s1's only replica dies.
+    let pools = fabricctl(&data, &["pool", "list"]);
+    let single = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "single")
+        .expect("pool single");
+    let node = single["pgs"][0][0].as_u64().expect("the PG's node");
+    let pid = fabric_suite::node_pid(&data, node);
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // s1's writes fail (below min_replicas, after the wait for a replica to return)...
+    let s1 = uri("s1");
+    let failing = std::thread::spawn(move || {
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-c", "write -P 0x3 0 1M", &s1])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run qemu-io")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // ...while vm1, on the same gateway, writes and reads on, and opens anew.
+    qemu_io_ok(&uri("vm1"), "write -P 0x4 1M 1M");
+    qemu_io_ok(&uri("vm1"), "read -P 0x2 0 1M");
+    qemu_io_ok(&uri("vm1"), "read -P 0x4 1M 1M");
+    // s1's write waits up to 10 s for a replica to come back: vm1 did not wait behind it.
+    assert!(
+        !failing.is_finished(),
+        "vm1's IO took as long as s1's wait for a replica"
+    );
+    let out = failing.join().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() || said.contains("error"),
+        "a write to a volume without a replica succeeded: {said}"
+    );
+    qemu_io_ok(&uri("vm1"), "read -P 0x4 1M 1M");
+}
