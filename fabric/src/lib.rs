@@ -9,11 +9,14 @@
 //! - [`metrics`]: the Prometheus endpoint every process serves.
 //! - [`storage`]: a node's replica server and the agent that creates its volumes' replicas.
 //! - [`gateway`]: `fabricd gateway`, the volume driver: NBD in front, replicas behind.
+//! - [`identity`]: the cluster's certificate authority, certificates naming principals, and
+//!   mutual TLS 1.3 configurations (not yet wired into the servers).
 
 pub mod agent;
 pub mod config;
 pub mod dev;
 pub mod gateway;
+pub mod identity;
 pub mod meta;
 pub mod metrics;
 pub mod node;

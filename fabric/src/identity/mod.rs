@@ -1,0 +1,31 @@
+//! Identity: the cluster's own certificate authority, the certificates it signs, and the mutual
+//! TLS that proves who is on the other end of a connection.
+//!
+//! Start at [`principal`] (what an identity is: `fabric://CLUSTER/node/3`), then [`ca`] and
+//! [`issue`] (`fabricctl ca init` and `fabricctl cert issue`), [`load`] (a process's own
+//! certificate directory), [`tls`] (rustls configurations with swappable certificates and
+//! trust) and [`handshake`] (one authenticated connection and its peer's principal).
+//!
+//! Architecture invariants: a certificate says who its holder is and nothing more; what a
+//! principal may do is decided elsewhere, never written into certificates. Every TLS
+//! configuration is built from [`tls::provider`], the one crypto provider. Private keys are
+//! written with mode 0600 from the moment their file exists, and a CA's keys are never
+//! overwritten.
+//!
+//! Not wired yet: no server or client of Fabric uses these configurations so far.
+
+pub mod ca;
+pub mod error;
+mod files;
+pub mod handshake;
+pub mod issue;
+pub mod load;
+pub mod principal;
+pub mod tls;
+
+#[cfg(test)]
+mod handshake_tests;
+
+pub use error::IdentityError;
+pub use load::Identity;
+pub use principal::{ClusterName, Principal, PrincipalError, PrincipalKind};
