@@ -82,6 +82,7 @@ pub fn init(
     cluster: &ClusterName,
     now: OffsetDateTime,
 ) -> Result<CaReport, IdentityError> {
+    let now = whole_seconds(now);
     let paths = CaPaths::new(dir);
     files::create_dir(dir)?;
     files::refuse_existing(&paths.all(), "an existing CA")?;
@@ -205,6 +206,12 @@ pub fn spki_pin(der: &CertificateDer<'_>) -> Result<String, String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `t` without its fraction of a second: certificates hold whole seconds, and reports say what
+/// the certificate says.
+pub(crate) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).expect("0 is a valid nanosecond")
 }
 
 /// RFC 3339 text of a time, for reports.

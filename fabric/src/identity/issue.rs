@@ -84,6 +84,7 @@ impl LeafRequest {
                 "--days {days}: want 1 to {LEAF_VALIDITY_DAYS_MAX}"
             )));
         }
+        let now = ca::whole_seconds(now);
         Ok(LeafRequest {
             kind,
             server_names,
