@@ -1,6 +1,7 @@
 //! Shared helpers of the tools binaries.
 
 pub mod group;
+pub mod identity;
 pub mod movement;
 pub mod nbd_probe;
 pub mod prometheus;

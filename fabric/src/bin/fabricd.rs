@@ -43,6 +43,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fabric::identity::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FABRIC_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

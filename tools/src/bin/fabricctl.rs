@@ -4,6 +4,8 @@
 //! `--data-dir` (default `./.fabric-dev`), talks to whichever member answers (members forward
 //! writes and linearizable reads to the leader), and prints human tables or, with `--json`,
 //! one JSON document. A refused request prints one line, `fabricctl: CODE: message`, and exits 1.
+//!
+//! `ca` and `cert` work on local files (the cluster's certificate authority) and ask no member.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use clap::{Parser, Subcommand};
 use fabric::meta::client::{Client, discover, new_request_id};
 use proto::meta as pb;
 use serde_json::{Value, json};
+use tools::identity::{CertKind, IssueArgs};
 use tools::movement::Movement;
 
 #[derive(Parser)]
@@ -48,6 +51,51 @@ enum Cmd {
     /// The balancer: what it would move, and moving within a budget.
     #[command(subcommand)]
     Balance(BalanceCmd),
+    /// The cluster's certificate authority (local files; no member is asked).
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Certificates of nodes, gateways and users (local files; no member is asked).
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Creates a root CA and the intermediate that signs day-to-day certificates in DIR. The
+    /// root key (root.key.pem) is needed again only to renew the intermediate: move it offline.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The cluster's name, part of every identity: fabric://CLUSTER/...
+        #[arg(long)]
+        cluster: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Signs a certificate for a node (by id), a gateway or a user (by name) and writes
+    /// chain.pem, key.pem and ca.pem to --out.
+    Issue {
+        kind: CertKind,
+        /// The node id, or the gateway's or user's name.
+        name: String,
+        /// The CA directory `ca init` made (its root key is not read).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Where to write the certificate directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = fabric::identity::issue::LEAF_VALIDITY_DAYS_DEFAULT)]
+        days: u32,
+        /// A DNS name or IP address a node or gateway serves on (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Replace the certificate and key already in --out.
+        #[arg(long)]
+        overwrite: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,12 +258,17 @@ enum VolumeCmd {
 }
 
 fn main() -> ExitCode {
+    fabric::identity::tls::install_default_provider();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("start tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let result = match cli.command {
+        Cmd::Ca(_) | Cmd::Cert(_) => local(cli),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("start tokio runtime")
+            .block_on(run(cli)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
@@ -355,6 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(endpoints);
     let out = match cli.command {
         Cmd::Status => status(&client).await?,
+        Cmd::Ca(_) | Cmd::Cert(_) => unreachable!("local commands ask no member"),
         Cmd::Node(NodeCmd::List) => {
             let r = client
                 .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
@@ -663,6 +717,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     out.print(cli.json);
+    Ok(())
+}
+
+/// The commands that work on local files only.
+fn local(cli: Cli) -> anyhow::Result<()> {
+    let out = match cli.command {
+        Cmd::Ca(CaCmd::Init { dir, cluster }) => tools::identity::ca_init(&dir, &cluster)?,
+        Cmd::Cert(CertCmd::Issue {
+            kind,
+            name,
+            ca_dir,
+            out,
+            days,
+            sans,
+            overwrite,
+        }) => tools::identity::cert_issue(IssueArgs {
+            kind,
+            name: &name,
+            ca_dir: &ca_dir,
+            out: &out,
+            days,
+            sans: &sans,
+            overwrite,
+        })?,
+        _ => unreachable!("a command that asks the cluster"),
+    };
+    Output::one(out).print(cli.json);
     Ok(())
 }
 
