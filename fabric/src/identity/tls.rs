@@ -12,11 +12,11 @@
 //!
 //! One crypto provider, aws-lc-rs, is used everywhere: [`provider`] is what every configuration
 //! is built with, so no configuration depends on rustls's process-wide default, and its key
-//! exchange prefers the post-quantum hybrid X25519MLKEM768 (a recording of today's traffic
-//! stays unreadable later). [`install_default_provider`] still installs it as that default,
-//! for libraries (tonic) that build configurations of their own. The workspace names only this
-//! provider in the features of rustls, tokio-rustls and rcgen, so ring's rustls provider is
-//! never compiled in beside it, and CI checks that it stays so.
+//! exchange prefers the post-quantum hybrid X25519MLKEM768 (recorded traffic is not exposed if
+//! X25519 falls to a quantum computer later). [`install_default_provider`] still installs it
+//! as that default, for libraries (tonic) that build configurations of their own. The
+//! workspace names only this provider in the features of rustls, tokio-rustls and rcgen, so
+//! ring's rustls provider is never compiled in beside it, and CI checks that it stays so.
 
 use std::fmt;
 use std::sync::Arc;
