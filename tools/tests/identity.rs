@@ -247,6 +247,9 @@ fn openssl_s_client_completes_a_mutual_tls13_handshake_with_a_node() {
     let client = Command::new(openssl)
         .args([
             "s_client",
+            // Read on after stdin's end of file, until the node closes, so that its greeting is
+            // read rather than raced by s_client's own exit.
+            "-ign_eof",
             "-tls1_3",
             "-verify_return_error",
             "-verify_ip",
