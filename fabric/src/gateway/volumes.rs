@@ -254,10 +254,7 @@ impl Inner {
                 )));
             }
             if let Some(old) = live.take() {
-                let _ = old.stop_resync.send(true);
-                let _ = old.resync.await;
-                self.attached.fetch_sub(1, Ordering::Relaxed);
-                slot.attached.set(0);
+                self.stop_following(&slot, old).await;
             }
         }
         if live.is_none() {
@@ -267,13 +264,7 @@ impl Inner {
                     "this gateway serves {volumes_max} volumes already (--volumes-max); detach one or use another gateway"
                 )));
             }
-            let started = Instant::now();
-            *live = Some(self.attach(name, force).await?);
-            self.metrics
-                .attach_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.attached.fetch_add(1, Ordering::Relaxed);
-            slot.attached.set(1);
+            *live = Some(self.attach(&slot, force).await?);
         }
         let l = live.as_ref().expect("attached above");
         let mut usage = slot.usage.lock().expect("volume usage");
@@ -295,8 +286,10 @@ impl Inner {
         })
     }
 
-    /// Attaches `name` and starts following it.
-    async fn attach(&self, name: &str, force: bool) -> Result<Live, ExportError> {
+    /// Attaches the slot's volume and starts following it: its resyncs, its record in the
+    /// watch stream, the counts of what is attached.
+    async fn attach(&self, slot: &Slot, force: bool) -> Result<Live, ExportError> {
+        let name = slot.name.as_str();
         let started = Instant::now();
         let attached = open_volume(
             &self.client,
@@ -322,10 +315,14 @@ impl Inner {
             self.maps.subscribe(),
             stop,
         ));
+        self.attached.fetch_add(1, Ordering::Relaxed);
+        slot.attached.set(1);
+        let took = started.elapsed();
+        self.metrics.attach_seconds.observe(took.as_secs_f64());
         tracing::info!(
             volume = name,
             epoch = attached.attach_epoch,
-            took_ms = started.elapsed().as_millis() as u64,
+            took_ms = took.as_millis() as u64,
             "serving volume"
         );
         Ok(Live {
@@ -356,6 +353,19 @@ impl Inner {
         }
     }
 
+    /// Undoes what [`attach`](Self::attach) started: the resync ends (between rounds), the
+    /// watch stream forgets the volume, the counts drop it. The attachment itself stays.
+    async fn stop_following(&self, slot: &Slot, live: Live) -> Attached {
+        let _ = live.stop_resync.send(true);
+        let _ = live.resync.await;
+        self.followed.send_modify(|names| {
+            names.remove(&slot.name);
+        });
+        self.attached.fetch_sub(1, Ordering::Relaxed);
+        slot.attached.set(0);
+        live.attached
+    }
+
     /// Flushes and detaches the slot's volume if it is attached and, with `grace`, still idle
     /// for that long. Returns the flush's failure, if it failed.
     async fn let_go(&self, slot: &Slot, grace: Option<Duration>) -> Option<String> {
@@ -363,20 +373,13 @@ impl Inner {
         if grace.is_some_and(|g| !slot.idle_for(g)) {
             return None;
         }
-        let l = live.take()?;
-        self.attached.fetch_sub(1, Ordering::Relaxed);
-        slot.attached.set(0);
-        self.followed.send_modify(|names| {
-            names.remove(&slot.name);
-        });
-        let _ = l.stop_resync.send(true);
-        let _ = l.resync.await;
-        let flushed = l.attached.volume.flush().await.err().map(|e| e.to_string());
+        let attached = self.stop_following(slot, live.take()?).await;
+        let flushed = attached.volume.flush().await.err().map(|e| e.to_string());
         if let Some(e) = &flushed {
             tracing::warn!(volume = %slot.name, error = %e, "last flush before detaching failed");
         }
-        if l.attached.superseded.refusal().is_none() {
-            detach(&self.client, &l.attached, &self.attach_as).await;
+        if attached.superseded.refusal().is_none() {
+            detach(&self.client, &attached, &self.attach_as).await;
         }
         if grace.is_some() {
             tracing::info!(volume = %slot.name, "no client for the grace period: detached");
