@@ -1355,10 +1355,13 @@ impl volume::nbd::Exports for OnDemand {
             self.opens.fetch_add(1, Ordering::SeqCst);
             self.leases.fetch_add(1, Ordering::SeqCst);
             Ok(volume::nbd::Opened {
+                export: volume::nbd::Described {
+                    name: name.into(),
+                    description: "the only one".into(),
+                    size_bytes: SIZE,
+                    payload_max_bytes: MAX_IO,
+                },
                 volume: Arc::new(self.volume.clone()),
-                name: name.into(),
-                description: "the only one".into(),
-                payload_max_bytes: MAX_IO,
                 lease: Some(Box::new(CountedLease(Arc::clone(&self.leases)))),
             })
         })

@@ -278,10 +278,8 @@ impl Inner {
         usage.idle_since = None;
         slot.connections.inc();
         Ok(Opened {
+            export: Described::volume(l.export.as_ref(), l.payload_max_bytes),
             volume: Arc::clone(&l.export),
-            name: name.to_owned(),
-            description: volume::nbd::describe_volume(name),
-            payload_max_bytes: l.payload_max_bytes,
             lease: Some(Box::new(Lease(Arc::clone(&slot)))),
         })
     }
@@ -413,12 +411,7 @@ impl Inner {
             && let Ok(live) = slot.live.try_lock()
             && let Some(l) = live.as_ref()
         {
-            return Ok(Described {
-                name: name.to_owned(),
-                description: volume::nbd::describe_volume(name),
-                size_bytes: l.export.size(),
-                payload_max_bytes: l.payload_max_bytes,
-            });
+            return Ok(Described::volume(l.export.as_ref(), l.payload_max_bytes));
         }
         let get = pb::GetVolumeRequest { name: name.into() };
         let v = self

@@ -46,24 +46,33 @@ pub struct Described {
     pub payload_max_bytes: u32,
 }
 
-/// An export one connection holds open. Whatever `lease` is, it is dropped when the
-/// connection ends: a driver counts connections by it.
+/// An export one connection holds open, as it stood when opened (its size is the one the
+/// connection serves). Whatever `lease` is, it is dropped when the connection ends: a driver
+/// counts connections by it.
 pub struct Opened {
+    pub export: Described,
     pub volume: Arc<dyn BlockVolume>,
-    pub name: String,
-    pub description: String,
-    /// The advertised maximum block size.
-    pub payload_max_bytes: u32,
     pub lease: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Opened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Opened")
-            .field("name", &self.name)
-            .field("size", &self.volume.size())
+            .field("export", &self.export)
             .field("leased", &self.lease.is_some())
             .finish()
+    }
+}
+
+impl Described {
+    /// `volume` exported under its own name, as it stands now.
+    pub fn volume(volume: &dyn BlockVolume, payload_max_bytes: u32) -> Described {
+        Described {
+            name: volume.name().to_owned(),
+            description: describe_volume(volume.name()),
+            size_bytes: volume.size(),
+            payload_max_bytes,
+        }
     }
 }
 
@@ -180,21 +189,16 @@ impl Exports for FixedExports {
     }
 
     fn describe<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Described, ExportError>> {
-        let described = self.find(name).map(|e| Described {
-            name: name.to_owned(),
-            description: describe_volume(name),
-            size_bytes: e.volume.size(),
-            payload_max_bytes: e.payload_max_bytes,
-        });
+        let described = self
+            .find(name)
+            .map(|e| Described::volume(e.volume.as_ref(), e.payload_max_bytes));
         Box::pin(std::future::ready(described))
     }
 
     fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Opened, ExportError>> {
         let opened = self.find(name).map(|e| Opened {
+            export: Described::volume(e.volume.as_ref(), e.payload_max_bytes),
             volume: Arc::clone(&e.volume),
-            name: name.to_owned(),
-            description: describe_volume(name),
-            payload_max_bytes: e.payload_max_bytes,
             lease: None,
         });
         Box::pin(std::future::ready(opened))

@@ -41,10 +41,9 @@ pub enum Outcome {
 /// What the transmission phase needs from the handshake.
 #[derive(Debug)]
 pub struct Session {
-    /// The export, open (and its lease held) for the life of the connection.
+    /// The export, open (and its lease held) for the life of the connection; its size is the
+    /// one announced to the client, which the transmission checks requests against.
     pub export: Opened,
-    /// The size announced to the client; the transmission checks requests against it.
-    pub size_bytes: u64,
     pub negotiated: Negotiated,
 }
 
@@ -208,9 +207,10 @@ fn put_export_error(out: &mut BytesMut, option: u32, error: &ExportError) {
     put_option_reply(out, option, reply, clip(message).as_bytes());
 }
 
-/// `message` cut to [`ERROR_MESSAGE_MAX_BYTES`] at a character boundary.
+/// `message` cut to the protocol's longest string at a character boundary. Refusals say
+/// what to do (a command to run), so they get the whole of it, not an error chunk's share.
 fn clip(message: &str) -> &str {
-    let mut end = message.len().min(ERROR_MESSAGE_MAX_BYTES);
+    let mut end = message.len().min(STRING_MAX_BYTES);
     while !message.is_char_boundary(end) {
         end -= 1;
     }
@@ -232,23 +232,20 @@ async fn handle_option(
         NBD_OPT_EXPORT_NAME => {
             // No error reply exists for this option: an export that cannot be opened ends
             // the session.
-            let export = open(server, data).await.map_err(|e| {
+            let opened = open(server, data).await.map_err(|e| {
                 HandshakeError::Protocol(format!(
                     "NBD_OPT_EXPORT_NAME for {:?}: {e}",
                     String::from_utf8_lossy(data)
                 ))
             })?;
-            let size_bytes = export.volume.size();
-            out.extend_from_slice(&size_bytes.to_be_bytes());
+            out.extend_from_slice(&opened.export.size_bytes.to_be_bytes());
             out.extend_from_slice(
                 &transmission_flags(server.config.multi_conn, state.structured).to_be_bytes(),
             );
             if !state.no_zeroes {
                 out.extend_from_slice(&[0u8; EXPORT_NAME_PADDING_BYTES]);
             }
-            return Ok(Some(Outcome::Transmission(session(
-                state, export, size_bytes,
-            ))));
+            return Ok(Some(Outcome::Transmission(session(state, opened))));
         }
         NBD_OPT_ABORT => {
             // Data with ABORT is to be ignored, not refused.
@@ -279,20 +276,14 @@ async fn handle_option(
                 }
             };
             // INFO only describes; GO opens, which for a driver may mean attaching.
-            let described = if option == NBD_OPT_GO {
-                open(server, request.export).await.map(|export| {
-                    let described = Described {
-                        name: export.name.clone(),
-                        description: export.description.clone(),
-                        size_bytes: export.volume.size(),
-                        payload_max_bytes: export.payload_max_bytes,
-                    };
-                    (described, Some(export))
-                })
+            let opened = if option == NBD_OPT_GO {
+                open(server, request.export)
+                    .await
+                    .map(|opened| (opened.export.clone(), Some(opened)))
             } else {
                 describe(server, request.export).await.map(|d| (d, None))
             };
-            let (described, export) = match described {
+            let (described, opened) = match opened {
                 Ok(d) => d,
                 Err(e) => {
                     put_export_error(out, option, &e);
@@ -301,11 +292,8 @@ async fn handle_option(
             };
             put_export_info(server, &described, state.structured, &request, option, out);
             put_option_reply(out, option, NBD_REP_ACK, &[]);
-            if let Some(export) = export {
-                let size_bytes = described.size_bytes;
-                return Ok(Some(Outcome::Transmission(session(
-                    state, export, size_bytes,
-                ))));
+            if let Some(opened) = opened {
+                return Ok(Some(Outcome::Transmission(session(state, opened))));
             }
         }
         NBD_OPT_STRUCTURED_REPLY if !data.is_empty() => {
@@ -419,14 +407,13 @@ fn put_export_info(
     );
 }
 
-fn session(state: &Haggle, export: Opened, size_bytes: u64) -> Session {
+fn session(state: &Haggle, opened: Opened) -> Session {
     // Block status needs structured replies and a context selected for this very export.
     let base_allocation = (state.structured
-        && state.meta_export.as_deref() == Some(export.name.as_str()))
+        && state.meta_export.as_deref() == Some(opened.export.name.as_str()))
     .then_some(BASE_ALLOCATION_CONTEXT_ID);
     Session {
-        export,
-        size_bytes,
+        export: opened,
         negotiated: Negotiated {
             structured_replies: state.structured,
             base_allocation,

@@ -238,17 +238,17 @@ impl NbdServer {
         };
 
         // The export stays open (its lease held) until the transmission ends.
-        let export = session.export;
-        let export_name = export.name.clone();
+        let opened = session.export;
+        let export_name = opened.export.name.clone();
         tracing::debug!(%peer, export = %export_name, structured = session.negotiated.structured_replies,
             block_status = session.negotiated.base_allocation.is_some(), "nbd transmission started");
         let transmission = Transmission {
-            volume: Arc::clone(&export.volume),
+            volume: Arc::clone(&opened.volume),
             negotiated: session.negotiated,
             // The size the handshake announced: fixed for the life of the connection.
             geometry: Geometry {
-                size_bytes: session.size_bytes,
-                payload_max_bytes: export.payload_max_bytes,
+                size_bytes: opened.export.size_bytes,
+                payload_max_bytes: opened.export.payload_max_bytes,
             },
             requests_in_flight_max: self.config.requests_in_flight_max,
         };
