@@ -349,6 +349,71 @@ pub fn fabricctl(data_dir: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("fabricctl JSON")
 }
 
+/// The principal of the administrator of a dev cluster (and of every cluster these tests
+/// make with [`cluster_ca`]).
+pub const ADMIN_PRINCIPAL: &str = "fabric://dev/user/admin";
+
+/// A CA for a cluster named `dev` in `dir/ca` (made once) and the administrator's certificate
+/// in `dir/admin`, as `fabricd dev` makes them: for tests that start `fabricd node`s
+/// themselves. Pass `--bootstrap-admin` [`ADMIN_PRINCIPAL`] to the bootstrapping node.
+pub fn cluster_ca(dir: &Path) {
+    if !dir.join("ca").join("ca.json").exists() {
+        let out = Command::new(workspace_bin("fabricctl"))
+            .args(["--json", "ca", "init", "--cluster", "dev", "--dir"])
+            .arg(dir.join("ca"))
+            .output()
+            .expect("run fabricctl ca init");
+        assert!(
+            out.status.success(),
+            "fabricctl ca init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !dir.join("admin").join("chain.pem").exists() {
+        issue_cert(dir, "user", "admin", &dir.join("admin"), &[]);
+    }
+}
+
+/// Signs a certificate of `kind` (node, gateway, user) for `name` with the CA in
+/// `data_dir/ca`, naming the server addresses `sans`, into `out`.
+pub fn issue_cert(data_dir: &Path, kind: &str, name: &str, out: &Path, sans: &[&str]) {
+    let mut cmd = Command::new(workspace_bin("fabricctl"));
+    cmd.args(["--json", "cert", "issue", kind, name, "--overwrite"])
+        .arg("--ca-dir")
+        .arg(data_dir.join("ca"))
+        .arg("--out")
+        .arg(out);
+    for san in sans {
+        cmd.args(["--san", san]);
+    }
+    let done = cmd.output().expect("run fabricctl cert issue");
+    assert!(
+        done.status.success(),
+        "issue {kind} {name}'s certificate: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
+/// A certificate for gateway `name`, signed by the dev cluster's CA in `data_dir` (made once),
+/// and the right to use every volume (`volume-user` at the cluster): what an operator does
+/// before a hypervisor host's gateway first starts. Returns the certificate directory.
+pub fn gateway_identity(data_dir: &Path, name: &str) -> PathBuf {
+    let dir = data_dir.join("gateways").join(name);
+    if !dir.join("chain.pem").exists() {
+        issue_cert(data_dir, "gateway", name, &dir, &["127.0.0.1"]);
+    }
+    fabricctl(
+        data_dir,
+        &[
+            "auth",
+            "bind",
+            &format!("fabric://dev/gateway/{name}"),
+            "volume-user",
+        ],
+    );
+    dir
+}
+
 /// The pid of node `id` of the cluster in `data_dir`, from the `node.json` it writes into its
 /// directory (storage-only nodes have no metadata address to ask).
 pub fn node_pid(data_dir: &Path, id: u64) -> u32 {
@@ -445,8 +510,11 @@ impl Gateway {
             .append(true)
             .open(log)
             .expect("gateway log");
+        let cert_dir = gateway_identity(data_dir, client_name);
         let child = Command::new(workspace_bin("fabricd"))
             .args(["gateway", "--client-name", client_name])
+            .arg("--cert-dir")
+            .arg(&cert_dir)
             .args(["--endpoints", &endpoints(data_dir).join(",")])
             .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
             .args(extra)

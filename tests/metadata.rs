@@ -23,7 +23,7 @@ struct Member {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     members: Vec<Member>,
     extra: Vec<String>,
     /// Last, so that it is released after the members are stopped.
@@ -61,8 +61,9 @@ impl Cluster {
                 child: None,
             })
             .collect();
+        fabric_suite::cluster_ca(dir.path());
         let mut c = Cluster {
-            _dir: dir,
+            dir,
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _serial: serial,
@@ -101,7 +102,12 @@ impl Cluster {
             .map(|m| format!("{}={}", m.id, m.addr))
             .collect();
         let extra = self.extra.clone();
+        let root = self.dir.path().to_path_buf();
         let m = self.member(id);
+        if !m.dir.join("tls").join("chain.pem").exists() {
+            let name = id.to_string();
+            fabric_suite::issue_cert(&root, "node", &name, &m.dir.join("tls"), &["127.0.0.1"]);
+        }
         let mut cmd = Command::new(workspace_bin("fabricd"));
         cmd.arg("node")
             .args(["--id", &id.to_string(), "--listen", &m.addr])
@@ -113,7 +119,8 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if id == 1 {
-            cmd.args(["--bootstrap", "--peers", &peers.join(",")]);
+            cmd.args(["--bootstrap", "--peers", &peers.join(",")])
+                .args(["--bootstrap-admin", fabric_suite::ADMIN_PRINCIPAL]);
         }
         m.child = Some(cmd.spawn().expect("spawn fabricd node"));
     }
@@ -139,6 +146,8 @@ impl Cluster {
     fn ctl_at(&self, endpoints: &str, args: &[&str]) -> CtlResult {
         let out = Command::new(workspace_bin("fabricctl"))
             .args(["--json", "--endpoints", endpoints])
+            .arg("--cert-dir")
+            .arg(self.dir.path().join("admin"))
             .args(args)
             .output()
             .expect("run fabricctl");
@@ -474,7 +483,7 @@ fn learner_added_promoted_and_a_member_removed_while_writes_continue() {
     cluster.create("before-change").expect("create");
 
     // A fourth, empty member joins as a learner, then becomes a voter.
-    let dir = cluster._dir.path().join("node-4");
+    let dir = cluster.dir.path().join("node-4");
     cluster.members.push(Member {
         id: 4,
         addr: format!("127.0.0.1:{}", free_port()),

@@ -269,9 +269,19 @@ impl Cluster {
             _serial: serial,
         };
         let peers: Vec<String> = (1..=n).map(|i| format!("{i}={}", rpc_addr(i))).collect();
+        fabric_suite::cluster_ca(c.dir.path());
         for i in 1..=n {
             let dir = c.node_dir(i);
             std::fs::create_dir_all(&dir).unwrap();
+            // The node serves on its host's address and dials its own member on loopback.
+            let ip = host_ip(i).to_string();
+            fabric_suite::issue_cert(
+                c.dir.path(),
+                "node",
+                &i.to_string(),
+                &dir.join("tls"),
+                &[&ip, "127.0.0.1"],
+            );
             let log = std::fs::File::create(dir.join("fabricd.log")).unwrap();
             let mut cmd = c.lab.exec(c.lab.ns(i), &workspace_bin("fabricd"));
             // Wildcard binds with advertised addresses; the data path binds port 0, so the
@@ -290,7 +300,8 @@ impl Cluster {
                 .stdout(log.try_clone().unwrap())
                 .stderr(log);
             if i == 1 {
-                cmd.args(["--bootstrap", "--peers", &peers.join(",")]);
+                cmd.args(["--bootstrap", "--peers", &peers.join(",")])
+                    .args(["--bootstrap-admin", fabric_suite::ADMIN_PRINCIPAL]);
             }
             c.nodes.insert(i, cmd.spawn().expect("start fabricd node"));
         }
@@ -338,11 +349,21 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join("fabricd.log")).unwrap();
         let endpoints: Vec<String> = (1..=n).map(rpc_addr).collect();
+        let cert_dir = dir.join("tls");
+        fabric_suite::issue_cert(self.dir.path(), "gateway", "gw", &cert_dir, &[]);
+        let all: Vec<u32> = (1..=n).collect();
+        self.ctl(
+            &all,
+            &["auth", "bind", "fabric://dev/gateway/gw", "volume-user"],
+        )
+        .expect("let the gateway use volumes");
         let gateway = self
             .lab
             .exec(self.lab.ns(GATEWAY_HOST), &workspace_bin("fabricd"))
             .args(["gateway", "--volume", VOLUME, "--client-name", "gw"])
             .args(["--endpoints", &endpoints.join(",")])
+            .arg("--cert-dir")
+            .arg(&cert_dir)
             .args(["--nbd-listen", &format!("0.0.0.0:{NBD_PORT}")])
             .args(extra)
             .env("FABRIC_LOG", "info")
@@ -386,6 +407,8 @@ impl Cluster {
             .arg("40")
             .arg(workspace_bin("fabricctl"))
             .args(["--json", "--endpoints", &endpoints.join(",")])
+            .arg("--cert-dir")
+            .arg(self.dir.path().join("admin"))
             .args(args)
             .output()
             .expect("run fabricctl");

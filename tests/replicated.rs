@@ -297,10 +297,13 @@ fn start_gateway_of(
         .collect();
     let port = fabric_suite::free_port();
     let log = std::fs::File::create(log).unwrap();
+    let cert_dir = fabric_suite::gateway_identity(data_dir, client);
     let gateway = Respawned(
         Command::new(workspace_bin("fabricd"))
             .args(["gateway", "--volume", volume, "--force"])
             .args(["--client-name", client])
+            .arg("--cert-dir")
+            .arg(&cert_dir)
             .args(["--endpoints", &endpoints.join(",")])
             .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
             .stdout(log.try_clone().unwrap())

@@ -7,10 +7,12 @@
 //!   voter of the fixed Raft group) and/or a storage node.
 //! - [`agent`]: a storage node's registration, heartbeats and probes.
 //! - [`metrics`]: the Prometheus endpoint every process serves.
-//! - [`storage`]: a node's replica server and the agent that creates its volumes' replicas.
+//! - [`storage`]: a node's replica server and the agent that creates its volumes' replicas;
+//!   [`replica_listener`]: its port over mutual TLS, for nodes and gateways only;
+//!   [`replica_dial`]: how gateways and agents dial it.
 //! - [`gateway`]: `fabricd gateway`, the volume driver: NBD in front, replicas behind.
 //! - [`identity`]: the cluster's certificate authority, certificates naming principals, and
-//!   mutual TLS 1.3 configurations (not yet wired into the servers).
+//!   the mutual TLS 1.3 every TCP port takes.
 
 pub mod agent;
 pub mod config;
@@ -21,6 +23,8 @@ pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod rebuild_agent;
+pub mod replica_dial;
+pub mod replica_listener;
 pub mod sim;
 pub mod storage;
 

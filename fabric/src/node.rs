@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::agent::NODE_HEARTBEAT_INTERVAL_MS;
 use crate::config::{Endpoint, local_dial};
+use crate::identity::{PrincipalKind, Transport};
 use crate::meta::client::{NODE_FILE, NodeFile};
 use crate::meta::liveness::LivenessConfig;
 use crate::meta::model::{DiskInfo, Location};
@@ -100,6 +101,15 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics at http://IP:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// The node's certificate directory (`chain.pem`, `key.pem`, `ca.pem`, as `fabricctl
+    /// cert issue node ID` writes it); default DATA_DIR/tls. Every TCP port of the node
+    /// takes mutual TLS only.
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+    /// With --bootstrap: the principal that is cluster-admin of the new cluster
+    /// (`fabric://CLUSTER/user/NAME`); everyone else starts with no rights.
+    #[arg(long)]
+    pub bootstrap_admin: Option<String>,
 }
 
 /// The TOML form of the same settings.
@@ -125,6 +135,8 @@ pub struct NodeToml {
     pub disk_capacity: Option<String>,
     pub node_out_after_ms: Option<u64>,
     pub metrics_listen: Option<String>,
+    pub cert_dir: Option<PathBuf>,
+    pub bootstrap_admin: Option<String>,
 }
 
 /// The roles a node has.
@@ -179,6 +191,8 @@ pub struct NodeConfig {
     pub storage: Option<StorageConfig>,
     /// Where to serve metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Mutual TLS with the node's own certificate, on every port and every dial.
+    pub transport: Transport,
 }
 
 impl TryFrom<NodeArgs> for NodeConfig {
@@ -206,6 +220,8 @@ impl TryFrom<NodeArgs> for NodeConfig {
             disk_capacity,
             node_out_after_ms,
             metrics_listen,
+            cert_dir,
+            bootstrap_admin,
         } = args;
         let file = match &config {
             Some(path) => {
@@ -236,6 +252,8 @@ impl TryFrom<NodeArgs> for NodeConfig {
             disk_capacity: f_disk,
             node_out_after_ms: f_out,
             metrics_listen: f_metrics,
+            cert_dir: f_cert_dir,
+            bootstrap_admin: f_admin,
         } = file;
 
         let id = id.or(f_id).context("--id is required")?;
@@ -256,6 +274,7 @@ impl TryFrom<NodeArgs> for NodeConfig {
             election_timeout_max_ms: election_timeout_max_ms.or(f_emax),
             snapshot_logs: snapshot_logs.or(f_snap),
             node_out_after_ms: node_out_after_ms.or(f_out),
+            bootstrap_admin: bootstrap_admin.or(f_admin),
         };
         let member = if roles.meta {
             Some(member_config(id, &data_dir, raft)?)
@@ -333,12 +352,21 @@ impl TryFrom<NodeArgs> for NodeConfig {
                     .map_err(|e| anyhow::anyhow!("--metrics-listen {a:?}: {e} (want IP:PORT)"))?,
             ),
         };
+        let cert_dir = cert_dir
+            .or(f_cert_dir)
+            .unwrap_or_else(|| data_dir.join(NODE_CERT_DIR));
+        let transport = node_transport(id, &cert_dir)?;
+        let member = member.map(|m| MemberConfig {
+            transport: transport.clone(),
+            ..m
+        });
         Ok(NodeConfig {
             id,
             data_dir,
             member,
             storage,
             metrics_listen,
+            transport,
         })
     }
 }
@@ -355,6 +383,7 @@ struct RaftFlags {
     election_timeout_max_ms: Option<u64>,
     snapshot_logs: Option<u64>,
     node_out_after_ms: Option<u64>,
+    bootstrap_admin: Option<String>,
 }
 
 impl RaftFlags {
@@ -380,6 +409,7 @@ impl RaftFlags {
             ),
             ("--snapshot-logs", self.snapshot_logs.is_some()),
             ("--node-out-after-ms", self.node_out_after_ms.is_some()),
+            ("--bootstrap-admin", self.bootstrap_admin.is_some()),
         ];
         match given.iter().find(|(_, g)| *g) {
             Some((flag, _)) => {
@@ -445,6 +475,15 @@ fn member_config(id: u64, data_dir: &Path, f: RaftFlags) -> anyhow::Result<Membe
         }
         liveness.out_after_ms = out_after_ms;
     }
+    let bootstrap_admin = match (f.bootstrap_admin, &formation) {
+        (Some(admin), Formation::Bootstrap(_)) => {
+            crate::meta::auth::Policy::bootstrap(&admin)
+                .with_context(|| format!("--bootstrap-admin {admin:?}"))?;
+            Some(admin)
+        }
+        (Some(_), _) => bail!("--bootstrap-admin is a setting of --bootstrap"),
+        (None, _) => None,
+    };
     Ok(MemberConfig {
         id,
         data_dir: data_dir.to_path_buf(),
@@ -452,7 +491,33 @@ fn member_config(id: u64, data_dir: &Path, f: RaftFlags) -> anyhow::Result<Membe
         formation,
         tuning,
         liveness,
+        bootstrap_admin,
+        // Set once the node's certificate is loaded.
+        transport: Transport::InProcessPlaintext,
     })
+}
+
+/// The certificate directory under a node's data directory, when --cert-dir is not given.
+pub const NODE_CERT_DIR: &str = "tls";
+
+/// Loads the node's identity from `cert_dir` and checks that it is node `id`'s.
+fn node_transport(id: u64, cert_dir: &Path) -> anyhow::Result<Transport> {
+    let transport = Transport::load(cert_dir).with_context(|| {
+        format!(
+            "load the node's certificate from {} (issue one with `fabricctl cert issue node {id} \
+             --ca-dir CA --out {} --san ADDRESS`; fabricd node takes TLS only)",
+            cert_dir.display(),
+            cert_dir.display()
+        )
+    })?;
+    let principal = transport.tls().expect("loaded").principal();
+    if principal.kind() != &PrincipalKind::Node(id) {
+        bail!(
+            "{} holds the certificate of {principal}, not of node {id}",
+            cert_dir.display()
+        );
+    }
+    Ok(transport)
 }
 
 /// Most voters a metadata group is bootstrapped with.
@@ -559,6 +624,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         member,
         storage,
         metrics_listen,
+        transport,
     } = cfg;
     let running =
         match member {
@@ -588,6 +654,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         rebuild = Some(tokio::spawn(crate::rebuild_agent::run(
             id,
             local_dial(running.bound),
+            transport.clone(),
             rebuild_stopped,
         )));
     }
@@ -601,7 +668,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
                 .collect();
             endpoints.extend(cfg.meta.iter().cloned());
             let own_rpc = running.as_ref().map(|r| r.addr.to_string());
-            Some(start_storage(id, &dir, cfg, endpoints, own_rpc).await?)
+            Some(start_storage(id, &dir, cfg, endpoints, own_rpc, transport.clone()).await?)
         }
     };
     let metrics_addr = match metrics_listen {
@@ -740,6 +807,7 @@ async fn start_storage(
     cfg: StorageConfig,
     endpoints: Vec<String>,
     own_rpc: Option<String>,
+    transport: Transport,
 ) -> Result<StorageRole, NodeError> {
     // The data socket is bound before the node registers, so that the address it registers
     // carries the port actually bound.
@@ -751,10 +819,14 @@ async fn start_storage(
                 .with_context(|| format!("listen for replica traffic on {}", endpoint.bind))?;
             let advertised =
                 endpoint.advertised(listener.local_addr().context("local data address")?);
-            let storage =
-                crate::storage::Storage::start(&dir.join("store"), listener, endpoints.clone())
-                    .await
-                    .context("start the replica server")?;
+            let storage = crate::storage::Storage::start(
+                &dir.join("store"),
+                listener,
+                endpoints.clone(),
+                transport.clone(),
+            )
+            .await
+            .context("start the replica server")?;
             println!(
                 "fabricd node {id} serving replicas at {} (advertised as {advertised})",
                 storage.data_addr
@@ -774,7 +846,7 @@ async fn start_storage(
     let beats = std::sync::Arc::new(crate::agent::Beats::default());
     let agent = tokio::spawn(crate::agent::run(
         registration,
-        std::sync::Arc::new(crate::meta::client::Client::new(endpoints)),
+        std::sync::Arc::new(crate::meta::client::Client::new(endpoints, transport)),
         std::sync::Arc::new(crate::agent::ReplicaProber),
         std::sync::Arc::clone(&beats),
         stopped,
@@ -839,14 +911,68 @@ mod tests {
         }
     }
 
+    /// Node 1's certificate directory, made once for these tests by a dev CA.
+    fn node_1_certs() -> PathBuf {
+        static PKI: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = PKI.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let pki = crate::identity::dev_pki::DevPki::ensure(dir.path()).unwrap();
+            pki.ensure_node(1).unwrap();
+            pki.ensure_gateway("gw").unwrap();
+            dir
+        });
+        crate::identity::dev_pki::DevPki::ensure(dir.path())
+            .unwrap()
+            .node_dir(1)
+    }
+
     fn args(listen: &str) -> NodeArgs {
         NodeArgs {
             id: Some(1),
             data_dir: Some(PathBuf::from("node-1")),
             listen: Some(listen.into()),
             disk_capacity: Some("1TiB".into()),
+            cert_dir: Some(node_1_certs()),
             ..NodeArgs::default()
         }
+    }
+
+    #[test]
+    fn a_node_takes_tls_only_and_only_with_its_own_certificate() {
+        let missing = tempfile::tempdir().unwrap();
+        let e = NodeConfig::try_from(NodeArgs {
+            cert_dir: Some(missing.path().to_path_buf()),
+            ..args("127.0.0.1:7000")
+        })
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("fabricctl cert issue node 1") && msg.contains("TLS only"),
+            "{msg}"
+        );
+        let gateway = node_1_certs().parent().unwrap().parent().unwrap().join("gateways/gw");
+        let e = NodeConfig::try_from(NodeArgs {
+            cert_dir: Some(gateway),
+            ..args("127.0.0.1:7000")
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("not of node 1"), "{e:#}");
+        let e = NodeConfig::try_from(NodeArgs {
+            bootstrap_admin: Some("fabric://dev/user/alice".into()),
+            ..args("127.0.0.1:7000")
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("a setting of --bootstrap"), "{e:#}");
+        let cfg = NodeConfig::try_from(NodeArgs {
+            bootstrap: true,
+            bootstrap_admin: Some("fabric://dev/user/alice".into()),
+            ..args("127.0.0.1:7000")
+        })
+        .unwrap();
+        assert!(cfg.transport.tls().is_some());
+        let member = cfg.member.expect("meta");
+        assert_eq!(member.bootstrap_admin.as_deref(), Some("fabric://dev/user/alice"));
+        assert!(member.transport.tls().is_some(), "the member dials and serves over TLS");
     }
 
     #[test]

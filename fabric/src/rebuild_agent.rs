@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::gateway::{detach, open_volume, resync_round};
+use crate::identity::Transport;
 use crate::meta::client::Client;
 use crate::meta::state::REBUILD_AGENT_PREFIX;
 use crate::meta::watcher::{ClusterView, Follower, follow};
@@ -36,10 +37,15 @@ const ROUNDS_PER_VISIT_MAX: u32 = 60;
 
 /// Runs the agent of node `node`, whose metadata member listens on `rpc_addr`, until `stop`.
 /// It follows the volumes over `Watch` (from its own member) and acts while that member leads.
-pub async fn run(node: u64, rpc_addr: SocketAddr, mut stop: watch::Receiver<bool>) {
-    let client = Arc::new(Client::new(vec![rpc_addr.to_string()]));
+pub async fn run(
+    node: u64,
+    rpc_addr: SocketAddr,
+    transport: Transport,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = Arc::new(Client::new(vec![rpc_addr.to_string()], transport.clone()));
     let me = format!("{REBUILD_AGENT_PREFIX}node-{node}");
-    let pool = match ReplicaPool::tcp(PoolConfig::default()) {
+    let pool = match crate::replica_dial::replica_pool(&transport, PoolConfig::default()) {
         Ok(pool) => pool,
         Err(e) => {
             tracing::error!(error = %e, "rebuild agent cannot start");

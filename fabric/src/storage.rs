@@ -21,6 +21,7 @@ use volume::store::ExtentStore;
 use volume::wire::VolumeId;
 
 use crate::config::IoEngine;
+use crate::identity::Transport;
 use crate::meta::client::Client;
 use crate::meta::watcher::{ClusterView, Follower, follow};
 
@@ -39,6 +40,7 @@ impl Storage {
         dir: &Path,
         listener: tokio::net::TcpListener,
         endpoints: Vec<String>,
+        transport: Transport,
     ) -> anyhow::Result<Storage> {
         let disk = crate::dev::open_disk(IoEngine::Uring, &dir.display().to_string())?;
         let store = ExtentStore::open(dir, disk)
@@ -48,8 +50,21 @@ impl Storage {
         let data_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(Arc::clone(&server).serve(listener, stopped.clone()));
-        tasks.spawn(follow_volumes(Arc::clone(&server), endpoints, stopped));
+        match transport.tls() {
+            Some(tls) => tasks.spawn(crate::replica_listener::serve(
+                Arc::clone(&server),
+                listener,
+                Arc::clone(tls),
+                stopped.clone(),
+            )),
+            None => tasks.spawn(Arc::clone(&server).serve(listener, stopped.clone())),
+        };
+        tasks.spawn(follow_volumes(
+            Arc::clone(&server),
+            endpoints,
+            transport,
+            stopped,
+        ));
         tracing::info!(%data_addr, "replica server listening");
         Ok(Storage {
             data_addr,
@@ -71,6 +86,7 @@ impl Storage {
 async fn follow_volumes(
     server: Arc<ReplicaServer>,
     endpoints: Vec<String>,
+    transport: Transport,
     stop: watch::Receiver<bool>,
 ) {
     let (tx, mut rx) = watch::channel(Volumes::default());
@@ -86,7 +102,7 @@ async fn follow_volumes(
     let subscription = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let client = Client::new(endpoints);
+            let client = Client::new(endpoints, transport);
             follow(&client, request, &mut follower, stop).await;
         }
     });

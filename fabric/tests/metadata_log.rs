@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fabric::identity::Transport;
+use fabric::identity::dev_pki::DevPki;
 use fabric::meta::client::{Client, discover};
 use proto::meta as pb;
 
@@ -15,6 +17,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const RECORDS_START: usize = 8192;
 
 fn spawn(data_dir: &Path, stderr: &Path) -> Child {
+    let pki = DevPki::ensure(data_dir.parent().expect("a parent")).expect("dev CA");
+    pki.ensure_node(1).expect("node certificate");
     Command::new(env!("CARGO_BIN_EXE_fabricd"))
         .args([
             "node",
@@ -23,6 +27,8 @@ fn spawn(data_dir: &Path, stderr: &Path) -> Child {
             "--listen",
             "127.0.0.1:0",
             "--bootstrap",
+            "--bootstrap-admin",
+            "fabric://dev/user/admin",
         ])
         .args(["--location", "rack=r1,host=h1", "--disk-capacity", "1TiB"])
         .arg("--data-dir")
@@ -92,7 +98,8 @@ fn a_damaged_synced_record_stops_the_node_with_exit_code_4() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let client = Client::new(vec![addr]);
+        let admin = DevPki::ensure(dir.path()).unwrap().ensure_admin().unwrap();
+        let client = Client::new(vec![addr], Transport::load(&admin).unwrap());
         for i in 0..5 {
             let req = pb::CreatePoolRequest {
                 name: format!("pool-{i}"),

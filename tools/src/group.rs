@@ -5,11 +5,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
+use fabric::identity::Transport;
+use fabric::identity::dev_pki::DevPki;
 
 /// The running members; dropping it kills them.
 pub struct Group {
     /// gRPC address of member `i + 1`.
     pub addrs: Vec<String>,
+    /// The administrator's identity (cluster-admin), for the benchmark's clients.
+    pub admin: Transport,
     children: Vec<Option<Child>>,
 }
 
@@ -36,9 +40,12 @@ impl Group {
             .enumerate()
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect();
+        let pki = DevPki::ensure(dir).context("create the group's CA")?;
+        let admin = Transport::load(&pki.ensure_admin()?)?;
         let mut children = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
+            pki.ensure_node(id)?;
             let mut cmd = Command::new(&fabricd);
             cmd.arg("node")
                 .args(["--id", &id.to_string(), "--listen", addr])
@@ -52,11 +59,17 @@ impl Group {
                 cmd.args(["--location", &format!("rack=r{id}")]);
             }
             if id == 1 {
-                cmd.args(["--bootstrap", "--peers", &peers.join(",")]);
+                cmd.args(["--bootstrap", "--peers", &peers.join(",")])
+                    .arg("--bootstrap-admin")
+                    .arg(DevPki::admin_principal().to_string());
             }
             children.push(Some(cmd.spawn().context("spawn fabricd node")?));
         }
-        Ok(Group { addrs, children })
+        Ok(Group {
+            addrs,
+            admin,
+            children,
+        })
     }
 
     /// The process id of member `id`, while it runs.

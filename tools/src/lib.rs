@@ -1,5 +1,6 @@
 //! Shared helpers of the tools binaries.
 
+pub mod auth;
 pub mod group;
 pub mod identity;
 pub mod movement;

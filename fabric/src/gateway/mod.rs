@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use volume::client::{PoolConfig, REMOVAL_WAIT_MS_DEFAULT, ReplicaPool};
+use volume::client::{PoolConfig, REMOVAL_WAIT_MS_DEFAULT};
 
 use crate::meta::client::{CALL_RETRY_DEADLINE_MS, Client};
 
@@ -107,17 +107,31 @@ pub struct GatewayArgs {
     /// Serve Prometheus metrics at http://IP:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The gateway's certificate directory (`chain.pem`, `key.pem`, `ca.pem`, as `fabricctl
+    /// cert issue gateway NAME` writes it): the identity it attaches volumes and dials
+    /// replicas with, over mutual TLS.
+    #[arg(long, required = true)]
+    pub cert_dir: std::path::PathBuf,
 }
 
 /// Serves volumes until SIGINT or SIGTERM, then flushes and detaches them.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut stop = crate::dev::StopSignals::install();
-    let mut client = Client::new(args.endpoints.clone());
+    let transport = crate::identity::Transport::load(&args.cert_dir).with_context(|| {
+        format!(
+            "load the gateway's certificate from {} (issue one with `fabricctl cert issue \
+             gateway NAME --ca-dir CA --out {}`)",
+            args.cert_dir.display(),
+            args.cert_dir.display()
+        )
+    })?;
+    let mut client = Client::new(args.endpoints.clone(), transport.clone());
     client.retry_deadline = Duration::from_millis(args.metadata_retry_deadline_ms);
     client.attempt_deadline = Duration::from_millis(METADATA_ATTEMPT_DEADLINE_MS);
     let client = Arc::new(client);
     // One pool for every volume: links to a node, and the copy budget towards it, are shared.
-    let pool = ReplicaPool::tcp(PoolConfig::default()).context("replica pool")?;
+    let pool = crate::replica_dial::replica_pool(&transport, PoolConfig::default())
+        .context("replica pool")?;
     let attach_as = args
         .client_name
         .clone()

@@ -33,6 +33,8 @@ pub enum IdentityError {
     Invalid(#[from] PrincipalError),
     #[error("{0}")]
     Request(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
     #[error("generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
 }

@@ -11,10 +11,11 @@
 //! configuration is built from [`tls::provider`], the one crypto provider. Private keys are
 //! written with mode 0600 from the moment their file exists, and a CA's keys are never
 //! overwritten.
-//!
-//! Not wired yet: no server or client of Fabric uses these configurations so far.
+//! [`transport`] is what a process secures its connections with, and [`dev_pki`] the
+//! certificates a `fabricd dev` cluster makes for itself.
 
 pub mod ca;
+pub mod dev_pki;
 pub mod error;
 mod files;
 pub mod handshake;
@@ -22,6 +23,7 @@ pub mod issue;
 pub mod load;
 pub mod principal;
 pub mod tls;
+pub mod transport;
 
 #[cfg(test)]
 mod handshake_tests;
@@ -29,3 +31,4 @@ mod handshake_tests;
 pub use error::IdentityError;
 pub use load::Identity;
 pub use principal::{ClusterName, Principal, PrincipalError, PrincipalKind};
+pub use transport::{ClusterTls, Transport};

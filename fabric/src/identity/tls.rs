@@ -142,6 +142,13 @@ impl ResolvesClientCert for CertSlot {
 /// accepted: the lists will come from the Raft state, which names only revoked leaves.
 pub struct ClientTrust {
     verifier: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    /// What the verifier was built from, so that either half can change alone.
+    inputs: std::sync::Mutex<TrustInputs>,
+}
+
+struct TrustInputs {
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl ClientTrust {
@@ -150,7 +157,8 @@ impl ClientTrust {
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<ClientTrust, TlsError> {
         Ok(ClientTrust {
-            verifier: ArcSwap::from_pointee(client_verifier(roots, crls)?),
+            verifier: ArcSwap::from_pointee(client_verifier(roots.clone(), crls.clone())?),
+            inputs: std::sync::Mutex::new(TrustInputs { roots, crls }),
         })
     }
 
@@ -160,8 +168,26 @@ impl ClientTrust {
         roots: Arc<RootCertStore>,
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<(), TlsError> {
-        self.verifier.store(Arc::new(client_verifier(roots, crls)?));
+        let mut inputs = self.inputs.lock().expect("trust inputs");
+        self.verifier
+            .store(Arc::new(client_verifier(roots.clone(), crls.clone())?));
+        *inputs = TrustInputs { roots, crls };
         Ok(())
+    }
+
+    /// New roots, the revocation lists unchanged.
+    pub fn update_roots(&self, roots: Arc<RootCertStore>) -> Result<(), TlsError> {
+        let crls = self.inputs.lock().expect("trust inputs").crls.clone();
+        self.update(roots, crls)
+    }
+
+    /// New revocation lists, the roots unchanged.
+    pub fn update_crls(
+        &self,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<(), TlsError> {
+        let roots = self.inputs.lock().expect("trust inputs").roots.clone();
+        self.update(roots, crls)
     }
 
     fn current(&self) -> Arc<Arc<dyn ClientCertVerifier>> {

@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 
 use super::net::MESSAGE_BYTES_MAX;
 use super::net::client::PeerChannels;
+use crate::identity::Transport;
 
 /// How long a call keeps retrying while no member can serve it.
 pub const CALL_RETRY_DEADLINE_MS: u64 = 30_000;
@@ -92,14 +93,15 @@ fn retriable(s: &Status) -> bool {
 }
 
 impl Client {
-    pub fn new(endpoints: Vec<String>) -> Client {
+    /// A client of the members at `endpoints`, dialling them over `transport`.
+    pub fn new(endpoints: Vec<String>, transport: Transport) -> Client {
         assert!(
             !endpoints.is_empty(),
             "a client needs at least one endpoint"
         );
         Client {
             endpoints,
-            channels: PeerChannels::default(),
+            channels: PeerChannels::new(transport),
             current: AtomicUsize::new(0),
             retry_deadline: Duration::from_millis(CALL_RETRY_DEADLINE_MS),
             attempt_deadline: Duration::from_millis(ATTEMPT_DEADLINE_MS),

@@ -12,6 +12,7 @@
 //! as current. Their first versions, without the epoch, stay for the entries already in the
 //! log and apply as they always did; nothing proposes them any more.
 
+use super::auth::PolicyChange;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
@@ -144,6 +145,16 @@ pub enum CommandV1 {
         pool_epoch: u64,
         moves: Vec<DiskMove>,
     },
+    /// The access policy of a new cluster: `admin` is cluster-admin. Applies only to a
+    /// cluster whose policy was never initialized.
+    InitPolicy {
+        admin: String,
+    },
+    /// `by` (a principal) changes the access policy.
+    ChangePolicy {
+        by: String,
+        change: PolicyChange,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -165,6 +176,11 @@ pub enum Applied {
         volume: String,
         attachment: Attachment,
     },
+    /// The policy's epoch after a policy command, and whether it changed anything.
+    Policy {
+        epoch: u64,
+        changed: bool,
+    },
 }
 
 /// Why a command changed nothing. Deterministic: every member refuses the same command alike.
@@ -178,6 +194,8 @@ pub enum CommandError {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// Words in every refusal of a membership change whose attach epoch was fenced by a newer
@@ -306,6 +324,10 @@ impl std::fmt::Display for CommandV1 {
                 request_id,
                 command,
             } => write!(f, "{command} (request {request_id})"),
+            CommandV1::InitPolicy { admin } => {
+                write!(f, "start the access policy with {admin} as cluster-admin")
+            }
+            CommandV1::ChangePolicy { by, change } => write!(f, "{by}: {change}"),
         }
     }
 }

@@ -17,6 +17,8 @@ use proto::meta as pb;
 use serde::{Deserialize, Serialize};
 
 use super::client::Client;
+use crate::identity::Transport;
+use crate::identity::dev_pki::DevPki;
 
 /// Most nodes a dev cluster may have.
 pub const DEV_NODES_MAX: u32 = 16;
@@ -53,7 +55,13 @@ pub struct DevCluster {
     data_dir: PathBuf,
     children: Vec<Child>,
     gateway: Option<Child>,
+    pki: DevPki,
+    /// The administrator's identity, which the launcher calls the cluster with.
+    admin: Transport,
 }
+
+/// The client name, and certificate name, of a dev cluster's gateway.
+pub const DEV_GATEWAY: &str = "dev-gateway";
 
 /// The gRPC address of every member and the data address of every node: from
 /// `cluster.json`, or fresh ports that differ from `avoid` (the gateway's NBD address).
@@ -168,6 +176,8 @@ impl DevCluster {
             "validated by the caller"
         );
         let ClusterFile { members, data } = member_addresses(data_dir, nodes, voters, nbd_listen)?;
+        let pki = DevPki::ensure(data_dir).context("create the dev cluster's CA")?;
+        let admin = Transport::load(&pki.ensure_admin()?)?;
         let exe = std::env::current_exe().context("find the fabricd executable")?;
         let peers: Vec<String> = members.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let mut cluster = DevCluster {
@@ -176,11 +186,15 @@ impl DevCluster {
             data_dir: data_dir.to_path_buf(),
             children: Vec::new(),
             gateway: None,
+            pki: pki.clone(),
+            admin,
         };
         let member_endpoints: Vec<&str> = members.iter().map(|(_, a)| a.as_str()).collect();
         for (id, data_addr) in &data {
             let dir: PathBuf = data_dir.join(format!("node-{id}"));
             let log = log_file(&dir)?;
+            pki.ensure_node(*id)
+                .with_context(|| format!("issue node {id}'s certificate"))?;
             let mut cmd = Command::new(&exe);
             cmd.arg("node")
                 .arg("--id")
@@ -211,7 +225,11 @@ impl DevCluster {
                         .arg("--node-out-after-ms")
                         .arg(DEV_NODE_OUT_AFTER_MS.to_string());
                     if *id == 1 {
-                        cmd.arg("--bootstrap").arg("--peers").arg(peers.join(","));
+                        cmd.arg("--bootstrap")
+                            .arg("--peers")
+                            .arg(peers.join(","))
+                            .arg("--bootstrap-admin")
+                            .arg(DevPki::admin_principal().to_string());
                     }
                 }
                 None => {
@@ -233,7 +251,7 @@ impl DevCluster {
     }
 
     async fn form(&mut self, nodes: u32) -> anyhow::Result<()> {
-        let client = Client::new(self.members.iter().map(|(_, a)| a.clone()).collect());
+        let client = self.client();
         let started = Instant::now();
         let deadline = started + Duration::from_millis(DEV_FORM_TIMEOUT_MS);
         loop {
@@ -291,7 +309,12 @@ impl DevCluster {
         nbd_listen: std::net::SocketAddr,
         metrics_listen: Option<std::net::SocketAddr>,
     ) -> anyhow::Result<()> {
-        let client = Client::new(self.members.iter().map(|(_, a)| a.clone()).collect());
+        let client = self.client();
+        let gateway_dir = self
+            .pki
+            .ensure_gateway(DEV_GATEWAY)
+            .context("issue the gateway's certificate")?;
+        bind_volume_user(&client, &gateway_principal(DEV_GATEWAY)).await?;
         for (name, size_bytes) in volumes {
             let req = pb::CreateVolumeRequest {
                 name: name.clone(),
@@ -316,7 +339,9 @@ impl DevCluster {
             .arg("--nbd-listen")
             .arg(nbd_listen.to_string())
             .arg("--client-name")
-            .arg("dev-gateway")
+            .arg(DEV_GATEWAY)
+            .arg("--cert-dir")
+            .arg(&gateway_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -328,6 +353,14 @@ impl DevCluster {
         }
         self.gateway = Some(spawn_child(cmd, "the gateway")?);
         Ok(())
+    }
+
+    /// A client of the members, as the administrator.
+    fn client(&self) -> Client {
+        Client::new(
+            self.members.iter().map(|(_, a)| a.clone()).collect(),
+            self.admin.clone(),
+        )
     }
 
     /// A node that exited before the cluster formed, named with its status and log file.
@@ -360,6 +393,43 @@ impl DevCluster {
             terminate(std::slice::from_mut(&mut gateway));
         }
         terminate(&mut self.children);
+    }
+}
+
+/// The principal of gateway `name` in a dev cluster.
+pub fn gateway_principal(name: &str) -> String {
+    format!(
+        "fabric://{}/gateway/{name}",
+        crate::identity::dev_pki::DEV_CLUSTER
+    )
+}
+
+/// Lets `principal` use every volume of the cluster (`volume-user` at the cluster scope).
+/// Retried while the access policy of a new cluster is not started yet.
+pub async fn bind_volume_user(client: &Client, principal: &str) -> anyhow::Result<()> {
+    let change = pb::PolicyChange {
+        change: Some(pb::policy_change::Change::Bind(pb::Binding {
+            principal: principal.to_owned(),
+            role: "volume-user".into(),
+            scope: "cluster".into(),
+        })),
+    };
+    let deadline = Instant::now() + Duration::from_millis(DEV_FORM_TIMEOUT_MS);
+    loop {
+        let result = client
+            .call(|mut c| {
+                let change = change.clone();
+                async move { c.change_policy(change).await }
+            })
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            // The policy may not be started yet: the bootstrap member proposes it.
+            Err(s) if s.code() == tonic::Code::PermissionDenied && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => bail!("bind {principal} as volume-user: {}", s.message()),
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub mod snapshots;
 pub mod state;
 #[cfg(test)]
 mod state_placement_test;
+mod state_policy;
 #[cfg(test)]
 mod state_prop_test;
 #[cfg(test)]

@@ -23,6 +23,7 @@ use super::net::server::RaftTransport;
 use super::service::MetadataService;
 use super::types::{MemberNode, Raft};
 use crate::config::Endpoint;
+use crate::identity::Transport;
 
 /// Raft timing and snapshot knobs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,10 @@ pub struct MemberConfig {
     pub tuning: RaftTuning,
     /// The failure detector's tunables, used while this member leads.
     pub liveness: LivenessConfig,
+    /// How the member's connections, both ways, are secured.
+    pub transport: Transport,
+    /// When bootstrapping: the principal that starts as cluster-admin.
+    pub bootstrap_admin: Option<String>,
 }
 
 /// Why a member could not start.
@@ -189,7 +194,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     // the followers in time, instead of losing its leadership to the load it serves.
     let raft_runtime = RaftRuntime::start().map_err(|e| StartError::Raft(e.to_string()))?;
     let network = NetworkFactory {
-        channels: PeerChannels::default(),
+        channels: PeerChannels::new(cfg.transport.clone()),
     };
     let raft = raft_runtime
         .spawn({
@@ -201,7 +206,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         .map_err(|e| StartError::Raft(e.to_string()))?;
     // Forwarded client requests dial the leader on channels of their own, driven by the
     // service threads, so that they never queue on Raft's.
-    let channels = PeerChannels::default();
+    let channels = PeerChannels::new(cfg.transport.clone());
     let listener = listen(cfg.rpc.bind).map_err(|source| StartError::Bind {
         addr: cfg.rpc.bind,
         source,
@@ -232,10 +237,9 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = super::net::secure::incoming(listener, cfg.transport.clone());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(transport)
             .add_service(metadata)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -244,7 +248,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     );
 
     form_group(&raft, &cfg, &addr).await?;
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(Arc::clone(&detector).run(Arc::clone(&member), stop_tx.subscribe())),
         tokio::spawn(super::snapshots::run(
             Arc::clone(&member),
@@ -252,6 +256,9 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
             stop_tx.subscribe(),
         )),
     ];
+    if let Some(admin) = cfg.bootstrap_admin.clone() {
+        background.push(tokio::spawn(init_policy(Arc::clone(&member), admin)));
+    }
     Ok(RunningMember {
         member,
         detector,
@@ -309,7 +316,7 @@ async fn form_group(raft: &Raft, cfg: &MemberConfig, addr: &SocketAddr) -> Resul
             tracing::info!(id = cfg.id, "bootstrapped a new metadata group");
         }
         Formation::Join(seed) => {
-            let client = Client::new(vec![seed.clone()]);
+            let client = Client::new(vec![seed.clone()], cfg.transport.clone());
             let (id, rpc_addr) = (cfg.id, addr.to_string());
             tokio::spawn(async move {
                 match client.join(id, &rpc_addr).await {
@@ -320,6 +327,37 @@ async fn form_group(raft: &Raft, cfg: &MemberConfig, addr: &SocketAddr) -> Resul
         }
     }
     Ok(())
+}
+
+/// Pause between attempts to start the access policy of a new cluster.
+const INIT_POLICY_RETRY_MS: u64 = 200;
+
+/// Starts the access policy of the cluster this member bootstrapped, with `admin` as its
+/// cluster-admin: retried until the policy is seen initialized (by this proposal, or by one
+/// that committed before a restart).
+async fn init_policy(member: Arc<Member>, admin: String) {
+    use super::command::CommandV1;
+    loop {
+        if member.sm.read(|s, _| s.policy.epoch) != 0 {
+            return;
+        }
+        match member
+            .write(
+                CommandV1::InitPolicy {
+                    admin: admin.clone(),
+                }
+                .into(),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(%admin, "access policy started: {admin} is cluster-admin");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "start the access policy (retrying)"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(INIT_POLICY_RETRY_MS)).await;
+    }
 }
 
 impl RunningMember {

@@ -37,6 +37,9 @@ pub struct ClusterState {
     /// Outcomes of recent `Once` commands, by request id.
     #[serde(default)]
     pub requests: RequestLog,
+    /// Who may do what (epoch 0: not initialized, nobody but members may do anything).
+    #[serde(default)]
+    pub policy: super::auth::Policy,
     /// Which records recent commands changed, for `Watch` deltas (derived, never stored).
     #[serde(skip)]
     pub journal: Journal,
@@ -180,6 +183,8 @@ impl ClusterState {
             CommandV1::Once { .. } => Err(CommandError::InvalidArgument(
                 "a request id wraps one plain command".into(),
             )),
+            CommandV1::InitPolicy { admin } => self.init_policy(admin),
+            CommandV1::ChangePolicy { by, change } => self.change_policy(by, change),
         };
         if outcome.is_ok() {
             self.cluster_epoch += 1;
@@ -817,5 +822,7 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::RestoreReplicaV2 { volume: v, .. }
         | CommandV1::ReportRebuildV2 { volume: v, .. } => volume(v),
         CommandV1::Once { .. } => None,
+        // Watch streams carry no policy; sessions read its epoch from the state.
+        CommandV1::InitPolicy { .. } | CommandV1::ChangePolicy { .. } => None,
     }
 }

@@ -363,7 +363,7 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
             "3000",
         ],
     )?;
-    let all = Arc::new(Client::new(group.addrs.clone()));
+    let all = Arc::new(Client::new(group.addrs.clone(), group.admin.clone()));
     all.leader_status().await.context("find the leader")?;
     let origin = Instant::now();
 
@@ -375,6 +375,7 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
         args.clients,
         &registrations,
         &group.addrs,
+        &group.admin,
         |c, r| async move {
             c.call(|mut m| {
                 let r = r.clone();
@@ -404,7 +405,9 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
             let endpoints = vec![leader.rpc_addr.clone()];
             Agent {
                 id: registration.id,
-                client: Arc::new(Client::new(endpoints)),
+                // The simulated nodes have no certificates of their own: they call as the
+                // administrator, who may register and heartbeat for any node.
+                client: Arc::new(Client::new(endpoints, group.admin.clone())),
                 beats: Arc::new(Beats::default()),
                 map: Arc::new(MapSeen::default()),
                 stop: watch::channel(false).0,
@@ -619,9 +622,13 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
             request_id: String::new(),
         })
         .collect();
-    for_all(args.clients, &creates, &group.addrs, |c, r| async move {
-        c.create_volume(r.clone()).await.map(|_| ())
-    })
+    for_all(
+        args.clients,
+        &creates,
+        &group.addrs,
+        &group.admin,
+        |c, r| async move { c.create_volume(r.clone()).await.map(|_| ()) },
+    )
     .await
     .context("create the volumes")?;
     let attaches: Vec<pb::AttachVolumeRequest> = (0..args.attaches)
@@ -633,14 +640,20 @@ async fn run(args: &Args, n: usize, dir: &std::path::Path) -> anyhow::Result<Res
         })
         .collect();
     let started = Instant::now();
-    for_all(args.clients, &attaches, &group.addrs, |c, r| async move {
-        c.call(|mut m| {
-            let r = r.clone();
-            async move { m.attach_volume(r).await }
-        })
-        .await
-        .map(|_| ())
-    })
+    for_all(
+        args.clients,
+        &attaches,
+        &group.addrs,
+        &group.admin,
+        |c, r| async move {
+            c.call(|mut m| {
+                let r = r.clone();
+                async move { m.attach_volume(r).await }
+            })
+            .await
+            .map(|_| ())
+        },
+    )
     .await
     .context("attach the volumes")?;
     let attach_s = started.elapsed().as_secs_f64();
@@ -676,6 +689,7 @@ async fn for_all<T, F, Fut>(
     clients: usize,
     items: &[T],
     endpoints: &[String],
+    transport: &fabric::identity::Transport,
     call: F,
 ) -> anyhow::Result<()>
 where
@@ -688,7 +702,7 @@ where
     let mut tasks: tokio::task::JoinSet<Result<(), tonic::Status>> = tokio::task::JoinSet::new();
     for _ in 0..clients {
         let (next, items, call) = (Arc::clone(&next), Arc::clone(&items), call.clone());
-        let client = Arc::new(Client::new(endpoints.to_vec()));
+        let client = Arc::new(Client::new(endpoints.to_vec(), transport.clone()));
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;

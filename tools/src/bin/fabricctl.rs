@@ -5,7 +5,9 @@
 //! writes and linearizable reads to the leader), and prints human tables or, with `--json`,
 //! one JSON document. A refused request prints one line, `fabricctl: CODE: message`, and exits 1.
 //!
-//! `ca` and `cert` work on local files (the cluster's certificate authority) and ask no member.
+//! Every call goes over mutual TLS with the certificate directory `--cert-dir` (default: the
+//! administrator's, `DATA_DIR/admin`, which `fabricd dev` makes). `ca` and `cert` work on
+//! local files (the cluster's certificate authority) and ask no member.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ struct Cli {
     /// Member gRPC addresses, comma-separated (instead of --data-dir).
     #[arg(long, global = true, value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// Your certificate directory (chain.pem, key.pem, ca.pem); default DATA_DIR/admin.
+    #[arg(long, global = true)]
+    cert_dir: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -57,6 +62,9 @@ enum Cmd {
     /// Certificates of nodes, gateways and users (local files; no member is asked).
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Access control: bindings of roles to principals, roles, and `can-i`.
+    #[command(subcommand)]
+    Auth(tools::auth::AuthCmd),
 }
 
 #[derive(Subcommand)]
@@ -287,6 +295,8 @@ fn code_name(code: tonic::Code) -> &'static str {
         NotFound => "NOT_FOUND",
         InvalidArgument => "INVALID_ARGUMENT",
         FailedPrecondition => "FAILED_PRECONDITION",
+        PermissionDenied => "PERMISSION_DENIED",
+        Unauthenticated => "UNAUTHENTICATED",
         Unavailable => "UNAVAILABLE",
         DeadlineExceeded => "DEADLINE_EXCEEDED",
         _ => "ERROR",
@@ -405,9 +415,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.data_dir.display()
         );
     }
-    let client = Client::new(endpoints);
+    let cert_dir = cli
+        .cert_dir
+        .clone()
+        .unwrap_or_else(|| cli.data_dir.join(fabric::identity::dev_pki::ADMIN_DIR));
+    let transport = fabric::identity::Transport::load(&cert_dir).with_context(|| {
+        format!(
+            "load your certificate from {} (give --cert-dir DIR, as `fabricctl cert issue user \
+             NAME` writes it)",
+            cert_dir.display()
+        )
+    })?;
+    let client = Client::new(endpoints, transport);
     let out = match cli.command {
         Cmd::Status => status(&client).await?,
+        Cmd::Auth(cmd) => match tools::auth::run(cmd, &client).await? {
+            tools::auth::AuthOut::One(v) => Output::one(v),
+            tools::auth::AuthOut::List(rows, columns) => Output::list(rows, columns),
+        },
         Cmd::Ca(_) | Cmd::Cert(_) => unreachable!("local commands ask no member"),
         Cmd::Node(NodeCmd::List) => {
             let r = client

@@ -114,7 +114,7 @@ struct Results {
 }
 
 async fn bench(args: &Args, group: &mut Group) -> anyhow::Result<Results> {
-    let all = Client::new(group.addrs.clone());
+    let all = Client::new(group.addrs.clone(), group.admin.clone());
     let deadline = Instant::now() + Duration::from_millis(FORM_TIMEOUT_MS);
     loop {
         let nodes = all
@@ -153,7 +153,7 @@ async fn bench(args: &Args, group: &mut Group) -> anyhow::Result<Results> {
             .filter(|a| **a != leader.rpc_addr)
             .cloned(),
     );
-    let client = Arc::new(Client::new(ordered));
+    let client = Arc::new(Client::new(ordered, group.admin.clone()));
     let rpc_us = status_round_trip_us(&client).await?;
     let counter = Arc::new(AtomicU64::new(0));
     let run = Duration::from_secs(args.seconds);
@@ -168,7 +168,7 @@ async fn bench(args: &Args, group: &mut Group) -> anyhow::Result<Results> {
         .filter(|a| **a != leader.rpc_addr)
         .cloned()
         .collect();
-    let after = Client::new(survivors);
+    let after = Client::new(survivors, group.admin.clone());
     after.create_volume(volume_request(u64::MAX)).await?;
     let failover = killed.elapsed();
     Ok(Results {

@@ -4,9 +4,11 @@
 //! [`scope::Scope`] (the cluster, a pool, a volume); every call names a verb and a target and is
 //! checked before it runs, deny by default.
 //!
-//! Not wired yet: the policy's place in the Raft state, the commands that change it, and the
-//! check on every RPC (which needs the caller's identity from mutual TLS).
+//! The policy lives in the Raft state (`ClusterState::policy`, changed by `InitPolicy` and
+//! `ChangePolicy` commands); the metadata service checks every call against it
+//! (`meta/service/authz.rs`).
 
+pub mod change;
 pub mod policy;
 pub mod role;
 pub mod scope;
@@ -15,6 +17,7 @@ pub mod verb;
 #[cfg(test)]
 mod policy_test;
 
+pub use change::PolicyChange;
 pub use policy::{Binding, Denied, Policy, PolicyError};
 pub use scope::{Scope, Target};
 pub use verb::{Level, Verb};

@@ -47,8 +47,9 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         "volume-admin" => [&view[..], &volume_user, &volume_admin].concat(),
         // Uses volumes: what a hypervisor host's gateway does for them.
         "volume-user" => [&view[..], &volume_user].concat(),
-        // What a storage node's agents do: register, heartbeat, follow the maps.
-        "storage-node" => [&view[..], &[NodeRegister, NodeHeartbeat]].concat(),
+        // What a storage node's agents do: register, heartbeat, follow the maps, and (the
+        // rebuild agent) attach an idle volume to heal it.
+        "storage-node" => [&view[..], &volume_user, &[NodeRegister, NodeHeartbeat]].concat(),
         // Reads everything, the policy and the audit trail included; changes nothing.
         "auditor" => [&view[..], &[AuthRead, AuditRead]].concat(),
         "viewer" => view.to_vec(),

@@ -16,26 +16,41 @@ use proto::raft::raft_service_client::RaftServiceClient;
 use proto::raft::{RaftPayload, SnapshotChunk};
 use tonic::transport::{Channel, Endpoint};
 
+use super::secure;
 use super::{CONNECT_TIMEOUT_MS, MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, snapshot_deadline};
+use crate::identity::Transport;
 use crate::meta::types::{MemberNode, Snapshot, SnapshotData, TypeConfig, Vote};
 
-/// One lazily connected channel per peer address, shared by everything that talks to peers.
-#[derive(Clone, Default)]
+/// One lazily connected channel per peer address, shared by everything that talks to peers,
+/// each dialled over the process's [`Transport`].
+#[derive(Clone)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    transport: Transport,
 }
 
 impl PeerChannels {
+    pub fn new(transport: Transport) -> PeerChannels {
+        PeerChannels {
+            channels: Arc::default(),
+            transport,
+        }
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     /// The channel to `addr` (`host:port`), created on first use and reused after.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().expect("peer channel cache");
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
+        // The connector does TLS itself (see `secure`), so tonic sees a plain http URI.
         let ch = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(secure::connector(self.transport.clone()));
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

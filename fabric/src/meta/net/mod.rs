@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod forward;
+pub mod secure;
 pub mod server;
 
 use std::time::Duration;

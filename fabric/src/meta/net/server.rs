@@ -11,6 +11,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::SNAPSHOT_BYTES_MAX;
 use super::forward::ForwardRequest;
+use super::secure::{Caller, PeerInfo};
+use crate::identity::PrincipalKind;
 use crate::meta::member::Member;
 use crate::meta::types::{Snapshot, SnapshotMeta, Vote};
 
@@ -20,6 +22,39 @@ pub const SNAPSHOT_CHUNK_DEADLINE_MS: u64 = 10_000;
 /// Serves the Raft transport of one member.
 pub struct RaftTransport {
     pub member: Arc<Member>,
+}
+
+impl RaftTransport {
+    /// Only members of the group speak Raft to each other: the caller must be a node whose id
+    /// is in the current membership (a voter or a learner). A node certificate alone does not
+    /// make its holder a member. A member that belongs to no group yet (a voter of a group
+    /// being bootstrapped, a learner being added) takes Raft from any node of the cluster: it
+    /// learns its group from the first leader that reaches it.
+    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.caller.clone())
+            .ok_or_else(|| Status::unauthenticated("the connection carries no identity"))?;
+        let principal = match caller {
+            Caller::InProcess => return Ok(()),
+            Caller::Principal(p) => p,
+        };
+        let PrincipalKind::Node(id) = principal.kind() else {
+            return Err(Status::permission_denied(format!(
+                "{principal} may not speak Raft: only members of the metadata group do"
+            )));
+        };
+        let metrics = self.member.metrics();
+        let membership = metrics.membership_config.membership();
+        let joined = membership.voter_ids().next().is_some();
+        if joined && membership.get_node(id).is_none() {
+            return Err(Status::permission_denied(format!(
+                "{principal} may not speak Raft: node {id} is not a member of the metadata group"
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
@@ -35,6 +70,7 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status
 #[tonic::async_trait]
 impl RaftService for RaftTransport {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let res = self
             .member
             .raft
@@ -45,6 +81,7 @@ impl RaftService for RaftTransport {
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let res = self
             .member
             .raft
@@ -58,6 +95,7 @@ impl RaftService for RaftTransport {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let res = self
             .member
             .raft
@@ -71,6 +109,7 @@ impl RaftService for RaftTransport {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let mut stream = req.into_inner();
         let chunk_deadline = Duration::from_millis(SNAPSHOT_CHUNK_DEADLINE_MS);
         let mut header: Option<(Vote, SnapshotMeta)> = None;
@@ -116,6 +155,7 @@ impl RaftService for RaftTransport {
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let reply_value = match decode::<ForwardRequest>(req)? {
             ForwardRequest::Write(command) => self.member.write_local(command).await,
             ForwardRequest::Read(query) => self.member.read_local(&query).await,

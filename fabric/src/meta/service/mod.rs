@@ -2,7 +2,9 @@
 //! request at the edge ([`convert`]), runs one write or linearizable read through
 //! [`Member`], and converts the answer back.
 
+pub mod authz;
 pub mod convert;
+mod policy;
 pub mod watch;
 
 use std::collections::BTreeSet;
@@ -19,6 +21,7 @@ use self::convert::{
     ReplicaChange, attachment_out, detach_in, replica_change_in, report_rebuild_in, resize_in,
     status_of,
 };
+use super::auth::{Target, Verb};
 use super::balance::{BALANCE_MOVES_MAX, Plan};
 use super::command::{Applied, CommandV1};
 use super::detector::{Beat, Detector};
@@ -130,8 +133,9 @@ pub fn role_name(state: ServerState) -> &'static str {
 impl Metadata for MetadataService {
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
+        self.authorize_cluster(&req, Verb::ClusterStatus)?;
         let m = self.member.metrics();
         Ok(Response::new(pb::NodeStatus {
             id: self.member.id,
@@ -150,8 +154,9 @@ impl Metadata for MetadataService {
 
     async fn list_nodes(
         &self,
-        _: Request<pb::ListNodesRequest>,
+        req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
+        self.authorize_cluster(&req, Verb::NodeList)?;
         match self.read(Query::Nodes).await? {
             QueryReply::Nodes(nodes) => Ok(Response::new(pb::ListNodesReply {
                 nodes: nodes.iter().map(pb::Node::from).collect(),
@@ -164,6 +169,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        self.authorize_node_itself(&req, Verb::NodeHeartbeat, req.get_ref().node)?;
         let req = req.into_inner();
         if req.node == 0 {
             return Err(Status::invalid_argument("node id 0 is not a node"));
@@ -203,6 +209,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.authorize_node_itself(&req, Verb::NodeRegister, req.get_ref().id)?;
         let reg = NodeRegistration::try_from(req.into_inner())?;
         // A node that restarts unchanged is registered already: nothing to write. (A member
         // that lags may miss the record and write it again, which changes nothing.)
@@ -225,6 +232,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::NodeParticipationRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.authorize_cluster(&req, Verb::NodeOut)?;
         let pb::NodeParticipationRequest { node, out } = req.into_inner();
         let participation = if out {
             Participation::Out
@@ -247,6 +255,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::NodeDrainingRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.authorize_cluster(&req, Verb::NodeDrain)?;
         let pb::NodeDrainingRequest { node, draining } = req.into_inner();
         match self
             .write(CommandV1::SetDraining { node, draining })
@@ -261,6 +270,8 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::BalanceRequest>,
     ) -> Result<Response<pb::BalancePlan>, Status> {
+        let pool = Target::Pool(req.get_ref().pool.clone());
+        self.authorize(&req, Verb::BalancePlan, pool)?;
         let plan = self.balance_plan(req.into_inner()).await?;
         Ok(Response::new(pb::BalancePlan::from(&plan)))
     }
@@ -269,6 +280,8 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::BalanceRequest>,
     ) -> Result<Response<pb::BalancePlan>, Status> {
+        let pool = Target::Pool(req.get_ref().pool.clone());
+        self.authorize(&req, Verb::BalanceApply, pool)?;
         let plan = self.balance_plan(req.into_inner()).await?;
         let command = CommandV1::Rebalance {
             pool: plan.pool.clone(),
@@ -288,6 +301,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::CreatePoolRequest>,
     ) -> Result<Response<pb::Pool>, Status> {
+        self.authorize_cluster(&req, Verb::PoolCreate)?;
         let spec = PoolSpec::try_from(req.into_inner())?;
         match self.write(CommandV1::CreatePool(spec)).await? {
             Applied::Pool(p) => Ok(Response::new(pb::Pool::from(&p))),
@@ -297,8 +311,9 @@ impl Metadata for MetadataService {
 
     async fn list_pools(
         &self,
-        _: Request<pb::ListPoolsRequest>,
+        req: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsReply>, Status> {
+        self.authorize_cluster(&req, Verb::PoolList)?;
         match self.read(Query::Pools).await? {
             QueryReply::Pools(pools) => Ok(Response::new(pb::ListPoolsReply {
                 pools: pools.iter().map(pb::Pool::from).collect(),
@@ -311,6 +326,8 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::DeletePoolRequest>,
     ) -> Result<Response<pb::DeletePoolReply>, Status> {
+        let pool = Target::Pool(req.get_ref().name.clone());
+        self.authorize(&req, Verb::PoolDelete, pool)?;
         let pb::DeletePoolRequest { name, request_id } = req.into_inner();
         match self
             .write_once(request_id, CommandV1::DeletePool { name })
@@ -325,6 +342,8 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        let pool = Target::Pool(req.get_ref().pool.clone());
+        self.authorize(&req, Verb::VolumeCreate, pool)?;
         let spec = VolumeSpec::try_from(req.into_inner())?;
         match self.write(CommandV1::CreateVolume(spec)).await? {
             Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
@@ -332,13 +351,24 @@ impl Metadata for MetadataService {
         }
     }
 
+    /// Lists the volumes of the pools where the caller holds `volume.list`.
     async fn list_volumes(
         &self,
-        _: Request<pb::ListVolumesRequest>,
+        req: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesReply>, Status> {
+        let caller = authz::caller(&req)?;
         match self.read(Query::Volumes).await? {
             QueryReply::Volumes(volumes) => Ok(Response::new(pb::ListVolumesReply {
-                volumes: volumes.iter().map(pb::Volume::from).collect(),
+                volumes: self.member.sm.read(|s, _| {
+                    volumes
+                        .iter()
+                        .filter(|v| {
+                            let pool = Target::Pool(v.spec.pool.clone());
+                            authz::decide(&s.policy, &caller, Verb::VolumeList, &pool).is_ok()
+                        })
+                        .map(pb::Volume::from)
+                        .collect()
+                }),
             })),
             _ => Err(unexpected("list volumes")),
         }
@@ -348,6 +378,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        self.authorize_volume(&req, Verb::VolumeGet, &req.get_ref().name)?;
         let name = req.into_inner().name;
         match self.read(Query::Volume(name.clone())).await? {
             QueryReply::Volume(Some(v)) => Ok(Response::new(pb::Volume::from(&v))),
@@ -360,6 +391,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::VolumeMap>, Status> {
+        self.authorize_volume(&req, Verb::VolumeGet, &req.get_ref().name)?;
         let name = req.into_inner().name;
         match self.read(Query::VolumeMap(name.clone())).await? {
             QueryReply::VolumeMap(Some(m)) => Ok(Response::new(pb::VolumeMap {
@@ -379,6 +411,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ResizeVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        self.authorize_volume(&req, Verb::VolumeResize, &req.get_ref().name)?;
         let req = req.into_inner();
         let request_id = req.request_id.clone();
         let (name, size_bytes) = resize_in(req)?;
@@ -395,6 +428,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeReply>, Status> {
+        self.authorize_volume(&req, Verb::VolumeDelete, &req.get_ref().name)?;
         let pb::DeleteVolumeRequest { name, request_id } = req.into_inner();
         match self
             .write_once(request_id, CommandV1::DeleteVolume { name })
@@ -409,6 +443,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::DetachVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        self.authorize_volume(&req, Verb::VolumeDetach, &req.get_ref().name)?;
         self.volume_change(detach_in(req.into_inner())?).await
     }
 
@@ -416,6 +451,11 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::AttachVolumeRequest>,
     ) -> Result<Response<pb::Attachment>, Status> {
+        let verb = match req.get_ref().force {
+            true => Verb::VolumeForceAttach,
+            false => Verb::VolumeAttach,
+        };
+        self.authorize_volume(&req, verb, &req.get_ref().name)?;
         let pb::AttachVolumeRequest {
             name,
             client,
@@ -444,6 +484,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ReplicaRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        self.authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)?;
         self.volume_change(replica_change_in(ReplicaChange::Remove, req.into_inner())?)
             .await
     }
@@ -452,6 +493,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ReportRebuildRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        self.authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)?;
         self.volume_change(report_rebuild_in(req.into_inner())?)
             .await
     }
@@ -460,6 +502,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ReplicaRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        self.authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)?;
         self.volume_change(replica_change_in(ReplicaChange::Restore, req.into_inner())?)
             .await
     }
@@ -470,6 +513,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.authorize_cluster(&req, Verb::ClusterWatch)?;
         let req = req.into_inner();
         if req.volume_names.len() > watch::WATCH_NAMES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -496,6 +540,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
+        self.authorize_cluster(&req, Verb::RaftAddLearner)?;
         let pb::AddLearnerRequest { id, rpc_addr } = req.into_inner();
         if id == 0 || rpc_addr.is_empty() {
             return Err(Status::invalid_argument(
@@ -516,6 +561,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ChangeVotersRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
+        self.authorize_cluster(&req, Verb::RaftChangeVoters)?;
         let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
         if voters.is_empty() {
             return Err(Status::invalid_argument("the voter set must not be empty"));
@@ -528,6 +574,34 @@ impl Metadata for MetadataService {
         Ok(Response::new(pb::MembershipReply {
             members: self.members(),
         }))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.get_policy_call(req).await
+    }
+
+    async fn list_roles(
+        &self,
+        req: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesReply>, Status> {
+        self.list_roles_call(req).await
+    }
+
+    async fn change_policy(
+        &self,
+        req: Request<pb::PolicyChange>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.change_policy_call(req).await
+    }
+
+    async fn can_i(
+        &self,
+        req: Request<pb::CanIRequest>,
+    ) -> Result<Response<pb::CanIReply>, Status> {
+        self.can_i_call(req).await
     }
 }
 

@@ -1,0 +1,178 @@
+//! Who is calling and whether they may: every metadata call names a verb and a target, and is
+//! checked here before it runs.
+//!
+//! The caller is the principal its connection's certificate proved (see `net/secure.rs`).
+//! Nodes hold the built-in `storage-node` role across the cluster without a binding — a node
+//! certificate is only ever issued to a storage node of this cluster — and may speak for no
+//! other node than themselves. Everyone else holds what the policy in the Raft state binds
+//! to them, and nothing before it is initialized. The policy read is this member's applied
+//! state: a change reaches a call as soon as the member applied it, which is within the
+//! replication delay of its commit.
+
+use proto::meta as pb;
+use tonic::{Request, Status};
+
+use super::MetadataService;
+use crate::identity::PrincipalKind;
+use crate::meta::auth::{Denied, Policy, Scope, Target, Verb, role};
+use crate::meta::net::secure::{Caller, PeerInfo};
+
+/// The caller of a request, as its connection authenticated it.
+pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.caller.clone())
+        .ok_or_else(|| Status::unauthenticated("the connection carries no authenticated identity"))
+}
+
+/// Whether `caller` may `verb` on `target` under `policy`: the binding or rule that allows
+/// it, or why nothing does.
+pub fn decide(
+    policy: &Policy,
+    caller: &Caller,
+    verb: Verb,
+    target: &Target,
+) -> Result<String, Denied> {
+    let principal = match caller {
+        Caller::InProcess => return Ok("an in-process caller is trusted".into()),
+        Caller::Principal(p) => p,
+    };
+    if matches!(principal.kind(), PrincipalKind::Node(_))
+        && role::built_in("storage-node").is_some_and(|v| v.contains(&verb))
+    {
+        return Ok(format!(
+            "{principal} is a node of the cluster (storage-node)"
+        ));
+    }
+
+    policy
+        .check(&principal.to_string(), verb, target)
+        .map(|b| format!("bound: {b}"))
+}
+
+/// Parses a target as `fabricctl auth can-i` and bindings write it; a volume's pool is
+/// looked up in `state_pool_of`.
+pub fn parse_target(
+    text: &str,
+    state_pool_of: impl Fn(&str) -> Option<String>,
+) -> Result<Target, Status> {
+    let scope: Scope = text
+        .parse()
+        .map_err(|e: crate::meta::auth::scope::BadScope| Status::invalid_argument(e.to_string()))?;
+    Ok(match scope {
+        Scope::Cluster => Target::Cluster,
+        Scope::Pool(p) => Target::Pool(p),
+        Scope::Volume(name) => Target::Volume {
+            pool: state_pool_of(&name).unwrap_or_default(),
+            name,
+        },
+    })
+}
+
+impl MetadataService {
+    /// Checks that the caller of `req` may `verb` on `target`; PERMISSION_DENIED names the
+    /// verb and the target that were missing.
+    pub(super) fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        verb: Verb,
+        target: Target,
+    ) -> Result<Caller, Status> {
+        let caller = caller(req)?;
+        self.member
+            .sm
+            .read(|s, _| decide(&s.policy, &caller, verb, &target))
+            .map_err(|denied| Status::permission_denied(denied.to_string()))?;
+        Ok(caller)
+    }
+
+    /// [`MetadataService::authorize`] for a cluster-level verb.
+    pub(super) fn authorize_cluster<T>(
+        &self,
+        req: &Request<T>,
+        verb: Verb,
+    ) -> Result<Caller, Status> {
+        self.authorize(req, verb, Target::Cluster)
+    }
+
+    /// [`MetadataService::authorize`] for a verb on volume `name` (found in its pool).
+    pub(super) fn authorize_volume<T>(
+        &self,
+        req: &Request<T>,
+        verb: Verb,
+        name: &str,
+    ) -> Result<Caller, Status> {
+        let pool = self
+            .member
+            .sm
+            .read(|s, _| s.pool_of(name))
+            .unwrap_or_default();
+        self.authorize(
+            req,
+            verb,
+            Target::Volume {
+                pool,
+                name: name.to_owned(),
+            },
+        )
+    }
+
+    /// A node may register and heartbeat as itself only.
+    pub(super) fn authorize_node_itself<T>(
+        &self,
+        req: &Request<T>,
+        verb: Verb,
+        node: u64,
+    ) -> Result<Caller, Status> {
+        let caller = self.authorize_cluster(req, verb)?;
+        match &caller {
+            Caller::Principal(p) if matches!(p.kind(), PrincipalKind::Node(id) if *id != node) => {
+                Err(Status::permission_denied(format!(
+                    "{p} may not {verb} as node {node}: a node speaks for itself only"
+                )))
+            }
+            _ => Ok(caller),
+        }
+    }
+}
+
+/// The policy as the API shows it.
+pub fn policy_out(policy: &Policy) -> pb::Policy {
+    pb::Policy {
+        bindings: policy.bindings.iter().map(binding_out).collect(),
+        custom_roles: policy
+            .roles
+            .iter()
+            .map(|(name, verbs)| pb::Role {
+                name: name.clone(),
+                verbs: verbs.iter().cloned().collect(),
+                built_in: false,
+            })
+            .collect(),
+        epoch: policy.epoch,
+    }
+}
+
+pub fn binding_out(b: &crate::meta::auth::Binding) -> pb::Binding {
+    pb::Binding {
+        principal: b.principal.clone(),
+        role: b.role.clone(),
+        scope: b.scope.to_string(),
+    }
+}
+
+pub fn binding_in(b: pb::Binding) -> Result<crate::meta::auth::Binding, Status> {
+    let pb::Binding {
+        principal,
+        role,
+        scope,
+    } = b;
+    let scope: Scope = scope
+        .parse()
+        .map_err(|e: crate::meta::auth::scope::BadScope| Status::invalid_argument(e.to_string()))?;
+    Ok(crate::meta::auth::Binding {
+        principal,
+        role,
+        scope,
+    })
+}
