@@ -636,9 +636,10 @@ async fn handshake_lists_describes_and_refuses_what_it_does_not_know() {
         c.option(0x7777, b"whatever").await[0].kind,
         NBD_REP_ERR_UNSUP
     );
+    // NOTLS by policy: this server could speak TLS, but was not given a configuration.
     assert_eq!(
         c.option(NBD_OPT_STARTTLS, &[]).await[0].kind,
-        NBD_REP_ERR_UNSUP
+        NBD_REP_ERR_POLICY
     );
     assert_eq!(
         c.option(NBD_OPT_EXTENDED_HEADERS, &[]).await[0].kind,
@@ -1318,9 +1319,10 @@ impl volume::nbd::Exports for OnDemand {
         None
     }
 
-    fn list(
-        &self,
-    ) -> futures::future::BoxFuture<'_, Result<Vec<volume::nbd::Listed>, volume::nbd::ExportError>>
+    fn list<'a>(
+        &'a self,
+        _peer: &'a volume::nbd::Peer,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<volume::nbd::Listed>, volume::nbd::ExportError>>
     {
         Box::pin(async {
             Ok(vec![volume::nbd::Listed {
@@ -1332,6 +1334,7 @@ impl volume::nbd::Exports for OnDemand {
 
     fn describe<'a>(
         &'a self,
+        _peer: &'a volume::nbd::Peer,
         name: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<volume::nbd::Described, volume::nbd::ExportError>>
     {
@@ -1348,6 +1351,7 @@ impl volume::nbd::Exports for OnDemand {
 
     fn open<'a>(
         &'a self,
+        _peer: &'a volume::nbd::Peer,
         name: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<volume::nbd::Opened, volume::nbd::ExportError>> {
         Box::pin(async move {

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use volume::BlockVolume;
 use volume::client::ReplicaPool;
-use volume::nbd::{Described, ExportError, Exports, Listed, Opened, payload_max_of};
+use volume::nbd::{Described, ExportError, Exports, Listed, Opened, Peer, payload_max_of};
 
 use super::Metered;
 use super::attach::{Attached, MetadataRefusal, detach, open_volume};
@@ -457,15 +457,24 @@ impl Exports for Volumes {
         self.0.default.clone()
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<Listed>, ExportError>> {
+    // The peer is not consulted yet: the gateway serves every volume to whoever connects.
+    fn list<'a>(&'a self, _peer: &'a Peer) -> BoxFuture<'a, Result<Vec<Listed>, ExportError>> {
         Box::pin(self.0.list())
     }
 
-    fn describe<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Described, ExportError>> {
+    fn describe<'a>(
+        &'a self,
+        _peer: &'a Peer,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Described, ExportError>> {
         Box::pin(self.0.describe(name))
     }
 
-    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Opened, ExportError>> {
+    fn open<'a>(
+        &'a self,
+        _peer: &'a Peer,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Opened, ExportError>> {
         let inner = Arc::clone(&self.0);
         let name = name.to_owned();
         Box::pin(async move {

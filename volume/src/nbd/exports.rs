@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use super::peer::Peer;
 use super::proto::STRING_MAX_BYTES;
 use super::server::{PAYLOAD_MAX_BYTES, PREFERRED_BLOCK_BYTES};
 use crate::volume::BlockVolume;
@@ -79,15 +80,27 @@ impl Described {
 /// The exports a server offers. Names reach these methods as the client sent them, once
 /// checked to be UTF-8 of at most [`STRING_MAX_BYTES`]; the empty name has already been
 /// replaced by [`default_name`](Exports::default_name).
+///
+/// Every call names the [`Peer`] asking: its address, and once it has started TLS the
+/// certificate chain the server's TLS configuration verified. Authorizing that client for
+/// an export is the implementor's business (refuse with [`ExportError::Refused`]).
 pub trait Exports: Send + Sync + 'static {
     /// The export an empty name selects, if there is one.
     fn default_name(&self) -> Option<String>;
-    /// Every export the client may open, for `NBD_OPT_LIST`.
-    fn list(&self) -> BoxFuture<'_, Result<Vec<Listed>, ExportError>>;
+    /// Every export `peer` may open, for `NBD_OPT_LIST`.
+    fn list<'a>(&'a self, peer: &'a Peer) -> BoxFuture<'a, Result<Vec<Listed>, ExportError>>;
     /// Describes `name` for `NBD_OPT_INFO` and `NBD_OPT_*_META_CONTEXT`, without opening it.
-    fn describe<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Described, ExportError>>;
-    /// Opens `name` for one connection (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`).
-    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Opened, ExportError>>;
+    fn describe<'a>(
+        &'a self,
+        peer: &'a Peer,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Described, ExportError>>;
+    /// Opens `name` for one connection of `peer` (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`).
+    fn open<'a>(
+        &'a self,
+        peer: &'a Peer,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Opened, ExportError>>;
 }
 
 /// Why a volume cannot be exported under its name.
@@ -176,7 +189,9 @@ impl Exports for FixedExports {
         self.entries.first().map(|e| e.volume.name().to_owned())
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<Listed>, ExportError>> {
+    // A fixed set is served to whoever may connect: the listener's TLS policy is its only
+    // gate, so the peer is not consulted.
+    fn list<'a>(&'a self, _peer: &'a Peer) -> BoxFuture<'a, Result<Vec<Listed>, ExportError>> {
         let listed = self
             .entries
             .iter()
@@ -188,14 +203,22 @@ impl Exports for FixedExports {
         Box::pin(std::future::ready(Ok(listed)))
     }
 
-    fn describe<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Described, ExportError>> {
+    fn describe<'a>(
+        &'a self,
+        _peer: &'a Peer,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Described, ExportError>> {
         let described = self
             .find(name)
             .map(|e| Described::volume(e.volume.as_ref(), e.payload_max_bytes));
         Box::pin(std::future::ready(described))
     }
 
-    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Opened, ExportError>> {
+    fn open<'a>(
+        &'a self,
+        _peer: &'a Peer,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Opened, ExportError>> {
         let opened = self.find(name).map(|e| Opened {
             export: Described::volume(e.volume.as_ref(), e.payload_max_bytes),
             volume: Arc::clone(&e.volume),

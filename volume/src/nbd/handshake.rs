@@ -1,22 +1,31 @@
 //! The fixed newstyle handshake: greeting, client flags and option haggling, ending in the
-//! transmission phase (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`) or a closed connection.
+//! transmission phase (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`), a TLS upgrade
+//! (`NBD_OPT_STARTTLS`, after which haggling resumes over TLS) or a closed connection.
 //!
-//! Policy, in the document's terms: NOTLS mode (`NBD_OPT_STARTTLS` gets `NBD_REP_ERR_UNSUP`),
-//! compact headers only (`NBD_OPT_EXTENDED_HEADERS` gets `NBD_REP_ERR_UNSUP`), one metadata
-//! context (`base:allocation`), block size constraints always advertised. Options the server
+//! Policy, in the document's terms: the server's [`NbdTls`] picks NOTLS (`NBD_OPT_STARTTLS`
+//! gets `NBD_REP_ERR_POLICY`), SELECTIVETLS with no TLS-only export, or FORCEDTLS (every
+//! option but STARTTLS and ABORT gets `NBD_REP_ERR_TLS_REQD` before TLS, and
+//! `NBD_OPT_EXPORT_NAME`, which cannot be refused, closes the connection); a client without
+//! fixed newstyle gets NOTLS, and so is closed by a server that requires TLS. Compact headers
+//! only (`NBD_OPT_EXTENDED_HEADERS` gets `NBD_REP_ERR_UNSUP`), one metadata context
+//! (`base:allocation`), block size constraints always advertised. Options the server
 //! does not know are answered, never fatal; framing errors and oversized option data end the
 //! connection because the stream can no longer be trusted.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::BytesMut;
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::exports::{Described, ExportError, Opened};
 use super::options::*;
+use super::peer::Peer;
 use super::proto::*;
 use super::request::Negotiated;
 use super::server::{NbdServer, PREFERRED_BLOCK_BYTES};
+use super::tls::{NbdTls, TLS_REQUIRED_MESSAGE};
 use super::wire::{Frame, read_frame};
 
 /// Largest option data accepted, in bytes. Real options are a few strings of at most 4 KiB;
@@ -34,6 +43,9 @@ pub const BASE_ALLOCATION_CONTEXT_ID: u32 = 1;
 pub enum Outcome {
     /// Transmission starts on this export.
     Transmission(Session),
+    /// `NBD_OPT_STARTTLS` was acknowledged: the TLS handshake comes next on this socket, with
+    /// this configuration, then haggling resumes over TLS.
+    StartTls(Arc<ServerConfig>),
     /// The client left during the handshake (`NBD_OPT_ABORT` or end of stream).
     ClientLeft(&'static str),
 }
@@ -56,35 +68,60 @@ pub enum HandshakeError {
     Protocol(String),
 }
 
-/// State negotiated so far.
-#[derive(Debug, Default)]
-struct Haggle {
+/// Where a connection stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsStage {
+    /// NOTLS for this connection: the server does not offer TLS, or the client does not speak
+    /// fixed newstyle, without which the document forbids TLS.
+    NotOffered,
+    /// The client may start TLS or carry on in plaintext.
+    Offered,
+    /// Nothing but STARTTLS (or ABORT) until the client starts TLS.
+    Required,
+    /// Haggling runs over TLS.
+    Running,
+}
+
+/// State negotiated so far. It outlives a STARTTLS: haggling resumes with it over TLS.
+#[derive(Debug)]
+pub struct Haggle {
     no_zeroes: bool,
     structured: bool,
     /// Export for which `base:allocation` was selected by the last SET_META_CONTEXT.
     meta_export: Option<String>,
+    tls: TlsStage,
+    /// Options received on this connection, before and after STARTTLS.
+    options: u32,
 }
 
-/// Runs the handshake on a fresh connection.
-pub async fn negotiate<R, W>(
+impl Haggle {
+    /// Haggling resumes over TLS. What was negotiated in plaintext is forgotten: a
+    /// man in the middle could have chosen it, and the client negotiates again anyway.
+    pub fn tls_started(&mut self) {
+        self.structured = false;
+        self.meta_export = None;
+        self.tls = TlsStage::Running;
+    }
+}
+
+/// Sends the greeting and reads the client's flags. `None`: the client left first.
+pub async fn greet<R, W>(
     server: &NbdServer,
     r: &mut R,
     w: &mut W,
-) -> Result<Outcome, HandshakeError>
+) -> Result<Option<Haggle>, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(256);
+    let mut out = BytesMut::with_capacity(GREETING_BYTES);
     put_greeting(&mut out, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
     send(w, &mut out).await?;
 
     let mut flags = [0u8; 4];
     match read_frame(r, &mut flags).await? {
         Frame::Full => {}
-        Frame::Eof | Frame::Truncated { .. } => {
-            return Ok(Outcome::ClientLeft("closed before sending client flags"));
-        }
+        Frame::Eof | Frame::Truncated { .. } => return Ok(None),
     }
     let client_flags = u32::from_be_bytes(flags);
     if client_flags & !NBD_FLAG_C_KNOWN != 0 {
@@ -93,13 +130,45 @@ where
             "unknown client flags {client_flags:#x}"
         )));
     }
-    let mut state = Haggle {
-        no_zeroes: client_flags & NBD_FLAG_C_NO_ZEROES != 0,
-        ..Haggle::default()
+    let fixed = client_flags & NBD_FLAG_C_FIXED_NEWSTYLE != 0;
+    let tls = match (&server.tls, fixed) {
+        (NbdTls::Required(_), false) => {
+            // Without fixed newstyle there is no STARTTLS, so nothing this client could send
+            // would be served.
+            return Err(HandshakeError::Protocol(
+                "client does not speak fixed newstyle, which TLS needs; this server requires TLS"
+                    .into(),
+            ));
+        }
+        (NbdTls::Off, _) | (_, false) => TlsStage::NotOffered,
+        (NbdTls::Optional(_), true) => TlsStage::Offered,
+        (NbdTls::Required(_), true) => TlsStage::Required,
     };
+    Ok(Some(Haggle {
+        no_zeroes: client_flags & NBD_FLAG_C_NO_ZEROES != 0,
+        structured: false,
+        meta_export: None,
+        tls,
+        options: 0,
+    }))
+}
 
+/// Haggles over options until the client picks an export, starts TLS or leaves.
+pub async fn haggle<R, W>(
+    server: &NbdServer,
+    state: &mut Haggle,
+    peer: &Peer,
+    r: &mut R,
+    w: &mut W,
+) -> Result<Outcome, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(256);
     let mut header = [0u8; OPTION_HEADER_BYTES];
-    for _ in 0..OPTIONS_PER_HANDSHAKE_MAX {
+    while state.options < OPTIONS_PER_HANDSHAKE_MAX {
+        state.options += 1;
         match read_frame(r, &mut header).await? {
             Frame::Full => {}
             Frame::Eof => return Ok(Outcome::ClientLeft("closed during option haggling")),
@@ -135,7 +204,7 @@ where
             }
         }
         if let Some(outcome) =
-            handle_option(server, &mut state, opt.option, &data, &mut out).await?
+            handle_option(server, state, peer, opt.option, &data, &mut out).await?
         {
             send(w, &mut out).await?;
             return Ok(outcome);
@@ -186,16 +255,16 @@ fn resolve(server: &NbdServer, name: &[u8]) -> Result<String, ExportError> {
         .map_err(|_| ExportError::Unavailable("export names are UTF-8".into()))
 }
 
-/// Describes the export `name` selects.
-async fn describe(server: &NbdServer, name: &[u8]) -> Result<Described, ExportError> {
+/// Describes the export `name` selects, for `peer`.
+async fn describe(server: &NbdServer, peer: &Peer, name: &[u8]) -> Result<Described, ExportError> {
     let name = resolve(server, name)?;
-    server.exports.describe(&name).await
+    server.exports.describe(peer, &name).await
 }
 
-/// Opens the export `name` selects, for this connection.
-async fn open(server: &NbdServer, name: &[u8]) -> Result<Opened, ExportError> {
+/// Opens the export `name` selects, for this connection of `peer`.
+async fn open(server: &NbdServer, peer: &Peer, name: &[u8]) -> Result<Opened, ExportError> {
     let name = resolve(server, name)?;
-    server.exports.open(&name).await
+    server.exports.open(peer, &name).await
 }
 
 /// The error reply of an export that cannot be described or opened.
@@ -221,6 +290,7 @@ fn clip(message: &str) -> &str {
 async fn handle_option(
     server: &NbdServer,
     state: &mut Haggle,
+    peer: &Peer,
     option: u32,
     data: &[u8],
     out: &mut BytesMut,
@@ -228,11 +298,40 @@ async fn handle_option(
     let invalid = |out: &mut BytesMut, why: &str| {
         put_option_reply(out, option, NBD_REP_ERR_INVALID, why.as_bytes())
     };
+    if state.tls == TlsStage::Required && option != NBD_OPT_STARTTLS && option != NBD_OPT_ABORT {
+        if option == NBD_OPT_EXPORT_NAME {
+            // It has no error reply: closing is the only refusal.
+            return Err(HandshakeError::Protocol(
+                "NBD_OPT_EXPORT_NAME before STARTTLS; this server requires TLS".into(),
+            ));
+        }
+        put_option_reply(
+            out,
+            option,
+            NBD_REP_ERR_TLS_REQD,
+            TLS_REQUIRED_MESSAGE.as_bytes(),
+        );
+        return Ok(None);
+    }
     match option {
+        NBD_OPT_STARTTLS if !data.is_empty() => invalid(out, "NBD_OPT_STARTTLS carries no data"),
+        NBD_OPT_STARTTLS => match (state.tls, server.tls.config()) {
+            (TlsStage::Running, _) => invalid(out, "TLS is already running on this connection"),
+            (TlsStage::Offered | TlsStage::Required, Some(config)) => {
+                put_option_reply(out, option, NBD_REP_ACK, &[]);
+                return Ok(Some(Outcome::StartTls(Arc::clone(config))));
+            }
+            (TlsStage::NotOffered, _) | (_, None) => put_option_reply(
+                out,
+                option,
+                NBD_REP_ERR_POLICY,
+                b"this server does not offer TLS on this connection",
+            ),
+        },
         NBD_OPT_EXPORT_NAME => {
             // No error reply exists for this option: an export that cannot be opened ends
             // the session.
-            let opened = open(server, data).await.map_err(|e| {
+            let opened = open(server, peer, data).await.map_err(|e| {
                 HandshakeError::Protocol(format!(
                     "NBD_OPT_EXPORT_NAME for {:?}: {e}",
                     String::from_utf8_lossy(data)
@@ -253,7 +352,7 @@ async fn handle_option(
             return Ok(Some(Outcome::ClientLeft("aborted the handshake")));
         }
         NBD_OPT_LIST if !data.is_empty() => invalid(out, "NBD_OPT_LIST carries no data"),
-        NBD_OPT_LIST => match server.exports.list().await {
+        NBD_OPT_LIST => match server.exports.list(peer).await {
             Ok(listed) => {
                 for export in &listed {
                     put_option_reply(
@@ -277,11 +376,13 @@ async fn handle_option(
             };
             // INFO only describes; GO opens, which for a driver may mean attaching.
             let opened = if option == NBD_OPT_GO {
-                open(server, request.export)
+                open(server, peer, request.export)
                     .await
                     .map(|opened| (opened.export.clone(), Some(opened)))
             } else {
-                describe(server, request.export).await.map(|d| (d, None))
+                describe(server, peer, request.export)
+                    .await
+                    .map(|d| (d, None))
             };
             let (described, opened) = match opened {
                 Ok(d) => d,
@@ -320,7 +421,7 @@ async fn handle_option(
                     return Ok(None);
                 }
             };
-            let export = match describe(server, request.export).await {
+            let export = match describe(server, peer, request.export).await {
                 Ok(described) => described.name,
                 Err(e) => {
                     put_export_error(out, option, &e);
@@ -359,7 +460,7 @@ async fn handle_option(
             }
             put_option_reply(out, option, NBD_REP_ACK, &[]);
         }
-        // NOTLS mode; compact headers only; everything else is unknown to us.
+        // Compact headers only; everything else is unknown to us.
         _ => put_option_reply(out, option, NBD_REP_ERR_UNSUP, b"option not supported"),
     }
     Ok(None)

@@ -4,6 +4,9 @@
 //! payloads, vanishing mid-request) reaches another. Shutdown stops accepting, asks each
 //! connection to stop reading at the next request boundary, lets in-flight requests finish
 //! and their replies go out, and aborts whatever is still running after the grace period.
+//!
+//! A connection whose client starts TLS continues, from the TLS handshake on, over the TLS
+//! stream's halves: the rest of the haggling and the whole transmission phase.
 
 use std::io;
 use std::sync::Arc;
@@ -19,9 +22,11 @@ use tracing::Instrument;
 use crate::volume::BlockVolume;
 
 use super::exports::{ExportNameError, Exports, FixedExports, FixedExportsError};
-use super::handshake::{self, HandshakeError, Outcome};
+use super::handshake::{self, HandshakeError, Outcome, Session};
+use super::peer::Peer;
 use super::proto::STRING_MAX_BYTES;
 use super::request::Geometry;
+use super::tls::{self, NbdTls, TlsError, TlsReader, TlsWriter, Upgraded};
 use super::transmission::{Ending, Transmission};
 use super::wire::shutdown_requested;
 
@@ -98,7 +103,25 @@ pub enum NbdConfigError {
 pub struct NbdServer {
     pub(super) exports: Arc<dyn Exports>,
     pub(super) config: NbdConfig,
+    pub(super) tls: NbdTls,
     next_connection_id: AtomicU64,
+}
+
+/// How a connection's handshake ended, when it did not end in transmission.
+#[derive(Debug, thiserror::Error)]
+enum Unestablished {
+    #[error("{0}")]
+    ClientLeft(&'static str),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A connection that reached the transmission phase, in plaintext or over TLS.
+enum Established<R, W> {
+    Plain(Session, R, W),
+    Tls(Session, TlsReader<R, W>, TlsWriter<R, W>),
 }
 
 impl NbdServer {
@@ -131,8 +154,18 @@ impl NbdServer {
         Ok(NbdServer {
             exports,
             config,
+            tls: NbdTls::Off,
             next_connection_id: AtomicU64::new(1),
         })
+    }
+
+    /// The same server with `tls` as its TLS policy (servers start with [`NbdTls::Off`]).
+    /// The configuration is used as given: its certificate, and whether and how it verifies
+    /// clients, are the caller's choice; the chain it verified reaches [`Exports`] in
+    /// [`Peer::certificates`].
+    pub fn with_tls(mut self, tls: NbdTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Serves NBD on `listener` until `shutdown` turns true (or its sender is dropped), then
@@ -198,49 +231,115 @@ impl NbdServer {
     async fn connection<R, W>(
         self: Arc<Self>,
         r: R,
-        mut w: W,
-        peer: String,
+        w: W,
+        address: String,
         mut shutdown: watch::Receiver<bool>,
     ) where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        tracing::info!(%peer, "nbd connection opened");
-        let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, r);
+        tracing::info!(peer = %address, "nbd connection opened");
+        let r = BufReader::with_capacity(READ_BUFFER_BYTES, r);
+        let mut peer = Peer::plaintext(address);
         let deadline = Duration::from_millis(self.config.handshake_timeout_ms);
-        let outcome = tokio::select! {
+        let established = tokio::select! {
             biased;
             _ = shutdown_requested(&mut shutdown) => {
-                tracing::info!(%peer, reason = "server shutting down", "nbd connection closed during handshake");
+                tracing::info!(peer = %peer.address, reason = "server shutting down", "nbd connection closed during handshake");
                 return;
             }
-            outcome = tokio::time::timeout(deadline, handshake::negotiate(&self, &mut r, &mut w)) => outcome,
+            established = tokio::time::timeout(deadline, self.establish(r, w, &mut peer)) => established,
         };
-        let session = match outcome {
-            Ok(Ok(Outcome::Transmission(session))) => session,
-            Ok(Ok(Outcome::ClientLeft(why))) => {
-                tracing::info!(%peer, reason = why, "nbd connection closed during handshake");
-                return;
+        match established {
+            Ok(Ok(Established::Plain(session, r, w))) => {
+                self.transmit(session, r, w, &peer, shutdown).await
             }
-            Ok(Err(HandshakeError::Protocol(error))) => {
-                tracing::warn!(%peer, %error, "nbd protocol error in handshake; closing connection");
-                return;
+            Ok(Ok(Established::Tls(session, r, w))) => {
+                self.transmit(session, r, w, &peer, shutdown).await
             }
-            Ok(Err(HandshakeError::Io(error))) => {
-                tracing::info!(%peer, %error, "nbd connection closed during handshake");
-                return;
+            Ok(Err(Unestablished::ClientLeft(why))) => {
+                tracing::info!(peer = %peer.address, reason = why, "nbd connection closed during handshake");
+            }
+            Ok(Err(Unestablished::Handshake(HandshakeError::Protocol(error)))) => {
+                tracing::warn!(peer = %peer.address, tls = peer.tls, %error,
+                    "nbd protocol error in handshake; closing connection");
+            }
+            Ok(Err(Unestablished::Handshake(HandshakeError::Io(error)))) => {
+                tracing::info!(peer = %peer.address, tls = peer.tls, %error,
+                    "nbd connection closed during handshake");
+            }
+            Ok(Err(Unestablished::Tls(error))) => {
+                tracing::warn!(peer = %peer.address, %error,
+                    "nbd TLS handshake failed; closing connection");
             }
             Err(_elapsed) => {
-                tracing::warn!(%peer, timeout_ms = self.config.handshake_timeout_ms,
+                tracing::warn!(peer = %peer.address, tls = peer.tls,
+                    timeout_ms = self.config.handshake_timeout_ms,
                     "nbd handshake timed out; closing connection");
-                return;
             }
-        };
+        }
+    }
 
+    /// Greeting and option haggling, through a TLS upgrade if the client asks for one, up to
+    /// the transmission phase. `peer` gains the client's certificates once TLS is up.
+    async fn establish<R, W>(
+        &self,
+        mut r: R,
+        mut w: W,
+        peer: &mut Peer,
+    ) -> Result<Established<R, W>, Unestablished>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let Some(mut state) = handshake::greet(self, &mut r, &mut w).await? else {
+            return Err(Unestablished::ClientLeft(
+                "closed before sending client flags",
+            ));
+        };
+        let config = match handshake::haggle(self, &mut state, peer, &mut r, &mut w).await? {
+            Outcome::Transmission(session) => return Ok(Established::Plain(session, r, w)),
+            Outcome::ClientLeft(why) => return Err(Unestablished::ClientLeft(why)),
+            Outcome::StartTls(config) => config,
+        };
+        let Upgraded {
+            mut reader,
+            mut writer,
+            certificates,
+        } = tls::upgrade(config, r, w).await?;
+        tracing::info!(peer = %peer.address, client_certificates = certificates.len(),
+            "nbd TLS established");
+        peer.tls = true;
+        peer.certificates = certificates;
+        state.tls_started();
+        match handshake::haggle(self, &mut state, peer, &mut reader, &mut writer).await? {
+            Outcome::Transmission(session) => Ok(Established::Tls(session, reader, writer)),
+            Outcome::ClientLeft(why) => Err(Unestablished::ClientLeft(why)),
+            // Haggling answers a second STARTTLS with an error and carries on.
+            Outcome::StartTls(_) => Err(Unestablished::Handshake(HandshakeError::Protocol(
+                "a second STARTTLS was accepted".into(),
+            ))),
+        }
+    }
+
+    /// The transmission phase of an established connection, and its close line.
+    async fn transmit<R, W>(
+        &self,
+        session: Session,
+        r: R,
+        w: W,
+        peer: &Peer,
+        shutdown: watch::Receiver<bool>,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer_address = &peer.address;
         // The export stays open (its lease held) until the transmission ends.
         let opened = session.export;
         let export_name = opened.export.name.clone();
-        tracing::debug!(%peer, export = %export_name, structured = session.negotiated.structured_replies,
+        tracing::debug!(peer = %peer_address, tls = peer.tls, export = %export_name,
+            structured = session.negotiated.structured_replies,
             block_status = session.negotiated.base_allocation.is_some(), "nbd transmission started");
         let transmission = Transmission {
             volume: Arc::clone(&opened.volume),
@@ -255,11 +354,11 @@ impl NbdServer {
         let (ending, stats) = transmission.run(r, w, shutdown).await;
         match ending {
             Ending::Protocol(error) => {
-                tracing::warn!(%peer, export = %export_name, %error, requests = stats.requests,
+                tracing::warn!(peer = %peer_address, export = %export_name, %error, requests = stats.requests,
                     "nbd protocol error; connection closed");
             }
             Ending::Io(error) => {
-                tracing::info!(%peer, export = %export_name, %error, requests = stats.requests,
+                tracing::info!(peer = %peer_address, export = %export_name, %error, requests = stats.requests,
                     refused = stats.refused, "nbd connection closed on socket error");
             }
             ending => {
@@ -268,7 +367,7 @@ impl NbdServer {
                     Ending::ClientClosed => "client closed the socket",
                     _ => "server shutting down",
                 };
-                tracing::info!(%peer, export = %export_name, reason, requests = stats.requests,
+                tracing::info!(peer = %peer_address, export = %export_name, reason, requests = stats.requests,
                     refused = stats.refused, "nbd connection closed");
             }
         }
