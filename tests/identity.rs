@@ -108,7 +108,10 @@ fn every_port_takes_mutual_tls_only_and_foreign_or_expired_certificates_are_refu
     fabric_suite::cluster_ca(&other);
     let out = ctl_as(&data, &other.join("admin"), &["volume", "list"]);
     let why = refusal(&out);
-    assert!(why.contains("certificate") || why.contains("Unknown"), "{why}");
+    assert!(
+        why.contains("certificate") || why.contains("Unknown"),
+        "{why}"
+    );
 
     // A certificate of the right CA that expired an hour ago is refused too.
     let expired = dir.path().join("expired");
@@ -142,7 +145,9 @@ fn roles_at_scopes_decide_every_call_and_each_refusal_names_what_was_missing() {
     for (volume, pool) in [("va", "a"), ("vb", "b")] {
         fabricctl(
             &data,
-            &["volume", "create", volume, "--size", "64MiB", "--pool", pool],
+            &[
+                "volume", "create", volume, "--size", "64MiB", "--pool", pool,
+            ],
         );
     }
 
@@ -180,7 +185,11 @@ fn roles_at_scopes_decide_every_call_and_each_refusal_names_what_was_missing() {
         .iter()
         .map(|v| v["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(names, ["va", "vb", "vol0"], "a refused call changed nothing");
+    assert_eq!(
+        names,
+        ["va", "vb", "vol0"],
+        "a refused call changed nothing"
+    );
 
     // A volume-user of pool a uses a's volumes and nothing of pool b.
     let carol = user(&data, "carol");
@@ -245,13 +254,145 @@ fn roles_at_scopes_decide_every_call_and_each_refusal_names_what_was_missing() {
     );
 
     // The cluster-admin may do all of it.
+    fabricctl(&data, &["volume", "attach", "vb", "--client", "admin-host"]);
     fabricctl(
         &data,
-        &["volume", "attach", "vb", "--client", "admin-host"],
+        &["auth", "unbind", "fabric://dev/user/bob", "viewer"],
     );
-    fabricctl(&data, &["auth", "unbind", "fabric://dev/user/bob", "viewer"]);
     let why = refusal(&ctl_as(&data, &bob, &["node", "list"]));
-    assert!(why.contains("node.list"), "an unbound principal holds nothing: {why}");
+    assert!(
+        why.contains("node.list"),
+        "an unbound principal holds nothing: {why}"
+    );
     let listed = ok_json(&ctl_as(&data, &bob, &["volume", "list"]));
     assert_eq!(listed, serde_json::json!([]), "lists only what it may list");
+}
+
+/// `nbdinfo ARGS` with libnbd's debug output, which carries the server's refusals.
+fn nbdinfo(args: &[&str]) -> Output {
+    Command::new("nbdinfo")
+        .args(args)
+        .env("LIBNBD_DEBUG", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run nbdinfo")
+}
+
+/// QEMU's `--object` and `--image-opts` for an export over TLS with the certificates in `dir`.
+fn qemu_tls(dir: &Path, port: u16, export: &str) -> Vec<String> {
+    vec![
+        "--object".into(),
+        format!(
+            "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+            dir.display()
+        ),
+        "--image-opts".into(),
+        format!("driver=nbd,host=127.0.0.1,port={port},export={export},tls-creds=tls0"),
+    ]
+}
+
+#[test]
+fn nbd_clients_use_tls_with_qemu_and_libnbd_and_are_held_to_the_policy() {
+    if fabric_suite::tools(&["nbdinfo", "qemu-img", "qemu-io"]).is_none() {
+        return;
+    }
+    let (_serial, dir, data, dev) = cluster();
+    let admin = data.join("admin");
+    let port = dev.addr.port();
+
+    // The dev gateway listens on loopback: TLS clients and the host's plaintext ones.
+    let uri = format!(
+        "nbds://127.0.0.1:{port}/vol0?tls-certificates={}",
+        admin.display()
+    );
+    let out = nbdinfo(&["--json", &uri]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["TLS"], true, "{info}");
+    let qemu = qemu_tls(&admin, port, "vol0");
+    let out = Command::new("qemu-io")
+        .args(&qemu)
+        .args(["-c", "write -P 0x5a 1M 256k", "-c", "read -P 0x5a 1M 256k"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !text.contains("fail"), "{text}");
+    let out = Command::new("qemu-img")
+        .arg("info")
+        .args(&qemu)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("64 MiB"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        nbdinfo(&[&dev.uri()]).status.success(),
+        "plaintext on loopback"
+    );
+
+    // A gateway told to require TLS refuses plaintext and certificate-less clients (it
+    // serves another volume: vol0 is the dev gateway's).
+    fabricctl(&data, &["volume", "create", "tlsvol", "--size", "64MiB"]);
+    let log = dir.path().join("gw-tls.log");
+    let gw = fabric_suite::Gateway::start(&data, "gw-tls", &["--nbd-tls", "required"], &log);
+    let out = nbdinfo(&[&gw.uri("tlsvol")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("requires TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let no_cert = dir.path().join("no-cert");
+    std::fs::create_dir_all(&no_cert).unwrap();
+    std::fs::copy(admin.join("ca-cert.pem"), no_cert.join("ca-cert.pem")).unwrap();
+    let tls_uri = |certs: &Path| {
+        format!(
+            "nbds://127.0.0.1:{}/tlsvol?tls-certificates={}",
+            gw.port,
+            certs.display()
+        )
+    };
+    assert!(
+        !nbdinfo(&[&tls_uri(&no_cert)]).status.success(),
+        "no client certificate"
+    );
+
+    // A user with a certificate but no binding is refused by name; once bound to the volume,
+    // it uses it.
+    let eve = user(&data, "eve");
+    let out = nbdinfo(&[&tls_uri(&eve)]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("fabric://dev/user/eve may not volume.") && why.contains("volume/tlsvol"),
+        "{why}"
+    );
+    fabricctl(
+        &data,
+        &[
+            "auth",
+            "bind",
+            "fabric://dev/user/eve",
+            "volume-user",
+            "--scope",
+            "volume/tlsvol",
+        ],
+    );
+    let out = Command::new("qemu-io")
+        .args(qemu_tls(&eve, gw.port, "tlsvol"))
+        .args(["-c", "write -P 0x3c 0 64k", "-c", "read -P 0x3c 0 64k"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !text.contains("fail"), "{text}");
+    gw.stop();
 }

@@ -191,6 +191,24 @@ async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
             config.nbd_listen
         );
     }
+    let admin = config.data_dir.join(crate::identity::dev_pki::ADMIN_DIR);
+    if let Some((name, _)) = volumes.first() {
+        println!(
+            "over TLS: nbdinfo 'nbds://{}/{name}?tls-certificates={}'",
+            config.nbd_listen,
+            admin.display()
+        );
+        println!(
+            "     or: qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir={} \\\n         --image-opts driver=nbd,host={},port={},export={name},tls-creds=tls0",
+            admin.display(),
+            config.nbd_listen.ip(),
+            config.nbd_listen.port()
+        );
+    }
+    println!(
+        "the administrator's certificate (cluster-admin) is in {}; every port takes mutual TLS",
+        admin.display()
+    );
     println!(
         "try: fabricctl --data-dir {} status   (Ctrl-C stops)",
         config.data_dir.display()

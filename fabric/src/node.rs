@@ -950,7 +950,12 @@ mod tests {
             msg.contains("fabricctl cert issue node 1") && msg.contains("TLS only"),
             "{msg}"
         );
-        let gateway = node_1_certs().parent().unwrap().parent().unwrap().join("gateways/gw");
+        let gateway = node_1_certs()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("gateways/gw");
         let e = NodeConfig::try_from(NodeArgs {
             cert_dir: Some(gateway),
             ..args("127.0.0.1:7000")
@@ -962,7 +967,10 @@ mod tests {
             ..args("127.0.0.1:7000")
         })
         .unwrap_err();
-        assert!(format!("{e:#}").contains("a setting of --bootstrap"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("a setting of --bootstrap"),
+            "{e:#}"
+        );
         let cfg = NodeConfig::try_from(NodeArgs {
             bootstrap: true,
             bootstrap_admin: Some("fabric://dev/user/alice".into()),
@@ -971,8 +979,14 @@ mod tests {
         .unwrap();
         assert!(cfg.transport.tls().is_some());
         let member = cfg.member.expect("meta");
-        assert_eq!(member.bootstrap_admin.as_deref(), Some("fabric://dev/user/alice"));
-        assert!(member.transport.tls().is_some(), "the member dials and serves over TLS");
+        assert_eq!(
+            member.bootstrap_admin.as_deref(),
+            Some("fabric://dev/user/alice")
+        );
+        assert!(
+            member.transport.tls().is_some(),
+            "the member dials and serves over TLS"
+        );
     }
 
     #[test]

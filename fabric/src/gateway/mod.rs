@@ -21,6 +21,7 @@
 //! the new writer's writes, so it must not restore a replica. Its resyncs stop from then on.
 
 mod attach;
+mod clients;
 mod maps;
 mod metered;
 pub use metered::Metered;
@@ -45,6 +46,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use volume::client::{PoolConfig, REMOVAL_WAIT_MS_DEFAULT};
+use volume::nbd::NbdTls;
+
+use crate::identity::Transport;
 
 use crate::meta::client::{CALL_RETRY_DEADLINE_MS, Client};
 
@@ -112,12 +116,42 @@ pub struct GatewayArgs {
     /// replicas with, over mutual TLS.
     #[arg(long, required = true)]
     pub cert_dir: std::path::PathBuf,
+    /// What NBD clients must do: `auto` takes only NBD_OPT_STARTTLS clients with a
+    /// certificate of the cluster, except on loopback, which also takes the host's own
+    /// plaintext clients; `required` takes TLS clients only, on any address; `plaintext`
+    /// serves without TLS on any address (explicitly, for a trusted network).
+    #[arg(long, value_enum, default_value_t = NbdTlsMode::Auto)]
+    pub nbd_tls: NbdTlsMode,
+}
+
+/// `--nbd-tls`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NbdTlsMode {
+    Auto,
+    Required,
+    Plaintext,
+}
+
+/// What the NBD listener asks of clients: TLS with a certificate of the cluster, except on
+/// loopback (where the host's own clients may also come in plaintext) or where the operator
+/// asked otherwise.
+fn nbd_tls(transport: &Transport, listen: SocketAddr, mode: NbdTlsMode) -> NbdTls {
+    let Some(tls) = transport.tls() else {
+        return NbdTls::Off;
+    };
+    match (mode, listen.ip().is_loopback()) {
+        (NbdTlsMode::Plaintext, _) => NbdTls::Off,
+        (NbdTlsMode::Auto, true) => NbdTls::Optional(tls.server.config()),
+        (NbdTlsMode::Auto, false) | (NbdTlsMode::Required, _) => {
+            NbdTls::Required(tls.server.config())
+        }
+    }
 }
 
 /// Serves volumes until SIGINT or SIGTERM, then flushes and detaches them.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut stop = crate::dev::StopSignals::install();
-    let transport = crate::identity::Transport::load(&args.cert_dir).with_context(|| {
+    let transport = Transport::load(&args.cert_dir).with_context(|| {
         format!(
             "load the gateway's certificate from {} (issue one with `fabricctl cert issue \
              gateway NAME --ca-dir CA --out {}`)",
@@ -156,6 +190,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             connections_per_volume_max: args.connections_per_volume_max,
         },
         args.volumes.first().cloned(),
+        transport.tls().map(|t| t.cluster().clone()),
     );
     let mut background = tokio::task::JoinSet::new();
     background.spawn(volumes.clone().follow_maps());
@@ -169,11 +204,13 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     }
     background.spawn(volumes.clone().detach_idle());
 
+    let tls = nbd_tls(&transport, args.nbd_listen, args.nbd_tls);
     let server = volume::nbd::NbdServer::with_exports(
         Arc::new(volumes.clone()),
         volume::nbd::NbdConfig::default(),
     )
-    .context("configure NBD server")?;
+    .context("configure NBD server")?
+    .with_tls(tls);
     let server = Arc::new(server);
     let tcp = tokio::net::TcpListener::bind(args.nbd_listen)
         .await

@@ -29,6 +29,8 @@ use super::Metered;
 use super::attach::{Attached, MetadataRefusal, detach, open_volume};
 use super::maps::{Stamps, watch_maps};
 use super::resync::resync_stale;
+use crate::identity::ClusterName;
+use crate::meta::auth::Verb;
 use crate::meta::client::Client;
 use crate::meta::service::watch::WATCH_NAMES_MAX;
 use crate::metrics::{VolumeLabels, VolumeMetrics};
@@ -75,6 +77,8 @@ struct Inner {
     /// The names of the attached volumes, which the watch stream follows.
     followed: watch::Sender<BTreeSet<String>>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// The cluster whose principals TLS clients are (none: no client is checked).
+    cluster: Option<ClusterName>,
 }
 
 /// One volume's attachment and use.
@@ -128,6 +132,7 @@ impl Volumes {
         metrics: VolumeMetrics,
         limits: Limits,
         default: Option<String>,
+        cluster: Option<ClusterName>,
     ) -> Volumes {
         Volumes(Arc::new(Inner {
             client,
@@ -140,6 +145,7 @@ impl Volumes {
             maps: Arc::new(watch::channel(Stamps::default()).0),
             followed: watch::channel(BTreeSet::new()).0,
             slots: Mutex::new(HashMap::new()),
+            cluster,
         }))
     }
 
@@ -452,32 +458,54 @@ fn listing(v: &pb::Volume, attach_as: &str) -> String {
     )
 }
 
+impl Volumes {
+    async fn admit(&self, peer: &Peer, verb: Verb, name: &str) -> Result<(), ExportError> {
+        super::clients::admit(&self.0.client, self.0.cluster.as_ref(), peer, verb, name).await
+    }
+}
+
 impl Exports for Volumes {
     fn default_name(&self) -> Option<String> {
         self.0.default.clone()
     }
 
-    // The peer is not consulted yet: the gateway serves every volume to whoever connects.
-    fn list<'a>(&'a self, _peer: &'a Peer) -> BoxFuture<'a, Result<Vec<Listed>, ExportError>> {
-        Box::pin(self.0.list())
+    /// A TLS client sees the volumes it may describe.
+    fn list<'a>(&'a self, peer: &'a Peer) -> BoxFuture<'a, Result<Vec<Listed>, ExportError>> {
+        Box::pin(async move {
+            let mut shown = Vec::new();
+            for listed in self.0.list().await? {
+                if self
+                    .admit(peer, Verb::VolumeGet, &listed.name)
+                    .await
+                    .is_ok()
+                {
+                    shown.push(listed);
+                }
+            }
+            Ok(shown)
+        })
     }
 
     fn describe<'a>(
         &'a self,
-        _peer: &'a Peer,
+        peer: &'a Peer,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Described, ExportError>> {
-        Box::pin(self.0.describe(name))
+        Box::pin(async move {
+            self.admit(peer, Verb::VolumeGet, name).await?;
+            self.0.describe(name).await
+        })
     }
 
     fn open<'a>(
         &'a self,
-        _peer: &'a Peer,
+        peer: &'a Peer,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Opened, ExportError>> {
         let inner = Arc::clone(&self.0);
         let name = name.to_owned();
         Box::pin(async move {
+            self.admit(peer, Verb::VolumeAttach, &name).await?;
             // On a task of its own: the attach finishes even if the client leaves meanwhile
             // (its lease is then dropped, and the grace period starts).
             let what = name.clone();

@@ -62,6 +62,11 @@ impl std::fmt::Display for ServerSan {
     }
 }
 
+/// The names QEMU and libnbd (gnutls) give a client's files in a certificate directory.
+pub const GNUTLS_CA_FILE: &str = "ca-cert.pem";
+pub const GNUTLS_CLIENT_CERT_FILE: &str = "client-cert.pem";
+pub const GNUTLS_CLIENT_KEY_FILE: &str = "client-key.pem";
+
 /// What to sign: who, which server names, and when it is valid.
 #[derive(Clone, Debug)]
 pub struct LeafRequest {
@@ -215,6 +220,11 @@ impl IssuedLeaf {
     /// if missing). An existing identity is replaced only with `overwrite`, each file
     /// atomically; a reader that catches the key of one issue and the chain of another sees
     /// them disagree (the loader checks) and reads again.
+    ///
+    /// A user's directory also gets the same three under the names QEMU's `tls-creds-x509`
+    /// and libnbd's `tls-certificates` look for (`ca-cert.pem`, `client-cert.pem`,
+    /// `client-key.pem`), so that it serves as is for `qemu-img --object
+    /// tls-creds-x509,dir=DIR,endpoint=client` and `nbdinfo nbds://...?tls-certificates=DIR`.
     pub fn write(
         &self,
         dir: &Path,
@@ -234,6 +244,28 @@ impl IssuedLeaf {
         files::replace(&ca, self.ca_pem.as_bytes(), files::CERT_FILE_MODE)?;
         files::replace(&key, self.key_pem.as_bytes(), files::KEY_FILE_MODE)?;
         files::replace(&chain, self.chain_pem.as_bytes(), files::CERT_FILE_MODE)?;
+        if matches!(self.principal.kind(), PrincipalKind::User(_)) {
+            // QEMU checks its own certificate against this file alone, without the chain's
+            // intermediate: the file holds the root and the intermediate.
+            let begin = "-----BEGIN CERTIFICATE-----";
+            let intermediates = self
+                .chain_pem
+                .match_indices(begin)
+                .nth(1)
+                .map_or("", |(at, _)| &self.chain_pem[at..]);
+            let trust = format!("{}{intermediates}", self.ca_pem);
+            for (name, pem, mode) in [
+                (GNUTLS_CA_FILE, &trust, files::CERT_FILE_MODE),
+                (GNUTLS_CLIENT_KEY_FILE, &self.key_pem, files::KEY_FILE_MODE),
+                (
+                    GNUTLS_CLIENT_CERT_FILE,
+                    &self.chain_pem,
+                    files::CERT_FILE_MODE,
+                ),
+            ] {
+                files::replace(&dir.join(name), pem.as_bytes(), mode)?;
+            }
+        }
         Ok(IssueReport {
             principal: self.principal.clone(),
             chain,

@@ -1,0 +1,44 @@
+//! Which NBD clients may use which volumes. A client that connected over TLS with a
+//! certificate of the cluster is who its certificate names, and may open a volume only if
+//! the policy grants it `volume.attach` there (`volume.get` to describe or list it); the
+//! metadata service decides (`CanI`), so the gateway holds no copy of the policy. A
+//! plaintext client is the hypervisor host's own (the gateway accepts plaintext only on
+//! loopback, a Unix socket, or where the operator asked for it) and acts as the gateway.
+
+use proto::meta as pb;
+use volume::nbd::{ExportError, Peer};
+
+use crate::identity::{ClusterName, Principal};
+use crate::meta::auth::Verb;
+use crate::meta::client::Client;
+
+/// Refuses `peer` unless it may `verb` on volume `name`; the refusal names what was missing.
+pub(crate) async fn admit(
+    client: &Client,
+    cluster: Option<&ClusterName>,
+    peer: &Peer,
+    verb: Verb,
+    name: &str,
+) -> Result<(), ExportError> {
+    let (true, Some(cluster)) = (peer.tls, cluster) else {
+        return Ok(());
+    };
+    let principal = Principal::from_peer_chain(&peer.certificates, cluster)
+        .map_err(|e| ExportError::Refused(format!("client certificate names no principal: {e}")))?;
+    let req = pb::CanIRequest {
+        verb: verb.name().to_owned(),
+        target: format!("volume/{name}"),
+        principal: principal.to_string(),
+    };
+    let answer = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.can_i(req).await }
+        })
+        .await
+        .map_err(|s| ExportError::Unavailable(format!("access not checked: {}", s.message())))?;
+    match answer.allowed {
+        true => Ok(()),
+        false => Err(ExportError::Refused(answer.reason)),
+    }
+}
