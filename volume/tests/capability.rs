@@ -414,7 +414,7 @@ async fn a_renewal_while_io_runs_costs_no_io_and_serves_the_next_sessions() {
                 let seed = ios as u8;
                 let at = (ios % 64) * 4096;
                 vol.write(at, pattern(4096, seed), false).await.unwrap();
-                if ios % 8 == 0 {
+                if ios.is_multiple_of(8) {
                     vol.flush().await.unwrap();
                 }
                 ios += 1;
