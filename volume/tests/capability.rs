@@ -486,3 +486,43 @@ async fn a_capability_for_a_newer_epoch_lets_a_new_writer_fence_the_old_one() {
     );
     assert_eq!(new.read(0, 4096).await.unwrap(), pattern(4096, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presentation_takes_effect_for_the_frames_pipelined_behind_it() {
+    let node = Node::start().await;
+    let mut raw = Raw::connect(node.addr).await;
+    let present = Request::capability(1, VOL, 1, valid(GATEWAY, 1).encode());
+    let header = RequestHeader {
+        op: Op::Write,
+        flags: 0,
+        request_id: 2,
+        volume: VOL,
+        offset: 0,
+        len: 0,
+        payload_crc: 0,
+        attach_epoch: 1,
+        version: WriteVersion { epoch: 1, seq: 1 },
+    };
+    let write = Request::write(header, pattern(4096, 5));
+    // One buffer, so the replica reads both frames before it answers either.
+    let mut frames = present.encode_header().to_vec();
+    frames.extend_from_slice(&present.payload);
+    frames.extend_from_slice(&write.encode_header());
+    frames.extend_from_slice(&write.payload);
+    raw.stream.write_all(&frames).await.unwrap();
+    let mut statuses = Vec::new();
+    while statuses.len() < 2 {
+        if let Some(reply) = decode_reply(&mut raw.buf).unwrap() {
+            statuses.push((reply.header.request_id, reply.header.status));
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.stream.read_buf(&mut raw.buf))
+            .await
+            .expect("replies in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before the replies");
+    }
+    statuses.sort_by_key(|&(id, _)| id);
+    assert_eq!(statuses, [(1, Status::Ok), (2, Status::Ok)]);
+    assert_eq!(node.epoch().await, 1);
+}

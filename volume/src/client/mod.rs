@@ -22,6 +22,10 @@
 //!   a replica to come back, then fail with an IO error.
 //! - A replica answering FENCED means another client attached with a newer epoch: the volume
 //!   reports itself fenced ([`AclObserver::fenced`]) and refuses every further IO.
+//! - Where replicas check attach capabilities, the links present the volume's from the pool's
+//!   [`Capabilities`] (set by whoever attached the volume). A replica answering UNAUTHORIZED
+//!   (no capability, or one it refused) failed the call, like an error: it is not FENCED,
+//!   which only a newer epoch the replica admitted can cause.
 //!
 //! Code map: `link` is the pipelined connection to one replica, over the [`Connector`] seam;
 //! [`pool`] holds the links and budgets every volume of one driver shares, and the
