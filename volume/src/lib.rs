@@ -7,9 +7,12 @@
 //! - [`volume`]: the [`BlockVolume`] trait, the one interface the NBD server serves.
 //! - [`nbd`]: the NBD protocol codec and server.
 //! - [`wire`]: the replica wire protocol codec (no IO).
+//! - [`capability`]: attach capabilities, the signed proof that a client may use a volume at an
+//!   attach epoch, which replicas check before they admit the epoch.
 //! - [`replica`]: the replica server, serving a node's extent store to volume clients.
 //! - [`client`]: the replicated volume client, a [`BlockVolume`] over replica servers.
 
+pub mod capability;
 pub mod checksum;
 pub mod client;
 mod framing;

@@ -18,10 +18,17 @@
 //! caller can tell a replica that lost writes from one that merely reconnected or restarted its
 //! process.
 //!
+//! Before a session's first fenced request of a volume, the link presents the volume's
+//! attach capability from the pool's [`Capabilities`] (and again whenever it changed), queued
+//! ahead of that request on the same session: the replica handles a presentation before it
+//! reads the next frame, so the link need not wait for its answer. A volume without a
+//! capability presents nothing; a replica that checks then refuses its requests as
+//! UNAUTHORIZED, which reads as a failed call.
+//!
 //! How a session's byte stream is opened is the [`Connector`] seam: TCP in production
 //! ([`TcpConnector`]), an in-memory network with faults in simulations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -35,9 +42,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::capabilities::Capabilities;
 use crate::framing::{Filled, fill};
 use crate::wire::{
-    Reply, Request, RequestHeader, Status, WireError, decode_reply, take_large_reply_header,
+    Reply, Request, RequestHeader, Status, VolumeId, WireError, decode_reply,
+    take_large_reply_header,
 };
 
 /// Initial capacity of a session's read buffer, in bytes.
@@ -111,10 +120,13 @@ pub(super) fn outcome(result: Result<Reply, LinkError>) -> Outcome {
         Status::Ok => Outcome::Acked(reply.payload),
         Status::Fenced => Outcome::Fenced(reply.header.epoch),
         Status::Checksum => Outcome::Corrupt,
-        other => Outcome::Failed(format!(
-            "replica answered {other:?} (errno {})",
-            reply.header.errno
-        )),
+        other => Outcome::Failed(match reply.reason() {
+            Some(reason) => format!(
+                "replica answered {other:?} (errno {}): {reason}",
+                reply.header.errno
+            ),
+            None => format!("replica answered {other:?} (errno {})", reply.header.errno),
+        }),
     }
 }
 
@@ -148,8 +160,23 @@ struct Session {
     power_epoch: u64,
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
+    /// Per volume, the serial (see [`Capabilities`]) of the capability this session presented.
+    presented: Mutex<HashMap<VolumeId, u64>>,
+    /// Held while a capability is queued, so a request that finds it presented finds its
+    /// frame ahead of its own.
+    presenting: tokio::sync::Mutex<()>,
     _reader: AbortOnDrop,
     _writer: AbortOnDrop,
+}
+
+impl Session {
+    fn presented(&self, volume: VolumeId) -> Option<u64> {
+        self.presented
+            .lock()
+            .expect("presented")
+            .get(&volume)
+            .copied()
+    }
 }
 
 /// The connection to one replica, reopened on demand.
@@ -163,14 +190,28 @@ pub struct Link {
     in_flight: Arc<Semaphore>,
     /// Set when a call timed out; cleared when a probe is answered.
     unresponsive: AtomicBool,
+    capabilities: Arc<Capabilities>,
 }
 
 impl Link {
+    /// A link that presents no capability (a probe's, or one to replicas that check none).
     pub fn new(
         addr: SocketAddr,
         connector: Arc<dyn Connector>,
         timeout: Duration,
         in_flight_max: usize,
+    ) -> Link {
+        let none = Arc::new(Capabilities::default());
+        Link::with_capabilities(addr, connector, timeout, in_flight_max, none)
+    }
+
+    /// A link that presents the capabilities `capabilities` holds.
+    pub fn with_capabilities(
+        addr: SocketAddr,
+        connector: Arc<dyn Connector>,
+        timeout: Duration,
+        in_flight_max: usize,
+        capabilities: Arc<Capabilities>,
     ) -> Link {
         assert!(in_flight_max > 0 && !timeout.is_zero());
         Link {
@@ -182,6 +223,7 @@ impl Link {
             in_flight_max,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             unresponsive: AtomicBool::new(false),
+            capabilities,
         }
     }
 
@@ -236,6 +278,9 @@ impl Link {
         let attempt = async {
             let session = self.session().await?;
             used = Some(Arc::clone(&session));
+            if req.header.op.fenced() {
+                self.present(&session, req.header.volume).await?;
+            }
             let reply = self.exchange(&session.tx, &session.shared, req).await?;
             Ok((reply, session.power_epoch))
         };
@@ -301,12 +346,54 @@ impl Link {
             power_epoch,
             tx,
             shared,
+            presented: Mutex::new(HashMap::new()),
+            presenting: tokio::sync::Mutex::new(()),
             _reader: reader,
             _writer: writer,
         });
         *slot = Some(Arc::clone(&session));
         tracing::debug!(%addr, power_epoch, "replica session opened");
         Ok(session)
+    }
+
+    /// Queues, on `session`, the capability held for `volume`, unless the session already
+    /// presented it. Does not wait for the answer: the replica answers a presentation before
+    /// it reads the request queued behind it, and a refusal shows in that request's answer
+    /// (UNAUTHORIZED); it is logged here too.
+    async fn present(&self, session: &Session, volume: VolumeId) -> Result<(), LinkError> {
+        let Some(serial) = self.capabilities.serial(volume) else {
+            return Ok(());
+        };
+        if session.presented(volume) == Some(serial) {
+            return Ok(());
+        }
+        let _one = session.presenting.lock().await;
+        // Read again: another call may have presented it meanwhile, or a newer one been set.
+        let Some(held) = self.capabilities.held(volume) else {
+            return Ok(());
+        };
+        if session.presented(volume) == Some(held.serial) {
+            return Ok(());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let epoch = held.attach_epoch;
+        let req = Request::capability(id, volume, epoch, held.encoded);
+        let answer = self.enqueue(&session.tx, &session.shared, req).await?;
+        session
+            .presented
+            .lock()
+            .expect("presented")
+            .insert(volume, held.serial);
+        let addr = self.addr;
+        tokio::spawn(async move {
+            // An error is a closed session, which the calls on it report.
+            if let Ok(reply) = answer.await
+                && reply.header.status != Status::Ok
+            {
+                tracing::warn!(%addr, %volume, epoch, status = ?reply.header.status, reason = reply.reason().unwrap_or_default(), "replica refused the capability");
+            }
+        });
+        Ok(())
     }
 
     /// Sends `req` on a session and waits for its reply.
@@ -316,6 +403,17 @@ impl Link {
         shared: &Shared,
         req: Request,
     ) -> Result<Reply, LinkError> {
+        let reply_rx = self.enqueue(tx, shared, req).await?;
+        reply_rx.await.map_err(|_| LinkError::Closed(self.addr))
+    }
+
+    /// Queues `req` on a session; its reply comes on the returned channel.
+    async fn enqueue(
+        &self,
+        tx: &mpsc::Sender<Request>,
+        shared: &Shared,
+        req: Request,
+    ) -> Result<oneshot::Receiver<Reply>, LinkError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         shared
             .pending
@@ -325,7 +423,7 @@ impl Link {
         if shared.closed.load(Ordering::Acquire) || tx.send(req).await.is_err() {
             return Err(LinkError::Closed(self.addr));
         }
-        reply_rx.await.map_err(|_| LinkError::Closed(self.addr))
+        Ok(reply_rx)
     }
 }
 

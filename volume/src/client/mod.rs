@@ -22,9 +22,14 @@
 //!   a replica to come back, then fail with an IO error.
 //! - A replica answering FENCED means another client attached with a newer epoch: the volume
 //!   reports itself fenced ([`AclObserver::fenced`]) and refuses every further IO.
+//! - Where replicas check attach capabilities, the links present the volume's from the pool's
+//!   [`Capabilities`] (set by whoever attached the volume). A replica answering UNAUTHORIZED
+//!   (no capability, or one it refused) failed the call, like an error: it is not FENCED,
+//!   which only a newer epoch the replica admitted can cause.
 //!
 //! Code map: `link` is the pipelined connection to one replica, over the [`Connector`] seam;
-//! [`pool`] holds the links and budgets every volume of one driver shares; [`split`] cuts IOs
+//! [`pool`] holds the links and budgets every volume of one driver shares, and the
+//! [`Capabilities`] its links present; [`split`] cuts IOs
 //! at extent boundaries, [`tally`] decides how a fan-out ends and [`membership`] how a
 //! replica enters and leaves its group (all three pure); `bounded` runs an IO's pieces a
 //! bounded number at a time; `replicated` is the [`ReplicatedVolume`] itself. Start at
@@ -33,6 +38,7 @@
 //! [`BlockVolume`]: crate::volume::BlockVolume
 
 mod bounded;
+pub mod capabilities;
 mod link;
 pub mod membership;
 pub mod pool;
@@ -44,6 +50,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+pub use capabilities::Capabilities;
 pub use link::{
     ConnectFuture, Connector, Link, LinkError, StreamReader, StreamWriter, TcpConnector,
 };

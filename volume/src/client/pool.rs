@@ -1,5 +1,5 @@
 //! [`ReplicaPool`]: what every volume one driver serves shares about the replica servers: one
-//! [`Link`] per server, the budget of extent copies each server takes as a resync destination,
+//! [`Link`] per server, the attach capabilities its links present, the budget of extent copies each server takes as a resync destination,
 //! and the bound on block repairs in flight.
 //!
 //! Limits on work under failure belong to the destination, not to the volume: with the budget
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::capabilities::Capabilities;
 use super::link::{Connector, Link, TcpConnector};
 
 /// Default time a replica gets to answer one request, in milliseconds.
@@ -62,6 +63,8 @@ pub struct ReplicaPool {
     links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
     copies: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
     repairs: Arc<Semaphore>,
+    /// Presented by every link of the pool.
+    capabilities: Arc<Capabilities>,
 }
 
 impl ReplicaPool {
@@ -94,6 +97,7 @@ impl ReplicaPool {
             connector,
             links: Mutex::new(HashMap::new()),
             copies: Mutex::new(HashMap::new()),
+            capabilities: Arc::new(Capabilities::default()),
         }))
     }
 
@@ -101,15 +105,22 @@ impl ReplicaPool {
         &self.config
     }
 
+    /// The attach capabilities the pool's links present: set a volume's here when it is
+    /// attached, renewed or granted a newer epoch.
+    pub fn capabilities(&self) -> &Arc<Capabilities> {
+        &self.capabilities
+    }
+
     /// The link to `addr`, made on first use.
     pub fn link(&self, addr: SocketAddr) -> Arc<Link> {
         let mut links = self.links.lock().expect("links");
         let link = links.entry(addr).or_insert_with(|| {
-            Arc::new(Link::new(
+            Arc::new(Link::with_capabilities(
                 addr,
                 Arc::clone(&self.connector),
                 Duration::from_millis(self.config.request_timeout_ms),
                 self.config.requests_in_flight_per_replica_max,
+                Arc::clone(&self.capabilities),
             ))
         });
         Arc::clone(link)

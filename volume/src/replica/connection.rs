@@ -8,6 +8,11 @@
 //!
 //! A frame that cannot be decoded ends the reader; requests already read still complete and
 //! their replies are written before the socket closes.
+//!
+//! Capabilities ([`super::grants`]): the reader answers a CAPABILITY itself before it reads
+//! the next frame, and refuses a fenced request the connection holds no capability for
+//! without spawning it, so what a connection may do follows the order of its frames even
+//! though its requests run concurrently.
 
 use std::io;
 use std::sync::Arc;
@@ -17,12 +22,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::capability::now_unix_ms;
 use crate::framing::{Filled, fill};
 use crate::wire::{
-    REQUEST_HEADER_BYTES, Reply, Request, WireError, decode_request, take_large_request_header,
+    Op, REQUEST_HEADER_BYTES, Reply, Request, WireError, decode_request, take_large_request_header,
 };
 
 use super::execute::execute;
+use super::grants::Grants;
 use super::{ReplicaServer, stopped};
 
 /// Initial capacity of a connection's read buffer, in bytes.
@@ -71,10 +78,12 @@ impl Drop for AbortOnDrop {
 
 /// Serves one connection whose halves are `r` and `w` (a TCP socket's in production, an
 /// in-memory pipe's in simulation) until the client closes it, a frame is bad, or shutdown.
+/// `peer` is the connection's authenticated principal, if its transport established one.
 pub(super) async fn serve<R, W>(
     server: Arc<ReplicaServer>,
     mut r: R,
     w: W,
+    peer: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Ending
 where
@@ -86,6 +95,7 @@ where
     let (tx, rx) = mpsc::channel::<Outgoing>(in_flight_max);
     let mut writer = AbortOnDrop(tokio::spawn(write_replies(w, rx)));
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut grants = Grants::new(server.config.capabilities.clone(), peer);
 
     let ending = loop {
         let req = match decode_request(&mut buf) {
@@ -111,11 +121,27 @@ where
             }
             Err(e) => break bad_frame(e),
         };
+        // Answered here, in frame order: a presentation, or a refusal for want of one.
+        let inline = if req.header.op == Op::Capability {
+            Some(grants.present(&req, now_unix_ms()))
+        } else {
+            grants.refuse(&req.header)
+        };
         let permit = tokio::select! {
             biased;
             _ = stopped(&mut shutdown) => break Ending::Shutdown,
             p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
         };
+        if let Some(reply) = inline {
+            // The writer is gone only when the connection is being torn down.
+            let _ = tx
+                .send(Outgoing {
+                    reply,
+                    _permit: permit,
+                })
+                .await;
+            continue;
+        }
         let server = Arc::clone(&server);
         let tx = tx.clone();
         tokio::spawn(async move {

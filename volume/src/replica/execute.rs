@@ -20,6 +20,12 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
     if h.flags & !FLAGS_KNOWN != 0 {
         return refuse(Status::BadRequest);
     }
+    if h.op == Op::Capability {
+        // The connection answers it itself, in frame order (see `connection`); one that
+        // reached here was not presented, so it is not acknowledged either.
+        debug_assert!(false, "CAPABILITY is the connection's to answer");
+        return refuse(Status::BadRequest);
+    }
     if h.op == Op::Ping {
         return match server.power().await {
             Ok(power) => Reply::ok(
@@ -236,7 +242,7 @@ async fn store(
             vol.intent.flush_completed(ticket).await?;
             return Ok((Bytes::new(), None));
         }
-        Op::GetExtentVersions | Op::Ping | Op::Digest | Op::BlockStatus => {
+        Op::GetExtentVersions | Op::Ping | Op::Digest | Op::BlockStatus | Op::Capability => {
             unreachable!("answered before admission")
         }
     }

@@ -6,7 +6,9 @@
 //!
 //! - `epoch`: the highest attach epoch seen ([`fence`]). Requests of an older epoch are
 //!   answered [`Status::Fenced`](crate::wire::Status::Fenced), so a stale client can never
-//!   overwrite data.
+//!   overwrite data. With capability keys configured, a connection's requests reach the
+//!   fence only for the volume and epoch it presented a capability for ([`grants`]), so no
+//!   client raises an epoch the metadata service did not grant it.
 //! - `versions`: the version `(attach_epoch, seq)` of each extent's last write ([`versions`]),
 //!   for delta resync, answered by GET_EXTENT_VERSIONS.
 //! - `intent`: which extents may hold writes no flush made durable yet ([`intent`]); what it
@@ -30,6 +32,7 @@
 mod connection;
 mod execute;
 pub mod fence;
+pub mod grants;
 pub mod intent;
 pub mod power;
 pub mod versions;
@@ -43,6 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::capability::CapabilityKeys;
 use crate::store::{CRC_OPEN, ExtentStore, LocalVolume, StoreError};
 use crate::volume::BlockVolume;
 use crate::wire::{ExtentVersion, VolumeId, WriteVersion};
@@ -65,12 +69,17 @@ pub const ACCEPT_RETRY_DELAY_MS: u64 = 100;
 pub struct ReplicaConfig {
     /// Requests read but not yet answered per connection; the reader stops reading at this.
     pub requests_in_flight_max: usize,
+    /// The cell keys whose attach capabilities admit an epoch ([`grants`]); the owner keeps
+    /// this `Arc` to rotate them. `None`: no capability is checked and a request's epoch is
+    /// taken on its word, as in simulations and for plain-TCP clusters.
+    pub capabilities: Option<Arc<CapabilityKeys>>,
 }
 
 impl Default for ReplicaConfig {
     fn default() -> Self {
         ReplicaConfig {
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+            capabilities: None,
         }
     }
 }
@@ -323,7 +332,8 @@ impl ReplicaServer {
                         let stop = shutdown.clone();
                         connections.spawn(async move {
                             let (r, w) = stream.into_split();
-                            let ending = connection::serve(server, r, w, stop).await;
+                            // Plain TCP authenticates no one.
+                            let ending = connection::serve(server, r, w, None, stop).await;
                             tracing::debug!(%peer, %ending, "replica connection closed");
                         });
                     }
@@ -340,18 +350,21 @@ impl ReplicaServer {
 
     /// Serves one already accepted connection over any byte stream, as [`serve`] does each
     /// TCP connection: the seam through which a simulation runs the server over its own
-    /// network. Returns why the connection ended.
+    /// network, and a TLS accept loop over its streams. `peer` is the principal the transport
+    /// authenticated (a TLS client certificate's), which a presented capability must name;
+    /// `None` where nothing was authenticated. Returns why the connection ended.
     ///
     /// [`serve`]: ReplicaServer::serve
     pub async fn serve_connection<S>(
         self: Arc<Self>,
         stream: S,
+        peer: Option<String>,
         shutdown: watch::Receiver<bool>,
     ) -> Ending
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (r, w) = tokio::io::split(stream);
-        connection::serve(self, r, w, shutdown).await
+        connection::serve(self, r, w, peer, shutdown).await
     }
 }

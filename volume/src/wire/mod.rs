@@ -7,7 +7,7 @@
 //! is trusted. Payloads carry a crc32c in the header as well. All integers are little endian.
 //!
 //! ```text
-//! request (72 bytes, then `len` payload bytes for WRITE only)
+//! request (72 bytes, then `len` payload bytes for WRITE and CAPABILITY only)
 //!  0 magic u32 "FBRQ"   4 version u16   6 op u8   7 flags u8
 //!  8 request id u64    16 volume id u64
 //! 24 offset u64        32 len u32      36 payload crc32c u32
@@ -22,6 +22,7 @@
 //! ```
 //!
 //! Requests are pipelined and replies come back in any order; the request id pairs them.
+//! A refusal may carry a payload too: an UNAUTHORIZED reply's is the reason, in UTF-8.
 //! A request's `offset` and `len` are bytes of the volume, except for GET_EXTENT_VERSIONS,
 //! where they are the first extent index and the number of extents.
 //!
@@ -62,6 +63,12 @@ pub const PAYLOAD_MAX_BYTES: u32 = EXTENT_SIZE_BYTES as u32;
 /// extent-sized payload is neither copied as the read buffer grows nor left unaligned for
 /// O_DIRECT.
 pub const DIRECT_PAYLOAD_MIN_BYTES: u32 = 64 * 1024;
+/// Largest payload of a CAPABILITY request, in bytes: a signed capability is far smaller
+/// (see [`crate::capability::SIGNED_CAPABILITY_MAX_BYTES`]), and a frame claiming more is
+/// refused before anything is allocated for it.
+pub const CAPABILITY_PAYLOAD_MAX_BYTES: u32 = 1024;
+/// Longest reason an [`Status::Unauthorized`] reply carries, in bytes.
+pub const REASON_MAX_BYTES: usize = 512;
 /// Most extents one GET_EXTENT_VERSIONS request may ask about.
 pub const VERSIONS_PER_REQUEST_MAX: u32 = PAYLOAD_MAX_BYTES / EXTENT_VERSION_ENTRY_BYTES as u32;
 
@@ -115,6 +122,12 @@ pub enum Op {
     /// Which parts of a range (within one extent) hold data: the reply's payload is
     /// [`crate::wire::block_status`] entries. Not fenced: it only reads.
     BlockStatus = 9,
+    /// Presents an attach capability ([`crate::capability`]) for the header's volume and
+    /// attach epoch; the payload is the signed capability, at most
+    /// [`CAPABILITY_PAYLOAD_MAX_BYTES`]. Answered OK or [`Status::Unauthorized`]. A replica
+    /// handles it before it reads the connection's next frame, so requests pipelined behind
+    /// it are admitted under it.
+    Capability = 10,
 }
 
 impl Op {
@@ -129,6 +142,7 @@ impl Op {
             7 => Op::Ping,
             8 => Op::Digest,
             9 => Op::BlockStatus,
+            10 => Op::Capability,
             _ => return None,
         })
     }
@@ -136,6 +150,21 @@ impl Op {
     /// Whether the request changes data, and so carries a write version.
     pub fn mutates(self) -> bool {
         matches!(self, Op::Write | Op::Trim | Op::WriteZeroes)
+    }
+
+    /// Whether a replica admits the request through its volume's fence (see
+    /// [`crate::replica::fence`]): these ops carry the attach epoch that the replica may
+    /// raise, and so, where capabilities are checked, need one for their volume and epoch.
+    pub fn fenced(self) -> bool {
+        matches!(
+            self,
+            Op::Read | Op::Write | Op::Flush | Op::Trim | Op::WriteZeroes
+        )
+    }
+
+    /// Whether the request carries a payload (of its header's `len` bytes).
+    pub fn carries_payload(self) -> bool {
+        matches!(self, Op::Write | Op::Capability)
     }
 }
 
@@ -158,6 +187,10 @@ pub enum Status {
     PayloadCrc = 6,
     /// The request was well framed but makes no sense (unknown flag, length on a FLUSH, ...).
     BadRequest = 7,
+    /// The connection holds no valid capability for the request's volume and attach epoch,
+    /// or a presented capability was refused; `errno` is EACCES and the payload says why
+    /// (UTF-8, at most [`REASON_MAX_BYTES`]). Nothing was done.
+    Unauthorized = 8,
 }
 
 impl Status {
@@ -171,6 +204,7 @@ impl Status {
             5 => Status::NoVolume,
             6 => Status::PayloadCrc,
             7 => Status::BadRequest,
+            8 => Status::Unauthorized,
             _ => return None,
         })
     }

@@ -3,8 +3,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
-    DIRECT_PAYLOAD_MIN_BYTES, Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, REPLY_MAGIC, Status,
-    WireError, le_u16, le_u32, le_u64, payload_crc,
+    DIRECT_PAYLOAD_MIN_BYTES, Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, REASON_MAX_BYTES,
+    REPLY_MAGIC, Status, WireError, le_u16, le_u32, le_u64, payload_crc,
 };
 
 /// Size of a reply header, in bytes.
@@ -135,6 +135,29 @@ impl Reply {
             },
             payload: Bytes::new(),
         }
+    }
+
+    /// A refusal that says why in its payload (cut to [`REASON_MAX_BYTES`], at a character
+    /// boundary).
+    pub fn refused(op: Op, request_id: u64, status: Status, errno: u32, reason: &str) -> Reply {
+        let mut end = reason.len().min(REASON_MAX_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let payload = Bytes::copy_from_slice(&reason.as_bytes()[..end]);
+        let mut reply = Reply::status(op, request_id, status, errno, 0);
+        reply.header.payload_len = payload.len() as u32;
+        reply.header.payload_crc = payload_crc(&payload);
+        reply.payload = payload;
+        reply
+    }
+
+    /// The reason a refusal carries, if any (lossy: it is for people, not for parsing).
+    pub fn reason(&self) -> Option<String> {
+        if self.header.status == Status::Ok || self.payload.is_empty() {
+            return None;
+        }
+        Some(String::from_utf8_lossy(&self.payload).into_owned())
     }
 
     /// Whether the payload matches the crc32c its header carries.

@@ -1,10 +1,11 @@
-//! Request frames: the fixed header and, for WRITE, the payload behind it.
+//! Request frames: the fixed header and, for WRITE and CAPABILITY, the payload behind it.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
-    DIRECT_PAYLOAD_MIN_BYTES, EXTENT_SIZE_BYTES, Op, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION,
-    REQUEST_MAGIC, VolumeId, WireError, WriteVersion, le_u16, le_u32, le_u64, payload_crc,
+    CAPABILITY_PAYLOAD_MAX_BYTES, DIRECT_PAYLOAD_MIN_BYTES, EXTENT_SIZE_BYTES, Op,
+    PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, REQUEST_MAGIC, VolumeId, WireError, WriteVersion, le_u16,
+    le_u32, le_u64, payload_crc,
 };
 
 /// Size of a request header, in bytes.
@@ -44,7 +45,19 @@ impl RequestHeader {
 
     /// Bytes of payload that follow this header on the wire.
     pub fn payload_len(&self) -> u32 {
-        if self.op == Op::Write { self.len } else { 0 }
+        if self.op.carries_payload() {
+            self.len
+        } else {
+            0
+        }
+    }
+
+    /// The most payload this header's op may carry, in bytes.
+    fn payload_max(&self) -> u32 {
+        match self.op {
+            Op::Capability => CAPABILITY_PAYLOAD_MAX_BYTES,
+            _ => PAYLOAD_MAX_BYTES,
+        }
     }
 
     /// The extents `[offset, offset + len)` touches. For a range known not to overflow.
@@ -108,17 +121,17 @@ impl RequestHeader {
                 seq: le_u64(b, 56),
             },
         };
-        if header.payload_len() > PAYLOAD_MAX_BYTES {
+        if header.payload_len() > header.payload_max() {
             return Err(WireError::PayloadTooLarge {
                 len: header.payload_len(),
-                max: PAYLOAD_MAX_BYTES,
+                max: header.payload_max(),
             });
         }
         Ok(header)
     }
 }
 
-/// A whole request: header and payload (empty unless WRITE).
+/// A whole request: header and payload (empty unless WRITE or CAPABILITY).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub header: RequestHeader,
@@ -128,7 +141,11 @@ pub struct Request {
 impl Request {
     /// A request without payload. `len` is the range length (or extent count).
     pub fn new(header: RequestHeader) -> Request {
-        assert_ne!(header.op, Op::Write, "a WRITE carries a payload");
+        assert!(
+            !header.op.carries_payload(),
+            "{:?} carries a payload",
+            header.op
+        );
         let header = RequestHeader {
             payload_crc: payload_crc(&[]),
             ..header
@@ -136,6 +153,33 @@ impl Request {
         Request {
             header,
             payload: Bytes::new(),
+        }
+    }
+
+    /// A CAPABILITY presenting `signed` (an encoded
+    /// [`SignedCapability`](crate::capability::SignedCapability)) for `volume` at
+    /// `attach_epoch`, the volume and epoch it names.
+    pub fn capability(
+        request_id: u64,
+        volume: VolumeId,
+        attach_epoch: u64,
+        signed: Bytes,
+    ) -> Request {
+        assert!(signed.len() <= CAPABILITY_PAYLOAD_MAX_BYTES as usize);
+        let header = RequestHeader {
+            op: Op::Capability,
+            flags: 0,
+            request_id,
+            volume,
+            offset: 0,
+            len: signed.len() as u32,
+            payload_crc: payload_crc(&signed),
+            attach_epoch,
+            version: WriteVersion::NONE,
+        };
+        Request {
+            header,
+            payload: signed,
         }
     }
 

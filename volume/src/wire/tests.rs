@@ -7,11 +7,11 @@ use proptest::prelude::*;
 use super::*;
 
 fn op() -> impl Strategy<Value = Op> {
-    (1u8..=8).prop_map(|v| Op::from_u8(v).expect("1..=8 are ops"))
+    (1u8..=10).prop_map(|v| Op::from_u8(v).expect("1..=10 are ops"))
 }
 
 fn status() -> impl Strategy<Value = Status> {
-    (0u8..=7).prop_map(|v| Status::from_u8(v).expect("0..=7 are statuses"))
+    (0u8..=8).prop_map(|v| Status::from_u8(v).expect("0..=8 are statuses"))
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -39,6 +39,10 @@ fn request() -> impl Strategy<Value = Request> {
             };
             if op == Op::Write {
                 Request::write(header, Bytes::from(data))
+            } else if op == Op::Capability {
+                let mut data = data;
+                data.truncate(CAPABILITY_PAYLOAD_MAX_BYTES as usize);
+                Request::capability(n[0], VolumeId(n[1]), n[3], Bytes::from(data))
             } else {
                 Request::new(header)
             }
@@ -91,6 +95,8 @@ proptest! {
     ) {
         let reply = if st == Status::Ok {
             Reply::ok(op, id, Bytes::from(data))
+        } else if st == Status::Unauthorized {
+            Reply::refused(op, id, st, errno, &String::from_utf8_lossy(&data))
         } else {
             Reply::status(op, id, st, errno, epoch)
         };
@@ -262,4 +268,62 @@ fn a_large_reply_payload_still_arriving_has_its_header_taken() {
     let header = take_large_reply_header(&mut buf).unwrap().unwrap();
     assert_eq!(header, reply.header);
     assert_eq!(&buf[..], &data[..10]);
+}
+
+#[test]
+fn a_capability_frame_carries_its_payload_and_an_oversized_one_is_refused_early() {
+    let signed = Bytes::from_static(b"a signed capability");
+    let r = Request::capability(5, VolumeId(3), 9, signed.clone());
+    let mut buf = encode_request(&r);
+    let back = decode_request(&mut buf).unwrap().unwrap();
+    assert_eq!(back.header.op, Op::Capability);
+    assert_eq!(
+        (back.header.volume, back.header.attach_epoch),
+        (VolumeId(3), 9)
+    );
+    assert_eq!(back.payload, signed);
+    assert!(back.payload_intact());
+    assert!(buf.is_empty());
+
+    // A header that claims more than a capability can be is refused before its payload.
+    let mut h = r.header;
+    h.len = CAPABILITY_PAYLOAD_MAX_BYTES + 1;
+    let mut buf = BytesMut::from(&h.encode()[..]);
+    assert_eq!(
+        decode_request(&mut buf),
+        Err(WireError::PayloadTooLarge {
+            len: CAPABILITY_PAYLOAD_MAX_BYTES + 1,
+            max: CAPABILITY_PAYLOAD_MAX_BYTES
+        })
+    );
+}
+
+#[test]
+fn an_unauthorized_reply_carries_its_reason_cut_at_a_character() {
+    let r = Reply::refused(Op::Flush, 2, Status::Unauthorized, 13, "no capability");
+    let mut buf = BytesMut::from(&r.encode_header()[..]);
+    buf.extend_from_slice(&r.payload);
+    let back = decode_reply(&mut buf).unwrap().unwrap();
+    assert_eq!(back.header.status, Status::Unauthorized);
+    assert_eq!(back.header.errno, 13);
+    assert_eq!(back.reason().as_deref(), Some("no capability"));
+
+    let long = "é".repeat(REASON_MAX_BYTES);
+    let cut = Reply::refused(Op::Flush, 2, Status::Unauthorized, 13, &long);
+    assert!(cut.payload.len() <= REASON_MAX_BYTES);
+    assert!(std::str::from_utf8(&cut.payload).is_ok());
+    assert!(Reply::ok(Op::Flush, 2, Bytes::new()).reason().is_none());
+}
+
+#[test]
+fn only_the_ops_that_pass_the_fence_are_fenced() {
+    let fenced: Vec<Op> = (1..=10)
+        .filter_map(Op::from_u8)
+        .filter(|op| op.fenced())
+        .collect();
+    assert_eq!(
+        fenced,
+        [Op::Read, Op::Write, Op::Flush, Op::Trim, Op::WriteZeroes]
+    );
+    assert_eq!(Op::from_u8(11), None);
 }
