@@ -396,3 +396,118 @@ fn nbd_clients_use_tls_with_qemu_and_libnbd_and_are_held_to_the_policy() {
     assert!(out.status.success() && !text.contains("fail"), "{text}");
     gw.stop();
 }
+
+/// Sends `req` over `stream` and reads its reply.
+async fn call<S>(
+    stream: &mut S,
+    buf: &mut bytes::BytesMut,
+    req: volume::wire::Request,
+) -> volume::wire::Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(&req.encode_header()).await.unwrap();
+    stream.write_all(&req.payload).await.unwrap();
+    loop {
+        if let Some(reply) = volume::wire::decode_reply(buf).unwrap() {
+            return reply;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(buf))
+            .await
+            .expect("a reply in time")
+            .unwrap();
+        assert!(n > 0, "the replica closed the connection");
+    }
+}
+
+#[test]
+fn a_forged_capability_with_a_huge_epoch_fences_nothing_and_the_gateway_writes_on() {
+    use volume::capability::{Capability, now_unix_ms};
+    use volume::wire::{Op, Request, RequestHeader, Status, VolumeId, WriteVersion};
+
+    if fabric_suite::tools(&["qemu-io"]).is_none() {
+        return;
+    }
+    let (_serial, dir, data, dev) = cluster();
+    let io = |cmds: &[&str]| {
+        let mut c = Command::new("qemu-io");
+        c.args(["-f", "raw", &dev.uri()]);
+        for cmd in cmds {
+            c.args(["-c", cmd]);
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !text.contains("fail"), "{text}");
+    };
+    io(&["write -P 0x11 0 1M"]);
+    let before = fabricctl(&data, &["volume", "show", "vol0"]);
+    let id = VolumeId(before["id"].as_u64().unwrap());
+    let epoch = before["attach_epoch"].as_u64().unwrap();
+
+    // Mallory holds a real gateway certificate of the cluster, so the replica port lets it
+    // speak the wire; it has no attachment, so no capability the cell key signed.
+    let mallory = dir.path().join("mallory");
+    issue_cert(&data, "gateway", "mallory", &mallory, &[]);
+    let tls = fabric::identity::ClusterTls::load(&mallory).unwrap();
+    let huge = u64::MAX - 7;
+    let forged = Capability::new(
+        id,
+        huge,
+        "fabric://dev/gateway/mallory",
+        now_unix_ms() + 60_000,
+    )
+    .unwrap()
+    .sign(&ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]))
+    .encode();
+    let cluster: Value =
+        serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for node in cluster["data"].as_array().unwrap() {
+        let addr: std::net::SocketAddr = node[1].as_str().unwrap().parse().unwrap();
+        runtime.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = fabric::identity::transport::server_name(&addr.to_string()).unwrap();
+            let (mut s, _) = tls
+                .client
+                .connect(tcp, name, Duration::from_secs(10))
+                .await
+                .expect("a gateway certificate is let onto the replica port");
+            let mut buf = bytes::BytesMut::new();
+            let presented = call(
+                &mut s,
+                &mut buf,
+                Request::capability(1, id, huge, forged.clone()),
+            )
+            .await;
+            assert_eq!(
+                presented.header.status,
+                Status::Unauthorized,
+                "forged capability at {addr}"
+            );
+            let header = RequestHeader {
+                op: Op::Flush,
+                flags: 0,
+                request_id: 2,
+                volume: id,
+                offset: 0,
+                len: 0,
+                payload_crc: 0,
+                attach_epoch: huge,
+                version: WriteVersion::NONE,
+            };
+            let flush = call(&mut s, &mut buf, Request::new(header)).await;
+            assert_eq!(flush.header.status, Status::Unauthorized, "flush at {addr}");
+        });
+    }
+
+    // The gateway's writes go on at its epoch, and the volume's epoch did not move.
+    io(&[
+        "write -P 0x22 1M 1M",
+        "read -P 0x11 0 1M",
+        "read -P 0x22 1M 1M",
+    ]);
+    let after = fabricctl(&data, &["volume", "show", "vol0"]);
+    assert_eq!(after["attach_epoch"].as_u64(), Some(epoch), "{after}");
+}

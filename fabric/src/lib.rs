@@ -9,7 +9,8 @@
 //! - [`metrics`]: the Prometheus endpoint every process serves.
 //! - [`storage`]: a node's replica server and the agent that creates its volumes' replicas;
 //!   [`replica_listener`]: its port over mutual TLS, for nodes and gateways only;
-//!   [`replica_dial`]: how gateways and agents dial it.
+//!   [`replica_dial`]: how gateways and agents dial it; [`storage_keys`]: the cell keys its
+//!   replica server checks attach capabilities against.
 //! - [`gateway`]: `fabricd gateway`, the volume driver: NBD in front, replicas behind.
 //! - [`identity`]: the cluster's certificate authority, certificates naming principals, and
 //!   the mutual TLS 1.3 every TCP port takes.
@@ -27,6 +28,7 @@ pub mod replica_dial;
 pub mod replica_listener;
 pub mod sim;
 pub mod storage;
+pub mod storage_keys;
 
 /// Exit code for an environmental stop: the data directory is held by another process.
 pub const EXIT_DATA_DIR_LOCKED: i32 = 3;

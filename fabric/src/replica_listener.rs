@@ -75,7 +75,9 @@ pub async fn serve(
                 tracing::warn!(%remote, %principal, "replica connection refused: only nodes and gateways speak the replica wire");
                 return;
             }
-            let ending = server.serve_connection(stream, stop).await;
+            let ending = server
+                .serve_connection(stream, Some(principal.to_string()), stop)
+                .await;
             tracing::debug!(%remote, %principal, %ending, "replica connection closed");
         });
     }

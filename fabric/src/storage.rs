@@ -46,9 +46,22 @@ impl Storage {
         let store = ExtentStore::open(dir, disk)
             .await
             .context("open the replica store")?;
-        let server = ReplicaServer::new(Arc::new(store), ReplicaConfig::default());
-        let data_addr = listener.local_addr()?;
+        // With TLS, an attach epoch is admitted only with a capability signed by the cell key;
+        // in process (simulations, benchmarks) on the frame's word as before.
+        let keys = transport.tls().map(|_| crate::storage_keys::load(dir));
         let (stop, stopped) = watch::channel(false);
+        let keys_client = Arc::new(Client::new(endpoints.clone(), transport.clone()));
+        if let Some((keys, false)) = &keys {
+            // A new node: it registers (and is given replicas) once it can admit a writer.
+            crate::storage_keys::first(keys, dir, &keys_client, &mut stopped.clone()).await;
+        }
+        let keys = keys.map(|(keys, _)| keys);
+        let config = ReplicaConfig {
+            capabilities: keys.clone(),
+            ..ReplicaConfig::default()
+        };
+        let server = ReplicaServer::new(Arc::new(store), config);
+        let data_addr = listener.local_addr()?;
         let mut tasks = JoinSet::new();
         match transport.tls() {
             Some(tls) => tasks.spawn(crate::replica_listener::serve(
@@ -59,6 +72,14 @@ impl Storage {
             )),
             None => tasks.spawn(Arc::clone(&server).serve(listener, stopped.clone())),
         };
+        if let Some(keys) = keys {
+            tasks.spawn(crate::storage_keys::follow(
+                keys,
+                dir.to_path_buf(),
+                keys_client,
+                stopped.clone(),
+            ));
+        }
         tasks.spawn(follow_volumes(
             Arc::clone(&server),
             endpoints,

@@ -34,6 +34,8 @@ pub(crate) struct Attached {
     pub superseded: Superseded,
     /// Where its removals and resync bytes are counted.
     pub metrics: VolumeMetrics,
+    /// Renews the attach capability while any clone of this lives (held for its drop).
+    pub _renewal: Option<Arc<super::capability::Renewal>>,
 }
 
 /// Whether the metadata service refused one of an attachment's membership changes because a
@@ -171,8 +173,18 @@ pub(crate) async fn open_volume(
         })?;
     tracing::info!(volume = name, epoch = attachment.attach_epoch, "attached");
     let epoch = attachment.attach_epoch;
+    let expires = super::capability::install(pool, &attachment)?;
     match serve_attached(client, pool, name, &map, epoch, sets, metrics).await {
-        Ok(attached) => Ok(attached),
+        Ok(attached) => Ok(Attached {
+            _renewal: super::capability::Renewal::start(
+                Arc::clone(client),
+                Arc::clone(pool),
+                name.to_owned(),
+                epoch,
+                expires,
+            ),
+            ..attached
+        }),
         Err(e) => {
             // Nobody serves it after all: let go, so that it shows as available (and the
             // rebuild agent may heal it) rather than held by a gateway that failed.
@@ -241,6 +253,7 @@ async fn serve_attached(
         node_of,
         superseded,
         metrics,
+        _renewal: None,
     })
 }
 

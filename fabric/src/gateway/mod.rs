@@ -21,6 +21,7 @@
 //! the new writer's writes, so it must not restore a replica. Its resyncs stop from then on.
 
 mod attach;
+mod capability;
 mod clients;
 mod maps;
 mod metered;

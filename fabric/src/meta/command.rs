@@ -155,6 +155,8 @@ pub enum CommandV1 {
         by: String,
         change: PolicyChange,
     },
+    /// A new cell key, which signs attach capabilities from then on.
+    AddCellKey(super::cell_key::CellKey),
 }
 
 impl From<CommandV1> for Command {
@@ -328,6 +330,7 @@ impl std::fmt::Display for CommandV1 {
                 write!(f, "start the access policy with {admin} as cluster-admin")
             }
             CommandV1::ChangePolicy { by, change } => write!(f, "{by}: {change}"),
+            CommandV1::AddCellKey(_) => f.write_str("add a cell key"),
         }
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod balance;
+pub mod cell_key;
 pub mod changes;
 pub mod client;
 pub mod command;

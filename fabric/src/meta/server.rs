@@ -256,6 +256,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
             stop_tx.subscribe(),
         )),
     ];
+    background.push(tokio::spawn(super::cell_key::ensure(Arc::clone(&member))));
     if let Some(admin) = cfg.bootstrap_admin.clone() {
         background.push(tokio::spawn(init_policy(Arc::clone(&member), admin)));
     }

@@ -40,6 +40,9 @@ pub struct ClusterState {
     /// Who may do what (epoch 0: not initialized, nobody but members may do anything).
     #[serde(default)]
     pub policy: super::auth::Policy,
+    /// The keys attach capabilities are signed with, newest last (see `cell_key`).
+    #[serde(default)]
+    pub cell_keys: Vec<super::cell_key::CellKey>,
     /// Which records recent commands changed, for `Watch` deltas (derived, never stored).
     #[serde(skip)]
     pub journal: Journal,
@@ -185,6 +188,7 @@ impl ClusterState {
             )),
             CommandV1::InitPolicy { admin } => self.init_policy(admin),
             CommandV1::ChangePolicy { by, change } => self.change_policy(by, change),
+            CommandV1::AddCellKey(key) => self.add_cell_key(key),
         };
         if outcome.is_ok() {
             self.cluster_epoch += 1;
@@ -823,6 +827,8 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::ReportRebuildV2 { volume: v, .. } => volume(v),
         CommandV1::Once { .. } => None,
         // Watch streams carry no policy; sessions read its epoch from the state.
-        CommandV1::InitPolicy { .. } | CommandV1::ChangePolicy { .. } => None,
+        CommandV1::InitPolicy { .. }
+        | CommandV1::ChangePolicy { .. }
+        | CommandV1::AddCellKey(_) => None,
     }
 }

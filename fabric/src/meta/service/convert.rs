@@ -421,6 +421,9 @@ pub fn attachment_out(volume: &str, a: &Attachment) -> pb::Attachment {
         volume: volume.to_string(),
         client: a.client.clone(),
         attach_epoch: a.epoch,
+        // Signed by the service for the caller, when it has a principal.
+        capability: Vec::new(),
+        capability_expires_at_unix_ms: 0,
     }
 }
 

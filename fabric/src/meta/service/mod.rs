@@ -3,6 +3,7 @@
 //! [`Member`], and converts the answer back.
 
 pub mod authz;
+mod capability;
 pub mod convert;
 mod policy;
 pub mod watch;
@@ -455,7 +456,7 @@ impl Metadata for MetadataService {
             true => Verb::VolumeForceAttach,
             false => Verb::VolumeAttach,
         };
-        self.authorize_volume(&req, verb, &req.get_ref().name)?;
+        let caller = self.authorize_volume(&req, verb, &req.get_ref().name)?;
         let pb::AttachVolumeRequest {
             name,
             client,
@@ -474,7 +475,9 @@ impl Metadata for MetadataService {
             .await?
         {
             Applied::Attached { volume, attachment } => {
-                Ok(Response::new(attachment_out(&volume, &attachment)))
+                let mut out = attachment_out(&volume, &attachment);
+                self.sign_capability(&caller, &volume, attachment.epoch, &mut out)?;
+                Ok(Response::new(out))
             }
             _ => Err(unexpected("attach volume")),
         }
@@ -602,6 +605,20 @@ impl Metadata for MetadataService {
         req: Request<pb::CanIRequest>,
     ) -> Result<Response<pb::CanIReply>, Status> {
         self.can_i_call(req).await
+    }
+
+    async fn renew_capability(
+        &self,
+        req: Request<pb::RenewCapabilityRequest>,
+    ) -> Result<Response<pb::Attachment>, Status> {
+        self.renew_capability_call(req).await
+    }
+
+    async fn get_cell_keys(
+        &self,
+        req: Request<pb::GetCellKeysRequest>,
+    ) -> Result<Response<pb::CellKeys>, Status> {
+        self.get_cell_keys_call(req).await
     }
 }
 
