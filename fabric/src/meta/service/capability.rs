@@ -37,7 +37,7 @@ impl MetadataService {
         })?;
         let expires = now_unix_ms() + CAPABILITY_TTL_MS;
         let capability =
-            Capability::new(VolumeId(id), attach_epoch, &principal.to_string(), expires)
+            Capability::new(VolumeId(id), attach_epoch, principal.to_string(), expires)
                 .map_err(|e| Status::invalid_argument(format!("capability: {e}")))?;
         out.capability = capability.sign(&key).encode().to_vec();
         out.capability_expires_at_unix_ms = expires;
