@@ -398,6 +398,12 @@ pub fn issue_cert(data_dir: &Path, kind: &str, name: &str, out: &Path, sans: &[&
 /// and the right to use every volume (`volume-user` at the cluster): what an operator does
 /// before a hypervisor host's gateway first starts. Returns the certificate directory.
 pub fn gateway_identity(data_dir: &Path, name: &str) -> PathBuf {
+    gateway_identity_as(data_dir, name, "volume-user")
+}
+
+/// [`gateway_identity`] with another role: `volume-admin` for a gateway started with
+/// `--force`, which takes volumes from others.
+pub fn gateway_identity_as(data_dir: &Path, name: &str, role: &str) -> PathBuf {
     let dir = data_dir.join("gateways").join(name);
     if !dir.join("chain.pem").exists() {
         issue_cert(data_dir, "gateway", name, &dir, &["127.0.0.1"]);
@@ -408,7 +414,7 @@ pub fn gateway_identity(data_dir: &Path, name: &str) -> PathBuf {
             "auth",
             "bind",
             &format!("fabric://dev/gateway/{name}"),
-            "volume-user",
+            role,
         ],
     );
     dir

@@ -511,3 +511,282 @@ fn a_forged_capability_with_a_huge_epoch_fences_nothing_and_the_gateway_writes_o
     let after = fabricctl(&data, &["volume", "show", "vol0"]);
     assert_eq!(after["attach_epoch"].as_u64(), Some(epoch), "{after}");
 }
+
+/// Issues a certificate with `fabricctl cert issue --json` and returns its serial.
+fn issue_serial(data: &Path, kind: &str, name: &str, out: &Path, sans: &[&str]) -> String {
+    let mut cmd = Command::new(workspace_bin("fabricctl"));
+    cmd.args(["--json", "cert", "issue", kind, name, "--overwrite"])
+        .arg("--ca-dir")
+        .arg(data.join("ca"))
+        .arg("--out")
+        .arg(out);
+    for san in sans {
+        cmd.args(["--san", san]);
+    }
+    let issued = ok_json(&cmd.output().unwrap());
+    issued["serial"].as_str().expect("serial").to_owned()
+}
+
+/// An `nbdsh` session over TLS that reads every 100 ms for up to 30 s and prints `CUT <unix
+/// seconds>` when a read fails (or `HELD` if none did).
+fn held_session(uri: &str) -> std::process::Child {
+    let script = format!(
+        "import time\n\
+        h.set_uri_allow_local_file(True)\n\
+        h.connect_uri({uri:?})\n\
+        t0 = time.time()\n\
+        while time.time() - t0 < 30:\n\
+        \x20   try:\n\
+        \x20       h.pread(4096, 0)\n\
+        \x20   except Exception as e:\n\
+        \x20       print('CUT', time.time(), e, flush=True)\n\
+        \x20       raise SystemExit(0)\n\
+        \x20   time.sleep(0.1)\n\
+        print('HELD', flush=True)\n"
+    );
+    // nbdsh is Python with libnbd's module, which is the system Python's: ahead of any other
+    // python3 on PATH.
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    Command::new("nbdsh")
+        .env("PATH", path)
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nbdsh")
+}
+
+/// Seconds from `since` (unix seconds) to the cut `session` printed; panics if it held.
+fn cut_after(session: std::process::Child, since: f64) -> f64 {
+    let out = session.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let at: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("CUT ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the session was not cut: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    at - since
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn revocations_and_withdrawn_bindings_cut_open_sessions_within_5_s_and_refuse_new_ones() {
+    if fabric_suite::tools(&["nbdsh", "nbdinfo"]).is_none() {
+        return;
+    }
+    let (_serial, dir, data, dev) = cluster();
+    let port = dev.addr.port();
+    let uri = |certs: &Path| {
+        format!(
+            "nbds://127.0.0.1:{port}/vol0?tls-certificates={}",
+            certs.display()
+        )
+    };
+    let bind_eve = [
+        "auth",
+        "bind",
+        "fabric://dev/user/eve",
+        "volume-user",
+        "--scope",
+        "volume/vol0",
+    ];
+
+    // Eve's binding is removed while her session reads: the session is cut.
+    let eve = data.join("users/eve");
+    let eve_serial = issue_serial(&data, "user", "eve", &eve, &[]);
+    fabricctl(&data, &bind_eve);
+    let session = held_session(&uri(&eve));
+    std::thread::sleep(Duration::from_secs(2));
+    let unbound = unix_now();
+    let mut unbind = bind_eve;
+    unbind[1] = "unbind";
+    fabricctl(&data, &unbind);
+    let after = cut_after(session, unbound);
+    assert!(after < 5.0, "cut {after:.1} s after the unbind");
+    assert!(
+        !nbdinfo(&[&uri(&eve)]).status.success(),
+        "no binding, no session"
+    );
+
+    // Bound again, then her certificate is revoked: cut, and refused at the next handshake.
+    fabricctl(&data, &bind_eve);
+    let session = held_session(&uri(&eve));
+    std::thread::sleep(Duration::from_secs(2));
+    let revoked = unix_now();
+    fabricctl(
+        &data,
+        &[
+            "cert",
+            "revoke",
+            &eve_serial,
+            "--principal",
+            "fabric://dev/user/eve",
+            "--reason",
+            "laptop lost",
+        ],
+    );
+    let after = cut_after(session, revoked);
+    assert!(after < 5.0, "cut {after:.1} s after the revocation");
+    let out = nbdinfo(&[&uri(&eve)]);
+    assert!(
+        !out.status.success(),
+        "a revoked certificate gets no session"
+    );
+    let listed = fabricctl(&data, &["cert", "revoked"]);
+    assert_eq!(listed[0]["serial"], eve_serial.as_str(), "{listed}");
+
+    // A revoked user's certificate gets nothing from the metadata service either.
+    let bob = dir.path().join("bob");
+    let bob_serial = issue_serial(&data, "user", "bob", &bob, &[]);
+    fabricctl(&data, &["auth", "bind", "fabric://dev/user/bob", "viewer"]);
+    ok_json(&ctl_as(&data, &bob, &["volume", "list"]));
+    fabricctl(&data, &["cert", "revoke", &bob_serial]);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let why = refusal(&ctl_as(&data, &bob, &["volume", "list"]));
+    assert!(why.contains("evoked"), "{why}");
+}
+
+#[test]
+fn a_node_certificate_rotates_while_fio_verifies_and_an_open_replica_link_of_a_revoked_gateway_is_cut()
+ {
+    use volume::wire::{Op, Request, RequestHeader, Status, VolumeId, WriteVersion};
+
+    if fabric_suite::tools(&["fio"]).is_none() {
+        return;
+    }
+    let (_serial, dir, data, dev) = cluster();
+    let fio = Command::new("fio")
+        .args([
+            "--name=rotate",
+            "--ioengine=nbd",
+            &format!("--uri={}", dev.uri()),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=8",
+            "--size=32M",
+            "--time_based=1",
+            "--runtime=14",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start fio");
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Node 2 gets a new certificate in its directory, and is told with SIGHUP.
+    let serial = issue_serial(
+        &data,
+        "node",
+        "2",
+        &data.join("node-2/tls"),
+        &["127.0.0.1", "localhost"],
+    );
+    let pid = fabric_suite::node_pid(&data, 2);
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let cluster: Value =
+        serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
+    let node2: std::net::SocketAddr = cluster["data"][1][1].as_str().unwrap().parse().unwrap();
+    let mallory = dir.path().join("mallory");
+    let mallory_serial = issue_serial(&data, "gateway", "mallory", &mallory, &[]);
+    let tls = fabric::identity::ClusterTls::load(&mallory).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (presented, link_cut_after) = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(node2).await.unwrap();
+        let name = fabric::identity::transport::server_name(&node2.to_string()).unwrap();
+        let (mut s, _) = tls
+            .client
+            .connect(tcp, name, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let leaf = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let presented = fabric::identity::revocation::serial_of(&leaf).unwrap();
+        // An open link of a gateway whose certificate is then revoked is cut.
+        let ping = |id| {
+            Request::new(RequestHeader {
+                op: Op::Ping,
+                flags: 0,
+                request_id: id,
+                volume: VolumeId(0),
+                offset: 0,
+                len: 0,
+                payload_crc: 0,
+                attach_epoch: 0,
+                version: WriteVersion::NONE,
+            })
+        };
+        let mut buf = bytes::BytesMut::new();
+        assert_eq!(
+            call(&mut s, &mut buf, ping(1)).await.header.status,
+            Status::Ok
+        );
+        let revoked = std::time::Instant::now();
+        tokio::task::spawn_blocking({
+            let data = data.clone();
+            move || fabricctl(&data, &["cert", "revoke", &mallory_serial])
+        })
+        .await
+        .unwrap();
+        let mut id = 2;
+        let cut = loop {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let req = ping(id);
+            id += 1;
+            let sent = s.write_all(&req.encode_header()).await;
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(1), s.read(&mut byte)).await;
+            if sent.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+                break revoked.elapsed();
+            }
+            buf.clear();
+            assert!(
+                revoked.elapsed() < Duration::from_secs(10),
+                "the link was never cut"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        (presented, cut)
+    });
+    assert_eq!(
+        presented, serial,
+        "node 2 presents its new certificate to new connections"
+    );
+    assert!(
+        link_cut_after < Duration::from_secs(5),
+        "the revoked gateway's link was cut after {link_cut_after:?}"
+    );
+
+    let out = fio.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fio: {text}");
+    assert!(
+        !text.contains("verify") || !text.contains("bad"),
+        "fio verify: {text}"
+    );
+}

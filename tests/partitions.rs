@@ -365,6 +365,8 @@ impl Cluster {
             .arg("--cert-dir")
             .arg(&cert_dir)
             .args(["--nbd-listen", &format!("0.0.0.0:{NBD_PORT}")])
+            // The clients of this test speak plaintext NBD across the namespaces' bridge.
+            .args(["--nbd-tls", "plaintext"])
             .args(extra)
             .env("FABRIC_LOG", "info")
             .stdin(Stdio::null())

@@ -297,7 +297,7 @@ fn start_gateway_of(
         .collect();
     let port = fabric_suite::free_port();
     let log = std::fs::File::create(log).unwrap();
-    let cert_dir = fabric_suite::gateway_identity(data_dir, client);
+    let cert_dir = fabric_suite::gateway_identity_as(data_dir, client, "volume-admin");
     let gateway = Respawned(
         Command::new(workspace_bin("fabricd"))
             .args(["gateway", "--volume", volume, "--force"])
@@ -516,11 +516,8 @@ fn a_node_marked_out_has_its_replicas_rebuilt_on_the_remaining_nodes() {
 
     fabricctl(&data, &["node", "out", "2"]);
     assert_eq!(held_by(2), 0, "no PG is placed on node 2 any more");
-    let shown = volume_show(&data);
-    assert!(
-        shown["replica_state"]["pgs_degraded"].as_u64().unwrap() > 0,
-        "the PGs that moved have replicas to rebuild: {shown}"
-    );
+    // That the moved PGs were rebuilt (and not found current) is the copy counter's to show
+    // below: a rebuild of 32 MiB can be over before a second command reads the volume.
     let started = std::time::Instant::now();
     wait_fully_redundant(&data);
     eprintln!("rebuild after node out took {:?}", started.elapsed());

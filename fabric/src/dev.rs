@@ -86,9 +86,27 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
             .with_context(|| format!("serve metrics on {listen}"))?;
         println!("serving metrics at http://{bound}/metrics");
     }
+    // The single node serves NBD with its own certificate: TLS clients present one of the
+    // data directory's CA (the administrator's is made), plaintext ones are the host's own
+    // on loopback, as the gateway does.
+    let pki = crate::identity::dev_pki::DevPki::ensure(&config.data_dir)
+        .context("create the dev node's CA")?;
+    let admin = pki
+        .ensure_admin()
+        .context("issue the administrator's certificate")?;
+    let tls = crate::identity::ClusterTls::load(
+        &pki.ensure_gateway(crate::meta::launch::DEV_GATEWAY)
+            .context("issue the node's certificate")?,
+    )
+    .context("load the node's certificate")?;
+    let nbd_tls = match config.nbd_listen.ip().is_loopback() {
+        true => volume::nbd::NbdTls::Optional(tls.server.config()),
+        false => volume::nbd::NbdTls::Required(tls.server.config()),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = volume::nbd::NbdServer::new(exports.clone(), volume::nbd::NbdConfig::default())
-        .context("configure NBD server")?;
+        .context("configure NBD server")?
+        .with_tls(nbd_tls);
     let server = Arc::new(server);
     let tcp = tokio::net::TcpListener::bind(config.nbd_listen)
         .await
@@ -118,6 +136,11 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
             path.display()
         );
     }
+    println!(
+        "over TLS: nbdinfo 'nbds://{addr}/{}?tls-certificates={}'",
+        exports[0].name(),
+        admin.display()
+    );
     println!(
         "try: nbdinfo nbd://{addr}/{}   (Ctrl-C stops)",
         exports[0].name()

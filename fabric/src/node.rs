@@ -626,6 +626,11 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         metrics_listen,
         transport,
     } = cfg;
+    if let Some(tls) = transport.tls() {
+        tokio::spawn(crate::identity::rotation::follow_files(
+            std::sync::Arc::clone(tls),
+        ));
+    }
     let running =
         match member {
             None => None,

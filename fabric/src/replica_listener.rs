@@ -2,7 +2,7 @@
 //! TLS 1.3 handshake (bounded in time, a slot of [`HANDSHAKES_IN_FLIGHT_MAX`]) and must prove a
 //! node or gateway principal of the cluster — the only callers of the replica wire — before
 //! the replica server reads a frame of it. Users' certificates are refused here: people reach
-//! volumes through a gateway.
+//! volumes through a gateway. A connection whose certificate the cluster revokes is cut.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use volume::replica::ReplicaServer;
 
+use crate::identity::revocation::serial_of;
 use crate::identity::{ClusterTls, Principal, PrincipalKind};
 
 /// Handshakes the replica port runs at once.
@@ -75,10 +76,23 @@ pub async fn serve(
                 tracing::warn!(%remote, %principal, "replica connection refused: only nodes and gateways speak the replica wire");
                 return;
             }
-            let ending = server
-                .serve_connection(stream, Some(principal.to_string()), stop)
-                .await;
-            tracing::debug!(%remote, %principal, %ending, "replica connection closed");
+            // A connection whose certificate is revoked while it is open is cut.
+            let serial = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(serial_of)
+                .unwrap_or_default();
+            let revocations = Arc::clone(tls.server.trust().revocations());
+            tokio::select! {
+                ending = server.serve_connection(stream, Some(principal.to_string()), stop) => {
+                    tracing::debug!(%remote, %principal, %ending, "replica connection closed");
+                }
+                () = revocations.revoked(&serial) => {
+                    tracing::warn!(%remote, %principal, serial, "replica connection cut: its certificate was revoked");
+                }
+            }
         });
     }
     drop(listener);

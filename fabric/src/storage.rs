@@ -72,6 +72,19 @@ impl Storage {
             )),
             None => tasks.spawn(Arc::clone(&server).serve(listener, stopped.clone())),
         };
+        if let Some(tls) = transport.tls() {
+            let follow = crate::meta::revocations::follow_client(
+                Arc::clone(&keys_client),
+                Arc::clone(tls.server.trust().revocations()),
+            );
+            let mut stop = stopped.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = follow => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+        }
         if let Some(keys) = keys {
             tasks.spawn(crate::storage_keys::follow(
                 keys,

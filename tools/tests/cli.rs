@@ -85,11 +85,30 @@ fn recheck(text: &str) -> HashMap<&str, u64> {
 
 #[test]
 fn fabricctl_without_a_cluster_fails_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = fabric::identity::dev_pki::DevPki::ensure(dir.path())
+        .unwrap()
+        .ensure_admin()
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fabricctl"))
-        .args(["--endpoints", "127.0.0.1:1", "status"])
+        .args(["--endpoints", "127.0.0.1:1", "status", "--cert-dir"])
+        .arg(&admin)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no member answered"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // Without a certificate it says which and how to get one.
+    let out = Command::new(env!("CARGO_BIN_EXE_fabricctl"))
+        .args(["--endpoints", "127.0.0.1:1", "status", "--cert-dir"])
+        .arg(dir.path().join("nobody"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("fabricctl cert issue user"),
+        "{stderr}"
+    );
 }

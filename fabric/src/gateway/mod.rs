@@ -191,10 +191,17 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             connections_per_volume_max: args.connections_per_volume_max,
         },
         args.volumes.first().cloned(),
-        transport.tls().map(|t| t.cluster().clone()),
+        transport.tls().cloned(),
     );
     let mut background = tokio::task::JoinSet::new();
     background.spawn(volumes.clone().follow_maps());
+    if let Some(tls) = transport.tls() {
+        background.spawn(crate::identity::rotation::follow_files(Arc::clone(tls)));
+        background.spawn(crate::meta::revocations::follow_client(
+            Arc::clone(&client),
+            Arc::clone(tls.server.trust().revocations()),
+        ));
+    }
     // `--force` takes the named volumes over, at start; on demand, a volume held elsewhere
     // is refused until the operator moves it here.
     for name in &args.volumes {

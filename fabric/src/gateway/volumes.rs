@@ -29,7 +29,7 @@ use super::Metered;
 use super::attach::{Attached, MetadataRefusal, detach, open_volume};
 use super::maps::{Stamps, watch_maps};
 use super::resync::resync_stale;
-use crate::identity::ClusterName;
+use crate::identity::ClusterTls;
 use crate::meta::auth::Verb;
 use crate::meta::client::Client;
 use crate::meta::service::watch::WATCH_NAMES_MAX;
@@ -77,8 +77,9 @@ struct Inner {
     /// The names of the attached volumes, which the watch stream follows.
     followed: watch::Sender<BTreeSet<String>>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    /// The cluster whose principals TLS clients are (none: no client is checked).
-    cluster: Option<ClusterName>,
+    /// The gateway's own TLS: whose principals TLS clients are, and the revocations it
+    /// follows (none: no client is checked).
+    tls: Option<Arc<ClusterTls>>,
 }
 
 /// One volume's attachment and use.
@@ -132,7 +133,7 @@ impl Volumes {
         metrics: VolumeMetrics,
         limits: Limits,
         default: Option<String>,
-        cluster: Option<ClusterName>,
+        tls: Option<Arc<ClusterTls>>,
     ) -> Volumes {
         Volumes(Arc::new(Inner {
             client,
@@ -145,7 +146,7 @@ impl Volumes {
             maps: Arc::new(watch::channel(Stamps::default()).0),
             followed: watch::channel(BTreeSet::new()).0,
             slots: Mutex::new(HashMap::new()),
-            cluster,
+            tls,
         }))
     }
 
@@ -460,13 +461,28 @@ fn listing(v: &pb::Volume, attach_as: &str) -> String {
 
 impl Volumes {
     async fn admit(&self, peer: &Peer, verb: Verb, name: &str) -> Result<(), ExportError> {
-        super::clients::admit(&self.0.client, self.0.cluster.as_ref(), peer, verb, name).await
+        let cluster = self.0.tls.as_ref().map(|t| t.cluster());
+        super::clients::admit(&self.0.client, cluster, peer, verb, name).await
     }
 }
 
 impl Exports for Volumes {
     fn default_name(&self) -> Option<String> {
         self.0.default.clone()
+    }
+
+    /// A TLS client is cut once its certificate is revoked or the policy no longer lets it
+    /// attach the volume.
+    fn withdrawn(&self, peer: &Peer, name: &str) -> BoxFuture<'static, ()> {
+        let Some(tls) = self.0.tls.clone() else {
+            return Box::pin(std::future::pending());
+        };
+        Box::pin(super::clients::withdrawn(
+            Arc::clone(&self.0.client),
+            tls,
+            peer.clone(),
+            name.to_owned(),
+        ))
     }
 
     /// A TLS client sees the volumes it may describe.

@@ -22,6 +22,8 @@ pub mod handshake;
 pub mod issue;
 pub mod load;
 pub mod principal;
+pub mod revocation;
+pub mod rotation;
 pub mod tls;
 pub mod transport;
 

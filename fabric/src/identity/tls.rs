@@ -36,6 +36,7 @@ use rustls::{
 
 use super::load::Identity;
 use super::principal::ClusterName;
+use super::revocation::{Revocations, serial_of};
 
 /// The protocol versions Fabric speaks: TLS 1.3 only.
 pub const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -144,6 +145,8 @@ pub struct ClientTrust {
     verifier: ArcSwap<Arc<dyn ClientCertVerifier>>,
     /// What the verifier was built from, so that either half can change alone.
     inputs: std::sync::Mutex<TrustInputs>,
+    /// The serials the cluster revoked, checked after the chain (see `revocation`).
+    revocations: Arc<Revocations>,
 }
 
 struct TrustInputs {
@@ -159,6 +162,7 @@ impl ClientTrust {
         Ok(ClientTrust {
             verifier: ArcSwap::from_pointee(client_verifier(roots.clone(), crls.clone())?),
             inputs: std::sync::Mutex::new(TrustInputs { roots, crls }),
+            revocations: Arc::default(),
         })
     }
 
@@ -192,6 +196,11 @@ impl ClientTrust {
 
     fn current(&self) -> Arc<Arc<dyn ClientCertVerifier>> {
         self.verifier.load_full()
+    }
+
+    /// The revoked serials this server refuses; its owner keeps them current.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 }
 
@@ -235,8 +244,21 @@ impl ClientCertVerifier for ClientTrust {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current()
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = self
+            .current()
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.revocations.is_empty() {
+            return Ok(verified);
+        }
+        match serial_of(end_entity) {
+            Some(serial) if self.revocations.is_revoked(&serial) => Err(
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked),
+            ),
+            Some(_) => Ok(verified),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            )),
+        }
     }
 
     fn verify_tls12_signature(

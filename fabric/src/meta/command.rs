@@ -157,6 +157,8 @@ pub enum CommandV1 {
     },
     /// A new cell key, which signs attach capabilities from then on.
     AddCellKey(super::cell_key::CellKey),
+    /// The certificate with this serial is refused from now on.
+    RevokeCertificate(super::state_revoked::Revoked),
 }
 
 impl From<CommandV1> for Command {
@@ -331,6 +333,9 @@ impl std::fmt::Display for CommandV1 {
             }
             CommandV1::ChangePolicy { by, change } => write!(f, "{by}: {change}"),
             CommandV1::AddCellKey(_) => f.write_str("add a cell key"),
+            CommandV1::RevokeCertificate(r) => {
+                write!(f, "revoke certificate {} ({})", r.serial, r.principal)
+            }
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod model;
 pub mod net;
 pub mod pgmap;
 pub mod query;
+pub mod revocations;
 pub mod server;
 pub mod service;
 pub mod snapshots;
@@ -42,6 +43,7 @@ mod state_placement_test;
 mod state_policy;
 #[cfg(test)]
 mod state_prop_test;
+pub mod state_revoked;
 #[cfg(test)]
 mod state_sim_test;
 pub mod store;

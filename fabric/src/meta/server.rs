@@ -257,6 +257,12 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         )),
     ];
     background.push(tokio::spawn(super::cell_key::ensure(Arc::clone(&member))));
+    if let Some(tls) = cfg.transport.tls() {
+        background.push(tokio::spawn(super::revocations::follow_state(
+            Arc::clone(&member),
+            Arc::clone(tls.server.trust().revocations()),
+        )));
+    }
     if let Some(admin) = cfg.bootstrap_admin.clone() {
         background.push(tokio::spawn(init_policy(Arc::clone(&member), admin)));
     }

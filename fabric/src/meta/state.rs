@@ -43,6 +43,9 @@ pub struct ClusterState {
     /// The keys attach capabilities are signed with, newest last (see `cell_key`).
     #[serde(default)]
     pub cell_keys: Vec<super::cell_key::CellKey>,
+    /// Revoked certificates by serial (see `state_revoked`).
+    #[serde(default)]
+    pub revoked: BTreeMap<String, super::state_revoked::Revoked>,
     /// Which records recent commands changed, for `Watch` deltas (derived, never stored).
     #[serde(skip)]
     pub journal: Journal,
@@ -189,6 +192,7 @@ impl ClusterState {
             CommandV1::InitPolicy { admin } => self.init_policy(admin),
             CommandV1::ChangePolicy { by, change } => self.change_policy(by, change),
             CommandV1::AddCellKey(key) => self.add_cell_key(key),
+            CommandV1::RevokeCertificate(r) => self.revoke_certificate(r),
         };
         if outcome.is_ok() {
             self.cluster_epoch += 1;
@@ -829,6 +833,7 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         // Watch streams carry no policy; sessions read its epoch from the state.
         CommandV1::InitPolicy { .. }
         | CommandV1::ChangePolicy { .. }
-        | CommandV1::AddCellKey(_) => None,
+        | CommandV1::AddCellKey(_)
+        | CommandV1::RevokeCertificate(_) => None,
     }
 }

@@ -59,7 +59,8 @@ enum Cmd {
     /// The cluster's certificate authority (local files; no member is asked).
     #[command(subcommand)]
     Ca(CaCmd),
-    /// Certificates of nodes, gateways and users (local files; no member is asked).
+    /// Certificates of nodes, gateways and users: `issue` works on local files, `revoke` and
+    /// `revoked` ask the cluster.
     #[command(subcommand)]
     Cert(CertCmd),
     /// Access control: bindings of roles to principals, roles, and `can-i`.
@@ -104,6 +105,18 @@ enum CertCmd {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Revokes a certificate by its serial (as `cert issue` printed it): every port of the
+    /// cluster refuses it from then on and cuts connections open with it within seconds.
+    Revoke {
+        serial: String,
+        /// The principal the certificate names, for the record.
+        #[arg(long, default_value = "")]
+        principal: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The revoked certificates.
+    Revoked,
 }
 
 #[derive(Subcommand)]
@@ -269,7 +282,7 @@ fn main() -> ExitCode {
     fabric::identity::tls::install_default_provider();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Ca(_) | Cmd::Cert(_) => local(cli),
+        Cmd::Ca(_) | Cmd::Cert(CertCmd::Issue { .. }) => local(cli),
         _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -280,12 +293,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
-                Some(s) => eprintln!("fabricctl: {}: {}", code_name(s.code()), s.message()),
+                Some(s) => eprintln!(
+                    "fabricctl: {}: {}{}",
+                    code_name(s.code()),
+                    s.message(),
+                    causes(s)
+                ),
                 None => eprintln!("fabricctl: {e:#}"),
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// What lies under a transport failure (a TLS alert from the server, say), as `: a: b`.
+fn causes(status: &tonic::Status) -> String {
+    let mut out = String::new();
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !status.message().contains(&text) && !out.contains(&text) {
+            out += &format!(": {text}");
+        }
+        next = e.source();
+    }
+    out
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -387,6 +419,17 @@ fn print_plan(plan: &pb::BalancePlan, as_json: bool) {
     table(&["node", "replicas", "bytes"], &nodes);
 }
 
+/// The revoked certificates.
+fn revocations_output(r: &pb::Revocations) -> Output {
+    Output::list(
+        r.revoked
+            .iter()
+            .map(|c| json!({"serial": c.serial, "principal": c.principal, "reason": c.reason}))
+            .collect(),
+        &["serial", "principal", "reason"],
+    )
+}
+
 /// The group's membership after a change.
 fn members_output(r: &pb::MembershipReply) -> Output {
     Output::list(
@@ -433,7 +476,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tools::auth::AuthOut::One(v) => Output::one(v),
             tools::auth::AuthOut::List(rows, columns) => Output::list(rows, columns),
         },
-        Cmd::Ca(_) | Cmd::Cert(_) => unreachable!("local commands ask no member"),
+        Cmd::Ca(_) | Cmd::Cert(CertCmd::Issue { .. }) => {
+            unreachable!("local commands ask no member")
+        }
+        Cmd::Cert(CertCmd::Revoke {
+            serial,
+            principal,
+            reason,
+        }) => {
+            let req = pb::RevokedCertificate {
+                serial,
+                principal,
+                reason,
+            };
+            let r = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.revoke_certificate(req).await }
+                })
+                .await?;
+            revocations_output(&r)
+        }
+        Cmd::Cert(CertCmd::Revoked) => {
+            let r = client
+                .call(
+                    |mut c| async move { c.list_revocations(pb::ListRevocationsRequest {}).await },
+                )
+                .await?;
+            revocations_output(&r)
+        }
         Cmd::Node(NodeCmd::List) => {
             let r = client
                 .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })

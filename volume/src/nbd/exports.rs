@@ -101,6 +101,14 @@ pub trait Exports: Send + Sync + 'static {
         peer: &'a Peer,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Opened, ExportError>>;
+
+    /// Resolves once `peer` may no longer use export `name`, which it opened over TLS — its
+    /// certificate was revoked, its permission withdrawn — and the server then closes its
+    /// connection. The default never resolves.
+    fn withdrawn(&self, peer: &Peer, name: &str) -> BoxFuture<'static, ()> {
+        let _ = (peer, name);
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Why a volume cannot be exported under its name.

@@ -255,7 +255,13 @@ impl NbdServer {
                 self.transmit(session, r, w, &peer, shutdown).await
             }
             Ok(Ok(Established::Tls(session, r, w))) => {
-                self.transmit(session, r, w, &peer, shutdown).await
+                let withdrawn = self.exports.withdrawn(&peer, &session.export.export.name);
+                tokio::select! {
+                    () = self.transmit(session, r, w, &peer, shutdown) => {}
+                    () = withdrawn => {
+                        tracing::warn!(peer = %peer.address, "nbd connection cut: the client's access was withdrawn");
+                    }
+                }
             }
             Ok(Err(Unestablished::ClientLeft(why))) => {
                 tracing::info!(peer = %peer.address, reason = why, "nbd connection closed during handshake");

@@ -67,6 +67,7 @@ verbs! {
     ReplicaReport => "replica.report" at Volume,
     AuthRead => "auth.read" at Cluster,
     AuthBind => "auth.bind" at Cluster,
+    CertRevoke => "cert.revoke" at Cluster,
     AuditRead => "audit.read" at Cluster,
 }
 

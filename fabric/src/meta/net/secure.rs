@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::identity::revocation::serial_of;
 use crate::identity::transport::server_name;
 use crate::identity::{Principal, PrincipalKind, Transport};
 
@@ -57,10 +58,28 @@ pub struct PeerInfo {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// An accepted connection and the peer it proved to be.
+/// An accepted connection and the peer it proved to be. Once the peer's certificate is
+/// revoked, every read and write fails, which closes the connection and its calls.
 pub struct PeerStream {
     io: Box<dyn Io>,
     info: PeerInfo,
+    cut: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl PeerStream {
+    /// Fails with PermissionDenied once the peer's certificate is revoked.
+    fn check_cut(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        let Some(cut) = &mut self.cut else {
+            return Ok(());
+        };
+        match cut.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{}: certificate revoked", self.info.caller),
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
 }
 
 impl Connected for PeerStream {
@@ -77,6 +96,7 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_cut(cx)?;
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -87,6 +107,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -95,6 +116,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -166,18 +188,28 @@ async fn authenticate(
                 caller: Caller::InProcess,
                 remote: Some(remote),
             },
+            cut: None,
         }),
         Transport::Tls(tls) => {
             let (stream, principal) = tls
                 .server
                 .accept(tcp, transport.handshake_timeout())
                 .await?;
+            let serial = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(serial_of)
+                .unwrap_or_default();
+            let revocations = Arc::clone(tls.server.trust().revocations());
             Ok(PeerStream {
                 io: Box::new(stream),
                 info: PeerInfo {
                     caller: Caller::Principal(principal),
                     remote: Some(remote),
                 },
+                cut: Some(Box::pin(async move { revocations.revoked(&serial).await })),
             })
         }
     }

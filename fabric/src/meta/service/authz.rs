@@ -176,3 +176,51 @@ pub fn binding_in(b: pb::Binding) -> Result<crate::meta::auth::Binding, Status> 
         scope,
     })
 }
+
+/// How often an open watch stream's permission is checked again.
+pub const STREAM_RECHECK_MS: u64 = 2_000;
+
+/// `inner`, ended with PERMISSION_DENIED once `caller` no longer holds `verb` on the cluster
+/// (checked before every event and every [`STREAM_RECHECK_MS`]), so that a binding removed
+/// while a watch is open stops it within seconds.
+pub fn while_allowed<S>(
+    inner: S,
+    sm: crate::meta::store::StateMachineStore,
+    caller: Caller,
+    verb: Verb,
+) -> tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvent, Status>>
+where
+    S: futures::Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut inner = std::pin::pin!(inner);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(STREAM_RECHECK_MS));
+        loop {
+            let item = tokio::select! {
+                item = inner.next() => item,
+                _ = tick.tick() => {
+                    if let Err(denied) = sm.read(|s, _| decide(&s.policy, &caller, verb, &Target::Cluster)) {
+                        let _ = tx.send(Err(Status::permission_denied(denied.to_string()))).await;
+                        return;
+                    }
+                    continue;
+                }
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
+            if let Err(denied) = sm.read(|s, _| decide(&s.policy, &caller, verb, &Target::Cluster))
+            {
+                let _ = tx
+                    .send(Err(Status::permission_denied(denied.to_string())))
+                    .await;
+                return;
+            }
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -516,7 +516,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.authorize_cluster(&req, Verb::ClusterWatch)?;
+        let caller = self.authorize_cluster(&req, Verb::ClusterWatch)?;
         let req = req.into_inner();
         if req.volume_names.len() > watch::WATCH_NAMES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -532,10 +532,12 @@ impl Metadata for MetadataService {
             names: (!req.volume_names.is_empty())
                 .then(|| Arc::new(req.volume_names.into_iter().collect())),
         };
-        Ok(Response::new(Box::pin(watch::stream(
+        let events = watch::stream(self.member.sm.clone(), req.since_epoch, filter);
+        Ok(Response::new(Box::pin(authz::while_allowed(
+            events,
             self.member.sm.clone(),
-            req.since_epoch,
-            filter,
+            caller,
+            Verb::ClusterWatch,
         ))))
     }
 
@@ -619,6 +621,20 @@ impl Metadata for MetadataService {
         req: Request<pb::GetCellKeysRequest>,
     ) -> Result<Response<pb::CellKeys>, Status> {
         self.get_cell_keys_call(req).await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        req: Request<pb::RevokedCertificate>,
+    ) -> Result<Response<pb::Revocations>, Status> {
+        self.revoke_certificate_call(req).await
+    }
+
+    async fn list_revocations(
+        &self,
+        req: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::Revocations>, Status> {
+        self.list_revocations_call(req).await
     }
 }
 

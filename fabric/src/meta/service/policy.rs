@@ -1,5 +1,6 @@
 //! The access-control calls of the metadata API: reading the policy and the roles, changing
-//! the policy, and asking whether a principal may call a verb on a target.
+//! the policy, asking whether a principal may call a verb on a target, and revoking
+//! certificates.
 
 use proto::meta as pb;
 use tonic::{Request, Response, Status};
@@ -10,6 +11,7 @@ use crate::identity::PrincipalKind;
 use crate::meta::auth::{PolicyChange, Verb, role};
 use crate::meta::command::{Applied, CommandV1};
 use crate::meta::net::secure::Caller;
+use crate::meta::state_revoked::Revoked;
 
 /// Most verbs a custom role may list (there are fewer verbs than this).
 const ROLE_VERBS_MAX: usize = 256;
@@ -137,5 +139,46 @@ impl MetadataService {
                 reason: denied.to_string(),
             },
         }))
+    }
+
+    pub(super) async fn revoke_certificate_call(
+        &self,
+        req: Request<pb::RevokedCertificate>,
+    ) -> Result<Response<pb::Revocations>, Status> {
+        self.authorize_cluster(&req, Verb::CertRevoke)?;
+        let pb::RevokedCertificate {
+            serial,
+            principal,
+            reason,
+        } = req.into_inner();
+        let revoked = Revoked {
+            serial: serial.trim().to_ascii_lowercase().replace(':', ""),
+            principal,
+            reason,
+        };
+        self.write(CommandV1::RevokeCertificate(revoked)).await?;
+        Ok(Response::new(self.revocations()))
+    }
+
+    pub(super) async fn list_revocations_call(
+        &self,
+        req: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::Revocations>, Status> {
+        self.authorize_cluster(&req, Verb::ClusterStatus)?;
+        Ok(Response::new(self.revocations()))
+    }
+
+    fn revocations(&self) -> pb::Revocations {
+        self.member.sm.read(|s, _| pb::Revocations {
+            revoked: s
+                .revoked
+                .values()
+                .map(|r| pb::RevokedCertificate {
+                    serial: r.serial.clone(),
+                    principal: r.principal.clone(),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+        })
     }
 }

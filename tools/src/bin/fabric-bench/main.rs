@@ -7,8 +7,8 @@
 //! `fabricd dev --nodes 3` (three storage processes and a gateway, every block written to three
 //! replicas on the same disk) and reports it beside the others. Jobs alternate between targets
 //! so that drift in the machine's load hits all alike; `--rounds N` repeats and reports medians.
-//! `--rebuild` measures a rebuild instead, and `--driver` the copy tools of a hypervisor host
-//! (`driver.rs`).
+//! `--rebuild` measures a rebuild instead, `--driver` the copy tools of a hypervisor host
+//! (`driver.rs`), and `--tls` what mutual TLS on every hop costs (`tls.rs`).
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use tools::prometheus::{parse_prometheus_text, sample, scrape};
 mod cpu;
 mod disk;
 mod driver;
+mod tls;
 mod verify;
 
 use cpu::cpu_seconds;
@@ -65,6 +66,14 @@ struct Args {
     /// NBD_OPT_GO to the first read. `--size` and `--runtime` do not apply.
     #[arg(long, conflicts_with_all = ["rebuild", "replicated"])]
     driver: bool,
+    /// Instead of the IO jobs: a 3-replica volume with mutual TLS on every hop against the
+    /// plaintext build of `--baseline-fabricd`, a 1-replica volume over TLS against qemu-nbd
+    /// with TLS, and the handshake cost of a connection.
+    #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver"])]
+    tls: bool,
+    /// With `--tls`: a fabricd built from before TLS, to compare with.
+    #[arg(long)]
+    baseline_fabricd: Option<PathBuf>,
 }
 
 /// One fio job shape.
@@ -168,7 +177,18 @@ fn wait_listening(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()
 /// `qemu-nbd` serving the raw file `file` as export `name` on 127.0.0.1:`port` (O_DIRECT and
 /// io_uring, as Fabric's stores do; many clients at once).
 fn start_qemu_nbd(name: &str, port: u16, file: &Path) -> anyhow::Result<Server> {
+    start_qemu_nbd_with(name, port, file, &[])
+}
+
+/// [`start_qemu_nbd`] with `extra` arguments (TLS credentials).
+fn start_qemu_nbd_with(
+    name: &str,
+    port: u16,
+    file: &Path,
+    extra: &[String],
+) -> anyhow::Result<Server> {
     let child = Command::new("qemu-nbd")
+        .args(extra)
         .args(["-f", "raw", "--cache=none", "--aio=io_uring"])
         .args(["--persistent", "--shared=16"])
         .args(["-x", name, "-b", "127.0.0.1", "-p", &port.to_string()])
@@ -301,6 +321,11 @@ fn main() -> anyhow::Result<()> {
     }
     if args.driver {
         let result = driver::driver(&args, &scratch, &fabricd);
+        std::fs::remove_dir_all(&scratch).ok();
+        return result;
+    }
+    if args.tls {
+        let result = tls::tls(&args, size, &scratch, &fabricd);
         std::fs::remove_dir_all(&scratch).ok();
         return result;
     }
