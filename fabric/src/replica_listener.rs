@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use volume::replica::ReplicaServer;
 
-use crate::identity::revocation::serial_of;
+use crate::identity::revocation::peer_serial;
 use crate::identity::{ClusterTls, Principal, PrincipalKind};
 
 /// Handshakes the replica port runs at once.
@@ -77,13 +77,7 @@ pub async fn serve(
                 return;
             }
             // A connection whose certificate is revoked while it is open is cut.
-            let serial = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(serial_of)
-                .unwrap_or_default();
+            let serial = peer_serial(stream.get_ref().1);
             let revocations = Arc::clone(tls.server.trust().revocations());
             tokio::select! {
                 ending = server.serve_connection(stream, Some(principal.to_string()), stop) => {

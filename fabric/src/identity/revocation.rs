@@ -72,6 +72,15 @@ impl Revocations {
     }
 }
 
+/// The serial of the certificate the peer of a finished handshake presented (empty if none,
+/// which no revocation names).
+pub fn peer_serial(conn: &rustls::CommonState) -> String {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(serial_of)
+        .unwrap_or_default()
+}
+
 /// The serial number of `cert` as lowercase hex without separators, as revocations name it.
 pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::identity::revocation::serial_of;
+use crate::identity::revocation::peer_serial;
 use crate::identity::transport::server_name;
 use crate::identity::{Principal, PrincipalKind, Transport};
 
@@ -195,13 +195,7 @@ async fn authenticate(
                 .server
                 .accept(tcp, transport.handshake_timeout())
                 .await?;
-            let serial = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(serial_of)
-                .unwrap_or_default();
+            let serial = peer_serial(stream.get_ref().1);
             let revocations = Arc::clone(tls.server.trust().revocations());
             Ok(PeerStream {
                 io: Box::new(stream),

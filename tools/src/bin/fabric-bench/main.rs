@@ -128,6 +128,8 @@ const JOBS: &[Job] = &[
 struct Target {
     label: &'static str,
     fio_args: Vec<String>,
+    /// Environment fio runs with (libnbd finds TLS certificates under `$HOME/.pki/libnbd`).
+    env: Vec<(String, String)>,
 }
 
 fn nbd_target(label: &'static str, port: u16) -> Target {
@@ -137,6 +139,7 @@ fn nbd_target(label: &'static str, port: u16) -> Target {
             "--ioengine=nbd".into(),
             format!("--uri=nbd://127.0.0.1:{port}/bench"),
         ],
+        env: Vec::new(),
     }
 }
 
@@ -205,9 +208,10 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn fio(args: &[String]) -> anyhow::Result<Value> {
+fn fio(args: &[String], env: &[(String, String)]) -> anyhow::Result<Value> {
     let out = Command::new("fio")
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("--output-format=json")
         .output()
         .context("run fio (is it installed?)")?;
@@ -224,7 +228,8 @@ fn fio(args: &[String]) -> anyhow::Result<Value> {
 }
 
 /// Runs one job and returns IOPS (or MiB/s for 1M jobs, or p50 µs for latency jobs).
-fn run_job(job: &Job, base: &[String], size: u64, runtime: u32) -> anyhow::Result<f64> {
+fn run_job(job: &Job, target: &Target, size: u64, runtime: u32) -> anyhow::Result<f64> {
+    let base = &target.fio_args;
     let mut args = base.to_vec();
     args.extend([
         format!("--name={}", job.name.replace(' ', "_")),
@@ -239,7 +244,7 @@ fn run_job(job: &Job, base: &[String], size: u64, runtime: u32) -> anyhow::Resul
         "--norandommap=1".into(),
         "--group_reporting=1".into(),
     ]);
-    let v = fio(&args)?;
+    let v = fio(&args, &target.env)?;
     let job_v = &v["jobs"][0];
     let side = if job.rw.contains("write") {
         "write"
@@ -259,7 +264,8 @@ fn run_job(job: &Job, base: &[String], size: u64, runtime: u32) -> anyhow::Resul
     }
 }
 
-fn prefill(base: &[String], size: u64) -> anyhow::Result<()> {
+fn prefill(target: &Target, size: u64) -> anyhow::Result<()> {
+    let base = &target.fio_args;
     let mut args = base.to_vec();
     args.extend([
         "--name=prefill".to_string(),
@@ -270,7 +276,7 @@ fn prefill(base: &[String], size: u64) -> anyhow::Result<()> {
         "--buffer_compress_percentage=0".into(),
         "--refill_buffers=1".into(),
     ]);
-    fio(&args).map(|_| ())
+    fio(&args, &target.env).map(|_| ())
 }
 
 /// The median; of an even count, the mean of the two middle values.
@@ -376,17 +382,18 @@ fn main() -> anyhow::Result<()> {
             "--direct=1".into(),
             format!("--filename={}", scratch.join("fio.raw").display()),
         ],
+        env: Vec::new(),
     });
     eprintln!("prefilling {} on each target", args.size);
     for t in &targets {
-        prefill(&t.fio_args, size)?;
+        prefill(t, size)?;
     }
 
     let mut results = vec![vec![Vec::new(); targets.len()]; JOBS.len()];
     for round in 0..args.rounds {
         for (j, job) in JOBS.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
-                let v = run_job(job, &target.fio_args, size, args.runtime)?;
+                let v = run_job(job, target, size, args.runtime)?;
                 eprintln!(
                     "round {round}: {:<22} {:<16} {v:>10.1}",
                     job.name, target.label
@@ -566,13 +573,17 @@ fn rebuild_round(
     wait_listening(port, &mut cluster.child, "fabricd dev --nodes 4")?;
     let nbd = nbd_target("fabric 3-replica", port);
     eprintln!("filling {} of a 3-replica volume", args.size);
-    prefill(&nbd.fio_args, size)?;
+    prefill(&nbd, size)?;
 
-    let raw = vec![
-        "--ioengine=io_uring".to_string(),
-        "--direct=1".into(),
-        format!("--filename={}", dir.join("fio.raw").display()),
-    ];
+    let raw = Target {
+        label: "raw io_uring",
+        fio_args: vec![
+            "--ioengine=io_uring".to_string(),
+            "--direct=1".into(),
+            format!("--filename={}", dir.join("fio.raw").display()),
+        ],
+        env: Vec::new(),
+    };
     let seq_write = Job {
         name: "1M seq write",
         rw: "write",
@@ -581,7 +592,7 @@ fn rebuild_round(
         latency: false,
     };
     let fio_mib_s = run_job(&seq_write, &raw, size, args.runtime)?;
-    let copy_mib_s = copy_ceiling(&raw, size, args.runtime)?;
+    let copy_mib_s = copy_ceiling(&raw.fio_args, size, args.runtime)?;
 
     let ctl = |what: &[&str]| -> anyhow::Result<Value> {
         let out = Command::new(fabricctl)
@@ -691,7 +702,7 @@ fn copy_ceiling(raw: &[String], size: u64, runtime: u32) -> anyhow::Result<f64> 
         "--time_based=1".into(),
         "--ramp_time=1".into(),
     ]);
-    let v = fio(&args)?;
+    let v = fio(&args, &[])?;
     let job = &v["jobs"][0];
     let mib_s = |side: &str| -> anyhow::Result<f64> {
         Ok(job[side]["bw_bytes"]

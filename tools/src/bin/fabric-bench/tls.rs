@@ -1,11 +1,16 @@
-//! `fabric-bench --tls`: what mutual TLS on every hop costs, in one run.
+//! `fabric-bench --tls`: what mutual TLS costs, in one run.
 //!
-//! - A 3-replica volume (`fabricd dev --nodes 3`) with TLS on every hop (fio → gateway over
-//!   `nbds://`, gateway → replicas, gRPC) against the same cluster of a plaintext build from
-//!   before TLS (`--baseline-fabricd`), the two builds alternating job by job.
-//! - A 1-replica volume (`fabricd dev`, one process) over `nbds://` against `qemu-nbd` with
-//!   `--object tls-creds-x509` serving a raw file on the same disk, both requiring a client
-//!   certificate of the same CA.
+//! - A 3-replica volume (`fabricd dev --nodes 3`) of this build, mutual TLS on every hop inside
+//!   the cluster (gateway → replicas, gRPC), against the same cluster of a plaintext build from
+//!   before TLS (`--baseline-fabricd`): fio's 4k random writes and reads at depth 32 through the
+//!   gateway, which fio reaches over loopback as a hypervisor host's clients do (plaintext NBD
+//!   on the host; fio's nbd engine cannot be given client certificates). The two builds
+//!   alternate job by job.
+//! - NBD itself over TLS: a 1-replica volume (`fabricd dev`, one process) against `qemu-nbd`
+//!   with `--object tls-creds-x509`, both requiring a client certificate of one CA, driven by
+//!   `nbdcopy` (libnbd, the only load generator here that takes client certificates) with 4 KiB
+//!   requests, 32 in flight, one connection: a file of random bytes in, then the volume out to
+//!   `null:`. The same with plaintext NBD shows what TLS costs each server.
 //! - The handshake cost of one connection: mutual TLS 1.3 to a member's gRPC port beside a
 //!   plain TCP connect to it, medians of many.
 //!
@@ -21,27 +26,35 @@ use fabric::identity::issue::{LeafRequest, ServerSan};
 use fabric::identity::{ClusterTls, PrincipalKind};
 
 use super::{
-    Args, JOBS, Server, Target, free_port, median, prefill, run_job, start_qemu_nbd_with,
-    wait_listening,
+    Args, JOBS, Server, free_port, median, prefill, run_job, start_qemu_nbd_with, wait_listening,
 };
 
 /// The jobs the comparison runs: the data path's small random IO (what TLS costs most on),
 /// and large sequential IO.
-const TLS_JOBS: &[&str] = &["4k randwrite qd32", "4k randread qd32", "1M seq write"];
+const TLS_JOBS: &[&str] = &["4k randwrite qd32", "4k randread qd32"];
 /// Handshakes timed for the per-connection cost.
 const HANDSHAKES: usize = 200;
 
-fn nbds_target(label: &'static str, port: u16, certs: &Path) -> Target {
-    Target {
-        label,
-        fio_args: vec![
-            "--ioengine=nbd".into(),
-            format!(
-                "--uri=nbds://127.0.0.1:{port}/bench?tls-certificates={}",
-                certs.display()
-            ),
-        ],
+/// One nbdcopy run: `from` to `to`, 4 KiB requests, 32 in flight, one connection; IOPS.
+fn nbdcopy_iops(from: &str, to: &str, bytes: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let out = Command::new("nbdcopy")
+        .args([
+            "--connections=1",
+            "--requests=32",
+            "--request-size=4096",
+            "--flush",
+        ])
+        .args([from, to])
+        .output()
+        .context("run nbdcopy (is libnbd-bin installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "nbdcopy {from} {to}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    Ok(bytes as f64 / 4096.0 / started.elapsed().as_secs_f64())
 }
 
 fn start_dev(
@@ -155,32 +168,87 @@ pub fn tls(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Re
     )?;
     wait_listening(qemu_port, &mut qemu.child, "qemu-nbd")?;
 
-    let targets = [
+    // Plaintext NBD beside TLS on the same two servers, for what TLS costs each.
+    let (plain_single, plain_qemu) = (free_port()?, free_port()?);
+    let single_plain = start_dev(
+        fabricd,
+        &scratch.join("single-plain"),
+        plain_single,
+        size,
+        None,
+    )?;
+    let raw_plain = scratch.join("qemu-plain.raw");
+    std::fs::File::create(&raw_plain)?.set_len(size)?;
+    let mut qemu_plain = super::start_qemu_nbd("bench", plain_qemu, &raw_plain)?;
+    wait_listening(plain_qemu, &mut qemu_plain.child, "qemu-nbd")?;
+
+    let fio_targets = [
         super::nbd_target("3-replica plaintext (before)", plain_port),
-        nbds_target("3-replica mTLS", tls_port, &tls_dir.join("admin")),
-        nbds_target(
-            "1-replica fabric TLS",
-            single_port,
-            &single_dir.join("admin"),
-        ),
-        nbds_target("qemu-nbd TLS", qemu_port, &single_dir.join("admin")),
+        super::nbd_target("3-replica mTLS", tls_port),
     ];
-    eprintln!("prefilling {} on each target", args.size);
-    for t in &targets {
-        prefill(&t.fio_args, size)?;
+    eprintln!("prefilling {} on each 3-replica volume", args.size);
+    for t in &fio_targets {
+        prefill(t, size)?;
     }
+    let certs = single_dir.join("admin");
+    let tls_uri = |port: u16| {
+        format!(
+            "nbds://127.0.0.1:{port}/bench?tls-certificates={}",
+            certs.display()
+        )
+    };
+    let nbd_servers = [
+        ("fabric TLS", tls_uri(single_port)),
+        ("qemu-nbd TLS", tls_uri(qemu_port)),
+        (
+            "fabric plain",
+            format!("nbd://127.0.0.1:{plain_single}/bench"),
+        ),
+        (
+            "qemu-nbd plain",
+            format!("nbd://127.0.0.1:{plain_qemu}/bench"),
+        ),
+    ];
+    let random = scratch.join("random.raw");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&random)?;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..size >> 20 {
+            for chunk in block.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                chunk.copy_from_slice(&state.to_le_bytes());
+            }
+            f.write_all(&block)?;
+        }
+    }
+    let random = random.display().to_string();
     let jobs: Vec<_> = JOBS.iter().filter(|j| TLS_JOBS.contains(&j.name)).collect();
-    let mut results = vec![vec![Vec::new(); targets.len()]; jobs.len()];
+    let mut fio_results = vec![vec![Vec::new(); fio_targets.len()]; jobs.len()];
+    // [write, read] × server
+    let mut copy_results = vec![vec![Vec::new(); nbd_servers.len()]; 2];
     for round in 0..args.rounds {
         for (j, job) in jobs.iter().enumerate() {
-            for (t, target) in targets.iter().enumerate() {
-                let v = run_job(job, &target.fio_args, size, args.runtime)?;
+            for (t, target) in fio_targets.iter().enumerate() {
+                let v = run_job(job, target, size, args.runtime)?;
                 eprintln!(
                     "round {round}: {:<22} {:<28} {v:>10.1}",
                     job.name, target.label
                 );
-                results[j][t].push(v);
+                fio_results[j][t].push(v);
             }
+        }
+        for (s, (label, uri)) in nbd_servers.iter().enumerate() {
+            let w = nbdcopy_iops(&random, uri, size)?;
+            let r = nbdcopy_iops(uri, "null:", size)?;
+            eprintln!(
+                "round {round}: nbdcopy 4k qd32 {label:<16} write {w:>8.0} read {r:>8.0} IOPS"
+            );
+            copy_results[0][s].push(w);
+            copy_results[1][s].push(r);
         }
     }
     let cluster: serde_json::Value =
@@ -190,21 +258,41 @@ pub fn tls(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Re
         .context("a member address")?
         .to_owned();
     let (tcp_ms, tls_ms) = handshake_ms(&member, &tls_dir.join("admin"))?;
-    drop((plain, mtls, single, qemu));
+    drop((plain, mtls, single, qemu, single_plain, qemu_plain));
 
     println!(
-        "{:<26} {:>14} {:>14} {:>10} {:>14} {:>14} {:>10}",
-        "job", "3r plain", "3r mTLS", "mTLS/pl", "1r fabricTLS", "qemu-nbd TLS", "fab/qemu"
+        "{:<26} {:>14} {:>14} {:>10}",
+        "3-replica, fio", "plain (before)", "mTLS", "mTLS/plain"
     );
     for (j, job) in jobs.iter().enumerate() {
-        let m: Vec<f64> = results[j].iter_mut().map(|v| median(v)).collect();
+        let m: Vec<f64> = fio_results[j].iter_mut().map(|v| median(v)).collect();
         let unit = if job.bs == "1M" { "MiB/s" } else { "IOPS" };
         println!(
-            "{:<26} {:>14.0} {:>14.0} {:>10.2} {:>14.0} {:>14.0} {:>10.2}",
+            "{:<26} {:>14.0} {:>14.0} {:>10.2}",
             format!("{} ({unit})", job.name),
             m[0],
             m[1],
-            m[1] / m[0],
+            m[1] / m[0]
+        );
+    }
+    println!(
+        "{:<26} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}",
+        "NBD, nbdcopy 4k qd32 IOPS",
+        "fabric TLS",
+        "qemu TLS",
+        "fab/qemu",
+        "fabric pl",
+        "qemu pl",
+        "fab/qemu"
+    );
+    for (k, what) in ["write", "read"].iter().enumerate() {
+        let m: Vec<f64> = copy_results[k].iter_mut().map(|v| median(v)).collect();
+        println!(
+            "{:<26} {:>12.0} {:>12.0} {:>9.2} {:>12.0} {:>12.0} {:>9.2}",
+            what,
+            m[0],
+            m[1],
+            m[0] / m[1],
             m[2],
             m[3],
             m[2] / m[3]
