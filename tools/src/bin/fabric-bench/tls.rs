@@ -232,7 +232,15 @@ pub fn tls(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Re
     let mut copy_results = vec![vec![Vec::new(); nbd_servers.len()]; 2];
     for round in 0..args.rounds {
         for (j, job) in jobs.iter().enumerate() {
-            for (t, target) in fio_targets.iter().enumerate() {
+            // A, B in even rounds and B, A in odd ones: a job right after another job's
+            // writes may find the disk still busy with them, and neither build should always
+            // be the one that does.
+            let mut order: Vec<usize> = (0..fio_targets.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for t in order {
+                let target = &fio_targets[t];
                 let v = run_job(job, target, size, args.runtime)?;
                 eprintln!(
                     "round {round}: {:<22} {:<28} {v:>10.1}",
