@@ -61,6 +61,21 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
         exports.push(vol);
     }
 
+    // The single node serves NBD with its own certificate: TLS clients present one of the
+    // data directory's CA (the administrator's is made), plaintext ones are the host's own
+    // on loopback, as the gateway does.
+    let pki = crate::identity::dev_pki::DevPki::ensure(&config.data_dir)
+        .context("create the dev node's CA")?;
+    let admin = pki
+        .ensure_admin()
+        .context("issue the administrator's certificate")?;
+    let tls = Arc::new(
+        crate::identity::ClusterTls::load(
+            &pki.ensure_gateway(crate::meta::launch::DEV_GATEWAY)
+                .context("issue the node's certificate")?,
+        )
+        .context("load the node's certificate")?,
+    );
     if let Some(listen) = config.metrics_listen {
         let metrics = crate::metrics::Metrics::new();
         let volumes = crate::metrics::VolumeMetrics::default();
@@ -81,24 +96,11 @@ pub async fn run(config: DevConfig) -> Result<(), DevError> {
                 Arc::new(crate::gateway::Metered::new(v, volumes.clone())) as Arc<dyn BlockVolume>
             })
             .collect();
-        let bound = crate::metrics::serve(metrics, listen)
+        let bound = crate::metrics::serve(metrics, listen, Some(Arc::clone(&tls)))
             .await
             .with_context(|| format!("serve metrics on {listen}"))?;
         println!("serving metrics at http://{bound}/metrics");
     }
-    // The single node serves NBD with its own certificate: TLS clients present one of the
-    // data directory's CA (the administrator's is made), plaintext ones are the host's own
-    // on loopback, as the gateway does.
-    let pki = crate::identity::dev_pki::DevPki::ensure(&config.data_dir)
-        .context("create the dev node's CA")?;
-    let admin = pki
-        .ensure_admin()
-        .context("issue the administrator's certificate")?;
-    let tls = crate::identity::ClusterTls::load(
-        &pki.ensure_gateway(crate::meta::launch::DEV_GATEWAY)
-            .context("issue the node's certificate")?,
-    )
-    .context("load the node's certificate")?;
     let nbd_tls = match config.nbd_listen.ip().is_loopback() {
         true => volume::nbd::NbdTls::Optional(tls.server.config()),
         false => volume::nbd::NbdTls::Required(tls.server.config()),

@@ -6,7 +6,8 @@
 //! - [`node`]: `fabricd node`, one process with the roles it is given: a metadata member (a
 //!   voter of the fixed Raft group) and/or a storage node.
 //! - [`agent`]: a storage node's registration, heartbeats and probes.
-//! - [`metrics`]: the Prometheus endpoint every process serves.
+//! - [`metrics`]: the Prometheus endpoint every process serves ([`metrics_listener`]: over
+//!   mutual TLS off loopback).
 //! - [`storage`]: a node's replica server and the agent that creates its volumes' replicas;
 //!   [`replica_listener`]: its port over mutual TLS, for nodes and gateways only;
 //!   [`replica_dial`]: how gateways and agents dial it; [`storage_keys`]: the cell keys its
@@ -22,6 +23,7 @@ pub mod gateway;
 pub mod identity;
 pub mod meta;
 pub mod metrics;
+pub mod metrics_listener;
 pub mod node;
 pub mod rebuild_agent;
 pub mod replica_dial;

@@ -330,9 +330,14 @@ impl Metrics {
     }
 }
 
-/// Serves `metrics` at `http://listen/metrics` until the runtime ends; returns the bound
-/// address.
-pub async fn serve(metrics: Arc<Metrics>, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+/// Serves `metrics` at `/metrics` on `listen` until the runtime ends; returns the bound
+/// address. With `tls`, off loopback, the endpoint takes mutual TLS only (see
+/// `metrics_listener`); on loopback, or without a certificate, plain HTTP.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    listen: SocketAddr,
+    tls: Option<Arc<crate::identity::ClusterTls>>,
+) -> std::io::Result<SocketAddr> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
@@ -351,11 +356,24 @@ pub async fn serve(metrics: Arc<Metrics>, listen: SocketAddr) -> std::io::Result
             }
         }),
     );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics endpoint stopped");
+    match tls.filter(|_| !listen.ip().is_loopback()) {
+        Some(tls) => {
+            let listener = crate::metrics_listener::TlsListener::new(listener, tls)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            });
+            tracing::info!(%bound, "serving metrics at /metrics over mutual TLS");
         }
-    });
-    tracing::info!(%bound, "serving metrics at /metrics");
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            });
+            tracing::info!(%bound, "serving metrics at /metrics");
+        }
+    }
     Ok(bound)
 }

@@ -686,7 +686,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             if let Some(storage) = &storage {
                 watch_storage(&metrics, storage);
             }
-            let bound = crate::metrics::serve(metrics, listen)
+            let bound = crate::metrics::serve(metrics, listen, transport.tls().cloned())
                 .await
                 .with_context(|| format!("serve metrics on {listen}"))?;
             println!("fabricd node {id} serving metrics at http://{bound}/metrics");

@@ -100,6 +100,22 @@ fn a_damaged_synced_record_stops_the_node_with_exit_code_4() {
     runtime.block_on(async {
         let admin = DevPki::ensure(dir.path()).unwrap().ensure_admin().unwrap();
         let client = Client::new(vec![addr], Transport::load(&admin).unwrap());
+        // The node registers its disk on its own agent's schedule: wait until it has.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let nodes = client
+                .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
+                .await
+                .expect("list nodes");
+            if !nodes.nodes.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node never registered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         for i in 0..5 {
             let req = pb::CreatePoolRequest {
                 name: format!("pool-{i}"),

@@ -175,7 +175,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.metrics_listen {
         let metrics = Metrics::new();
         metrics.register_volumes(&volume_metrics);
-        let bound = crate::metrics::serve(metrics, listen)
+        let bound = crate::metrics::serve(metrics, listen, transport.tls().cloned())
             .await
             .with_context(|| format!("serve metrics on {listen}"))?;
         println!("gateway serving metrics at http://{bound}/metrics");
