@@ -687,6 +687,8 @@ fn a_node_certificate_rotates_while_fio_verifies_and_an_open_replica_link_of_a_r
             "--verify=crc32c",
             "--verify_fatal=1",
             "--do_verify=1",
+            // No verify state file left in the working directory.
+            "--verify_state_save=0",
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
