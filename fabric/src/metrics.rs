@@ -358,22 +358,28 @@ pub async fn serve(
     );
     match tls.filter(|_| !listen.ip().is_loopback()) {
         Some(tls) => {
-            let listener = crate::metrics_listener::TlsListener::new(listener, tls)?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            });
+            spawn_endpoint(
+                crate::metrics_listener::TlsListener::new(listener, tls)?,
+                app,
+            );
             tracing::info!(%bound, "serving metrics at /metrics over mutual TLS");
         }
         None => {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            });
+            spawn_endpoint(listener, app);
             tracing::info!(%bound, "serving metrics at /metrics");
         }
     }
     Ok(bound)
+}
+
+/// Serves `app` on `listener` until the runtime ends.
+fn spawn_endpoint<L: axum::serve::Listener>(listener: L, app: axum::Router)
+where
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
 }

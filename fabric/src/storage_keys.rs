@@ -17,6 +17,7 @@ use proto::meta as pb;
 use tokio::sync::watch;
 use volume::capability::CapabilityKeys;
 
+use crate::meta::cell_key::{hex, unhex};
 use crate::meta::client::Client;
 
 /// How often the node asks for the cell's keys again (a rotation reaches it within this).
@@ -129,21 +130,12 @@ fn read(path: &Path) -> Option<Vec<VerifyingKey>> {
     let text = std::fs::read(path).ok()?;
     let hex: Vec<String> = serde_json::from_slice(&text).ok()?;
     hex.iter()
-        .map(|h| {
-            let bytes: Vec<u8> = (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
-                .collect::<Option<_>>()?;
-            VerifyingKey::try_from(bytes.as_slice()).ok()
-        })
+        .map(|h| VerifyingKey::try_from(unhex(h)?.as_slice()).ok())
         .collect()
 }
 
 fn write(path: &Path, keys: &[VerifyingKey]) -> std::io::Result<()> {
-    let hex: Vec<String> = keys
-        .iter()
-        .map(|k| k.to_bytes().iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
+    let hex: Vec<String> = keys.iter().map(|k| hex(&k.to_bytes())).collect();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(&hex)?)?;
     std::fs::File::open(&tmp)?.sync_all()?;

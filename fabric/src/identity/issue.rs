@@ -216,6 +216,19 @@ impl CertificateAuthority {
 }
 
 impl IssuedLeaf {
+    /// The trust file QEMU and libnbd (gnutls) are given: the root, then the intermediate.
+    /// QEMU checks its own certificate against this file alone, without the chain's
+    /// intermediate, so the root alone would not do.
+    pub fn gnutls_ca_pem(&self) -> String {
+        let begin = "-----BEGIN CERTIFICATE-----";
+        let intermediates = self
+            .chain_pem
+            .match_indices(begin)
+            .nth(1)
+            .map_or("", |(at, _)| &self.chain_pem[at..]);
+        format!("{}{intermediates}", self.ca_pem)
+    }
+
     /// Writes `chain.pem`, `key.pem` (mode 0600) and `ca.pem` into `dir` (created, mode 0700,
     /// if missing). An existing identity is replaced only with `overwrite`, each file
     /// atomically; a reader that catches the key of one issue and the chain of another sees
@@ -245,15 +258,7 @@ impl IssuedLeaf {
         files::replace(&key, self.key_pem.as_bytes(), files::KEY_FILE_MODE)?;
         files::replace(&chain, self.chain_pem.as_bytes(), files::CERT_FILE_MODE)?;
         if matches!(self.principal.kind(), PrincipalKind::User(_)) {
-            // QEMU checks its own certificate against this file alone, without the chain's
-            // intermediate: the file holds the root and the intermediate.
-            let begin = "-----BEGIN CERTIFICATE-----";
-            let intermediates = self
-                .chain_pem
-                .match_indices(begin)
-                .nth(1)
-                .map_or("", |(at, _)| &self.chain_pem[at..]);
-            let trust = format!("{}{intermediates}", self.ca_pem);
+            let trust = self.gnutls_ca_pem();
             for (name, pem, mode) in [
                 (GNUTLS_CA_FILE, &trust, files::CERT_FILE_MODE),
                 (GNUTLS_CLIENT_KEY_FILE, &self.key_pem, files::KEY_FILE_MODE),

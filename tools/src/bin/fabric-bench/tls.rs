@@ -94,18 +94,9 @@ fn qemu_server_creds(ca_dir: &Path, out: &Path) -> anyhow::Result<()> {
         30,
     )?)?;
     std::fs::create_dir_all(out)?;
-    let begin = "-----BEGIN CERTIFICATE-----";
-    let intermediate = leaf
-        .chain_pem
-        .match_indices(begin)
-        .nth(1)
-        .map_or("", |(at, _)| &leaf.chain_pem[at..]);
     std::fs::write(out.join("server-cert.pem"), &leaf.chain_pem)?;
     std::fs::write(out.join("server-key.pem"), &leaf.key_pem)?;
-    std::fs::write(
-        out.join("ca-cert.pem"),
-        format!("{}{intermediate}", leaf.ca_pem),
-    )?;
+    std::fs::write(out.join("ca-cert.pem"), leaf.gnutls_ca_pem())?;
     Ok(())
 }
 
