@@ -33,19 +33,30 @@ pub trait Prober: Send + Sync + 'static {
 }
 
 /// Probes a replica server: opening a session sends a PING, which the server answers with its
-/// power epoch, so an answer means the process serves, not only that its port is open.
-pub struct ReplicaProber;
+/// power epoch, so an answer means the process serves, not only that its port is open. It
+/// dials as the node's replica clients do (mutual TLS with the node's certificate).
+pub struct ReplicaProber {
+    connector: Arc<dyn volume::client::Connector>,
+}
+
+impl ReplicaProber {
+    pub fn new(transport: &crate::identity::Transport) -> ReplicaProber {
+        ReplicaProber {
+            connector: crate::replica_dial::connector(transport),
+        }
+    }
+}
 
 impl Prober for ReplicaProber {
     async fn reachable(&self, _node: u64, data_addr: &str) -> bool {
-        use volume::client::{Link, TcpConnector};
+        use volume::client::Link;
         use volume::wire::{Request, RequestHeader};
         let Ok(addr) = data_addr.parse() else {
             return false;
         };
         let link = Link::new(
             addr,
-            Arc::new(TcpConnector),
+            Arc::clone(&self.connector),
             Duration::from_millis(PROBE_DEADLINE_MS),
             1,
         );

@@ -851,8 +851,11 @@ async fn start_storage(
     let beats = std::sync::Arc::new(crate::agent::Beats::default());
     let agent = tokio::spawn(crate::agent::run(
         registration,
-        std::sync::Arc::new(crate::meta::client::Client::new(endpoints, transport)),
-        std::sync::Arc::new(crate::agent::ReplicaProber),
+        std::sync::Arc::new(crate::meta::client::Client::new(
+            endpoints,
+            transport.clone(),
+        )),
+        std::sync::Arc::new(crate::agent::ReplicaProber::new(&transport)),
         std::sync::Arc::clone(&beats),
         stopped,
     ));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use volume::client::pool::PoolConfigError;
 use volume::client::{
-    ConnectFuture, Connector, PoolConfig, ReplicaPool, StreamReader, StreamWriter,
+    ConnectFuture, Connector, PoolConfig, ReplicaPool, StreamReader, StreamWriter, TcpConnector,
 };
 
 use crate::identity::handshake::HANDSHAKE_TIMEOUT_MS;
@@ -55,13 +55,18 @@ impl Connector for TlsConnector {
     }
 }
 
+/// How a process that dials over `transport` opens connections to replica servers.
+pub fn connector(transport: &Transport) -> Arc<dyn Connector> {
+    match transport.tls() {
+        Some(tls) => Arc::new(TlsConnector::new(Arc::clone(tls))),
+        None => Arc::new(TcpConnector),
+    }
+}
+
 /// The replica pool of a process that dials over `transport`.
 pub fn replica_pool(
     transport: &Transport,
     config: PoolConfig,
 ) -> Result<Arc<ReplicaPool>, PoolConfigError> {
-    match transport.tls() {
-        Some(tls) => ReplicaPool::new(config, Arc::new(TlsConnector::new(Arc::clone(tls)))),
-        None => ReplicaPool::tcp(config),
-    }
+    ReplicaPool::new(config, connector(transport))
 }
