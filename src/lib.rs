@@ -145,6 +145,21 @@ pub struct DevNode {
     log_lines: Vec<String>,
 }
 
+/// A `fabricd dev --nodes 3` cluster serving `vol0` (64 MiB) from a new temporary directory's
+/// `data`, holding the one-cluster-at-a-time lock while it runs.
+pub fn three_node_cluster() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    PathBuf,
+    DevNode,
+) {
+    let serial = one_cluster_at_a_time();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
+    (serial, dir, data, dev)
+}
+
 impl DevNode {
     /// Starts `fabricd dev` on a fresh port, serving `volume` (`NAME:SIZE`) from `data_dir`.
     pub fn start(data_dir: &Path, volume: &str) -> anyhow::Result<DevNode> {

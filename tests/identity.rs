@@ -12,21 +12,8 @@ use std::time::Duration;
 use fabric::identity::ca::CertificateAuthority;
 use fabric::identity::issue::LeafRequest;
 use fabric::identity::{ClusterName, PrincipalKind};
-use fabric_suite::{DevNode, fabricctl, issue_cert, workspace_bin};
+use fabric_suite::{fabricctl, issue_cert, workspace_bin};
 use serde_json::Value;
-
-fn cluster() -> (
-    std::sync::MutexGuard<'static, ()>,
-    tempfile::TempDir,
-    PathBuf,
-    DevNode,
-) {
-    let serial = fabric_suite::one_cluster_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let dev = DevNode::start_with(&data, "vol0:64MiB", &["--nodes", "3"]).expect("start dev");
-    (serial, dir, data, dev)
-}
 
 /// `fabricctl --json --data-dir DATA --cert-dir CERTS ARGS`, whatever its outcome.
 fn ctl_as(data: &Path, certs: &Path, args: &[&str]) -> Output {
@@ -80,7 +67,7 @@ fn plaintext_answer(addr: &str, bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn every_port_takes_mutual_tls_only_and_foreign_or_expired_certificates_are_refused() {
-    let (_serial, dir, data, _dev) = cluster();
+    let (_serial, dir, data, _dev) = fabric_suite::three_node_cluster();
     let cluster: Value =
         serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
     // An HTTP/2 client in plaintext gets no SETTINGS frame back from a member's gRPC port.
@@ -138,7 +125,7 @@ fn every_port_takes_mutual_tls_only_and_foreign_or_expired_certificates_are_refu
 
 #[test]
 fn roles_at_scopes_decide_every_call_and_each_refusal_names_what_was_missing() {
-    let (_serial, _dir, data, _dev) = cluster();
+    let (_serial, _dir, data, _dev) = fabric_suite::three_node_cluster();
     for pool in ["a", "b"] {
         fabricctl(&data, &["pool", "create", pool, "--pg-count", "8"]);
     }
@@ -296,7 +283,7 @@ fn nbd_clients_use_tls_with_qemu_and_libnbd_and_are_held_to_the_policy() {
     if fabric_suite::tools(&["nbdinfo", "qemu-img", "qemu-io"]).is_none() {
         return;
     }
-    let (_serial, dir, data, dev) = cluster();
+    let (_serial, dir, data, dev) = fabric_suite::three_node_cluster();
     let admin = data.join("admin");
     let port = dev.addr.port();
 
@@ -429,7 +416,7 @@ fn a_forged_capability_with_a_huge_epoch_fences_nothing_and_the_gateway_writes_o
     if fabric_suite::tools(&["qemu-io"]).is_none() {
         return;
     }
-    let (_serial, dir, data, dev) = cluster();
+    let (_serial, dir, data, dev) = fabric_suite::three_node_cluster();
     let io = |cmds: &[&str]| {
         let mut c = Command::new("qemu-io");
         c.args(["-f", "raw", &dev.uri()]);
@@ -590,7 +577,7 @@ fn revocations_and_withdrawn_bindings_cut_open_sessions_within_5_s_and_refuse_ne
     if fabric_suite::tools(&["nbdsh", "nbdinfo"]).is_none() {
         return;
     }
-    let (_serial, dir, data, dev) = cluster();
+    let (_serial, dir, data, dev) = fabric_suite::three_node_cluster();
     let port = dev.addr.port();
     let uri = |certs: &Path| {
         format!(
@@ -672,7 +659,7 @@ fn a_node_certificate_rotates_while_fio_verifies_and_an_open_replica_link_of_a_r
     if fabric_suite::tools(&["fio"]).is_none() {
         return;
     }
-    let (_serial, dir, data, dev) = cluster();
+    let (_serial, dir, data, dev) = fabric_suite::three_node_cluster();
     let fio = Command::new("fio")
         .args([
             "--name=rotate",

@@ -21,6 +21,7 @@ pub mod config;
 pub mod dev;
 pub mod gateway;
 pub mod identity;
+pub mod join;
 pub mod meta;
 pub mod metrics;
 pub mod metrics_listener;

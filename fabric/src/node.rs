@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::agent::NODE_HEARTBEAT_INTERVAL_MS;
 use crate::config::{Endpoint, local_dial};
+use crate::identity::join::JoinToken;
 use crate::identity::{PrincipalKind, Transport};
 use crate::meta::client::{NODE_FILE, NodeFile};
 use crate::meta::liveness::LivenessConfig;
@@ -110,6 +111,17 @@ pub struct NodeArgs {
     /// (`fabric://CLUSTER/user/NAME`); everyone else starts with no rights.
     #[arg(long)]
     pub bootstrap_admin: Option<String>,
+    /// Meta role: a CA directory (`fabricctl ca init`; the intermediate's certificate and key,
+    /// the root's certificate) with which this member signs the certificates of nodes that
+    /// join with a token.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    /// A join token (`fabricctl join-token create`): on first start, with no certificate in
+    /// --cert-dir yet, the node gets its certificate from the member at --join (default: the
+    /// first --meta address), which must prove it holds the CA the token pins. A storage node
+    /// then registers with that member unless --meta says otherwise.
+    #[arg(long, env = "FABRIC_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// The TOML form of the same settings.
@@ -137,6 +149,7 @@ pub struct NodeToml {
     pub metrics_listen: Option<String>,
     pub cert_dir: Option<PathBuf>,
     pub bootstrap_admin: Option<String>,
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// The roles a node has.
@@ -222,6 +235,8 @@ impl TryFrom<NodeArgs> for NodeConfig {
             metrics_listen,
             cert_dir,
             bootstrap_admin,
+            ca_dir,
+            token,
         } = args;
         let file = match &config {
             Some(path) => {
@@ -254,6 +269,7 @@ impl TryFrom<NodeArgs> for NodeConfig {
             metrics_listen: f_metrics,
             cert_dir: f_cert_dir,
             bootstrap_admin: f_admin,
+            ca_dir: f_ca_dir,
         } = file;
 
         let id = id.or(f_id).context("--id is required")?;
@@ -262,19 +278,45 @@ impl TryFrom<NodeArgs> for NodeConfig {
         }
         let data_dir = data_dir.or(f_data_dir).context("--data-dir is required")?;
         let roles = Roles::parse(roles.or(f_roles).as_deref().unwrap_or("meta,storage"))?;
-        let meta_endpoints = parse_endpoints(meta.or(f_meta).as_deref().unwrap_or(""))?;
+        let mut meta_endpoints = parse_endpoints(meta.or(f_meta).as_deref().unwrap_or(""))?;
+        let token = token
+            .map(|t| t.parse::<JoinToken>())
+            .transpose()
+            .context("--token")?;
+        let mut join = join.or(f_join);
+        // With a token, --join names the member the certificate comes from; a storage node
+        // also registers there unless --meta names other members.
+        let cert_from = match &token {
+            None => None,
+            Some(_) => Some(
+                join.clone()
+                    .or_else(|| meta_endpoints.first().cloned())
+                    .context("--token needs --join ADDR, the member to join through")?,
+            ),
+        };
+        if let Some(from) = &cert_from
+            && !roles.meta
+        {
+            from.parse::<SocketAddr>()
+                .with_context(|| format!("--join {from:?}: want IP:PORT"))?;
+            if meta_endpoints.is_empty() {
+                meta_endpoints.push(from.clone());
+            }
+            join = None;
+        }
         let raft = RaftFlags {
             listen: listen.or(f_listen),
             advertise_rpc: advertise_rpc.or(f_advertise_rpc),
             bootstrap: bootstrap || f_bootstrap.unwrap_or(false),
             peers: peers.or(f_peers),
-            join: join.or(f_join),
+            join,
             heartbeat_interval_ms: heartbeat_interval_ms.or(f_hb),
             election_timeout_min_ms: election_timeout_min_ms.or(f_emin),
             election_timeout_max_ms: election_timeout_max_ms.or(f_emax),
             snapshot_logs: snapshot_logs.or(f_snap),
             node_out_after_ms: node_out_after_ms.or(f_out),
             bootstrap_admin: bootstrap_admin.or(f_admin),
+            ca_dir: ca_dir.or(f_ca_dir),
         };
         let member = if roles.meta {
             Some(member_config(id, &data_dir, raft)?)
@@ -355,7 +397,40 @@ impl TryFrom<NodeArgs> for NodeConfig {
         let cert_dir = cert_dir
             .or(f_cert_dir)
             .unwrap_or_else(|| data_dir.join(NODE_CERT_DIR));
+        if let (Some(token), Some(from)) = (&token, &cert_from) {
+            if cert_dir.join(crate::identity::load::CHAIN_FILE).exists() {
+                tracing::info!(
+                    dir = %cert_dir.display(),
+                    "the node has a certificate already; --token is not used"
+                );
+            } else {
+                let mut names: Vec<String> = Vec::new();
+                let endpoints = member
+                    .iter()
+                    .map(|m| &m.rpc)
+                    .chain(storage.iter().filter_map(|s| s.data.as_ref()));
+                for e in endpoints {
+                    for ip in [e.advertised(e.bind).ip(), local_dial(e.bind).ip()] {
+                        if !names.contains(&ip.to_string()) {
+                            names.push(ip.to_string());
+                        }
+                    }
+                }
+                crate::join::obtain_certificate_blocking(from, token, id, names, &cert_dir)
+                    .with_context(|| format!("join with token {}", token.id()))?;
+            }
+        }
         let transport = node_transport(id, &cert_dir)?;
+        if let Some(ca) = member.as_ref().and_then(|m| m.signer.as_ref()) {
+            let own = transport.tls().expect("loaded");
+            if ca.cluster() != own.cluster() {
+                bail!(
+                    "--ca-dir is the CA of cluster {}, this node's certificate of cluster {}",
+                    ca.cluster().as_str(),
+                    own.cluster().as_str()
+                );
+            }
+        }
         let member = member.map(|m| MemberConfig {
             transport: transport.clone(),
             ..m
@@ -384,6 +459,7 @@ struct RaftFlags {
     snapshot_logs: Option<u64>,
     node_out_after_ms: Option<u64>,
     bootstrap_admin: Option<String>,
+    ca_dir: Option<PathBuf>,
 }
 
 impl RaftFlags {
@@ -410,6 +486,7 @@ impl RaftFlags {
             ("--snapshot-logs", self.snapshot_logs.is_some()),
             ("--node-out-after-ms", self.node_out_after_ms.is_some()),
             ("--bootstrap-admin", self.bootstrap_admin.is_some()),
+            ("--ca-dir", self.ca_dir.is_some()),
         ];
         match given.iter().find(|(_, g)| *g) {
             Some((flag, _)) => {
@@ -443,6 +520,13 @@ fn member_config(id: u64, data_dir: &Path, f: RaftFlags) -> anyhow::Result<Membe
             voters.len()
         );
     }
+    let signer = match &f.ca_dir {
+        None => None,
+        Some(dir) => Some(std::sync::Arc::new(
+            crate::identity::ca::CertificateAuthority::open(dir)
+                .with_context(|| format!("--ca-dir {}", dir.display()))?,
+        )),
+    };
     let d = RaftTuning::default();
     let tuning = RaftTuning {
         heartbeat_interval_ms: f.heartbeat_interval_ms.unwrap_or(d.heartbeat_interval_ms),
@@ -492,6 +576,7 @@ fn member_config(id: u64, data_dir: &Path, f: RaftFlags) -> anyhow::Result<Membe
         tuning,
         liveness,
         bootstrap_admin,
+        signer,
         // Set once the node's certificate is loaded.
         transport: Transport::InProcessPlaintext,
     })

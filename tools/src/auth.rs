@@ -4,7 +4,9 @@
 use clap::Subcommand;
 use fabric::meta::client::Client;
 use proto::meta as pb;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::reply::Reply;
 
 /// `fabricctl auth ...`.
 #[derive(Subcommand)]
@@ -48,14 +50,8 @@ pub enum AuthCmd {
     },
 }
 
-/// What an auth command prints: one record, or rows under columns.
-pub enum AuthOut {
-    One(Value),
-    List(Vec<Value>, &'static [&'static str]),
-}
-
 /// Runs `cmd` against the cluster.
-pub async fn run(cmd: AuthCmd, client: &Client) -> anyhow::Result<AuthOut> {
+pub async fn run(cmd: AuthCmd, client: &Client) -> anyhow::Result<Reply> {
     let change = |change: pb::policy_change::Change| pb::PolicyChange {
         change: Some(change),
     };
@@ -74,7 +70,7 @@ pub async fn run(cmd: AuthCmd, client: &Client) -> anyhow::Result<AuthOut> {
             let r = client
                 .call(|mut c| async move { c.list_roles(pb::ListRolesRequest {}).await })
                 .await?;
-            return Ok(AuthOut::List(
+            return Ok(Reply::List(
                 r.roles
                     .iter()
                     .map(|r| {
@@ -104,7 +100,7 @@ pub async fn run(cmd: AuthCmd, client: &Client) -> anyhow::Result<AuthOut> {
                     async move { c.can_i(req).await }
                 })
                 .await?;
-            return Ok(AuthOut::One(json!({
+            return Ok(Reply::One(json!({
                 "allowed": r.allowed,
                 "principal": r.principal,
                 "verb": req.verb,
@@ -153,7 +149,7 @@ pub async fn run(cmd: AuthCmd, client: &Client) -> anyhow::Result<AuthOut> {
             send(client, change(pb::policy_change::Change::RemoveRole(name))).await?
         }
     };
-    Ok(AuthOut::List(
+    Ok(Reply::List(
         policy
             .bindings
             .iter()

@@ -3,7 +3,9 @@
 pub mod auth;
 pub mod group;
 pub mod identity;
+pub mod join_token;
 pub mod movement;
 pub mod nbd_probe;
 pub mod prometheus;
+pub mod reply;
 pub mod volume_map;

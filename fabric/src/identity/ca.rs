@@ -204,7 +204,8 @@ pub fn spki_pin(der: &CertificateDer<'_>) -> Result<String, String> {
     Ok(format!("sha256:{}", hex(&digest)))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -261,6 +262,15 @@ pub struct CertificateAuthority {
     pub(crate) intermediate_pem: String,
     pub(crate) intermediate_not_after: OffsetDateTime,
     pub(crate) issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("cluster", &self.cluster.as_str())
+            .field("root_pin", &self.root_pin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CertificateAuthority {

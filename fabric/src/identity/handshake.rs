@@ -11,8 +11,9 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use rustls::{CertificateError, CommonState, InvalidMessage};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor, TlsConnector, client, server};
 
+use super::join::{JOIN_ALPN, JoinServerTls};
 use super::principal::{ClusterName, Principal, PrincipalError};
 use super::tls::{ClientTls, ServerTls};
 
@@ -108,4 +109,52 @@ impl ClientTls {
         let principal = peer_principal(stream.get_ref().1, self.cluster())?;
         Ok((stream, principal))
     }
+}
+
+/// What a listener that also admits joining nodes accepted.
+pub enum Accepted<IO> {
+    /// A principal of this cluster, proved by its certificate.
+    Member(server::TlsStream<IO>, Principal),
+    /// A node without a certificate yet, asking for one with a join token: it may make the
+    /// join call and nothing else.
+    Joiner(server::TlsStream<IO>),
+}
+
+/// Accepts a TLS connection on `io` as [`ServerTls::accept`] does, except that a client
+/// asking for [`JOIN_ALPN`] gets `join`'s configuration, which asks for no certificate.
+pub async fn accept_or_join<IO>(
+    server: &ServerTls,
+    join: &JoinServerTls,
+    io: IO,
+    timeout: Duration,
+) -> Result<Accepted<IO>, HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+            .await
+            .map_err(HandshakeError::from_io)?;
+        let joining = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == JOIN_ALPN));
+        let config = if joining {
+            join.config()
+        } else {
+            server.config()
+        };
+        let stream = start
+            .into_stream(config)
+            .await
+            .map_err(HandshakeError::from_io)?;
+        if joining {
+            return Ok(Accepted::Joiner(stream));
+        }
+        let principal = peer_principal(stream.get_ref().1, server.cluster())?;
+        Ok(Accepted::Member(stream, principal))
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| HandshakeError::Timeout(timeout.as_millis() as u64))?
 }

@@ -132,6 +132,42 @@ impl CertificateAuthority {
     /// certificate, more than [`SERVER_NAMES_MAX`] of them, an empty validity and a leaf that
     /// would outlive the intermediate. A validity wholly in the past is allowed (tests use it).
     pub fn issue(&self, request: &LeafRequest) -> Result<IssuedLeaf, IdentityError> {
+        let key = KeyPair::generate_for(ca::KEY_ALGORITHM)?;
+        let signed = self.sign(request, &key)?;
+        Ok(IssuedLeaf {
+            principal: signed.principal,
+            chain_pem: signed.chain_pem,
+            key_pem: key.serialize_pem(),
+            ca_pem: self.root_pem.clone(),
+            not_after: request.not_after,
+            serial: signed.serial,
+            server_names: request.server_names.clone(),
+        })
+    }
+
+    /// Signs a leaf for `request` over the public key of a certificate signing request (DER),
+    /// whose own signature proves that its sender holds the private key. Only the key is taken
+    /// from the request: who the leaf names and what it may do come from `request` alone.
+    pub fn issue_for_csr(
+        &self,
+        request: &LeafRequest,
+        csr_der: &[u8],
+    ) -> Result<SignedLeaf, IdentityError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&csr_der.into())
+            .map_err(|e| IdentityError::Request(format!("certificate signing request: {e}")))?;
+        self.sign(request, &csr.public_key)
+    }
+
+    /// The root certificate's PEM text, the trust anchor every leaf is given.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    fn sign(
+        &self,
+        request: &LeafRequest,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<SignedLeaf, IdentityError> {
         let principal = Principal::new(self.cluster.clone(), request.kind.clone())?;
         let is_user = matches!(request.kind, PrincipalKind::User(_));
         if is_user && !request.server_names.is_empty() {
@@ -197,22 +233,26 @@ impl CertificateAuthority {
             });
         }
 
-        let key = KeyPair::generate_for(ca::KEY_ALGORITHM)?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedLeaf {
+        let cert = params.signed_by(public_key, &self.issuer)?;
+        Ok(SignedLeaf {
             principal,
             chain_pem: format!("{}\n{}", cert.pem().trim_end(), self.intermediate_pem),
-            key_pem: key.serialize_pem(),
-            ca_pem: self.root_pem.clone(),
-            not_after: request.not_after,
             serial: serial
                 .to_bytes()
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
-            server_names: request.server_names.clone(),
         })
     }
+}
+
+/// A leaf signed over a key the CA never saw.
+pub struct SignedLeaf {
+    pub principal: Principal,
+    /// The leaf, then the intermediate.
+    pub chain_pem: String,
+    /// Hex, as revocation lists and `openssl x509 -serial` name it.
+    pub serial: String,
 }
 
 impl IssuedLeaf {

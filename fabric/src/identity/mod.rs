@@ -11,8 +11,9 @@
 //! configuration is built from [`tls::provider`], the one crypto provider. Private keys are
 //! written with mode 0600 from the moment their file exists, and a CA's keys are never
 //! overwritten.
-//! [`transport`] is what a process secures its connections with, and [`dev_pki`] the
-//! certificates a `fabricd dev` cluster makes for itself.
+//! [`transport`] is what a process secures its connections with, [`dev_pki`] the
+//! certificates a `fabricd dev` cluster makes for itself, and [`join`] how a new node gets its
+//! certificate with a one-time token.
 
 pub mod ca;
 pub mod dev_pki;
@@ -20,6 +21,7 @@ pub mod error;
 mod files;
 pub mod handshake;
 pub mod issue;
+pub mod join;
 pub mod load;
 pub mod principal;
 pub mod revocation;

@@ -96,6 +96,11 @@ impl CertSlot {
     pub fn leaf(&self) -> CertificateDer<'static> {
         self.current.load().cert[0].clone()
     }
+
+    /// The chain and key presented now.
+    pub fn certified(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
 }
 
 fn certified_key(
@@ -351,7 +356,7 @@ impl ServerTls {
     }
 
     /// The slot of the presented certificate.
-    pub fn cert(&self) -> &CertSlot {
+    pub fn cert(&self) -> &Arc<CertSlot> {
         &self.cert
     }
 

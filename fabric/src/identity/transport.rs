@@ -15,6 +15,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 
 use super::handshake::HANDSHAKE_TIMEOUT_MS;
+use super::join::JoinServerTls;
 use super::load::Identity;
 use super::principal::Principal;
 use super::tls::{ClientTls, ServerTls};
@@ -24,6 +25,8 @@ use super::{ClusterName, IdentityError};
 pub struct ClusterTls {
     pub server: ServerTls,
     pub client: ClientTls,
+    /// What a member presents to a node joining with a token (see [`super::join`]).
+    pub join: JoinServerTls,
     principal: Principal,
     dir: Option<PathBuf>,
 }
@@ -48,9 +51,12 @@ impl ClusterTls {
     pub fn from_identity(identity: &Identity) -> Result<ClusterTls, IdentityError> {
         let server = ServerTls::new(identity).map_err(|e| IdentityError::Tls(e.to_string()))?;
         let client = ClientTls::new(identity).map_err(|e| IdentityError::Tls(e.to_string()))?;
+        let join = JoinServerTls::new(server.cert().clone(), identity.roots().to_vec())
+            .map_err(|e| IdentityError::Tls(e.to_string()))?;
         Ok(ClusterTls {
             server,
             client,
+            join,
             principal: identity.principal().clone(),
             dir: None,
         })
@@ -95,6 +101,7 @@ impl ClusterTls {
             .reload(identity.chain().to_vec(), identity.key())
             .map_err(tls_err)?;
         self.server.trust().update_roots(roots).map_err(tls_err)?;
+        self.join.update_roots(identity.roots().to_vec());
         self.client
             .reload(identity.chain().to_vec(), identity.key())
             .map_err(tls_err)?;

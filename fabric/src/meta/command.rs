@@ -159,6 +159,15 @@ pub enum CommandV1 {
     AddCellKey(super::cell_key::CellKey),
     /// The certificate with this serial is refused from now on.
     RevokeCertificate(super::state_revoked::Revoked),
+    /// A one-time join token (its secret's digest) a new node may redeem until it expires.
+    AddJoinToken(super::state_join::JoinTokenRecord),
+    /// Node `node` redeems join token `id`, at `now_ms` by the proposing member's clock.
+    RedeemJoinToken {
+        id: String,
+        secret_sha256: String,
+        node: super::model::NodeId,
+        now_ms: u64,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -335,6 +344,16 @@ impl std::fmt::Display for CommandV1 {
             CommandV1::AddCellKey(_) => f.write_str("add a cell key"),
             CommandV1::RevokeCertificate(r) => {
                 write!(f, "revoke certificate {} ({})", r.serial, r.principal)
+            }
+            CommandV1::AddJoinToken(t) => write!(
+                f,
+                "{}: make join token {} ({})",
+                t.created_by,
+                t.id,
+                t.role.name()
+            ),
+            CommandV1::RedeemJoinToken { id, node, .. } => {
+                write!(f, "node {node} joins with token {id}")
             }
         }
     }

@@ -223,7 +223,10 @@ impl DevCluster {
                         .arg("--listen")
                         .arg(addr)
                         .arg("--node-out-after-ms")
-                        .arg(DEV_NODE_OUT_AFTER_MS.to_string());
+                        .arg(DEV_NODE_OUT_AFTER_MS.to_string())
+                        // Members sign the certificates of nodes that join with a token.
+                        .arg("--ca-dir")
+                        .arg(pki.ca_dir());
                     if *id == 1 {
                         cmd.arg("--bootstrap")
                             .arg("--peers")

@@ -38,6 +38,7 @@ pub mod server;
 pub mod service;
 pub mod snapshots;
 pub mod state;
+pub mod state_join;
 #[cfg(test)]
 mod state_placement_test;
 mod state_policy;

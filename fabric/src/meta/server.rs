@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::{Config, SnapshotPolicy};
+use proto::meta::join_server::JoinServer;
 use proto::meta::metadata_server::MetadataServer;
 use proto::raft::raft_service_server::RaftServiceServer;
 use tokio::task::JoinHandle;
@@ -21,6 +22,7 @@ use super::net::MESSAGE_BYTES_MAX;
 use super::net::client::{NetworkFactory, PeerChannels};
 use super::net::server::RaftTransport;
 use super::service::MetadataService;
+use super::service::join::JoinService;
 use super::types::{MemberNode, Raft};
 use crate::config::Endpoint;
 use crate::identity::Transport;
@@ -77,6 +79,8 @@ pub struct MemberConfig {
     pub transport: Transport,
     /// When bootstrapping: the principal that starts as cluster-admin.
     pub bootstrap_admin: Option<String>,
+    /// The CA whose intermediate signs the certificates of nodes joining with a token.
+    pub signer: Option<Arc<crate::identity::ca::CertificateAuthority>>,
 }
 
 /// Why a member could not start.
@@ -242,13 +246,34 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         tonic::transport::Server::builder()
             .add_service(transport)
             .add_service(metadata)
-            .serve_with_incoming_shutdown(incoming, async move {
+            .serve_with_incoming_shutdown(incoming.members, async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             }),
     );
+    // Connections without a certificate, asking to join, reach this server only: the join
+    // call is all it has.
+    let join = JoinServer::new(JoinService {
+        member: Arc::clone(&member),
+        signer: cfg.signer.clone(),
+    })
+    .max_decoding_message_size(JOIN_MESSAGE_BYTES_MAX);
+    let mut join_stop = stop_tx.subscribe();
+    let join_server = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(1)
+            .add_service(join)
+            .serve_with_incoming_shutdown(incoming.joiners, async move {
+                let _ = join_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the join server stopped");
+        }
+    });
 
     form_group(&raft, &cfg, &addr).await?;
     let mut background = vec![
+        join_server,
         tokio::spawn(Arc::clone(&detector).run(Arc::clone(&member), stop_tx.subscribe())),
         tokio::spawn(super::snapshots::run(
             Arc::clone(&member),
@@ -277,6 +302,9 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         _raft_runtime: raft_runtime,
     })
 }
+
+/// Largest join request: a token, a CSR and a few names.
+const JOIN_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 
 /// Connections a member's listener queues before it accepts them: thousands of storage nodes
 /// reconnect at once after a leader change.

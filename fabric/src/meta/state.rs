@@ -46,6 +46,9 @@ pub struct ClusterState {
     /// Revoked certificates by serial (see `state_revoked`).
     #[serde(default)]
     pub revoked: BTreeMap<String, super::state_revoked::Revoked>,
+    /// Join tokens by id, until they expire (see `state_join`).
+    #[serde(default)]
+    pub join_tokens: BTreeMap<String, super::state_join::JoinTokenRecord>,
     /// Which records recent commands changed, for `Watch` deltas (derived, never stored).
     #[serde(skip)]
     pub journal: Journal,
@@ -193,6 +196,13 @@ impl ClusterState {
             CommandV1::ChangePolicy { by, change } => self.change_policy(by, change),
             CommandV1::AddCellKey(key) => self.add_cell_key(key),
             CommandV1::RevokeCertificate(r) => self.revoke_certificate(r),
+            CommandV1::AddJoinToken(t) => self.add_join_token(t),
+            CommandV1::RedeemJoinToken {
+                id,
+                secret_sha256,
+                node,
+                now_ms,
+            } => self.redeem_join_token(id, secret_sha256, *node, *now_ms),
         };
         if outcome.is_ok() {
             self.cluster_epoch += 1;
@@ -834,6 +844,8 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         CommandV1::InitPolicy { .. }
         | CommandV1::ChangePolicy { .. }
         | CommandV1::AddCellKey(_)
-        | CommandV1::RevokeCertificate(_) => None,
+        | CommandV1::RevokeCertificate(_)
+        | CommandV1::AddJoinToken(_)
+        | CommandV1::RedeemJoinToken { .. } => None,
     }
 }

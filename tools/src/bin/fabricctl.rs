@@ -66,6 +66,10 @@ enum Cmd {
     /// Access control: bindings of roles to principals, roles, and `can-i`.
     #[command(subcommand)]
     Auth(tools::auth::AuthCmd),
+    /// One-time tokens with which new nodes get their certificates (`fabricd node --join ADDR
+    /// --token T`).
+    #[command(subcommand)]
+    JoinToken(tools::join_token::JoinTokenCmd),
 }
 
 #[derive(Subcommand)]
@@ -430,6 +434,13 @@ fn revocations_output(r: &pb::Revocations) -> Output {
     )
 }
 
+fn reply(r: tools::reply::Reply) -> Output {
+    match r {
+        tools::reply::Reply::One(v) => Output::one(v),
+        tools::reply::Reply::List(rows, columns) => Output::list(rows, columns),
+    }
+}
+
 /// The group's membership after a change.
 fn members_output(r: &pb::MembershipReply) -> Output {
     Output::list(
@@ -472,10 +483,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(endpoints, transport);
     let out = match cli.command {
         Cmd::Status => status(&client).await?,
-        Cmd::Auth(cmd) => match tools::auth::run(cmd, &client).await? {
-            tools::auth::AuthOut::One(v) => Output::one(v),
-            tools::auth::AuthOut::List(rows, columns) => Output::list(rows, columns),
-        },
+        Cmd::Auth(cmd) => reply(tools::auth::run(cmd, &client).await?),
+        Cmd::JoinToken(cmd) => reply(tools::join_token::run(cmd, &client, &cert_dir).await?),
         Cmd::Ca(_) | Cmd::Cert(CertCmd::Issue { .. }) => {
             unreachable!("local commands ask no member")
         }

@@ -43,6 +43,8 @@ pub enum Denied {
         verb: Verb,
         target: String,
     },
+    #[error("a caller without a certificate may not {verb}")]
+    NoCertificate { verb: Verb },
     #[error("{verb} acts on a {expected:?}-level target, not on {target}")]
     WrongTarget {
         verb: Verb,

@@ -68,6 +68,7 @@ verbs! {
     AuthRead => "auth.read" at Cluster,
     AuthBind => "auth.bind" at Cluster,
     CertRevoke => "cert.revoke" at Cluster,
+    NodeJoinToken => "node.join_token" at Cluster,
     AuditRead => "audit.read" at Cluster,
 }
 

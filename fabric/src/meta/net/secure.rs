@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::identity::handshake::{Accepted, accept_or_join};
 use crate::identity::revocation::peer_serial;
 use crate::identity::transport::server_name;
 use crate::identity::{Principal, PrincipalKind, Transport};
@@ -28,6 +29,8 @@ use crate::identity::{Principal, PrincipalKind, Transport};
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
 /// Authenticated connections waiting for the gRPC server to take them.
 const ACCEPTED_QUEUE_MAX: usize = 64;
+/// Joining connections waiting for the join server; joins are rare, one at a time per node.
+const JOINERS_QUEUE_MAX: usize = 16;
 
 /// Who is calling, as the connection proved it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +39,9 @@ pub enum Caller {
     Principal(Principal),
     /// A member or client in the same test or benchmark process, over in-process plaintext.
     InProcess,
+    /// A node without a certificate, asking for one with a join token: such connections are
+    /// served the join call only, and every other check refuses them.
+    Joiner,
 }
 
 impl std::fmt::Display for Caller {
@@ -43,6 +49,7 @@ impl std::fmt::Display for Caller {
         match self {
             Caller::Principal(p) => write!(f, "{p}"),
             Caller::InProcess => f.write_str("an in-process caller"),
+            Caller::Joiner => f.write_str("a joining node without a certificate"),
         }
     }
 }
@@ -133,15 +140,21 @@ impl AsyncWrite for PeerStream {
     }
 }
 
-/// Accepts connections on `listener` and hands the gRPC server those that completed a mutual
+/// The connections a gRPC listener accepted, in two streams served by two servers: those of
+/// principals of this cluster, and those of nodes joining with a token (served the join call
+/// only).
+pub struct Incoming {
+    pub members: ReceiverStream<Result<PeerStream, io::Error>>,
+    pub joiners: ReceiverStream<Result<PeerStream, io::Error>>,
+}
+
+/// Accepts connections on `listener` and hands the gRPC servers those that completed a mutual
 /// TLS handshake naming a principal of this cluster (or every one, in process, over
-/// plaintext). A connection that fails its handshake is logged with the reason and closed;
-/// it costs the others nothing but its handshake slot.
-pub fn incoming(
-    listener: TcpListener,
-    transport: Transport,
-) -> ReceiverStream<Result<PeerStream, io::Error>> {
-    let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE_MAX);
+/// plaintext), and those that asked to join. A connection that fails its handshake is logged
+/// with the reason and closed; it costs the others nothing but its handshake slot.
+pub fn incoming(listener: TcpListener, transport: Transport) -> Incoming {
+    let (members_tx, members) = mpsc::channel(ACCEPTED_QUEUE_MAX);
+    let (joiners_tx, joiners) = mpsc::channel(JOINERS_QUEUE_MAX);
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
         loop {
@@ -158,22 +171,32 @@ pub fn incoming(
                         continue;
                     }
                 },
-                _ = tx.closed() => return,
+                _ = members_tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let (tx, transport) = (tx.clone(), transport.clone());
+            let (members_tx, joiners_tx) = (members_tx.clone(), joiners_tx.clone());
+            let transport = transport.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match authenticate(tcp, remote, &transport).await {
+                    Ok(stream) if stream.info.caller == Caller::Joiner => {
+                        // A full queue of joiners refuses the next rather than wait.
+                        if joiners_tx.try_send(Ok(stream)).is_err() {
+                            tracing::info!(%remote, "join connection refused: too many at once");
+                        }
+                    }
                     Ok(stream) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = members_tx.send(Ok(stream)).await;
                     }
                     Err(e) => tracing::info!(%remote, error = %e, "gRPC connection refused"),
                 }
             });
         }
     });
-    ReceiverStream::new(rx)
+    Incoming {
+        members: ReceiverStream::new(members),
+        joiners: ReceiverStream::new(joiners),
+    }
 }
 
 async fn authenticate(
@@ -191,10 +214,21 @@ async fn authenticate(
             cut: None,
         }),
         Transport::Tls(tls) => {
-            let (stream, principal) = tls
-                .server
-                .accept(tcp, transport.handshake_timeout())
-                .await?;
+            let accepted =
+                accept_or_join(&tls.server, &tls.join, tcp, transport.handshake_timeout()).await?;
+            let (stream, principal) = match accepted {
+                Accepted::Member(stream, principal) => (stream, principal),
+                Accepted::Joiner(stream) => {
+                    return Ok(PeerStream {
+                        io: Box::new(stream),
+                        info: PeerInfo {
+                            caller: Caller::Joiner,
+                            remote: Some(remote),
+                        },
+                        cut: None,
+                    });
+                }
+            };
             let serial = peer_serial(stream.get_ref().1);
             let revocations = Arc::clone(tls.server.trust().revocations());
             Ok(PeerStream {

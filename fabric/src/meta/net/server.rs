@@ -38,6 +38,11 @@ impl RaftTransport {
             .ok_or_else(|| Status::unauthenticated("the connection carries no identity"))?;
         let principal = match caller {
             Caller::InProcess => return Ok(()),
+            Caller::Joiner => {
+                return Err(Status::unauthenticated(
+                    "a node without a certificate may not speak Raft",
+                ));
+            }
             Caller::Principal(p) => p,
         };
         let PrincipalKind::Node(id) = principal.kind() else {

@@ -19,10 +19,15 @@ use crate::meta::net::secure::{Caller, PeerInfo};
 
 /// The caller of a request, as its connection authenticated it.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<PeerInfo>()
-        .map(|p| p.caller.clone())
-        .ok_or_else(|| Status::unauthenticated("the connection carries no authenticated identity"))
+    match req.extensions().get::<PeerInfo>().map(|p| &p.caller) {
+        None => Err(Status::unauthenticated(
+            "the connection carries no authenticated identity",
+        )),
+        Some(Caller::Joiner) => Err(Status::unauthenticated(
+            "a node without a certificate may only join (with a join token)",
+        )),
+        Some(caller) => Ok(caller.clone()),
+    }
 }
 
 /// Whether `caller` may `verb` on `target` under `policy`: the binding or rule that allows
@@ -35,6 +40,7 @@ pub fn decide(
 ) -> Result<String, Denied> {
     let principal = match caller {
         Caller::InProcess => return Ok("an in-process caller is trusted".into()),
+        Caller::Joiner => return Err(Denied::NoCertificate { verb }),
         Caller::Principal(p) => p,
     };
     if matches!(principal.kind(), PrincipalKind::Node(_))

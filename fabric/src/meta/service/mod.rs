@@ -5,6 +5,7 @@
 pub mod authz;
 mod capability;
 pub mod convert;
+pub mod join;
 mod policy;
 pub mod watch;
 
@@ -635,6 +636,20 @@ impl Metadata for MetadataService {
         req: Request<pb::ListRevocationsRequest>,
     ) -> Result<Response<pb::Revocations>, Status> {
         self.list_revocations_call(req).await
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenInfo>, Status> {
+        self.create_join_token_call(req).await
+    }
+
+    async fn list_join_tokens(
+        &self,
+        req: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensReply>, Status> {
+        self.list_join_tokens_call(req).await
     }
 }
 

@@ -58,7 +58,7 @@ impl MetadataService {
     ) -> Result<Response<pb::Policy>, Status> {
         let by = match self.authorize_cluster(&req, Verb::AuthBind)? {
             Caller::Principal(p) => p.to_string(),
-            Caller::InProcess => {
+            Caller::InProcess | Caller::Joiner => {
                 return Err(Status::permission_denied(
                     "the policy is changed by a principal with a certificate",
                 ));

@@ -1,0 +1,138 @@
+//! `fabricctl join-token`: one-time tokens with which a new node gets its certificate.
+//!
+//! The secret is made here and only its SHA-256 is sent to the cluster; the token printed
+//! carries the pin of the root CA in your own certificate directory, the one the new node is
+//! to trust.
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Subcommand;
+use fabric::identity::ca::spki_pin;
+use fabric::identity::join::JoinToken;
+use fabric::identity::load::CA_FILE;
+use fabric::meta::client::Client;
+use proto::meta as pb;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::reply::Reply;
+
+/// `fabricctl join-token ...`.
+#[derive(Subcommand)]
+pub enum JoinTokenCmd {
+    /// Makes a token for one new node and prints it with the root CA's pin. Give it to the
+    /// node as `fabricd node --id ID --join ADDR --token TOKEN ...`; it is good for one join.
+    Create {
+        /// What the node becomes: storage.
+        #[arg(long, default_value = "storage")]
+        role: String,
+        /// How long the token is valid: seconds, or with s, m or h (at most 24h).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+    /// Tokens not yet expired, and the node that used each.
+    List,
+}
+
+/// Parses `90`, `90s`, `15m` or `2h` into seconds.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: want a number of seconds, or with s, m or h"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{s:?}: the unit is s, m or h")),
+    };
+    Ok(n.saturating_mul(scale))
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn info_json(t: &pb::JoinTokenInfo) -> Value {
+    json!({
+        "id": t.id,
+        "role": t.role,
+        "created_by": t.created_by,
+        "expires": rfc3339_ms(t.expires_at_ms),
+        "used_by_node": if t.used_by_node == 0 { Value::Null } else { json!(t.used_by_node) },
+    })
+}
+
+/// Runs `cmd` against the cluster; `cert_dir` is the caller's certificate directory, whose
+/// root the token pins.
+pub async fn run(cmd: JoinTokenCmd, client: &Client, cert_dir: &Path) -> anyhow::Result<Reply> {
+    match cmd {
+        JoinTokenCmd::Create { role, ttl } => {
+            let ca_path = cert_dir.join(CA_FILE);
+            let ca_pem =
+                std::fs::read(&ca_path).with_context(|| format!("read {}", ca_path.display()))?;
+            let root = CertificateDer::from_pem_slice(&ca_pem)
+                .with_context(|| format!("{}: no certificate", ca_path.display()))?;
+            let pin = spki_pin(&root).map_err(|e| anyhow::anyhow!("{}: {e}", ca_path.display()))?;
+            let token = JoinToken::generate(&pin)?;
+            let req = pb::CreateJoinTokenRequest {
+                id: token.id().to_owned(),
+                secret_sha256: token.secret_digest(),
+                role,
+                ttl_seconds: ttl,
+            };
+            let info = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.create_join_token(req).await }
+                })
+                .await?;
+            let mut out = info_json(&info);
+            out["token"] = json!(token.to_string());
+            out["root_pin"] = json!(pin);
+            out["on_the_new_node"] = json!(format!(
+                "fabricd node --id ID --roles storage --data-dir DIR --data-addr IP:PORT \
+                 --join {} --token {token}",
+                client
+                    .endpoints()
+                    .first()
+                    .map_or("MEMBER:PORT", String::as_str)
+            ));
+            Ok(Reply::One(out))
+        }
+        JoinTokenCmd::List => {
+            let r = client
+                .call(|mut c| async move { c.list_join_tokens(pb::ListJoinTokensRequest {}).await })
+                .await?;
+            Ok(Reply::List(
+                r.tokens.iter().map(info_json).collect(),
+                &["id", "role", "created_by", "expires", "used_by_node"],
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse_with_units() {
+        assert_eq!(parse_ttl("90"), Ok(90));
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("15m"), Ok(900));
+        assert_eq!(parse_ttl("2h"), Ok(7200));
+        assert!(parse_ttl("2d").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}
