@@ -349,13 +349,19 @@ pub fn nbdsh() -> Command {
 
 /// `fabricctl --json --data-dir DATA_DIR ARGS...`, parsed; panics (naming the command and its
 /// error output) if it fails.
+/// `fabricctl --json --data-dir DATA [--cert-dir CERTS] ARGS`, whatever its outcome (the
+/// administrator's certificate when `certs` is `None`).
+pub fn fabricctl_as(data_dir: &Path, certs: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(workspace_bin("fabricctl"));
+    cmd.args(["--json", "--data-dir"]).arg(data_dir);
+    if let Some(certs) = certs {
+        cmd.arg("--cert-dir").arg(certs);
+    }
+    cmd.args(args).output().expect("run fabricctl")
+}
+
 pub fn fabricctl(data_dir: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(workspace_bin("fabricctl"))
-        .args(["--json", "--data-dir"])
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run fabricctl");
+    let out = fabricctl_as(data_dir, None, args);
     assert!(
         out.status.success(),
         "fabricctl {args:?}: {}",

@@ -119,8 +119,10 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if id == 1 {
+            // The two-person rule is tested in tests/approvals.rs; here one admin acts alone.
             cmd.args(["--bootstrap", "--peers", &peers.join(",")])
-                .args(["--bootstrap-admin", fabric_suite::ADMIN_PRINCIPAL]);
+                .args(["--bootstrap-admin", fabric_suite::ADMIN_PRINCIPAL])
+                .args(["--two-person", "off"]);
         }
         m.child = Some(cmd.spawn().expect("spawn fabricd node"));
     }

@@ -301,7 +301,8 @@ impl Cluster {
                 .stderr(log);
             if i == 1 {
                 cmd.args(["--bootstrap", "--peers", &peers.join(",")])
-                    .args(["--bootstrap-admin", fabric_suite::ADMIN_PRINCIPAL]);
+                    .args(["--bootstrap-admin", fabric_suite::ADMIN_PRINCIPAL])
+                    .args(["--two-person", "off"]);
             }
             c.nodes.insert(i, cmd.spawn().expect("start fabricd node"));
         }

@@ -52,6 +52,11 @@ pub struct DevArgs {
     /// node serves its own on a free port of the same IP, recorded in its node.json).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// With --nodes: guard destructive calls with the two-person rule, as a production
+    /// cluster does (a second principal must approve them; `DATA_DIR/approver` holds one).
+    /// Off by default: a dev cluster is one person's sandbox.
+    #[arg(long)]
+    pub two_person: bool,
 }
 
 /// A volume to serve.
@@ -75,6 +80,7 @@ pub struct DevConfig {
     /// Voters of the local cluster's metadata group.
     pub voters: u32,
     pub metrics_listen: Option<SocketAddr>,
+    pub two_person: bool,
 }
 
 impl TryFrom<DevArgs> for DevConfig {
@@ -92,6 +98,7 @@ impl TryFrom<DevArgs> for DevConfig {
             nodes_per_rack,
             voters,
             metrics_listen,
+            two_person,
         } = args;
         let metrics_listen = match metrics_listen {
             None => None,
@@ -105,6 +112,9 @@ impl TryFrom<DevArgs> for DevConfig {
         }
         if nodes.is_none() && (voters.is_some() || nodes_per_rack != 1) {
             anyhow::bail!("--voters and --nodes-per-rack shape a cluster: give --nodes too");
+        }
+        if nodes.is_none() && two_person {
+            anyhow::bail!("--two-person guards a cluster's calls: give --nodes too");
         }
         let mut voter_count = 1;
         if let Some(n) = nodes {
@@ -155,6 +165,7 @@ impl TryFrom<DevArgs> for DevConfig {
             nodes_per_rack,
             voters: voter_count,
             metrics_listen,
+            two_person,
         })
     }
 }

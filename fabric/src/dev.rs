@@ -175,6 +175,7 @@ async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
         config.voters,
         config.nbd_listen,
         config.metrics_listen,
+        config.two_person,
     )
     .await
     .context("start the nodes")?;

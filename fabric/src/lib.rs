@@ -17,9 +17,11 @@
 //!   the mutual TLS 1.3 every TCP port takes.
 
 pub mod agent;
+pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod gateway;
+pub mod hex;
 pub mod identity;
 pub mod join;
 pub mod meta;

@@ -158,6 +158,13 @@ pub struct MemberMetrics {
     pub nodes: Family<StateLabels, Gauge>,
     /// Transitions the failure detector committed, by the state entered.
     pub transitions: Family<StateLabels, Counter>,
+    /// The audit log: entries ever written, entries held, calls refused because it was full,
+    /// and its newest checkpoint.
+    pub audit_entries: Gauge,
+    pub audit_held: Gauge,
+    pub audit_refused_full: Gauge,
+    pub audit_checkpoint_size: Gauge,
+    pub audit_checkpoint_time: Gauge,
 }
 
 /// A storage node's metrics.
@@ -221,6 +228,31 @@ impl Metrics {
             "fabric_liveness_transitions",
             "Node transitions the failure detector committed, by the state entered",
             m.transitions.clone(),
+        );
+        r.register(
+            "fabric_audit_entries",
+            "Entries ever written to the audit log (its tree size)",
+            m.audit_entries.clone(),
+        );
+        r.register(
+            "fabric_audit_entries_held",
+            "Audit entries the log holds (older ones are pruned behind a checkpoint)",
+            m.audit_held.clone(),
+        );
+        r.register(
+            "fabric_audit_refused_full",
+            "Calls this member refused because the audit log was full",
+            m.audit_refused_full.clone(),
+        );
+        r.register(
+            "fabric_audit_checkpoint_size",
+            "Tree size of the newest signed audit checkpoint",
+            m.audit_checkpoint_size.clone(),
+        );
+        r.register(
+            "fabric_audit_checkpoint_timestamp_seconds",
+            "When the newest audit checkpoint was signed, unix seconds",
+            m.audit_checkpoint_time.clone(),
         );
     }
 

@@ -111,6 +111,15 @@ pub struct NodeArgs {
     /// (`fabric://CLUSTER/user/NAME`); everyone else starts with no rights.
     #[arg(long)]
     pub bootstrap_admin: Option<String>,
+    /// With --bootstrap: `on` (the default) guards deleting volumes and pools, force-attach,
+    /// voter changes, admin grants and shortening the audit log with the two-person rule;
+    /// `off` starts with every guard off (a one-person sandbox, as `fabricd dev` is).
+    #[arg(long)]
+    pub two_person: Option<String>,
+    /// With --bootstrap: a principal that starts with the approver role, the second person of
+    /// the two-person rule (repeatable).
+    #[arg(long = "bootstrap-approver")]
+    pub bootstrap_approvers: Vec<String>,
     /// Meta role: a CA directory (`fabricctl ca init`; the intermediate's certificate and key,
     /// the root's certificate) with which this member signs the certificates of nodes that
     /// join with a token.
@@ -237,6 +246,8 @@ impl TryFrom<NodeArgs> for NodeConfig {
             bootstrap_admin,
             ca_dir,
             token,
+            two_person,
+            bootstrap_approvers,
         } = args;
         let file = match &config {
             Some(path) => {
@@ -317,6 +328,8 @@ impl TryFrom<NodeArgs> for NodeConfig {
             node_out_after_ms: node_out_after_ms.or(f_out),
             bootstrap_admin: bootstrap_admin.or(f_admin),
             ca_dir: ca_dir.or(f_ca_dir),
+            two_person,
+            bootstrap_approvers,
         };
         let member = if roles.meta {
             Some(member_config(id, &data_dir, raft)?)
@@ -460,6 +473,8 @@ struct RaftFlags {
     node_out_after_ms: Option<u64>,
     bootstrap_admin: Option<String>,
     ca_dir: Option<PathBuf>,
+    two_person: Option<String>,
+    bootstrap_approvers: Vec<String>,
 }
 
 impl RaftFlags {
@@ -487,6 +502,8 @@ impl RaftFlags {
             ("--node-out-after-ms", self.node_out_after_ms.is_some()),
             ("--bootstrap-admin", self.bootstrap_admin.is_some()),
             ("--ca-dir", self.ca_dir.is_some()),
+            ("--two-person", self.two_person.is_some()),
+            ("--bootstrap-approver", !self.bootstrap_approvers.is_empty()),
         ];
         match given.iter().find(|(_, g)| *g) {
             Some((flag, _)) => {
@@ -568,6 +585,18 @@ fn member_config(id: u64, data_dir: &Path, f: RaftFlags) -> anyhow::Result<Membe
         (Some(_), _) => bail!("--bootstrap-admin is a setting of --bootstrap"),
         (None, _) => None,
     };
+    let guards_off = match (f.two_person.as_deref(), &formation) {
+        (None | Some("on"), Formation::Bootstrap(_)) => false,
+        (Some("off"), Formation::Bootstrap(_)) => true,
+        (Some(other), Formation::Bootstrap(_)) => {
+            bail!("--two-person {other:?}: want on or off")
+        }
+        (Some(_), _) => bail!("--two-person is a setting of --bootstrap"),
+        (None, _) => false,
+    };
+    if !f.bootstrap_approvers.is_empty() && !matches!(formation, Formation::Bootstrap(_)) {
+        bail!("--bootstrap-approver is a setting of --bootstrap");
+    }
     Ok(MemberConfig {
         id,
         data_dir: data_dir.to_path_buf(),
@@ -576,6 +605,8 @@ fn member_config(id: u64, data_dir: &Path, f: RaftFlags) -> anyhow::Result<Membe
         tuning,
         liveness,
         bootstrap_admin,
+        guards_off,
+        bootstrap_approvers: f.bootstrap_approvers,
         signer,
         // Set once the node's certificate is loaded.
         transport: Transport::InProcessPlaintext,
@@ -841,6 +872,21 @@ fn watch_member(metrics: &crate::metrics::Metrics, running: &crate::meta::server
                 }
             }
         });
+        member.sm.read(|state, _| {
+            let log = &state.audit;
+            set(&m.audit_entries, log.size());
+            set(&m.audit_held, log.held());
+            if let Some(c) = log.checkpoints().last() {
+                set(&m.audit_checkpoint_size, c.size);
+                set(&m.audit_checkpoint_time, c.time_ms / 1000);
+            }
+        });
+        set(
+            &m.audit_refused_full,
+            member
+                .audit_refused_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         for (state, count) in [("up", up), ("down", down), ("out", out)] {
             m.nodes
                 .get_or_create(&StateLabels {

@@ -61,7 +61,8 @@ impl Group {
             if id == 1 {
                 cmd.args(["--bootstrap", "--peers", &peers.join(",")])
                     .arg("--bootstrap-admin")
-                    .arg(DevPki::admin_principal().to_string());
+                    .arg(DevPki::admin_principal().to_string())
+                    .args(["--two-person", "off"]);
             }
             children.push(Some(cmd.spawn().context("spawn fabricd node")?));
         }

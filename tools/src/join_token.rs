@@ -16,10 +16,8 @@ use proto::meta as pb;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use crate::reply::Reply;
+use crate::reply::{Reply, rfc3339_ms};
 
 /// `fabricctl join-token ...`.
 #[derive(Subcommand)]
@@ -54,13 +52,6 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
         _ => return Err(format!("{s:?}: the unit is s, m or h")),
     };
     Ok(n.saturating_mul(scale))
-}
-
-fn rfc3339_ms(ms: u64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
 }
 
 fn info_json(t: &pb::JoinTokenInfo) -> Value {

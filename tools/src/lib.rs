@@ -1,5 +1,7 @@
 //! Shared helpers of the tools binaries.
 
+pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod group;
 pub mod identity;

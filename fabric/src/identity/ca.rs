@@ -204,10 +204,7 @@ pub fn spki_pin(der: &CertificateDer<'_>) -> Result<String, String> {
     Ok(format!("sha256:{}", hex(&digest)))
 }
 
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use crate::hex::encode as hex;
 
 /// `t` without its fraction of a second: certificates hold whole seconds, and reports say what
 /// the certificate says.

@@ -23,6 +23,8 @@ pub const DEV_CLUSTER: &str = "dev";
 pub const DEV_ADMIN: &str = "admin";
 /// Where, under the data directory, the administrator's certificate directory is.
 pub const ADMIN_DIR: &str = "admin";
+/// The user (and directory) of a dev cluster's second person.
+pub const DEV_APPROVER: &str = "approver";
 /// Where, under the data directory, the CA is.
 pub const CA_DIR: &str = "ca";
 
@@ -86,6 +88,23 @@ impl DevPki {
     pub fn ensure_gateway(&self, name: &str) -> Result<PathBuf, IdentityError> {
         let dir = self.gateway_dir(name);
         self.ensure_leaf(&dir, PrincipalKind::Gateway(name.into()), true)?;
+        Ok(dir)
+    }
+
+    /// The second person of a dev cluster run with `--two-person`: user `approver`, whose
+    /// certificate is in `DATA_DIR/approver`.
+    pub fn approver_principal() -> Principal {
+        Principal::new(
+            ClusterName::new(DEV_CLUSTER).expect("valid"),
+            PrincipalKind::User(DEV_APPROVER.into()),
+        )
+        .expect("valid")
+    }
+
+    /// Makes sure the approver has a valid certificate; returns its directory.
+    pub fn ensure_approver(&self) -> Result<PathBuf, IdentityError> {
+        let dir = self.data_dir.join(DEV_APPROVER);
+        self.ensure_leaf(&dir, PrincipalKind::User(DEV_APPROVER.into()), false)?;
         Ok(dir)
     }
 

@@ -80,7 +80,7 @@ impl JoinToken {
             .expect("the system's random source");
         let pin_hex = pin
             .strip_prefix("sha256:")
-            .filter(|h| parse_hex::<32>(h).is_some())
+            .filter(|h| crate::hex::decode_array::<32>(h).is_some())
             .ok_or(TokenError::Pin)?;
         Ok(JoinToken {
             id: ca::hex(&id),
@@ -153,9 +153,10 @@ impl FromStr for JoinToken {
         if prefix != TOKEN_PREFIX {
             return Err(TokenError::Shape);
         }
-        parse_hex::<TOKEN_ID_BYTES>(id).ok_or(TokenError::Id)?;
-        let secret = parse_hex::<TOKEN_SECRET_BYTES>(secret).ok_or(TokenError::Secret)?;
-        parse_hex::<32>(pin).ok_or(TokenError::Pin)?;
+        crate::hex::decode_array::<TOKEN_ID_BYTES>(id).ok_or(TokenError::Id)?;
+        let secret =
+            crate::hex::decode_array::<TOKEN_SECRET_BYTES>(secret).ok_or(TokenError::Secret)?;
+        crate::hex::decode_array::<32>(pin).ok_or(TokenError::Pin)?;
         Ok(JoinToken {
             id: id.to_ascii_lowercase(),
             secret,
@@ -164,30 +165,18 @@ impl FromStr for JoinToken {
     }
 }
 
-/// `N` bytes from exactly `2N` hex digits.
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Whether `s` is the hex id of a token.
 pub fn is_token_id(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && parse_hex::<TOKEN_ID_BYTES>(s).is_some()
+        && crate::hex::decode_array::<TOKEN_ID_BYTES>(s).is_some()
 }
 
 /// Whether `s` is a secret's digest as [`secret_digest`] writes it.
 pub fn is_secret_digest(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && parse_hex::<32>(s).is_some()
+        && crate::hex::decode_array::<32>(s).is_some()
 }
 
 /// A new node's key and a certificate signing request over it (DER). The request names

@@ -16,6 +16,7 @@
 //! certificate with a one-time token.
 
 pub mod ca;
+pub mod cell_cert;
 pub mod dev_pki;
 pub mod error;
 mod files;

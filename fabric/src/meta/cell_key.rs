@@ -23,6 +23,10 @@ pub const CELL_KEYS_MAX: usize = volume::capability::CAPABILITY_KEYS_MAX;
 /// How long a capability is valid. A gateway renews it at half its life, so a replica that
 /// restarts (and asks every connection for a capability again) finds a valid one.
 pub const CAPABILITY_TTL_MS: u64 = 60 * 60 * 1000;
+/// Longest certificate chain of a cell key kept, in bytes.
+const CELL_CERT_BYTES_MAX: usize = 16 * 1024;
+/// Pause between checks for a cell key without a certificate.
+const CERTIFY_RETRY_MS: u64 = 2_000;
 /// Pause between checks for a missing cell key.
 const ENSURE_RETRY_MS: u64 = 500;
 
@@ -80,6 +84,27 @@ impl ClusterState {
         self.cell_keys.last().and_then(CellKey::signing_key)
     }
 
+    /// Records the CA's certificate of cell key `key` (hex), so that audit checkpoints signed
+    /// with it verify offline from the root CA alone.
+    pub(super) fn certify_cell_key(&mut self, key: &str, chain_pem: &str) -> Outcome {
+        if !self
+            .verifying_keys()
+            .iter()
+            .any(|k| hex(k.as_bytes()) == key)
+        {
+            return Err(CommandError::NotFound(format!("cell key {key}")));
+        }
+        if chain_pem.len() > CELL_CERT_BYTES_MAX {
+            return Err(CommandError::InvalidArgument(format!(
+                "a cell key certificate chain of {} bytes: at most {CELL_CERT_BYTES_MAX}",
+                chain_pem.len()
+            )));
+        }
+        self.cell_key_certs
+            .insert(key.to_owned(), chain_pem.to_owned());
+        Ok(Applied::Nothing)
+    }
+
     /// Every key's verifying half, oldest first.
     pub fn verifying_keys(&self) -> Vec<VerifyingKey> {
         self.cell_keys
@@ -99,7 +124,11 @@ pub async fn ensure(member: Arc<Member>) {
         }
         if member.leading_term().is_some() {
             let key = CellKey::generate();
-            match member.write(CommandV1::AddCellKey(key).into()).await {
+            let add = CommandV1::AddCellKey(key);
+            match member
+                .write_own("cell_key.add", "cluster".into(), add)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!("made the cell key that signs attach capabilities");
                     return;
@@ -111,21 +140,46 @@ pub async fn ensure(member: Arc<Member>) {
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// While this member leads: has every cell key certified by `ca` (the CA of `fabricd node
+/// --ca-dir`), so that the audit log's checkpoints verify from the root CA. Runs until the
+/// member stops.
+pub async fn certify(member: Arc<Member>, ca: Arc<crate::identity::ca::CertificateAuthority>) {
+    loop {
+        if member.leading_term().is_some() {
+            let missing: Vec<[u8; 32]> = member.sm.read(|s, _| {
+                s.verifying_keys()
+                    .iter()
+                    .map(|k| k.to_bytes())
+                    .filter(|k| !s.cell_key_certs.contains_key(&hex(k)))
+                    .collect()
+            });
+            for key in missing {
+                let now = time::OffsetDateTime::now_utc();
+                let chain_pem = match ca.certify_cell_key(&key, now) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "certify the cell key");
+                        continue;
+                    }
+                };
+                let certify = CommandV1::CertifyCellKey {
+                    key: hex(&key),
+                    chain_pem,
+                };
+                match member
+                    .write_own("cell_key.certify", "cluster".into(), certify)
+                    .await
+                {
+                    Ok(_) => tracing::info!("the CA certified the cell key"),
+                    Err(e) => tracing::debug!(error = %e, "certify the cell key (retrying)"),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(CERTIFY_RETRY_MS)).await;
+    }
 }
 
-/// The bytes of lowercase or uppercase hex `text`.
-pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub(crate) use crate::hex::{decode as unhex, encode as hex};
 
 #[cfg(test)]
 mod tests {

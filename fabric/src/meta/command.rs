@@ -149,6 +149,13 @@ pub enum CommandV1 {
     /// cluster whose policy was never initialized.
     InitPolicy {
         admin: String,
+        /// The two-person rule's guards all start off (a one-person sandbox, `fabricd dev`).
+        #[serde(default)]
+        guards_off: bool,
+        /// Principals that start with the approver role (a guarded grant could not make the
+        /// first one).
+        #[serde(default)]
+        approvers: Vec<String>,
     },
     /// `by` (a principal) changes the access policy.
     ChangePolicy {
@@ -161,6 +168,67 @@ pub enum CommandV1 {
     RevokeCertificate(super::state_revoked::Revoked),
     /// A one-time join token (its secret's digest) a new node may redeem until it expires.
     AddJoinToken(super::state_join::JoinTokenRecord),
+    /// A call and the command it makes: the command applies and the call's audit entry is
+    /// appended in one step, or (the log being full) neither.
+    Audited {
+        call: crate::audit::entry::AuditCall,
+        command: Box<CommandV1>,
+    },
+    /// A call the access policy refused: only its audit entry.
+    AuditDenied {
+        call: crate::audit::entry::AuditCall,
+        reason: String,
+    },
+    /// A guarded call, held until a second principal approves it (see `state_approval`).
+    RequestApproval {
+        guard: String,
+        command: Box<CommandV1>,
+    },
+    /// `by` approves request `id`, whose operation it saw as `op_sha256`: the operation runs.
+    Approve {
+        id: String,
+        op_sha256: crate::audit::merkle::Hash,
+        by: crate::audit::entry::AuditCall,
+    },
+    /// `by` denies request `id`.
+    DenyRequest {
+        id: String,
+        reason: String,
+        by: crate::audit::entry::AuditCall,
+    },
+    /// Turns a guard of the two-person rule on or off.
+    SetGuard {
+        guard: String,
+        on: bool,
+    },
+    /// How long a request of the two-person rule waits for its approval.
+    SetApprovalTtl {
+        ttl_ms: u64,
+    },
+    /// Changes the Raft voters to `voters`: nothing in the state; the member that wrote it
+    /// makes the change once it committed (so that a guarded change waits for its approval).
+    ChangeVoters {
+        voters: std::collections::BTreeSet<u64>,
+    },
+    /// The CA's certificate chain (PEM) of cell key `key` (hex).
+    CertifyCellKey {
+        key: String,
+        chain_pem: String,
+    },
+    /// Changes nothing: carries the audit entry of a call whose effect lies outside the state
+    /// (a Raft membership change, a capability signed), written before that effect.
+    Noted,
+    /// Signs a checkpoint of the audit log's current size (the leader asks every few seconds).
+    AuditCheckpoint {
+        time_ms: u64,
+    },
+    /// How many audit entries are kept, and at most held.
+    SetAuditLimits(crate::audit::log::AuditLimits),
+    /// A witness's signature over the audit checkpoint of `size`.
+    AuditCosign {
+        size: u64,
+        cosignature: crate::audit::checkpoint::Cosignature,
+    },
     /// Node `node` redeems join token `id`, at `now_ms` by the proposing member's clock.
     RedeemJoinToken {
         id: String,
@@ -189,6 +257,10 @@ pub enum Applied {
         volume: String,
         attachment: Attachment,
     },
+    /// A guarded call now waits for its approval.
+    Requested(Box<super::state_approval::ApprovalRequest>),
+    /// The voters to change the Raft group to.
+    Voters(std::collections::BTreeSet<u64>),
     /// The policy's epoch after a policy command, and whether it changed anything.
     Policy {
         epoch: u64,
@@ -207,6 +279,9 @@ pub enum CommandError {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The audit log is full: the call was refused and nothing changed.
+    #[error("{0}")]
+    AuditFull(String),
     #[error("{0}")]
     PermissionDenied(String),
 }
@@ -337,7 +412,7 @@ impl std::fmt::Display for CommandV1 {
                 request_id,
                 command,
             } => write!(f, "{command} (request {request_id})"),
-            CommandV1::InitPolicy { admin } => {
+            CommandV1::InitPolicy { admin, .. } => {
                 write!(f, "start the access policy with {admin} as cluster-admin")
             }
             CommandV1::ChangePolicy { by, change } => write!(f, "{by}: {change}"),
@@ -355,6 +430,41 @@ impl std::fmt::Display for CommandV1 {
             CommandV1::RedeemJoinToken { id, node, .. } => {
                 write!(f, "node {node} joins with token {id}")
             }
+            CommandV1::Audited { call, command } => write!(f, "{}: {command}", call.principal),
+            CommandV1::AuditDenied { call, .. } => write!(
+                f,
+                "{} was refused {} on {}",
+                call.principal, call.verb, call.target
+            ),
+            CommandV1::AuditCheckpoint { .. } => f.write_str("sign an audit checkpoint"),
+            CommandV1::Noted => f.write_str("note a call"),
+            CommandV1::RequestApproval { guard, command } => {
+                write!(f, "ask a second person to approve ({guard}): {command}")
+            }
+            CommandV1::Approve { id, by, .. } => {
+                write!(f, "{} approves request {id}", by.principal)
+            }
+            CommandV1::DenyRequest { id, by, .. } => {
+                write!(f, "{} denies request {id}", by.principal)
+            }
+            CommandV1::SetGuard { guard, on } => {
+                write!(f, "turn guard {guard} {}", if *on { "on" } else { "off" })
+            }
+            CommandV1::ChangeVoters { voters } => write!(f, "make the voters {voters:?}"),
+            CommandV1::SetApprovalTtl { ttl_ms } => {
+                write!(f, "approval requests wait {} s", ttl_ms / 1000)
+            }
+            CommandV1::CertifyCellKey { .. } => f.write_str("certify the cell key"),
+            CommandV1::SetAuditLimits(l) => write!(
+                f,
+                "keep {} audit entries, hold at most {}",
+                l.retain, l.capacity
+            ),
+            CommandV1::AuditCosign { size, cosignature } => write!(
+                f,
+                "witness {} cosigns the audit checkpoint of size {size}",
+                cosignature.witness
+            ),
         }
     }
 }

@@ -223,7 +223,14 @@ impl Detector {
                 participation: Participation::Out,
             },
         };
-        match member.write(command.into()).await {
+        let verb = match to {
+            Health::Out => "node.out",
+            _ => "node.health",
+        };
+        match member
+            .write_own(verb, format!("node/{node}"), command)
+            .await
+        {
             Ok(_) => {
                 tracing::warn!(node, to = ?to, "node marked {to:?}");
                 let state = format!("{to:?}").to_lowercase();

@@ -170,6 +170,7 @@ impl DevCluster {
         voters: u32,
         nbd_listen: std::net::SocketAddr,
         metrics_listen: Option<std::net::SocketAddr>,
+        two_person: bool,
     ) -> anyhow::Result<DevCluster> {
         assert!(
             (1..=DEV_NODES_MAX).contains(&nodes),
@@ -232,7 +233,14 @@ impl DevCluster {
                             .arg("--peers")
                             .arg(peers.join(","))
                             .arg("--bootstrap-admin")
-                            .arg(DevPki::admin_principal().to_string());
+                            .arg(DevPki::admin_principal().to_string())
+                            .arg("--two-person")
+                            .arg(if two_person { "on" } else { "off" });
+                        if two_person {
+                            pki.ensure_approver()?;
+                            cmd.arg("--bootstrap-approver")
+                                .arg(DevPki::approver_principal().to_string());
+                        }
                     }
                 }
                 None => {

@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use openraft::ReadPolicy;
 
-use super::command::{Applied, Command, CommandError};
+use sha2::Digest;
+
+use super::command::{Applied, Command, CommandError, CommandV1};
 use super::net::client::PeerChannels;
 use super::net::forward::{ForwardReply, ForwardRequest};
 use super::net::{FORWARD_DEADLINE_MS, MESSAGE_BYTES_MAX};
 use super::query::{Query, QueryReply, evaluate};
 use super::store::StateMachineStore;
 use super::types::Raft;
+use crate::audit::entry::AuditCall;
+use crate::audit::merkle::Hash;
 
 /// How long a write may wait to be committed and applied before the caller is told to retry.
 pub const WRITE_DEADLINE_MS: u64 = 10_000;
@@ -38,6 +42,8 @@ pub struct Member {
     pub raft: Raft,
     pub sm: StateMachineStore,
     pub peers: PeerChannels,
+    /// Calls this member refused because the audit log was full.
+    pub audit_refused_full: std::sync::atomic::AtomicU64,
 }
 
 impl Member {
@@ -66,6 +72,33 @@ impl Member {
     }
 
     /// Proposes `command` and returns what applying it produced and its log index.
+    /// Writes `command` as this member's own action (the failure detector, key making, the
+    /// bootstrap policy, a join): audited under the principal `member/ID`, `verb` on `target`.
+    pub async fn write_own(
+        &self,
+        verb: &str,
+        target: String,
+        command: CommandV1,
+    ) -> Result<(Applied, u64), MetaError> {
+        let digest = sha2::Sha256::digest(serde_json::to_vec(&command).unwrap_or_default());
+        let call = AuditCall {
+            time_ms: super::clock::unix_ms(),
+            principal: format!("member/{}", self.id),
+            verb: verb.to_owned(),
+            target,
+            request_sha256: Hash(digest.into()),
+            peer: String::new(),
+        };
+        self.write(
+            CommandV1::Audited {
+                call,
+                command: Box::new(command),
+            }
+            .into(),
+        )
+        .await
+    }
+
     pub async fn write(&self, command: Command) -> Result<(Applied, u64), MetaError> {
         let reply = self.write_local(command.clone()).await;
         let reply = self

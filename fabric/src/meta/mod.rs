@@ -18,11 +18,13 @@
 //!
 //! Architecture invariant: prost types never cross into [`state`], [`command`] or [`model`].
 
+pub mod audit_tail;
 pub mod auth;
 pub mod balance;
 pub mod cell_key;
 pub mod changes;
 pub mod client;
+pub mod clock;
 pub mod command;
 pub mod detector;
 pub mod handover;
@@ -38,6 +40,8 @@ pub mod server;
 pub mod service;
 pub mod snapshots;
 pub mod state;
+pub mod state_approval;
+pub mod state_audit;
 pub mod state_join;
 #[cfg(test)]
 mod state_placement_test;

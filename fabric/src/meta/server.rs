@@ -79,6 +79,10 @@ pub struct MemberConfig {
     pub transport: Transport,
     /// When bootstrapping: the principal that starts as cluster-admin.
     pub bootstrap_admin: Option<String>,
+    /// When bootstrapping: start with the two-person rule's guards off.
+    pub guards_off: bool,
+    /// When bootstrapping: principals that start with the approver role.
+    pub bootstrap_approvers: Vec<String>,
     /// The CA whose intermediate signs the certificates of nodes joining with a token.
     pub signer: Option<Arc<crate::identity::ca::CertificateAuthority>>,
 }
@@ -226,6 +230,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         raft: raft.clone(),
         sm,
         peers: channels,
+        audit_refused_full: Default::default(),
     });
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -282,6 +287,16 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         )),
     ];
     background.push(tokio::spawn(super::cell_key::ensure(Arc::clone(&member))));
+    background.push(tokio::spawn(super::audit_tail::run(
+        Arc::clone(&member),
+        stop_tx.subscribe(),
+    )));
+    if let Some(ca) = cfg.signer.clone() {
+        background.push(tokio::spawn(super::cell_key::certify(
+            Arc::clone(&member),
+            ca,
+        )));
+    }
     if let Some(tls) = cfg.transport.tls() {
         background.push(tokio::spawn(super::revocations::follow_state(
             Arc::clone(&member),
@@ -289,7 +304,12 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         )));
     }
     if let Some(admin) = cfg.bootstrap_admin.clone() {
-        background.push(tokio::spawn(init_policy(Arc::clone(&member), admin)));
+        background.push(tokio::spawn(init_policy(
+            Arc::clone(&member),
+            admin,
+            cfg.guards_off,
+            cfg.bootstrap_approvers.clone(),
+        )));
     }
     Ok(RunningMember {
         member,
@@ -370,21 +390,18 @@ const INIT_POLICY_RETRY_MS: u64 = 200;
 /// Starts the access policy of the cluster this member bootstrapped, with `admin` as its
 /// cluster-admin: retried until the policy is seen initialized (by this proposal, or by one
 /// that committed before a restart).
-async fn init_policy(member: Arc<Member>, admin: String) {
+async fn init_policy(member: Arc<Member>, admin: String, guards_off: bool, approvers: Vec<String>) {
     use super::command::CommandV1;
     loop {
         if member.sm.read(|s, _| s.policy.epoch) != 0 {
             return;
         }
-        match member
-            .write(
-                CommandV1::InitPolicy {
-                    admin: admin.clone(),
-                }
-                .into(),
-            )
-            .await
-        {
+        let init = CommandV1::InitPolicy {
+            admin: admin.clone(),
+            guards_off,
+            approvers: approvers.clone(),
+        };
+        match member.write_own("auth.init", "cluster".into(), init).await {
             Ok(_) => {
                 tracing::info!(%admin, "access policy started: {admin} is cluster-admin");
                 return;

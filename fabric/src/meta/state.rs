@@ -46,6 +46,18 @@ pub struct ClusterState {
     /// Revoked certificates by serial (see `state_revoked`).
     #[serde(default)]
     pub revoked: BTreeMap<String, super::state_revoked::Revoked>,
+    /// The CA's certificate chain of each cell key (verifying key hex → PEM), for verifying
+    /// audit checkpoints offline.
+    #[serde(default)]
+    pub cell_key_certs: BTreeMap<String, String>,
+    /// Every mutating and every refused call (see `state_audit`).
+    #[serde(default)]
+    pub audit: crate::audit::log::AuditLog,
+    /// What needs a second person, and the requests waiting for one (see `state_approval`).
+    #[serde(default)]
+    pub guards: super::state_approval::Guards,
+    #[serde(default)]
+    pub approvals: super::state_approval::Requests,
     /// Join tokens by id, until they expire (see `state_join`).
     #[serde(default)]
     pub join_tokens: BTreeMap<String, super::state_join::JoinTokenRecord>,
@@ -102,6 +114,7 @@ impl ClusterState {
     pub fn records(&self) -> u64 {
         let pgs: usize = self.pools.values().map(|p| p.map.pgs.len()).sum();
         (self.nodes.len() + pgs + self.volumes.len() + self.requests.len()) as u64
+            + self.audit.held()
     }
 
     /// Applies one command. On error nothing changed (except that a `Once` command's outcome
@@ -113,7 +126,7 @@ impl ClusterState {
             command,
         } = c
         else {
-            return self.apply_v1(c);
+            return self.apply_one(c);
         };
         if request_id.is_empty() {
             return Err(CommandError::InvalidArgument("empty request id".into()));
@@ -121,12 +134,21 @@ impl ClusterState {
         if let Some(first) = self.requests.get(request_id) {
             return first.clone();
         }
-        let outcome = self.apply_v1(command);
+        let outcome = self.apply_one(command);
         self.requests.remember(request_id, outcome.clone());
         outcome
     }
 
-    fn apply_v1(&mut self, c: &CommandV1) -> Outcome {
+    /// One command, or one audited call: its entry is appended whatever the outcome.
+    fn apply_one(&mut self, c: &CommandV1) -> Outcome {
+        match c {
+            CommandV1::Audited { call, command } => self.apply_audited(call, command),
+            CommandV1::AuditDenied { call, reason } => self.audit_denied(call, reason),
+            _ => self.apply_v1(c),
+        }
+    }
+
+    pub(super) fn apply_v1(&mut self, c: &CommandV1) -> Outcome {
         let outcome = match c {
             CommandV1::RegisterNode(r) => self.register_node(r),
             CommandV1::Heartbeat { node, at_ms } => self.heartbeat(*node, *at_ms),
@@ -192,11 +214,31 @@ impl ClusterState {
             CommandV1::Once { .. } => Err(CommandError::InvalidArgument(
                 "a request id wraps one plain command".into(),
             )),
-            CommandV1::InitPolicy { admin } => self.init_policy(admin),
+            CommandV1::InitPolicy {
+                admin,
+                guards_off,
+                approvers,
+            } => self.init_policy(admin, *guards_off, approvers),
             CommandV1::ChangePolicy { by, change } => self.change_policy(by, change),
             CommandV1::AddCellKey(key) => self.add_cell_key(key),
             CommandV1::RevokeCertificate(r) => self.revoke_certificate(r),
             CommandV1::AddJoinToken(t) => self.add_join_token(t),
+            CommandV1::Audited { .. } | CommandV1::AuditDenied { .. } => Err(
+                CommandError::InvalidArgument("an audited call is not nested".into()),
+            ),
+            CommandV1::AuditCheckpoint { time_ms } => self.audit_checkpoint(*time_ms),
+            CommandV1::Noted => Ok(Applied::Nothing),
+            CommandV1::RequestApproval { .. } => Err(CommandError::InvalidArgument(
+                "an approval request is made by an audited call".into(),
+            )),
+            CommandV1::Approve { id, op_sha256, by } => self.approve(by, id, op_sha256),
+            CommandV1::DenyRequest { id, reason, by } => self.deny_request(by, id, reason),
+            CommandV1::SetGuard { guard, on } => self.set_guard(guard, *on),
+            CommandV1::SetApprovalTtl { ttl_ms } => self.set_approval_ttl(*ttl_ms),
+            CommandV1::ChangeVoters { voters } => Ok(Applied::Voters(voters.clone())),
+            CommandV1::CertifyCellKey { key, chain_pem } => self.certify_cell_key(key, chain_pem),
+            CommandV1::SetAuditLimits(limits) => self.set_audit_limits(limits),
+            CommandV1::AuditCosign { size, cosignature } => self.audit_cosign(*size, cosignature),
             CommandV1::RedeemJoinToken {
                 id,
                 secret_sha256,
@@ -846,6 +888,19 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::AddCellKey(_)
         | CommandV1::RevokeCertificate(_)
         | CommandV1::AddJoinToken(_)
-        | CommandV1::RedeemJoinToken { .. } => None,
+        | CommandV1::RedeemJoinToken { .. }
+        | CommandV1::AuditCheckpoint { .. }
+        | CommandV1::Noted
+        | CommandV1::RequestApproval { .. }
+        | CommandV1::Approve { .. }
+        | CommandV1::DenyRequest { .. }
+        | CommandV1::SetGuard { .. }
+        | CommandV1::SetApprovalTtl { .. }
+        | CommandV1::ChangeVoters { .. }
+        | CommandV1::CertifyCellKey { .. }
+        | CommandV1::SetAuditLimits(_)
+        | CommandV1::AuditCosign { .. }
+        | CommandV1::AuditDenied { .. } => None,
+        CommandV1::Audited { command, .. } => changed_by(command),
     }
 }

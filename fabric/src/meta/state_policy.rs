@@ -8,14 +8,33 @@ use super::state::ClusterState;
 
 impl ClusterState {
     /// Starts the policy with `admin` as cluster-admin, unless it was started before.
-    pub(super) fn init_policy(&mut self, admin: &str) -> Outcome {
+    pub(super) fn init_policy(
+        &mut self,
+        admin: &str,
+        guards_off: bool,
+        approvers: &[String],
+    ) -> Outcome {
         if self.policy.epoch != 0 {
             return Err(CommandError::FailedPrecondition(format!(
                 "the access policy is initialized already (epoch {})",
                 self.policy.epoch
             )));
         }
-        self.policy = Policy::bootstrap(admin).map_err(policy_error)?;
+        let mut policy = Policy::bootstrap(admin).map_err(policy_error)?;
+        for approver in approvers {
+            let bind = PolicyChange::Bind(super::auth::Binding {
+                principal: approver.clone(),
+                role: "approver".into(),
+                scope: super::auth::Scope::Cluster,
+            });
+            policy
+                .apply_change(admin, &bind, &|_: &str| None)
+                .map_err(policy_error)?;
+        }
+        self.policy = policy;
+        if guards_off {
+            self.guards.on.clear();
+        }
         Ok(Applied::Policy {
             epoch: self.policy.epoch,
             changed: true,

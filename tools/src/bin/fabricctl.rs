@@ -66,6 +66,26 @@ enum Cmd {
     /// Access control: bindings of roles to principals, roles, and `can-i`.
     #[command(subcommand)]
     Auth(tools::auth::AuthCmd),
+    /// Approves a guarded call another principal made (two-person rule); it runs at once.
+    Approve {
+        id: String,
+        /// Approve only if the request holds the operation with this hash (as `approvals
+        /// list` shows it): what you reviewed is what runs.
+        #[arg(long)]
+        op: Option<String>,
+    },
+    /// Denies a guarded call's request.
+    Deny {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Requests of the two-person rule, and its guards.
+    #[command(subcommand)]
+    Approvals(tools::approvals::ApprovalsCmd),
+    /// The audit log: list, status, export, and `verify` an export offline.
+    #[command(subcommand)]
+    Audit(tools::audit::AuditCmd),
     /// One-time tokens with which new nodes get their certificates (`fabricd node --join ADDR
     /// --token T`).
     #[command(subcommand)]
@@ -287,6 +307,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Ca(_) | Cmd::Cert(CertCmd::Issue { .. }) => local(cli),
+        Cmd::Audit(ref a) if a.is_local() => local(cli),
         _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -485,6 +506,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status => status(&client).await?,
         Cmd::Auth(cmd) => reply(tools::auth::run(cmd, &client).await?),
         Cmd::JoinToken(cmd) => reply(tools::join_token::run(cmd, &client, &cert_dir).await?),
+        Cmd::Audit(cmd) => reply(tools::audit::run(cmd, &client).await?),
+        Cmd::Approve { id, op } => reply(tools::approvals::approve(&client, id, op).await?),
+        Cmd::Deny { id, reason } => reply(tools::approvals::deny(&client, id, reason).await?),
+        Cmd::Approvals(cmd) => reply(tools::approvals::run(cmd, &client).await?),
         Cmd::Ca(_) | Cmd::Cert(CertCmd::Issue { .. }) => {
             unreachable!("local commands ask no member")
         }
@@ -846,6 +871,10 @@ fn local(cli: Cli) -> anyhow::Result<()> {
             sans: &sans,
             overwrite,
         })?,
+        Cmd::Audit(cmd) => {
+            reply(tools::audit::run_local(cmd)?).print(cli.json);
+            return Ok(());
+        }
         _ => unreachable!("a command that asks the cluster"),
     };
     Output::one(out).print(cli.json);

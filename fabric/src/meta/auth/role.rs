@@ -15,6 +15,7 @@ pub const BUILT_IN: &[&str] = &[
     "storage-node",
     "auditor",
     "viewer",
+    "approver",
 ];
 
 /// The verbs of built-in role `name`, or `None` if no built-in role has that name.
@@ -50,12 +51,51 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         // What a storage node's agents do: register, heartbeat, follow the maps, and (the
         // rebuild agent) attach an idle volume to heal it.
         "storage-node" => [&view[..], &volume_user, &[NodeRegister, NodeHeartbeat]].concat(),
-        // Reads everything, the policy and the audit trail included; changes nothing.
-        "auditor" => [&view[..], &[AuthRead, AuditRead]].concat(),
+        // Reads everything, the policy and the audit trail included, and cosigns the audit
+        // log's checkpoints as a witness; changes nothing else.
+        "auditor" => [&view[..], &[AuthRead, AuditRead, AuditWitness]].concat(),
         "viewer" => view.to_vec(),
+        // The second person of the two-person rule: approves or denies guarded calls that
+        // others made, and sees the cluster; does nothing else.
+        "approver" => [&view[..], &[RequestApprove]].concat(),
         _ => return None,
     };
     Some(verbs.into_iter().collect())
+}
+
+/// Verbs that make whoever holds them an administrator: they grant access, decide the
+/// two-person rule, change the Raft group or the audit log, or destroy data.
+pub const ADMIN_VERBS: &[Verb] = &[
+    Verb::AuthBind,
+    Verb::GuardSet,
+    Verb::RequestApprove,
+    Verb::RaftAddLearner,
+    Verb::RaftChangeVoters,
+    Verb::AuditConfigure,
+    Verb::CertRevoke,
+    Verb::NodeJoinToken,
+    Verb::VolumeDelete,
+    Verb::PoolDelete,
+    Verb::VolumeForceAttach,
+];
+
+/// Whether a role of these verb names holds an administrator's verb.
+pub fn grants_admin<'a>(verbs: impl IntoIterator<Item = &'a String>) -> bool {
+    verbs
+        .into_iter()
+        .any(|v| ADMIN_VERBS.iter().any(|a| a.name() == v))
+}
+
+/// Whether `role` (built in, or custom in `policy`) holds an administrator's verb; granting
+/// it is guarded by the two-person rule.
+pub fn is_admin(policy: &super::Policy, role: &str) -> bool {
+    match built_in(role) {
+        Some(verbs) => verbs.iter().any(|v| ADMIN_VERBS.contains(v)),
+        None => policy
+            .roles
+            .get(role)
+            .is_some_and(|v| grants_admin(v.iter())),
+    }
 }
 
 #[cfg(test)]

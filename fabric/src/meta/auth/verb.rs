@@ -70,6 +70,10 @@ verbs! {
     CertRevoke => "cert.revoke" at Cluster,
     NodeJoinToken => "node.join_token" at Cluster,
     AuditRead => "audit.read" at Cluster,
+    AuditConfigure => "audit.configure" at Cluster,
+    AuditWitness => "audit.witness" at Cluster,
+    RequestApprove => "request.approve" at Cluster,
+    GuardSet => "guard.set" at Cluster,
 }
 
 impl fmt::Display for Verb {

@@ -12,9 +12,14 @@
 use proto::meta as pb;
 use tonic::{Request, Status};
 
+use sha2::{Digest, Sha256};
+
 use super::MetadataService;
+use crate::audit::entry::AuditCall;
+use crate::audit::merkle::Hash;
 use crate::identity::PrincipalKind;
 use crate::meta::auth::{Denied, Policy, Scope, Target, Verb, role};
+use crate::meta::command::CommandV1;
 use crate::meta::net::secure::{Caller, PeerInfo};
 
 /// The caller of a request, as its connection authenticated it.
@@ -75,39 +80,97 @@ pub fn parse_target(
     })
 }
 
+/// A call that passed its check: who made it, and the audit record its writes carry.
+#[derive(Clone, Debug)]
+pub struct Authorized {
+    pub caller: Caller,
+    pub call: AuditCall,
+}
+
+/// The audit record of a call to `verb` on `target` made with `req`, before it is decided.
+pub fn audit_call<T: prost::Message>(
+    req: &Request<T>,
+    caller: Option<&Caller>,
+    verb: Verb,
+    target: &Target,
+) -> AuditCall {
+    let info = req.extensions().get::<PeerInfo>();
+    AuditCall {
+        time_ms: crate::meta::clock::unix_ms(),
+        principal: match caller.or(info.map(|i| &i.caller)) {
+            Some(Caller::Principal(p)) => p.to_string(),
+            Some(Caller::InProcess) => "in-process".into(),
+            Some(Caller::Joiner) | None => "unauthenticated".into(),
+        },
+        verb: verb.name().into(),
+        target: target.to_string(),
+        request_sha256: Hash(Sha256::digest(req.get_ref().encode_to_vec()).into()),
+        peer: info
+            .and_then(|i| i.remote)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    }
+}
+
 impl MetadataService {
     /// Checks that the caller of `req` may `verb` on `target`; PERMISSION_DENIED names the
-    /// verb and the target that were missing.
-    pub(super) fn authorize<T>(
+    /// verb and the target that were missing. A refusal is written to the audit log before
+    /// it is returned.
+    pub(super) async fn authorize<T: prost::Message>(
         &self,
         req: &Request<T>,
         verb: Verb,
         target: Target,
-    ) -> Result<Caller, Status> {
-        let caller = caller(req)?;
-        self.member
+    ) -> Result<Authorized, Status> {
+        let caller = match caller(req) {
+            Ok(c) => c,
+            Err(status) => {
+                let call = audit_call(req, None, verb, &target);
+                return Err(self.refused(call, status).await);
+            }
+        };
+        let call = audit_call(req, Some(&caller), verb, &target);
+        let decided = self
+            .member
             .sm
-            .read(|s, _| decide(&s.policy, &caller, verb, &target))
-            .map_err(|denied| Status::permission_denied(denied.to_string()))?;
-        Ok(caller)
+            .read(|s, _| decide(&s.policy, &caller, verb, &target));
+        if let Err(denied) = decided {
+            return Err(self
+                .refused(call, Status::permission_denied(denied.to_string()))
+                .await);
+        }
+        Ok(Authorized { caller, call })
+    }
+
+    /// Records a refused call and returns its status. If the refusal cannot be recorded (the
+    /// log is full, no leader), the caller still gets the refusal; the member logs the gap.
+    pub(super) async fn refused(&self, call: AuditCall, status: Status) -> Status {
+        let command = CommandV1::AuditDenied {
+            call,
+            reason: status.message().to_owned(),
+        };
+        if let Err(e) = self.member.write(command.into()).await {
+            tracing::warn!(error = %e, "a refused call could not be written to the audit log");
+        }
+        status
     }
 
     /// [`MetadataService::authorize`] for a cluster-level verb.
-    pub(super) fn authorize_cluster<T>(
+    pub(super) async fn authorize_cluster<T: prost::Message>(
         &self,
         req: &Request<T>,
         verb: Verb,
-    ) -> Result<Caller, Status> {
-        self.authorize(req, verb, Target::Cluster)
+    ) -> Result<Authorized, Status> {
+        self.authorize(req, verb, Target::Cluster).await
     }
 
     /// [`MetadataService::authorize`] for a verb on volume `name` (found in its pool).
-    pub(super) fn authorize_volume<T>(
+    pub(super) async fn authorize_volume<T: prost::Message>(
         &self,
         req: &Request<T>,
         verb: Verb,
         name: &str,
-    ) -> Result<Caller, Status> {
+    ) -> Result<Authorized, Status> {
         let pool = self
             .member
             .sm
@@ -121,23 +184,25 @@ impl MetadataService {
                 name: name.to_owned(),
             },
         )
+        .await
     }
 
     /// A node may register and heartbeat as itself only.
-    pub(super) fn authorize_node_itself<T>(
+    pub(super) async fn authorize_node_itself<T: prost::Message>(
         &self,
         req: &Request<T>,
         verb: Verb,
         node: u64,
-    ) -> Result<Caller, Status> {
-        let caller = self.authorize_cluster(req, verb)?;
-        match &caller {
+    ) -> Result<Authorized, Status> {
+        let auth = self.authorize_cluster(req, verb).await?;
+        match &auth.caller {
             Caller::Principal(p) if matches!(p.kind(), PrincipalKind::Node(id) if *id != node) => {
-                Err(Status::permission_denied(format!(
+                let status = Status::permission_denied(format!(
                     "{p} may not {verb} as node {node}: a node speaks for itself only"
-                )))
+                ));
+                Err(self.refused(auth.call, status).await)
             }
-            _ => Ok(caller),
+            _ => Ok(auth),
         }
     }
 }

@@ -48,7 +48,10 @@ impl MetadataService {
         &self,
         req: Request<pb::RenewCapabilityRequest>,
     ) -> Result<Response<pb::Attachment>, Status> {
-        let caller = self.authorize_volume(&req, Verb::VolumeAttach, &req.get_ref().name)?;
+        let auth = self
+            .authorize_volume(&req, Verb::VolumeAttach, &req.get_ref().name)
+            .await?;
+        let caller = auth.caller.clone();
         let pb::RenewCapabilityRequest { name, attach_epoch } = req.into_inner();
         // The applied state decides: a renewal for an epoch a newer attach superseded is
         // refused, so a fenced writer cannot keep presenting its epoch to a replica that
@@ -67,6 +70,8 @@ impl MetadataService {
             )));
         };
         let mut out = super::convert::attachment_out(&name, &attachment);
+        self.write(&auth, crate::meta::command::CommandV1::Noted)
+            .await?;
         self.sign_capability(&caller, &name, attach_epoch, &mut out)?;
         Ok(Response::new(out))
     }
@@ -75,7 +80,7 @@ impl MetadataService {
         &self,
         req: Request<pb::GetCellKeysRequest>,
     ) -> Result<Response<pb::CellKeys>, Status> {
-        self.authorize_cluster(&req, Verb::ClusterStatus)?;
+        self.authorize_cluster(&req, Verb::ClusterStatus).await?;
         let keys = self.member.sm.read(|s, _| s.verifying_keys());
         Ok(Response::new(pb::CellKeys {
             verifying_keys: keys.iter().map(|k| k.to_bytes().to_vec()).collect(),

@@ -26,6 +26,7 @@ pub fn status_of(e: MetaError) -> Status {
         }
         MetaError::Command(CommandError::InvalidArgument(m)) => Status::invalid_argument(m),
         MetaError::Command(CommandError::FailedPrecondition(m)) => Status::failed_precondition(m),
+        MetaError::Command(CommandError::AuditFull(m)) => Status::failed_precondition(m),
         MetaError::Command(CommandError::PermissionDenied(m)) => Status::permission_denied(m),
         MetaError::Unavailable(m) => Status::unavailable(m),
     }

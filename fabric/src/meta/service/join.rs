@@ -3,7 +3,6 @@
 //! only to connections that asked to join; see `identity::join`).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::meta as pb;
 use proto::meta::join_server::Join;
@@ -18,6 +17,7 @@ use crate::identity::issue::{
 };
 use crate::identity::join::{is_secret_digest, is_token_id, secret_digest};
 use crate::meta::auth::Verb;
+use crate::meta::clock::unix_ms as now_ms;
 use crate::meta::command::CommandV1;
 use crate::meta::member::Member;
 use crate::meta::net::secure::Caller;
@@ -25,12 +25,6 @@ use crate::meta::state_join::{JOIN_TOKEN_TTL_MAX_MS, JoinRefused, JoinRole, Join
 
 /// Largest CSR accepted, in bytes (a P-256 or P-384 request is a few hundred).
 const CSR_BYTES_MAX: usize = 4096;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn token_info(t: &JoinTokenRecord) -> pb::JoinTokenInfo {
     pb::JoinTokenInfo {
@@ -47,7 +41,8 @@ impl MetadataService {
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenInfo>, Status> {
-        let created_by = match self.authorize_cluster(&req, Verb::NodeJoinToken)? {
+        let auth = self.authorize_cluster(&req, Verb::NodeJoinToken).await?;
+        let created_by = match &auth.caller {
             Caller::Principal(p) => p.to_string(),
             Caller::InProcess | Caller::Joiner => String::new(),
         };
@@ -80,7 +75,8 @@ impl MetadataService {
             expires_at_ms: created_at_ms + ttl_ms,
             used_by: None,
         };
-        self.write(CommandV1::AddJoinToken(record.clone())).await?;
+        self.write(&auth, CommandV1::AddJoinToken(record.clone()))
+            .await?;
         Ok(Response::new(token_info(&record)))
     }
 
@@ -88,7 +84,7 @@ impl MetadataService {
         &self,
         req: Request<pb::ListJoinTokensRequest>,
     ) -> Result<Response<pb::ListJoinTokensReply>, Status> {
-        self.authorize_cluster(&req, Verb::NodeJoinToken)?;
+        self.authorize_cluster(&req, Verb::NodeJoinToken).await?;
         let now = now_ms();
         let tokens = self.member.sm.read(|s, _| {
             s.join_tokens
@@ -185,16 +181,14 @@ impl Join for JoinService {
         // The request is checked before the token is spent on it.
         crate::identity::join::check_csr(&csr)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let redeem = CommandV1::RedeemJoinToken {
+            id: token_id.clone(),
+            secret_sha256: digest,
+            node: node_id,
+            now_ms: now,
+        };
         self.member
-            .write(
-                CommandV1::RedeemJoinToken {
-                    id: token_id.clone(),
-                    secret_sha256: digest,
-                    node: node_id,
-                    now_ms: now,
-                }
-                .into(),
-            )
+            .write_own("node.join", format!("node/{node_id}"), redeem)
             .await
             .map_err(status_of)?;
         let signed = signer

@@ -2,6 +2,8 @@
 //! request at the edge ([`convert`]), runs one write or linearizable read through
 //! [`Member`], and converts the answer back.
 
+mod approval;
+mod audit;
 pub mod authz;
 mod capability;
 pub mod convert;
@@ -19,18 +21,28 @@ use proto::meta as pb;
 use proto::meta::metadata_server::Metadata;
 use tonic::{Request, Response, Status};
 
+use self::authz::Authorized;
 use self::convert::{
     ReplicaChange, attachment_out, detach_in, replica_change_in, report_rebuild_in, resize_in,
     status_of,
 };
 use super::auth::{Target, Verb};
 use super::balance::{BALANCE_MOVES_MAX, Plan};
-use super::command::{Applied, CommandV1};
+use super::command::{Applied, CommandError, CommandV1};
 use super::detector::{Beat, Detector};
 use super::member::Member;
+use super::member::MetaError;
 use super::model::{NodeRegistration, Participation, PoolSpec, VolumeSpec};
 use super::query::{Query, QueryReply};
 use super::types::MemberNode;
+
+/// `command` as the call `auth` made.
+fn audited(auth: &Authorized, command: CommandV1) -> CommandV1 {
+    CommandV1::Audited {
+        call: auth.call.clone(),
+        command: Box::new(command),
+    }
+}
 
 /// Serves the metadata API of one member.
 pub struct MetadataService {
@@ -39,30 +51,52 @@ pub struct MetadataService {
 }
 
 impl MetadataService {
-    /// Writes `command`, wrapped so that it applies at most once when the client named the
-    /// request (`request_id` not empty).
-    async fn write_once(&self, request_id: String, command: CommandV1) -> Result<Applied, Status> {
+    /// Writes `command` as `auth`'s call, wrapped so that it applies at most once when the
+    /// client named the request (`request_id` not empty).
+    async fn write_once(
+        &self,
+        auth: &Authorized,
+        request_id: String,
+        command: CommandV1,
+    ) -> Result<Applied, Status> {
+        let audited = audited(auth, command);
         if request_id.is_empty() {
-            return self.write(command).await;
+            return self.write_raw(audited).await;
         }
-        self.write(CommandV1::Once {
+        self.write_raw(CommandV1::Once {
             request_id,
-            command: Box::new(command),
+            command: Box::new(audited),
         })
         .await
     }
 
-    async fn write(&self, command: CommandV1) -> Result<Applied, Status> {
-        self.member
-            .write(command.into())
-            .await
-            .map(|(a, _)| a)
-            .map_err(status_of)
+    /// Writes `command` as `auth`'s call: its audit entry and the change commit together, or
+    /// (the log being full) neither.
+    async fn write(&self, auth: &Authorized, command: CommandV1) -> Result<Applied, Status> {
+        self.write_raw(audited(auth, command)).await
+    }
+
+    async fn write_raw(&self, command: CommandV1) -> Result<Applied, Status> {
+        match self.member.write(command.into()).await {
+            Ok((applied, _)) => Ok(applied),
+            Err(e) => {
+                if matches!(e, MetaError::Command(CommandError::AuditFull(_))) {
+                    self.member
+                        .audit_refused_full
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(status_of(e))
+            }
+        }
     }
 
     /// Writes a command whose result is a volume, and answers that volume.
-    async fn volume_change(&self, command: CommandV1) -> Result<Response<pb::Volume>, Status> {
-        match self.write(command).await? {
+    async fn volume_change(
+        &self,
+        auth: &Authorized,
+        command: CommandV1,
+    ) -> Result<Response<pb::Volume>, Status> {
+        match self.write(auth, command).await? {
             Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
             _ => Err(unexpected("volume change")),
         }
@@ -137,7 +171,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        self.authorize_cluster(&req, Verb::ClusterStatus)?;
+        self.authorize_cluster(&req, Verb::ClusterStatus).await?;
         let m = self.member.metrics();
         Ok(Response::new(pb::NodeStatus {
             id: self.member.id,
@@ -158,7 +192,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
-        self.authorize_cluster(&req, Verb::NodeList)?;
+        self.authorize_cluster(&req, Verb::NodeList).await?;
         match self.read(Query::Nodes).await? {
             QueryReply::Nodes(nodes) => Ok(Response::new(pb::ListNodesReply {
                 nodes: nodes.iter().map(pb::Node::from).collect(),
@@ -171,7 +205,8 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        self.authorize_node_itself(&req, Verb::NodeHeartbeat, req.get_ref().node)?;
+        self.authorize_node_itself(&req, Verb::NodeHeartbeat, req.get_ref().node)
+            .await?;
         let req = req.into_inner();
         if req.node == 0 {
             return Err(Status::invalid_argument("node id 0 is not a node"));
@@ -211,7 +246,9 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        self.authorize_node_itself(&req, Verb::NodeRegister, req.get_ref().id)?;
+        let auth = self
+            .authorize_node_itself(&req, Verb::NodeRegister, req.get_ref().id)
+            .await?;
         let reg = NodeRegistration::try_from(req.into_inner())?;
         // A node that restarts unchanged is registered already: nothing to write. (A member
         // that lags may miss the record and write it again, which changes nothing.)
@@ -224,7 +261,7 @@ impl Metadata for MetadataService {
         if let Some(n) = known {
             return Ok(Response::new(pb::Node::from(&n)));
         }
-        match self.write(CommandV1::RegisterNode(reg)).await? {
+        match self.write(&auth, CommandV1::RegisterNode(reg)).await? {
             Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
             _ => Err(unexpected("register node")),
         }
@@ -234,7 +271,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::NodeParticipationRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        self.authorize_cluster(&req, Verb::NodeOut)?;
+        let auth = self.authorize_cluster(&req, Verb::NodeOut).await?;
         let pb::NodeParticipationRequest { node, out } = req.into_inner();
         let participation = if out {
             Participation::Out
@@ -242,10 +279,13 @@ impl Metadata for MetadataService {
             Participation::In
         };
         match self
-            .write(CommandV1::SetParticipation {
-                node,
-                participation,
-            })
+            .write(
+                &auth,
+                CommandV1::SetParticipation {
+                    node,
+                    participation,
+                },
+            )
             .await?
         {
             Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
@@ -257,10 +297,10 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::NodeDrainingRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        self.authorize_cluster(&req, Verb::NodeDrain)?;
+        let auth = self.authorize_cluster(&req, Verb::NodeDrain).await?;
         let pb::NodeDrainingRequest { node, draining } = req.into_inner();
         match self
-            .write(CommandV1::SetDraining { node, draining })
+            .write(&auth, CommandV1::SetDraining { node, draining })
             .await?
         {
             Applied::Node(n) => Ok(Response::new(pb::Node::from(&n))),
@@ -273,7 +313,7 @@ impl Metadata for MetadataService {
         req: Request<pb::BalanceRequest>,
     ) -> Result<Response<pb::BalancePlan>, Status> {
         let pool = Target::Pool(req.get_ref().pool.clone());
-        self.authorize(&req, Verb::BalancePlan, pool)?;
+        self.authorize(&req, Verb::BalancePlan, pool).await?;
         let plan = self.balance_plan(req.into_inner()).await?;
         Ok(Response::new(pb::BalancePlan::from(&plan)))
     }
@@ -283,14 +323,14 @@ impl Metadata for MetadataService {
         req: Request<pb::BalanceRequest>,
     ) -> Result<Response<pb::BalancePlan>, Status> {
         let pool = Target::Pool(req.get_ref().pool.clone());
-        self.authorize(&req, Verb::BalanceApply, pool)?;
+        let auth = self.authorize(&req, Verb::BalanceApply, pool).await?;
         let plan = self.balance_plan(req.into_inner()).await?;
         let command = CommandV1::Rebalance {
             pool: plan.pool.clone(),
             pool_epoch: plan.pool_epoch,
             moves: plan.disk_moves(),
         };
-        match self.write(command).await? {
+        match self.write(&auth, command).await? {
             Applied::Pool(p) => Ok(Response::new(pb::BalancePlan {
                 applied_epoch: p.map.epoch,
                 ..pb::BalancePlan::from(&plan)
@@ -303,9 +343,9 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::CreatePoolRequest>,
     ) -> Result<Response<pb::Pool>, Status> {
-        self.authorize_cluster(&req, Verb::PoolCreate)?;
+        let auth = self.authorize_cluster(&req, Verb::PoolCreate).await?;
         let spec = PoolSpec::try_from(req.into_inner())?;
-        match self.write(CommandV1::CreatePool(spec)).await? {
+        match self.write(&auth, CommandV1::CreatePool(spec)).await? {
             Applied::Pool(p) => Ok(Response::new(pb::Pool::from(&p))),
             _ => Err(unexpected("create pool")),
         }
@@ -315,7 +355,7 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsReply>, Status> {
-        self.authorize_cluster(&req, Verb::PoolList)?;
+        self.authorize_cluster(&req, Verb::PoolList).await?;
         match self.read(Query::Pools).await? {
             QueryReply::Pools(pools) => Ok(Response::new(pb::ListPoolsReply {
                 pools: pools.iter().map(pb::Pool::from).collect(),
@@ -329,10 +369,15 @@ impl Metadata for MetadataService {
         req: Request<pb::DeletePoolRequest>,
     ) -> Result<Response<pb::DeletePoolReply>, Status> {
         let pool = Target::Pool(req.get_ref().name.clone());
-        self.authorize(&req, Verb::PoolDelete, pool)?;
+        let auth = self.authorize(&req, Verb::PoolDelete, pool).await?;
         let pb::DeletePoolRequest { name, request_id } = req.into_inner();
         match self
-            .write_once(request_id, CommandV1::DeletePool { name })
+            .guarded_write(
+                &auth,
+                "pool.delete",
+                request_id,
+                CommandV1::DeletePool { name },
+            )
             .await?
         {
             Applied::Deleted => Ok(Response::new(pb::DeletePoolReply {})),
@@ -345,9 +390,9 @@ impl Metadata for MetadataService {
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         let pool = Target::Pool(req.get_ref().pool.clone());
-        self.authorize(&req, Verb::VolumeCreate, pool)?;
+        let auth = self.authorize(&req, Verb::VolumeCreate, pool).await?;
         let spec = VolumeSpec::try_from(req.into_inner())?;
-        match self.write(CommandV1::CreateVolume(spec)).await? {
+        match self.write(&auth, CommandV1::CreateVolume(spec)).await? {
             Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
             _ => Err(unexpected("create volume")),
         }
@@ -380,7 +425,8 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        self.authorize_volume(&req, Verb::VolumeGet, &req.get_ref().name)?;
+        self.authorize_volume(&req, Verb::VolumeGet, &req.get_ref().name)
+            .await?;
         let name = req.into_inner().name;
         match self.read(Query::Volume(name.clone())).await? {
             QueryReply::Volume(Some(v)) => Ok(Response::new(pb::Volume::from(&v))),
@@ -393,7 +439,8 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::VolumeMap>, Status> {
-        self.authorize_volume(&req, Verb::VolumeGet, &req.get_ref().name)?;
+        self.authorize_volume(&req, Verb::VolumeGet, &req.get_ref().name)
+            .await?;
         let name = req.into_inner().name;
         match self.read(Query::VolumeMap(name.clone())).await? {
             QueryReply::VolumeMap(Some(m)) => Ok(Response::new(pb::VolumeMap {
@@ -413,12 +460,18 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ResizeVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        self.authorize_volume(&req, Verb::VolumeResize, &req.get_ref().name)?;
+        let auth = self
+            .authorize_volume(&req, Verb::VolumeResize, &req.get_ref().name)
+            .await?;
         let req = req.into_inner();
         let request_id = req.request_id.clone();
         let (name, size_bytes) = resize_in(req)?;
         match self
-            .write_once(request_id, CommandV1::ResizeVolume { name, size_bytes })
+            .write_once(
+                &auth,
+                request_id,
+                CommandV1::ResizeVolume { name, size_bytes },
+            )
             .await?
         {
             Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
@@ -430,10 +483,13 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeReply>, Status> {
-        self.authorize_volume(&req, Verb::VolumeDelete, &req.get_ref().name)?;
+        let auth = self
+            .authorize_volume(&req, Verb::VolumeDelete, &req.get_ref().name)
+            .await?;
         let pb::DeleteVolumeRequest { name, request_id } = req.into_inner();
+        let delete = CommandV1::DeleteVolume { name };
         match self
-            .write_once(request_id, CommandV1::DeleteVolume { name })
+            .guarded_write(&auth, "volume.delete", request_id, delete)
             .await?
         {
             Applied::Deleted => Ok(Response::new(pb::DeleteVolumeReply {})),
@@ -445,8 +501,11 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::DetachVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        self.authorize_volume(&req, Verb::VolumeDetach, &req.get_ref().name)?;
-        self.volume_change(detach_in(req.into_inner())?).await
+        let auth = self
+            .authorize_volume(&req, Verb::VolumeDetach, &req.get_ref().name)
+            .await?;
+        self.volume_change(&auth, detach_in(req.into_inner())?)
+            .await
     }
 
     async fn attach_volume(
@@ -457,24 +516,29 @@ impl Metadata for MetadataService {
             true => Verb::VolumeForceAttach,
             false => Verb::VolumeAttach,
         };
-        let caller = self.authorize_volume(&req, verb, &req.get_ref().name)?;
+        let auth = self
+            .authorize_volume(&req, verb, &req.get_ref().name)
+            .await?;
+        let caller = auth.caller.clone();
         let pb::AttachVolumeRequest {
             name,
             client,
             force,
             request_id,
         } = req.into_inner();
-        match self
-            .write_once(
-                request_id,
-                CommandV1::AttachVolume {
-                    name,
-                    client,
-                    force,
-                },
-            )
-            .await?
-        {
+        let attach = CommandV1::AttachVolume {
+            name,
+            client,
+            force,
+        };
+        let written = match force {
+            true => {
+                self.guarded_write(&auth, "volume.force_attach", request_id, attach)
+                    .await?
+            }
+            false => self.write_once(&auth, request_id, attach).await?,
+        };
+        match written {
             Applied::Attached { volume, attachment } => {
                 let mut out = attachment_out(&volume, &attachment);
                 self.sign_capability(&caller, &volume, attachment.epoch, &mut out)?;
@@ -488,17 +552,24 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ReplicaRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        self.authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)?;
-        self.volume_change(replica_change_in(ReplicaChange::Remove, req.into_inner())?)
-            .await
+        let auth = self
+            .authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)
+            .await?;
+        self.volume_change(
+            &auth,
+            replica_change_in(ReplicaChange::Remove, req.into_inner())?,
+        )
+        .await
     }
 
     async fn report_rebuild(
         &self,
         req: Request<pb::ReportRebuildRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        self.authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)?;
-        self.volume_change(report_rebuild_in(req.into_inner())?)
+        let auth = self
+            .authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)
+            .await?;
+        self.volume_change(&auth, report_rebuild_in(req.into_inner())?)
             .await
     }
 
@@ -506,9 +577,14 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ReplicaRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        self.authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)?;
-        self.volume_change(replica_change_in(ReplicaChange::Restore, req.into_inner())?)
-            .await
+        let auth = self
+            .authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)
+            .await?;
+        self.volume_change(
+            &auth,
+            replica_change_in(ReplicaChange::Restore, req.into_inner())?,
+        )
+        .await
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>>;
@@ -517,7 +593,8 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = self.authorize_cluster(&req, Verb::ClusterWatch)?;
+        let auth = self.authorize_cluster(&req, Verb::ClusterWatch).await?;
+        let caller = auth.caller.clone();
         let req = req.into_inner();
         if req.volume_names.len() > watch::WATCH_NAMES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -546,13 +623,14 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
-        self.authorize_cluster(&req, Verb::RaftAddLearner)?;
+        let auth = self.authorize_cluster(&req, Verb::RaftAddLearner).await?;
         let pb::AddLearnerRequest { id, rpc_addr } = req.into_inner();
         if id == 0 || rpc_addr.is_empty() {
             return Err(Status::invalid_argument(
                 "a learner needs a non-zero id and an rpc address",
             ));
         }
+        self.write(&auth, CommandV1::Noted).await?;
         self.member
             .raft
             .add_learner(id, MemberNode { rpc_addr }, true)
@@ -567,16 +645,17 @@ impl Metadata for MetadataService {
         &self,
         req: Request<pb::ChangeVotersRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
-        self.authorize_cluster(&req, Verb::RaftChangeVoters)?;
+        let auth = self.authorize_cluster(&req, Verb::RaftChangeVoters).await?;
         let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
         if voters.is_empty() {
             return Err(Status::invalid_argument("the voter set must not be empty"));
         }
-        self.member
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map_err(membership_status)?;
+        let change = CommandV1::ChangeVoters {
+            voters: voters.clone(),
+        };
+        self.guarded_write(&auth, "raft.change_voters", String::new(), change)
+            .await?;
+        self.change_voters_now(voters).await?;
         Ok(Response::new(pb::MembershipReply {
             members: self.members(),
         }))
@@ -650,6 +729,74 @@ impl Metadata for MetadataService {
         req: Request<pb::ListJoinTokensRequest>,
     ) -> Result<Response<pb::ListJoinTokensReply>, Status> {
         self.list_join_tokens_call(req).await
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::AuditEntries>, Status> {
+        self.list_audit_call(req).await
+    }
+
+    async fn get_audit_head(
+        &self,
+        req: Request<pb::GetAuditHeadRequest>,
+    ) -> Result<Response<pb::AuditHead>, Status> {
+        self.get_audit_head_call(req).await
+    }
+
+    async fn configure_audit(
+        &self,
+        req: Request<pb::ConfigureAuditRequest>,
+    ) -> Result<Response<pb::AuditHead>, Status> {
+        self.configure_audit_call(req).await
+    }
+
+    async fn cosign_audit(
+        &self,
+        req: Request<pb::CosignAuditRequest>,
+    ) -> Result<Response<pb::AuditHead>, Status> {
+        self.cosign_audit_call(req).await
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::Approvals>, Status> {
+        self.list_approvals_call(req).await
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApprovalInfo>, Status> {
+        self.approve_call(req).await
+    }
+
+    async fn deny_approval(
+        &self,
+        req: Request<pb::DenyApprovalRequest>,
+    ) -> Result<Response<pb::ApprovalInfo>, Status> {
+        self.deny_approval_call(req).await
+    }
+
+    async fn set_guard(
+        &self,
+        req: Request<pb::SetGuardRequest>,
+    ) -> Result<Response<pb::Approvals>, Status> {
+        self.set_guard_call(req).await
+    }
+}
+
+impl MetadataService {
+    /// Makes the Raft voters `voters` (after the call was audited, and approved if guarded).
+    async fn change_voters_now(&self, voters: BTreeSet<u64>) -> Result<(), Status> {
+        self.member
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(membership_status)?;
+        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@ impl MetadataService {
         &self,
         req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
-        self.authorize_cluster(&req, Verb::AuthRead)?;
+        self.authorize_cluster(&req, Verb::AuthRead).await?;
         Ok(Response::new(
             self.member.sm.read(|s, _| policy_out(&s.policy)),
         ))
@@ -31,7 +31,7 @@ impl MetadataService {
         &self,
         req: Request<pb::ListRolesRequest>,
     ) -> Result<Response<pb::ListRolesReply>, Status> {
-        self.authorize_cluster(&req, Verb::AuthRead)?;
+        self.authorize_cluster(&req, Verb::AuthRead).await?;
         let mut roles: Vec<pb::Role> = role::BUILT_IN
             .iter()
             .map(|name| pb::Role {
@@ -56,7 +56,8 @@ impl MetadataService {
         &self,
         req: Request<pb::PolicyChange>,
     ) -> Result<Response<pb::Policy>, Status> {
-        let by = match self.authorize_cluster(&req, Verb::AuthBind)? {
+        let auth = self.authorize_cluster(&req, Verb::AuthBind).await?;
+        let by = match &auth.caller {
             Caller::Principal(p) => p.to_string(),
             Caller::InProcess | Caller::Joiner => {
                 return Err(Status::permission_denied(
@@ -82,7 +83,20 @@ impl MetadataService {
             Some(pb::policy_change::Change::RemoveRole(name)) => PolicyChange::RemoveRole(name),
             None => return Err(Status::invalid_argument("the request names no change")),
         };
-        match self.write(CommandV1::ChangePolicy { by, change }).await? {
+        let admin = self.member.sm.read(|s, _| match &change {
+            PolicyChange::Bind(b) => role::is_admin(&s.policy, &b.role),
+            PolicyChange::DefineRole { verbs, .. } => role::grants_admin(verbs.iter()),
+            _ => false,
+        });
+        let command = CommandV1::ChangePolicy { by, change };
+        let written = match admin {
+            true => {
+                self.guarded_write(&auth, "auth.grant_admin", String::new(), command)
+                    .await?
+            }
+            false => self.write(&auth, command).await?,
+        };
+        match written {
             Applied::Policy { .. } => Ok(Response::new(
                 self.member.sm.read(|s, _| policy_out(&s.policy)),
             )),
@@ -105,7 +119,7 @@ impl MetadataService {
             caller
         } else {
             if !gateway {
-                self.authorize_cluster(&req, Verb::AuthRead)?;
+                self.authorize_cluster(&req, Verb::AuthRead).await?;
             }
             let principal = asked
                 .parse()
@@ -145,7 +159,7 @@ impl MetadataService {
         &self,
         req: Request<pb::RevokedCertificate>,
     ) -> Result<Response<pb::Revocations>, Status> {
-        self.authorize_cluster(&req, Verb::CertRevoke)?;
+        let auth = self.authorize_cluster(&req, Verb::CertRevoke).await?;
         let pb::RevokedCertificate {
             serial,
             principal,
@@ -156,7 +170,8 @@ impl MetadataService {
             principal,
             reason,
         };
-        self.write(CommandV1::RevokeCertificate(revoked)).await?;
+        self.write(&auth, CommandV1::RevokeCertificate(revoked))
+            .await?;
         Ok(Response::new(self.revocations()))
     }
 
@@ -164,7 +179,7 @@ impl MetadataService {
         &self,
         req: Request<pb::ListRevocationsRequest>,
     ) -> Result<Response<pb::Revocations>, Status> {
-        self.authorize_cluster(&req, Verb::ClusterStatus)?;
+        self.authorize_cluster(&req, Verb::ClusterStatus).await?;
         Ok(Response::new(self.revocations()))
     }
 
