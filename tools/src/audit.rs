@@ -141,6 +141,9 @@ pub fn run_local(cmd: AuditCmd) -> anyhow::Result<Reply> {
             let pem = std::fs::read(&ca).with_context(|| format!("read {}", ca.display()))?;
             let root = CertificateDer::from_pem_slice(&pem)
                 .with_context(|| format!("{}: no certificate", ca.display()))?;
+            if let Some(reply) = verify_statement_file(&file, &root)? {
+                return Ok(reply);
+            }
             let input =
                 std::fs::File::open(&file).with_context(|| format!("open {}", file.display()))?;
             let started = std::time::Instant::now();
@@ -174,6 +177,37 @@ pub fn run_local(cmd: AuditCmd) -> anyhow::Result<Reply> {
         }
         _ => unreachable!("only local commands"),
     }
+}
+
+/// Checks `file` as a residency statement, if it is one (`None`: it is not).
+fn verify_statement_file(file: &Path, root: &CertificateDer<'_>) -> anyhow::Result<Option<Reply>> {
+    use fabric::audit::residency::{STATEMENT_FORMAT, SignedStatement, verify_statement};
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?,
+        ),
+        &mut first,
+    )?;
+    let Ok(signed) = serde_json::from_str::<SignedStatement>(&first) else {
+        return Ok(None);
+    };
+    if signed.format != STATEMENT_FORMAT {
+        return Ok(None);
+    }
+    let (cluster, s) = verify_statement(&signed, root)
+        .map_err(|e| anyhow::anyhow!("{}: does not verify: {e}", file.display()))?;
+    Ok(Some(Reply::One(json!({
+        "verified": true,
+        "kind": "residency statement",
+        "cluster": cluster,
+        "volume": s.volume,
+        "pool": s.pool,
+        "rule": s.rule,
+        "inside": s.inside,
+        "replicas": s.replicas.len(),
+        "stated_at": rfc3339_ms(s.time_ms),
+    }))))
 }
 
 fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -10,4 +10,5 @@ pub mod movement;
 pub mod nbd_probe;
 pub mod prometheus;
 pub mod reply;
+pub mod residency;
 pub mod volume_map;

@@ -10,4 +10,5 @@ pub mod checkpoint;
 pub mod entry;
 pub mod log;
 pub mod merkle;
+pub mod residency;
 pub mod verify;

@@ -201,6 +201,11 @@ pub enum CommandV1 {
         guard: String,
         on: bool,
     },
+    /// Labels location `location` (`level=value`) with `labels` (none: removes them).
+    SetLabels {
+        location: String,
+        labels: std::collections::BTreeMap<String, String>,
+    },
     /// How long a request of the two-person rule waits for its approval.
     SetApprovalTtl {
         ttl_ms: u64,
@@ -451,6 +456,9 @@ impl std::fmt::Display for CommandV1 {
                 write!(f, "turn guard {guard} {}", if *on { "on" } else { "off" })
             }
             CommandV1::ChangeVoters { voters } => write!(f, "make the voters {voters:?}"),
+            CommandV1::SetLabels { location, labels } => {
+                write!(f, "label {location} with {labels:?}")
+            }
             CommandV1::SetApprovalTtl { ttl_ms } => {
                 write!(f, "approval requests wait {} s", ttl_ms / 1000)
             }

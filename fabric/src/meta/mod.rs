@@ -48,6 +48,9 @@ mod state_placement_test;
 mod state_policy;
 #[cfg(test)]
 mod state_prop_test;
+pub mod state_residency;
+#[cfg(test)]
+mod state_residency_test;
 pub mod state_revoked;
 #[cfg(test)]
 mod state_sim_test;

@@ -40,6 +40,10 @@ const SYNTHETIC: char = '~';
 const _: () = assert!(DISK_BYTES_MIN > 0 && WEIGHT_BYTES.is_multiple_of(WEIGHT_UNITS_PER_WEIGHT));
 const _: () = assert!(LEVELS.len() == LOCATION_LEVELS.len() + 3);
 
+/// An operator's labels of locations: `level=value` (such as `row=r1`) → labels (such as
+/// `jurisdiction=de`), which every bucket at that location carries as tags.
+pub type Labels = BTreeMap<String, BTreeMap<String, String>>;
+
 /// The placement view of the cluster, part of the replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Topology {
@@ -107,7 +111,7 @@ fn weight_of(capacity_bytes: u64) -> f64 {
 }
 
 /// Every bucket the nodes describe, keyed by name, parents before children.
-fn wanted_buckets(nodes: &BTreeMap<NodeId, NodeRecord>) -> Vec<Wanted> {
+fn wanted_buckets(nodes: &BTreeMap<NodeId, NodeRecord>, labels: &Labels) -> Vec<Wanted> {
     let mut out: Vec<Wanted> = Vec::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut push = |out: &mut Vec<Wanted>, w: Wanted| {
@@ -145,6 +149,11 @@ fn wanted_buckets(nodes: &BTreeMap<NodeId, NodeRecord>) -> Vec<Wanted> {
             let name = format!("{parent}/{level}={value}");
             let mut tags = BTreeMap::new();
             if declared {
+                // An operator's labels of this location (`jurisdiction=de` on `row=r1`) are
+                // the bucket's tags too, inherited by every disk under it.
+                if let Some(l) = labels.get(&format!("{level}={value}")) {
+                    tags.extend(l.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
                 tags.insert(level.to_string(), value);
             }
             push(
@@ -219,8 +228,9 @@ impl Topology {
     pub fn evolve(
         &self,
         nodes: &BTreeMap<NodeId, NodeRecord>,
+        labels: &Labels,
     ) -> Result<Option<Topology>, CommandError> {
-        let wanted = wanted_buckets(nodes);
+        let wanted = wanted_buckets(nodes, labels);
         let current: BTreeMap<&str, &BucketSpec> = self
             .map
             .iter()
@@ -272,6 +282,12 @@ impl Topology {
                         edits.push(Edit::SetState {
                             bucket: id,
                             state: spec.state,
+                        });
+                    }
+                    if old.tags != spec.tags {
+                        edits.push(Edit::SetTags {
+                            bucket: id,
+                            tags: spec.tags.clone(),
                         });
                     }
                 }

@@ -58,6 +58,10 @@ pub struct ClusterState {
     pub guards: super::state_approval::Guards,
     #[serde(default)]
     pub approvals: super::state_approval::Requests,
+    /// Operators' labels of locations, such as `jurisdiction=de` on `row=r1` (see
+    /// `state_residency`).
+    #[serde(default)]
+    pub labels: super::pgmap::Labels,
     /// Join tokens by id, until they expire (see `state_join`).
     #[serde(default)]
     pub join_tokens: BTreeMap<String, super::state_join::JoinTokenRecord>,
@@ -235,6 +239,7 @@ impl ClusterState {
             CommandV1::DenyRequest { id, reason, by } => self.deny_request(by, id, reason),
             CommandV1::SetGuard { guard, on } => self.set_guard(guard, *on),
             CommandV1::SetApprovalTtl { ttl_ms } => self.set_approval_ttl(*ttl_ms),
+            CommandV1::SetLabels { location, labels } => self.set_labels(location, labels),
             CommandV1::ChangeVoters { voters } => Ok(Applied::Voters(voters.clone())),
             CommandV1::CertifyCellKey { key, chain_pem } => self.certify_cell_key(key, chain_pem),
             CommandV1::SetAuditLimits(limits) => self.set_audit_limits(limits),
@@ -352,17 +357,20 @@ impl ClusterState {
     /// born and the line grows at most `BLOCKS_MAX / BLOCKS_AT_GENESIS` (256) fold after that,
     /// so a map born with the first node of a cluster that registers thousands before its
     /// first pool could not take them in.
-    fn evolve_topology(&self) -> Result<Option<Topology>, CommandError> {
+    pub(super) fn evolve_topology(&self) -> Result<Option<Topology>, CommandError> {
         if self.pools.is_empty() {
             // Born with the first pool (`create_pool`), from every node registered by then.
             return Ok(Some(Topology::default()));
         }
-        self.topology.evolve(&self.nodes)
+        self.topology.evolve(&self.nodes, &self.labels)
     }
 
     /// Moves to `evolved` (if the topology changed) and remaps the pools, or refuses and
     /// changes nothing if a new PG map would leave some volume's PG without a current replica.
-    fn follow_topology(&mut self, evolved: Option<Topology>) -> Result<(), CommandError> {
+    pub(super) fn follow_topology(
+        &mut self,
+        evolved: Option<Topology>,
+    ) -> Result<(), CommandError> {
         let Some(topology) = evolved else {
             return Ok(());
         };
@@ -532,7 +540,7 @@ impl ClusterState {
         }
         let id = self.next_pool_id;
         let born = match self.pools.is_empty() {
-            true => Topology::default().evolve(&self.nodes)?,
+            true => Topology::default().evolve(&self.nodes, &self.labels)?,
             false => None,
         };
         let topology = born.as_ref().unwrap_or(&self.topology);
@@ -896,6 +904,7 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::DenyRequest { .. }
         | CommandV1::SetGuard { .. }
         | CommandV1::SetApprovalTtl { .. }
+        | CommandV1::SetLabels { .. }
         | CommandV1::ChangeVoters { .. }
         | CommandV1::CertifyCellKey { .. }
         | CommandV1::SetAuditLimits(_)

@@ -6,8 +6,8 @@
 //! the approval, so one Raft entry holds both, and both are in the audit log.
 //!
 //! Which calls are guarded is policy, kept here: by default deleting a volume or a pool,
-//! force-attaching, changing the Raft voters, granting an admin role, and shortening the
-//! audit log's retention.
+//! force-attaching, changing the Raft voters, granting an admin role, shortening the audit
+//! log's retention, and relabelling a location (its jurisdiction).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,6 +34,7 @@ pub const GUARDS: &[&str] = &[
     "raft.change_voters",
     "auth.grant_admin",
     "audit.shorten_retention",
+    "topology.relabel",
     "guard.remove",
 ];
 

@@ -80,6 +80,9 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Labels of locations in the fault-domain tree (a jurisdiction, a site).
+    #[command(subcommand)]
+    Topology(tools::residency::TopologyCmd),
     /// Requests of the two-person rule, and its guards.
     #[command(subcommand)]
     Approvals(tools::approvals::ApprovalsCmd),
@@ -231,9 +234,13 @@ enum PoolCmd {
         failure_domain: String,
         #[arg(long, default_value_t = 64)]
         pg_count: u32,
-        /// Only nodes at level=name (repeatable).
+        /// Only nodes at level=name, or carrying label key=value (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Keep every replica in this jurisdiction: only disks under a location labelled
+        /// jurisdiction=VALUE (fabricctl topology label).
+        #[arg(long)]
+        residency: Option<String>,
     },
     List,
     /// Delete an empty pool (refused while it holds volumes).
@@ -299,6 +306,13 @@ enum VolumeCmd {
         /// a newer attach under the same client name.
         #[arg(long)]
         epoch: Option<u64>,
+    },
+    /// Where each replica sits and under which jurisdiction, as a statement signed by the
+    /// cell key (written to --out for `fabricctl audit verify`).
+    Residency {
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -510,6 +524,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Approve { id, op } => reply(tools::approvals::approve(&client, id, op).await?),
         Cmd::Deny { id, reason } => reply(tools::approvals::deny(&client, id, reason).await?),
         Cmd::Approvals(cmd) => reply(tools::approvals::run(cmd, &client).await?),
+        Cmd::Topology(cmd) => reply(tools::residency::run(cmd, &client).await?),
+        Cmd::Volume(VolumeCmd::Residency { name, out }) => {
+            reply(tools::residency::statement(&client, &name, out.as_deref()).await?)
+        }
         Cmd::Ca(_) | Cmd::Cert(CertCmd::Issue { .. }) => {
             unreachable!("local commands ask no member")
         }
@@ -633,8 +651,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             failure_domain,
             pg_count,
             tags,
+            residency,
         }) => {
             let mut tag_filter = Vec::new();
+            if let Some(r) = residency {
+                tag_filter.push(pb::LocationLevel {
+                    level: fabric::meta::state_residency::JURISDICTION.into(),
+                    name: r,
+                });
+            }
             for t in &tags {
                 let (level, name) = t
                     .split_once('=')

@@ -68,6 +68,7 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
 pub const ADMIN_VERBS: &[Verb] = &[
     Verb::AuthBind,
     Verb::GuardSet,
+    Verb::TopologyLabel,
     Verb::RequestApprove,
     Verb::RaftAddLearner,
     Verb::RaftChangeVoters,

@@ -74,6 +74,7 @@ verbs! {
     AuditWitness => "audit.witness" at Cluster,
     RequestApprove => "request.approve" at Cluster,
     GuardSet => "guard.set" at Cluster,
+    TopologyLabel => "topology.label" at Cluster,
 }
 
 impl fmt::Display for Verb {

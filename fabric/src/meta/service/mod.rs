@@ -9,6 +9,7 @@ mod capability;
 pub mod convert;
 pub mod join;
 mod policy;
+mod residency;
 pub mod watch;
 
 use std::collections::BTreeSet;
@@ -785,6 +786,27 @@ impl Metadata for MetadataService {
         req: Request<pb::SetGuardRequest>,
     ) -> Result<Response<pb::Approvals>, Status> {
         self.set_guard_call(req).await
+    }
+
+    async fn set_labels(
+        &self,
+        req: Request<pb::SetLabelsRequest>,
+    ) -> Result<Response<pb::Labels>, Status> {
+        self.set_labels_call(req).await
+    }
+
+    async fn list_labels(
+        &self,
+        req: Request<pb::ListLabelsRequest>,
+    ) -> Result<Response<pb::Labels>, Status> {
+        self.list_labels_call(req).await
+    }
+
+    async fn volume_residency(
+        &self,
+        req: Request<pb::GetVolumeRequest>,
+    ) -> Result<Response<pb::ResidencyStatement>, Status> {
+        self.volume_residency_call(req).await
     }
 }
 
