@@ -78,12 +78,15 @@ pub struct Beats {
 }
 
 /// Registers `registration` through `client`, then heartbeats until `stop`, counting them
-/// into `beats`.
+/// into `beats`. With `drift`, each heartbeat carries the digest of the node's drift report
+/// (the report itself when the leader does not know it), and the node makes the repairs the
+/// leader asks for.
 pub async fn run<P: Prober>(
     registration: pb::RegisterNodeRequest,
     client: Arc<Client>,
     prober: Arc<P>,
     beats: Arc<Beats>,
+    drift: Option<crate::drift::DriftSource>,
     mut stop: watch::Receiver<bool>,
 ) {
     let node = registration.id;
@@ -92,6 +95,8 @@ pub async fn run<P: Prober>(
         client,
         target: None,
         next: 0,
+        drift,
+        drift_known: String::new(),
     };
     loop {
         if agent.register(&registration).await {
@@ -149,6 +154,9 @@ struct Agent {
     target: Option<String>,
     /// The configured endpoint to try when there is no target.
     next: usize,
+    drift: Option<crate::drift::DriftSource>,
+    /// The drift digest the leader last said it holds for this node.
+    drift_known: String,
 }
 
 impl Agent {
@@ -178,6 +186,23 @@ impl Agent {
         &mut self,
         reports: Vec<pb::Reachability>,
     ) -> Result<Vec<pb::ProbeTarget>, Code> {
+        let (drift_digest, drift_items): (String, std::collections::HashMap<String, String>) =
+            match &self.drift {
+                None => (String::new(), Default::default()),
+                Some(source) => {
+                    let items = source.report();
+                    let digest = crate::drift::digest(&items);
+                    let send = digest != self.drift_known;
+                    (
+                        digest,
+                        if send {
+                            items.into_iter().collect()
+                        } else {
+                            Default::default()
+                        },
+                    )
+                }
+            };
         for _ in 0..2 {
             let addr = self.target.clone().unwrap_or_else(|| {
                 let endpoints = self.client.endpoints();
@@ -186,6 +211,8 @@ impl Agent {
             let req = pb::HeartbeatRequest {
                 node: self.node,
                 reports: reports.clone(),
+                drift_digest: drift_digest.clone(),
+                drift_items: drift_items.clone(),
             };
             let answer = match self.client.endpoint(&addr) {
                 Ok(mut c) => {
@@ -198,6 +225,8 @@ impl Agent {
             match answer {
                 Ok(reply) if reply.accepted => {
                     self.target = Some(addr);
+                    self.drift_known = reply.drift_known;
+                    self.repair(&reply.repair);
                     return Ok(reply.probes);
                 }
                 Ok(reply) if !reply.leader_addr.is_empty() && reply.leader_addr != addr => {
@@ -212,6 +241,19 @@ impl Agent {
             }
         }
         Err(Code::Unavailable)
+    }
+
+    /// Puts back the drifted items the leader named.
+    fn repair(&self, items: &[String]) {
+        let Some(source) = &self.drift else {
+            return;
+        };
+        for item in items {
+            match source.repair(item) {
+                Ok(()) => tracing::warn!(node = self.node, %item, "drift repaired"),
+                Err(e) => tracing::warn!(node = self.node, %item, error = %e, "drift not repaired"),
+            }
+        }
     }
 
     /// Forgets the target and moves on to the next configured endpoint.

@@ -20,6 +20,7 @@ pub mod agent;
 pub mod audit;
 pub mod config;
 pub mod dev;
+pub mod drift;
 pub mod gateway;
 pub mod hex;
 pub mod identity;

@@ -200,6 +200,8 @@ pub struct StorageConfig {
     pub disks: Vec<DiskInfo>,
     /// Members to register and heartbeat with (after the node's own member, if it has one).
     pub meta: Vec<String>,
+    /// What the node reports for drift detection.
+    pub drift: crate::drift::DriftSource,
 }
 
 /// Validated configuration of one node.
@@ -249,12 +251,16 @@ impl TryFrom<NodeArgs> for NodeConfig {
             two_person,
             bootstrap_approvers,
         } = args;
+        // The config file's text as the node starts with it: what drift detection puts back.
+        let mut config_text = None;
         let file = match &config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("--config {}", path.display()))?;
-                toml::from_str::<NodeToml>(&text)
-                    .with_context(|| format!("--config {}", path.display()))?
+                let parsed = toml::from_str::<NodeToml>(&text)
+                    .with_context(|| format!("--config {}", path.display()))?;
+                config_text = Some((path.clone(), text));
+                parsed
             }
             None => NodeToml::default(),
         };
@@ -380,6 +386,12 @@ impl TryFrom<NodeArgs> for NodeConfig {
                 location,
                 disks,
                 meta: meta_endpoints,
+                drift: crate::drift::DriftSource {
+                    config: config_text,
+                    // Set below, once the certificate directory is known.
+                    cert_dir: PathBuf::new(),
+                    data_dir: data_dir.clone(),
+                },
             })
         } else {
             let storage_flags = [
@@ -434,6 +446,10 @@ impl TryFrom<NodeArgs> for NodeConfig {
             }
         }
         let transport = node_transport(id, &cert_dir)?;
+        let storage = storage.map(|mut s| {
+            s.drift.cert_dir = cert_dir.clone();
+            s
+        });
         if let Some(ca) = member.as_ref().and_then(|m| m.signer.as_ref()) {
             let own = transport.tls().expect("loaded");
             if ca.cluster() != own.cluster() {
@@ -988,6 +1004,7 @@ async fn start_storage(
         )),
         std::sync::Arc::new(crate::agent::ReplicaProber::new(&transport)),
         std::sync::Arc::clone(&beats),
+        Some(cfg.drift.clone()),
         stopped,
     ));
     Ok(StorageRole {

@@ -3,6 +3,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod drift;
 pub mod group;
 pub mod identity;
 pub mod join_token;

@@ -123,16 +123,17 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Appends an entry for `call` (its index is the log's size), then signs a checkpoint if
-    /// the size reached a multiple of [`CHECKPOINT_EVERY`] and prunes beyond the retention.
-    /// Call [`AuditLog::check_room`] first.
+    /// Appends an entry for `call` (its index is the log's size), then signs a checkpoint with
+    /// `key()` if the size reached a multiple of [`CHECKPOINT_EVERY`] (the key is asked for only
+    /// then: deriving it costs a scalar multiplication) and prunes beyond the retention. Call
+    /// [`AuditLog::check_room`] first.
     pub fn append(
         &mut self,
         call: AuditCall,
         verdict: Verdict,
         detail: String,
         policy_epoch: u64,
-        key: Option<&SigningKey>,
+        key: impl FnOnce() -> Option<SigningKey>,
     ) -> u64 {
         let entry = AuditEntry {
             index: self.size(),
@@ -145,7 +146,7 @@ impl AuditLog {
         let time_ms = entry.call.time_ms;
         self.entries.push_back(entry);
         if self.size().is_multiple_of(CHECKPOINT_EVERY) {
-            self.checkpoint(time_ms, key);
+            self.checkpoint(time_ms, key().as_ref());
         }
         self.prune();
         self.size() - 1
@@ -268,7 +269,9 @@ mod tests {
         let mut roots = Vec::new();
         for i in 0..3000 {
             log.check_room(false).unwrap();
-            log.append(call(i), Verdict::Done, String::new(), 1, Some(&key));
+            log.append(call(i), Verdict::Done, String::new(), 1, || {
+                Some(key.clone())
+            });
             roots.push(log.root());
         }
         // Pruned to the checkpoint at 1024 (the newest leaving at least 1,500 entries).
@@ -288,7 +291,9 @@ mod tests {
         assert_eq!(f.root(), log.root());
         // A tail checkpoint replaces the previous tail only.
         log.checkpoint(9_000, Some(&key));
-        log.append(call(3000), Verdict::Done, String::new(), 1, Some(&key));
+        log.append(call(3000), Verdict::Done, String::new(), 1, || {
+            Some(key.clone())
+        });
         log.checkpoint(9_001, Some(&key));
         let sizes: Vec<u64> = log.checkpoints().iter().map(|c| c.size).collect();
         assert_eq!(sizes, vec![1024, 2048, 3001]);
@@ -304,7 +309,7 @@ mod tests {
         .unwrap();
         for i in 0..3 {
             log.check_room(false).unwrap();
-            log.append(call(i), Verdict::Done, String::new(), 1, None);
+            log.append(call(i), Verdict::Done, String::new(), 1, || None);
         }
         assert!(matches!(
             log.check_room(false),

@@ -55,7 +55,9 @@ fn log_of(f: &Fixture, n: u64, limits: AuditLimits) -> AuditLog {
             request_sha256: leaf_hash(&i.to_be_bytes()),
             peer: "10.0.0.5:4242".into(),
         };
-        log.append(call, Verdict::Done, String::new(), 3, Some(&f.key));
+        log.append(call, Verdict::Done, String::new(), 3, || {
+            Some(f.key.clone())
+        });
     }
     log.checkpoint(now_ms(), Some(&f.key));
     log

@@ -206,6 +206,13 @@ pub enum CommandV1 {
         location: String,
         labels: std::collections::BTreeMap<String, String>,
     },
+    /// Node `node`'s desired state for drift detection, if it has none yet.
+    SetDriftBaseline {
+        node: super::model::NodeId,
+        items: std::collections::BTreeMap<String, String>,
+    },
+    /// An item of a node may differ from its desired state until a time.
+    ExceptDrift(super::drift::DriftException),
     /// How long a request of the two-person rule waits for its approval.
     SetApprovalTtl {
         ttl_ms: u64,
@@ -459,6 +466,14 @@ impl std::fmt::Display for CommandV1 {
             CommandV1::SetLabels { location, labels } => {
                 write!(f, "label {location} with {labels:?}")
             }
+            CommandV1::SetDriftBaseline { node, .. } => {
+                write!(f, "record node {node}'s desired state")
+            }
+            CommandV1::ExceptDrift(e) => write!(
+                f,
+                "{}: let {} of node {} differ ({})",
+                e.by, e.item, e.node, e.reason
+            ),
             CommandV1::SetApprovalTtl { ttl_ms } => {
                 write!(f, "approval requests wait {} s", ttl_ms / 1000)
             }

@@ -27,6 +27,7 @@ pub mod client;
 pub mod clock;
 pub mod command;
 pub mod detector;
+pub mod drift;
 pub mod handover;
 pub mod launch;
 pub mod liveness;

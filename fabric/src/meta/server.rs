@@ -243,6 +243,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     let metadata = MetadataServer::new(MetadataService {
         member: Arc::clone(&member),
         detector: Arc::clone(&detector),
+        drift: Arc::default(),
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);

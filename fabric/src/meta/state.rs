@@ -62,6 +62,12 @@ pub struct ClusterState {
     /// `state_residency`).
     #[serde(default)]
     pub labels: super::pgmap::Labels,
+    /// Each node's desired state for drift detection, and operators' exceptions (see
+    /// `meta::drift`).
+    #[serde(default)]
+    pub drift_desired: BTreeMap<NodeId, BTreeMap<String, String>>,
+    #[serde(default)]
+    pub drift_exceptions: BTreeMap<String, super::drift::DriftException>,
     /// Join tokens by id, until they expire (see `state_join`).
     #[serde(default)]
     pub join_tokens: BTreeMap<String, super::state_join::JoinTokenRecord>,
@@ -240,6 +246,8 @@ impl ClusterState {
             CommandV1::SetGuard { guard, on } => self.set_guard(guard, *on),
             CommandV1::SetApprovalTtl { ttl_ms } => self.set_approval_ttl(*ttl_ms),
             CommandV1::SetLabels { location, labels } => self.set_labels(location, labels),
+            CommandV1::SetDriftBaseline { node, items } => self.set_drift_baseline(*node, items),
+            CommandV1::ExceptDrift(e) => self.except_drift(e),
             CommandV1::ChangeVoters { voters } => Ok(Applied::Voters(voters.clone())),
             CommandV1::CertifyCellKey { key, chain_pem } => self.certify_cell_key(key, chain_pem),
             CommandV1::SetAuditLimits(limits) => self.set_audit_limits(limits),
@@ -905,6 +913,8 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::SetGuard { .. }
         | CommandV1::SetApprovalTtl { .. }
         | CommandV1::SetLabels { .. }
+        | CommandV1::SetDriftBaseline { .. }
+        | CommandV1::ExceptDrift(_)
         | CommandV1::ChangeVoters { .. }
         | CommandV1::CertifyCellKey { .. }
         | CommandV1::SetAuditLimits(_)

@@ -62,14 +62,11 @@ impl ClusterState {
             Ok(_) => (Verdict::Done, String::new()),
             Err(e) => (Verdict::Failed, e.to_string()),
         };
-        let key = self.signing_key();
-        self.audit.append(
-            call.clone(),
-            verdict,
-            detail,
-            self.policy.epoch,
-            key.as_ref(),
-        );
+        let key = self.cell_keys.last().cloned();
+        self.audit
+            .append(call.clone(), verdict, detail, self.policy.epoch, || {
+                key.and_then(|k| k.signing_key())
+            });
         outcome
     }
 
@@ -79,14 +76,14 @@ impl ClusterState {
         self.audit
             .check_room(false)
             .map_err(|e| CommandError::AuditFull(e.to_string()))?;
-        let key = self.signing_key();
+        let key = self.cell_keys.last().cloned();
         let reason: String = reason.chars().take(FIELD_BYTES_MAX).collect();
         self.audit.append(
             call.clone(),
             Verdict::Denied,
             reason,
             self.policy.epoch,
-            key.as_ref(),
+            || key.and_then(|k| k.signing_key()),
         );
         Ok(Applied::Nothing)
     }

@@ -303,6 +303,7 @@ fn spawn_agent(agent: &Agent, prober: &Arc<SimProber>, origin: Instant) {
         Arc::clone(&agent.client),
         Arc::clone(prober),
         Arc::clone(&agent.beats),
+        None,
         stopped.clone(),
     ));
     let client = Arc::clone(&agent.client);

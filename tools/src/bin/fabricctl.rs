@@ -80,6 +80,12 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// What differs between each node and its desired state (asked of the leader), by item
+    /// and class; `drift except` lets an item differ for a while.
+    Drift {
+        #[command(subcommand)]
+        cmd: Option<tools::drift::DriftCmd>,
+    },
     /// Labels of locations in the fault-domain tree (a jurisdiction, a site).
     #[command(subcommand)]
     Topology(tools::residency::TopologyCmd),
@@ -525,6 +531,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Deny { id, reason } => reply(tools::approvals::deny(&client, id, reason).await?),
         Cmd::Approvals(cmd) => reply(tools::approvals::run(cmd, &client).await?),
         Cmd::Topology(cmd) => reply(tools::residency::run(cmd, &client).await?),
+        Cmd::Drift { cmd } => reply(tools::drift::run(cmd, &client).await?),
         Cmd::Volume(VolumeCmd::Residency { name, out }) => {
             reply(tools::residency::statement(&client, &name, out.as_deref()).await?)
         }

@@ -75,6 +75,7 @@ verbs! {
     RequestApprove => "request.approve" at Cluster,
     GuardSet => "guard.set" at Cluster,
     TopologyLabel => "topology.label" at Cluster,
+    DriftExcept => "drift.except" at Cluster,
 }
 
 impl fmt::Display for Verb {

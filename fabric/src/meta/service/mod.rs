@@ -7,6 +7,7 @@ mod audit;
 pub mod authz;
 mod capability;
 pub mod convert;
+mod drift;
 pub mod join;
 mod policy;
 mod residency;
@@ -49,6 +50,8 @@ fn audited(auth: &Authorized, command: CommandV1) -> CommandV1 {
 pub struct MetadataService {
     pub member: Arc<Member>,
     pub detector: Arc<Detector>,
+    /// What nodes report about themselves, while this member leads.
+    pub drift: Arc<super::drift::DriftTable>,
 }
 
 impl MetadataService {
@@ -220,18 +223,25 @@ impl Metadata for MetadataService {
         }
         let reports: Vec<(u64, bool)> = req.reports.iter().map(|r| (r.node, r.reachable)).collect();
         let reply = match self.detector.heartbeat(&self.member, req.node, &reports) {
-            Beat::Accepted { probes } => pb::HeartbeatReply {
-                accepted: true,
-                leader_addr: self.member.rpc_addr.clone(),
-                probes: probes
-                    .into_iter()
-                    .map(|(node, data_addr)| pb::ProbeTarget { node, data_addr })
-                    .collect(),
-            },
+            Beat::Accepted { probes } => {
+                let observed = self.observe_drift(&req);
+                pb::HeartbeatReply {
+                    accepted: true,
+                    leader_addr: self.member.rpc_addr.clone(),
+                    probes: probes
+                        .into_iter()
+                        .map(|(node, data_addr)| pb::ProbeTarget { node, data_addr })
+                        .collect(),
+                    drift_known: observed.known,
+                    repair: observed.repair,
+                }
+            }
             Beat::NotLeader { leader_addr } => pb::HeartbeatReply {
                 accepted: false,
                 leader_addr: leader_addr.unwrap_or_default(),
                 probes: Vec::new(),
+                drift_known: String::new(),
+                repair: Vec::new(),
             },
             Beat::Unknown => {
                 return Err(Status::not_found(format!(
@@ -807,6 +817,20 @@ impl Metadata for MetadataService {
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::ResidencyStatement>, Status> {
         self.volume_residency_call(req).await
+    }
+
+    async fn list_drift(
+        &self,
+        req: Request<pb::ListDriftRequest>,
+    ) -> Result<Response<pb::DriftReport>, Status> {
+        self.list_drift_call(req).await
+    }
+
+    async fn except_drift(
+        &self,
+        req: Request<pb::ExceptDriftRequest>,
+    ) -> Result<Response<pb::DriftReport>, Status> {
+        self.except_drift_call(req).await
     }
 }
 
