@@ -165,6 +165,14 @@ pub struct MemberMetrics {
     pub audit_refused_full: Gauge,
     pub audit_checkpoint_size: Gauge,
     pub audit_checkpoint_time: Gauge,
+    /// Drifted items by class (`auto-repair`, `alert-only`, `needs-approval`), on the leader.
+    pub drift: Family<ClassLabels, Gauge>,
+}
+
+/// A drift class, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
 }
 
 /// A storage node's metrics.
@@ -248,6 +256,11 @@ impl Metrics {
             "fabric_audit_checkpoint_size",
             "Tree size of the newest signed audit checkpoint",
             m.audit_checkpoint_size.clone(),
+        );
+        r.register(
+            "fabric_drift_items",
+            "Items of nodes that differ from their desired state, by class (leader only)",
+            m.drift.clone(),
         );
         r.register(
             "fabric_audit_checkpoint_timestamp_seconds",

@@ -858,6 +858,7 @@ fn watch_member(metrics: &crate::metrics::Metrics, running: &crate::meta::server
     let m = running.detector.metrics.clone();
     metrics.register_member(&m);
     let member = std::sync::Arc::clone(&running.member);
+    let drift = std::sync::Arc::clone(&running.drift);
     metrics.on_scrape(move || {
         let raft = member.metrics();
         let set = |g: &prometheus_client::metrics::gauge::Gauge, v: u64| {
@@ -897,6 +898,21 @@ fn watch_member(metrics: &crate::metrics::Metrics, running: &crate::meta::server
                 set(&m.audit_checkpoint_time, c.time_ms / 1000);
             }
         });
+        let drifted = member.sm.read(|state, _| {
+            drift.list(state, crate::meta::clock::unix_ms())
+        });
+        for class in [
+            crate::drift::DriftClass::AutoRepair,
+            crate::drift::DriftClass::AlertOnly,
+            crate::drift::DriftClass::NeedsApproval,
+        ] {
+            let count = drifted.iter().filter(|d| d.class == class).count();
+            m.drift
+                .get_or_create(&crate::metrics::ClassLabels {
+                    class: class.name().into(),
+                })
+                .set(count as i64);
+        }
         set(
             &m.audit_refused_full,
             member

@@ -121,6 +121,8 @@ pub struct RunningMember {
     pub member: Arc<Member>,
     /// The failure detector (acting while this member leads), with its metrics.
     pub detector: Arc<Detector>,
+    /// What nodes report for drift detection (while this member leads).
+    pub drift: Arc<super::drift::DriftTable>,
     /// The address other members and clients dial (registered in the group).
     pub addr: SocketAddr,
     /// The address the gRPC listener is bound to.
@@ -240,10 +242,11 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let detector = Detector::new(cfg.liveness.clone());
+    let drift: Arc<super::drift::DriftTable> = Arc::default();
     let metadata = MetadataServer::new(MetadataService {
         member: Arc::clone(&member),
         detector: Arc::clone(&detector),
-        drift: Arc::default(),
+        drift: Arc::clone(&drift),
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -315,6 +318,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     Ok(RunningMember {
         member,
         detector,
+        drift,
         addr,
         bound,
         stop: stop_tx,
