@@ -898,9 +898,9 @@ fn watch_member(metrics: &crate::metrics::Metrics, running: &crate::meta::server
                 set(&m.audit_checkpoint_time, c.time_ms / 1000);
             }
         });
-        let drifted = member.sm.read(|state, _| {
-            drift.list(state, crate::meta::clock::unix_ms())
-        });
+        let drifted = member
+            .sm
+            .read(|state, _| drift.list(state, crate::meta::clock::unix_ms()));
         for class in [
             crate::drift::DriftClass::AutoRepair,
             crate::drift::DriftClass::AlertOnly,
