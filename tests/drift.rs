@@ -1,7 +1,7 @@
 //! Drift on a real cluster (`fabricd dev --nodes 3` and a fourth storage node started from a
 //! config file): a hand edit of the file shows in `fabricctl drift` within two heartbeats, as
 //! auto-repair, and the node puts the file back; under an exception the edit is listed as
-//! excepted and left alone; both are in the audit log.
+//! excepted and left alone, and once accepted it is the desired state; all in the audit log.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -129,5 +129,12 @@ fn a_hand_edited_config_file_is_found_within_two_heartbeats_and_put_back() {
             .is_some_and(|d| d["excepted_until"].is_string())
     });
     std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+
+    // Accepted, the edit is the desired state: no drift, and nothing is put back.
+    fabricctl(&data, &["drift", "accept", "4", "config"]);
+    wait_for("the accepted edit no longer drift", 10, || {
+        drift_of(&data, 4).is_empty()
+    });
     assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
 }

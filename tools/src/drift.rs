@@ -7,9 +7,12 @@ use serde_json::{Value, json};
 
 use crate::reply::{Reply, rfc3339_ms};
 
-/// `fabricctl drift [except ...]`.
+/// `fabricctl drift [except|accept ...]`.
 #[derive(Subcommand)]
 pub enum DriftCmd {
+    /// Takes what the node reports now for an item as its desired value (a second person
+    /// approves it while the drift.accept guard is on).
+    Accept { node: u64, item: String },
     /// Lets an item of a node differ for a while (it expires), with a reason.
     Except {
         node: u64,
@@ -69,6 +72,15 @@ pub async fn run(cmd: Option<DriftCmd>, client: &Client) -> anyhow::Result<Reply
         None => {
             client
                 .call(|mut c| async move { c.list_drift(pb::ListDriftRequest {}).await })
+                .await?
+        }
+        Some(DriftCmd::Accept { node, item }) => {
+            let req = pb::AcceptDriftRequest { node, item };
+            client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.accept_drift(req).await }
+                })
                 .await?
         }
         Some(DriftCmd::Except {

@@ -213,6 +213,12 @@ pub enum CommandV1 {
     },
     /// An item of a node may differ from its desired state until a time.
     ExceptDrift(super::drift::DriftException),
+    /// `value` becomes the desired value of item `item` of node `node`.
+    AcceptDrift {
+        node: super::model::NodeId,
+        item: String,
+        value: String,
+    },
     /// How long a request of the two-person rule waits for its approval.
     SetApprovalTtl {
         ttl_ms: u64,
@@ -474,6 +480,9 @@ impl std::fmt::Display for CommandV1 {
                 "{}: let {} of node {} differ ({})",
                 e.by, e.item, e.node, e.reason
             ),
+            CommandV1::AcceptDrift { node, item, value } => {
+                write!(f, "take {value:?} as node {node}'s desired {item}")
+            }
             CommandV1::SetApprovalTtl { ttl_ms } => {
                 write!(f, "approval requests wait {} s", ttl_ms / 1000)
             }

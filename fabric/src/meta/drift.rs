@@ -146,6 +146,12 @@ impl DriftTable {
         out
     }
 
+    /// What node `node` last reported for `item`.
+    pub fn reported(&self, node: NodeId, item: &str) -> Option<String> {
+        let nodes = self.nodes.lock().expect("drift table");
+        nodes.get(&node).and_then(|r| r.items.get(item).cloned())
+    }
+
     /// Every drifted item of every node, against `state`'s desired states and exceptions.
     pub fn list(&self, state: &ClusterState, now_ms: u64) -> Vec<Drifted> {
         let nodes = self.nodes.lock().expect("drift table");
@@ -193,6 +199,22 @@ impl ClusterState {
         self.drift_desired
             .entry(node)
             .or_insert_with(|| items.clone());
+        Ok(Applied::Nothing)
+    }
+
+    /// Takes `value` as the desired value of node `node`'s item `item` (what the node reports
+    /// now, after a change an operator accepts).
+    pub(super) fn accept_drift(&mut self, node: NodeId, item: &str, value: &str) -> Outcome {
+        if item.len() > VALUE_BYTES_MAX || value.len() > VALUE_BYTES_MAX {
+            return Err(CommandError::InvalidArgument(
+                "an item and its value are at most 256 bytes".into(),
+            ));
+        }
+        let desired = self
+            .drift_desired
+            .get_mut(&node)
+            .ok_or_else(|| CommandError::NotFound(format!("a desired state of node {node}")))?;
+        desired.insert(item.to_owned(), value.to_owned());
         Ok(Applied::Nothing)
     }
 

@@ -248,6 +248,7 @@ impl ClusterState {
             CommandV1::SetLabels { location, labels } => self.set_labels(location, labels),
             CommandV1::SetDriftBaseline { node, items } => self.set_drift_baseline(*node, items),
             CommandV1::ExceptDrift(e) => self.except_drift(e),
+            CommandV1::AcceptDrift { node, item, value } => self.accept_drift(*node, item, value),
             CommandV1::ChangeVoters { voters } => Ok(Applied::Voters(voters.clone())),
             CommandV1::CertifyCellKey { key, chain_pem } => self.certify_cell_key(key, chain_pem),
             CommandV1::SetAuditLimits(limits) => self.set_audit_limits(limits),
@@ -915,6 +916,7 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::SetLabels { .. }
         | CommandV1::SetDriftBaseline { .. }
         | CommandV1::ExceptDrift(_)
+        | CommandV1::AcceptDrift { .. }
         | CommandV1::ChangeVoters { .. }
         | CommandV1::CertifyCellKey { .. }
         | CommandV1::SetAuditLimits(_)

@@ -35,6 +35,7 @@ pub const GUARDS: &[&str] = &[
     "auth.grant_admin",
     "audit.shorten_retention",
     "topology.relabel",
+    "drift.accept",
     "guard.remove",
 ];
 

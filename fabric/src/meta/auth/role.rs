@@ -32,6 +32,7 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
     let volume_user = [VolumeAttach, VolumeDetach, ReplicaReport];
     let volume_admin = [VolumeCreate, VolumeResize, VolumeDelete, VolumeForceAttach];
     let operator = [
+        DriftAccept,
         DriftExcept,
         NodeOut,
         NodeDrain,

@@ -76,6 +76,7 @@ verbs! {
     GuardSet => "guard.set" at Cluster,
     TopologyLabel => "topology.label" at Cluster,
     DriftExcept => "drift.except" at Cluster,
+    DriftAccept => "drift.accept" at Cluster,
 }
 
 impl fmt::Display for Verb {

@@ -123,6 +123,23 @@ impl MetadataService {
         Ok(Response::new(self.drift_report()))
     }
 
+    pub(super) async fn accept_drift_call(
+        &self,
+        req: Request<pb::AcceptDriftRequest>,
+    ) -> Result<Response<pb::DriftReport>, Status> {
+        let auth = self.authorize_cluster(&req, Verb::DriftAccept).await?;
+        self.leader_only()?;
+        let pb::AcceptDriftRequest { node, item } = req.into_inner();
+        let value = self
+            .drift
+            .reported(node, &item)
+            .ok_or_else(|| Status::not_found(format!("node {node} reported no {item}")))?;
+        let accept = CommandV1::AcceptDrift { node, item, value };
+        self.guarded_write(&auth, "drift.accept", String::new(), accept)
+            .await?;
+        Ok(Response::new(self.drift_report()))
+    }
+
     pub(super) async fn except_drift_call(
         &self,
         req: Request<pb::ExceptDriftRequest>,

@@ -832,6 +832,13 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::DriftReport>, Status> {
         self.except_drift_call(req).await
     }
+
+    async fn accept_drift(
+        &self,
+        req: Request<pb::AcceptDriftRequest>,
+    ) -> Result<Response<pb::DriftReport>, Status> {
+        self.accept_drift_call(req).await
+    }
 }
 
 impl MetadataService {
