@@ -13,6 +13,21 @@ fn ctl(data: &Path, certs: Option<&Path>, args: &[&str]) -> Output {
     fabric_suite::fabricctl_as(data, certs, args)
 }
 
+/// Keeps every entry (no retention) and holds at most `capacity`.
+fn keep_all(data: &Path, capacity: &str) {
+    fabricctl(
+        data,
+        &[
+            "audit",
+            "configure",
+            "--retain",
+            "0",
+            "--capacity",
+            capacity,
+        ],
+    );
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_owned()
 }
@@ -192,21 +207,24 @@ fn calls_and_refusals_are_audited_and_an_export_verifies_until_it_is_tampered_wi
 #[test]
 fn a_full_audit_log_refuses_calls_and_changes_nothing() {
     let (_serial, _dir, data, _dev) = fabric_suite::three_node_cluster();
+    // The members write a few entries of their own after the start (the cell key's
+    // certificate, each node's drift baseline); the capacity below leaves room for ours only.
+    wait_certified(&data);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fabricctl(&data, &["audit", "list", "--verb", "drift.baseline"])
+        .as_array()
+        .unwrap()
+        .len()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the nodes' drift baselines");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let status = fabricctl(&data, &["audit", "status"]);
     let held = status["held"].as_u64().unwrap();
     // Room for the configure call's own entry and one more.
     let capacity = (held + 2).to_string();
-    fabricctl(
-        &data,
-        &[
-            "audit",
-            "configure",
-            "--retain",
-            "0",
-            "--capacity",
-            &capacity,
-        ],
-    );
+    keep_all(&data, &capacity);
     fabricctl(&data, &["volume", "create", "fits", "--size", "16MiB"]);
     let out = ctl(
         &data,
@@ -232,16 +250,6 @@ fn a_full_audit_log_refuses_calls_and_changes_nothing() {
     );
 
     // Raising the capacity is let through the reserve, and calls work again.
-    fabricctl(
-        &data,
-        &[
-            "audit",
-            "configure",
-            "--retain",
-            "0",
-            "--capacity",
-            "100000",
-        ],
-    );
+    keep_all(&data, "100000");
     fabricctl(&data, &["volume", "create", "refused", "--size", "16MiB"]);
 }

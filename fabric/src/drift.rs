@@ -22,7 +22,8 @@ pub const ITEM_DISK: &str = "disk";
 pub const TLS_EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// How a drifted item is handled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DriftClass {
     /// The node puts it back itself when the leader asks.
     AutoRepair,

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::reply::{Reply, rfc3339_ms};
+use crate::reply::{Reply, parse_secs, rfc3339_ms};
 
 /// `fabricctl audit ...`.
 #[derive(Subcommand)]
@@ -80,22 +80,13 @@ impl AuditCmd {
     }
 }
 
-/// Parses an RFC 3339 time or an age (`90s`, `15m`, `2h`) into unix ms.
+/// Parses an RFC 3339 time or an age (`90s`, `15m`, `2h`, `3d`) into unix ms.
 fn parse_since(s: &str) -> anyhow::Result<u64> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Ok((t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
     }
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits
-        .parse()
-        .with_context(|| format!("--since {s:?}: want RFC 3339 or an age like 15m"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => bail!("--since {s:?}: the unit of an age is s, m or h"),
-    };
-    Ok(fabric::meta::clock::unix_ms().saturating_sub(secs * 1000))
+    let secs = parse_secs(s).map_err(|e| anyhow::anyhow!("--since: {e}, or a time in RFC 3339"))?;
+    Ok(fabric::meta::clock::unix_ms().saturating_sub(secs.saturating_mul(1000)))
 }
 
 fn entry_json(text: &str) -> anyhow::Result<Value> {

@@ -5,7 +5,7 @@ use fabric::meta::client::Client;
 use proto::meta as pb;
 use serde_json::{Value, json};
 
-use crate::reply::{Reply, rfc3339_ms};
+use crate::reply::{Reply, parse_secs, rfc3339_ms};
 
 /// `fabricctl drift [except|accept ...]`.
 #[derive(Subcommand)]
@@ -18,26 +18,11 @@ pub enum DriftCmd {
         node: u64,
         item: String,
         /// How long: seconds, or with m, h or d.
-        #[arg(long = "for", value_parser = parse_for)]
+        #[arg(long = "for", value_parser = parse_secs)]
         for_seconds: u64,
         #[arg(long)]
         reason: String,
     },
-}
-
-fn parse_for(s: &str) -> Result<u64, String> {
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?}: want a number with s, m, h or d"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
-    };
-    Ok(n.saturating_mul(scale))
 }
 
 fn rows(r: &pb::DriftReport) -> Vec<Value> {
@@ -104,17 +89,4 @@ pub async fn run(cmd: Option<DriftCmd>, client: &Client) -> anyhow::Result<Reply
         }
     };
     Ok(Reply::List(rows(&report), COLUMNS))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_for("90"), Ok(90));
-        assert_eq!(parse_for("72h"), Ok(72 * 3600));
-        assert_eq!(parse_for("2d"), Ok(2 * 86_400));
-        assert!(parse_for("1w").is_err());
-    }
 }

@@ -17,7 +17,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use crate::reply::{Reply, rfc3339_ms};
+use crate::reply::{Reply, parse_secs, rfc3339_ms};
 
 /// `fabricctl join-token ...`.
 #[derive(Subcommand)]
@@ -29,29 +29,11 @@ pub enum JoinTokenCmd {
         #[arg(long, default_value = "storage")]
         role: String,
         /// How long the token is valid: seconds, or with s, m or h (at most 24h).
-        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        #[arg(long, default_value = "1h", value_parser = parse_secs)]
         ttl: u64,
     },
     /// Tokens not yet expired, and the node that used each.
     List,
-}
-
-/// Parses `90`, `90s`, `15m` or `2h` into seconds.
-fn parse_ttl(s: &str) -> Result<u64, String> {
-    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((at, _)) => s.split_at(at),
-        None => (s, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?}: want a number of seconds, or with s, m or h"))?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(format!("{s:?}: the unit is s, m or h")),
-    };
-    Ok(n.saturating_mul(scale))
 }
 
 fn info_json(t: &pb::JoinTokenInfo) -> Value {
@@ -110,20 +92,5 @@ pub async fn run(cmd: JoinTokenCmd, client: &Client, cert_dir: &Path) -> anyhow:
                 &["id", "role", "created_by", "expires", "used_by_node"],
             ))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttls_parse_with_units() {
-        assert_eq!(parse_ttl("90"), Ok(90));
-        assert_eq!(parse_ttl("90s"), Ok(90));
-        assert_eq!(parse_ttl("15m"), Ok(900));
-        assert_eq!(parse_ttl("2h"), Ok(7200));
-        assert!(parse_ttl("2d").is_err());
-        assert!(parse_ttl("h").is_err());
     }
 }

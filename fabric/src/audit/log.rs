@@ -61,6 +61,8 @@ pub enum AuditError {
     NoCheckpoint(u64),
     #[error("witness signature: {0}")]
     Witness(SignatureError),
+    #[error("the checkpoint of size {0} has {COSIGNATURES_MAX} witness signatures already")]
+    Cosigned(u64),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +187,7 @@ impl AuditLog {
         cp.verify_cosignature(&c).map_err(AuditError::Witness)?;
         cp.cosignatures.retain(|old| old.key != c.key);
         if cp.cosignatures.len() >= COSIGNATURES_MAX {
-            return Err(AuditError::Witness(SignatureError::Key));
+            return Err(AuditError::Cosigned(size));
         }
         cp.cosignatures.push(c);
         Ok(())

@@ -187,13 +187,6 @@ pub fn key_and_csr() -> Result<(KeyPair, Vec<u8>), IdentityError> {
     Ok((key, csr.der().to_vec()))
 }
 
-/// Checks that `csr` (DER) is a certificate signing request whose signature matches its key.
-pub fn check_csr(csr: &[u8]) -> Result<(), IdentityError> {
-    rcgen::CertificateSigningRequestParams::from_der(&csr.into())
-        .map(|_| ())
-        .map_err(|e| IdentityError::Request(format!("certificate signing request: {e}")))
-}
-
 /// The server side: what a member presents to a joining node. The same certificate as on
 /// every other connection, with the roots appended, so that a node that knows only a pin can
 /// find the root and verify the chain up to it.

@@ -45,12 +45,6 @@ pub struct Drifted {
     pub excepted_until_ms: Option<u64>,
 }
 
-impl Serialize for DriftClass {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
 /// What the leader answers a node's report with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {

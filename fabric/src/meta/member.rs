@@ -23,6 +23,8 @@ use crate::audit::merkle::Hash;
 pub const WRITE_DEADLINE_MS: u64 = 10_000;
 /// How long a linearizable read may wait for the leader to confirm its leadership.
 pub const READ_DEADLINE_MS: u64 = 10_000;
+/// How long a member waits to apply the log up to an index it was told of.
+pub const APPLY_WAIT_MS: u64 = 5_000;
 
 /// Why a write or read did not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,17 @@ impl Member {
                 "unexpected reply to a write: {other:?}"
             ))),
         }
+    }
+
+    /// Returns once this member's state machine has applied the log up to `index` (the index
+    /// of a write, or of a read done on the leader), so that its own state can be read.
+    pub async fn applied_at_least(&self, index: u64) -> Result<(), MetaError> {
+        self.raft
+            .wait(Some(Duration::from_millis(APPLY_WAIT_MS)))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| MetaError::Unavailable(format!("apply up to {index}: {e}")))
     }
 
     /// Answers `query` from state that includes every write acknowledged before the call.

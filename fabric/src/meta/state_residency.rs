@@ -86,10 +86,10 @@ impl ClusterState {
         } else {
             self.labels.insert(location.to_owned(), labels.clone());
         }
-        let changed = self
-            .check_residency()
-            .and_then(|()| self.evolve_topology())
-            .and_then(|evolved| self.follow_topology(evolved));
+        let changed = self.evolve_topology().and_then(|evolved| {
+            self.check_residency(evolved.as_ref())?;
+            self.follow_topology(evolved)
+        });
         if let Err(e) = changed {
             self.labels = before;
             return Err(e);
@@ -97,11 +97,14 @@ impl ClusterState {
         Ok(Applied::Nothing)
     }
 
-    /// Refuses a topology (with the labels as they are now) on which some pool with a tag
-    /// filter could not place its replicas: such a pool would keep its old map, with replicas
-    /// where its rule no longer allows them.
-    fn check_residency(&self) -> Result<(), CommandError> {
-        let Some(topology) = self.evolve_topology()? else {
+    /// Refuses `evolved` (the topology with the labels as they are now, if it changed) when
+    /// some pool with a tag filter could not place its replicas on it: such a pool would keep
+    /// its old map, with replicas where its rule no longer allows them.
+    fn check_residency(
+        &self,
+        evolved: Option<&super::pgmap::Topology>,
+    ) -> Result<(), CommandError> {
+        let Some(topology) = evolved else {
             return Ok(());
         };
         for pool in self.pools.values() {

@@ -13,8 +13,6 @@ use crate::audit::verify::ExportHeader;
 use crate::meta::auth::Verb;
 use crate::meta::command::CommandV1;
 
-/// How long a member waits to apply a checkpoint it asked for.
-const APPLY_WAIT_MS: u64 = 5_000;
 /// Most entries one `ListAudit` answers.
 pub const AUDIT_PAGE_MAX: usize = 10_000;
 
@@ -73,11 +71,9 @@ impl MetadataService {
                 .map_err(status_of)?;
             // The head is read from this member's state: wait until it applied the checkpoint.
             self.member
-                .raft
-                .wait(Some(std::time::Duration::from_millis(APPLY_WAIT_MS)))
-                .applied_index_at_least(Some(index), "the audit checkpoint")
+                .applied_at_least(index)
                 .await
-                .map_err(|e| Status::unavailable(format!("the audit checkpoint: {e}")))?;
+                .map_err(status_of)?;
         }
         Ok(Response::new(self.audit_head()))
     }

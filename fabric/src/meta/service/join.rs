@@ -178,8 +178,10 @@ impl Join for JoinService {
             days.max(1),
         )
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        // The request is checked before the token is spent on it.
-        crate::identity::join::check_csr(&csr)
+        // Signed before the token is spent, so that a bad request spends nothing; the
+        // certificate is handed out only once the token is redeemed.
+        let signed = signer
+            .issue_for_csr(&request, &csr)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let redeem = CommandV1::RedeemJoinToken {
             id: token_id.clone(),
@@ -191,9 +193,6 @@ impl Join for JoinService {
             .write_own("node.join", format!("node/{node_id}"), redeem)
             .await
             .map_err(status_of)?;
-        let signed = signer
-            .issue_for_csr(&request, &csr)
-            .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(
             node = node_id,
             token = %token_id,

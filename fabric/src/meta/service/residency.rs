@@ -124,9 +124,19 @@ impl MetadataService {
     ) -> Result<Response<pb::ResidencyStatement>, Status> {
         let name = req.get_ref().name.clone();
         self.authorize_volume(&req, Verb::VolumeGet, &name).await?;
-        // Read on the leader's applied state: a statement is of the state every member agrees on.
+        // A statement is of the committed state: the leader's read index, then this member's
+        // state once it applied that far.
+        let applied = match self
+            .member
+            .read(crate::meta::query::Query::VolumeMap(name.clone()))
+            .await
+            .map_err(super::convert::status_of)?
+        {
+            crate::meta::query::QueryReply::VolumeMap(Some(map)) => map.applied_index,
+            _ => return Err(Status::not_found(format!("volume {name} not found"))),
+        };
         self.member
-            .read(crate::meta::query::Query::Volume(name.clone()))
+            .applied_at_least(applied)
             .await
             .map_err(super::convert::status_of)?;
         let (statement, key, chain) = self.member.sm.read(|s, _| {
