@@ -360,6 +360,20 @@ pub fn fabricctl_as(data_dir: &Path, certs: Option<&Path>, args: &[&str]) -> Out
     cmd.args(args).output().expect("run fabricctl")
 }
 
+/// Makes a guarded call as a dev cluster's administrator (`DATA/admin`); it must be refused
+/// as waiting for a second person. Returns the id of the request it became.
+pub fn approval_requested(data_dir: &Path, args: &[&str]) -> String {
+    let out = fabricctl_as(data_dir, Some(&data_dir.join("admin")), args);
+    assert!(!out.status.success(), "{args:?} ran without an approval");
+    let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert!(why.contains("needs a second person"), "{why}");
+    why.split("request ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no request id in {why}"))
+        .to_owned()
+}
+
 pub fn fabricctl(data_dir: &Path, args: &[&str]) -> serde_json::Value {
     let out = fabricctl_as(data_dir, None, args);
     assert!(

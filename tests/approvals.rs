@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use fabric_suite::{DevNode, fabricctl};
+use fabric_suite::{DevNode, approval_requested, fabricctl};
 use serde_json::Value;
 
 fn ctl(data: &Path, certs: &Path, args: &[&str]) -> Output {
@@ -15,21 +15,6 @@ fn ctl(data: &Path, certs: &Path, args: &[&str]) -> Output {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_owned()
-}
-
-/// Makes a guarded call as the administrator; it must be refused naming a request. Returns
-/// the request's id.
-fn requested(data: &Path, args: &[&str]) -> String {
-    let out = ctl(data, &data.join("admin"), args);
-    assert!(!out.status.success(), "{args:?} ran without an approval");
-    let why = stderr(&out);
-    assert!(why.contains("needs a second person"), "{why}");
-    let id = why
-        .split("request ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no request id in {why}"));
-    id.to_owned()
 }
 
 fn volumes(data: &Path) -> Vec<String> {
@@ -64,7 +49,7 @@ fn guarded_calls_wait_for_a_second_person_and_every_wrong_approval_is_refused_pr
     }
 
     // Requested, not run.
-    let id = requested(&data, &["volume", "delete", "doomed"]);
+    let id = approval_requested(&data, &["volume", "delete", "doomed"]);
     assert!(volumes(&data).contains(&"doomed".to_string()));
     assert_eq!(request(&data, &id)["state"], "pending");
 
@@ -78,7 +63,7 @@ fn guarded_calls_wait_for_a_second_person_and_every_wrong_approval_is_refused_pr
     );
 
     // An approval of another operation is refused.
-    let other = requested(&data, &["volume", "delete", "other"]);
+    let other = approval_requested(&data, &["volume", "delete", "other"]);
     let other_op = request(&data, &other)["op_sha256"]
         .as_str()
         .unwrap()
@@ -104,7 +89,7 @@ fn guarded_calls_wait_for_a_second_person_and_every_wrong_approval_is_refused_pr
     );
 
     // A target that changed since the request is not covered by an approval.
-    let changing = requested(&data, &["volume", "delete", "changing"]);
+    let changing = approval_requested(&data, &["volume", "delete", "changing"]);
     fabricctl(&data, &["volume", "resize", "changing", "--size", "32MiB"]);
     let out = ctl(&data, &approver, &["approve", &changing]);
     assert!(!out.status.success());
@@ -117,7 +102,7 @@ fn guarded_calls_wait_for_a_second_person_and_every_wrong_approval_is_refused_pr
 
     // An expired request cannot be approved.
     fabricctl(&data, &["approvals", "ttl", "1"]);
-    let late = requested(&data, &["volume", "delete", "late"]);
+    let late = approval_requested(&data, &["volume", "delete", "late"]);
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     let out = ctl(&data, &approver, &["approve", &late]);
     assert!(!out.status.success());
@@ -126,7 +111,7 @@ fn guarded_calls_wait_for_a_second_person_and_every_wrong_approval_is_refused_pr
 
     // A denied request stays denied.
     fabricctl(&data, &["approvals", "ttl", "3600"]);
-    let denied = requested(&data, &["volume", "delete", "late"]);
+    let denied = approval_requested(&data, &["volume", "delete", "late"]);
     let out = ctl(
         &data,
         &approver,
@@ -137,11 +122,11 @@ fn guarded_calls_wait_for_a_second_person_and_every_wrong_approval_is_refused_pr
     assert!(stderr(&out).contains("was denied"), "{}", stderr(&out));
 
     // Granting an admin role and turning a guard off are guarded too.
-    requested(
+    approval_requested(
         &data,
         &["auth", "bind", "fabric://dev/user/mallory", "cluster-admin"],
     );
-    requested(&data, &["approvals", "guard-off", "volume.delete"]);
+    approval_requested(&data, &["approvals", "guard-off", "volume.delete"]);
 
     // The audit log holds the request, the approved run (naming both people) and the
     // refused approvals.

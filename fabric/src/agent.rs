@@ -90,6 +90,11 @@ pub async fn run<P: Prober>(
     mut stop: watch::Receiver<bool>,
 ) {
     let node = registration.id;
+    // A node with a certificate directory renews its certificate when the leader asks.
+    let renewer = drift
+        .as_ref()
+        .filter(|d| !d.cert_dir.as_os_str().is_empty())
+        .map(|d| crate::renew::Renewer::new(node, Arc::clone(&client), d.cert_dir.clone()));
     let mut agent = Agent {
         node,
         client,
@@ -97,6 +102,7 @@ pub async fn run<P: Prober>(
         next: 0,
         drift,
         drift_known: String::new(),
+        renewer,
     };
     loop {
         if agent.register(&registration).await {
@@ -157,6 +163,8 @@ struct Agent {
     drift: Option<crate::drift::DriftSource>,
     /// The drift digest the leader last said it holds for this node.
     drift_known: String,
+    /// Asks a member for a fresh certificate when the leader names `tls` for repair.
+    renewer: Option<Arc<crate::renew::Renewer>>,
 }
 
 impl Agent {
@@ -187,10 +195,9 @@ impl Agent {
         reports: Vec<pb::Reachability>,
     ) -> Result<Vec<pb::ProbeTarget>, Code> {
         let (drift_digest, drift_items): (String, std::collections::HashMap<String, String>) =
-            match &self.drift {
+            match self.drift.as_ref().and_then(|s| s.report_when_serving()) {
                 None => (String::new(), Default::default()),
-                Some(source) => {
-                    let items = source.report();
+                Some(items) => {
                     let digest = crate::drift::digest(&items);
                     let send = digest != self.drift_known;
                     (
@@ -249,6 +256,12 @@ impl Agent {
             return;
         };
         for item in items {
+            if item == crate::drift::ITEM_TLS
+                && let Some(renewer) = &self.renewer
+            {
+                renewer.request();
+                continue;
+            }
             match source.repair(item) {
                 Ok(()) => tracing::warn!(node = self.node, %item, "drift repaired"),
                 Err(e) => tracing::warn!(node = self.node, %item, error = %e, "drift not repaired"),

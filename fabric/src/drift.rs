@@ -2,13 +2,17 @@
 //! heartbeats, and the repairs it makes when the leader asks.
 //!
 //! Each item is a short text: the hash of the config file as it is on disk now, the software
-//! version, the state of the node's certificate, the data directory's file system, and the
-//! disk's size. The leader compares them with the node's desired state in Raft (see
-//! `meta::drift`); the heartbeat carries only the digest of all items, and the items
-//! themselves when the leader does not know that digest yet.
+//! version, its certificate (serial, issuing root, expiry), the roots it trusts, the TCP
+//! ports it listens on, the data directory's file system, and the disk's size. The leader
+//! compares them with the node's desired state in Raft (see `meta::drift`); the heartbeat
+//! carries only the digest of all items, and the items themselves when the leader does not
+//! know that digest yet. A node reports nothing until it serves everything it will
+//! ([`DriftSource::serving`]), so its first report, its desired state, is complete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -16,10 +20,56 @@ use sha2::{Digest, Sha256};
 pub const ITEM_CONFIG: &str = "config";
 pub const ITEM_VERSION: &str = "version";
 pub const ITEM_TLS: &str = "tls";
+pub const ITEM_TRUST: &str = "trust";
+pub const ITEM_LISTENERS: &str = "listeners";
 pub const ITEM_FILESYSTEM: &str = "filesystem";
 pub const ITEM_DISK: &str = "disk";
 /// A certificate expiring within this many days is drift.
 pub const TLS_EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// A node's certificate as its `tls` item states it:
+/// `serial=HEX issuer=sha256:HEX expires=RFC3339`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsReport {
+    pub serial: String,
+    /// The pin of the root it chains to.
+    pub issuer: String,
+    pub expires: time::OffsetDateTime,
+}
+
+impl std::fmt::Display for TlsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "serial={} issuer={} expires={}",
+            self.serial,
+            self.issuer,
+            crate::identity::ca::rfc3339(self.expires)
+        )
+    }
+}
+
+impl std::str::FromStr for TlsReport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TlsReport, String> {
+        let fields: BTreeMap<&str, &str> = s
+            .split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .collect();
+        let field = |k: &str| fields.get(k).copied().ok_or(format!("no {k} in {s:?}"));
+        let expires = time::OffsetDateTime::parse(
+            field("expires")?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| format!("expires: {e}"))?;
+        Ok(TlsReport {
+            serial: field("serial")?.to_owned(),
+            issuer: field("issuer")?.to_owned(),
+            expires,
+        })
+    }
+}
 
 /// How a drifted item is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -36,7 +86,8 @@ pub enum DriftClass {
 impl DriftClass {
     pub fn of(item: &str) -> DriftClass {
         match item {
-            ITEM_CONFIG => DriftClass::AutoRepair,
+            // The config file is written back; a certificate is renewed (`crate::renew`).
+            ITEM_CONFIG | ITEM_TLS => DriftClass::AutoRepair,
             ITEM_VERSION => DriftClass::NeedsApproval,
             _ => DriftClass::AlertOnly,
         }
@@ -58,6 +109,9 @@ pub struct DriftSource {
     pub config: Option<(PathBuf, String)>,
     pub cert_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// Set once the node serves everything it will (its listeners are all bound): it reports
+    /// nothing before.
+    pub serving: Arc<AtomicBool>,
 }
 
 /// The digest of a set of items: what heartbeats carry.
@@ -77,6 +131,21 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl DriftSource {
+    /// A source of these files that reports once [`DriftSource::serving`] is set.
+    pub fn new(config: Option<(PathBuf, String)>, cert_dir: PathBuf, data_dir: PathBuf) -> Self {
+        DriftSource {
+            config,
+            cert_dir,
+            data_dir,
+            serving: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The items as they are now, or none before the node serves.
+    pub fn report_when_serving(&self) -> Option<BTreeMap<String, String>> {
+        self.serving.load(Ordering::Acquire).then(|| self.report())
+    }
+
     /// The items as they are now.
     pub fn report(&self) -> BTreeMap<String, String> {
         let mut items = BTreeMap::new();
@@ -89,7 +158,10 @@ impl DriftSource {
         };
         items.insert(ITEM_CONFIG.into(), config);
         items.insert(ITEM_VERSION.into(), env!("CARGO_PKG_VERSION").into());
-        items.insert(ITEM_TLS.into(), tls_state(&self.cert_dir));
+        let (tls, trust) = tls_state(&self.cert_dir);
+        items.insert(ITEM_TLS.into(), tls);
+        items.insert(ITEM_TRUST.into(), trust);
+        items.insert(ITEM_LISTENERS.into(), listeners());
         items.insert(ITEM_FILESYSTEM.into(), filesystem_of(&self.data_dir));
         items.insert(ITEM_DISK.into(), disk_of(&self.data_dir));
         items
@@ -109,20 +181,79 @@ impl DriftSource {
     }
 }
 
-/// `ok` while the certificate is valid for more than [`TLS_EXPIRY_WARNING_DAYS`], else when it
-/// expires (or why it cannot be read).
-fn tls_state(cert_dir: &Path) -> String {
-    match crate::identity::Identity::load(cert_dir) {
-        Err(e) => format!("unusable: {e}"),
-        Ok(identity) => {
-            let left = identity.not_after() - time::OffsetDateTime::now_utc();
-            if left.whole_days() > TLS_EXPIRY_WARNING_DAYS {
-                "ok".into()
-            } else {
-                format!("expires in {} days", left.whole_days())
+/// The `tls` item (the certificate's serial, issuing root and expiry) and the `trust` item
+/// (the pins of the roots in `ca.pem`), or why the directory cannot be used.
+fn tls_state(cert_dir: &Path) -> (String, String) {
+    let identity = match crate::identity::Identity::load(cert_dir) {
+        Ok(identity) => identity,
+        Err(e) => {
+            let unusable = format!("unusable: {e}");
+            return (unusable.clone(), unusable);
+        }
+    };
+    let serial = x509_parser::parse_x509_certificate(&identity.chain()[0])
+        .map(|(_, c)| crate::hex::encode(c.raw_serial()))
+        .unwrap_or_else(|_| "unreadable".into());
+    let report = TlsReport {
+        serial,
+        issuer: crate::identity::trust_bundle::identity_issuer_pin(&identity)
+            .unwrap_or_else(|| "none".into()),
+        expires: identity.not_after(),
+    };
+    (
+        report.to_string(),
+        crate::identity::trust_bundle::pins(identity.roots()),
+    )
+}
+
+/// The TCP addresses this process listens on, sorted, joined by commas: its sockets (from
+/// `/proc/self/fd`) in the LISTEN state of `/proc/self/net/tcp` and `tcp6`.
+fn listeners() -> String {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return "unknown".into();
+    };
+    let sockets: BTreeSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut out = BTreeSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // Fields: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9
+                && f[3] == "0A"
+                && sockets.contains(f[9])
+                && let Some(addr) = socket_addr(f[1])
+            {
+                out.insert(addr.to_string());
             }
         }
     }
+    out.into_iter().collect::<Vec<_>>().join(",")
+}
+
+/// `/proc/net/tcp`'s `HEXADDR:HEXPORT` (the address as the kernel's 32-bit words).
+fn socket_addr(field: &str) -> Option<std::net::SocketAddr> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..addr.len() / 8)
+        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 /// The file system type and the mount point holding `dir`, from `/proc/self/mountinfo`.
@@ -173,12 +304,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "id = 4\n").unwrap();
-        let source = DriftSource {
-            config: Some((path.clone(), "id = 4\n".into())),
-            cert_dir: dir.path().join("tls"),
-            data_dir: dir.path().to_path_buf(),
-        };
-        let before = source.report();
+        let source = DriftSource::new(
+            Some((path.clone(), "id = 4\n".into())),
+            dir.path().join("tls"),
+            dir.path().to_path_buf(),
+        );
+        assert!(
+            source.report_when_serving().is_none(),
+            "nothing before serving"
+        );
+        source.serving.store(true, Ordering::Release);
+        let before = source.report_when_serving().unwrap();
         assert!(before[ITEM_TLS].starts_with("unusable"));
         assert_ne!(before[ITEM_FILESYSTEM], "missing");
         std::fs::write(&path, "id = 4\nlocation = \"rack=r9\"\n").unwrap();
@@ -190,5 +326,41 @@ mod tests {
         assert!(source.repair(ITEM_DISK).is_err());
         assert_eq!(DriftClass::of(ITEM_CONFIG), DriftClass::AutoRepair);
         assert_eq!(DriftClass::of(ITEM_DISK), DriftClass::AlertOnly);
+    }
+
+    #[test]
+    fn listeners_are_this_process_listening_sockets() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").ok();
+        let connected = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let listed = listeners();
+        assert!(
+            listed.contains(&v4.local_addr().unwrap().to_string()),
+            "{listed}"
+        );
+        if let Some(v6) = &v6 {
+            assert!(
+                listed.contains(&v6.local_addr().unwrap().to_string()),
+                "{listed}"
+            );
+        }
+        assert!(
+            !listed.contains(&connected.local_addr().unwrap().to_string()),
+            "a connection is no listener"
+        );
+        let closed = v4.local_addr().unwrap().to_string();
+        drop(v4);
+        assert!(!listeners().contains(&closed), "a closed listener is gone");
+    }
+
+    #[test]
+    fn a_tls_report_reads_back() {
+        let r = TlsReport {
+            serial: "1a2b".into(),
+            issuer: "sha256:00ff".into(),
+            expires: time::macros::datetime!(2027-01-05 10:00:00 UTC),
+        };
+        assert_eq!(r.to_string().parse::<TlsReport>().unwrap(), r);
+        assert!("unusable: no such file".parse::<TlsReport>().is_err());
     }
 }

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod metrics_listener;
 pub mod node;
 pub mod rebuild_agent;
+pub mod renew;
 pub mod replica_dial;
 pub mod replica_listener;
 pub mod sim;

@@ -163,6 +163,8 @@ pub struct MemberMetrics {
     pub audit_entries: Gauge,
     pub audit_held: Gauge,
     pub audit_refused_full: Gauge,
+    /// Refused calls counted into a later entry rather than written one by one.
+    pub audit_refusals_counted: Gauge,
     pub audit_checkpoint_size: Gauge,
     pub audit_checkpoint_time: Gauge,
     /// Drifted items by class (`auto-repair`, `alert-only`, `needs-approval`), on the leader.
@@ -251,6 +253,12 @@ impl Metrics {
             "fabric_audit_refused_full",
             "Calls this member refused because the audit log was full",
             m.audit_refused_full.clone(),
+        );
+        r.register(
+            "fabric_audit_refusals_counted",
+            "Refused calls this member counted into a later audit entry (past a principal's \
+             rate) rather than wrote one by one",
+            m.audit_refusals_counted.clone(),
         );
         r.register(
             "fabric_audit_checkpoint_size",

@@ -386,12 +386,12 @@ impl TryFrom<NodeArgs> for NodeConfig {
                 location,
                 disks,
                 meta: meta_endpoints,
-                drift: crate::drift::DriftSource {
-                    config: config_text,
-                    // Set below, once the certificate directory is known.
-                    cert_dir: PathBuf::new(),
-                    data_dir: data_dir.clone(),
-                },
+                // The certificate directory is set below, once it is known.
+                drift: crate::drift::DriftSource::new(
+                    config_text,
+                    PathBuf::new(),
+                    data_dir.clone(),
+                ),
             })
         } else {
             let storage_flags = [
@@ -795,6 +795,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             rebuild_stopped,
         )));
     }
+    let drift_serving = storage
+        .as_ref()
+        .map(|s| std::sync::Arc::clone(&s.drift.serving));
     let storage = match storage {
         None => None,
         Some(cfg) => {
@@ -837,6 +840,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         },
     )
     .context("write node.json")?;
+    // Every listener is bound: the node's drift report is complete from now on.
+    if let Some(serving) = drift_serving {
+        serving.store(true, std::sync::atomic::Ordering::Release);
+    }
     stop.wait().await;
     tracing::info!(id, "stopping");
     let _ = stop_rebuild.send(true);
@@ -917,6 +924,12 @@ fn watch_member(metrics: &crate::metrics::Metrics, running: &crate::meta::server
             &m.audit_refused_full,
             member
                 .audit_refused_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        set(
+            &m.audit_refusals_counted,
+            member
+                .audit_refusals_counted
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         for (state, count) in [("up", up), ("down", down), ("out", out)] {

@@ -73,10 +73,8 @@ impl Storage {
             None => tasks.spawn(Arc::clone(&server).serve(listener, stopped.clone())),
         };
         if let Some(tls) = transport.tls() {
-            let follow = crate::meta::revocations::follow_client(
-                Arc::clone(&keys_client),
-                Arc::clone(tls.server.trust().revocations()),
-            );
+            let follow =
+                crate::meta::trust_follow::follow_client(Arc::clone(&keys_client), Arc::clone(tls));
             let mut stop = stopped.clone();
             tasks.spawn(async move {
                 tokio::select! {

@@ -130,15 +130,19 @@ pub fn run_local(cmd: AuditCmd) -> anyhow::Result<Reply> {
             witnesses,
         } => {
             let pem = std::fs::read(&ca).with_context(|| format!("read {}", ca.display()))?;
-            let root = CertificateDer::from_pem_slice(&pem)
-                .with_context(|| format!("{}: no certificate", ca.display()))?;
-            if let Some(reply) = verify_statement_file(&file, &root)? {
+            // Every root of the file: across a root CA's replacement, older checkpoints are
+            // certified under the old root.
+            let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{}: not PEM certificates", ca.display()))?;
+            anyhow::ensure!(!roots.is_empty(), "{}: no certificate", ca.display());
+            if let Some(reply) = verify_statement_file(&file, &roots)? {
                 return Ok(reply);
             }
             let input =
                 std::fs::File::open(&file).with_context(|| format!("open {}", file.display()))?;
             let started = std::time::Instant::now();
-            let v = verify(std::io::BufReader::new(input), &root, &witnesses)
+            let v = verify(std::io::BufReader::new(input), &roots, &witnesses)
                 .map_err(|t| anyhow::anyhow!("{}: does not verify: {t}", file.display()))?;
             Ok(Reply::One(json!({
                 "verified": true,
@@ -171,7 +175,10 @@ pub fn run_local(cmd: AuditCmd) -> anyhow::Result<Reply> {
 }
 
 /// Checks `file` as a residency statement, if it is one (`None`: it is not).
-fn verify_statement_file(file: &Path, root: &CertificateDer<'_>) -> anyhow::Result<Option<Reply>> {
+fn verify_statement_file(
+    file: &Path,
+    roots: &[CertificateDer<'_>],
+) -> anyhow::Result<Option<Reply>> {
     use fabric::audit::residency::{STATEMENT_FORMAT, SignedStatement, verify_statement};
     let mut first = String::new();
     std::io::BufRead::read_line(
@@ -186,7 +193,7 @@ fn verify_statement_file(file: &Path, root: &CertificateDer<'_>) -> anyhow::Resu
     if signed.format != STATEMENT_FORMAT {
         return Ok(None);
     }
-    let (cluster, s) = verify_statement(&signed, root)
+    let (cluster, s) = verify_statement(&signed, roots)
         .map_err(|e| anyhow::anyhow!("{}: does not verify: {e}", file.display()))?;
     Ok(Some(Reply::One(json!({
         "verified": true,

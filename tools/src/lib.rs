@@ -12,4 +12,5 @@ pub mod nbd_probe;
 pub mod prometheus;
 pub mod reply;
 pub mod residency;
+pub mod rotation;
 pub mod volume_map;

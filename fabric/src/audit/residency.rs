@@ -67,11 +67,11 @@ impl Statement {
     }
 }
 
-/// Checks a signed statement against `root`: the signature by the cell key, the key's
-/// certificate up to the root. Returns the cluster and the statement.
+/// Checks a signed statement against `roots`: the signature by the cell key, the key's
+/// certificate up to one of the roots. Returns the cluster and the statement.
 pub fn verify_statement(
     signed: &SignedStatement,
-    root: &CertificateDer<'_>,
+    roots: &[CertificateDer<'_>],
 ) -> Result<(String, Statement), String> {
     if signed.format != STATEMENT_FORMAT {
         return Err(format!(
@@ -83,6 +83,6 @@ pub fn verify_statement(
         .map_err(|e| format!("the statement's signature: {e}"))?;
     let statement: Statement =
         serde_json::from_str(&signed.statement).map_err(|e| format!("the statement: {e}"))?;
-    let cluster = verify_cell_key(&signed.chain_pem, &signed.key, root, statement.time_ms)?;
+    let cluster = verify_cell_key(&signed.chain_pem, &signed.key, roots, statement.time_ms)?;
     Ok((cluster.as_str().to_owned(), statement))
 }

@@ -140,12 +140,13 @@ fn bad(entry: Option<u64>, line: Option<u64>, reason: impl Into<String>) -> Tamp
     }
 }
 
-/// Checks an export read from `input` against `root` (the cluster's root CA certificate),
+/// Checks an export read from `input` against `roots` (the cluster's root CA certificate, or
+/// its roots across a replacement),
 /// requiring a valid cosignature on the newest checkpoint from each key in `witnesses`
 /// (hex ed25519 keys).
 pub fn verify(
     input: impl BufRead,
-    root: &CertificateDer<'_>,
+    roots: &[CertificateDer<'_>],
     witnesses: &[String],
 ) -> Result<Verified, Tampered> {
     let mut lines = input.lines();
@@ -169,7 +170,7 @@ pub fn verify(
             "the pruned prefix's frontier does not fit its size",
         ));
     }
-    let (cluster, checkpoints) = trusted_checkpoints(&header, root)?;
+    let (cluster, checkpoints) = trusted_checkpoints(&header, roots)?;
     if header.first_index > 0 {
         let covered = checkpoints
             .get(&header.first_index)
@@ -296,7 +297,7 @@ pub fn verify(
 /// The header's checkpoints by size, each signed by a cell key the root certified.
 fn trusted_checkpoints<'h>(
     header: &'h ExportHeader,
-    root: &CertificateDer<'_>,
+    roots: &[CertificateDer<'_>],
 ) -> Result<(String, BTreeMap<u64, &'h Checkpoint>), Tampered> {
     let mut trusted: BTreeMap<&str, String> = BTreeMap::new();
     for c in &header.checkpoints {
@@ -318,7 +319,7 @@ fn trusted_checkpoints<'h>(
                     ),
                 )
             })?;
-        let cluster = verify_cell_key(&cert.chain_pem, &cert.key, root, c.time_ms)
+        let cluster = verify_cell_key(&cert.chain_pem, &cert.key, roots, c.time_ms)
             .map_err(|e| bad(None, Some(1), format!("cell key {}: {e}", c.key)))?;
         trusted.insert(&c.key, cluster.as_str().to_owned());
     }

@@ -81,7 +81,7 @@ fn export(f: &Fixture, log: &AuditLog) -> Vec<String> {
 
 fn check(f: &Fixture, lines: &[String]) -> Result<Verified, Tampered> {
     let text = lines.join("\n") + "\n";
-    verify(text.as_bytes(), &f.root, &[])
+    verify(text.as_bytes(), std::slice::from_ref(&f.root), &[])
 }
 
 fn big() -> AuditLimits {
@@ -183,7 +183,7 @@ fn a_pruned_log_still_verifies_and_a_foreign_root_does_not() {
 
     let other = fixture();
     let text = lines.join("\n") + "\n";
-    let err = verify(text.as_bytes(), &other.root, &[]).unwrap_err();
+    let err = verify(text.as_bytes(), std::slice::from_ref(&other.root), &[]).unwrap_err();
     assert!(err.reason.contains("does not lead to the root"), "{err}");
 }
 
@@ -200,10 +200,10 @@ fn a_required_witness_must_have_cosigned() {
         .cosign("auditor", &witness);
     let want = vec![crate::hex::encode(witness.verifying_key().as_bytes())];
     let text = export(&f, &log).join("\n") + "\n";
-    assert!(verify(text.as_bytes(), &f.root, &want).is_err());
+    assert!(verify(text.as_bytes(), std::slice::from_ref(&f.root), &want).is_err());
     log.cosign(size, cosig).unwrap();
     let text = export(&f, &log).join("\n") + "\n";
-    let v = verify(text.as_bytes(), &f.root, &want).unwrap();
+    let v = verify(text.as_bytes(), std::slice::from_ref(&f.root), &want).unwrap();
     assert_eq!(v.witnesses[0].witness, "auditor");
     assert_eq!(v.witnesses[0].size, size);
 }

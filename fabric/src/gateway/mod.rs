@@ -197,9 +197,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     background.spawn(volumes.clone().follow_maps());
     if let Some(tls) = transport.tls() {
         background.spawn(crate::identity::rotation::follow_files(Arc::clone(tls)));
-        background.spawn(crate::meta::revocations::follow_client(
+        background.spawn(crate::meta::trust_follow::follow_client(
             Arc::clone(&client),
-            Arc::clone(tls.server.trust().revocations()),
+            Arc::clone(tls),
         ));
     }
     // `--force` takes the named volumes over, at start; on demand, a volume held elsewhere

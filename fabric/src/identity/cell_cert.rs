@@ -61,12 +61,13 @@ impl CertificateAuthority {
     }
 }
 
-/// Checks that `chain_pem` certifies ed25519 `key` (hex) as a cell key under `root`, valid at
-/// `at_ms`; returns the cluster it names.
+/// Checks that `chain_pem` certifies ed25519 `key` (hex) as a cell key under one of `roots`
+/// (more than one across a root CA's replacement), valid at `at_ms`; returns the cluster it
+/// names.
 pub fn verify_cell_key(
     chain_pem: &str,
     key: &str,
-    root: &CertificateDer<'_>,
+    roots: &[CertificateDer<'_>],
     at_ms: u64,
 ) -> Result<ClusterName, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -75,11 +76,13 @@ pub fn verify_cell_key(
     let (leaf, intermediates) = chain
         .split_first()
         .ok_or("the cell key's certificate chain is empty")?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(root.clone().into_owned())
-        .map_err(|e| format!("the root CA: {e}"))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store
+            .add(root.clone().into_owned())
+            .map_err(|e| format!("the root CA: {e}"))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(store.into(), provider())
         .build()
         .map_err(|e| e.to_string())?;
     let at = UnixTime::since_unix_epoch(std::time::Duration::from_millis(at_ms));
@@ -127,15 +130,19 @@ mod tests {
         let root = CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap();
         let at = (now.unix_timestamp() as u64) * 1000;
         let hex = crate::hex::encode(&public);
-        assert_eq!(verify_cell_key(&chain, &hex, &root, at).unwrap(), cluster);
+        assert_eq!(
+            verify_cell_key(&chain, &hex, std::slice::from_ref(&root), at).unwrap(),
+            cluster
+        );
         let other = crate::hex::encode(&[6u8; 32]);
-        assert!(verify_cell_key(&chain, &other, &root, at).is_err());
+        assert!(verify_cell_key(&chain, &other, std::slice::from_ref(&root), at).is_err());
 
         let elsewhere = tempfile::tempdir().unwrap();
         ca::init(elsewhere.path(), &cluster, now).unwrap();
         let foreign = CertificateAuthority::open(elsewhere.path()).unwrap();
         let foreign_root = CertificateDer::from_pem_slice(foreign.root_pem().as_bytes()).unwrap();
-        let err = verify_cell_key(&chain, &hex, &foreign_root, at).unwrap_err();
+        let err =
+            verify_cell_key(&chain, &hex, std::slice::from_ref(&foreign_root), at).unwrap_err();
         assert!(err.contains("does not lead to the root"), "{err}");
     }
 }

@@ -271,7 +271,8 @@ impl IssuedLeaf {
 
     /// Writes `chain.pem`, `key.pem` (mode 0600) and `ca.pem` into `dir` (created, mode 0700,
     /// if missing). An existing identity is replaced only with `overwrite`, each file
-    /// atomically; a reader that catches the key of one issue and the chain of another sees
+    /// atomically, and keeps the roots it trusted (a certificate reissued under a new root
+    /// while the old one is still in the trust bundle); a reader that catches the key of one issue and the chain of another sees
     /// them disagree (the loader checks) and reads again.
     ///
     /// A user's directory also gets the same three under the names QEMU's `tls-creds-x509`
@@ -294,7 +295,11 @@ impl IssuedLeaf {
                 "an existing identity (give --overwrite to replace it)",
             )?;
         }
-        files::replace(&ca, self.ca_pem.as_bytes(), files::CERT_FILE_MODE)?;
+        let roots = match overwrite {
+            true => super::trust_bundle::with_existing_roots(&ca, &self.ca_pem),
+            false => self.ca_pem.clone(),
+        };
+        files::replace(&ca, roots.as_bytes(), files::CERT_FILE_MODE)?;
         files::replace(&key, self.key_pem.as_bytes(), files::KEY_FILE_MODE)?;
         files::replace(&chain, self.chain_pem.as_bytes(), files::CERT_FILE_MODE)?;
         if matches!(self.principal.kind(), PrincipalKind::User(_)) {

@@ -379,6 +379,45 @@ pub fn write_joined(
     Ok(identity.principal().clone())
 }
 
+/// Checks a renewed certificate a member signed and writes it over the identity in `dir`: the
+/// chain must go with `key_pem`, name the same principal as the certificate it replaces, and
+/// lead to `ca_pem` or a root `dir` trusts already, which it keeps trusting. Each file is
+/// replaced atomically, the key before the chain (a reader catching one without the other
+/// sees them disagree and reads again).
+pub fn write_renewed(
+    dir: &Path,
+    chain_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<Principal, IdentityError> {
+    let current = Identity::load(dir)?;
+    let ca = dir.join(CA_FILE);
+    let roots = super::trust_bundle::with_existing_roots(&ca, ca_pem);
+    let renewed = Identity::from_pem(chain_pem.as_bytes(), key_pem.as_bytes(), roots.as_bytes())?;
+    renewed
+        .verify_chain(UnixTime::now())
+        .map_err(|e| IdentityError::Request(format!("the renewed certificate: {e}")))?;
+    if renewed.principal() != current.principal() {
+        return Err(IdentityError::Request(format!(
+            "the member renewed a certificate for {}, not {}",
+            renewed.principal(),
+            current.principal()
+        )));
+    }
+    files::replace(&ca, roots.as_bytes(), files::CERT_FILE_MODE)?;
+    files::replace(
+        &dir.join(KEY_FILE),
+        key_pem.as_bytes(),
+        files::KEY_FILE_MODE,
+    )?;
+    files::replace(
+        &dir.join(CHAIN_FILE),
+        chain_pem.as_bytes(),
+        files::CERT_FILE_MODE,
+    )?;
+    Ok(renewed.principal().clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

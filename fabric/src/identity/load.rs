@@ -146,13 +146,7 @@ impl Identity {
     /// Checks at `now` that the chain leads to one of the roots and that every certificate in
     /// it is valid, as a peer's verifier will; the reason is rustls's.
     pub fn verify_chain(&self, now: UnixTime) -> Result<(), String> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.root_store()?, provider())
-            .build()
-            .map_err(|e| e.to_string())?;
-        verifier
-            .verify_client_cert(&self.chain[0], &self.chain[1..], now)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        chain_verifies(&self.chain, &self.roots, now)
     }
 
     /// The principal the leaf names.
@@ -188,6 +182,29 @@ impl Identity {
         }
         Ok(Arc::new(store))
     }
+}
+
+/// Checks at `now` that `chain` (leaf first) leads to one of `roots` and that every
+/// certificate in it is valid, as a peer's verifier will; the reason is rustls's.
+pub fn chain_verifies(
+    chain: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+    now: UnixTime,
+) -> Result<(), String> {
+    let (leaf, intermediates) = chain.split_first().ok_or("an empty chain")?;
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store
+            .add(root.clone())
+            .map_err(|e| format!("{CA_FILE}: {e}"))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    verifier
+        .verify_client_cert(leaf, intermediates, now)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The certificates of a PEM file: at least one, at most [`PEM_CERTS_MAX`].

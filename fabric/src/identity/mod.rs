@@ -13,7 +13,8 @@
 //! overwritten.
 //! [`transport`] is what a process secures its connections with, [`dev_pki`] the
 //! certificates a `fabricd dev` cluster makes for itself, and [`join`] how a new node gets its
-//! certificate with a one-time token.
+//! certificate with a one-time token. [`trust_bundle`] is the set of root CAs the cluster keeps
+//! in Raft and every process writes to its `ca.pem` (how a root CA is replaced).
 
 pub mod ca;
 pub mod cell_cert;
@@ -29,6 +30,7 @@ pub mod revocation;
 pub mod rotation;
 pub mod tls;
 pub mod transport;
+pub mod trust_bundle;
 
 #[cfg(test)]
 mod handshake_tests;

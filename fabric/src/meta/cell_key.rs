@@ -18,6 +18,8 @@ use super::command::{Applied, CommandError, CommandV1, Outcome};
 use super::member::Member;
 use super::state::ClusterState;
 
+/// The target an approval of a cell key rotation is bound to.
+pub const CELL_KEY_TARGET: &str = "cell_key";
 /// Most cell keys kept: the newest signs, the others still verify while a rotation runs.
 pub const CELL_KEYS_MAX: usize = volume::capability::CAPABILITY_KEYS_MAX;
 /// How long a capability is valid. A gateway renews it at half its life, so a replica that

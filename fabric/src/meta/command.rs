@@ -254,6 +254,10 @@ pub enum CommandV1 {
         node: super::model::NodeId,
         now_ms: u64,
     },
+    /// The trust bundle becomes these root CA certificates (PEM, oldest first).
+    SetTrustRoots {
+        roots: Vec<String>,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -497,6 +501,16 @@ impl std::fmt::Display for CommandV1 {
                 "witness {} cosigns the audit checkpoint of size {size}",
                 cosignature.witness
             ),
+            CommandV1::SetTrustRoots { roots } => {
+                let pins: Vec<String> = roots
+                    .iter()
+                    .map(|pem| {
+                        crate::identity::trust_bundle::parse_root(pem)
+                            .map_or_else(|e| format!("(unreadable: {e})"), |r| r.pin)
+                    })
+                    .collect();
+                write!(f, "trust the root CAs {}", pins.join(", "))
+            }
         }
     }
 }

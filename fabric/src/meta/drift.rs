@@ -1,8 +1,12 @@
 //! The leader's side of drift detection: what each node last reported about itself (kept in
 //! memory, off the Raft log, like liveness) against its desired state in the replicated state.
 //!
-//! The desired state of a node is its first report (`SetDriftBaseline`); an item that differs
-//! from it afterwards is drift, listed by `fabricctl drift` with its class
+//! The desired state of a node is its first report (`SetDriftBaseline`; an item a node
+//! reports for the first time is added to it); an item that differs from it afterwards is
+//! drift. Two items are judged by a rule instead: the certificate (`tls`) must be valid for
+//! more than `TLS_EXPIRY_WARNING_DAYS`, not revoked, and, while the cluster keeps a trust
+//! bundle, issued under its newest root; the trusted roots (`trust`) must be the bundle's.
+//! Drift is listed by `fabricctl drift` with its class
 //! (`crate::drift::DriftClass`). An auto-repair item is sent back to the node as a repair in
 //! every heartbeat reply until its report matches again. An operator's exception (node, item,
 //! until a time) silences an item: it is listed as excepted and not repaired. A node's first
@@ -16,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{Applied, CommandError, Outcome};
 use super::model::NodeId;
 use super::state::ClusterState;
-use crate::drift::DriftClass;
+use crate::drift::{DriftClass, ITEM_TLS, ITEM_TRUST, TLS_EXPIRY_WARNING_DAYS, TlsReport};
 
 /// Most items one report may carry, and longest item value kept.
 pub const ITEMS_MAX: usize = 32;
@@ -82,6 +86,54 @@ fn excepted(state: &ClusterState, node: NodeId, item: &str, now_ms: u64) -> Opti
         .map(|e| e.until_ms)
 }
 
+/// Whether `reported` is what is desired of `item`; if not, what is (as listed). `tls` and
+/// `trust` follow their rules, every other item the node's desired state.
+fn judge(
+    state: &ClusterState,
+    desired: &BTreeMap<String, String>,
+    item: &str,
+    reported: &str,
+    now_ms: u64,
+) -> Result<(), String> {
+    let bundle = state.trust_roots();
+    match item {
+        ITEM_TLS => {
+            let wanted = match bundle.last() {
+                Some(root) => format!(
+                    "a valid certificate, not revoked, issued under root {}, expiring after \
+                     {TLS_EXPIRY_WARNING_DAYS} days",
+                    root.pin
+                ),
+                None => format!(
+                    "a valid certificate, not revoked, expiring after {TLS_EXPIRY_WARNING_DAYS} \
+                     days"
+                ),
+            };
+            let tls: TlsReport = reported.parse().map_err(|_| wanted.clone())?;
+            let left_ms = tls.expires.unix_timestamp().saturating_mul(1000) - now_ms as i64;
+            let fine = left_ms > TLS_EXPIRY_WARNING_DAYS * 86_400_000
+                && !state.revoked.contains_key(&tls.serial)
+                && bundle.last().is_none_or(|root| root.pin == tls.issuer);
+            if fine { Ok(()) } else { Err(wanted) }
+        }
+        ITEM_TRUST if !bundle.is_empty() => {
+            let pins: Vec<&str> = bundle.iter().map(|r| r.pin.as_str()).collect();
+            let wanted = pins.join(",");
+            if reported == wanted {
+                Ok(())
+            } else {
+                Err(wanted)
+            }
+        }
+        _ => match desired.get(item) {
+            Some(d) if d == reported => Ok(()),
+            Some(d) => Err(d.clone()),
+            // Not in the desired state yet: this report adds it.
+            None => Ok(()),
+        },
+    }
+}
+
 impl DriftTable {
     /// Takes node `node`'s report: its digest and, when it sent them, its items.
     pub fn observe(
@@ -113,10 +165,19 @@ impl DriftTable {
             out.baseline = Some(report.items.clone());
             return out;
         };
+        let unknown: BTreeMap<String, String> = report
+            .items
+            .iter()
+            .filter(|(k, _)| !desired.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !unknown.is_empty() {
+            out.baseline = Some(unknown);
+        }
         let differing: Vec<&String> = report
             .items
             .iter()
-            .filter(|(k, v)| desired.get(*k) != Some(v))
+            .filter(|(k, v)| judge(state, desired, k, v, now_ms).is_err())
             .map(|(k, _)| k)
             .collect();
         for item in &differing {
@@ -155,12 +216,15 @@ impl DriftTable {
                 continue;
             };
             for (item, since) in &report.since {
+                let reported = report.items.get(item).cloned().unwrap_or_default();
                 out.push(Drifted {
                     node: *node,
                     item: item.clone(),
                     class: DriftClass::of(item),
-                    desired: desired.get(item).cloned().unwrap_or_default(),
-                    reported: report.items.get(item).cloned().unwrap_or_default(),
+                    desired: judge(state, desired, item, &reported, now_ms)
+                        .err()
+                        .unwrap_or_default(),
+                    reported,
                     since_ms: *since,
                     excepted_until_ms: excepted(state, *node, item, now_ms),
                 });
@@ -176,7 +240,7 @@ impl DriftTable {
 }
 
 impl ClusterState {
-    /// Records node `node`'s desired state, if it has none yet.
+    /// Records node `node`'s desired state of the items it has none of yet.
     pub(super) fn set_drift_baseline(
         &mut self,
         node: NodeId,
@@ -190,9 +254,18 @@ impl ClusterState {
                 "a drift baseline of too many or too long items".into(),
             ));
         }
-        self.drift_desired
-            .entry(node)
-            .or_insert_with(|| items.clone());
+        // Items already desired keep their value: only those the node never reported before
+        // are added.
+        let desired = self.drift_desired.entry(node).or_default();
+        let added = items.keys().filter(|k| !desired.contains_key(*k)).count();
+        if desired.len() + added > ITEMS_MAX {
+            return Err(CommandError::InvalidArgument(
+                "a drift baseline of too many items".into(),
+            ));
+        }
+        for (item, value) in items {
+            desired.entry(item.clone()).or_insert_with(|| value.clone());
+        }
         Ok(Applied::Nothing)
     }
 

@@ -46,6 +46,10 @@ pub struct Member {
     pub peers: PeerChannels,
     /// Calls this member refused because the audit log was full.
     pub audit_refused_full: std::sync::atomic::AtomicU64,
+    /// How many refusals each principal may have written (see `refusals`).
+    pub refusals: super::refusals::Limiter,
+    /// Refused calls counted rather than written one by one.
+    pub audit_refusals_counted: std::sync::atomic::AtomicU64,
 }
 
 impl Member {

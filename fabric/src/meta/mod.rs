@@ -36,7 +36,7 @@ pub mod model;
 pub mod net;
 pub mod pgmap;
 pub mod query;
-pub mod revocations;
+pub mod refusals;
 pub mod server;
 pub mod service;
 pub mod snapshots;
@@ -55,6 +55,8 @@ mod state_residency_test;
 pub mod state_revoked;
 #[cfg(test)]
 mod state_sim_test;
+pub mod state_trust;
 pub mod store;
+pub mod trust_follow;
 pub mod types;
 pub mod watcher;

@@ -233,6 +233,8 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         sm,
         peers: channels,
         audit_refused_full: Default::default(),
+        refusals: Default::default(),
+        audit_refusals_counted: Default::default(),
     });
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -247,6 +249,7 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         member: Arc::clone(&member),
         detector: Arc::clone(&detector),
         drift: Arc::clone(&drift),
+        signer: cfg.signer.clone(),
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -302,9 +305,9 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
         )));
     }
     if let Some(tls) = cfg.transport.tls() {
-        background.push(tokio::spawn(super::revocations::follow_state(
+        background.push(tokio::spawn(super::trust_follow::follow_state(
             Arc::clone(&member),
-            Arc::clone(tls.server.trust().revocations()),
+            Arc::clone(tls),
         )));
     }
     if let Some(admin) = cfg.bootstrap_admin.clone() {

@@ -71,6 +71,10 @@ pub struct ClusterState {
     /// Join tokens by id, until they expire (see `state_join`).
     #[serde(default)]
     pub join_tokens: BTreeMap<String, super::state_join::JoinTokenRecord>,
+    /// The root CAs every process trusts, PEM, oldest first (none: each its own `ca.pem`; see
+    /// `state_trust`).
+    #[serde(default)]
+    pub trust_roots: Vec<String>,
     /// Which records recent commands changed, for `Watch` deltas (derived, never stored).
     #[serde(skip)]
     pub journal: Journal,
@@ -251,6 +255,7 @@ impl ClusterState {
             CommandV1::AcceptDrift { node, item, value } => self.accept_drift(*node, item, value),
             CommandV1::ChangeVoters { voters } => Ok(Applied::Voters(voters.clone())),
             CommandV1::CertifyCellKey { key, chain_pem } => self.certify_cell_key(key, chain_pem),
+            CommandV1::SetTrustRoots { roots } => self.set_trust_roots(roots),
             CommandV1::SetAuditLimits(limits) => self.set_audit_limits(limits),
             CommandV1::AuditCosign { size, cosignature } => self.audit_cosign(*size, cosignature),
             CommandV1::RedeemJoinToken {
@@ -919,6 +924,7 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::AcceptDrift { .. }
         | CommandV1::ChangeVoters { .. }
         | CommandV1::CertifyCellKey { .. }
+        | CommandV1::SetTrustRoots { .. }
         | CommandV1::SetAuditLimits(_)
         | CommandV1::AuditCosign { .. }
         | CommandV1::AuditDenied { .. } => None,

@@ -7,7 +7,8 @@
 //!
 //! Which calls are guarded is policy, kept here: by default deleting a volume or a pool,
 //! force-attaching, changing the Raft voters, granting an admin role, shortening the audit
-//! log's retention, and relabelling a location (its jurisdiction).
+//! log's retention, relabelling a location (its jurisdiction), accepting drift, turning a guard
+//! off, and rotating the cell key or the trust bundle's root CAs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +38,8 @@ pub const GUARDS: &[&str] = &[
     "topology.relabel",
     "drift.accept",
     "guard.remove",
+    "cell_key.rotate",
+    "ca.rotate",
 ];
 
 /// Which guards are on, and how long a request waits.
@@ -94,14 +97,25 @@ pub fn op_hash(command: &CommandV1) -> Hash {
 }
 
 impl ClusterState {
-    /// The version of `target` (`volume/NAME...`, `pool/NAME`, `cluster`): the hash of its
-    /// record, or of the policy and the pools for the cluster. Any change to it changes this.
+    /// The version of `target` (`volume/NAME...`, `pool/NAME`, `trust`, `cell_key`,
+    /// `cluster`): the hash of its record, or of the policy, the guards and the audit limits
+    /// for the cluster. Any change to it changes this.
     pub fn target_version(&self, target: &str) -> Hash {
         let record = if let Some(rest) = target.strip_prefix("volume/") {
             let name = rest.split(' ').next().unwrap_or(rest);
             serde_json::to_vec(&self.volumes.get(name))
         } else if let Some(name) = target.strip_prefix("pool/") {
             serde_json::to_vec(&self.pools.get(name))
+        } else if target == super::state_trust::TRUST_TARGET {
+            serde_json::to_vec(&self.trust_roots)
+        } else if target == super::cell_key::CELL_KEY_TARGET {
+            // The public halves: a version is shown to approvers.
+            let keys: Vec<String> = self
+                .verifying_keys()
+                .iter()
+                .map(|k| crate::hex::encode(k.as_bytes()))
+                .collect();
+            serde_json::to_vec(&keys)
         } else {
             serde_json::to_vec(&(&self.policy, &self.guards, self.audit.limits()))
         };

@@ -95,6 +95,13 @@ enum Cmd {
     /// The audit log: list, status, export, and `verify` an export offline.
     #[command(subcommand)]
     Audit(tools::audit::AuditCmd),
+    /// Replaces the cell key (guarded by the two-person rule).
+    #[command(subcommand)]
+    CellKey(tools::rotation::CellKeyCmd),
+    /// The trust bundle: the root CAs every process trusts; `add` and `retire` replace the
+    /// root CA (guarded by the two-person rule).
+    #[command(subcommand)]
+    Trust(tools::rotation::TrustCmd),
     /// One-time tokens with which new nodes get their certificates (`fabricd node --join ADDR
     /// --token T`).
     #[command(subcommand)]
@@ -532,6 +539,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Approvals(cmd) => reply(tools::approvals::run(cmd, &client).await?),
         Cmd::Topology(cmd) => reply(tools::residency::run(cmd, &client).await?),
         Cmd::Drift { cmd } => reply(tools::drift::run(cmd, &client).await?),
+        Cmd::CellKey(cmd) => reply(tools::rotation::cell_key(cmd, &client).await?),
+        Cmd::Trust(cmd) => reply(tools::rotation::trust(cmd, &client, &cert_dir).await?),
         Cmd::Volume(VolumeCmd::Residency { name, out }) => {
             reply(tools::residency::statement(&client, &name, out.as_deref()).await?)
         }

@@ -50,9 +50,14 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         "volume-admin" => [&view[..], &volume_user, &volume_admin].concat(),
         // Uses volumes: what a hypervisor host's gateway does for them.
         "volume-user" => [&view[..], &volume_user].concat(),
-        // What a storage node's agents do: register, heartbeat, follow the maps, and (the
-        // rebuild agent) attach an idle volume to heal it.
-        "storage-node" => [&view[..], &volume_user, &[NodeRegister, NodeHeartbeat]].concat(),
+        // What a storage node's agents do: register, heartbeat, renew its certificate, follow
+        // the maps, and (the rebuild agent) attach an idle volume to heal it.
+        "storage-node" => [
+            &view[..],
+            &volume_user,
+            &[NodeRegister, NodeHeartbeat, NodeRenewCertificate],
+        ]
+        .concat(),
         // Reads everything, the policy and the audit trail included, and cosigns the audit
         // log's checkpoints as a witness; changes nothing else.
         "auditor" => [&view[..], &[AuthRead, AuditRead, AuditWitness]].concat(),
@@ -80,6 +85,8 @@ pub const ADMIN_VERBS: &[Verb] = &[
     Verb::VolumeDelete,
     Verb::PoolDelete,
     Verb::VolumeForceAttach,
+    Verb::CellKeyRotate,
+    Verb::CaRotate,
 ];
 
 /// Whether a role of these verb names holds an administrator's verb.

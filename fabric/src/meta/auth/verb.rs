@@ -47,6 +47,7 @@ verbs! {
     NodeList => "node.list" at Cluster,
     NodeRegister => "node.register" at Cluster,
     NodeHeartbeat => "node.heartbeat" at Cluster,
+    NodeRenewCertificate => "node.renew_certificate" at Cluster,
     NodeOut => "node.out" at Cluster,
     NodeDrain => "node.drain" at Cluster,
     RaftAddLearner => "raft.add_learner" at Cluster,
@@ -77,6 +78,8 @@ verbs! {
     TopologyLabel => "topology.label" at Cluster,
     DriftExcept => "drift.except" at Cluster,
     DriftAccept => "drift.accept" at Cluster,
+    CellKeyRotate => "cell_key.rotate" at Cluster,
+    CaRotate => "ca.rotate" at Cluster,
 }
 
 impl fmt::Display for Verb {

@@ -98,6 +98,14 @@ impl MetadataService {
         let pb::ApproveRequest { id, op_sha256 } = req.into_inner();
         let op_sha256 = Hash::from_hex(&op_sha256)
             .ok_or_else(|| Status::invalid_argument("op_sha256 is not 64 hex digits"))?;
+        // A trust change is checked against the nodes' certificates again, as they are now.
+        let pending = self
+            .member
+            .sm
+            .read(|s, _| s.approvals.get(&id).map(|r| r.command.clone()));
+        if let Some(CommandV1::SetTrustRoots { roots }) = &pending {
+            self.check_bundle_covers_nodes(roots)?;
+        }
         let approve = CommandV1::Approve {
             id: id.clone(),
             op_sha256,

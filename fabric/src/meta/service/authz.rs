@@ -20,7 +20,9 @@ use crate::audit::merkle::Hash;
 use crate::identity::PrincipalKind;
 use crate::meta::auth::{Denied, Policy, Scope, Target, Verb, role};
 use crate::meta::command::CommandV1;
+use crate::meta::member::Member;
 use crate::meta::net::secure::{Caller, PeerInfo};
+use crate::meta::refusals::{Admit, FLUSH_AFTER_MS, REFUSALS_PER_SEC};
 
 /// The caller of a request, as its connection authenticated it.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
@@ -112,6 +114,14 @@ pub fn audit_call<T: prost::Message>(
     }
 }
 
+/// Writes a refusal's audit entry.
+async fn write_refusal(member: &Member, call: AuditCall, reason: String) {
+    let command = CommandV1::AuditDenied { call, reason };
+    if let Err(e) = member.write(command.into()).await {
+        tracing::warn!(error = %e, "a refused call could not be written to the audit log");
+    }
+}
+
 impl MetadataService {
     /// Checks that the caller of `req` may `verb` on `target`; PERMISSION_DENIED names the
     /// verb and the target that were missing. A refusal is written to the audit log before
@@ -142,15 +152,44 @@ impl MetadataService {
         Ok(Authorized { caller, call })
     }
 
-    /// Records a refused call and returns its status. If the refusal cannot be recorded (the
-    /// log is full, no leader), the caller still gets the refusal; the member logs the gap.
+    /// Records a refused call and returns its status: as an entry, or, past its principal's
+    /// budget, in the count a later entry carries (`meta/refusals.rs`). If the refusal cannot
+    /// be recorded (the log is full, no leader), the caller still gets the refusal; the member
+    /// logs the gap.
     pub(super) async fn refused(&self, call: AuditCall, status: Status) -> Status {
-        let command = CommandV1::AuditDenied {
-            call,
-            reason: status.message().to_owned(),
-        };
-        if let Err(e) = self.member.write(command.into()).await {
-            tracing::warn!(error = %e, "a refused call could not be written to the audit log");
+        let reason = status.message().to_owned();
+        match self.member.refusals.admit(&call.principal, call.time_ms) {
+            Admit::Write { counted_before } => {
+                let reason = match counted_before {
+                    0 => reason,
+                    n => format!(
+                        "{reason} (and {n} earlier refused calls of {}, counted since its \
+                         previous entry)",
+                        call.principal
+                    ),
+                };
+                write_refusal(&self.member, call, reason).await;
+            }
+            Admit::Count { flush_due } => {
+                self.member
+                    .audit_refusals_counted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if flush_due {
+                    let member = std::sync::Arc::clone(&self.member);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(FLUSH_AFTER_MS)).await;
+                        let n = member.refusals.flush(&call.principal);
+                        if n > 0 {
+                            let reason = format!(
+                                "{n} refused calls of {} counted, not written one by one (at \
+                                 most {REFUSALS_PER_SEC} a second are); the first: {reason}",
+                                call.principal
+                            );
+                            write_refusal(&member, call, reason).await;
+                        }
+                    });
+                }
+            }
         }
         status
     }

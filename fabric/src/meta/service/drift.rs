@@ -92,7 +92,7 @@ impl MetadataService {
     }
 
     /// The drift table lives on the leader: another member says where it is.
-    fn leader_only(&self) -> Result<(), Status> {
+    pub(super) fn leader_only(&self) -> Result<(), Status> {
         let metrics = self.member.metrics();
         if metrics.current_leader == Some(self.member.id) {
             return Ok(());

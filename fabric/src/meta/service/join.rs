@@ -97,6 +97,42 @@ impl MetadataService {
     }
 }
 
+/// What `signer` signs for node `node_id` over `csr`, naming `server_names`: a leaf of the
+/// default validity (less if the intermediate expires sooner). Refuses a request out of its
+/// limits, changing nothing.
+pub(super) fn node_leaf_request(
+    signer: &CertificateAuthority,
+    node_id: u64,
+    csr: &[u8],
+    server_names: &[String],
+) -> Result<LeafRequest, Status> {
+    if node_id == 0 {
+        return Err(Status::invalid_argument("node id 0: ids start at 1"));
+    }
+    if csr.len() > CSR_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "a certificate signing request of {} bytes: at most {CSR_BYTES_MAX}",
+            csr.len()
+        )));
+    }
+    if server_names.len() > SERVER_NAMES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{} server names: at most {SERVER_NAMES_MAX}",
+            server_names.len()
+        )));
+    }
+    let server_names = server_names
+        .iter()
+        .map(|n| n.parse::<ServerSan>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let now = time::OffsetDateTime::now_utc();
+    let days = LEAF_VALIDITY_DAYS_DEFAULT
+        .min((signer.intermediate_not_after() - now).whole_days().max(0) as u32);
+    LeafRequest::for_days(PrincipalKind::Node(node_id), server_names, now, days.max(1))
+        .map_err(|e| Status::failed_precondition(e.to_string()))
+}
+
 /// Serves the join call of one member: redeems tokens and signs with the CA it was given, if
 /// any (a member without one refuses every join, naming why).
 pub struct JoinService {
@@ -134,26 +170,7 @@ impl Join for JoinService {
                 self.member.id
             ))
         })?;
-        if node_id == 0 {
-            return Err(Status::invalid_argument("node id 0: ids start at 1"));
-        }
-        if csr.len() > CSR_BYTES_MAX {
-            return Err(Status::invalid_argument(format!(
-                "a certificate signing request of {} bytes: at most {CSR_BYTES_MAX}",
-                csr.len()
-            )));
-        }
-        if server_names.len() > SERVER_NAMES_MAX {
-            return Err(Status::invalid_argument(format!(
-                "{} server names: at most {SERVER_NAMES_MAX}",
-                server_names.len()
-            )));
-        }
-        let server_names = server_names
-            .iter()
-            .map(|n| n.parse::<ServerSan>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let request = node_leaf_request(signer, node_id, &csr, &server_names)?;
         let digest = secret_digest(&secret);
         let now = now_ms();
         // Checked here first, so that a wrong or spent token never reaches the log.
@@ -168,16 +185,6 @@ impl Join for JoinService {
         if membership.get_node(&node_id).is_some() {
             return Err(refused(JoinRefused::NodeTaken(node_id)));
         }
-        let days = LEAF_VALIDITY_DAYS_DEFAULT.min(
-            (signer.intermediate_not_after() - time::OffsetDateTime::now_utc()).whole_days() as u32,
-        );
-        let request = LeafRequest::for_days(
-            PrincipalKind::Node(node_id),
-            server_names,
-            time::OffsetDateTime::now_utc(),
-            days.max(1),
-        )
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
         // Signed before the token is spent, so that a bad request spends nothing; the
         // certificate is handed out only once the token is redeemed.
         let signed = signer

@@ -10,7 +10,9 @@ pub mod convert;
 mod drift;
 pub mod join;
 mod policy;
+mod renew;
 mod residency;
+mod trust;
 pub mod watch;
 
 use std::collections::BTreeSet;
@@ -52,6 +54,8 @@ pub struct MetadataService {
     pub detector: Arc<Detector>,
     /// What nodes report about themselves, while this member leads.
     pub drift: Arc<super::drift::DriftTable>,
+    /// The CA of `fabricd node --ca-dir`, which renews nodes' certificates.
+    pub signer: Option<Arc<crate::identity::ca::CertificateAuthority>>,
 }
 
 impl MetadataService {
@@ -838,6 +842,34 @@ impl Metadata for MetadataService {
         req: Request<pb::AcceptDriftRequest>,
     ) -> Result<Response<pb::DriftReport>, Status> {
         self.accept_drift_call(req).await
+    }
+
+    async fn rotate_cell_key(
+        &self,
+        req: Request<pb::RotateCellKeyRequest>,
+    ) -> Result<Response<pb::CellKeys>, Status> {
+        self.rotate_cell_key_call(req).await
+    }
+
+    async fn get_trust(
+        &self,
+        req: Request<pb::GetTrustRequest>,
+    ) -> Result<Response<pb::TrustBundle>, Status> {
+        self.get_trust_call(req).await
+    }
+
+    async fn change_trust(
+        &self,
+        req: Request<pb::ChangeTrustRequest>,
+    ) -> Result<Response<pb::TrustBundle>, Status> {
+        self.change_trust_call(req).await
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
+        self.renew_certificate_call(req).await
     }
 }
 

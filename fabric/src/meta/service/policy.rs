@@ -194,6 +194,7 @@ impl MetadataService {
                     reason: r.reason.clone(),
                 })
                 .collect(),
+            trust_roots_pem: s.trust_roots.clone(),
         })
     }
 }
