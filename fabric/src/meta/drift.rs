@@ -390,4 +390,72 @@ mod tests {
         );
         assert!(t.list(&s, 301).is_empty());
     }
+
+    #[test]
+    fn a_certificate_is_judged_by_expiry_revocation_and_issuer_and_trust_by_the_bundle() {
+        use crate::identity::ClusterName;
+        use crate::identity::ca::{self, CertificateAuthority};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = |name: &str| {
+            let dir = tmp.path().join(name);
+            let cluster = ClusterName::new("prod").unwrap();
+            ca::init(&dir, &cluster, time::OffsetDateTime::now_utc()).unwrap();
+            CertificateAuthority::open(&dir)
+                .unwrap()
+                .root_pem()
+                .to_owned()
+        };
+        let (old, new) = (root("old"), root("new"));
+        let mut s = state_with_node();
+        let desired = BTreeMap::new();
+        let now_ms: u64 = 1_800_000_000_000;
+        let tls = |serial: &str, issuer: &str, days: i64| {
+            TlsReport {
+                serial: serial.into(),
+                issuer: issuer.into(),
+                expires: time::OffsetDateTime::from_unix_timestamp(
+                    (now_ms / 1000) as i64 + days * 86_400,
+                )
+                .unwrap(),
+            }
+            .to_string()
+        };
+        let judged = |s: &ClusterState, item: &str, v: &str| judge(s, &desired, item, v, now_ms);
+
+        // No bundle: valid long enough and not revoked.
+        assert!(judged(&s, ITEM_TLS, &tls("0a", "sha256:aa", 90)).is_ok());
+        assert!(
+            judged(&s, ITEM_TLS, &tls("0a", "sha256:aa", 7)).is_err(),
+            "expiring"
+        );
+        assert!(judged(&s, ITEM_TLS, "unusable: no such file").is_err());
+        s.revoke_certificate(&crate::meta::state_revoked::Revoked {
+            serial: "0a".into(),
+            principal: "fabric://prod/node/3".into(),
+            reason: "lost".into(),
+        })
+        .unwrap();
+        assert!(
+            judged(&s, ITEM_TLS, &tls("0a", "sha256:aa", 90)).is_err(),
+            "revoked"
+        );
+
+        // A bundle: issued under its newest root, trusting exactly its roots.
+        s.set_trust_roots(&[old.clone(), new.clone()]).unwrap();
+        let pins: Vec<String> = s.trust_roots().iter().map(|r| r.pin.clone()).collect();
+        assert!(judged(&s, ITEM_TLS, &tls("0b", &pins[1], 90)).is_ok());
+        let under_old = judged(&s, ITEM_TLS, &tls("0b", &pins[0], 90)).unwrap_err();
+        assert!(under_old.contains(&pins[1]), "{under_old}");
+        assert!(judged(&s, ITEM_TRUST, &pins.join(",")).is_ok());
+        assert_eq!(judged(&s, ITEM_TRUST, &pins[0]), Err(pins.join(",")));
+
+        // Other items follow the desired state; one never desired yet is not drift.
+        let desired = BTreeMap::from([(ITEM_CONFIG.to_string(), "a".to_string())]);
+        assert!(judge(&s, &desired, ITEM_CONFIG, "a", now_ms).is_ok());
+        assert_eq!(
+            judge(&s, &desired, ITEM_CONFIG, "b", now_ms),
+            Err("a".into())
+        );
+        assert!(judge(&s, &desired, "listeners", "127.0.0.1:7000", now_ms).is_ok());
+    }
 }

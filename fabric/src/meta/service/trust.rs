@@ -1,8 +1,8 @@
 //! Key rotation at the API: the cell key (`cell_key.rotate`) and the trust bundle's root CAs
 //! (`ca.rotate`), both guarded by the two-person rule.
 //!
-//! A trust change is refused unless every registered node's certificate chains to a root the
-//! new bundle keeps, as the nodes last reported to this leader: retiring a root that still
+//! A trust change is refused unless the certificate of every registered node that is not
+//! marked out chains to a root the new bundle keeps, as the nodes last reported to this leader: retiring a root that still
 //! issues a node's certificate would cut that node off. The check runs when the change is
 //! asked for and again when it is approved.
 
@@ -15,6 +15,7 @@ use crate::identity::trust_bundle::{Root, parse_root};
 use crate::meta::auth::Verb;
 use crate::meta::cell_key::{CELL_KEY_TARGET, CellKey};
 use crate::meta::command::CommandV1;
+use crate::meta::model::Participation;
 use crate::meta::state_trust::TRUST_TARGET;
 
 fn root_out(r: &Root) -> pb::TrustRoot {
@@ -133,15 +134,18 @@ impl MetadataService {
         Ok(Response::new(self.trust_bundle()))
     }
 
-    /// Refuses a bundle of `roots` unless every registered node reported (to this leader) a
-    /// certificate chaining to one of them.
+    /// Refuses a bundle of `roots` unless every registered node that is in (not marked out)
+    /// reported (to this leader) a certificate chaining to one of them.
     pub(super) fn check_bundle_covers_nodes(&self, roots: &[String]) -> Result<(), Status> {
         self.leader_only()?;
         let pins = pins_of(roots)?;
-        let nodes: Vec<u64> = self
-            .member
-            .sm
-            .read(|s, _| s.nodes.keys().copied().collect());
+        let nodes: Vec<u64> = self.member.sm.read(|s, _| {
+            s.nodes
+                .iter()
+                .filter(|(_, n)| n.participation == Participation::In)
+                .map(|(id, _)| *id)
+                .collect()
+        });
         for node in nodes {
             let reported = self
                 .drift
@@ -151,7 +155,8 @@ impl MetadataService {
                 None => {
                     return Err(Status::failed_precondition(format!(
                         "node {node} has not reported its certificate to the leader: the trust \
-                         bundle changes once every node has (or once node {node} is removed)"
+                         bundle changes once every node in has (fabricctl node out {node}, if \
+                         it is gone)"
                     )));
                 }
                 Some(t) if !pins.contains(&t.issuer) => {
