@@ -206,54 +206,80 @@ fn tls_state(cert_dir: &Path) -> (String, String) {
     )
 }
 
-/// The TCP addresses this process listens on, sorted, joined by commas: its sockets (from
-/// `/proc/self/fd`) in the LISTEN state of `/proc/self/net/tcp` and `tcp6`.
+/// The TCP addresses this process listens on, sorted, joined by commas: each of its file
+/// descriptors that is a listening stream socket of IPv4 or IPv6, by `getsockopt` and
+/// `getsockname` (reading `/proc/net/tcp` instead walks every socket of the host).
 fn listeners() -> String {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
         return "unknown".into();
     };
-    let sockets: BTreeSet<String> = fds
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy();
-            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-        })
+    let out: BTreeSet<String> = fds
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::c_int>().ok())
+        .filter_map(listening_tcp)
+        .map(|a| a.to_string())
         .collect();
-    let mut out = BTreeSet::new();
-    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        // Fields: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 9
-                && f[3] == "0A"
-                && sockets.contains(f[9])
-                && let Some(addr) = socket_addr(f[1])
-            {
-                out.insert(addr.to_string());
-            }
-        }
-    }
     out.into_iter().collect::<Vec<_>>().join(",")
 }
 
-/// `/proc/net/tcp`'s `HEXADDR:HEXPORT` (the address as the kernel's 32-bit words).
-fn socket_addr(field: &str) -> Option<std::net::SocketAddr> {
-    let (addr, port) = field.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let words: Vec<u32> = (0..addr.len() / 8)
-        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let ip = match bytes.len() {
-        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
-        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
-        _ => return None,
+/// The address `fd` listens on, if it is a listening TCP socket.
+fn listening_tcp(fd: libc::c_int) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+    let int_option = |option: libc::c_int| -> Option<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid out-parameters of the sizes given; a descriptor
+        // that is not a socket (or no longer open) only makes the call fail.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(value)
     };
-    Some(std::net::SocketAddr::new(ip, port))
+    if int_option(libc::SO_ACCEPTCONN)? != 1 || int_option(libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return None;
+    }
+    // SAFETY: a zeroed sockaddr_storage is a valid value, and `len` says its size.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` is large enough for any address family, as `len` tells the kernel.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// The file system type and the mount point holding `dir`, from `/proc/self/mountinfo`.

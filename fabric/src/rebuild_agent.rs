@@ -13,6 +13,7 @@
 //! its attach epoch, so a resync it finishes after the takeover cannot restore a replica that
 //! missed the new writer's writes. The new writer resyncs what is left.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,10 +62,7 @@ pub async fn run(
                 exclude_pools: true,
                 ..pb::WatchRequest::default()
             };
-            let mut follower = Degraded {
-                view: ClusterView::default(),
-                tx,
-            };
+            let mut follower = Degraded::new(tx);
             follow(&client, request, &mut follower, stop).await;
         }
     });
@@ -102,10 +100,36 @@ pub async fn run(
 }
 
 /// Follows the volumes and publishes those with stale replicas (name and holder) whenever
-/// that list changes.
+/// that list changes. An event is looked at for the volumes it carries only (a delta touches a
+/// few; scanning every volume on every event made the agent the busiest task of a member
+/// under a stream of creates).
 struct Degraded {
     view: ClusterView,
+    /// The volumes with stale replicas, and who holds each.
+    degraded: BTreeMap<String, String>,
     tx: watch::Sender<Vec<(String, String)>>,
+}
+
+impl Degraded {
+    fn new(tx: watch::Sender<Vec<(String, String)>>) -> Degraded {
+        Degraded {
+            view: ClusterView::default(),
+            degraded: BTreeMap::new(),
+            tx,
+        }
+    }
+
+    /// Takes volume `name` as the view has it now.
+    fn look_at(&mut self, name: &str) {
+        match self.view.volumes.get(name) {
+            Some(v) if !v.stale.is_empty() => {
+                self.degraded.insert(name.to_owned(), v.attached_to.clone());
+            }
+            _ => {
+                self.degraded.remove(name);
+            }
+        }
+    }
 }
 
 impl Follower for Degraded {
@@ -114,15 +138,34 @@ impl Follower for Degraded {
     }
 
     fn apply(&mut self, event: pb::WatchEvent) -> bool {
+        let full = event.full;
+        let touched: Vec<String> = event
+            .volume_records
+            .iter()
+            .map(|v| v.name.clone())
+            .chain(event.removed_volumes.iter().cloned())
+            .collect();
         if !self.view.apply(event) {
             return false;
         }
+        if full {
+            self.degraded.clear();
+            let names: Vec<String> = self.view.volumes.keys().cloned().collect();
+            for name in names {
+                self.look_at(&name);
+            }
+        } else {
+            for name in touched {
+                self.look_at(&name);
+            }
+            // Volumes the state no longer holds (deleted below `next_volume_id`) left the view.
+            let view = &self.view.volumes;
+            self.degraded.retain(|name, _| view.contains_key(name));
+        }
         let degraded: Vec<(String, String)> = self
-            .view
-            .volumes
-            .values()
-            .filter(|v| !v.stale.is_empty())
-            .map(|v| (v.name.clone(), v.attached_to.clone()))
+            .degraded
+            .iter()
+            .map(|(n, h)| (n.clone(), h.clone()))
             .collect();
         self.tx.send_if_modified(|have| {
             let changed = *have != degraded;
@@ -181,4 +224,73 @@ async fn heal(
         "rebuild agent let go of the volume"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(name: &str, stale: bool, holder: &str) -> pb::Volume {
+        pb::Volume {
+            name: name.into(),
+            stale: if stale {
+                vec![pb::StaleReplicas::default()]
+            } else {
+                Vec::new()
+            },
+            attached_to: holder.into(),
+            ..Default::default()
+        }
+    }
+
+    fn event(
+        full: bool,
+        base: u64,
+        epoch: u64,
+        volumes: Vec<pb::Volume>,
+        removed: &[&str],
+    ) -> pb::WatchEvent {
+        pb::WatchEvent {
+            full,
+            base_epoch: base,
+            cluster_epoch: epoch,
+            volume_records: volumes,
+            removed_volumes: removed.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_degraded_list_follows_full_states_and_deltas() {
+        let (tx, rx) = watch::channel(Vec::new());
+        let mut d = Degraded::new(tx);
+        assert!(d.apply(event(
+            true,
+            0,
+            1,
+            vec![
+                volume("a", true, ""),
+                volume("b", false, ""),
+                volume("c", true, "gw")
+            ],
+            &[],
+        )));
+        let names = |rx: &watch::Receiver<Vec<(String, String)>>| -> Vec<String> {
+            rx.borrow().iter().map(|(n, _)| n.clone()).collect()
+        };
+        assert_eq!(names(&rx), ["a", "c"]);
+        assert_eq!(rx.borrow()[1].1, "gw");
+        // A delta: b degrades, a heals, c is deleted.
+        assert!(d.apply(event(
+            false,
+            1,
+            2,
+            vec![volume("a", false, ""), volume("b", true, "")],
+            &["c"],
+        )));
+        assert_eq!(names(&rx), ["b"]);
+        // A delta from another base is refused and changes nothing.
+        assert!(!d.apply(event(false, 7, 8, vec![volume("d", true, "")], &[])));
+        assert_eq!(names(&rx), ["b"]);
+    }
 }
