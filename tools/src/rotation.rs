@@ -110,7 +110,10 @@ pub async fn trust(cmd: TrustCmd, client: &Client, cert_dir: &Path) -> anyhow::R
     if !added.is_empty() {
         // Members reissued under the new root must still be trusted by this tool.
         let roots = trust_bundle::with_existing_roots(&own_ca, &added);
-        std::fs::write(&own_ca, roots).with_context(|| format!("write {}", own_ca.display()))?;
+        let tmp = own_ca.with_extension("pem.tmp");
+        std::fs::write(&tmp, roots)
+            .and_then(|()| std::fs::rename(&tmp, &own_ca))
+            .with_context(|| format!("write {}", own_ca.display()))?;
     }
     Ok(Reply::One(bundle_json(&b)))
 }
