@@ -96,7 +96,17 @@ fn export_and_verify(data: &Path, dir: &Path, ca: &Path) -> Result<Value, String
     Ok(serde_json::from_str(text.lines().next().unwrap()).unwrap())
 }
 
-fn issue(data: &Path, ca: &Path, kind: &str, name: &str, out: &Path, server: bool) {
+/// Issues a certificate with `ca` into `out` (replacing what is there) and returns
+/// `fabricctl`'s report of it; a server's names its loopback addresses.
+fn issue(
+    data: &Path,
+    ca: &Path,
+    kind: &str,
+    name: &str,
+    out: &Path,
+    server: bool,
+    extra: &[&str],
+) -> Value {
     let mut args = vec![
         "cert",
         "issue",
@@ -111,7 +121,16 @@ fn issue(data: &Path, ca: &Path, kind: &str, name: &str, out: &Path, server: boo
     if server {
         args.extend(["--san", "127.0.0.1", "--san", "localhost"]);
     }
-    fabricctl(data, &args);
+    args.extend_from_slice(extra);
+    fabricctl(data, &args)
+}
+
+/// Whether each of the three nodes last reported a certificate issued under root `pin`.
+fn every_node_issued_by(data: &Path, pin: &str) -> bool {
+    let bundle = fabricctl(data, &["trust", "show"]);
+    let nodes = bundle["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{bundle}");
+    nodes.iter().all(|n| n["issuer_pin"] == pin)
 }
 
 #[test]
@@ -159,25 +178,14 @@ fn the_cell_key_and_the_root_ca_are_replaced_with_a_second_person_while_io_goes_
     // A certificate near its expiry is drift the node repairs itself: it asks a member for a
     // fresh one and loads it without a restart.
     let node2 = data.join("node-2").join("tls");
-    let short = fabricctl(
+    let short = issue(
         &data,
-        &[
-            "cert",
-            "issue",
-            "node",
-            "2",
-            "--ca-dir",
-            data.join("ca").to_str().unwrap(),
-            "--out",
-            node2.to_str().unwrap(),
-            "--san",
-            "127.0.0.1",
-            "--san",
-            "localhost",
-            "--days",
-            "7",
-            "--overwrite",
-        ],
+        &data.join("ca"),
+        "node",
+        "2",
+        &node2,
+        true,
+        &["--days", "7"],
     );
     let short_serial = format!("serial={} ", short["serial"].as_str().unwrap());
     let node2_certificate = || -> String {
@@ -243,11 +251,7 @@ fn the_cell_key_and_the_root_ca_are_replaced_with_a_second_person_while_io_goes_
     // Retiring the old root is refused while a node's certificate chains to it, and the
     // nodes' certificates show as drift.
     wait_for("every node's certificate reported", 30, || {
-        fabricctl(&data, &["trust", "show"])["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["issuer_pin"] == old_pin.as_str())
+        every_node_issued_by(&data, &old_pin)
     });
     let out = ctl(&data, &data.join("admin"), &["trust", "retire", &old_pin]);
     assert!(!out.status.success());
@@ -270,11 +274,27 @@ fn the_cell_key_and_the_root_ca_are_replaced_with_a_second_person_while_io_goes_
     // Step two: every certificate reissued under the new root, in place.
     for n in 1..=3 {
         let out = data.join(format!("node-{n}")).join("tls");
-        issue(&data, &new_ca, "node", &n.to_string(), &out, true);
+        issue(&data, &new_ca, "node", &n.to_string(), &out, true, &[]);
     }
     let gateway = data.join("gateways").join("dev-gateway");
-    issue(&data, &new_ca, "gateway", "dev-gateway", &gateway, true);
-    issue(&data, &new_ca, "user", "admin", &data.join("admin"), false);
+    issue(
+        &data,
+        &new_ca,
+        "gateway",
+        "dev-gateway",
+        &gateway,
+        true,
+        &[],
+    );
+    issue(
+        &data,
+        &new_ca,
+        "user",
+        "admin",
+        &data.join("admin"),
+        false,
+        &[],
+    );
     issue(
         &data,
         &new_ca,
@@ -282,14 +302,11 @@ fn the_cell_key_and_the_root_ca_are_replaced_with_a_second_person_while_io_goes_
         "approver",
         &data.join("approver"),
         false,
+        &[],
     );
     write_and_read(&uri, 0x33);
-    wait_for("every node presenting its new certificate", 60, || {
-        fabricctl(&data, &["trust", "show"])["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["issuer_pin"] == new_pin.as_str())
+    wait_for("every node reporting its new certificate", 60, || {
+        every_node_issued_by(&data, &new_pin)
     });
 
     // Step three: the old root retired, with an approval; every process drops it.

@@ -191,11 +191,8 @@ fn tls_state(cert_dir: &Path) -> (String, String) {
             return (unusable.clone(), unusable);
         }
     };
-    let serial = x509_parser::parse_x509_certificate(&identity.chain()[0])
-        .map(|(_, c)| crate::hex::encode(c.raw_serial()))
-        .unwrap_or_else(|_| "unreadable".into());
     let report = TlsReport {
-        serial,
+        serial: identity.serial().to_owned(),
         issuer: crate::identity::trust_bundle::identity_issuer_pin(&identity)
             .unwrap_or_else(|| "none".into()),
         expires: identity.not_after(),

@@ -149,18 +149,17 @@ impl Follower for Degraded {
             return false;
         }
         if full {
-            self.degraded.clear();
-            let names: Vec<String> = self.view.volumes.keys().cloned().collect();
-            for name in names {
-                self.look_at(&name);
-            }
+            self.degraded = self
+                .view
+                .volumes
+                .values()
+                .filter(|v| !v.stale.is_empty())
+                .map(|v| (v.name.clone(), v.attached_to.clone()))
+                .collect();
         } else {
             for name in touched {
                 self.look_at(&name);
             }
-            // Volumes the state no longer holds (deleted below `next_volume_id`) left the view.
-            let view = &self.view.volumes;
-            self.degraded.retain(|name, _| view.contains_key(name));
         }
         let degraded: Vec<(String, String)> = self
             .degraded

@@ -85,16 +85,13 @@ impl Renewer {
             })
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        write_renewed(
+        let renewed = write_renewed(
             &self.cert_dir,
             &reply.chain_pem,
             &key.serialize_pem(),
             &reply.ca_pem,
         )?;
-        let renewed = Identity::load(&self.cert_dir)?;
-        let (_, leaf) = x509_parser::parse_x509_certificate(&renewed.chain()[0])
-            .map_err(|e| anyhow::anyhow!("the renewed certificate: {e}"))?;
-        Ok(crate::hex::encode(leaf.raw_serial()))
+        Ok(renewed.serial().to_owned())
     }
 }
 

@@ -272,8 +272,8 @@ impl IssuedLeaf {
     /// Writes `chain.pem`, `key.pem` (mode 0600) and `ca.pem` into `dir` (created, mode 0700,
     /// if missing). An existing identity is replaced only with `overwrite`, each file
     /// atomically, and keeps the roots it trusted (a certificate reissued under a new root
-    /// while the old one is still in the trust bundle); a reader that catches the key of one issue and the chain of another sees
-    /// them disagree (the loader checks) and reads again.
+    /// while the old one is still in the trust bundle); a reader that catches the key of one
+    /// issue and the chain of another sees them disagree (the loader checks) and reads again.
     ///
     /// A user's directory also gets the same three under the names QEMU's `tls-creds-x509`
     /// and libnbd's `tls-certificates` look for (`ca-cert.pem`, `client-cert.pem`,

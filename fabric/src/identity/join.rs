@@ -383,13 +383,13 @@ pub fn write_joined(
 /// chain must go with `key_pem`, name the same principal as the certificate it replaces, and
 /// lead to `ca_pem` or a root `dir` trusts already, which it keeps trusting. Each file is
 /// replaced atomically, the key before the chain (a reader catching one without the other
-/// sees them disagree and reads again).
+/// sees them disagree and reads again). Returns the identity written.
 pub fn write_renewed(
     dir: &Path,
     chain_pem: &str,
     key_pem: &str,
     ca_pem: &str,
-) -> Result<Principal, IdentityError> {
+) -> Result<Identity, IdentityError> {
     let current = Identity::load(dir)?;
     let ca = dir.join(CA_FILE);
     let roots = super::trust_bundle::with_existing_roots(&ca, ca_pem);
@@ -415,7 +415,7 @@ pub fn write_renewed(
         chain_pem.as_bytes(),
         files::CERT_FILE_MODE,
     )?;
-    Ok(renewed.principal().clone())
+    Ok(renewed)
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct Identity {
     key: PrivateKeyDer<'static>,
     roots: Vec<CertificateDer<'static>>,
     not_after: OffsetDateTime,
+    /// The leaf's serial number, lowercase hex (as revocations name it).
+    serial: String,
 }
 
 impl Clone for Identity {
@@ -48,6 +50,7 @@ impl Clone for Identity {
             key: self.key.clone_key(),
             roots: self.roots.clone(),
             not_after: self.not_after,
+            serial: self.serial.clone(),
         }
     }
 }
@@ -134,12 +137,14 @@ impl Identity {
             }
         })?;
         let not_after = leaf.validity().not_after.to_datetime();
+        let serial = super::revocation::serial_hex(&leaf);
         Ok(Identity {
             principal,
             chain: chain_certs,
             key,
             roots,
             not_after,
+            serial,
         })
     }
 
@@ -170,6 +175,11 @@ impl Identity {
     /// When the leaf expires.
     pub fn not_after(&self) -> OffsetDateTime {
         self.not_after
+    }
+
+    /// The leaf's serial number, lowercase hex.
+    pub fn serial(&self) -> &str {
+        &self.serial
     }
 
     /// The roots as rustls's trust store.

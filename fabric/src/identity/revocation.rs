@@ -84,12 +84,12 @@ pub fn peer_serial(conn: &rustls::CommonState) -> String {
 /// The serial number of `cert` as lowercase hex without separators, as revocations name it.
 pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    Some(
-        parsed
-            .raw_serial_as_string()
-            .replace(':', "")
-            .to_ascii_lowercase(),
-    )
+    Some(serial_hex(&parsed))
+}
+
+/// [`serial_of`] a certificate already parsed.
+pub fn serial_hex(cert: &x509_parser::certificate::X509Certificate<'_>) -> String {
+    crate::hex::encode(cert.raw_serial())
 }
 
 #[cfg(test)]

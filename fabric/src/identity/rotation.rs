@@ -15,7 +15,7 @@ use super::load::{CA_FILE, CHAIN_FILE, KEY_FILE};
 pub const ROTATION_CHECK_MS: u64 = 5_000;
 
 /// The modification times of a certificate directory's three files.
-fn stamps(dir: &Path) -> Vec<Option<SystemTime>> {
+pub(crate) fn stamps(dir: &Path) -> Vec<Option<SystemTime>> {
     [CHAIN_FILE, KEY_FILE, CA_FILE]
         .iter()
         .map(|f| {

@@ -21,6 +21,7 @@ use super::command::{Applied, CommandError, Outcome};
 use super::model::NodeId;
 use super::state::ClusterState;
 use crate::drift::{DriftClass, ITEM_TLS, ITEM_TRUST, TLS_EXPIRY_WARNING_DAYS, TlsReport};
+use crate::identity::trust_bundle::Root;
 
 /// Most items one report may carry, and longest item value kept.
 pub const ITEMS_MAX: usize = 32;
@@ -87,15 +88,16 @@ fn excepted(state: &ClusterState, node: NodeId, item: &str, now_ms: u64) -> Opti
 }
 
 /// Whether `reported` is what is desired of `item`; if not, what is (as listed). `tls` and
-/// `trust` follow their rules, every other item the node's desired state.
+/// `trust` follow their rules (against the revocations in `state` and its trust bundle,
+/// `bundle`, parsed once by the caller), every other item the node's desired state.
 fn judge(
     state: &ClusterState,
+    bundle: &[Root],
     desired: &BTreeMap<String, String>,
     item: &str,
     reported: &str,
     now_ms: u64,
 ) -> Result<(), String> {
-    let bundle = state.trust_roots();
     match item {
         ITEM_TLS => {
             let wanted = match bundle.last() {
@@ -174,10 +176,11 @@ impl DriftTable {
         if !unknown.is_empty() {
             out.baseline = Some(unknown);
         }
+        let bundle = state.trust_roots();
         let differing: Vec<&String> = report
             .items
             .iter()
-            .filter(|(k, v)| judge(state, desired, k, v, now_ms).is_err())
+            .filter(|(k, v)| judge(state, &bundle, desired, k, v, now_ms).is_err())
             .map(|(k, _)| k)
             .collect();
         for item in &differing {
@@ -210,6 +213,7 @@ impl DriftTable {
     /// Every drifted item of every node, against `state`'s desired states and exceptions.
     pub fn list(&self, state: &ClusterState, now_ms: u64) -> Vec<Drifted> {
         let nodes = self.nodes.lock().expect("drift table");
+        let bundle = state.trust_roots();
         let mut out = Vec::new();
         for (node, report) in nodes.iter() {
             let Some(desired) = state.drift_desired.get(node) else {
@@ -221,7 +225,7 @@ impl DriftTable {
                     node: *node,
                     item: item.clone(),
                     class: DriftClass::of(item),
-                    desired: judge(state, desired, item, &reported, now_ms)
+                    desired: judge(state, &bundle, desired, item, &reported, now_ms)
                         .err()
                         .unwrap_or_default(),
                     reported,
@@ -420,7 +424,9 @@ mod tests {
             }
             .to_string()
         };
-        let judged = |s: &ClusterState, item: &str, v: &str| judge(s, &desired, item, v, now_ms);
+        let judged = |s: &ClusterState, item: &str, v: &str| {
+            judge(s, &s.trust_roots(), &desired, item, v, now_ms)
+        };
 
         // No bundle: valid long enough and not revoked.
         assert!(judged(&s, ITEM_TLS, &tls("0a", "sha256:aa", 90)).is_ok());
@@ -451,11 +457,12 @@ mod tests {
 
         // Other items follow the desired state; one never desired yet is not drift.
         let desired = BTreeMap::from([(ITEM_CONFIG.to_string(), "a".to_string())]);
-        assert!(judge(&s, &desired, ITEM_CONFIG, "a", now_ms).is_ok());
+        let bundle = s.trust_roots();
+        assert!(judge(&s, &bundle, &desired, ITEM_CONFIG, "a", now_ms).is_ok());
         assert_eq!(
-            judge(&s, &desired, ITEM_CONFIG, "b", now_ms),
+            judge(&s, &bundle, &desired, ITEM_CONFIG, "b", now_ms),
             Err("a".into())
         );
-        assert!(judge(&s, &desired, "listeners", "127.0.0.1:7000", now_ms).is_ok());
+        assert!(judge(&s, &bundle, &desired, "listeners", "127.0.0.1:7000", now_ms).is_ok());
     }
 }

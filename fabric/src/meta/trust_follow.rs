@@ -6,7 +6,7 @@
 //! handshake.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use proto::meta as pb;
 
@@ -14,15 +14,37 @@ use super::client::Client;
 use super::member::Member;
 use crate::identity::ClusterTls;
 use crate::identity::revocation::REVOCATIONS_REFRESH_MS;
-use crate::identity::trust_bundle;
+use crate::identity::{rotation, trust_bundle};
 
 /// How often a member copies the revoked serials and the trust bundle from its state.
 pub const STATE_COPY_MS: u64 = 1_000;
 
-/// Writes `bundle` to `tls`'s `ca.pem` if it differs; a failure is logged and tried again.
-fn follow_bundle(tls: &ClusterTls, bundle: &[String]) {
-    if let Err(e) = trust_bundle::follow(tls, bundle) {
-        tracing::warn!(error = %e, "the cluster's trust bundle not written to ca.pem");
+/// What a process last brought its `ca.pem` in line with: the bundle and its certificate
+/// files' modification times. The files are read and checked again only when either moved.
+#[derive(Default)]
+struct Followed(Option<(Vec<String>, Vec<Option<SystemTime>>)>);
+
+impl Followed {
+    /// Writes `bundle` to `tls`'s `ca.pem` if it differs; a failure is logged and tried again.
+    fn bundle(&mut self, tls: &ClusterTls, bundle: &[String]) {
+        let stamps = tls.dir().map(rotation::stamps).unwrap_or_default();
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|(b, s)| b == bundle && *s == stamps)
+        {
+            return;
+        }
+        match trust_bundle::follow(tls, bundle) {
+            // Stamped after the write, so that a file it replaced does not count as moved.
+            Ok(_) => {
+                let stamps = tls.dir().map(rotation::stamps).unwrap_or_default();
+                self.0 = Some((bundle.to_vec(), stamps));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster's trust bundle not written to ca.pem")
+            }
+        }
     }
 }
 
@@ -30,12 +52,13 @@ fn follow_bundle(tls: &ClusterTls, bundle: &[String]) {
 /// runs.
 pub async fn follow_state(member: Arc<Member>, tls: Arc<ClusterTls>) {
     let revocations = Arc::clone(tls.server.trust().revocations());
+    let mut followed = Followed::default();
     loop {
         let (revoked, bundle) = member
             .sm
             .read(|s, _| (s.revoked_serials(), s.trust_roots.clone()));
         revocations.replace(revoked);
-        follow_bundle(&tls, &bundle);
+        followed.bundle(&tls, &bundle);
         tokio::time::sleep(Duration::from_millis(STATE_COPY_MS)).await;
     }
 }
@@ -44,6 +67,7 @@ pub async fn follow_state(member: Arc<Member>, tls: Arc<ClusterTls>) {
 /// the task runs. While no member answers, what is known stays in force.
 pub async fn follow_client(client: Arc<Client>, tls: Arc<ClusterTls>) {
     let revocations = Arc::clone(tls.server.trust().revocations());
+    let mut followed = Followed::default();
     loop {
         let listed = client
             .call(|mut c| async move { c.list_revocations(pb::ListRevocationsRequest {}).await })
@@ -51,7 +75,7 @@ pub async fn follow_client(client: Arc<Client>, tls: Arc<ClusterTls>) {
         match listed {
             Ok(r) => {
                 revocations.replace(r.revoked.into_iter().map(|r| r.serial).collect());
-                follow_bundle(&tls, &r.trust_roots_pem);
+                followed.bundle(&tls, &r.trust_roots_pem);
             }
             Err(e) => tracing::debug!(error = %e.message(), "revocations not fetched"),
         }

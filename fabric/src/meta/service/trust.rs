@@ -2,9 +2,9 @@
 //! (`ca.rotate`), both guarded by the two-person rule.
 //!
 //! A trust change is refused unless the certificate of every registered node that is not
-//! marked out chains to a root the new bundle keeps, as the nodes last reported to this leader: retiring a root that still
-//! issues a node's certificate would cut that node off. The check runs when the change is
-//! asked for and again when it is approved.
+//! marked out chains to a root the new bundle keeps, as the nodes last reported to this
+//! leader: retiring a root that still issues a node's certificate would cut that node off.
+//! The check runs when the change is asked for and again when it is approved.
 
 use proto::meta as pb;
 use tonic::{Request, Response, Status};
@@ -110,7 +110,7 @@ impl MetadataService {
                 if roots.is_empty() {
                     return Err(Status::failed_precondition(
                         "the cluster keeps no trust bundle yet: add the new root first \
-                         (fabricctl ca rotate add)",
+                         (fabricctl trust add)",
                     ));
                 }
                 let before = roots.len();
@@ -155,8 +155,8 @@ impl MetadataService {
                 None => {
                     return Err(Status::failed_precondition(format!(
                         "node {node} has not reported its certificate to the leader: the trust \
-                         bundle changes once every node in has (fabricctl node out {node}, if \
-                         it is gone)"
+                         bundle changes once every node that is in has (fabricctl node out \
+                         {node}, if it is gone)"
                     )));
                 }
                 Some(t) if !pins.contains(&t.issuer) => {
