@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::merkle::{Hash, leaf_hash};
+use sha2::{Digest, Sha256};
+
+use super::merkle::Hash;
 
 /// What the member that took a call records of it, before the call is decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +58,37 @@ impl AuditEntry {
         serde_json::to_string(self).expect("an audit entry serializes")
     }
 
-    /// Its leaf hash in the tree.
+    /// Its leaf hash in the tree: [`super::merkle::leaf_hash`] of [`AuditEntry::text`],
+    /// with the text written straight into the hash.
     pub fn leaf(&self) -> Hash {
-        leaf_hash(self.text().as_bytes())
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        serde_json::to_writer(&mut h, self).expect("an audit entry serializes");
+        Hash(h.finalize().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::merkle::leaf_hash;
+
+    #[test]
+    fn the_leaf_is_the_hash_of_the_text() {
+        let entry = AuditEntry {
+            index: 7,
+            call: AuditCall {
+                time_ms: 1_700_000_000_000,
+                principal: "fabric://prod/user/\"quoted\"".into(),
+                verb: "volume.create".into(),
+                target: "volume/v7".into(),
+                request_sha256: leaf_hash(b"request"),
+                peer: "10.0.0.5:4242".into(),
+            },
+            verdict: Verdict::Failed,
+            detail: "not found: é".into(),
+            policy_epoch: 3,
+        };
+        assert_eq!(entry.leaf(), leaf_hash(entry.text().as_bytes()));
     }
 }

@@ -40,7 +40,8 @@ impl fmt::Display for Hash {
 
 impl Serialize for Hash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
+        let mut text = [0u8; 64];
+        s.serialize_str(crate::hex::encode_into(&self.0, &mut text))
     }
 }
 

@@ -8,6 +8,7 @@ use crate::audit::checkpoint::Cosignature;
 use crate::audit::entry::{AuditCall, Verdict};
 use crate::audit::log::AuditLimits;
 
+use super::cell_key::CellKey;
 use super::command::{Applied, CommandError, CommandV1, Outcome};
 use super::state::ClusterState;
 
@@ -62,10 +63,10 @@ impl ClusterState {
             Ok(_) => (Verdict::Done, String::new()),
             Err(e) => (Verdict::Failed, e.to_string()),
         };
-        let key = self.cell_keys.last().cloned();
+        let keys = &self.cell_keys;
         self.audit
             .append(call.clone(), verdict, detail, self.policy.epoch, || {
-                key.and_then(|k| k.signing_key())
+                keys.last().and_then(CellKey::signing_key)
             });
         outcome
     }
@@ -76,14 +77,14 @@ impl ClusterState {
         self.audit
             .check_room(false)
             .map_err(|e| CommandError::AuditFull(e.to_string()))?;
-        let key = self.cell_keys.last().cloned();
+        let keys = &self.cell_keys;
         let reason: String = reason.chars().take(FIELD_BYTES_MAX).collect();
         self.audit.append(
             call.clone(),
             Verdict::Denied,
             reason,
             self.policy.epoch,
-            || key.and_then(|k| k.signing_key()),
+            || keys.last().and_then(CellKey::signing_key),
         );
         Ok(Applied::Nothing)
     }

@@ -77,6 +77,10 @@ fn main() -> anyhow::Result<()> {
         r.many / r.one
     );
     println!(
+        "  CPU per commit, {} clients   {:>10.0} us   (members and client, user + system)",
+        args.clients, r.many_cpu_us
+    );
+    println!(
         "  failover, kill -9 leader     {:>10.0} ms   to the first successful write (target <= 3000)",
         r.failover.as_secs_f64() * 1e3
     );
@@ -110,6 +114,8 @@ struct Results {
     rpc_us: f64,
     one: f64,
     many: f64,
+    /// CPU time of the members and this client per commit in the many-client run.
+    many_cpu_us: f64,
     failover: Duration,
 }
 
@@ -158,7 +164,10 @@ async fn bench(args: &Args, group: &mut Group) -> anyhow::Result<Results> {
     let counter = Arc::new(AtomicU64::new(0));
     let run = Duration::from_secs(args.seconds);
     let one = throughput(&client, &counter, 1, run).await?;
+    let cpu_before = group_cpu(group)?;
     let many = throughput(&client, &counter, args.clients, run).await?;
+    let cpu = group_cpu(group)? - cpu_before;
+    let many_cpu_us = cpu.as_secs_f64() * 1e6 / (many * run.as_secs_f64());
 
     group.kill9(leader.id);
     let killed = Instant::now();
@@ -175,8 +184,44 @@ async fn bench(args: &Args, group: &mut Group) -> anyhow::Result<Results> {
         rpc_us,
         one,
         many,
+        many_cpu_us,
         failover,
     })
+}
+
+/// CPU time (user + system) used so far by the members and by this process.
+fn group_cpu(group: &Group) -> anyhow::Result<Duration> {
+    let mut ticks = process_cpu_ticks("self")?;
+    for id in 1..=MEMBERS {
+        if let Some(pid) = group.pid(id) {
+            ticks += process_cpu_ticks(&pid.to_string())?;
+        }
+    }
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(per_sec > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(Duration::from_secs_f64(ticks as f64 / per_sec as f64))
+}
+
+/// utime + stime of `/proc/PID/stat`, in clock ticks.
+fn process_cpu_ticks(pid: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("{path}: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields
+            .get(n - 3)
+            .with_context(|| format!("{path}: field {n} missing"))?
+            .parse()
+            .with_context(|| format!("{path}: field {n}"))
+    };
+    Ok(field(14)? + field(15)?)
 }
 
 /// Status calls timed one after another.
