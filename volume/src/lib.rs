@@ -10,6 +10,8 @@
 //! - [`capability`]: attach capabilities, the signed proof that a client may use a volume at an
 //!   attach epoch, which replicas check before they admit the epoch.
 //! - [`replica`]: the replica server, serving a node's extent store to volume clients.
+//! - [`sched`]: the IO scheduler of a disk (mClock: reservation, weight and limit per class
+//!   and per volume).
 //! - [`client`]: the replicated volume client, a [`BlockVolume`] over replica servers.
 
 pub mod capability;
@@ -19,6 +21,7 @@ mod framing;
 pub mod io;
 pub mod nbd;
 pub mod replica;
+pub mod sched;
 pub mod store;
 pub mod volume;
 pub mod wire;

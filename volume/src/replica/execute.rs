@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::sched::class::Class;
 use crate::volume::{BlockVolume, VolumeError, ZeroFlags};
 use crate::wire::{
     EXTENT_SIZE_BYTES, FLAG_FUA, FLAG_MAY_TRIM, FLAGS_KNOWN, Op, PAYLOAD_MAX_BYTES, Reply, Request,
@@ -20,6 +21,7 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
     if h.flags & !FLAGS_KNOWN != 0 {
         return refuse(Status::BadRequest);
     }
+    let class = Class::from_flags(h.flags);
     if h.op == Op::Capability {
         // The connection answers it itself, in frame order (see `connection`); one that
         // reached here was not presented, so it is not acknowledged either.
@@ -70,6 +72,10 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
         if !in_range(&vol, Op::Read, h.offset, h.len) {
             return refuse(Status::OutOfRange);
         }
+        let _turn = server
+            .scheduler()
+            .turn(class, h.volume.0, u64::from(h.len))
+            .await;
         return match vol.local.read_with_crc(h.offset, h.len).await {
             Ok((data, crc)) => {
                 let crc = crc.unwrap_or_else(|| crate::wire::payload_crc(&data));
@@ -104,6 +110,20 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
         return refuse(Status::BadRequest);
     }
 
+    // Its turn at the disk before its epoch is admitted: a request a limit holds back must
+    // not hold back a fence. A flush waits for no turn: it only makes earlier IO durable,
+    // and those IO had theirs.
+    let _turn = match h.op {
+        Op::Flush => None,
+        // Trims and zeroings move no data: one IO each.
+        Op::Trim | Op::WriteZeroes => Some(server.scheduler().turn(class, h.volume.0, 0).await),
+        _ => Some(
+            server
+                .scheduler()
+                .turn(class, h.volume.0, u64::from(h.len))
+                .await,
+        ),
+    };
     let _admitted = match vol.fence.admit(h.attach_epoch).await {
         Ok(Ok(guard)) => guard,
         Ok(Err(fenced)) => {

@@ -47,6 +47,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::capability::CapabilityKeys;
+use crate::sched::disk::DiskScheduler;
 use crate::store::{CRC_OPEN, ExtentStore, LocalVolume, StoreError};
 use crate::volume::BlockVolume;
 use crate::wire::{ExtentVersion, VolumeId, WriteVersion};
@@ -73,6 +74,8 @@ pub struct ReplicaConfig {
     /// this `Arc` to rotate them. `None`: no capability is checked and a request's epoch is
     /// taken on its word, as in simulations and for plain-TCP clusters.
     pub capabilities: Option<Arc<CapabilityKeys>>,
+    /// Requests the disk scheduler lets reach the store at once ([`crate::sched::disk`]).
+    pub disk_queue_depth: usize,
 }
 
 impl Default for ReplicaConfig {
@@ -80,6 +83,7 @@ impl Default for ReplicaConfig {
         ReplicaConfig {
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
             capabilities: None,
+            disk_queue_depth: crate::sched::disk::DEPTH_DEFAULT,
         }
     }
 }
@@ -146,13 +150,17 @@ pub struct ReplicaServer {
     opening: tokio::sync::Mutex<()>,
     /// Read (and raised, after a machine restart) on first use.
     power: tokio::sync::OnceCell<Power>,
+    /// The turns of the store's disk, by class and volume.
+    sched: Arc<DiskScheduler>,
 }
 
 impl ReplicaServer {
     pub fn new(store: Arc<ExtentStore>, config: ReplicaConfig) -> Arc<ReplicaServer> {
         assert!((1..=REQUESTS_IN_FLIGHT_MAX_LIMIT).contains(&config.requests_in_flight_max));
+        let sched = DiskScheduler::new(config.disk_queue_depth);
         Arc::new(ReplicaServer {
             store,
+            sched,
             config,
             volumes: std::sync::Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
@@ -178,6 +186,11 @@ impl ReplicaServer {
 
     pub fn store(&self) -> &Arc<ExtentStore> {
         &self.store
+    }
+
+    /// The scheduler of the store's disk: its class and volume specs, and its counts.
+    pub fn scheduler(&self) -> &Arc<DiskScheduler> {
+        &self.sched
     }
 
     /// Makes the replica of volume `id` hold `size_bytes`, as the cluster's record of the

@@ -79,8 +79,11 @@ const _: () = assert!(PAYLOAD_MAX_BYTES as u64 <= EXTENT_SIZE_BYTES);
 pub const FLAG_FUA: u8 = 1 << 0;
 /// Request flag of WRITE_ZEROES: the range may be deallocated.
 pub const FLAG_MAY_TRIM: u8 = 1 << 1;
+/// Request flags: the class of work the request belongs to (two bits, see
+/// [`crate::sched::class::Class::flags`]); 0 is a client's IO.
+pub const FLAGS_CLASS: u8 = crate::sched::class::CLASS_FLAGS_MASK;
 /// Every flag this version knows; others are refused.
-pub const FLAGS_KNOWN: u8 = FLAG_FUA | FLAG_MAY_TRIM;
+pub const FLAGS_KNOWN: u8 = FLAG_FUA | FLAG_MAY_TRIM | FLAGS_CLASS;
 
 /// A volume as the replicas know it. Assigned by the metadata service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,287 @@
+//! The scheduler of one disk as the replica server runs it: a request asks for a turn
+//! ([`DiskScheduler::turn`]) before it touches the store and holds it while its IO runs. At
+//! most `depth` turns are out at once, so the order the [`Mclock`] decides is the order the
+//! disk sees: with no bound, every request would reach the ring at once and the disk's own
+//! queue would decide. A request over its queue's limit waits here, before the ring; it is
+//! slowed, never failed.
+//!
+//! A waiting request whose caller goes away (its connection closed) gives its place up when
+//! its turn comes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::class::{Class, QueueKey};
+use super::mclock::{Mclock, Next, Phase, Spec, SpecError};
+
+/// Turns out at once by default: enough to keep an NVMe disk's queue busy, few enough that a
+/// client request waits behind at most this many background ones.
+pub const DEPTH_DEFAULT: usize = 16;
+
+/// IOs and bytes one class was given turns for, and how many of them came by reservation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassCounts {
+    pub ios: u64,
+    pub bytes: u64,
+    pub by_reservation: u64,
+}
+
+struct State {
+    mclock: Mclock<QueueKey, (oneshot::Sender<Turn>, u64)>,
+    in_flight: usize,
+    /// The time a wake-up is armed for, if one is.
+    timer_at: Option<u64>,
+    /// Specs of classes and volumes set by the operator; the rest use the class default.
+    class_specs: BTreeMap<Class, Spec>,
+    counts: BTreeMap<Class, ClassCounts>,
+}
+
+/// One disk's scheduler. Shared by the requests of every connection to the disk.
+pub struct DiskScheduler {
+    state: Mutex<State>,
+    depth: usize,
+    started: Instant,
+}
+
+/// A request's turn at the disk: it holds one of the `depth` places until dropped.
+pub struct Turn {
+    sched: Option<Arc<DiskScheduler>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(sched) = self.sched.take() {
+            let mut s = sched.state.lock().expect("scheduler lock");
+            s.in_flight -= 1;
+            sched.pump(&mut s);
+        }
+    }
+}
+
+impl DiskScheduler {
+    pub fn new(depth: usize) -> Arc<DiskScheduler> {
+        assert!(depth > 0, "a disk takes at least one IO at a time");
+        Arc::new(DiskScheduler {
+            state: Mutex::new(State {
+                mclock: Mclock::default(),
+                in_flight: 0,
+                timer_at: None,
+                class_specs: BTreeMap::new(),
+                counts: BTreeMap::new(),
+            }),
+            depth,
+            started: Instant::now(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// Sets what a background class gets; for [`Class::Client`], the spec of volumes that
+    /// have none of their own.
+    pub fn set_class_spec(&self, class: Class, spec: Spec) -> Result<(), SpecError> {
+        spec.check()?;
+        let mut s = self.state.lock().expect("scheduler lock");
+        s.class_specs.insert(class, spec);
+        match class {
+            Class::Client => {}
+            other => s.mclock.set_spec(QueueKey::Background(other), spec)?,
+        }
+        Ok(())
+    }
+
+    /// The spec a class has now.
+    pub fn class_spec(&self, class: Class) -> Spec {
+        let s = self.state.lock().expect("scheduler lock");
+        s.class_specs
+            .get(&class)
+            .copied()
+            .unwrap_or_else(|| class.default_spec())
+    }
+
+    /// Sets the QoS of a volume's client IO on this disk; applies from its next request on.
+    pub fn set_volume_spec(&self, volume: u64, spec: Spec) -> Result<(), SpecError> {
+        let mut s = self.state.lock().expect("scheduler lock");
+        s.mclock.set_spec(QueueKey::Volume(volume), spec)
+    }
+
+    /// Counts per class since the start.
+    pub fn counts(&self) -> BTreeMap<Class, ClassCounts> {
+        self.state.lock().expect("scheduler lock").counts.clone()
+    }
+
+    /// Waits for a turn for an IO of `len` bytes of `class` on `volume`.
+    pub async fn turn(self: &Arc<Self>, class: Class, volume: u64, len: u64) -> Turn {
+        let key = QueueKey::of(class, volume);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.state.lock().expect("scheduler lock");
+            if s.mclock.spec(&key).is_none() {
+                let spec = s
+                    .class_specs
+                    .get(&class)
+                    .copied()
+                    .unwrap_or_else(|| class.default_spec());
+                s.mclock
+                    .set_spec(key, spec)
+                    .expect("class specs are checked when set");
+            }
+            let now = self.now();
+            s.mclock.push(key, (tx, len), len, now);
+            self.pump(&mut s);
+        }
+        rx.await
+            .expect("the scheduler answers every request it holds")
+    }
+
+    /// Hands out turns while places are free, and arms a wake-up for the first request a
+    /// limit holds.
+    fn pump(self: &Arc<Self>, s: &mut State) {
+        while s.in_flight < self.depth {
+            let now = self.now();
+            match s.mclock.next(now) {
+                Next::Dispatch {
+                    queue,
+                    request: (tx, len),
+                    phase,
+                } => {
+                    s.in_flight += 1;
+                    let turn = Turn {
+                        sched: Some(Arc::clone(self)),
+                    };
+                    match tx.send(turn) {
+                        Ok(()) => {
+                            let c = s.counts.entry(queue.class()).or_default();
+                            c.ios += 1;
+                            c.bytes += len;
+                            if phase == Phase::Reservation {
+                                c.by_reservation += 1;
+                            }
+                        }
+                        // The caller went away: its place goes to the next one.
+                        Err(mut turn) => {
+                            turn.sched = None;
+                            s.in_flight -= 1;
+                        }
+                    }
+                }
+                Next::WaitUntil(at) => {
+                    if s.timer_at.is_none_or(|armed| armed > at) {
+                        s.timer_at = Some(at);
+                        let sched = Arc::clone(self);
+                        let when = self.started + std::time::Duration::from_nanos(at);
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(when).await;
+                            let mut s = sched.state.lock().expect("scheduler lock");
+                            if s.timer_at == Some(at) {
+                                s.timer_at = None;
+                            }
+                            sched.pump(&mut s);
+                        });
+                    }
+                    return;
+                }
+                Next::Idle => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sched::mclock::Rate;
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_depth_turns_are_out_and_a_dropped_one_frees_its_place() {
+        let sched = DiskScheduler::new(2);
+        let a = sched.turn(Class::Client, 1, 4096).await;
+        let _b = sched.turn(Class::Client, 1, 4096).await;
+        let third = tokio::spawn({
+            let sched = Arc::clone(&sched);
+            async move { sched.turn(Class::Client, 2, 4096).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!third.is_finished(), "a third turn while two are out");
+        drop(a);
+        let _c = third.await.unwrap();
+        assert_eq!(sched.counts()[&Class::Client].ios, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_goes_away_gives_its_place_up() {
+        let sched = DiskScheduler::new(1);
+        let a = sched.turn(Class::Client, 1, 4096).await;
+        let gone = tokio::spawn({
+            let sched = Arc::clone(&sched);
+            async move { sched.turn(Class::Client, 1, 4096).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        gone.abort();
+        let _ = gone.await;
+        drop(a);
+        // The place of the aborted caller is free again.
+        let _next =
+            tokio::time::timeout(Duration::from_secs(1), sched.turn(Class::Client, 1, 4096))
+                .await
+                .expect("a turn");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_class_waits_before_the_disk_and_is_never_failed() {
+        let sched = DiskScheduler::new(8);
+        sched
+            .set_class_spec(
+                Class::Scrub,
+                Spec {
+                    limit: Rate {
+                        iops: 10,
+                        bytes_per_sec: 0,
+                    },
+                    ..Class::Scrub.default_spec()
+                },
+            )
+            .unwrap();
+        let started = Instant::now();
+        for _ in 0..5 {
+            drop(sched.turn(Class::Scrub, 0, 1 << 20).await);
+        }
+        // The first at once, then one every 100 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
+        // A volume's own spec: a client of another volume is not held by it.
+        sched
+            .set_volume_spec(
+                9,
+                Spec {
+                    limit: Rate {
+                        iops: 1,
+                        bytes_per_sec: 0,
+                    },
+                    ..Spec::default()
+                },
+            )
+            .unwrap();
+        let started = Instant::now();
+        drop(sched.turn(Class::Client, 9, 4096).await);
+        drop(sched.turn(Class::Client, 3, 4096).await);
+        drop(sched.turn(Class::Client, 9, 4096).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(
+            sched
+                .set_class_spec(
+                    Class::Recovery,
+                    Spec {
+                        weight: 0,
+                        ..Spec::default()
+                    }
+                )
+                .is_err()
+        );
+    }
+}
