@@ -5,7 +5,8 @@
 //! the cluster is created in the store as soon as the event arrives, so a driver finds its
 //! replicas ready (it waits for them, see the gateway), and a resized one is grown
 //! (`ReplicaServer::ensure_volume`); the gateway serves the new size once every replica has
-//! it. A replica larger than the record is never shrunk: that is logged, once. Until PG maps
+//! it. A replica larger than the record is never shrunk: that is logged, once. A volume's QoS
+//! reservation and weight go to the disk's scheduler. Until PG maps
 //! drive it, every node holds every volume (thin, so unwritten ranges cost nothing).
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use proto::meta as pb;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use volume::replica::{ReplicaConfig, ReplicaServer};
+use volume::sched::mclock::{Rate, Spec};
 use volume::store::ExtentStore;
 use volume::wire::VolumeId;
 
@@ -146,13 +148,17 @@ async fn follow_volumes(
             changed = rx.changed() => if changed.is_err() { break },
         }
         let list: Volumes = rx.borrow_and_update().clone();
-        for (&id, (size_bytes, name)) in &list.volumes {
-            if let Err(e) = server.ensure_volume(VolumeId(id), *size_bytes).await
-                && refused.insert((id, *size_bytes))
+        for (&id, held) in &list.volumes {
+            let (size_bytes, name) = (held.size_bytes, &held.name);
+            if let Err(e) = server.ensure_volume(VolumeId(id), size_bytes).await
+                && refused.insert((id, size_bytes))
             {
                 // Logged once per size: a replica larger than the record stays so, and the
                 // next event retries a create or grow that failed.
                 tracing::warn!(volume = id, %name, size_bytes, error = %e, "replica of volume not created or grown");
+            }
+            if let Err(e) = server.scheduler().set_volume_spec(id, disk_spec(&held.qos)) {
+                tracing::warn!(volume = id, %name, error = %e, "QoS of volume not applied");
             }
         }
         // Ids are assigned in order and never reused: one below the next id that the cluster
@@ -174,11 +180,36 @@ async fn follow_volumes(
     subscription.abort();
 }
 
+/// What this node's disk scheduler honours of a volume's QoS: its reservation and weight.
+/// Its limits are the gateway's: a node sees only the IO of the replicas it holds, and every
+/// replica of a write sees that write, so a limit here would be neither exact nor fair.
+fn disk_spec(qos: &pb::VolumeQos) -> Spec {
+    Spec {
+        reservation: Rate {
+            iops: qos.iops_reservation,
+            bytes_per_sec: 0,
+        },
+        weight: match qos.weight {
+            0 => crate::meta::model::QOS_WEIGHT_DEFAULT,
+            w => w,
+        },
+        limit: Rate::NONE,
+    }
+}
+
+/// A volume as the agent follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Held {
+    size_bytes: u64,
+    name: String,
+    qos: pb::VolumeQos,
+}
+
 /// The cluster's volumes as the agent follows them.
 #[derive(Clone, Debug, Default)]
 struct Volumes {
-    /// Volume id → (size, name).
-    volumes: std::collections::BTreeMap<u64, (u64, String)>,
+    /// By volume id.
+    volumes: std::collections::BTreeMap<u64, Held>,
     next_volume_id: u64,
 }
 
@@ -195,14 +226,13 @@ impl Follower for VolumeList {
 
     fn apply(&mut self, event: pb::WatchEvent) -> bool {
         // Attaches and acting-set changes touch volume records too; the store cares only
-        // about which volumes exist and their sizes.
+        // about which volumes exist, their sizes and their QoS.
         let changed = event.full
             || !event.removed_volumes.is_empty()
             || event.volume_records.iter().any(|v| {
-                self.view
-                    .volumes
-                    .get(&v.name)
-                    .is_none_or(|have| (have.id, have.size_bytes) != (v.id, v.size_bytes))
+                self.view.volumes.get(&v.name).is_none_or(|have| {
+                    (have.id, have.size_bytes, have.qos) != (v.id, v.size_bytes, v.qos)
+                })
             });
         if !self.view.apply(event) {
             return false;
@@ -213,7 +243,14 @@ impl Follower for VolumeList {
                     .view
                     .volumes
                     .values()
-                    .map(|v| (v.id, (v.size_bytes, v.name.clone())))
+                    .map(|v| {
+                        let held = Held {
+                            size_bytes: v.size_bytes,
+                            name: v.name.clone(),
+                            qos: v.qos.unwrap_or_default(),
+                        };
+                        (v.id, held)
+                    })
                     .collect(),
                 next_volume_id: self.view.next_volume_id,
             });

@@ -10,6 +10,7 @@ pub mod join_token;
 pub mod movement;
 pub mod nbd_probe;
 pub mod prometheus;
+pub mod qos;
 pub mod reply;
 pub mod residency;
 pub mod rotation;

@@ -34,6 +34,8 @@ pub(crate) struct Attached {
     pub superseded: Superseded,
     /// Where its removals and resync bytes are counted.
     pub metrics: VolumeMetrics,
+    /// Its IO limits, following its record.
+    pub qos: Arc<super::qos::QosGate>,
     /// Renews the attach capability while any clone of this lives (held for its drop).
     pub _renewal: Option<Arc<super::capability::Renewal>>,
 }
@@ -132,6 +134,11 @@ impl VolumeMap {
     /// The volume's size in the cluster's record.
     pub(super) fn size_bytes(&self) -> u64 {
         self.volume.size_bytes
+    }
+
+    /// The volume's QoS in the cluster's record.
+    pub(super) fn qos(&self) -> Option<&pb::VolumeQos> {
+        self.volume.qos.as_ref()
     }
 
     /// The acting sets and the node behind each replica address.
@@ -253,6 +260,7 @@ async fn serve_attached(
         node_of,
         superseded,
         metrics,
+        qos: super::qos::QosGate::new(map.volume.qos.as_ref()),
         _renewal: None,
     })
 }

@@ -1,7 +1,8 @@
 //! Following the PG maps and the volumes' records: the watch stream (pools, and the records
 //! of the volumes this gateway serves) stamps what moved, and a volume whose pool's map or
 //! whose own record moved reads its map again and follows it. The same read carries the
-//! volume's size, which a resize raises: the volume takes it once its replicas hold it.
+//! volume's QoS, taken at once, and its size, which a resize raises: the volume takes it once
+//! its replicas hold it.
 //! Nothing is read while nothing moves.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,9 +134,10 @@ impl crate::meta::watcher::Follower for MapFollower {
 
 /// Reads the volume's PG map and stale replicas, the pool's map and the nodes' addresses again,
 /// and has `volume` follow them: replicas re-placed onto new nodes join as stale (to be
-/// rebuilt), and replicas of nodes taken out leave. Then follows the volume's size.
+/// rebuilt), and replicas of nodes taken out leave. Then follows the volume's QoS and size.
 pub(super) async fn follow_map(attached: &Attached, client: &Client) -> anyhow::Result<Followed> {
     let map = VolumeMap::fetch(client, &attached.name).await?;
+    attached.qos.set(map.qos());
     let (acting, addresses) = map.acting_sets()?;
     *attached.node_of.write().expect("node addresses") = addresses;
     attached

@@ -27,6 +27,7 @@ mod maps;
 mod metered;
 pub use metered::Metered;
 mod observer;
+mod qos;
 mod resync;
 mod volumes;
 

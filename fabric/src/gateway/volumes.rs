@@ -28,6 +28,7 @@ use volume::nbd::{Described, ExportError, Exports, Listed, Opened, Peer, payload
 use super::Metered;
 use super::attach::{Attached, MetadataRefusal, detach, open_volume};
 use super::maps::{Stamps, watch_maps};
+use super::qos::Limited;
 use super::resync::resync_stale;
 use crate::identity::ClusterTls;
 use crate::meta::auth::Verb;
@@ -307,7 +308,10 @@ impl Inner {
         .await
         .map_err(|e| self.refusal(name, &e))?;
         let inner = Arc::new(attached.volume.clone()) as Arc<dyn BlockVolume>;
-        let export = Arc::new(Metered::new(inner, self.metrics.clone())) as Arc<dyn BlockVolume>;
+        // Metered outside the limits: the latency counted is the one the client sees.
+        let limited =
+            Arc::new(Limited::new(inner, Arc::clone(&attached.qos))) as Arc<dyn BlockVolume>;
+        let export = Arc::new(Metered::new(limited, self.metrics.clone())) as Arc<dyn BlockVolume>;
         let payload_max_bytes =
             payload_max_of(export.as_ref()).map_err(|e| ExportError::Unavailable(e.to_string()))?;
         self.followed.send_modify(|names| {

@@ -258,6 +258,11 @@ pub enum CommandV1 {
     SetTrustRoots {
         roots: Vec<String>,
     },
+    /// Changes the QoS fields of volume `name` that `change` sets.
+    SetVolumeQos {
+        name: String,
+        change: super::model::QosChange,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -510,6 +515,9 @@ impl std::fmt::Display for CommandV1 {
                     })
                     .collect();
                 write!(f, "trust the root CAs {}", pins.join(", "))
+            }
+            CommandV1::SetVolumeQos { name, change } => {
+                write!(f, "set the QoS of volume {name}: {change}")
             }
         }
     }

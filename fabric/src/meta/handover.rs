@@ -137,6 +137,7 @@ mod tests {
             attachment: None,
             stale: BTreeMap::new(),
             rebuilding: Vec::new(),
+            qos: Default::default(),
         }
     }
 

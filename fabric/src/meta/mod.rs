@@ -49,6 +49,7 @@ mod state_placement_test;
 mod state_policy;
 #[cfg(test)]
 mod state_prop_test;
+pub mod state_qos;
 pub mod state_residency;
 #[cfg(test)]
 mod state_residency_test;

@@ -210,6 +210,96 @@ pub struct Volume {
     /// Stale replicas being brought up to date, as the volume's writer last reported them.
     #[serde(default)]
     pub rebuilding: Vec<RebuildProgress>,
+    #[serde(default)]
+    pub qos: VolumeQos,
+}
+
+/// Weight of a volume that sets none.
+pub const QOS_WEIGHT_DEFAULT: u32 = 100;
+/// Largest weight a volume may have.
+pub const QOS_WEIGHT_MAX: u32 = 10_000;
+
+/// A volume's IO quality of service; 0 in a field means not set. Its limits are enforced
+/// exactly by its gateway (a volume has one writer, so one place sees all of its IO); its
+/// reservation and weight are honoured by the IO schedulers of the disks that hold its
+/// replicas. A volume over its limit is slowed, never failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeQos {
+    pub iops_limit: u64,
+    pub bps_limit: u64,
+    pub iops_reservation: u64,
+    /// Its share of a busy disk against other volumes' and the background classes'
+    /// ([`QOS_WEIGHT_DEFAULT`] when 0).
+    pub weight: u32,
+}
+
+impl VolumeQos {
+    pub fn weight_or_default(&self) -> u32 {
+        match self.weight {
+            0 => QOS_WEIGHT_DEFAULT,
+            w => w,
+        }
+    }
+
+    /// A usable QoS: the weight at most [`QOS_WEIGHT_MAX`], the reservation not above the limit.
+    pub fn check(&self) -> Result<(), String> {
+        if self.weight > QOS_WEIGHT_MAX {
+            return Err(format!(
+                "weight {} is above the largest, {QOS_WEIGHT_MAX}",
+                self.weight
+            ));
+        }
+        if self.iops_limit > 0 && self.iops_reservation > self.iops_limit {
+            return Err(format!(
+                "an IOPS reservation of {} is above the IOPS limit of {}",
+                self.iops_reservation, self.iops_limit
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The QoS fields a `volume qos set` changes; the others keep their values (0 clears one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QosChange {
+    pub iops_limit: Option<u64>,
+    pub bps_limit: Option<u64>,
+    pub iops_reservation: Option<u64>,
+    pub weight: Option<u32>,
+}
+
+impl QosChange {
+    /// `qos` with this change made.
+    pub fn applied_to(&self, qos: VolumeQos) -> VolumeQos {
+        VolumeQos {
+            iops_limit: self.iops_limit.unwrap_or(qos.iops_limit),
+            bps_limit: self.bps_limit.unwrap_or(qos.bps_limit),
+            iops_reservation: self.iops_reservation.unwrap_or(qos.iops_reservation),
+            weight: self.weight.unwrap_or(qos.weight),
+        }
+    }
+}
+
+impl std::fmt::Display for QosChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(n) = self.iops_limit {
+            parts.push(format!("IOPS limit {n}"));
+        }
+        if let Some(n) = self.bps_limit {
+            parts.push(format!("bytes/s limit {n}"));
+        }
+        if let Some(n) = self.iops_reservation {
+            parts.push(format!("IOPS reservation {n}"));
+        }
+        if let Some(n) = self.weight {
+            parts.push(format!("weight {n}"));
+        }
+        match parts.is_empty() {
+            true => f.write_str("nothing"),
+            false => f.write_str(&parts.join(", ")),
+        }
+    }
 }
 
 /// How far the resync of one stale replica has come.

@@ -176,6 +176,7 @@ impl ClusterState {
             CommandV1::CreatePool(spec) => self.create_pool(spec),
             CommandV1::CreateVolume(spec) => self.create_volume(spec),
             CommandV1::ResizeVolume { name, size_bytes } => self.resize_volume(name, *size_bytes),
+            CommandV1::SetVolumeQos { name, change } => self.set_volume_qos(name, change),
             CommandV1::DeleteVolume { name } => self.delete_volume(name),
             CommandV1::DeletePool { name } => self.delete_pool(name),
             CommandV1::AttachVolume {
@@ -605,6 +606,7 @@ impl ClusterState {
             attachment: None,
             stale: BTreeMap::new(),
             rebuilding: Vec::new(),
+            qos: Default::default(),
         };
         self.volumes.insert(spec.name.clone(), volume.clone());
         Ok(Applied::Volume(volume))
@@ -893,6 +895,7 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         }),
         CommandV1::CreateVolume(spec) => volume(&spec.name),
         CommandV1::ResizeVolume { name, .. }
+        | CommandV1::SetVolumeQos { name, .. }
         | CommandV1::DeleteVolume { name }
         | CommandV1::AttachVolume { name, .. }
         | CommandV1::DetachVolume { name, .. }

@@ -28,6 +28,26 @@ fn register(state: &mut ClusterState, id: u64, rack: &str, tib: u64) {
         .expect("register");
 }
 
+/// Registers three nodes in three racks, a pool of 3 replicas, and volume `name` of 1 GiB in it.
+pub(super) fn volume_in_a_small_cluster(state: &mut ClusterState, name: &str) {
+    for id in 1..=3 {
+        register(state, id, &format!("r{id}"), 1);
+    }
+    state
+        .apply(&CommandV1::CreatePool(pool(3)).into())
+        .expect("pool");
+    let spec = VolumeSpec {
+        name: name.into(),
+        pool: pool(3).name,
+        size_bytes: 1 << 30,
+        extent_size_bytes: crate::meta::model::EXTENT_SIZE_DEFAULT_BYTES,
+        request_id: String::new(),
+    };
+    state
+        .apply(&CommandV1::CreateVolume(spec).into())
+        .expect("volume");
+}
+
 fn pool(replicas: u32) -> PoolSpec {
     PoolSpec {
         name: format!("p{replicas}"),

@@ -290,6 +290,9 @@ enum VolumeCmd {
         #[arg(long)]
         size: String,
     },
+    /// IO limits, reservation and weight.
+    #[command(subcommand)]
+    Qos(tools::qos::QosCmd),
     /// How a hypervisor host reaches the volume through a gateway: its NBD URI, and the QEMU
     /// and libvirt snippets that attach it (with reconnection across gateway restarts). Any
     /// gateway serves any volume; the first client's open attaches it there.
@@ -541,6 +544,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Drift { cmd } => reply(tools::drift::run(cmd, &client).await?),
         Cmd::CellKey(cmd) => reply(tools::rotation::cell_key(cmd, &client).await?),
         Cmd::Trust(cmd) => reply(tools::rotation::trust(cmd, &client, &cert_dir).await?),
+        Cmd::Volume(VolumeCmd::Qos(cmd)) => reply(tools::qos::qos(cmd, &client).await?),
         Cmd::Volume(VolumeCmd::Residency { name, out }) => {
             reply(tools::residency::statement(&client, &name, out.as_deref()).await?)
         }

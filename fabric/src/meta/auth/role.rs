@@ -30,7 +30,13 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         VolumeGet,
     ];
     let volume_user = [VolumeAttach, VolumeDetach, ReplicaReport];
-    let volume_admin = [VolumeCreate, VolumeResize, VolumeDelete, VolumeForceAttach];
+    let volume_admin = [
+        VolumeCreate,
+        VolumeResize,
+        VolumeQos,
+        VolumeDelete,
+        VolumeForceAttach,
+    ];
     let operator = [
         DriftAccept,
         DriftExcept,

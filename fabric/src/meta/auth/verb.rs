@@ -61,6 +61,7 @@ verbs! {
     VolumeCreate => "volume.create" at Pool,
     VolumeGet => "volume.get" at Volume,
     VolumeResize => "volume.resize" at Volume,
+    VolumeQos => "volume.qos" at Volume,
     VolumeDelete => "volume.delete" at Volume,
     VolumeAttach => "volume.attach" at Volume,
     VolumeForceAttach => "volume.force_attach" at Volume,

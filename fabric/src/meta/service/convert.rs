@@ -412,6 +412,12 @@ impl From<&Volume> for pb::Volume {
                     total_bytes: r.total_bytes,
                 })
                 .collect(),
+            qos: Some(pb::VolumeQos {
+                iops_limit: v.qos.iops_limit,
+                bps_limit: v.qos.bps_limit,
+                iops_reservation: v.qos.iops_reservation,
+                weight: v.qos.weight,
+            }),
         }
     }
 }

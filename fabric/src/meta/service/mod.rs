@@ -36,7 +36,7 @@ use super::command::{Applied, CommandError, CommandV1};
 use super::detector::{Beat, Detector};
 use super::member::Member;
 use super::member::MetaError;
-use super::model::{NodeRegistration, Participation, PoolSpec, VolumeSpec};
+use super::model::{NodeRegistration, Participation, PoolSpec, QosChange, VolumeSpec};
 use super::query::{Query, QueryReply};
 use super::types::MemberNode;
 
@@ -491,6 +491,30 @@ impl Metadata for MetadataService {
         {
             Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
             _ => Err(unexpected("resize volume")),
+        }
+    }
+
+    async fn set_volume_qos(
+        &self,
+        req: Request<pb::SetVolumeQosRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let auth = self
+            .authorize_volume(&req, Verb::VolumeQos, &req.get_ref().name)
+            .await?;
+        let r = req.into_inner();
+        let change = QosChange {
+            iops_limit: r.iops_limit,
+            bps_limit: r.bps_limit,
+            iops_reservation: r.iops_reservation,
+            weight: r.weight,
+        };
+        let command = CommandV1::SetVolumeQos {
+            name: r.name,
+            change,
+        };
+        match self.write(&auth, command).await? {
+            Applied::Volume(v) => Ok(Response::new(pb::Volume::from(&v))),
+            _ => Err(unexpected("set volume qos")),
         }
     }
 
