@@ -171,7 +171,7 @@ pub struct MemberMetrics {
     pub drift: Family<ClassLabels, Gauge>,
 }
 
-/// A drift class, as a label.
+/// A class (of drift, or of a disk's work), as a label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct ClassLabels {
     pub class: String,
@@ -183,6 +183,13 @@ pub struct StorageMetrics {
     pub checksum_errors: Gauge,
     pub volumes: Gauge,
     pub heartbeats: Gauge,
+    /// The disk scheduler's turns and bytes by class of work, and how many came by
+    /// reservation.
+    pub sched_ios: Family<ClassLabels, Gauge>,
+    pub sched_bytes: Family<ClassLabels, Gauge>,
+    pub sched_reserved_ios: Family<ClassLabels, Gauge>,
+    /// The recovery limit its governor set, bytes per second (0: none).
+    pub recovery_limit: Gauge,
 }
 
 impl Metrics {
@@ -294,6 +301,26 @@ impl Metrics {
             "fabric_agent_heartbeats",
             "Heartbeats the leader accepted from this node",
             m.heartbeats.clone(),
+        );
+        r.register(
+            "fabric_sched_ios",
+            "IOs the disk scheduler gave a turn, by class of work",
+            m.sched_ios.clone(),
+        );
+        r.register(
+            "fabric_sched_bytes",
+            "Bytes of the IOs the disk scheduler gave a turn, by class of work",
+            m.sched_bytes.clone(),
+        );
+        r.register(
+            "fabric_sched_reserved_ios",
+            "IOs given a turn to meet a reservation, by class of work",
+            m.sched_reserved_ios.clone(),
+        );
+        r.register(
+            "fabric_sched_recovery_limit_bytes_per_second",
+            "Recovery limit that keeps client latency within its target (0: none)",
+            m.recovery_limit.clone(),
         );
     }
 

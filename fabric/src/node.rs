@@ -960,6 +960,22 @@ fn watch_storage(metrics: &crate::metrics::Metrics, role: &StorageRole) {
             m.checksum_errors
                 .set(i64::try_from(errors).unwrap_or(i64::MAX));
             m.volumes.set(server.volume_ids().len() as i64);
+            let sched = server.scheduler();
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            for (class, counts) in sched.counts() {
+                let labels = crate::metrics::ClassLabels {
+                    class: class.name().to_owned(),
+                };
+                m.sched_ios.get_or_create(&labels).set(gauge(counts.ios));
+                m.sched_bytes
+                    .get_or_create(&labels)
+                    .set(gauge(counts.bytes));
+                m.sched_reserved_ios
+                    .get_or_create(&labels)
+                    .set(gauge(counts.by_reservation));
+            }
+            m.recovery_limit
+                .set(gauge(sched.recovery_limit().unwrap_or(0)));
         }
     });
 }

@@ -18,6 +18,7 @@ use proto::meta as pb;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use volume::replica::{ReplicaConfig, ReplicaServer};
+use volume::sched::governor::{Governor, GovernorConfig};
 use volume::sched::mclock::{Rate, Spec};
 use volume::store::ExtentStore;
 use volume::wire::VolumeId;
@@ -26,6 +27,9 @@ use crate::config::IoEngine;
 use crate::identity::Transport;
 use crate::meta::client::Client;
 use crate::meta::watcher::{ClusterView, Follower, follow};
+
+/// How often the recovery limit of the disk is judged, in ms.
+const RECOVERY_WINDOW_MS: u64 = 500;
 
 /// A running replica server and its agent.
 pub struct Storage {
@@ -93,6 +97,13 @@ impl Storage {
                 stopped.clone(),
             ));
         }
+        // Recovery keeps the clients' p99 on this disk within its target (see
+        // `volume::sched::governor`), judged twice a second.
+        tasks.spawn(Arc::clone(server.scheduler()).govern_recovery(
+            Governor::new(GovernorConfig::default()),
+            std::time::Duration::from_millis(RECOVERY_WINDOW_MS),
+            stopped.clone(),
+        ));
         tasks.spawn(follow_volumes(
             Arc::clone(&server),
             endpoints,

@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::class::{Class, QueueKey};
-use super::mclock::{Mclock, Next, Phase, Spec, SpecError};
+use super::governor::{Governor, Window};
+use super::mclock::{Mclock, Next, Phase, Rate, Spec, SpecError};
 
 /// Turns out at once by default: enough to keep an NVMe disk's queue busy, few enough that a
 /// client request waits behind at most this many background ones.
@@ -29,14 +30,34 @@ pub struct ClassCounts {
     pub by_reservation: u64,
 }
 
+/// A request waiting for its turn: where to send it, its size and when it asked.
+type Waiting = (oneshot::Sender<Turn>, u64, Instant);
+
+/// What the current window saw (see [`DiskScheduler::take_window`]).
+#[derive(Default)]
+struct WindowCounts {
+    /// Latencies of client IOs, from asking for a turn to giving it back, in ns (at most
+    /// [`LATENCY_SAMPLES_MAX`] kept).
+    client_ns: Vec<u64>,
+    client_ios: u64,
+    recovery_ios: u64,
+    recovery_bytes: u64,
+}
+
+/// Client latencies kept per window for its p99.
+const LATENCY_SAMPLES_MAX: usize = 20_000;
+
 struct State {
-    mclock: Mclock<QueueKey, (oneshot::Sender<Turn>, u64)>,
+    mclock: Mclock<QueueKey, Waiting>,
     in_flight: usize,
     /// The time a wake-up is armed for, if one is.
     timer_at: Option<u64>,
     /// Specs of classes and volumes set by the operator; the rest use the class default.
     class_specs: BTreeMap<Class, Spec>,
     counts: BTreeMap<Class, ClassCounts>,
+    window: WindowCounts,
+    window_since: Instant,
+    recovery_limit: Option<u64>,
 }
 
 /// One disk's scheduler. Shared by the requests of every connection to the disk.
@@ -49,6 +70,9 @@ pub struct DiskScheduler {
 /// A request's turn at the disk: it holds one of the `depth` places until dropped.
 pub struct Turn {
     sched: Option<Arc<DiskScheduler>>,
+    class: Class,
+    len: u64,
+    asked: Instant,
 }
 
 impl Drop for Turn {
@@ -56,6 +80,20 @@ impl Drop for Turn {
         if let Some(sched) = self.sched.take() {
             let mut s = sched.state.lock().expect("scheduler lock");
             s.in_flight -= 1;
+            let w = &mut s.window;
+            match self.class {
+                Class::Client => {
+                    w.client_ios += 1;
+                    if w.client_ns.len() < LATENCY_SAMPLES_MAX {
+                        w.client_ns.push(self.asked.elapsed().as_nanos() as u64);
+                    }
+                }
+                Class::Recovery => {
+                    w.recovery_ios += 1;
+                    w.recovery_bytes += self.len;
+                }
+                Class::Scrub | Class::Inference => {}
+            }
             sched.pump(&mut s);
         }
     }
@@ -71,6 +109,9 @@ impl DiskScheduler {
                 timer_at: None,
                 class_specs: BTreeMap::new(),
                 counts: BTreeMap::new(),
+                window: WindowCounts::default(),
+                window_since: Instant::now(),
+                recovery_limit: None,
             }),
             depth,
             started: Instant::now(),
@@ -109,6 +150,71 @@ impl DiskScheduler {
         s.mclock.set_spec(QueueKey::Volume(volume), spec)
     }
 
+    /// What the disk saw since the last call (or the start): client IOs and their p99
+    /// latency, recovery IOs and bytes; starts the next window.
+    pub fn take_window(&self) -> Window {
+        let mut s = self.state.lock().expect("scheduler lock");
+        let w = std::mem::take(&mut s.window);
+        let span = std::mem::replace(&mut s.window_since, Instant::now()).elapsed();
+        drop(s);
+        let mut ns = w.client_ns;
+        let p99 = if ns.is_empty() {
+            0
+        } else {
+            let at = (ns.len() * 99).div_ceil(100) - 1;
+            *ns.select_nth_unstable(at).1
+        };
+        Window {
+            span_ns: span.as_nanos() as u64,
+            client_ios: w.client_ios,
+            client_p99_ns: p99,
+            recovery_ios: w.recovery_ios,
+            recovery_bytes: w.recovery_bytes,
+        }
+    }
+
+    /// Keeps the recovery class within what `governor` allows, judged every `every`, until
+    /// `stop`. The recovery spec's other fields stay as set.
+    pub async fn govern_recovery(
+        self: Arc<Self>,
+        mut governor: Governor,
+        every: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        self.take_window();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let window = self.take_window();
+            let before = governor.limit();
+            let limit = governor.observe(&window);
+            if limit != before {
+                tracing::debug!(?limit, client_p99_us = window.client_p99_ns / 1000, target_us = ?governor.target_ns().map(|t| t / 1000), "recovery limit");
+            }
+            let spec = Spec {
+                limit: Rate {
+                    iops: 0,
+                    bytes_per_sec: limit.unwrap_or(0),
+                },
+                ..self.class_spec(Class::Recovery)
+            };
+            if let Err(e) = self.set_class_spec(Class::Recovery, spec) {
+                tracing::warn!(error = %e, "recovery limit not applied");
+            }
+            self.state.lock().expect("scheduler lock").recovery_limit = limit;
+        }
+    }
+
+    /// The recovery limit the governor set last, in bytes per second (`None`: none).
+    pub fn recovery_limit(&self) -> Option<u64> {
+        self.state.lock().expect("scheduler lock").recovery_limit
+    }
+
     /// Counts per class since the start.
     pub fn counts(&self) -> BTreeMap<Class, ClassCounts> {
         self.state.lock().expect("scheduler lock").counts.clone()
@@ -131,7 +237,7 @@ impl DiskScheduler {
                     .expect("class specs are checked when set");
             }
             let now = self.now();
-            s.mclock.push(key, (tx, len), len, now);
+            s.mclock.push(key, (tx, len, Instant::now()), len, now);
             self.pump(&mut s);
         }
         rx.await
@@ -146,12 +252,15 @@ impl DiskScheduler {
             match s.mclock.next(now) {
                 Next::Dispatch {
                     queue,
-                    request: (tx, len),
+                    request: (tx, len, asked),
                     phase,
                 } => {
                     s.in_flight += 1;
                     let turn = Turn {
                         sched: Some(Arc::clone(self)),
+                        class: queue.class(),
+                        len,
+                        asked,
                     };
                     match tx.send(turn) {
                         Ok(()) => {
@@ -196,7 +305,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::sched::mclock::Rate;
 
     #[tokio::test(start_paused = true)]
     async fn at_most_depth_turns_are_out_and_a_dropped_one_frees_its_place() {
@@ -283,5 +391,62 @@ mod tests {
                 )
                 .is_err()
         );
+    }
+
+    /// Runs client IOs of `client_ms` each (and, with `recovery`, 1 MiB recovery IOs of 2 ms
+    /// each beside them) until `until`.
+    async fn load(sched: &Arc<DiskScheduler>, until: Instant, client_ms: u64, recovery: bool) {
+        while Instant::now() < until {
+            let client = async {
+                let _t = sched.turn(Class::Client, 1, 4096).await;
+                tokio::time::sleep(Duration::from_millis(client_ms)).await;
+            };
+            let copy = async {
+                if recovery {
+                    let _t = sched.turn(Class::Recovery, 1, 1 << 20).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            };
+            tokio::join!(client, copy);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_governor_limits_recovery_while_clients_suffer_and_frees_it_when_they_leave() {
+        let sched = DiskScheduler::new(8);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let config = crate::sched::governor::GovernorConfig {
+            min_client_ios: 10,
+            ..Default::default()
+        };
+        let governor = tokio::spawn(Arc::clone(&sched).govern_recovery(
+            Governor::new(config),
+            Duration::from_millis(100),
+            stop,
+        ));
+        // Quiet: clients at 1 ms make the baseline; no limit.
+        load(
+            &sched,
+            Instant::now() + Duration::from_millis(450),
+            1,
+            false,
+        )
+        .await;
+        assert_eq!(sched.recovery_limit(), None);
+        // Recovery beside clients that now take 3 ms: over 1.2 x the baseline, limited.
+        load(&sched, Instant::now() + Duration::from_millis(450), 3, true).await;
+        let limit = sched.recovery_limit().expect("a recovery limit");
+        assert!(limit >= 8 << 20, "{limit}");
+        assert_eq!(
+            sched.class_spec(Class::Recovery).limit.bytes_per_sec,
+            limit,
+            "the limit is the recovery class's"
+        );
+        // Clients leave: recovery runs free again.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(sched.recovery_limit(), None);
+        assert_eq!(sched.class_spec(Class::Recovery).limit, Rate::NONE);
+        stop_tx.send(true).unwrap();
+        governor.await.unwrap();
     }
 }

@@ -1,0 +1,199 @@
+//! Recovery that protects clients: instead of a fixed pace, the recovery class of a disk gets
+//! a limit that keeps the clients' p99 latency on that disk within a target (by default 1.2 ×
+//! the p99 they had recently without recovery), and the rest of the disk. A pure state
+//! machine: [`Governor::observe`] takes what one window of time saw and says what the limit
+//! is now; the disk scheduler measures and applies.
+//!
+//! The rule is additive increase, multiplicative decrease, on bytes per second of recovery:
+//! - no client IO in the window: nothing to protect, no limit;
+//! - clients and no recovery: the window's client p99 feeds the idle baseline;
+//! - both: over the target, the limit drops to 60 % of what recovery did in the window; under
+//!   it, it rises by an eighth (at least half the floor). It never goes below the floor, so a
+//!   rebuild always progresses, and it is dropped once it is far above what recovery uses.
+//! - both, and no baseline yet (recovery started before any quiet window): recovery is held at
+//!   the floor for a window, and that window's client p99 is the baseline.
+
+/// Tunables of a [`Governor`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GovernorConfig {
+    /// Client p99 allowed during recovery, as a multiple of the idle p99.
+    pub target_ratio: f64,
+    /// Recovery never gets less than this, in bytes per second.
+    pub floor_bytes_per_sec: u64,
+    /// Windows with fewer client IOs judge nothing (a p99 of a handful of IOs is noise).
+    pub min_client_ios: u64,
+    /// Weight of a new quiet window in the idle baseline (exponential average).
+    pub baseline_weight: f64,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        GovernorConfig {
+            target_ratio: 1.2,
+            floor_bytes_per_sec: 8 << 20,
+            min_client_ios: 50,
+            baseline_weight: 0.25,
+        }
+    }
+}
+
+/// What the disk saw in one window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Length of the window, in ns.
+    pub span_ns: u64,
+    /// Client IOs completed, and their p99 latency (waiting in the scheduler included), in ns.
+    pub client_ios: u64,
+    pub client_p99_ns: u64,
+    /// Recovery IOs completed, and their bytes.
+    pub recovery_ios: u64,
+    pub recovery_bytes: u64,
+}
+
+/// The recovery limit of one disk.
+#[derive(Clone, Debug)]
+pub struct Governor {
+    config: GovernorConfig,
+    /// The clients' p99 without recovery, in ns.
+    baseline_ns: Option<f64>,
+    /// Bytes per second; `None`: no limit.
+    limit: Option<u64>,
+    /// The last window was held at the floor to measure a baseline.
+    probing: bool,
+}
+
+impl Governor {
+    pub fn new(config: GovernorConfig) -> Governor {
+        Governor {
+            config,
+            baseline_ns: None,
+            limit: None,
+            probing: false,
+        }
+    }
+
+    /// The clients' p99 without recovery, in ns, as far as known.
+    pub fn baseline_ns(&self) -> Option<u64> {
+        self.baseline_ns.map(|b| b as u64)
+    }
+
+    /// The limit now, in bytes per second (`None`: none).
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// The client p99 the limit aims to stay under, in ns, once there is a baseline.
+    pub fn target_ns(&self) -> Option<u64> {
+        self.baseline_ns
+            .map(|b| (b * self.config.target_ratio) as u64)
+    }
+
+    fn fold_baseline(&mut self, p99_ns: u64) {
+        let w = self.config.baseline_weight;
+        self.baseline_ns = Some(match self.baseline_ns {
+            None => p99_ns as f64,
+            Some(b) => b * (1.0 - w) + p99_ns as f64 * w,
+        });
+    }
+
+    /// Takes one window and returns the recovery limit from now on.
+    pub fn observe(&mut self, w: &Window) -> Option<u64> {
+        let floor = self.config.floor_bytes_per_sec;
+        let probing = std::mem::take(&mut self.probing);
+        if w.client_ios < self.config.min_client_ios {
+            self.limit = None;
+            return self.limit;
+        }
+        if w.recovery_ios == 0 || probing {
+            // Without recovery, or with it held at the floor: what clients have alone.
+            self.fold_baseline(w.client_p99_ns);
+            if w.recovery_ios == 0 {
+                return self.limit;
+            }
+        }
+        let Some(target) = self.target_ns() else {
+            self.probing = true;
+            self.limit = Some(floor);
+            return self.limit;
+        };
+        let secs = (w.span_ns.max(1) as f64) / 1e9;
+        let used = (w.recovery_bytes as f64 / secs) as u64;
+        self.limit = if w.client_p99_ns > target {
+            let from = self.limit.map_or(used, |l| l.min(used.max(floor)));
+            Some((from as f64 * 0.6) as u64).map(|l| l.max(floor))
+        } else {
+            match self.limit {
+                None => None,
+                Some(l) => {
+                    let raised = l + (l / 8).max(floor / 2);
+                    // Far above what recovery uses: it is not what holds recovery back.
+                    (raised <= used.saturating_mul(4).max(floor * 4)).then_some(raised)
+                }
+            }
+        };
+        self.limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const MIB: u64 = 1 << 20;
+
+    fn window(client_ios: u64, p99_ms: f64, recovery_mib: u64) -> Window {
+        Window {
+            span_ns: 500 * MS,
+            client_ios,
+            client_p99_ns: (p99_ms * MS as f64) as u64,
+            recovery_ios: recovery_mib / 4,
+            recovery_bytes: recovery_mib * MIB,
+        }
+    }
+
+    #[test]
+    fn no_clients_no_limit_and_quiet_windows_make_the_baseline() {
+        let mut g = Governor::new(GovernorConfig::default());
+        assert_eq!(g.observe(&window(0, 0.0, 400)), None);
+        assert_eq!(g.observe(&window(1000, 2.0, 0)), None);
+        assert_eq!(g.baseline_ns(), Some(2 * MS));
+        assert_eq!(g.target_ns(), Some(2_400_000));
+    }
+
+    #[test]
+    fn recovery_hurting_clients_is_cut_and_grows_back_once_they_recover() {
+        let mut g = Governor::new(GovernorConfig::default());
+        g.observe(&window(1000, 2.0, 0));
+        // Recovery at 200 MiB/s (100 MiB in 0.5 s) pushes the p99 to 5 ms: cut to 60 %.
+        let cut = g.observe(&window(1000, 5.0, 100)).unwrap();
+        assert_eq!(cut, (200.0 * 0.6 * MIB as f64) as u64);
+        // Still too slow: cut again, from what it did.
+        let again = g.observe(&window(1000, 3.0, 60)).unwrap();
+        assert!(again < cut, "{again} {cut}");
+        // Within the target: it grows by an eighth.
+        let grown = g.observe(&window(1000, 2.2, 36)).unwrap();
+        assert_eq!(grown, again + again / 8);
+        // Clients leave: recovery runs free.
+        assert_eq!(g.observe(&window(3, 9.0, 400)), None);
+    }
+
+    #[test]
+    fn the_limit_never_drops_below_the_floor() {
+        let mut g = Governor::new(GovernorConfig::default());
+        g.observe(&window(1000, 1.0, 0));
+        for _ in 0..20 {
+            let l = g.observe(&window(1000, 50.0, 8)).unwrap();
+            assert!(l >= 8 * MIB, "{l}");
+        }
+    }
+
+    #[test]
+    fn without_a_baseline_recovery_is_held_at_the_floor_for_a_window_to_measure_one() {
+        let mut g = Governor::new(GovernorConfig::default());
+        assert_eq!(g.observe(&window(1000, 6.0, 100)), Some(8 * MIB));
+        // The probing window, recovery at the floor: its p99 is the baseline.
+        g.observe(&window(1000, 2.0, 4));
+        assert_eq!(g.baseline_ns(), Some(2 * MS));
+    }
+}
