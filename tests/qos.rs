@@ -1,33 +1,40 @@
 //! A volume's QoS under `fabricd dev --nodes 3` with fio as the client: an IOPS limit set
 //! with `fabricctl volume qos set` holds a depth-32 flood to within 5 % of it, a raised limit
 //! applies while the gateway holds the volume (no reattach), and bad settings are refused by
-//! name and change nothing.
+//! name and change nothing. A volume with a reservation keeps it while its neighbour floods.
 
 use std::process::Command;
 
 use fabric_suite::{fabricctl, fabricctl_as, fio_report, three_node_cluster, tools};
 
-/// IOPS fio reached writing 4 KiB blocks at depth 32 to `uri` for `seconds`.
-fn flood_iops(uri: &str, seconds: u32) -> f64 {
-    let out = Command::new("fio")
-        .args([
-            "--name=flood",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--size=32M",
-            "--iodepth=32",
-            "--time_based",
-            &format!("--runtime={seconds}"),
-            "--output-format=json",
-        ])
-        .output()
-        .expect("run fio");
+/// fio writing 4 KiB blocks at `depth` to `uri` for `seconds`.
+fn fio_writes(uri: &str, depth: u32, seconds: u32) -> Command {
+    let mut fio = Command::new("fio");
+    fio.args([
+        "--name=writes",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--size=32M",
+        &format!("--iodepth={depth}"),
+        "--time_based",
+        &format!("--runtime={seconds}"),
+        "--output-format=json",
+    ]);
+    fio
+}
+
+fn write_iops(out: std::process::Output) -> f64 {
     let report = fio_report(out);
     report["jobs"][0]["write"]["iops"]
         .as_f64()
         .expect("fio write iops")
+}
+
+/// IOPS fio reached writing 4 KiB blocks at depth 32 to `uri` for `seconds`.
+fn flood_iops(uri: &str, seconds: u32) -> f64 {
+    write_iops(fio_writes(uri, 32, seconds).output().expect("run fio"))
 }
 
 fn within(got: f64, want: f64, fraction: f64) -> bool {
@@ -107,4 +114,45 @@ fn an_iops_limit_holds_a_flood_and_follows_a_change_live() {
     );
     let shown = fabricctl(&data, &["volume", "qos", "show", "vol0"]);
     assert_eq!(shown["iops_limit"], serde_json::Value::Null, "{shown}");
+}
+
+#[test]
+fn a_reserved_volume_keeps_its_reservation_while_a_limited_neighbour_floods() {
+    if tools(&["fio"]).is_none() {
+        return;
+    }
+    let (_serial, _dir, data, dev) = three_node_cluster();
+    fabricctl(&data, &["volume", "create", "quiet", "--size", "64MiB"]);
+    fabricctl(
+        &data,
+        &["volume", "qos", "set", "vol0", "--iops-limit", "1000"],
+    );
+    fabricctl(
+        &data,
+        &[
+            "volume",
+            "qos",
+            "set",
+            "quiet",
+            "--iops-reservation",
+            "400",
+            "--weight",
+            "1",
+        ],
+    );
+    let noisy = dev.uri();
+    let quiet = noisy.replace("/vol0", "/quiet");
+    let mut flood = fio_writes(&noisy, 32, 6);
+    let flood = std::thread::spawn(move || flood.output());
+    let kept = write_iops(fio_writes(&quiet, 8, 6).output().expect("run fio"));
+    let flooded = write_iops(flood.join().expect("fio thread").expect("run fio"));
+    eprintln!("noisy (limit 1000): {flooded:.0} IOPS; quiet (reservation 400): {kept:.0} IOPS");
+    assert!(
+        within(flooded, 1000.0, 0.05),
+        "{flooded} IOPS against a limit of 1000"
+    );
+    assert!(
+        kept >= 400.0 * 0.95,
+        "{kept} IOPS against a reservation of 400"
+    );
 }

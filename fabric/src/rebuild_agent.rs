@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::gateway::{detach, open_volume, resync_round};
+use crate::gateway::{Opening, detach, open_volume, resync_round};
 use crate::identity::Transport;
 use crate::meta::client::Client;
 use crate::meta::state::REBUILD_AGENT_PREFIX;
@@ -185,7 +185,14 @@ async fn heal(
     name: &str,
     me: &str,
 ) -> anyhow::Result<()> {
-    let attached = open_volume(client, pool, name, me, false, Default::default()).await?;
+    // The volume has no client here (it is attached to nobody else), so no pace applies.
+    let opening = Opening {
+        attach_as: me,
+        force: false,
+        metrics: Default::default(),
+        resync_pace_bytes_per_sec: volume::client::RESYNC_BYTES_PER_SEC_MAX,
+    };
+    let attached = open_volume(client, pool, name, opening).await?;
     let volume = &attached.volume;
     tracing::info!(
         volume = name,

@@ -193,6 +193,7 @@ fn client(nodes: &[Node], epoch: u64) -> (ReplicatedVolume, Arc<ReplicaPool>, Ar
         min_replicas: 2,
         below_min_wait_ms: 300,
         removal_wait_ms: 2_000,
+        resync_pace_bytes_per_sec: volume::client::RESYNC_BYTES_PER_SEC_MAX,
     };
     let acting = ActingSets::single(nodes.iter().map(|n| n.addr).collect());
     let observer = Arc::clone(&recorder) as Arc<dyn AclObserver>;

@@ -57,6 +57,7 @@ fn client(nodes: &[Node]) -> ReplicatedVolume {
         min_replicas: 2,
         below_min_wait_ms: 1_000,
         removal_wait_ms: 2_000,
+        resync_pace_bytes_per_sec: volume::client::RESYNC_BYTES_PER_SEC_MAX,
     };
     let acting = ActingSets::single(nodes.iter().map(|n| n.addr).collect());
     let pool = ReplicaPool::tcp(PoolConfig::default()).unwrap();

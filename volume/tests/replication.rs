@@ -264,6 +264,7 @@ fn client_waiting(
         min_replicas,
         below_min_wait_ms,
         removal_wait_ms,
+        resync_pace_bytes_per_sec: volume::client::RESYNC_BYTES_PER_SEC_MAX,
     };
     let observer = Arc::clone(&recorder) as Arc<dyn AclObserver>;
     let vol = ReplicatedVolume::new(config, acting, observer, pool).unwrap();

@@ -147,15 +147,30 @@ impl VolumeMap {
     }
 }
 
+/// How a gateway opens a volume.
+pub(crate) struct Opening<'a> {
+    /// The client name it attaches as.
+    pub attach_as: &'a str,
+    /// Take the volume from another attachment.
+    pub force: bool,
+    pub metrics: VolumeMetrics,
+    /// Its resyncs' fixed pace while clients do IO (0: none, see `ResyncPace`).
+    pub resync_pace_bytes_per_sec: u64,
+}
+
 /// Attaches `name` and builds its replicated volume from the pool's PG map.
 pub(crate) async fn open_volume(
     client: &Arc<Client>,
     pool: &Arc<ReplicaPool>,
     name: &str,
-    attach_as: &str,
-    force: bool,
-    metrics: VolumeMetrics,
+    opening: Opening<'_>,
 ) -> anyhow::Result<Attached> {
+    let Opening {
+        attach_as,
+        force,
+        metrics,
+        resync_pace_bytes_per_sec,
+    } = opening;
     let map = VolumeMap::fetch(client, name).await?;
     map.pool.rule.as_ref().context("pool without a rule")?;
     // Checked before the attach: a map that cannot be served is no reason to fence anyone.
@@ -181,7 +196,8 @@ pub(crate) async fn open_volume(
     tracing::info!(volume = name, epoch = attachment.attach_epoch, "attached");
     let epoch = attachment.attach_epoch;
     let expires = super::capability::install(pool, &attachment)?;
-    match serve_attached(client, pool, name, &map, epoch, sets, metrics).await {
+    let how = (metrics, resync_pace_bytes_per_sec);
+    match serve_attached(client, pool, name, &map, epoch, sets, how).await {
         Ok(attached) => Ok(Attached {
             _renewal: super::capability::Renewal::start(
                 Arc::clone(client),
@@ -210,7 +226,7 @@ async fn serve_attached(
     map: &VolumeMap,
     attach_epoch: u64,
     (acting, node_of): (ActingSets, HashMap<SocketAddr, u64>),
-    metrics: VolumeMetrics,
+    (metrics, resync_pace_bytes_per_sec): (VolumeMetrics, u64),
 ) -> anyhow::Result<Attached> {
     let volume = &map.volume;
     let rule = map.pool.rule.clone().context("pool without a rule")?;
@@ -223,6 +239,7 @@ async fn serve_attached(
         min_replicas: rule.min_replicas as usize,
         below_min_wait_ms: BELOW_MIN_WAIT_MS_DEFAULT,
         removal_wait_ms: REMOVAL_WAIT_MS_DEFAULT,
+        resync_pace_bytes_per_sec,
     };
     let superseded = Superseded::default();
     let observer = Arc::new(ClusterObserver {

@@ -32,7 +32,7 @@ mod resync;
 mod volumes;
 
 use crate::metrics::{Metrics, VolumeMetrics};
-pub(crate) use attach::{detach, open_volume};
+pub(crate) use attach::{Opening, detach, open_volume};
 pub(crate) use resync::resync_round;
 pub use volumes::{
     CONNECTIONS_PER_VOLUME_MAX_DEFAULT, DETACH_GRACE_MS_DEFAULT, VOLUMES_MAX_DEFAULT,
@@ -74,6 +74,13 @@ pub const RESYNCS_IN_PARALLEL_MAX: usize = 64;
 pub const METADATA_ATTEMPT_DEADLINE_MS: u64 = 3_000;
 const _: () = assert!(2 * METADATA_ATTEMPT_DEADLINE_MS < REMOVAL_WAIT_MS_DEFAULT);
 
+/// How a gateway's resyncs keep from hurting clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResyncPace {
+    Fixed,
+    Governed,
+}
+
 /// Flags of `fabricd gateway`.
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
@@ -113,6 +120,11 @@ pub struct GatewayArgs {
     /// Serve Prometheus metrics at http://IP:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// How a resync keeps from hurting clients: `fixed` copies at most 256 MiB/s while clients
+    /// do IO; `governed` leaves it to the storage nodes' disk schedulers, whose recovery
+    /// limit keeps the clients' p99 within its target.
+    #[arg(long, value_enum, default_value_t = ResyncPace::Fixed)]
+    pub resync_pace: ResyncPace,
     /// The gateway's certificate directory (`chain.pem`, `key.pem`, `ca.pem`, as `fabricctl
     /// cert issue gateway NAME` writes it): the identity it attaches volumes and dials
     /// replicas with, over mutual TLS.
@@ -190,6 +202,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             detach_grace: Duration::from_millis(args.detach_grace_ms),
             volumes_max: args.volumes_max,
             connections_per_volume_max: args.connections_per_volume_max,
+            resync_pace_bytes_per_sec: match args.resync_pace {
+                ResyncPace::Fixed => volume::client::RESYNC_BYTES_PER_SEC_MAX,
+                ResyncPace::Governed => 0,
+            },
         },
         args.volumes.first().cloned(),
         transport.tls().cloned(),

@@ -26,7 +26,7 @@ use volume::client::ReplicaPool;
 use volume::nbd::{Described, ExportError, Exports, Listed, Opened, Peer, payload_max_of};
 
 use super::Metered;
-use super::attach::{Attached, MetadataRefusal, detach, open_volume};
+use super::attach::{Attached, MetadataRefusal, Opening, detach, open_volume};
 use super::maps::{Stamps, watch_maps};
 use super::qos::Limited;
 use super::resync::resync_stale;
@@ -57,6 +57,8 @@ pub(crate) struct Limits {
     pub detach_grace: Duration,
     pub volumes_max: usize,
     pub connections_per_volume_max: usize,
+    /// A resync's fixed pace while clients do IO (0: governed by the nodes' schedulers).
+    pub resync_pace_bytes_per_sec: u64,
 }
 
 /// The gateway's volumes; cheap to clone, every clone the same set.
@@ -297,16 +299,15 @@ impl Inner {
     async fn attach(&self, slot: &Slot, force: bool) -> Result<Live, ExportError> {
         let name = slot.name.as_str();
         let started = Instant::now();
-        let attached = open_volume(
-            &self.client,
-            &self.pool,
-            name,
-            &self.attach_as,
+        let opening = Opening {
+            attach_as: &self.attach_as,
             force,
-            self.metrics.clone(),
-        )
-        .await
-        .map_err(|e| self.refusal(name, &e))?;
+            metrics: self.metrics.clone(),
+            resync_pace_bytes_per_sec: self.limits.resync_pace_bytes_per_sec,
+        };
+        let attached = open_volume(&self.client, &self.pool, name, opening)
+            .await
+            .map_err(|e| self.refusal(name, &e))?;
         let inner = Arc::new(attached.volume.clone()) as Arc<dyn BlockVolume>;
         // Metered outside the limits: the latency counted is the one the client sees.
         let limited =

@@ -94,6 +94,7 @@ impl SimClient {
                 min_replicas: rule.min_replicas as usize,
                 below_min_wait_ms: BELOW_MIN_WAIT_MS_DEFAULT,
                 removal_wait_ms: REMOVAL_WAIT_MS_DEFAULT,
+                resync_pace_bytes_per_sec: volume::client::RESYNC_BYTES_PER_SEC_MAX,
             };
             (acting_sets(&state, volume, &addr_of), config)
         };

@@ -88,6 +88,10 @@ pub struct ClientConfig {
     /// How long a write or flush waits for a failed replica's removal to commit before it
     /// fails with an IO error.
     pub removal_wait_ms: u64,
+    /// Most bytes a resync copies per second while clients do IO ([`RESYNC_BYTES_PER_SEC_MAX`],
+    /// the fixed pace); 0: none here, the replicas' disk schedulers keep recovery from
+    /// hurting clients (`sched::governor`).
+    pub resync_pace_bytes_per_sec: u64,
 }
 
 /// Why [`ReplicatedVolume::new`] refused its input.

@@ -99,6 +99,7 @@ impl ReplicatedVolume {
             min_replicas,
             below_min_wait_ms,
             removal_wait_ms,
+            resync_pace_bytes_per_sec: _,
         } = config;
         if size_bytes == 0 || !size_bytes.is_multiple_of(LOCK_BLOCK_BYTES) {
             return Err(ClientConfigError::Size(size_bytes));

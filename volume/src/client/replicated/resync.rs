@@ -15,7 +15,8 @@
 //! range is released (a later copy of the extent could otherwise be overwritten by it).
 //!
 //! Two passes. The first runs beside foreground IO, a few extents at a time; while clients do IO
-//! it keeps to [`RESYNC_BYTES_PER_SEC_MAX`], and with none it runs as fast as the disks go.
+//! it keeps to the configured pace (by default [`RESYNC_BYTES_PER_SEC_MAX`]; none when the
+//! replicas' disk schedulers govern recovery), and with none it runs as fast as the disks go.
 //! Its copies are then flushed on the replica, still beside foreground IO. The second holds
 //! the group's writes for a moment: it checks that no version differs any more (copying and
 //! flushing what does, which is nothing when every write reached the replica), has the
@@ -201,8 +202,9 @@ impl ReplicatedVolume {
                 total,
             );
             // While clients do IO, keep to the rate limit so they keep most of the disk.
+            let pace = inner.config.resync_pace_bytes_per_sec;
             let ios = inner.foreground_ios.load(Ordering::Relaxed);
-            if ios == seen_ios {
+            if ios == seen_ios || pace == 0 {
                 paced_since = Instant::now();
                 paced_bytes = 0;
                 continue;
@@ -211,7 +213,7 @@ impl ReplicatedVolume {
             paced_bytes += copied;
             // Whole milliseconds: the timer's resolution, and what keeps a simulated run's
             // timing independent of where the clock started within a millisecond.
-            let due = Duration::from_millis(paced_bytes * 1000 / RESYNC_BYTES_PER_SEC_MAX);
+            let due = Duration::from_millis(paced_bytes * 1000 / pace);
             if let Some(wait) = due.checked_sub(paced_since.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
