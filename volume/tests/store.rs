@@ -212,6 +212,35 @@ async fn a_flipped_bit_fails_the_read_and_is_counted_while_neighbours_still_read
 }
 
 #[tokio::test]
+async fn a_scrub_names_every_bad_block_of_a_range_and_nothing_else() {
+    for (engine, disk) in disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ExtentStore::open(dir.path(), disk).await.unwrap();
+        let vol = store.create_volume("scrubbed", 8 * MIB).await.unwrap();
+        vol.write(0, pattern(2 * MIB as usize, 5), true)
+            .await
+            .unwrap();
+        assert_eq!(vol.scrub(0, 8 * MIB).await.unwrap(), Vec::<u64>::new());
+
+        let path = dir.path().join("volumes/scrubbed/data");
+        let mut bytes = std::fs::read(&path).unwrap();
+        for at in [4096 + 3, 20 * 4096 + 4095, MIB as usize + 1] {
+            bytes[at] ^= 0x01;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+
+        let bad = vol.scrub(0, 8 * MIB).await.unwrap();
+        assert_eq!(bad, vec![4096, 20 * 4096, MIB], "{engine}");
+        assert_eq!(store.stats().checksum_errors(), 3, "{engine}");
+        assert_eq!(vol.scrub(2 * MIB, MIB).await.unwrap(), Vec::<u64>::new());
+        assert!(matches!(
+            vol.scrub(8 * MIB, 4096).await,
+            Err(VolumeError::OutOfRange { .. })
+        ));
+    }
+}
+
+#[tokio::test]
 async fn volumes_and_their_data_survive_reopening_the_store() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -97,6 +97,14 @@ impl LocalVolume {
         Arc::clone(&self.inner).read(offset, u64::from(len)).await
     }
 
+    /// Checks every block of `[offset, offset + len)` against its checksum, as a scrub does,
+    /// and returns the offsets of the blocks that do not match (each one counted as a checksum
+    /// error). Like a read, a mismatch is decided with writers of the range held off, so a
+    /// block a write is changing is not taken for a bad one.
+    pub async fn scrub(&self, offset: u64, len: u64) -> Result<Vec<u64>, VolumeError> {
+        Arc::clone(&self.inner).bad_blocks(offset, len).await
+    }
+
     /// A write of data that must have crc32c `crc` (as a wire payload carries it): on a
     /// mismatch nothing is written and the error is [`VolumeError::PayloadCrc`].
     pub async fn write_checked(
@@ -341,6 +349,33 @@ impl Inner {
             return Ok((checked.bytes, Some(checked.crc)));
         }
         Ok((checked.bytes.slice(skip..skip + len as usize), None))
+    }
+
+    /// The blocks of `[offset, offset + len)` that fail their checksum (see
+    /// [`LocalVolume::scrub`]).
+    async fn bad_blocks(self: Arc<Self>, offset: u64, len: u64) -> Result<Vec<u64>, VolumeError> {
+        self.check_io(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let blocks = Blocks::covering(offset, len);
+        if self.read_checked(blocks).await?.bad.is_none() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.locks.lock(blocks.start, blocks.end).await;
+        let mut bad = Vec::new();
+        let mut rest = blocks;
+        while let Some(b) = self.read_checked(rest).await?.bad {
+            let VolumeError::Checksum { offset, .. } = self.corrupt(b) else {
+                unreachable!("corrupt makes a checksum error")
+            };
+            bad.push(offset);
+            rest.start = b + 1;
+            if rest.start == rest.end {
+                break;
+            }
+        }
+        Ok(bad)
     }
 
     /// Reads one block for a read-modify-write; the caller holds its range.
