@@ -57,6 +57,10 @@ pub struct DevArgs {
     /// Off by default: a dev cluster is one person's sandbox.
     #[arg(long)]
     pub two_person: bool,
+    /// With --nodes: how the gateway's resyncs keep from hurting clients (see `fabricd
+    /// gateway --resync-pace`).
+    #[arg(long, value_enum, default_value_t = crate::gateway::ResyncPace::Fixed)]
+    pub resync_pace: crate::gateway::ResyncPace,
 }
 
 /// A volume to serve.
@@ -81,6 +85,7 @@ pub struct DevConfig {
     pub voters: u32,
     pub metrics_listen: Option<SocketAddr>,
     pub two_person: bool,
+    pub resync_pace: crate::gateway::ResyncPace,
 }
 
 impl TryFrom<DevArgs> for DevConfig {
@@ -99,6 +104,7 @@ impl TryFrom<DevArgs> for DevConfig {
             voters,
             metrics_listen,
             two_person,
+            resync_pace,
         } = args;
         let metrics_listen = match metrics_listen {
             None => None,
@@ -166,6 +172,7 @@ impl TryFrom<DevArgs> for DevConfig {
             voters: voter_count,
             metrics_listen,
             two_person,
+            resync_pace,
         })
     }
 }

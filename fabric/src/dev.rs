@@ -196,6 +196,7 @@ async fn run_cluster(config: &DevConfig, nodes: u32) -> anyhow::Result<()> {
             &volumes,
             config.nbd_listen,
             config.metrics_listen,
+            config.resync_pace,
         )
         .await
     {

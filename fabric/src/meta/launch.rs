@@ -319,6 +319,7 @@ impl DevCluster {
         volumes: &[(String, u64)],
         nbd_listen: std::net::SocketAddr,
         metrics_listen: Option<std::net::SocketAddr>,
+        resync_pace: crate::gateway::ResyncPace,
     ) -> anyhow::Result<()> {
         let client = self.client();
         let gateway_dir = self
@@ -362,6 +363,8 @@ impl DevCluster {
         if let Some(m) = metrics_listen {
             cmd.arg("--metrics-listen").arg(m.to_string());
         }
+        let pace = clap::ValueEnum::to_possible_value(&resync_pace).expect("a named value");
+        cmd.arg("--resync-pace").arg(pace.get_name());
         self.gateway = Some(spawn_child(cmd, "the gateway")?);
         Ok(())
     }

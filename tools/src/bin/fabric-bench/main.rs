@@ -23,6 +23,7 @@ use tools::prometheus::{parse_prometheus_text, sample, scrape};
 mod cpu;
 mod disk;
 mod driver;
+mod qos;
 mod tls;
 mod verify;
 
@@ -74,6 +75,12 @@ struct Args {
     /// With `--tls`: a fabricd built from before TLS, to compare with.
     #[arg(long)]
     baseline_fabricd: Option<PathBuf>,
+    /// Instead of the IO jobs: a client's 4 KiB p99 idle, during a rebuild (with the
+    /// gateway's fixed resync pace, then with recovery governed by the nodes' schedulers), and
+    /// beside a neighbour's flood; the rebuild's rate under load and idle. `--size` is the
+    /// volume rebuilt.
+    #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver", "tls"])]
+    qos: bool,
 }
 
 /// One fio job shape.
@@ -332,6 +339,11 @@ fn main() -> anyhow::Result<()> {
     }
     if args.tls {
         let result = tls::tls(&args, size, &scratch, &fabricd);
+        std::fs::remove_dir_all(&scratch).ok();
+        return result;
+    }
+    if args.qos {
+        let result = qos::qos(&args, size, &scratch, &fabricd);
         std::fs::remove_dir_all(&scratch).ok();
         return result;
     }

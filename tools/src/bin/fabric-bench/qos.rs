@@ -1,0 +1,287 @@
+//! `fabric-bench --qos`: what a rebuild and a noisy neighbour do to a client's latency, with
+//! the gateway's fixed resync pace and with recovery governed by the nodes' disk schedulers,
+//! side by side in one run.
+//!
+//! For each pace, a fresh `fabricd dev --nodes 5` serving two volumes: `bench` (the data to
+//! rebuild, `--size`) and `client` (256 MiB, the client's). The client runs fio 4 KiB randrw
+//! 50/50 at depth 8 and its read and write p99 are taken: idle; from node 2 marked out until
+//! `bench` is rebuilt (fio is interrupted then, so the figure covers the rebuild only); then
+//! node 3 is marked out and `bench` rebuilds again with no client, for the rebuild's idle
+//! rate; last, with fio flooding `bench` at depth 32 beside it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+use tools::prometheus::{parse_prometheus_text, sample, scrape};
+
+use super::{Args, Server, fio, free_port, prefill, wait_listening};
+
+const CLIENT_BYTES: u64 = 256 << 20;
+
+/// p99 completion latencies of a client run, in µs.
+#[derive(Clone, Copy, Debug)]
+struct P99 {
+    read_us: f64,
+    write_us: f64,
+}
+
+impl P99 {
+    fn worse(&self) -> f64 {
+        self.read_us.max(self.write_us)
+    }
+}
+
+struct Round {
+    pace: &'static str,
+    idle: P99,
+    rebuilding: P99,
+    /// How long the rebuild under load took (the client ran exactly as long).
+    rebuild_ms: u64,
+    rebuild_mib_s: f64,
+    idle_rebuild_mib_s: f64,
+    flooded: P99,
+}
+
+fn nbd_args(port: u16, volume: &str) -> Vec<String> {
+    vec![
+        "--ioengine=nbd".into(),
+        format!("--uri=nbd://127.0.0.1:{port}/{volume}"),
+    ]
+}
+
+/// fio 4 KiB randrw 50/50 at depth 8 on the client volume for `runtime` s.
+fn client_run(port: u16, runtime: u32) -> anyhow::Result<P99> {
+    p99_of(&fio(&client_args(port, runtime), &[])?)
+}
+
+/// The same client, from now until `done` returns, then stopped (fio reports what it saw
+/// when interrupted): latency while something else runs, and only then.
+fn client_while(port: u16, done: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<P99> {
+    let child = Command::new("fio")
+        .args(client_args(port, 3600))
+        .arg("--output-format=json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run fio")?;
+    let waited = done();
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().context("wait for fio")?;
+    waited?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find('{').context("fio printed no JSON")?;
+    p99_of(&serde_json::from_str(&text[start..]).context("parse fio JSON")?)
+}
+
+fn p99_of(v: &Value) -> anyhow::Result<P99> {
+    let p99 = |side: &str| -> anyhow::Result<f64> {
+        v["jobs"][0][side]["clat_ns"]["percentile"]["99.000000"]
+            .as_f64()
+            .map(|ns| ns / 1000.0)
+            .with_context(|| format!("fio {side} p99"))
+    };
+    Ok(P99 {
+        read_us: p99("read")?,
+        write_us: p99("write")?,
+    })
+}
+
+fn client_args(port: u16, runtime: u32) -> Vec<String> {
+    let mut args = nbd_args(port, "client");
+    args.extend([
+        "--name=client".to_string(),
+        "--rw=randrw".into(),
+        "--rwmixread=50".into(),
+        "--bs=4k".into(),
+        "--iodepth=8".into(),
+        format!("--size={CLIENT_BYTES}"),
+        format!("--runtime={runtime}"),
+        "--time_based=1".into(),
+        "--randrepeat=0".into(),
+        "--norandommap=1".into(),
+    ]);
+    args
+}
+
+fn round(
+    args: &Args,
+    size: u64,
+    dir: &Path,
+    fabricd: &Path,
+    pace: &'static str,
+) -> anyhow::Result<Round> {
+    std::fs::create_dir_all(dir)?;
+    let data = dir.join("fabric-5");
+    let port = free_port()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut cluster = Server {
+        child: Command::new(fabricd)
+            .args(["dev", "--nodes", "5", "--resync-pace", pace, "--data-dir"])
+            .arg(&data)
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
+            .args(["--volume", &format!("bench:{size}")])
+            .args(["--volume", &format!("client:{CLIENT_BYTES}")])
+            .args(["--metrics-listen", &metrics])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start fabricd dev --nodes 5")?,
+    };
+    wait_listening(port, &mut cluster.child, "fabricd dev --nodes 5")?;
+    let target = |volume: &str| super::Target {
+        label: "fabric",
+        fio_args: nbd_args(port, volume),
+        env: Vec::new(),
+    };
+    eprintln!(
+        "[{pace}] filling {} of bench and 256 MiB of client",
+        args.size
+    );
+    prefill(&target("bench"), size)?;
+    prefill(&target("client"), CLIENT_BYTES)?;
+
+    let fabricctl = fabricd.with_file_name("fabricctl");
+    let ctl = |what: &[&str]| -> anyhow::Result<Value> {
+        let out = Command::new(&fabricctl)
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(what)
+            .output()
+            .context("run fabricctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fabricctl {what:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let resync = || -> anyhow::Result<(f64, f64)> {
+        let samples = parse_prometheus_text(&scrape(&metrics)?)?;
+        let read = |name: &str| sample(&samples, &format!("{name}{{volume=\"bench\"}}"));
+        Ok((
+            read("fabric_resync_bytes_total").unwrap_or(0.0),
+            read("fabric_resync_seconds_total").unwrap_or(0.0),
+        ))
+    };
+    let rebuilt = |started: Instant| -> anyhow::Result<()> {
+        loop {
+            let shown = ctl(&["volume", "show", "bench"])?;
+            if shown["replica_state"]["pgs_degraded"] == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(900),
+                "not rebuilt after 900 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // The gateway counts a resync once it ended: wait for its counters to hold still.
+    let settled = |from: (f64, f64)| -> anyhow::Result<(f64, f64)> {
+        let mut last = resync()?;
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = resync()?;
+            if now == last && now.0 > from.0 {
+                return Ok((now.0 - from.0, now.1 - from.1));
+            }
+            last = now;
+        }
+    };
+
+    eprintln!("[{pace}] client alone");
+    let idle = client_run(port, args.runtime)?;
+
+    eprintln!("[{pace}] client while node 2 is out and bench rebuilds");
+    let before = resync()?;
+    ctl(&["node", "out", "2"])?;
+    let started = Instant::now();
+    let rebuilding = client_while(port, || rebuilt(started))?;
+    let rebuild_ms = started.elapsed().as_millis() as u64;
+    let (bytes, seconds) = settled(before)?;
+    let rebuild_mib_s = bytes / f64::from(1 << 20) / seconds.max(1e-3);
+
+    eprintln!("[{pace}] node 3 out, bench rebuilds with no client");
+    let before = resync()?;
+    ctl(&["node", "out", "3"])?;
+    rebuilt(Instant::now())?;
+    let (bytes, seconds) = settled(before)?;
+    let idle_rebuild_mib_s = bytes / f64::from(1 << 20) / seconds.max(1e-3);
+
+    eprintln!("[{pace}] client while bench is flooded at depth 32");
+    let mut flood_args = nbd_args(port, "bench");
+    flood_args.extend([
+        "--name=flood".to_string(),
+        "--rw=randwrite".into(),
+        "--bs=4k".into(),
+        "--iodepth=32".into(),
+        format!("--size={size}"),
+        format!("--runtime={}", args.runtime + 2),
+        "--time_based=1".into(),
+    ]);
+    let flood = std::thread::spawn(move || fio(&flood_args, &[]));
+    std::thread::sleep(Duration::from_secs(1));
+    let flooded = client_run(port, args.runtime)?;
+    flood.join().expect("fio thread")?;
+    drop(cluster);
+    std::fs::remove_dir_all(dir).ok();
+    Ok(Round {
+        pace,
+        idle,
+        rebuilding,
+        rebuild_ms,
+        rebuild_mib_s,
+        idle_rebuild_mib_s,
+        flooded,
+    })
+}
+
+pub(crate) fn qos(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Result<()> {
+    let mut rounds = Vec::new();
+    for pace in ["fixed", "governed"] {
+        rounds.push(round(args, size, &scratch.join(pace), fabricd, pace)?);
+    }
+    println!(
+        "client 4k randrw 50/50 qd8 p99 (µs, read/write), {} s runs; rebuild of {} after node out",
+        args.runtime, args.size
+    );
+    println!(
+        "  {:<9} {:>13} {:>17} {:>9} {:>12} {:>11} {:>9} {:>17} {:>9}",
+        "pace",
+        "idle",
+        "during rebuild",
+        "p99 ×",
+        "rebuild ms",
+        "MiB/s",
+        "× idle",
+        "A flooding",
+        "p99 ×"
+    );
+    for r in &rounds {
+        println!(
+            "  {:<9} {:>6.0}/{:<6.0} {:>8.0}/{:<8.0} {:>9.2} {:>12} {:>11.0} {:>9.2} {:>8.0}/{:<8.0} {:>9.2}",
+            r.pace,
+            r.idle.read_us,
+            r.idle.write_us,
+            r.rebuilding.read_us,
+            r.rebuilding.write_us,
+            r.rebuilding.worse() / r.idle.worse(),
+            r.rebuild_ms,
+            r.rebuild_mib_s,
+            r.rebuild_mib_s / r.idle_rebuild_mib_s,
+            r.flooded.read_us,
+            r.flooded.write_us,
+            r.flooded.worse() / r.idle.worse(),
+        );
+    }
+    println!(
+        "targets: p99 during rebuild <= 1.2 x idle while the rebuild keeps >= 0.5 x its idle rate; \
+         p99 with A flooding <= 1.5 x alone (the worse of read and write)"
+    );
+    Ok(())
+}
