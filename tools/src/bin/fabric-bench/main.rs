@@ -286,6 +286,23 @@ fn prefill(target: &Target, size: u64) -> anyhow::Result<()> {
     fio(&args, &target.env).map(|_| ())
 }
 
+/// `fabricctl --json --data-dir DATA WHAT`, which must succeed, as JSON.
+fn fabricctl_json(fabricctl: &Path, data: &Path, what: &[&str]) -> anyhow::Result<Value> {
+    let out = Command::new(fabricctl)
+        .arg("--json")
+        .arg("--data-dir")
+        .arg(data)
+        .args(what)
+        .output()
+        .context("run fabricctl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "fabricctl {what:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// The median; of an even count, the mean of the two middle values.
 fn median(v: &mut [f64]) -> f64 {
     assert!(!v.is_empty(), "at least one round");
@@ -606,21 +623,7 @@ fn rebuild_round(
     let fio_mib_s = run_job(&seq_write, &raw, size, args.runtime)?;
     let copy_mib_s = copy_ceiling(&raw.fio_args, size, args.runtime)?;
 
-    let ctl = |what: &[&str]| -> anyhow::Result<Value> {
-        let out = Command::new(fabricctl)
-            .arg("--json")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(what)
-            .output()
-            .context("run fabricctl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "fabricctl {what:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    };
+    let ctl = |what: &[&str]| fabricctl_json(fabricctl, &data, what);
     eprintln!("marking node 2 out");
     let launcher = cluster.child.id();
     let cpu_before = cpu_seconds(launcher)?;

@@ -17,7 +17,7 @@ use anyhow::Context;
 use serde_json::Value;
 use tools::prometheus::{parse_prometheus_text, sample, scrape};
 
-use super::{Args, Server, fio, free_port, prefill, wait_listening};
+use super::{Args, Server, fabricctl_json, fio, free_port, prefill, wait_listening};
 
 const CLIENT_BYTES: u64 = 256 << 20;
 
@@ -145,21 +145,7 @@ fn round(
     prefill(&target("client"), CLIENT_BYTES)?;
 
     let fabricctl = fabricd.with_file_name("fabricctl");
-    let ctl = |what: &[&str]| -> anyhow::Result<Value> {
-        let out = Command::new(&fabricctl)
-            .arg("--json")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(what)
-            .output()
-            .context("run fabricctl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "fabricctl {what:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    };
+    let ctl = |what: &[&str]| fabricctl_json(&fabricctl, &data, what);
     let resync = || -> anyhow::Result<(f64, f64)> {
         let samples = parse_prometheus_text(&scrape(&metrics)?)?;
         let read = |name: &str| sample(&samples, &format!("{name}{{volume=\"bench\"}}"));
