@@ -200,10 +200,7 @@ fn disk_spec(qos: &pb::VolumeQos) -> Spec {
             iops: qos.iops_reservation,
             bytes_per_sec: 0,
         },
-        weight: match qos.weight {
-            0 => crate::meta::model::QOS_WEIGHT_DEFAULT,
-            w => w,
-        },
+        weight: crate::meta::model::qos_weight(qos.weight),
         limit: Rate::NONE,
     }
 }

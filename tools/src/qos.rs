@@ -48,7 +48,7 @@ fn qos_json(v: &pb::Volume) -> Value {
         "iops_limit": or_none(q.iops_limit),
         "bps_limit": or_none(q.bps_limit),
         "iops_reservation": or_none(q.iops_reservation),
-        "weight": if q.weight == 0 { fabric::meta::model::QOS_WEIGHT_DEFAULT } else { q.weight },
+        "weight": fabric::meta::model::qos_weight(q.weight),
     })
 }
 

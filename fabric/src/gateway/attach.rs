@@ -166,10 +166,7 @@ pub(crate) async fn open_volume(
     opening: Opening<'_>,
 ) -> anyhow::Result<Attached> {
     let Opening {
-        attach_as,
-        force,
-        metrics,
-        resync_pace_bytes_per_sec,
+        attach_as, force, ..
     } = opening;
     let map = VolumeMap::fetch(client, name).await?;
     map.pool.rule.as_ref().context("pool without a rule")?;
@@ -196,8 +193,7 @@ pub(crate) async fn open_volume(
     tracing::info!(volume = name, epoch = attachment.attach_epoch, "attached");
     let epoch = attachment.attach_epoch;
     let expires = super::capability::install(pool, &attachment)?;
-    let how = (metrics, resync_pace_bytes_per_sec);
-    match serve_attached(client, pool, name, &map, epoch, sets, how).await {
+    match serve_attached(client, pool, name, &map, epoch, sets, opening).await {
         Ok(attached) => Ok(Attached {
             _renewal: super::capability::Renewal::start(
                 Arc::clone(client),
@@ -226,7 +222,11 @@ async fn serve_attached(
     map: &VolumeMap,
     attach_epoch: u64,
     (acting, node_of): (ActingSets, HashMap<SocketAddr, u64>),
-    (metrics, resync_pace_bytes_per_sec): (VolumeMetrics, u64),
+    Opening {
+        metrics,
+        resync_pace_bytes_per_sec,
+        ..
+    }: Opening<'_>,
 ) -> anyhow::Result<Attached> {
     let volume = &map.volume;
     let rule = map.pool.rule.clone().context("pool without a rule")?;

@@ -233,14 +233,15 @@ pub struct VolumeQos {
     pub weight: u32,
 }
 
-impl VolumeQos {
-    pub fn weight_or_default(&self) -> u32 {
-        match self.weight {
-            0 => QOS_WEIGHT_DEFAULT,
-            w => w,
-        }
+/// A volume's weight as set (0: not set, so [`QOS_WEIGHT_DEFAULT`]).
+pub fn qos_weight(weight: u32) -> u32 {
+    match weight {
+        0 => QOS_WEIGHT_DEFAULT,
+        w => w,
     }
+}
 
+impl VolumeQos {
     /// A usable QoS: the weight at most [`QOS_WEIGHT_MAX`], the reservation not above the limit.
     pub fn check(&self) -> Result<(), String> {
         if self.weight > QOS_WEIGHT_MAX {

@@ -74,7 +74,7 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
         }
         let _turn = server
             .scheduler()
-            .turn(class, h.volume.0, u64::from(h.len))
+            .turn(class, h.volume.0, io_bytes(&h))
             .await;
         return match vol.local.read_with_crc(h.offset, h.len).await {
             Ok((data, crc)) => {
@@ -115,12 +115,10 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
     // and those IO had theirs.
     let _turn = match h.op {
         Op::Flush => None,
-        // Trims and zeroings move no data: one IO each.
-        Op::Trim | Op::WriteZeroes => Some(server.scheduler().turn(class, h.volume.0, 0).await),
         _ => Some(
             server
                 .scheduler()
-                .turn(class, h.volume.0, u64::from(h.len))
+                .turn(class, h.volume.0, io_bytes(&h))
                 .await,
         ),
     };
@@ -150,6 +148,15 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
             };
             Reply::status(h.op, h.request_id, status, e.errno(), 0)
         }
+    }
+}
+
+/// Bytes the disk moves for `h`, as its scheduler counts them: trims and zeroings move none
+/// (one IO each).
+fn io_bytes(h: &crate::wire::RequestHeader) -> u64 {
+    match h.op {
+        Op::Trim | Op::WriteZeroes => 0,
+        _ => u64::from(h.len),
     }
 }
 

@@ -259,6 +259,7 @@ impl ReplicaServer {
     pub async fn delete_volume(&self, id: VolumeId) -> Result<(), StoreError> {
         let _opening = self.opening.lock().await;
         self.volumes.lock().expect("volumes").remove(&id);
+        self.sched.forget_volume(id.0);
         let name = store_volume_name(id);
         self.store.delete_volume(&name).await?;
         let dir = self.store.dir().join("replica").join(&name);

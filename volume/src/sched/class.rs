@@ -42,7 +42,7 @@ impl Class {
     }
 
     /// The class bits of request flags.
-    pub fn flags(self) -> u8 {
+    pub const fn flags(self) -> u8 {
         let n = match self {
             Class::Client => 0,
             Class::Recovery => 1,

@@ -57,7 +57,6 @@ struct State {
     counts: BTreeMap<Class, ClassCounts>,
     window: WindowCounts,
     window_since: Instant,
-    recovery_limit: Option<u64>,
 }
 
 /// One disk's scheduler. Shared by the requests of every connection to the disk.
@@ -111,7 +110,6 @@ impl DiskScheduler {
                 counts: BTreeMap::new(),
                 window: WindowCounts::default(),
                 window_since: Instant::now(),
-                recovery_limit: None,
             }),
             depth,
             started: Instant::now(),
@@ -206,13 +204,18 @@ impl DiskScheduler {
             if let Err(e) = self.set_class_spec(Class::Recovery, spec) {
                 tracing::warn!(error = %e, "recovery limit not applied");
             }
-            self.state.lock().expect("scheduler lock").recovery_limit = limit;
         }
     }
 
-    /// The recovery limit the governor set last, in bytes per second (`None`: none).
+    /// The recovery class's limit in bytes per second, as its governor sets it (`None`: none).
     pub fn recovery_limit(&self) -> Option<u64> {
-        self.state.lock().expect("scheduler lock").recovery_limit
+        Some(self.class_spec(Class::Recovery).limit.bytes_per_sec).filter(|&l| l > 0)
+    }
+
+    /// Forgets the queue of a volume the disk no longer holds (kept while requests wait).
+    pub fn forget_volume(&self, volume: u64) {
+        let mut s = self.state.lock().expect("scheduler lock");
+        s.mclock.remove_idle(&QueueKey::Volume(volume));
     }
 
     /// Counts per class since the start.

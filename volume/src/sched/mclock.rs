@@ -181,6 +181,16 @@ struct Tags {
 }
 
 impl<T> Queue<T> {
+    fn new(spec: Spec) -> Queue<T> {
+        Queue {
+            spec,
+            waiting: VecDeque::new(),
+            last_r: None,
+            last_l: None,
+            last_p: 0,
+        }
+    }
+
     fn head_tags(&self, vtime: u128) -> Option<Tags> {
         let head = self.waiting.front()?;
         let r = self
@@ -221,21 +231,10 @@ impl<K: Ord + Clone, T> Mclock<K, T> {
     /// tagged by the new spec from their turn on. Refuses an unusable spec.
     pub fn set_spec(&mut self, key: K, spec: Spec) -> Result<(), SpecError> {
         spec.check()?;
-        match self.queues.get_mut(&key) {
-            Some(q) => q.spec = spec,
-            None => {
-                self.queues.insert(
-                    key,
-                    Queue {
-                        spec,
-                        waiting: VecDeque::new(),
-                        last_r: None,
-                        last_l: None,
-                        last_p: 0,
-                    },
-                );
-            }
-        }
+        self.queues
+            .entry(key)
+            .and_modify(|q| q.spec = spec)
+            .or_insert_with(|| Queue::new(spec));
         Ok(())
     }
 
@@ -259,28 +258,15 @@ impl<K: Ord + Clone, T> Mclock<K, T> {
     /// Queues `request` of `len` bytes on `key` at time `now`; a queue not yet known gets the
     /// default spec (weight 1, no reservation, no limit).
     pub fn push(&mut self, key: K, request: T, len: u64, now: u64) {
-        let q = self.queues.entry(key).or_insert_with(|| Queue {
-            spec: Spec::default(),
-            waiting: VecDeque::new(),
-            last_r: None,
-            last_l: None,
-            last_p: 0,
-        });
+        let q = self
+            .queues
+            .entry(key)
+            .or_insert_with(|| Queue::new(Spec::default()));
         q.waiting.push_back(Waiting {
             request,
             len,
             arrived: now,
         });
-    }
-
-    /// Requests waiting, over all queues.
-    pub fn waiting(&self) -> usize {
-        self.queues.values().map(|q| q.waiting.len()).sum()
-    }
-
-    /// Requests waiting in queue `key`.
-    pub fn waiting_in(&self, key: &K) -> usize {
-        self.queues.get(key).map_or(0, |q| q.waiting.len())
     }
 
     /// What to send to the disk at time `now`.

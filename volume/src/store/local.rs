@@ -366,10 +366,9 @@ impl Inner {
         let mut bad = Vec::new();
         let mut rest = blocks;
         while let Some(b) = self.read_checked(rest).await?.bad {
-            let VolumeError::Checksum { offset, .. } = self.corrupt(b) else {
-                unreachable!("corrupt makes a checksum error")
-            };
-            bad.push(offset);
+            // Counted and logged as a read's mismatch is.
+            let _ = self.corrupt(b);
+            bad.push(b * BS);
             rest.start = b + 1;
             if rest.start == rest.end {
                 break;

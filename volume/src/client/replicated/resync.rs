@@ -45,9 +45,7 @@ use super::members::Replica;
 use super::{Inner, LOCK_BLOCK_BYTES, Reach, ReplicatedVolume};
 
 /// The flags that mark a request as recovery for the replicas' disk schedulers.
-fn recovery() -> u8 {
-    crate::sched::class::Class::Recovery.flags()
-}
+const RECOVERY: u8 = crate::sched::class::Class::Recovery.flags();
 
 /// Most bytes a resync copies per second while clients do IO (the first pass).
 pub const RESYNC_BYTES_PER_SEC_MAX: u64 = 256 * 1024 * 1024;
@@ -365,8 +363,7 @@ impl Inner {
         len: u32,
     ) -> Result<u32, VolumeError> {
         let link = &replica.link;
-        let req =
-            Request::new(self.header(Op::Digest, offset, len, recovery(), WriteVersion::NONE));
+        let req = Request::new(self.header(Op::Digest, offset, len, RECOVERY, WriteVersion::NONE));
         let payload = self.answer(link.call(req).await, link.addr())?;
         let crc: [u8; 4] = payload[..]
             .try_into()
@@ -448,7 +445,7 @@ impl Inner {
             // acknowledged write of it.
             let extent_end = ((e + 1) * EXTENT_SIZE_BYTES).min(self.size());
             if offset == e * EXTENT_SIZE_BYTES && offset + u64::from(len) == extent_end {
-                let reset = self.header(Op::Trim, offset, len, recovery(), WriteVersion::NONE);
+                let reset = self.header(Op::Trim, offset, len, RECOVERY, WriteVersion::NONE);
                 tracing::debug!(volume = %self.config.volume, extent = e, from = %source.addr(), to = %target.addr(), "resetting an extent the source never wrote");
                 self.answered(t.mutation(Request::new(reset)).await, target.addr())?;
             }
@@ -469,7 +466,7 @@ impl Inner {
     ) -> Result<u64, VolumeError> {
         let e = offset / EXTENT_SIZE_BYTES;
         let (source, target) = (&s.link, &t.link);
-        let read = self.header(Op::Read, offset, len, recovery(), WriteVersion::NONE);
+        let read = self.header(Op::Read, offset, len, RECOVERY, WriteVersion::NONE);
         let (data, crc) = self.forwarded(source.call(Request::new(read)).await, source.addr())?;
         if data.len() != len as usize {
             return Err(VolumeError::Io(format!(
@@ -487,10 +484,10 @@ impl Inner {
                     source.addr()
                 )));
             }
-            let flags = FLAG_MAY_TRIM | recovery();
+            let flags = FLAG_MAY_TRIM | RECOVERY;
             Request::new(self.header(Op::WriteZeroes, offset, len, flags, version))
         } else {
-            let write = self.header(Op::Write, offset, len, recovery(), version);
+            let write = self.header(Op::Write, offset, len, RECOVERY, version);
             Request::write_with_crc(write, data, crc)
         };
         tracing::debug!(volume = %self.config.volume, extent = e, from = %source.addr(), to = %target.addr(), ?version, zeros = write.header.op == Op::WriteZeroes, "copying");
