@@ -2,6 +2,11 @@
 //! with `fabricctl volume qos set` holds a depth-32 flood to within 5 % of it, a raised limit
 //! applies while the gateway holds the volume (no reattach), and bad settings are refused by
 //! name and change nothing. A volume with a reservation keeps it while its neighbour floods.
+//!
+//! The limit is 1,000 IOPS, as the issue asks, on a host whose cluster does at least 2,850
+//! unlimited (two shared cores did about 2,500, and half that on a busy day); on a slower one
+//! it is 35 % of what the cluster did unlimited just before, so that a host that cannot keep
+//! up does not pass for a limiter that holds too much back. The tolerance stays 5 %.
 
 use std::process::Command;
 
@@ -37,6 +42,23 @@ fn flood_iops(uri: &str, seconds: u32) -> f64 {
     write_iops(fio_writes(uri, 32, seconds).output().expect("run fio"))
 }
 
+/// How long the gateway holding a volume may take to follow a change of its QoS (a watch
+/// event, then its next read of the volume's record).
+const FOLLOWED_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The IOPS limit to test with on this host: 1,000, or 35 % of what a depth-32 flood of
+/// `uri` reaches unlimited now if that is less (in tens).
+fn limit_for(uri: &str) -> u64 {
+    let unlimited = flood_iops(uri, 4);
+    let limit = ((unlimited * 0.35) as u64 / 10 * 10).min(1_000);
+    eprintln!("unlimited: {unlimited:.0} IOPS; testing a limit of {limit}");
+    assert!(
+        limit >= 100,
+        "the cluster did only {unlimited} IOPS unlimited"
+    );
+    limit
+}
+
 fn within(got: f64, want: f64, fraction: f64) -> bool {
     (got - want).abs() <= want * fraction
 }
@@ -48,34 +70,45 @@ fn an_iops_limit_holds_a_flood_and_follows_a_change_live() {
     }
     let (_serial, _dir, data, dev) = three_node_cluster();
     let uri = dev.uri();
+    let limit = limit_for(&uri);
+    let limit_text = limit.to_string();
 
     let set = fabricctl(
         &data,
-        &["volume", "qos", "set", "vol0", "--iops-limit", "1000"],
+        &["volume", "qos", "set", "vol0", "--iops-limit", &limit_text],
     );
-    assert_eq!(set["iops_limit"], 1000, "{set}");
+    assert_eq!(set["iops_limit"], limit, "{set}");
     assert_eq!(set["weight"], 100, "{set}");
+    std::thread::sleep(FOLLOWED_WITHIN);
     let iops = flood_iops(&uri, 5);
-    eprintln!("limited to 1000: {iops:.0} IOPS");
+    eprintln!("limited to {limit}: {iops:.0} IOPS");
     assert!(
-        within(iops, 1000.0, 0.05),
-        "{iops} IOPS against a limit of 1000"
+        within(iops, limit as f64, 0.05),
+        "{iops} IOPS against a limit of {limit}"
     );
 
-    // Raised while the gateway holds the volume: its next IO follows. (1,500, well under
-    // what this cluster does unlimited on two shared cores, about 2,500.)
+    // Raised by half while the gateway holds the volume: its next IO follows.
+    let raised = limit * 3 / 2;
     fabricctl(
         &data,
-        &["volume", "qos", "set", "vol0", "--iops-limit", "1500"],
+        &[
+            "volume",
+            "qos",
+            "set",
+            "vol0",
+            "--iops-limit",
+            &raised.to_string(),
+        ],
     );
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::thread::sleep(FOLLOWED_WITHIN);
     let iops = flood_iops(&uri, 5);
-    eprintln!("limited to 1500: {iops:.0} IOPS");
-    // Past the old limit, and not past the new one: the change applied. (How close to 1,500
-    // depends on how much of two shared cores the three nodes, the gateway and fio get.)
+    eprintln!("limited to {raised}: {iops:.0} IOPS");
+    // Past the old limit, and not past the new one: the change applied. (How close to the
+    // new one depends on how much of two shared cores the three nodes, the gateway and fio
+    // get.)
     assert!(
-        iops > 1_200.0 && iops <= 1_500.0 * 1.05,
-        "{iops} IOPS after the limit was raised from 1000 to 1500"
+        iops > limit as f64 * 1.2 && iops <= raised as f64 * 1.05,
+        "{iops} IOPS after the limit was raised from {limit} to {raised}"
     );
 
     // A reservation above the limit, and an unknown volume, are refused by name; the QoS
@@ -100,7 +133,7 @@ fn an_iops_limit_holds_a_flood_and_follows_a_change_live() {
         assert!(err.contains(why), "{args:?}: {err}");
     }
     let shown = fabricctl(&data, &["volume", "qos", "show", "vol0"]);
-    assert_eq!(shown["iops_limit"], 1500, "{shown}");
+    assert_eq!(shown["iops_limit"], raised, "{shown}");
     assert_eq!(
         shown["iops_reservation"],
         serde_json::Value::Null,
@@ -123,9 +156,21 @@ fn a_reserved_volume_keeps_its_reservation_while_a_limited_neighbour_floods() {
     }
     let (_serial, _dir, data, dev) = three_node_cluster();
     fabricctl(&data, &["volume", "create", "quiet", "--size", "64MiB"]);
+    let noisy = dev.uri();
+    let quiet = noisy.replace("/vol0", "/quiet");
+    let limit = limit_for(&noisy);
+    // 400 IOPS beside a neighbour held to 1,000; scaled with the limit on a slower host.
+    let reservation = limit * 2 / 5;
     fabricctl(
         &data,
-        &["volume", "qos", "set", "vol0", "--iops-limit", "1000"],
+        &[
+            "volume",
+            "qos",
+            "set",
+            "vol0",
+            "--iops-limit",
+            &limit.to_string(),
+        ],
     );
     fabricctl(
         &data,
@@ -135,24 +180,25 @@ fn a_reserved_volume_keeps_its_reservation_while_a_limited_neighbour_floods() {
             "set",
             "quiet",
             "--iops-reservation",
-            "400",
+            &reservation.to_string(),
             "--weight",
             "1",
         ],
     );
-    let noisy = dev.uri();
-    let quiet = noisy.replace("/vol0", "/quiet");
+    std::thread::sleep(FOLLOWED_WITHIN);
     let mut flood = fio_writes(&noisy, 32, 6);
     let flood = std::thread::spawn(move || flood.output());
     let kept = write_iops(fio_writes(&quiet, 8, 6).output().expect("run fio"));
     let flooded = write_iops(flood.join().expect("fio thread").expect("run fio"));
-    eprintln!("noisy (limit 1000): {flooded:.0} IOPS; quiet (reservation 400): {kept:.0} IOPS");
-    assert!(
-        within(flooded, 1000.0, 0.05),
-        "{flooded} IOPS against a limit of 1000"
+    eprintln!(
+        "noisy (limit {limit}): {flooded:.0} IOPS; quiet (reservation {reservation}): {kept:.0} IOPS"
     );
     assert!(
-        kept >= 400.0 * 0.95,
-        "{kept} IOPS against a reservation of 400"
+        within(flooded, limit as f64, 0.05),
+        "{flooded} IOPS against a limit of {limit}"
+    );
+    assert!(
+        kept >= reservation as f64 * 0.95,
+        "{kept} IOPS against a reservation of {reservation}"
     );
 }

@@ -7,7 +7,11 @@
 //! - `R`, the time by which the reservation wants it served: the previous request's `R` plus
 //!   this request's share of the reservation, but never before it arrived (an idle queue banks
 //!   no credit);
-//! - `L`, the earliest time the limit lets it go: the same sum against the limit;
+//! - `L`, the earliest time the limit lets it go: the same sum against the limit, but never
+//!   more than [`LIMIT_SLACK_NS`] before it arrived: a queue that ran dry for a moment (its
+//!   client's requests all downstream, a hiccup of the host) may catch up on that much of its
+//!   limit, so that jitter does not hold it under the limit, while over any span `T` it gets
+//!   at most the limit times `T` plus the slack (a token bucket of that depth);
 //! - `P`, its place in the proportional (weighted) share: the previous `P` plus its cost over
 //!   the weight, but never behind the disk's virtual time (the `P` of the last request served
 //!   by weight), so that a queue that was idle rejoins level with the others instead of
@@ -27,6 +31,9 @@
 //! bytes; a 4 KiB one by the IOs).
 
 use std::collections::{BTreeMap, VecDeque};
+
+/// How far behind its arrival a request's limit tag may fall (see the module's `L`).
+pub const LIMIT_SLACK_NS: u64 = 100_000_000;
 
 /// Nanoseconds per second.
 const NS_PER_SEC: u128 = 1_000_000_000;
@@ -199,7 +206,11 @@ impl<T> Queue<T> {
             .span_ns(head.len)
             .map(|span| after(self.last_r, span, head.arrived));
         let l = match self.spec.limit.span_ns(head.len) {
-            Some(span) => after(self.last_l, span, head.arrived),
+            // The first request has no schedule to catch up on: its tag is its arrival.
+            Some(span) => match self.last_l {
+                None => head.arrived,
+                Some(t) => after(Some(t), span, head.arrived.saturating_sub(LIMIT_SLACK_NS)),
+            },
             None => 0,
         };
         let cost = u128::from(COST_BYTES_PER_IO + head.len) * NS_PER_SEC

@@ -356,3 +356,36 @@ fn a_queue_held_by_its_limit_says_when_to_ask_again() {
     assert_eq!(s.next(100 * MS), Next::Idle);
     assert!(s.remove_idle(&1));
 }
+
+#[test]
+fn a_limited_queue_that_ran_dry_catches_up_on_its_slack_and_no_more() {
+    let mut s: Mclock<u32, u32> = Mclock::default();
+    s.set_spec(
+        1,
+        Spec {
+            limit: iops(10),
+            ..Spec::default()
+        },
+    )
+    .unwrap();
+    s.push(1, 1, 4096, 0);
+    assert!(matches!(s.next(0), Next::Dispatch { request: 1, .. }));
+    // Dry from 0 to 250 ms: of the 150 ms lost after the next tag was due, 100 ms (one IO at
+    // 10 a second) is made up at once.
+    for r in 2..=4 {
+        s.push(1, r, 4096, 250 * MS);
+    }
+    assert!(matches!(
+        s.next(250 * MS),
+        Next::Dispatch { request: 2, .. }
+    ));
+    assert!(matches!(
+        s.next(250 * MS),
+        Next::Dispatch { request: 3, .. }
+    ));
+    assert_eq!(s.next(250 * MS), Next::WaitUntil(350 * MS));
+    assert!(matches!(
+        s.next(350 * MS),
+        Next::Dispatch { request: 4, .. }
+    ));
+}
