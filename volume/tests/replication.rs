@@ -1601,3 +1601,162 @@ async fn block_status_spans_extents_and_reports_each_ones_holes() {
     );
     assert_eq!(data, [(EXTENT + 8192, 4096), (3 * EXTENT, 8192)], "{map:?}");
 }
+
+// ---- Scrub --------------------------------------------------------------------------------
+
+/// Scrubs every group of `vol`, and returns the tally over all of them.
+async fn scrub_all(vol: &ReplicatedVolume, deep: bool) -> volume::client::ScrubTally {
+    let mut total = volume::client::ScrubTally::default();
+    for g in 0..vol.group_count() {
+        let t = vol.scrub_group(g, deep).await.unwrap();
+        total.extents += t.extents;
+        total.bytes_checked += t.bytes_checked;
+        total.bad_blocks += t.bad_blocks;
+        total.divergent += t.divergent;
+        total.repaired += t.repaired;
+        total.unrepaired += t.unrepaired;
+        total.unchecked += t.unchecked;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_finds_bad_blocks_nobody_reads_and_repairs_each_from_a_good_copy() {
+    let nodes = three_nodes().await;
+    let (vol, recorder) = client(&nodes, 1, 2);
+    let data = pattern(2 * EXTENT as usize, 3);
+    vol.write(0, data.clone(), true).await.unwrap();
+    flip_bit(&nodes[0].data_file(), 8192 + 5);
+    flip_bit(&nodes[1].data_file(), 3 * 4096 + 100);
+    flip_bit(&nodes[2].data_file(), EXTENT + 4095);
+    // A block bad on every replica has no good copy to come from.
+    for n in &nodes {
+        flip_bit(&n.data_file(), EXTENT + 40 * 4096);
+    }
+
+    let found = scrub_all(&vol, false).await;
+    assert_eq!(found.extents, SIZE / EXTENT);
+    assert_eq!(found.bytes_checked, 3 * SIZE);
+    assert_eq!(found.bad_blocks, 6, "{found:?}");
+    assert_eq!((found.repaired, found.unrepaired), (3, 3), "{found:?}");
+    assert_eq!(found.unchecked, 0);
+    assert!(
+        recorder.failed_replicas().is_empty(),
+        "a bad block removes no replica"
+    );
+    for n in &nodes {
+        let local = n.local();
+        same(
+            &local.read(0, 40960).await.unwrap(),
+            &data[..40960],
+            "extent 0",
+        );
+        same(
+            &local.read(EXTENT, 40 * 4096).await.unwrap(),
+            &data[EXTENT as usize..EXTENT as usize + 40 * 4096],
+            "extent 1 before the block bad everywhere",
+        );
+        assert!(local.read(EXTENT + 40 * 4096, 4096).await.is_err());
+    }
+
+    let again = scrub_all(&vol, false).await;
+    assert_eq!(
+        (again.bad_blocks, again.repaired, again.unrepaired),
+        (3, 0, 3),
+        "only the block with no good copy is found again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_scrub_resolves_copies_that_differ_to_the_newest_version_and_the_majority() {
+    let nodes = three_nodes().await;
+    let (vol, _) = client(&nodes, 1, 2);
+    vol.write(0, pattern(8192, 1), true).await.unwrap();
+    vol.write(EXTENT, pattern(8192, 1), true).await.unwrap();
+    // Extent 0: a later write reached nodes 0 and 1 only, so node 2 holds an older version
+    // with older contents while the writer still counts it current (a lost write nobody
+    // noticed).
+    let (partial, _) = client_with(&[nodes[0].addr, nodes[1].addr], 1, 2, SLOW_DISK_TIMEOUT_MS);
+    partial.write(0, pattern(4096, 9), true).await.unwrap();
+    // Extent 1: node 1's contents changed behind the replica's back, checksums and all, so
+    // no block fails; its version is the others'.
+    nodes[1]
+        .local()
+        .write(EXTENT + 4096, pattern(4096, 5), true)
+        .await
+        .unwrap();
+
+    let light = scrub_all(&vol, false).await;
+    assert_eq!(
+        light.errors(),
+        0,
+        "every block matches its checksum: {light:?}"
+    );
+
+    let deep = scrub_all(&vol, true).await;
+    assert_eq!(
+        (deep.divergent, deep.repaired, deep.unrepaired),
+        (2, 2, 0),
+        "{deep:?}"
+    );
+    for n in &nodes {
+        let local = n.local();
+        same(
+            &local.read(0, 4096).await.unwrap(),
+            &pattern(4096, 9),
+            "the newest write",
+        );
+        same(
+            &local.read(EXTENT, 8192).await.unwrap(),
+            &pattern(8192, 1),
+            "the majority's contents",
+        );
+    }
+    let versions: Vec<_> =
+        futures::future::join_all(nodes.iter().map(|n| vol.extent_versions(n.addr, 0, 2)))
+            .await
+            .into_iter()
+            .map(|v| v.unwrap().iter().map(|e| e.version).collect::<Vec<_>>())
+            .collect();
+    assert!(versions.windows(2).all(|w| w[0] == w[1]), "{versions:?}");
+    assert_eq!(
+        scrub_all(&vol, true).await.errors(),
+        0,
+        "a second pass finds nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_never_repairs_from_a_stale_replica() {
+    let nodes = three_nodes().await;
+    // Node 2 holds the block intact, but it is stale: it may lack acknowledged writes.
+    let (old, _) = client(&nodes, 1, 2);
+    old.write(0, pattern(8192, 1), true).await.unwrap();
+    drop(old);
+    let (vol, _) = client_with_node_2_stale(&nodes, BELOW_MIN_WAIT_MS);
+    vol.write(0, pattern(4096, 2), true).await.unwrap();
+    flip_bit(&nodes[0].data_file(), 4096 + 1);
+    flip_bit(&nodes[1].data_file(), 4096 + 2);
+
+    let found = scrub_all(&vol, true).await;
+    assert_eq!(
+        found.bytes_checked,
+        2 * SIZE,
+        "the stale replica is not scrubbed"
+    );
+    assert_eq!(
+        (found.bad_blocks, found.repaired, found.unrepaired),
+        (2, 0, 2)
+    );
+    for n in &nodes[..2] {
+        assert!(
+            n.local().read(4096, 4096).await.is_err(),
+            "left bad, not taken from node 2"
+        );
+    }
+    same(
+        &nodes[2].local().read(0, 4096).await.unwrap(),
+        &pattern(4096, 1),
+        "the stale replica untouched",
+    );
+}

@@ -220,7 +220,21 @@ async fn a_scrub_names_every_bad_block_of_a_range_and_nothing_else() {
         vol.write(0, pattern(2 * MIB as usize, 5), true)
             .await
             .unwrap();
-        assert_eq!(vol.scrub(0, 8 * MIB).await.unwrap(), Vec::<u64>::new());
+        let data = pattern(2 * MIB as usize, 5);
+        let clean = vol.scrub(0, 2 * MIB).await.unwrap();
+        assert_eq!(clean.bad, Vec::<u64>::new());
+        assert_eq!(
+            clean.crc,
+            Some(volume::wire::payload_crc(&data)),
+            "{engine}"
+        );
+        let part = vol.scrub(100, 5000).await.unwrap();
+        assert_eq!(
+            part.crc,
+            Some(volume::wire::payload_crc(&data[100..5100])),
+            "{engine}"
+        );
+        assert!(vol.scrub(0, 8 * MIB).await.unwrap().bad.is_empty());
 
         let path = dir.path().join("volumes/scrubbed/data");
         let mut bytes = std::fs::read(&path).unwrap();
@@ -229,10 +243,11 @@ async fn a_scrub_names_every_bad_block_of_a_range_and_nothing_else() {
         }
         std::fs::write(&path, &bytes).unwrap();
 
-        let bad = vol.scrub(0, 8 * MIB).await.unwrap();
-        assert_eq!(bad, vec![4096, 20 * 4096, MIB], "{engine}");
+        let found = vol.scrub(0, 8 * MIB).await.unwrap();
+        assert_eq!(found.bad, vec![4096, 20 * 4096, MIB], "{engine}");
+        assert_eq!(found.crc, None, "{engine}");
         assert_eq!(store.stats().checksum_errors(), 3, "{engine}");
-        assert_eq!(vol.scrub(2 * MIB, MIB).await.unwrap(), Vec::<u64>::new());
+        assert!(vol.scrub(2 * MIB, MIB).await.unwrap().bad.is_empty());
         assert!(matches!(
             vol.scrub(8 * MIB, 4096).await,
             Err(VolumeError::OutOfRange { .. })

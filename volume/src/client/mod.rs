@@ -55,7 +55,9 @@ pub use link::{
     ConnectFuture, Connector, Link, LinkError, StreamReader, StreamWriter, TcpConnector,
 };
 pub use pool::{PoolConfig, ReplicaPool};
-pub use replicated::{Growth, RESYNC_BYTES_PER_SEC_MAX, ReplicatedVolume, ResyncReport};
+pub use replicated::{
+    Growth, RESYNC_BYTES_PER_SEC_MAX, ReplicatedVolume, ResyncReport, ScrubTally,
+};
 
 use crate::wire::{EXTENT_SIZE_BYTES, VolumeId};
 

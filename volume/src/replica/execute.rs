@@ -89,6 +89,24 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
             Err(e) => Reply::status(h.op, h.request_id, Status::Error, e.errno(), 0),
         };
     }
+    if h.op == Op::Scrub {
+        // Not fenced: it reads, and what it finds only leaves the replica as offsets.
+        if h.len == 0 || !in_range(&vol, Op::Read, h.offset, h.len) || h.extents().count() != 1 {
+            return refuse(Status::OutOfRange);
+        }
+        let _turn = server
+            .scheduler()
+            .turn(class, h.volume.0, io_bytes(&h))
+            .await;
+        return match vol.local.scrub(h.offset, u64::from(h.len)).await {
+            Ok(found) => Reply::ok(
+                h.op,
+                h.request_id,
+                crate::wire::scrub::encode(&found.bad, found.crc),
+            ),
+            Err(e) => Reply::status(h.op, h.request_id, Status::Error, e.errno(), 0),
+        };
+    }
     if h.op == Op::BlockStatus {
         // Not fenced either: which blocks hold data is a read.
         if h.len == 0 || !in_range(&vol, h.op, h.offset, h.len) || h.extents().count() != 1 {
@@ -269,7 +287,12 @@ async fn store(
             vol.intent.flush_completed(ticket).await?;
             return Ok((Bytes::new(), None));
         }
-        Op::GetExtentVersions | Op::Ping | Op::Digest | Op::BlockStatus | Op::Capability => {
+        Op::GetExtentVersions
+        | Op::Ping
+        | Op::Digest
+        | Op::BlockStatus
+        | Op::Scrub
+        | Op::Capability => {
             unreachable!("answered before admission")
         }
     }

@@ -249,7 +249,13 @@ mod tests {
     #[test]
     fn unfenced_ops_need_no_capability() {
         let mut g = grants(Some(PEER));
-        for op in [Op::Ping, Op::GetExtentVersions, Op::Digest, Op::BlockStatus] {
+        for op in [
+            Op::Ping,
+            Op::GetExtentVersions,
+            Op::Digest,
+            Op::BlockStatus,
+            Op::Scrub,
+        ] {
             assert!(g.refuse(&RequestHeader { op, ..flush(7, 3) }).is_none());
         }
     }

@@ -52,6 +52,15 @@ struct Inner {
     stats: Arc<StoreStats>,
 }
 
+/// What a scrub of a range found ([`LocalVolume::scrub`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// Offsets of the blocks that failed their checksum, in order.
+    pub bad: Vec<u64>,
+    /// The crc32c of the range's contents, when no block failed.
+    pub crc: Option<u32>,
+}
+
 /// What [`Inner::read_checked`] found.
 struct Checked {
     bytes: Bytes,
@@ -97,11 +106,13 @@ impl LocalVolume {
         Arc::clone(&self.inner).read(offset, u64::from(len)).await
     }
 
-    /// Checks every block of `[offset, offset + len)` against its checksum, as a scrub does,
-    /// and returns the offsets of the blocks that do not match (each one counted as a checksum
-    /// error). Like a read, a mismatch is decided with writers of the range held off, so a
-    /// block a write is changing is not taken for a bad one.
-    pub async fn scrub(&self, offset: u64, len: u64) -> Result<Vec<u64>, VolumeError> {
+    /// Checks every block of `[offset, offset + len)` against its checksum, as a scrub does:
+    /// the offsets of the blocks that do not match (each one counted as a checksum error) and,
+    /// when every block matched, the crc32c of the range's contents (as DIGEST returns it), so
+    /// one pass over the data both checks a copy and lets it be compared with the others. Like
+    /// a read, a mismatch is decided with writers of the range held off, so a block a write
+    /// is changing is not taken for a bad one.
+    pub async fn scrub(&self, offset: u64, len: u64) -> Result<Scrubbed, VolumeError> {
         Arc::clone(&self.inner).bad_blocks(offset, len).await
     }
 
@@ -353,14 +364,27 @@ impl Inner {
 
     /// The blocks of `[offset, offset + len)` that fail their checksum (see
     /// [`LocalVolume::scrub`]).
-    async fn bad_blocks(self: Arc<Self>, offset: u64, len: u64) -> Result<Vec<u64>, VolumeError> {
+    async fn bad_blocks(self: Arc<Self>, offset: u64, len: u64) -> Result<Scrubbed, VolumeError> {
         self.check_io(offset, len)?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Scrubbed {
+                bad: Vec::new(),
+                crc: Some(0),
+            });
         }
         let blocks = Blocks::covering(offset, len);
-        if self.read_checked(blocks).await?.bad.is_none() {
-            return Ok(Vec::new());
+        let first = self.read_checked(blocks).await?;
+        if first.bad.is_none() {
+            let whole = offset % BS == 0 && len % BS == 0;
+            return Ok(Scrubbed {
+                bad: Vec::new(),
+                crc: Some(if whole {
+                    first.crc
+                } else {
+                    let head = (offset % BS) as usize;
+                    block_crc(&first.bytes[head..head + len as usize])
+                }),
+            });
         }
         let _guard = self.locks.lock(blocks.start, blocks.end).await;
         let mut bad = Vec::new();
@@ -374,7 +398,7 @@ impl Inner {
                 break;
             }
         }
-        Ok(bad)
+        Ok(Scrubbed { bad, crc: None })
     }
 
     /// Reads one block for a read-modify-write; the caller holds its range.

@@ -32,6 +32,7 @@
 pub mod block_status;
 pub mod reply;
 pub mod request;
+pub mod scrub;
 pub mod versions;
 
 #[cfg(test)]
@@ -131,6 +132,11 @@ pub enum Op {
     /// handles it before it reads the connection's next frame, so requests pipelined behind
     /// it are admitted under it.
     Capability = 10,
+    /// Checks every block of a range (within one extent) against its stored checksum on the
+    /// replica, in the scrub class unless the flags say otherwise: the reply's payload is
+    /// [`crate::wire::scrub`]'s verdict, the bad blocks or the range's crc32c. Not fenced: it
+    /// only reads, and moves no data.
+    Scrub = 11,
 }
 
 impl Op {
@@ -146,6 +152,7 @@ impl Op {
             8 => Op::Digest,
             9 => Op::BlockStatus,
             10 => Op::Capability,
+            11 => Op::Scrub,
             _ => return None,
         })
     }

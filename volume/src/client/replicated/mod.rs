@@ -4,7 +4,8 @@
 //! Code map: this file sets a volume up, follows PG maps and holds what the IO paths share;
 //! `members` is the runtime of each replica's [`Membership`] (failures, removals, waiting
 //! for a group); `mutate` fans writes, trims, zeroings and flushes out; `read` reads with
-//! failover; `resync` brings stale replicas back; `repair` rewrites bad blocks; `reconcile`
+//! failover; `resync` brings stale replicas back; `repair` rewrites bad blocks; `scrub` checks
+//! every copy and repairs what it finds; `reconcile`
 //! makes the live replicas agree when a new writer takes a volume over; `probe` finds a
 //! replica that restarted while the volume was idle; `grow` follows a resize.
 //!
@@ -39,11 +40,13 @@ mod read;
 mod reconcile;
 mod repair;
 mod resync;
+mod scrub;
 mod vouch;
 
 pub use grow::Growth;
 use members::{Members, Replica};
 pub use resync::{RESYNC_BYTES_PER_SEC_MAX, ResyncReport};
+pub use scrub::ScrubTally;
 
 /// Granularity of the client's range lock, in bytes (the store's checksummed block).
 const LOCK_BLOCK_BYTES: u64 = 4096;
