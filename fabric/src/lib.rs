@@ -33,6 +33,7 @@ pub mod rebuild_agent;
 pub mod renew;
 pub mod replica_dial;
 pub mod replica_listener;
+pub mod scrub;
 pub mod sim;
 pub mod storage;
 pub mod storage_keys;

@@ -60,6 +60,13 @@ pub struct VolumeLabels {
     pub volume: String,
 }
 
+/// A volume's scrubs of one kind (`light` or `deep`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScrubLabels {
+    pub volume: String,
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
@@ -85,6 +92,12 @@ pub struct VolumeMetrics {
     pub connections: Family<VolumeLabels, Gauge>,
     /// Time from a client's open of a volume nobody here held to the volume serving.
     pub attach_seconds: Histogram,
+    /// PG scrubs finished, bytes the replicas checked for them, and what they found.
+    pub scrubs: Family<ScrubLabels, Counter>,
+    pub scrub_bytes: Family<ScrubLabels, Counter>,
+    pub scrub_errors: Family<ScrubLabels, Counter>,
+    pub scrub_repaired: Family<ScrubLabels, Counter>,
+    pub scrub_unrepaired: Family<ScrubLabels, Counter>,
 }
 
 impl Default for VolumeMetrics {
@@ -106,6 +119,11 @@ impl Default for VolumeMetrics {
             connections: Family::default(),
             // 5 ms to about 40 s.
             attach_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            scrubs: Family::default(),
+            scrub_bytes: Family::default(),
+            scrub_errors: Family::default(),
+            scrub_repaired: Family::default(),
+            scrub_unrepaired: Family::default(),
         }
     }
 }
@@ -386,6 +404,31 @@ impl Metrics {
             "fabric_volume_attach_seconds",
             "Time from a client's open of a volume not attached here to the volume serving",
             m.attach_seconds.clone(),
+        );
+        r.register(
+            "fabric_scrubs",
+            "Scrubs of a volume's PGs finished",
+            m.scrubs.clone(),
+        );
+        r.register(
+            "fabric_scrub_bytes",
+            "Bytes the replicas read and checked for scrubs",
+            m.scrub_bytes.clone(),
+        );
+        r.register(
+            "fabric_scrub_errors",
+            "Bad blocks and divergent copies scrubs found",
+            m.scrub_errors.clone(),
+        );
+        r.register(
+            "fabric_scrub_repaired",
+            "Bad blocks and divergent copies scrubs repaired from a good copy",
+            m.scrub_repaired.clone(),
+        );
+        r.register(
+            "fabric_scrub_unrepaired",
+            "Bad blocks and divergent copies scrubs found no good copy for, or failed to repair",
+            m.scrub_unrepaired.clone(),
         );
     }
 

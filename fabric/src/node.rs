@@ -99,6 +99,14 @@ pub struct NodeArgs {
     /// placement and its PGs rebuilt elsewhere (default ten minutes).
     #[arg(long)]
     pub node_out_after_ms: Option<u64>,
+    /// While this member leads, every PG of a volume no gateway serves is scrubbed (its
+    /// blocks checked against their checksums on every replica) once in this many seconds
+    /// (default a day; 0: only when asked with `fabricctl scrub start`).
+    #[arg(long)]
+    pub scrub_interval_s: Option<u64>,
+    /// The same for deep scrubs, which also compare the replicas (default a week).
+    #[arg(long)]
+    pub deep_scrub_interval_s: Option<u64>,
     /// Serve Prometheus metrics at http://IP:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<String>,
@@ -155,6 +163,8 @@ pub struct NodeToml {
     pub snapshot_logs: Option<u64>,
     pub disk_capacity: Option<String>,
     pub node_out_after_ms: Option<u64>,
+    pub scrub_interval_s: Option<u64>,
+    pub deep_scrub_interval_s: Option<u64>,
     pub metrics_listen: Option<String>,
     pub cert_dir: Option<PathBuf>,
     pub bootstrap_admin: Option<String>,
@@ -217,6 +227,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Mutual TLS with the node's own certificate, on every port and every dial.
     pub transport: Transport,
+    /// How often the maintenance agent scrubs the volumes nobody serves.
+    pub scrub: crate::scrub::Intervals,
 }
 
 impl TryFrom<NodeArgs> for NodeConfig {
@@ -243,6 +255,8 @@ impl TryFrom<NodeArgs> for NodeConfig {
             snapshot_logs,
             disk_capacity,
             node_out_after_ms,
+            scrub_interval_s,
+            deep_scrub_interval_s,
             metrics_listen,
             cert_dir,
             bootstrap_admin,
@@ -283,6 +297,8 @@ impl TryFrom<NodeArgs> for NodeConfig {
             snapshot_logs: f_snap,
             disk_capacity: f_disk,
             node_out_after_ms: f_out,
+            scrub_interval_s: f_scrub,
+            deep_scrub_interval_s: f_deep_scrub,
             metrics_listen: f_metrics,
             cert_dir: f_cert_dir,
             bootstrap_admin: f_admin,
@@ -464,6 +480,15 @@ impl TryFrom<NodeArgs> for NodeConfig {
             transport: transport.clone(),
             ..m
         });
+        let defaults = crate::scrub::Intervals::default();
+        let scrub = crate::scrub::Intervals {
+            light_ms: scrub_interval_s
+                .or(f_scrub)
+                .map_or(defaults.light_ms, |s| s.saturating_mul(1000)),
+            deep_ms: deep_scrub_interval_s
+                .or(f_deep_scrub)
+                .map_or(defaults.deep_ms, |s| s.saturating_mul(1000)),
+        };
         Ok(NodeConfig {
             id,
             data_dir,
@@ -471,6 +496,7 @@ impl TryFrom<NodeArgs> for NodeConfig {
             storage,
             metrics_listen,
             transport,
+            scrub,
         })
     }
 }
@@ -757,6 +783,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         storage,
         metrics_listen,
         transport,
+        scrub,
     } = cfg;
     if let Some(tls) = transport.tls() {
         tokio::spawn(crate::identity::rotation::follow_files(
@@ -792,6 +819,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             id,
             local_dial(running.bound),
             transport.clone(),
+            scrub,
             rebuild_stopped,
         )));
     }

@@ -1,4 +1,4 @@
-//! The rebuild agent: heals volumes that nobody has attached.
+//! The rebuild agent: heals and scrubs volumes that nobody has attached.
 //!
 //! A volume's stale replicas are resynced by its writer (see [`crate::gateway`]), because only
 //! the writer can hold its extents still while they are copied. A volume that no gateway
@@ -20,11 +20,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::gateway::{Opening, detach, open_volume, resync_round};
+use crate::gateway::{Attached, Opening, detach, open_volume, resync_round};
 use crate::identity::Transport;
 use crate::meta::client::Client;
 use crate::meta::state::REBUILD_AGENT_PREFIX;
 use crate::meta::watcher::{ClusterView, Follower, follow};
+use crate::scrub::{Intervals, ScrubView};
 use proto::meta as pb;
 use volume::BlockVolume;
 use volume::client::{PoolConfig, ReplicaPool};
@@ -42,8 +43,10 @@ pub async fn run(
     node: u64,
     rpc_addr: SocketAddr,
     transport: Transport,
+    scrub: Intervals,
     mut stop: watch::Receiver<bool>,
 ) {
+    let since_ms = crate::meta::clock::unix_ms();
     let client = Arc::new(Client::new(vec![rpc_addr.to_string()], transport.clone()));
     let me = format!("{REBUILD_AGENT_PREFIX}node-{node}");
     let pool = match crate::replica_dial::replica_pool(&transport, PoolConfig::default()) {
@@ -54,15 +57,16 @@ pub async fn run(
         }
     };
     let (tx, mut degraded) = watch::channel(Vec::new());
+    let (idle_tx, idle) = watch::channel(BTreeMap::new());
     let subscription = tokio::spawn({
         let (client, stop) = (Arc::clone(&client), stop.clone());
         async move {
+            // Pools come too, for their PG counts, which a volume's scrub schedule covers.
             let request = pb::WatchRequest {
                 exclude_nodes: true,
-                exclude_pools: true,
                 ..pb::WatchRequest::default()
             };
-            let mut follower = Degraded::new(tx);
+            let mut follower = Degraded::new(tx, idle_tx);
             follow(&client, request, &mut follower, stop).await;
         }
     });
@@ -95,6 +99,26 @@ pub async fn run(
                 _ = stop.changed() => break,
             }
         }
+        // Then the idle volumes whose scrub was asked for or is due.
+        let now = crate::meta::clock::unix_ms();
+        let due: Vec<String> = idle
+            .borrow()
+            .iter()
+            .filter(|(_, (holder, view))| {
+                (holder.is_empty() || *holder == me) && view.due(since_ms, now, scrub).is_some()
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            // It stops between PGs once `stop` turns, and lets go of the volume.
+            let scrubbed = scrub_idle(&client, &pool, &name, &me, (since_ms, scrub), &stop).await;
+            if let Err(e) = scrubbed {
+                tracing::warn!(volume = %name, error = %format!("{e:#}"), "maintenance agent could not scrub the volume; will try again");
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
     }
     subscription.abort();
 }
@@ -108,14 +132,20 @@ struct Degraded {
     /// The volumes with stale replicas, and who holds each.
     degraded: BTreeMap<String, String>,
     tx: watch::Sender<Vec<(String, String)>>,
+    /// The volumes no gateway holds (nobody, or an agent), with their scrub records.
+    idle: watch::Sender<BTreeMap<String, (String, ScrubView)>>,
 }
 
 impl Degraded {
-    fn new(tx: watch::Sender<Vec<(String, String)>>) -> Degraded {
+    fn new(
+        tx: watch::Sender<Vec<(String, String)>>,
+        idle: watch::Sender<BTreeMap<String, (String, ScrubView)>>,
+    ) -> Degraded {
         Degraded {
             view: ClusterView::default(),
             degraded: BTreeMap::new(),
             tx,
+            idle,
         }
     }
 
@@ -129,6 +159,32 @@ impl Degraded {
                 self.degraded.remove(name);
             }
         }
+        let idle = self.idle_entry(name);
+        self.idle.send_if_modified(|have| {
+            let before = have.get(name);
+            if before == idle.as_ref() {
+                return false;
+            }
+            match idle {
+                Some(entry) => have.insert(name.to_owned(), entry),
+                None => have.remove(name),
+            };
+            true
+        });
+    }
+
+    /// What the idle list holds for `name`: its holder and scrub view, if no gateway holds it.
+    fn idle_entry(&self, name: &str) -> Option<(String, ScrubView)> {
+        let v = self.view.volumes.get(name)?;
+        if !(v.attached_to.is_empty() || v.attached_to.starts_with(REBUILD_AGENT_PREFIX)) {
+            return None;
+        }
+        let view = ScrubView {
+            volume_id: v.id,
+            pg_count: self.view.pools.get(&v.pool)?.pg_count,
+            record: v.scrub.clone().unwrap_or_default(),
+        };
+        Some((v.attached_to.clone(), view))
     }
 }
 
@@ -156,6 +212,13 @@ impl Follower for Degraded {
                 .filter(|v| !v.stale.is_empty())
                 .map(|v| (v.name.clone(), v.attached_to.clone()))
                 .collect();
+            let idle = self
+                .view
+                .volumes
+                .keys()
+                .filter_map(|name| Some((name.clone(), self.idle_entry(name)?)))
+                .collect();
+            self.idle.send_replace(idle);
         } else {
             for name in touched {
                 self.look_at(&name);
@@ -175,6 +238,61 @@ impl Follower for Degraded {
     }
 }
 
+/// Attaches `name` as `me`, scrubs what is due of it (see `crate::scrub`), flushes and
+/// detaches. Stops between PGs once another client took the volume, or `stop` turns true.
+async fn scrub_idle(
+    client: &Arc<Client>,
+    pool: &Arc<ReplicaPool>,
+    name: &str,
+    me: &str,
+    (since_ms, intervals): (u64, Intervals),
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let attached = attach_idle(client, pool, name, me).await?;
+    // What is due as the attach read the record: the list may have been behind it.
+    let due = attached
+        .scrub
+        .borrow()
+        .due(since_ms, crate::meta::clock::unix_ms(), intervals);
+    let taken = || attached.volume.fenced_by().is_some() || attached.superseded.refusal().is_some();
+    if let Some(due) = due {
+        tracing::info!(
+            volume = name,
+            epoch = attached.attach_epoch,
+            deep = due.deep,
+            "maintenance agent attached an idle volume to scrub it"
+        );
+        crate::scrub::run(&attached, client, &due, || *stop.borrow() || taken()).await?;
+    }
+    if taken() {
+        return Ok(());
+    }
+    attached
+        .volume
+        .flush()
+        .await
+        .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
+    detach(client, &attached, me).await;
+    Ok(())
+}
+
+/// Attaches `name` as `me`, which yields to any other client. The volume has no client here,
+/// so its resyncs keep no pace.
+async fn attach_idle(
+    client: &Arc<Client>,
+    pool: &Arc<ReplicaPool>,
+    name: &str,
+    me: &str,
+) -> anyhow::Result<Attached> {
+    let opening = Opening {
+        attach_as: me,
+        force: false,
+        metrics: Default::default(),
+        resync_pace_bytes_per_sec: volume::client::RESYNC_BYTES_PER_SEC_MAX,
+    };
+    open_volume(client, pool, name, opening).await
+}
+
 /// Attaches `name` as `me`, resyncs its stale replicas, flushes and detaches. Stops early once
 /// another client took the volume: a replica refused `me`'s epoch, or the metadata service
 /// refused one of `me`'s membership changes as fenced (the restore of a resync that may have
@@ -185,14 +303,7 @@ async fn heal(
     name: &str,
     me: &str,
 ) -> anyhow::Result<()> {
-    // The volume has no client here (it is attached to nobody else), so no pace applies.
-    let opening = Opening {
-        attach_as: me,
-        force: false,
-        metrics: Default::default(),
-        resync_pace_bytes_per_sec: volume::client::RESYNC_BYTES_PER_SEC_MAX,
-    };
-    let attached = open_volume(client, pool, name, opening).await?;
+    let attached = attach_idle(client, pool, name, me).await?;
     let volume = &attached.volume;
     tracing::info!(
         volume = name,
@@ -269,7 +380,7 @@ mod tests {
     #[test]
     fn the_degraded_list_follows_full_states_and_deltas() {
         let (tx, rx) = watch::channel(Vec::new());
-        let mut d = Degraded::new(tx);
+        let mut d = Degraded::new(tx, watch::channel(BTreeMap::new()).0);
         assert!(d.apply(event(
             true,
             0,

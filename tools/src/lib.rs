@@ -14,4 +14,5 @@ pub mod qos;
 pub mod reply;
 pub mod residency;
 pub mod rotation;
+pub mod scrub;
 pub mod volume_map;

@@ -1608,14 +1608,7 @@ async fn block_status_spans_extents_and_reports_each_ones_holes() {
 async fn scrub_all(vol: &ReplicatedVolume, deep: bool) -> volume::client::ScrubTally {
     let mut total = volume::client::ScrubTally::default();
     for g in 0..vol.group_count() {
-        let t = vol.scrub_group(g, deep).await.unwrap();
-        total.extents += t.extents;
-        total.bytes_checked += t.bytes_checked;
-        total.bad_blocks += t.bad_blocks;
-        total.divergent += t.divergent;
-        total.repaired += t.repaired;
-        total.unrepaired += t.unrepaired;
-        total.unchecked += t.unchecked;
+        total.add(&vol.scrub_group(g, deep).await.unwrap());
     }
     total
 }

@@ -36,6 +36,8 @@ pub(crate) struct Attached {
     pub metrics: VolumeMetrics,
     /// Its IO limits, following its record.
     pub qos: Arc<super::qos::QosGate>,
+    /// Its scrub record and PG count, following its record (see `crate::scrub`).
+    pub scrub: Arc<tokio::sync::watch::Sender<crate::scrub::ScrubView>>,
     /// Renews the attach capability while any clone of this lives (held for its drop).
     pub _renewal: Option<Arc<super::capability::Renewal>>,
 }
@@ -49,7 +51,7 @@ pub(crate) struct Superseded(Arc<OnceLock<String>>);
 impl Superseded {
     /// Whether `status` is a fencing refusal; the first one is recorded and logged (once per
     /// attachment, however many changes are refused).
-    pub(super) fn note(&self, volume: &str, status: &tonic::Status) -> bool {
+    pub(crate) fn note(&self, volume: &str, status: &tonic::Status) -> bool {
         let fenced = status.code() == tonic::Code::FailedPrecondition
             && status.message().contains(FENCED_WORDS);
         if fenced && self.0.set(status.message().to_owned()).is_ok() {
@@ -139,6 +141,15 @@ impl VolumeMap {
     /// The volume's QoS in the cluster's record.
     pub(super) fn qos(&self) -> Option<&pb::VolumeQos> {
         self.volume.qos.as_ref()
+    }
+
+    /// The volume's scrub record and its pool's PG count.
+    pub(super) fn scrub_view(&self) -> crate::scrub::ScrubView {
+        crate::scrub::ScrubView {
+            volume_id: self.volume.id,
+            pg_count: self.pool.pg_count,
+            record: self.volume.scrub.clone().unwrap_or_default(),
+        }
     }
 
     /// The acting sets and the node behind each replica address.
@@ -278,6 +289,7 @@ async fn serve_attached(
         superseded,
         metrics,
         qos: super::qos::QosGate::new(map.volume.qos.as_ref()),
+        scrub: Arc::new(tokio::sync::watch::channel(map.scrub_view()).0),
         _renewal: None,
     })
 }

@@ -1,8 +1,8 @@
 //! Following the PG maps and the volumes' records: the watch stream (pools, and the records
 //! of the volumes this gateway serves) stamps what moved, and a volume whose pool's map or
 //! whose own record moved reads its map again and follows it. The same read carries the
-//! volume's QoS, taken at once, and its size, which a resize raises: the volume takes it once
-//! its replicas hold it.
+//! volume's QoS, taken at once, its scrub record (for its scrubs), and its size, which a
+//! resize raises: the volume takes it once its replicas hold it.
 //! Nothing is read while nothing moves.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -138,6 +138,12 @@ impl crate::meta::watcher::Follower for MapFollower {
 pub(super) async fn follow_map(attached: &Attached, client: &Client) -> anyhow::Result<Followed> {
     let map = VolumeMap::fetch(client, &attached.name).await?;
     attached.qos.set(map.qos());
+    attached.scrub.send_if_modified(|view| {
+        let now = map.scrub_view();
+        let changed = *view != now;
+        *view = now;
+        changed
+    });
     let (acting, addresses) = map.acting_sets()?;
     *attached.node_of.write().expect("node addresses") = addresses;
     attached

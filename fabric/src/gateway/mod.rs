@@ -29,10 +29,11 @@ pub use metered::Metered;
 mod observer;
 mod qos;
 mod resync;
+mod scrub;
 mod volumes;
 
 use crate::metrics::{Metrics, VolumeMetrics};
-pub(crate) use attach::{Opening, detach, open_volume};
+pub(crate) use attach::{Attached, Opening, detach, open_volume};
 pub(crate) use resync::resync_round;
 pub use volumes::{
     CONNECTIONS_PER_VOLUME_MAX_DEFAULT, DETACH_GRACE_MS_DEFAULT, VOLUMES_MAX_DEFAULT,
@@ -125,6 +126,14 @@ pub struct GatewayArgs {
     /// limit keeps the clients' p99 within its target.
     #[arg(long, value_enum, default_value_t = ResyncPace::Fixed)]
     pub resync_pace: ResyncPace,
+    /// Every PG of a served volume is scrubbed (each block checked against its checksum on
+    /// every replica) once in this many seconds; 0: only when asked (`fabricctl scrub start`).
+    #[arg(long, default_value_t = crate::scrub::schedule::LIGHT_INTERVAL_DEFAULT_S)]
+    pub scrub_interval_s: u64,
+    /// Every PG is deep-scrubbed (the replicas' versions and contents compared too) once in
+    /// this many seconds; 0: only when asked.
+    #[arg(long, default_value_t = crate::scrub::schedule::DEEP_INTERVAL_DEFAULT_S)]
+    pub deep_scrub_interval_s: u64,
     /// The gateway's certificate directory (`chain.pem`, `key.pem`, `ca.pem`, as `fabricctl
     /// cert issue gateway NAME` writes it): the identity it attaches volumes and dials
     /// replicas with, over mutual TLS.
@@ -205,6 +214,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             resync_pace_bytes_per_sec: match args.resync_pace {
                 ResyncPace::Fixed => volume::client::RESYNC_BYTES_PER_SEC_MAX,
                 ResyncPace::Governed => 0,
+            },
+            scrub: crate::scrub::Intervals {
+                light_ms: args.scrub_interval_s.saturating_mul(1000),
+                deep_ms: args.deep_scrub_interval_s.saturating_mul(1000),
             },
         },
         args.volumes.first().cloned(),

@@ -59,6 +59,8 @@ pub(crate) struct Limits {
     pub connections_per_volume_max: usize,
     /// A resync's fixed pace while clients do IO (0: governed by the nodes' schedulers).
     pub resync_pace_bytes_per_sec: u64,
+    /// How often every PG of a served volume is scrubbed.
+    pub scrub: crate::scrub::Intervals,
 }
 
 /// The gateway's volumes; cheap to clone, every clone the same set.
@@ -111,6 +113,8 @@ struct Live {
     payload_max_bytes: u32,
     stop_resync: watch::Sender<bool>,
     resync: JoinHandle<()>,
+    /// Its scheduled and requested scrubs; stops with the resync.
+    scrub: JoinHandle<()>,
 }
 
 /// A connection's hold on a volume; dropping it gives the hold back.
@@ -319,6 +323,12 @@ impl Inner {
             names.insert(name.to_owned());
         });
         let (stop_resync, stop) = watch::channel(false);
+        let scrub = tokio::spawn(super::scrub::scrub_when_due(
+            attached.clone(),
+            Arc::clone(&self.client),
+            self.limits.scrub,
+            stop.clone(),
+        ));
         let resync = tokio::spawn(resync_stale(
             attached.clone(),
             Arc::clone(&self.client),
@@ -341,6 +351,7 @@ impl Inner {
             payload_max_bytes,
             stop_resync,
             resync,
+            scrub,
         })
     }
 
@@ -368,6 +379,7 @@ impl Inner {
     async fn stop_following(&self, slot: &Slot, live: Live) -> Attached {
         let _ = live.stop_resync.send(true);
         let _ = live.resync.await;
+        let _ = live.scrub.await;
         self.followed.send_modify(|names| {
             names.remove(&slot.name);
         });

@@ -263,6 +263,24 @@ pub enum CommandV1 {
         name: String,
         change: super::model::QosChange,
     },
+    /// Asks for a scrub of every PG of volume `name` (deep, or light), at `at_ms` by the
+    /// proposing member's clock; one already asked for is kept, made deep if this one is.
+    RequestScrub {
+        name: String,
+        deep: bool,
+        at_ms: u64,
+    },
+    /// The writer holding attach epoch `attach_epoch` scrubbed PGs of volume `volume` in a
+    /// scrub that started at `started_ms` (deep or light); `fulfils` is the `at_ms` of the
+    /// request it finishes, if it finishes one (its last report covers every PG).
+    ReportScrub {
+        volume: String,
+        attach_epoch: u64,
+        deep: bool,
+        started_ms: u64,
+        pgs: Vec<super::model::PgScrubReport>,
+        fulfils: Option<u64>,
+    },
 }
 
 impl From<CommandV1> for Command {
@@ -518,6 +536,22 @@ impl std::fmt::Display for CommandV1 {
             }
             CommandV1::SetVolumeQos { name, change } => {
                 write!(f, "set the QoS of volume {name}: {change}")
+            }
+            CommandV1::RequestScrub { name, deep, .. } => {
+                let kind = if *deep { "a deep" } else { "a" };
+                write!(f, "ask for {kind} scrub of volume {name}")
+            }
+            CommandV1::ReportScrub {
+                volume, deep, pgs, ..
+            } => {
+                let kind = if *deep { "deep scrub" } else { "scrub" };
+                let errors: u64 = pgs.iter().map(|p| p.errors).sum();
+                let repaired: u64 = pgs.iter().map(|p| p.repaired).sum();
+                write!(
+                    f,
+                    "{kind} of {} PGs of volume {volume}: {errors} errors, {repaired} repaired",
+                    pgs.len()
+                )
             }
         }
     }

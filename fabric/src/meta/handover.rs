@@ -138,6 +138,7 @@ mod tests {
             stale: BTreeMap::new(),
             rebuilding: Vec::new(),
             qos: Default::default(),
+            scrub: Default::default(),
         }
     }
 

@@ -54,6 +54,7 @@ pub mod state_residency;
 #[cfg(test)]
 mod state_residency_test;
 pub mod state_revoked;
+pub mod state_scrub;
 #[cfg(test)]
 mod state_sim_test;
 pub mod state_trust;

@@ -212,6 +212,52 @@ pub struct Volume {
     pub rebuilding: Vec<RebuildProgress>,
     #[serde(default)]
     pub qos: VolumeQos,
+    #[serde(default)]
+    pub scrub: VolumeScrub,
+}
+
+/// A volume's scrubs: the one an operator asked for, and what each PG's last scrubs found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeScrub {
+    /// `fabricctl scrub start`: every PG is to be scrubbed (deeply, if asked) after this.
+    pub requested: Option<ScrubRequest>,
+    /// Per PG that was ever scrubbed.
+    pub pgs: BTreeMap<u32, PgScrub>,
+}
+
+/// A scrub an operator asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubRequest {
+    pub deep: bool,
+    /// When it was asked for, by the proposing member's clock (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
+/// One PG's scrubs of a volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgScrub {
+    /// When its last scrub (light or deep) started, by the scrubbing writer's clock.
+    pub last_ms: u64,
+    /// When its last deep scrub started; 0 if never.
+    pub last_deep_ms: u64,
+    /// What its last scrub found: bad blocks and divergent copies.
+    pub errors: u64,
+    /// Of those, repaired from a good copy.
+    pub repaired: u64,
+    /// Of those, left as they were (no good copy, or the repair failed).
+    pub unrepaired: u64,
+    /// Every error ever found and every repair ever made, over all its scrubs.
+    pub errors_total: u64,
+    pub repaired_total: u64,
+}
+
+/// What the scrub of one PG of a volume found, as its writer reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgScrubReport {
+    pub pg: u32,
+    pub errors: u64,
+    pub repaired: u64,
+    pub unrepaired: u64,
 }
 
 /// Weight of a volume that sets none.

@@ -177,6 +177,19 @@ impl ClusterState {
             CommandV1::CreateVolume(spec) => self.create_volume(spec),
             CommandV1::ResizeVolume { name, size_bytes } => self.resize_volume(name, *size_bytes),
             CommandV1::SetVolumeQos { name, change } => self.set_volume_qos(name, change),
+            CommandV1::RequestScrub { name, deep, at_ms } => {
+                self.request_scrub(name, *deep, *at_ms)
+            }
+            CommandV1::ReportScrub {
+                volume,
+                attach_epoch,
+                deep,
+                started_ms,
+                pgs,
+                fulfils,
+            } => self
+                .check_attach_epoch(volume, *attach_epoch)
+                .and_then(|()| self.report_scrub(volume, *deep, *started_ms, pgs, *fulfils)),
             CommandV1::DeleteVolume { name } => self.delete_volume(name),
             CommandV1::DeletePool { name } => self.delete_pool(name),
             CommandV1::AttachVolume {
@@ -607,6 +620,7 @@ impl ClusterState {
             stale: BTreeMap::new(),
             rebuilding: Vec::new(),
             qos: Default::default(),
+            scrub: Default::default(),
         };
         self.volumes.insert(spec.name.clone(), volume.clone());
         Ok(Applied::Volume(volume))
@@ -896,6 +910,7 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         CommandV1::CreateVolume(spec) => volume(&spec.name),
         CommandV1::ResizeVolume { name, .. }
         | CommandV1::SetVolumeQos { name, .. }
+        | CommandV1::RequestScrub { name, .. }
         | CommandV1::DeleteVolume { name }
         | CommandV1::AttachVolume { name, .. }
         | CommandV1::DetachVolume { name, .. }
@@ -905,7 +920,8 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::ReportRebuild { volume: v, .. }
         | CommandV1::RemoveReplicaV2 { volume: v, .. }
         | CommandV1::RestoreReplicaV2 { volume: v, .. }
-        | CommandV1::ReportRebuildV2 { volume: v, .. } => volume(v),
+        | CommandV1::ReportRebuildV2 { volume: v, .. }
+        | CommandV1::ReportScrub { volume: v, .. } => volume(v),
         CommandV1::Once { .. } => None,
         // Watch streams carry no policy; sessions read its epoch from the state.
         CommandV1::InitPolicy { .. }

@@ -106,6 +106,9 @@ enum Cmd {
     /// --token T`).
     #[command(subcommand)]
     JoinToken(tools::join_token::JoinTokenCmd),
+    /// Scrubs: ask for one (`start`), and what each PG's scrubs found (`status`).
+    #[command(subcommand)]
+    Scrub(tools::scrub::ScrubCmd),
 }
 
 #[derive(Subcommand)]
@@ -544,6 +547,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Drift { cmd } => reply(tools::drift::run(cmd, &client).await?),
         Cmd::CellKey(cmd) => reply(tools::rotation::cell_key(cmd, &client).await?),
         Cmd::Trust(cmd) => reply(tools::rotation::trust(cmd, &client, &cert_dir).await?),
+        Cmd::Scrub(cmd) => reply(tools::scrub::run(cmd, &client).await?),
         Cmd::Volume(VolumeCmd::Qos(cmd)) => reply(tools::qos::qos(cmd, &client).await?),
         Cmd::Volume(VolumeCmd::Residency { name, out }) => {
             reply(tools::residency::statement(&client, &name, out.as_deref()).await?)

@@ -375,7 +375,7 @@ impl Inner {
         let blocks = Blocks::covering(offset, len);
         let first = self.read_checked(blocks).await?;
         if first.bad.is_none() {
-            let whole = offset % BS == 0 && len % BS == 0;
+            let whole = offset.is_multiple_of(BS) && len.is_multiple_of(BS);
             return Ok(Scrubbed {
                 bad: Vec::new(),
                 crc: Some(if whole {

@@ -34,6 +34,7 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         VolumeCreate,
         VolumeResize,
         VolumeQos,
+        VolumeScrub,
         VolumeDelete,
         VolumeForceAttach,
     ];

@@ -62,6 +62,7 @@ verbs! {
     VolumeGet => "volume.get" at Volume,
     VolumeResize => "volume.resize" at Volume,
     VolumeQos => "volume.qos" at Volume,
+    VolumeScrub => "volume.scrub" at Volume,
     VolumeDelete => "volume.delete" at Volume,
     VolumeAttach => "volume.attach" at Volume,
     VolumeForceAttach => "volume.force_attach" at Volume,

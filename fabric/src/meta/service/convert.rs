@@ -248,6 +248,43 @@ pub fn replica_change_in(
     })
 }
 
+/// Most PGs one scrub report may carry (a pool has at most this many).
+const SCRUB_REPORT_PGS_MAX: usize = crate::meta::model::PG_COUNT_MAX as usize;
+
+/// The fenced command of a `ReportScrub` request.
+pub fn report_scrub_in(r: pb::ReportScrubRequest) -> Result<CommandV1, Status> {
+    let pb::ReportScrubRequest {
+        volume,
+        attach_epoch,
+        deep,
+        started_ms,
+        pgs,
+        fulfils_ms,
+    } = r;
+    check_name("volume", &volume)?;
+    if pgs.len() > SCRUB_REPORT_PGS_MAX {
+        return Err(Status::invalid_argument(format!(
+            "a scrub report names at most {SCRUB_REPORT_PGS_MAX} PGs"
+        )));
+    }
+    Ok(CommandV1::ReportScrub {
+        volume,
+        attach_epoch: attach_epoch_in(attach_epoch)?,
+        deep,
+        started_ms,
+        pgs: pgs
+            .into_iter()
+            .map(|p| crate::meta::model::PgScrubReport {
+                pg: p.pg,
+                errors: p.errors,
+                repaired: p.repaired,
+                unrepaired: p.unrepaired,
+            })
+            .collect(),
+        fulfils: fulfils_ms,
+    })
+}
+
 /// The fenced command of a `ReportRebuild` request.
 pub fn report_rebuild_in(r: pb::ReportRebuildRequest) -> Result<CommandV1, Status> {
     let pb::ReportRebuildRequest {
@@ -417,6 +454,25 @@ impl From<&Volume> for pb::Volume {
                 bps_limit: v.qos.bps_limit,
                 iops_reservation: v.qos.iops_reservation,
                 weight: v.qos.weight,
+            }),
+            scrub: Some(pb::VolumeScrub {
+                requested_ms: v.scrub.requested.map_or(0, |r| r.at_ms),
+                requested_deep: v.scrub.requested.is_some_and(|r| r.deep),
+                pgs: v
+                    .scrub
+                    .pgs
+                    .iter()
+                    .map(|(&pg, s)| pb::PgScrub {
+                        pg,
+                        last_ms: s.last_ms,
+                        last_deep_ms: s.last_deep_ms,
+                        errors: s.errors,
+                        repaired: s.repaired,
+                        unrepaired: s.unrepaired,
+                        errors_total: s.errors_total,
+                        repaired_total: s.repaired_total,
+                    })
+                    .collect(),
             }),
         }
     }

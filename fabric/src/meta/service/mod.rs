@@ -27,8 +27,8 @@ use tonic::{Request, Response, Status};
 
 use self::authz::Authorized;
 use self::convert::{
-    ReplicaChange, attachment_out, detach_in, replica_change_in, report_rebuild_in, resize_in,
-    status_of,
+    ReplicaChange, attachment_out, detach_in, replica_change_in, report_rebuild_in,
+    report_scrub_in, resize_in, status_of,
 };
 use super::auth::{Target, Verb};
 use super::balance::{BALANCE_MOVES_MAX, Plan};
@@ -609,6 +609,33 @@ impl Metadata for MetadataService {
             .authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)
             .await?;
         self.volume_change(&auth, report_rebuild_in(req.into_inner())?)
+            .await
+    }
+
+    async fn start_scrub(
+        &self,
+        req: Request<pb::StartScrubRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let auth = self
+            .authorize_volume(&req, Verb::VolumeScrub, &req.get_ref().volume)
+            .await?;
+        let r = req.into_inner();
+        let command = CommandV1::RequestScrub {
+            name: r.volume,
+            deep: r.deep,
+            at_ms: crate::meta::clock::unix_ms(),
+        };
+        self.volume_change(&auth, command).await
+    }
+
+    async fn report_scrub(
+        &self,
+        req: Request<pb::ReportScrubRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let auth = self
+            .authorize_volume(&req, Verb::ReplicaReport, &req.get_ref().volume)
+            .await?;
+        self.volume_change(&auth, report_scrub_in(req.into_inner())?)
             .await
     }
 

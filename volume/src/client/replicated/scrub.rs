@@ -54,7 +54,8 @@ pub struct ScrubTally {
 }
 
 impl ScrubTally {
-    fn add(&mut self, other: &ScrubTally) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ScrubTally) {
         self.extents += other.extents;
         self.bytes_checked += other.bytes_checked;
         self.bad_blocks += other.bad_blocks;
@@ -155,7 +156,8 @@ impl Inner {
             }
         }
         let damaged = answered.iter().any(|(_, v)| matches!(v, Verdict::Bad(_)));
-        if !damaged && !(deep && answered.len() > 1) {
+        // Nothing to repair, and nothing to compare.
+        if !(damaged || deep && answered.len() > 1) {
             return tally;
         }
         if held.is_none() {

@@ -1,0 +1,126 @@
+//! Continuous scrub: the writer of each volume has its PGs scrubbed when they are due
+//! (`schedule`) or when an operator asks (`fabricctl scrub start`), and reports what each
+//! PG's scrub found and repaired to the metadata service, where `scrub status` reads it.
+//!
+//! The checking itself happens on the storage nodes (SCRUB reads and checks a replica's
+//! blocks on its own disk, in the scrub class of its IO scheduler), and the repairs through
+//! the writer (`volume::client::ReplicatedVolume::scrub_group`), which alone can hold a range
+//! still while it rewrites a copy. So a volume a gateway serves is scrubbed by that gateway;
+//! one nobody has attached, by the maintenance agent of the leader's node, which attaches it
+//! for the purpose as it does to heal it (`crate::rebuild_agent`).
+
+pub mod schedule;
+
+use std::time::{Duration, Instant};
+
+use proto::meta as pb;
+use volume::client::ScrubTally;
+
+use crate::gateway::Attached;
+use crate::meta::client::Client;
+use crate::metrics::ScrubLabels;
+pub use schedule::{Due, Intervals};
+
+/// How often a scrubbing writer reports the PGs it has finished, at the most.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// What a writer knows of its volume's scrubs: the record, and the PGs it must cover.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScrubView {
+    pub volume_id: u64,
+    pub pg_count: u32,
+    pub record: pb::VolumeScrub,
+}
+
+impl ScrubView {
+    /// What is due at `now_ms` for a writer that began to follow the schedule at `since_ms`.
+    pub fn due(&self, since_ms: u64, now_ms: u64, intervals: Intervals) -> Option<Due> {
+        let times = (since_ms, now_ms);
+        schedule::due(
+            self.volume_id,
+            &self.record,
+            self.pg_count,
+            times,
+            intervals,
+        )
+    }
+}
+
+/// Scrubs the PGs of `due` on the attached volume, one at a time, and reports them as it goes
+/// (every [`REPORT_EVERY`], and at the end). Stops between PGs once `stop()` says so or the
+/// attachment is superseded. Returns the volume's record as the last report left it.
+pub(crate) async fn run(
+    attached: &Attached,
+    client: &Client,
+    due: &Due,
+    stop: impl Fn() -> bool,
+) -> anyhow::Result<Option<pb::Volume>> {
+    let started_ms = crate::meta::clock::unix_ms();
+    let kind = if due.deep { "deep" } else { "light" };
+    tracing::info!(volume = %attached.name, kind, pgs = due.pgs.len(), requested = due.fulfils.is_some(), "scrub starting");
+    let labels = ScrubLabels {
+        volume: attached.name.clone(),
+        kind,
+    };
+    let m = &attached.metrics;
+    let mut total = ScrubTally::default();
+    let mut pending = Vec::new();
+    let mut last_report = Instant::now();
+    let mut record = None;
+    for (i, &pg) in due.pgs.iter().enumerate() {
+        if stop() || attached.superseded.refusal().is_some() {
+            tracing::info!(volume = %attached.name, kind, done = i, "scrub stopped");
+            return Ok(record);
+        }
+        let t = attached
+            .volume
+            .scrub_group(pg as usize, due.deep)
+            .await
+            .map_err(|e| anyhow::anyhow!("scrub PG {pg}: {e}"))?;
+        m.scrubs.get_or_create(&labels).inc();
+        m.scrub_bytes.get_or_create(&labels).inc_by(t.bytes_checked);
+        m.scrub_errors.get_or_create(&labels).inc_by(t.errors());
+        m.scrub_repaired.get_or_create(&labels).inc_by(t.repaired);
+        m.scrub_unrepaired
+            .get_or_create(&labels)
+            .inc_by(t.unrepaired);
+        total.add(&t);
+        pending.push(pb::PgScrubReport {
+            pg,
+            errors: t.errors(),
+            repaired: t.repaired,
+            unrepaired: t.unrepaired,
+        });
+        let last = i + 1 == due.pgs.len();
+        if last || last_report.elapsed() >= REPORT_EVERY {
+            let req = pb::ReportScrubRequest {
+                volume: attached.name.clone(),
+                attach_epoch: attached.attach_epoch,
+                deep: due.deep,
+                started_ms,
+                pgs: std::mem::take(&mut pending),
+                fulfils_ms: if last { due.fulfils } else { None },
+            };
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.report_scrub(req).await }
+                })
+                .await;
+            match reply {
+                Ok(v) => record = Some(v),
+                Err(status) => {
+                    attached.superseded.note(&attached.name, &status);
+                    return Err(anyhow::anyhow!("report the scrub: {}", status.message()));
+                }
+            }
+            last_report = Instant::now();
+        }
+    }
+    if total.errors() > 0 {
+        tracing::warn!(volume = %attached.name, kind, pgs = due.pgs.len(), bytes_checked = total.bytes_checked, bad_blocks = total.bad_blocks, divergent = total.divergent, repaired = total.repaired, unrepaired = total.unrepaired, unchecked = total.unchecked, "scrub done");
+    } else {
+        tracing::info!(volume = %attached.name, kind, pgs = due.pgs.len(), bytes_checked = total.bytes_checked, unchecked = total.unchecked, "scrub done");
+    }
+    Ok(record)
+}
