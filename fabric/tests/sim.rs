@@ -1,6 +1,7 @@
 //! The whole-cluster simulation as tests: a run is a function of its seed, every seed that
 //! once found a bug passes now, and a sweep of the first 200 seeds finds no failure but the
-//! known ones below. The soak is `fabric-sim --seeds 1000` (see the README).
+//! known ones below; so does a sweep of 60 with scrubs under the faults and bit rot after heal.
+//! The soak is `fabric-sim --seeds 1000` (and `--scrub`; see the README).
 
 use fabric::sim::{SimOptions, run_seed};
 
@@ -124,11 +125,30 @@ const WRONG_SURVIVOR: &str = "overlapping failures of every replica of a PG left
 /// Seeds of the sweep.
 const SWEEP: std::ops::RangeInclusive<u64> = 1..=200;
 
+/// Seeds of runs with scrub (and bit rot after heal) that found a bug, with what it was.
+const PINNED_SCRUB: &[(u64, &str)] = &[
+    (
+        49,
+        "a bad block of an extent its source never wrote was rewritten with no version, which the replica refused",
+    ),
+    (
+        50,
+        "a live copy that took an unacknowledged write was no source, so a bad block on the only other copy stayed bad",
+    ),
+];
+
+/// Seeds of the scrub sweep that fail, for the same causes as without scrub.
+const KNOWN_SCRUB_FAILURES: &[(u64, &str)] = &[(9, STALE_AHEAD)];
+
+/// Seeds swept with scrub: fewer, as each also scrubs every PG twice after heal.
+const SCRUB_SWEEP: std::ops::RangeInclusive<u64> = 1..=60;
+
 #[test]
 fn the_same_seed_gives_the_same_trace() {
     let options = SimOptions {
         sim_seconds: 10,
         nodes: None,
+        scrub: false,
     };
     let a = run_seed(7, &options);
     let b = run_seed(7, &options);
@@ -157,8 +177,26 @@ fn pinned_seeds_pass() {
 
 #[test]
 fn a_sweep_of_100_seeds_finds_only_the_known_failures() {
-    let options = SimOptions::default();
-    let seeds: Vec<u64> = SWEEP.collect();
+    sweep(&SimOptions::default(), SWEEP.collect(), KNOWN_FAILURES);
+}
+
+/// Scrubs under the faults must never repair from a stale replica (which would put an old
+/// write over an acknowledged one, as the checks find), and the deep scrub after heal must find
+/// and repair every rotten bit.
+#[test]
+fn scrubs_under_faults_lose_no_acknowledged_write_and_repair_all_rot() {
+    let options = SimOptions {
+        scrub: true,
+        ..SimOptions::default()
+    };
+    let pinned: Vec<u64> = PINNED_SCRUB.iter().map(|&(s, _)| s).collect();
+    let swept = SCRUB_SWEEP.filter(|s| !pinned.contains(s));
+    let seeds = pinned.iter().copied().chain(swept).collect();
+    sweep(&options, seeds, KNOWN_SCRUB_FAILURES);
+}
+
+/// Runs `seeds` on every core; only the `known` ones may fail, and they must.
+fn sweep(options: &SimOptions, seeds: Vec<u64>, known_failures: &[(u64, &str)]) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let reports = std::sync::Mutex::new(Vec::new());
@@ -168,7 +206,7 @@ fn a_sweep_of_100_seeds_finds_only_the_known_failures() {
                 while let Some(&seed) =
                     seeds.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                 {
-                    let report = run_seed(seed, &options);
+                    let report = run_seed(seed, options);
                     reports.lock().expect("reports").push(report);
                 }
             });
@@ -176,13 +214,15 @@ fn a_sweep_of_100_seeds_finds_only_the_known_failures() {
     });
     let mut reports = reports.into_inner().expect("reports");
     reports.sort_by_key(|r| r.seed);
-    let known = |seed| KNOWN_FAILURES.iter().any(|&(s, _)| s == seed);
+    let known = |seed| known_failures.iter().any(|&(s, _)| s == seed);
     let mut wrong = Vec::new();
     for r in &reports {
         match (&r.failure, known(r.seed)) {
             (Some(f), false) => wrong.push(format!(
-                "seed {} FAILED: {f}\n  rerun: fabric-sim --seed {}",
-                r.seed, r.seed
+                "seed {} FAILED: {f}\n  rerun: fabric-sim --seed {}{}",
+                r.seed,
+                r.seed,
+                if options.scrub { " --scrub" } else { "" }
             )),
             (None, true) => wrong.push(format!(
                 "seed {} passes now: take it off KNOWN_FAILURES (or pin it)",

@@ -125,6 +125,11 @@ impl SimNode {
         server.ensure_volume(id, size_bytes).await.map(|_| ())
     }
 
+    /// The path of the data file of store volume `name` on the node's disk.
+    pub fn data_file(&self, name: &str) -> PathBuf {
+        self.dir.join("volumes").join(name).join("data")
+    }
+
     /// Takes the node down.
     pub fn crash(&self, how: Crash) {
         let running = self.slot.running.lock().expect("node slot").take();

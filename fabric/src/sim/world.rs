@@ -7,6 +7,11 @@
 //! bring every stale replica back. Last, every block ever written is read through the driver
 //! and from each replica of its PG directly: the driver must return the last acknowledged
 //! write (or a later one that failed), and the replicas must hold the same bytes.
+//!
+//! With [`SimOptions::scrub`], the drivers also scrub PGs under the faults and the schedule
+//! flips bits of replicas' data (never of a PG's last current copy); after heal every PG is
+//! deep-scrubbed, which must leave no bad block, before the checks. A scrub that repaired from
+//! a stale replica would put an old write over an acknowledged one, which the checks find.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -53,6 +58,10 @@ pub struct SimOptions {
     pub sim_seconds: u64,
     /// Storage nodes (3 to 9); `None` lets the seed choose.
     pub nodes: Option<usize>,
+    /// Scrub while the faults run: each driver scrubs a random PG (light or deep) now and
+    /// then, the schedule also flips bits on replicas (bit rot), and after heal every PG is
+    /// deep-scrubbed before the checks. Off, a seed runs as it always did.
+    pub scrub: bool,
 }
 
 impl Default for SimOptions {
@@ -60,6 +69,7 @@ impl Default for SimOptions {
         SimOptions {
             sim_seconds: 30,
             nodes: None,
+            scrub: false,
         }
     }
 }
@@ -175,7 +185,7 @@ async fn run(seed: u64, options: SimOptions) -> SimReport {
 
     let mut tasks = tokio::task::JoinSet::new();
     let first = Arc::new(first);
-    spawn_client(&mut tasks, &first, &shared, rng.random());
+    spawn_client(&mut tasks, &first, &shared, rng.random(), options.scrub);
     let mut faults = Vec::new();
     let world = World {
         nodes,
@@ -210,7 +220,8 @@ async fn run(seed: u64, options: SimOptions) -> SimReport {
                 world.note("client 1 took the volume over".into());
                 let second = Arc::new(second);
                 world.writers.push(Arc::clone(&second));
-                spawn_client(&mut tasks, &second, &shared, world.rng.random());
+                let seed = world.rng.random();
+                spawn_client(&mut tasks, &second, &shared, seed, options.scrub);
                 active = second;
                 // The rest of the schedule runs against the new writer.
                 let end = Instant::now().max(end);
@@ -243,6 +254,10 @@ async fn run(seed: u64, options: SimOptions) -> SimReport {
         }
         active.round().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if options.scrub {
+        let rotten = rot(&mut world, volume_id).await;
+        scrub_after_heal(&shared, &active, rotten).await;
     }
     let writes_checked = verify_after_heal(&shared, &active, &world, volume_id).await;
     let trace = shared.trace.lock().expect("trace").finish();
@@ -313,7 +328,14 @@ fn spawn_client(
     client: &Arc<SimClient>,
     shared: &Arc<Shared>,
     seed: u64,
+    scrub: bool,
 ) {
+    if scrub {
+        let client = Arc::clone(client);
+        let shared = Arc::clone(shared);
+        let rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7363_7275_6221);
+        tasks.spawn(scrubber(client, shared, rng));
+    }
     let follower = Arc::clone(client);
     let stop = Arc::clone(shared);
     tasks.spawn(async move {
@@ -334,6 +356,77 @@ fn spawn_client(
 async fn until_stopped(shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Now and then a scrub of a random PG, light or deep, through the driver.
+async fn scrubber(client: Arc<SimClient>, shared: Arc<Shared>, mut rng: ChaCha8Rng) {
+    let volume = &client.volume;
+    while !shared.stop.load(Ordering::Relaxed) && volume.fenced_by().is_none() {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..2_000))).await;
+        let group = rng.random_range(0..volume.group_count());
+        let deep = rng.random_bool(0.5);
+        let result = volume.scrub_group(group, deep).await;
+        shared.trace(("scrub", client.id, group, deep, format!("{result:?}")));
+    }
+}
+
+/// Flips one bit of one replica in a random block of each extent (bit rot on a settled
+/// cluster, one copy of a block at a time); returns how many.
+async fn rot(world: &mut World<'_>, volume_id: VolumeId) -> u64 {
+    let name = store_volume_name(volume_id);
+    let pgs = {
+        let state = world.meta.state();
+        let v = &state.volumes[VOLUME];
+        state.pools[&v.spec.pool].map.pgs.clone()
+    };
+    let mut flipped = 0;
+    for extent in 0..VOLUME_EXTENTS {
+        let pg = volume::client::pg_of(volume_id, extent, pgs.len());
+        let replicas = &pgs[pg];
+        let node = replicas[world.rng.random_range(0..replicas.len())];
+        let node = world.nodes.iter().find(|n| n.id == node).expect("node");
+        let offset = extent * EXTENT_SIZE_BYTES + world.rng.random_range(0..EXTENT_SIZE_BYTES);
+        let bit = world.rng.random_range(0..8);
+        // A file shorter than the offset (its tail never written) has nothing to rot there.
+        if node
+            .disk
+            .flip_bit(&node.data_file(&name), offset, bit)
+            .is_ok()
+        {
+            flipped += 1;
+        }
+    }
+    let at = simulated_elapsed().unwrap_or_default().as_millis();
+    world.faults.push(format!(
+        "{}.{:03}s: {flipped} bits rot after heal",
+        at / 1000,
+        at % 1000
+    ));
+    flipped
+}
+
+/// Deep-scrubs every PG through the writer, twice: the first pass must find and repair the
+/// `rotten` blocks (and may find copies that differ), the second must find nothing.
+async fn scrub_after_heal(shared: &Shared, active: &SimClient, rotten: u64) {
+    let volume = &active.volume;
+    for pass in 0..2 {
+        let mut total = volume::client::ScrubTally::default();
+        for group in 0..volume.group_count() {
+            match volume.scrub_group(group, true).await {
+                Ok(t) => total.add(&t),
+                Err(e) => shared.fail(format!("after heal: deep scrub of PG {group}: {e}")),
+            }
+        }
+        let wrong = match pass {
+            0 => total.bad_blocks != rotten || total.unrepaired > 0 || total.unchecked > 0,
+            _ => total.errors() > 0 || total.unchecked > 0,
+        };
+        if wrong {
+            shared.fail(format!(
+                "after heal: deep scrub pass {pass} with {rotten} bits rotten found {total:?}"
+            ));
+        }
     }
 }
 

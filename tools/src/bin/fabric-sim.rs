@@ -48,6 +48,9 @@ struct Args {
     /// Storage nodes per cluster (3 to 9); default: chosen by each seed.
     #[arg(long)]
     nodes: Option<usize>,
+    /// Scrub under the faults, with bit rot on replicas, and deep-scrub every PG after heal.
+    #[arg(long)]
+    scrub: bool,
     /// Threads running seeds side by side (each seed runs on one thread).
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     threads: usize,
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
     let options = SimOptions {
         sim_seconds: args.sim_seconds,
         nodes: args.nodes,
+        scrub: args.scrub,
     };
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],

@@ -12,9 +12,11 @@
 //! differs from it is copied over, whole.
 //!
 //! Nothing is ever repaired from a stale replica: only a live member of the acting set is a
-//! source (a stale one is out of it until a resync brings it back), and of those only one that
-//! can vouch for the extent (not *suspect*) and that the ledger does not say may lack a write
-//! of it. With no such source a bad copy is left, counted as unrepaired, for the operator.
+//! source (a stale one is out of it until a resync brings it back), and of those the best
+//! kind there is: one that can vouch for the extent (not *suspect*) and that the ledger says
+//! took no write that was not acknowledged, before a suspect one, before one that took such
+//! a write (see `Copy::rank`). With no live copy of a block that passes its checksum, the bad
+//! copy is left, counted as unrepaired, for the operator.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,10 +83,34 @@ struct Copy {
 }
 
 impl Copy {
-    /// Whether this copy may be the source of a repair.
-    fn can_vouch(&self) -> bool {
-        self.replica.is_live() && !self.version.suspect && !self.missed
+    /// How good a source of repairs this copy is, best first; `None` for none at all (it left
+    /// the acting set meanwhile). A copy that can vouch for the extent and that the ledger
+    /// says lacks no write of it ranks first; one that crashed with writes of the extent in
+    /// flight (*suspect*) next; last one that took a write that was not acknowledged (so
+    /// holds data a read could return as well). A read fails over in the same order.
+    fn rank(&self) -> Option<u8> {
+        match (self.replica.is_live(), self.missed, self.version.suspect) {
+            (false, _, _) => None,
+            (true, false, false) => Some(0),
+            (true, false, true) => Some(1),
+            (true, true, _) => Some(2),
+        }
     }
+}
+
+/// Of `candidates`, those of the best rank there is, the newest first.
+fn best<'a>(candidates: impl Iterator<Item = &'a Copy>) -> Vec<&'a Copy> {
+    let ranked: Vec<(u8, &Copy)> = candidates.filter_map(|c| Some((c.rank()?, c))).collect();
+    let Some(top) = ranked.iter().map(|&(r, _)| r).min() else {
+        return Vec::new();
+    };
+    let mut out: Vec<&Copy> = ranked
+        .into_iter()
+        .filter(|&(r, _)| r == top)
+        .map(|(_, c)| c)
+        .collect();
+    out.sort_by_key(|c| std::cmp::Reverse(c.version.version));
+    out
 }
 
 impl ReplicatedVolume {
@@ -191,8 +217,8 @@ impl Inner {
         tally
     }
 
-    /// Rewrites each bad block from a copy that can vouch for the extent, whose block passed
-    /// and whose version is the same (a whole extent at another version is copied instead);
+    /// Rewrites each bad block from the best live copy whose block passed, when its version
+    /// is the same (a whole extent at another version, or never written, is copied instead);
     /// the caller holds the extent's range.
     async fn repair_bad_blocks(
         &self,
@@ -215,18 +241,17 @@ impl Inner {
                     tally.repaired += 1;
                     continue;
                 }
-                let source = copies
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, c)| j != i && c.can_vouch() && good_at(c, block))
-                    .map(|(_, c)| c)
-                    .max_by_key(|c| c.version.version);
-                let Some(source) = source else {
+                let others = copies.iter().enumerate().filter(|&(j, _)| j != i);
+                let good = others.map(|(_, c)| c).filter(|c| good_at(c, block));
+                let Some(source) = best(good).first().copied() else {
                     tally.unrepaired += 1;
-                    tracing::error!(volume = %self.config.volume, group, extent = e, replica = %bad.replica.addr(), offset = block, "scrub: no current copy holds a good block to repair from");
+                    tracing::error!(volume = %self.config.volume, group, extent = e, replica = %bad.replica.addr(), offset = block, "scrub: no live copy holds a good block to repair from");
                     continue;
                 };
-                let copied = if source.version.version == bad.version.version {
+                // An extent its source never wrote is reset whole (no write may carry no
+                // version), as a resync resets it.
+                let same = source.version.version == bad.version.version;
+                let copied = if same && source.version.version != WriteVersion::NONE {
                     let len = LOCK_BLOCK_BYTES.min(self.size() - block) as u32;
                     self.copy_stamped(
                         &source.replica,
@@ -273,22 +298,15 @@ impl Inner {
             Verdict::Clean(d) => Some(d),
             Verdict::Bad(_) => None,
         };
-        let Some(newest) = copies
-            .iter()
-            .filter(|c| c.can_vouch() && clean(c).is_some())
-            .map(|c| c.version.version)
-            .max()
-        else {
+        let sources = best(copies.iter().filter(|c| clean(c).is_some()));
+        let Some(newest) = sources.first().map(|c| c.version.version) else {
             if copies.len() > 1 {
-                tracing::warn!(volume = %self.config.volume, group, extent = e, "scrub: no copy can vouch for the extent: not compared");
+                tracing::warn!(volume = %self.config.volume, group, extent = e, "scrub: no live copy passed its checksums: not compared");
             }
             return;
         };
         let mut votes: BTreeMap<u32, usize> = BTreeMap::new();
-        for c in copies
-            .iter()
-            .filter(|c| c.can_vouch() && c.version.version == newest)
-        {
+        for c in sources.iter().filter(|c| c.version.version == newest) {
             if let Some(d) = clean(c) {
                 *votes.entry(d).or_default() += 1;
             }
@@ -300,9 +318,9 @@ impl Inner {
         if votes.values().filter(|&&n| n == count).count() > 1 {
             tracing::warn!(volume = %self.config.volume, group, extent = e, "scrub: current copies at the newest version differ with no majority: the first is kept");
         }
-        let source = copies
+        let source = sources
             .iter()
-            .find(|c| c.can_vouch() && c.version.version == newest && clean(c) == Some(digest))
+            .find(|c| c.version.version == newest && clean(c) == Some(digest))
             .expect("a copy voted for the digest");
         for c in copies {
             let differs = match clean(c) {
