@@ -76,7 +76,7 @@ pub async fn run(cmd: ScrubCmd, client: &Client) -> anyhow::Result<Reply> {
                 if Instant::now() >= deadline {
                     bail!("volume {volume}: the scrub did not finish within {timeout} s");
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         ScrubCmd::Status { volume } => status(client, volume).await,

@@ -13,6 +13,8 @@ pub mod schedule;
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use proto::meta as pb;
 use volume::client::ScrubTally;
 
@@ -23,6 +25,8 @@ pub use schedule::{Due, Intervals};
 
 /// How often a scrubbing writer reports the PGs it has finished, at the most.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// PGs of one volume scrubbed at once (each with a few extents in flight).
+const PGS_IN_FLIGHT: usize = 4;
 
 /// What a writer knows of its volume's scrubs: the record, and the PGs it must cover.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -46,9 +50,10 @@ impl ScrubView {
     }
 }
 
-/// Scrubs the PGs of `due` on the attached volume, one at a time, and reports them as it goes
-/// (every [`REPORT_EVERY`], and at the end). Stops between PGs once `stop()` says so or the
-/// attachment is superseded. Returns the volume's record as the last report left it.
+/// Scrubs the PGs of `due` on the attached volume, [`PGS_IN_FLIGHT`] at a time, and reports
+/// them as it goes (every [`REPORT_EVERY`], and at the end). Starts no PG once `stop()` says
+/// so or the attachment is superseded, and reports what it finished. Returns the volume's
+/// record as the last report left it.
 pub(crate) async fn run(
     attached: &Attached,
     client: &Client,
@@ -67,16 +72,25 @@ pub(crate) async fn run(
     let mut pending = Vec::new();
     let mut last_report = Instant::now();
     let mut record = None;
-    for (i, &pg) in due.pgs.iter().enumerate() {
-        if stop() || attached.superseded.refusal().is_some() {
-            tracing::info!(volume = %attached.name, kind, done = i, "scrub stopped");
-            return Ok(record);
-        }
-        let t = attached
-            .volume
-            .scrub_group(pg as usize, due.deep)
-            .await
-            .map_err(|e| anyhow::anyhow!("scrub PG {pg}: {e}"))?;
+    let stopped = || stop() || attached.superseded.refusal().is_some();
+    // A few PGs at once: one PG of a small volume holds few extents, and the replicas'
+    // disks are kept busy across the gaps between them.
+    let mut scrubs = futures::stream::iter(due.pgs.iter().copied())
+        .map(|pg| async move {
+            if stopped() {
+                return None;
+            }
+            Some((pg, attached.volume.scrub_group(pg as usize, due.deep).await))
+        })
+        .buffered(PGS_IN_FLIGHT);
+    let mut done = 0;
+    while let Some(scrubbed) = scrubs.next().await {
+        let Some((pg, t)) = scrubbed else {
+            tracing::info!(volume = %attached.name, kind, done, "scrub stopped");
+            break;
+        };
+        let t = t.map_err(|e| anyhow::anyhow!("scrub PG {pg}: {e}"))?;
+        done += 1;
         m.scrubs.get_or_create(&labels).inc();
         m.scrub_bytes.get_or_create(&labels).inc_by(t.bytes_checked);
         m.scrub_errors.get_or_create(&labels).inc_by(t.errors());
@@ -91,23 +105,11 @@ pub(crate) async fn run(
             repaired: t.repaired,
             unrepaired: t.unrepaired,
         });
-        let last = i + 1 == due.pgs.len();
+        let last = done == due.pgs.len();
         if last || last_report.elapsed() >= REPORT_EVERY {
-            let req = pb::ReportScrubRequest {
-                volume: attached.name.clone(),
-                attach_epoch: attached.attach_epoch,
-                deep: due.deep,
-                started_ms,
-                pgs: std::mem::take(&mut pending),
-                fulfils_ms: if last { due.fulfils } else { None },
-            };
-            let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.report_scrub(req).await }
-                })
-                .await;
-            match reply {
+            let pgs = std::mem::take(&mut pending);
+            let fulfils = if last { due.fulfils } else { None };
+            match report(attached, client, (due.deep, started_ms), pgs, fulfils).await {
                 Ok(v) => record = Some(v),
                 Err(status) => {
                     attached.superseded.note(&attached.name, &status);
@@ -117,10 +119,44 @@ pub(crate) async fn run(
             last_report = Instant::now();
         }
     }
+    if done < due.pgs.len() {
+        // What was scrubbed before the stop is reported; the rest stays due.
+        if !pending.is_empty()
+            && let Ok(v) = report(attached, client, (due.deep, started_ms), pending, None).await
+        {
+            record = Some(v);
+        }
+        return Ok(record);
+    }
     if total.errors() > 0 {
         tracing::warn!(volume = %attached.name, kind, pgs = due.pgs.len(), bytes_checked = total.bytes_checked, bad_blocks = total.bad_blocks, divergent = total.divergent, repaired = total.repaired, unrepaired = total.unrepaired, unchecked = total.unchecked, "scrub done");
     } else {
         tracing::info!(volume = %attached.name, kind, pgs = due.pgs.len(), bytes_checked = total.bytes_checked, unchecked = total.unchecked, "scrub done");
     }
     Ok(record)
+}
+
+/// Reports the scrub of `pgs` (deep or not, started at `started_ms`), finishing the request
+/// of `fulfils` if given.
+async fn report(
+    attached: &Attached,
+    client: &Client,
+    (deep, started_ms): (bool, u64),
+    pgs: Vec<pb::PgScrubReport>,
+    fulfils: Option<u64>,
+) -> Result<pb::Volume, tonic::Status> {
+    let req = pb::ReportScrubRequest {
+        volume: attached.name.clone(),
+        attach_epoch: attached.attach_epoch,
+        deep,
+        started_ms,
+        pgs,
+        fulfils_ms: fulfils,
+    };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.report_scrub(req).await }
+        })
+        .await
 }

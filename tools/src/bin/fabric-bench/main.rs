@@ -24,6 +24,7 @@ mod cpu;
 mod disk;
 mod driver;
 mod qos;
+mod scrub;
 mod tls;
 mod verify;
 
@@ -81,6 +82,10 @@ struct Args {
     /// volume rebuilt.
     #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver", "tls"])]
     qos: bool,
+    /// Instead of the IO jobs: a scrub of a 3-replica volume of `--size`, written whole, on
+    /// an idle cluster against fio's sequential read of the same replica files.
+    #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver", "tls", "qos"])]
+    scrub: bool,
 }
 
 /// One fio job shape.
@@ -361,6 +366,11 @@ fn main() -> anyhow::Result<()> {
     }
     if args.qos {
         let result = qos::qos(&args, size, &scratch, &fabricd);
+        std::fs::remove_dir_all(&scratch).ok();
+        return result;
+    }
+    if args.scrub {
+        let result = scrub::scrub(&args, size, &scratch, &fabricd);
         std::fs::remove_dir_all(&scratch).ok();
         return result;
     }
