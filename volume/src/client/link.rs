@@ -188,8 +188,9 @@ pub struct Link {
     next_id: AtomicU64,
     in_flight_max: usize,
     in_flight: Arc<Semaphore>,
-    /// Set when a call timed out; cleared when a probe is answered.
-    unresponsive: AtomicBool,
+    /// Set when a call timed out; cleared when a probe is answered. Shared with the
+    /// server's other links ([`Link::sibling`]): it is the server that did not answer.
+    unresponsive: Arc<AtomicBool>,
     capabilities: Arc<Capabilities>,
 }
 
@@ -222,8 +223,24 @@ impl Link {
             next_id: AtomicU64::new(1),
             in_flight_max,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
-            unresponsive: AtomicBool::new(false),
+            unresponsive: Arc::new(AtomicBool::new(false)),
             capabilities,
+        }
+    }
+
+    /// A second link to the same server, on its own connection, with the same limits and
+    /// capabilities, that finds the server unresponsive whenever this one does.
+    pub fn sibling(&self) -> Link {
+        Link {
+            addr: self.addr,
+            connector: Arc::clone(&self.connector),
+            timeout: self.timeout,
+            session: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            in_flight_max: self.in_flight_max,
+            in_flight: Arc::new(Semaphore::new(self.in_flight_max)),
+            unresponsive: Arc::clone(&self.unresponsive),
+            capabilities: Arc::clone(&self.capabilities),
         }
     }
 

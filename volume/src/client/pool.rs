@@ -1,6 +1,7 @@
-//! [`ReplicaPool`]: what every volume one driver serves shares about the replica servers: one
-//! [`Link`] per server, the attach capabilities its links present, the budget of extent copies each server takes as a resync destination,
-//! and the bound on block repairs in flight.
+//! [`ReplicaPool`]: what every volume one driver serves shares about the replica servers: two
+//! [`Link`]s per server (client IO, and background copies), the attach capabilities its links
+//! present, the budget of extent copies each server takes as a resync destination, and the
+//! bound on block repairs in flight.
 //!
 //! Limits on work under failure belong to the destination, not to the volume: with the budget
 //! per volume, V degraded volumes would queue V times the copies on one disk, the depth at
@@ -61,6 +62,10 @@ pub struct ReplicaPool {
     config: PoolConfig,
     connector: Arc<dyn Connector>,
     links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
+    /// A second link per server for background work (resync, rebuild, repair and scrub
+    /// copies, digests): a client's 4 KiB write must not wait in a socket behind megabytes of
+    /// copies, nor a client's read reply behind a copy's.
+    background: Mutex<HashMap<SocketAddr, Arc<Link>>>,
     copies: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
     repairs: Arc<Semaphore>,
     /// Presented by every link of the pool.
@@ -96,6 +101,7 @@ impl ReplicaPool {
             config,
             connector,
             links: Mutex::new(HashMap::new()),
+            background: Mutex::new(HashMap::new()),
             copies: Mutex::new(HashMap::new()),
             capabilities: Arc::new(Capabilities::default()),
         }))
@@ -111,7 +117,7 @@ impl ReplicaPool {
         &self.capabilities
     }
 
-    /// The link to `addr`, made on first use.
+    /// The link to `addr` for client IO, made on first use.
     pub fn link(&self, addr: SocketAddr) -> Arc<Link> {
         let mut links = self.links.lock().expect("links");
         let link = links.entry(addr).or_insert_with(|| {
@@ -124,6 +130,18 @@ impl ReplicaPool {
             ))
         });
         Arc::clone(link)
+    }
+
+    /// The link to `addr` for background work, made on first use: a sibling of its client
+    /// link (a server that did not answer one is unresponsive on both).
+    pub fn background_link(&self, addr: SocketAddr) -> Arc<Link> {
+        let client = self.link(addr);
+        let mut links = self.background.lock().expect("links");
+        Arc::clone(
+            links
+                .entry(addr)
+                .or_insert_with(|| Arc::new(client.sibling())),
+        )
     }
 
     /// Waits for a slot to copy an extent to `destination`; the copy holds it until done.

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::client::link::{Link, Outcome, outcome};
 use crate::client::membership::{Action, Event, Membership, NotRemoved};
+use crate::client::pool::ReplicaPool;
 use crate::client::{RemovalError, ReplicaFailure};
 use crate::volume::VolumeError;
 use crate::wire::{Op, Request, WriteVersion};
@@ -33,6 +34,8 @@ const WAIT_POLL_MS: u64 = 50;
 /// One replica of one group.
 pub(super) struct Replica {
     pub(super) link: Arc<Link>,
+    /// The same server over the pool's background link: copies, digests and scrubs.
+    pub(super) background: Arc<Link>,
     state: Mutex<Membership>,
     pub(super) ledger: Mutex<Ledger>,
 }
@@ -67,9 +70,10 @@ impl Blocked {
 }
 
 impl Replica {
-    pub(super) fn new(link: Arc<Link>, stale: bool) -> Replica {
+    pub(super) fn new(pool: &ReplicaPool, addr: SocketAddr, stale: bool) -> Replica {
         Replica {
-            link,
+            link: pool.link(addr),
+            background: pool.background_link(addr),
             state: Mutex::new(Membership::listed(stale)),
             ledger: Mutex::new(if stale {
                 Ledger::history_unknown()
@@ -87,8 +91,17 @@ impl Replica {
     /// its extents missed, and an acknowledgement with a new power epoch, after writes that were
     /// not flushed, counts as a failure.
     pub(super) async fn mutation(&self, req: Request) -> Outcome {
+        self.mutation_over(&self.link, req).await
+    }
+
+    /// [`Replica::mutation`] over the background link: a copy's write.
+    pub(super) async fn background_mutation(&self, req: Request) -> Outcome {
+        self.mutation_over(&self.background, req).await
+    }
+
+    async fn mutation_over(&self, link: &Link, req: Request) -> Outcome {
         let extents = req.header.extents();
-        let answered = self.link.call_in_session(req).await;
+        let answered = link.call_in_session(req).await;
         let power_epoch = answered.as_ref().ok().map(|(_, p)| *p);
         match outcome(answered.map(|(reply, _)| reply)) {
             Outcome::Acked(payload) => match power_epoch {

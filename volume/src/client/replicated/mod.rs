@@ -142,7 +142,7 @@ impl ReplicatedVolume {
             .map(|g| {
                 let members = all(g)
                     .into_iter()
-                    .map(|(addr, stale)| Arc::new(Replica::new(pool.link(addr), stale)))
+                    .map(|(addr, stale)| Arc::new(Replica::new(&pool, addr, stale)))
                     .collect();
                 RwLock::new(Arc::new(members))
             })
@@ -189,7 +189,7 @@ impl ReplicatedVolume {
                     }
                     Arc::clone(r)
                 }
-                None => Arc::new(Replica::new(inner.pool.link(addr), stale)),
+                None => Arc::new(Replica::new(&inner.pool, addr, stale)),
             };
             let members: Vec<Arc<Replica>> = listed
                 .iter()

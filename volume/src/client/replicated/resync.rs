@@ -362,7 +362,7 @@ impl Inner {
         offset: u64,
         len: u32,
     ) -> Result<u32, VolumeError> {
-        let link = &replica.link;
+        let link = &replica.background;
         let req = Request::new(self.header(Op::Digest, offset, len, RECOVERY, WriteVersion::NONE));
         let payload = self.answer(link.call(req).await, link.addr())?;
         let crc: [u8; 4] = payload[..]
@@ -440,14 +440,17 @@ impl Inner {
         );
         let version = self.versions(&s.link, e, 1, Reach::Responsive).await?[0].version;
         if version == WriteVersion::NONE {
-            let (source, target) = (&s.link, &t.link);
+            let (source, target) = (&s.background, &t.background);
             // The source never wrote the extent, so the target cannot hold a newer
             // acknowledged write of it.
             let extent_end = ((e + 1) * EXTENT_SIZE_BYTES).min(self.size());
             if offset == e * EXTENT_SIZE_BYTES && offset + u64::from(len) == extent_end {
                 let reset = self.header(Op::Trim, offset, len, RECOVERY, WriteVersion::NONE);
                 tracing::debug!(volume = %self.config.volume, extent = e, from = %source.addr(), to = %target.addr(), "resetting an extent the source never wrote");
-                self.answered(t.mutation(Request::new(reset)).await, target.addr())?;
+                self.answered(
+                    t.background_mutation(Request::new(reset)).await,
+                    target.addr(),
+                )?;
             }
             return Ok(0);
         }
@@ -465,7 +468,7 @@ impl Inner {
         version: WriteVersion,
     ) -> Result<u64, VolumeError> {
         let e = offset / EXTENT_SIZE_BYTES;
-        let (source, target) = (&s.link, &t.link);
+        let (source, target) = (&s.background, &t.background);
         let read = self.header(Op::Read, offset, len, RECOVERY, WriteVersion::NONE);
         let (data, crc) = self.forwarded(source.call(Request::new(read)).await, source.addr())?;
         if data.len() != len as usize {
@@ -491,7 +494,7 @@ impl Inner {
             Request::write_with_crc(write, data, crc)
         };
         tracing::debug!(volume = %self.config.volume, extent = e, from = %source.addr(), to = %target.addr(), ?version, zeros = write.header.op == Op::WriteZeroes, "copying");
-        self.answered(t.mutation(write).await, target.addr())?;
+        self.answered(t.background_mutation(write).await, target.addr())?;
         Ok(u64::from(len))
     }
 }

@@ -210,8 +210,7 @@ impl Inner {
         }
         self.repair_bad_blocks(group, e, &copies, &mut tally).await;
         if deep {
-            self.repair_divergent(group, e, offset, len, &copies, &mut tally)
-                .await;
+            self.repair_divergent(group, e, &copies, &mut tally).await;
         }
         drop(held);
         tally
@@ -263,10 +262,7 @@ impl Inner {
                     .await
                 } else {
                     whole_extent_copied = true;
-                    let offset = e * EXTENT_SIZE_BYTES;
-                    let len = (self.size() - offset).min(EXTENT_SIZE_BYTES) as u32;
-                    self.copy_range(&source.replica, &bad.replica, offset, len)
-                        .await
+                    self.copy_extent_over(source, &bad.replica, copies, e).await
                 };
                 match copied {
                     Ok(_) => {
@@ -289,8 +285,6 @@ impl Inner {
         &self,
         group: usize,
         e: u64,
-        offset: u64,
-        len: u32,
         copies: &[Copy],
         tally: &mut ScrubTally,
     ) {
@@ -333,10 +327,7 @@ impl Inner {
             }
             tally.divergent += 1;
             tracing::warn!(volume = %self.config.volume, group, extent = e, replica = %c.replica.addr(), version = ?c.version.version, from = %source.replica.addr(), newest = ?newest, "scrub: copy differs from the current one");
-            match self
-                .copy_range(&source.replica, &c.replica, offset, len)
-                .await
-            {
+            match self.copy_extent_over(source, &c.replica, copies, e).await {
                 Ok(_) => tally.repaired += 1,
                 Err(why) => {
                     tally.unrepaired += 1;
@@ -346,16 +337,47 @@ impl Inner {
         }
     }
 
-    /// Asks `replica` to check `[offset, offset + len)` against its checksums.
+    /// Copies `source`'s whole extent `e` over `target`. A copy carries its source's version,
+    /// and a replica's version of an extent never falls; so when a live copy holds a newer
+    /// version than the source (one that took a write that was never acknowledged: the source
+    /// outranks it), the source's contents are written over every live copy, the source's
+    /// own included, under a fresh version of this writer, or the copies would be left
+    /// differing in version and the next deep scrub would copy the newer one back.
+    async fn copy_extent_over(
+        &self,
+        source: &Copy,
+        target: &Replica,
+        copies: &[Copy],
+        e: u64,
+    ) -> Result<u64, VolumeError> {
+        let offset = e * EXTENT_SIZE_BYTES;
+        let len = (self.size() - offset).min(EXTENT_SIZE_BYTES) as u32;
+        let newer = copies
+            .iter()
+            .any(|c| c.rank().is_some() && c.version.version > source.version.version);
+        if !newer {
+            return self.copy_range(&source.replica, target, offset, len).await;
+        }
+        let version = self.next_version();
+        for c in copies.iter().filter(|c| c.rank().is_some()) {
+            self.copy_stamped(&source.replica, &c.replica, offset, len, version)
+                .await?;
+        }
+        Ok(u64::from(len))
+    }
+
+    /// Asks `replica` to check `[offset, offset + len)` against its checksums. As a probe: a
+    /// replica that timed out once is asked all the same (a live member is expected to
+    /// answer), and its answer makes it usable again.
     async fn scrub_call(
         &self,
         replica: &Replica,
         offset: u64,
         len: u32,
     ) -> Result<Verdict, VolumeError> {
-        let link = &replica.link;
+        let link = &replica.background;
         let req = Request::new(self.header(Op::Scrub, offset, len, SCRUB, WriteVersion::NONE));
-        let payload = self.answer(link.call(req).await, link.addr())?;
+        let payload = self.answer(link.probe(req).await, link.addr())?;
         decode(&payload, offset, u64::from(len))
             .ok_or_else(|| VolumeError::Io(format!("{}: malformed scrub reply", link.addr())))
     }
