@@ -27,6 +27,7 @@ mod maps;
 mod metered;
 pub use metered::Metered;
 mod observer;
+mod pace;
 mod qos;
 mod resync;
 mod scrub;
@@ -121,9 +122,10 @@ pub struct GatewayArgs {
     /// Serve Prometheus metrics at http://IP:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
-    /// How a resync keeps from hurting clients: `fixed` copies at most 256 MiB/s while clients
-    /// do IO; `governed` leaves it to the storage nodes' disk schedulers, whose recovery
-    /// limit keeps the clients' p99 within its target.
+    /// How a resync keeps from hurting clients: `fixed` copies at most 256 MiB/s while the
+    /// volume's clients do IO; `governed` paces every resync of the gateway to keep its
+    /// clients' p99 within 1.2 x their p99 without recovery (beside the storage nodes' disk
+    /// schedulers, which do the same for each disk).
     #[arg(long, value_enum, default_value_t = ResyncPace::Fixed)]
     pub resync_pace: ResyncPace,
     /// Every PG of a served volume is scrubbed (each block checked against its checksum on
@@ -194,13 +196,23 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("gateway-{}", args.nbd_listen));
     let volume_metrics = VolumeMetrics::default();
+    let recovery_limit = prometheus_client::metrics::gauge::Gauge::default();
     if let Some(listen) = args.metrics_listen {
         let metrics = Metrics::new();
         metrics.register_volumes(&volume_metrics);
+        metrics.register_gauge(
+            "fabric_gateway_recovery_limit_bytes_per_second",
+            "The rate the gateway's resyncs copy at, as its governor set it (0: none)",
+            recovery_limit.clone(),
+        );
         let bound = crate::metrics::serve(metrics, listen, transport.tls().cloned())
             .await
             .with_context(|| format!("serve metrics on {listen}"))?;
         println!("gateway serving metrics at http://{bound}/metrics");
+    }
+    let mut background = tokio::task::JoinSet::new();
+    if args.resync_pace == ResyncPace::Governed {
+        background.spawn(pace::govern(Arc::clone(&pool), recovery_limit));
     }
     let volumes = Volumes::new(
         Arc::clone(&client),
@@ -223,7 +235,6 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         args.volumes.first().cloned(),
         transport.tls().cloned(),
     );
-    let mut background = tokio::task::JoinSet::new();
     background.spawn(volumes.clone().follow_maps());
     if let Some(tls) = transport.tls() {
         background.spawn(crate::identity::rotation::follow_files(Arc::clone(tls)));

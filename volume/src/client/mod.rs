@@ -41,6 +41,7 @@ mod bounded;
 pub mod capabilities;
 mod link;
 pub mod membership;
+pub mod pace;
 pub mod pool;
 mod replicated;
 pub mod split;

@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::capabilities::Capabilities;
 use super::link::{Connector, Link, TcpConnector};
+use super::pace::RecoveryPace;
 
 /// Default time a replica gets to answer one request, in milliseconds.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
@@ -70,6 +71,8 @@ pub struct ReplicaPool {
     repairs: Arc<Semaphore>,
     /// Presented by every link of the pool.
     capabilities: Arc<Capabilities>,
+    /// The pace of every resync's copies, and the clients' latency it is judged on.
+    pace: RecoveryPace,
 }
 
 impl ReplicaPool {
@@ -104,6 +107,7 @@ impl ReplicaPool {
             background: Mutex::new(HashMap::new()),
             copies: Mutex::new(HashMap::new()),
             capabilities: Arc::new(Capabilities::default()),
+            pace: RecoveryPace::default(),
         }))
     }
 
@@ -115,6 +119,12 @@ impl ReplicaPool {
     /// attached, renewed or granted a newer epoch.
     pub fn capabilities(&self) -> &Arc<Capabilities> {
         &self.capabilities
+    }
+
+    /// The recovery pace every resync of the pool keeps, and the client latencies it is
+    /// judged on.
+    pub fn pace(&self) -> &RecoveryPace {
+        &self.pace
     }
 
     /// The link to `addr` for client IO, made on first use.

@@ -402,12 +402,19 @@ impl BlockVolume for ReplicatedVolume {
     }
 
     fn read(&self, offset: u64, len: u32) -> VolFuture<Bytes> {
-        Box::pin(Arc::clone(&self.inner).read(offset, len))
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let read = Arc::clone(&inner).read(offset, len).await;
+            inner.pool.pace().client_done(started.elapsed());
+            read
+        })
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> VolFuture<()> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
+            let started = tokio::time::Instant::now();
             if data.len() > IO_SIZE_MAX_BYTES as usize {
                 return Err(VolumeError::TooLarge {
                     len: data.len() as u64,
@@ -416,13 +423,15 @@ impl BlockVolume for ReplicatedVolume {
             }
             let len = data.len() as u64;
             let flags = if fua { FLAG_FUA } else { 0 };
-            inner
+            let written = Arc::clone(&inner)
                 .mutate(offset, len, move |inner, p, v| {
                     let at = p.at as usize;
                     let payload = data.slice(at..at + p.len as usize);
                     Request::write(inner.header(Op::Write, p.offset, p.len, flags, v), payload)
                 })
-                .await
+                .await;
+            inner.pool.pace().client_done(started.elapsed());
+            written
         })
     }
 

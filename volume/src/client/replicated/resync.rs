@@ -182,6 +182,8 @@ impl ReplicatedVolume {
         let copies = futures::stream::iter(differing)
             .map(|e| async move {
                 let _slot = inner.pool.copy_slot(target).await;
+                // The driver-wide pace, which a governor may set (see `client::pace`).
+                inner.pool.pace().take(EXTENT_SIZE_BYTES).await;
                 let range = inner.extent_lock(e);
                 let _held = inner.locks.lock(range.0, range.1).await;
                 inner
