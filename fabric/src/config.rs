@@ -59,7 +59,7 @@ pub struct DevArgs {
     pub two_person: bool,
     /// With --nodes: how the gateway's resyncs keep from hurting clients (see `fabricd
     /// gateway --resync-pace`).
-    #[arg(long, value_enum, default_value_t = crate::gateway::ResyncPace::Fixed)]
+    #[arg(long, value_enum, default_value_t = crate::gateway::ResyncPace::Governed)]
     pub resync_pace: crate::gateway::ResyncPace,
 }
 

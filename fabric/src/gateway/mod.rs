@@ -126,7 +126,7 @@ pub struct GatewayArgs {
     /// volume's clients do IO; `governed` paces every resync of the gateway to keep its
     /// clients' p99 within 1.2 x their p99 without recovery (beside the storage nodes' disk
     /// schedulers, which do the same for each disk).
-    #[arg(long, value_enum, default_value_t = ResyncPace::Fixed)]
+    #[arg(long, value_enum, default_value_t = ResyncPace::Governed)]
     pub resync_pace: ResyncPace,
     /// Every PG of a served volume is scrubbed (each block checked against its checksum on
     /// every replica) once in this many seconds; 0: only when asked (`fabricctl scrub start`).

@@ -43,6 +43,34 @@ struct Round {
     rebuild_mib_s: f64,
     idle_rebuild_mib_s: f64,
     flooded: P99,
+    /// The host's CPUs busy (of all of them) while the client ran alone, while it ran beside
+    /// the rebuild, and while the rebuild ran alone.
+    cpu_idle: f64,
+    cpu_rebuilding: f64,
+    cpu_rebuild_alone: f64,
+}
+
+/// Busy and total jiffies of all the host's CPUs so far (/proc/stat).
+fn cpu_jiffies() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    anyhow::ensure!(n.len() >= 5, "short cpu line in /proc/stat");
+    let total: u64 = n.iter().sum();
+    // idle and iowait
+    Ok((total - n[3] - n[4], total))
+}
+
+/// The share of the host's CPUs busy while `f` ran, and what it returned.
+fn cpu_busy<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
+    let (b0, t0) = cpu_jiffies()?;
+    let out = f()?;
+    let (b1, t1) = cpu_jiffies()?;
+    Ok((out, (b1 - b0) as f64 / (t1 - t0).max(1) as f64))
 }
 
 fn nbd_args(port: u16, volume: &str) -> Vec<String> {
@@ -181,13 +209,13 @@ fn round(
     };
 
     eprintln!("[{pace}] client alone");
-    let idle = client_run(port, args.runtime)?;
+    let (idle, cpu_idle) = cpu_busy(|| client_run(port, args.runtime))?;
 
     eprintln!("[{pace}] client while node 2 is out and bench rebuilds");
     let before = resync()?;
     ctl(&["node", "out", "2"])?;
     let started = Instant::now();
-    let rebuilding = client_while(port, || rebuilt(started))?;
+    let (rebuilding, cpu_rebuilding) = cpu_busy(|| client_while(port, || rebuilt(started)))?;
     let rebuild_ms = started.elapsed().as_millis() as u64;
     let (bytes, seconds) = settled(before)?;
     let rebuild_mib_s = bytes / f64::from(1 << 20) / seconds.max(1e-3);
@@ -195,7 +223,7 @@ fn round(
     eprintln!("[{pace}] node 3 out, bench rebuilds with no client");
     let before = resync()?;
     ctl(&["node", "out", "3"])?;
-    rebuilt(Instant::now())?;
+    let ((), cpu_rebuild_alone) = cpu_busy(|| rebuilt(Instant::now()))?;
     let (bytes, seconds) = settled(before)?;
     let idle_rebuild_mib_s = bytes / f64::from(1 << 20) / seconds.max(1e-3);
 
@@ -224,6 +252,9 @@ fn round(
         rebuild_mib_s,
         idle_rebuild_mib_s,
         flooded,
+        cpu_idle,
+        cpu_rebuilding,
+        cpu_rebuild_alone,
     })
 }
 
@@ -263,6 +294,18 @@ pub(crate) fn qos(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> any
             r.flooded.read_us,
             r.flooded.write_us,
             r.flooded.worse() / r.idle.worse(),
+        );
+    }
+    println!(
+        "host CPUs busy (share of all): client alone / client beside the rebuild / rebuild alone"
+    );
+    for r in &rounds {
+        println!(
+            "  {:<9} {:>5.0} % / {:>5.0} % / {:>5.0} %",
+            r.pace,
+            r.cpu_idle * 100.0,
+            r.cpu_rebuilding * 100.0,
+            r.cpu_rebuild_alone * 100.0
         );
     }
     println!(
