@@ -455,6 +455,16 @@ pub fn gateway_identity_as(data_dir: &Path, name: &str, role: &str) -> PathBuf {
     dir
 }
 
+/// The command line process `pid` was started with (to start it again the same way).
+pub fn command_line(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_else(|e| panic!("command line of {pid}: {e}"));
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 /// The pid of node `id` of the cluster in `data_dir`, from the `node.json` it writes into its
 /// directory (storage-only nodes have no metadata address to ask).
 pub fn node_pid(data_dir: &Path, id: u64) -> u32 {

@@ -222,12 +222,7 @@ fn a_node_that_comes_back_gets_only_what_changed_while_it_was_away() {
 
     // Node 2 goes away; one extent (8 MiB .. 12 MiB) is rewritten meanwhile.
     let pid = node_pid(&data, 2);
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("node 2 command line");
-    let argv: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let argv = fabric_suite::command_line(pid);
     signal(pid, "-9");
     qemu_io("write -P 0x22 8M 4M");
     let shown = volume_show(&data);

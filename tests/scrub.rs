@@ -125,12 +125,7 @@ fn a_deep_scrub_gives_a_replica_that_lost_a_write_the_newest_copy() {
     // Node 2's process dies and its disk loses the last write (files back as they were);
     // nothing is written while it is away, so the gateway never marks it stale.
     let pid = node_pid(&data, 2);
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("node 2 command line");
-    let argv: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let argv = fabric_suite::command_line(pid);
     run(Command::new("kill").args(["-9", &pid.to_string()])).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     for (f, bytes) in files.iter().zip(&saved) {

@@ -6,10 +6,12 @@
 //!
 //! The rule is additive increase, multiplicative decrease, on bytes per second of recovery:
 //! - no client IO in the window: nothing to protect, no limit;
-//! - clients and no recovery: the window's client p99 feeds the idle baseline;
+//! - clients and no recovery: the window's client p99 feeds the idle baseline, and the limit
+//!   is at least set, at the floor, so that recovery starting beside clients earns its rate
+//!   rather than bursting at full speed until the first cut;
 //! - both: over the target, the limit drops to 60 % of what recovery did in the window; under
-//!   it, it rises by an eighth (at least half the floor). It never goes below the floor, so a
-//!   rebuild always progresses, and it is dropped once it is far above what recovery uses.
+//!   it, it rises by an eighth (at least half the floor), unless it is far above what recovery
+//!   uses. It never goes below the floor, so a rebuild always progresses.
 //! - both, and no baseline yet (recovery started before any quiet window): recovery is held at
 //!   the floor for a window, and that window's client p99 is the baseline.
 
@@ -108,6 +110,10 @@ impl Governor {
             // Without recovery, or with it held at the floor: what clients have alone.
             self.fold_baseline(w.client_p99_ns);
             if w.recovery_ios == 0 {
+                // Recovery that starts beside clients starts at the floor and earns its rate:
+                // a burst at full speed before the first cut can cost a short rebuild's
+                // clients their p99.
+                self.limit = Some(self.limit.unwrap_or(floor));
                 return self.limit;
             }
         }
@@ -126,8 +132,12 @@ impl Governor {
                 None => None,
                 Some(l) => {
                     let raised = l + (l / 8).max(floor / 2);
-                    // Far above what recovery uses: it is not what holds recovery back.
-                    (raised <= used.saturating_mul(4).max(floor * 4)).then_some(raised)
+                    // Far above what recovery uses, it is not what holds recovery back: kept.
+                    Some(if raised <= used.saturating_mul(4).max(floor * 4) {
+                        raised
+                    } else {
+                        l
+                    })
                 }
             }
         };
@@ -153,26 +163,37 @@ mod tests {
     }
 
     #[test]
-    fn no_clients_no_limit_and_quiet_windows_make_the_baseline() {
+    fn no_clients_no_limit_and_quiet_windows_make_the_baseline_and_set_the_floor() {
         let mut g = Governor::new(GovernorConfig::default());
         assert_eq!(g.observe(&window(0, 0.0, 400)), None);
-        assert_eq!(g.observe(&window(1000, 2.0, 0)), None);
+        assert_eq!(g.observe(&window(1000, 2.0, 0)), Some(8 * MIB));
         assert_eq!(g.baseline_ns(), Some(2 * MS));
         assert_eq!(g.target_ns(), Some(2_400_000));
     }
 
     #[test]
-    fn recovery_hurting_clients_is_cut_and_grows_back_once_they_recover() {
+    fn recovery_beside_clients_earns_its_rate_is_cut_when_it_hurts_and_grows_back() {
         let mut g = Governor::new(GovernorConfig::default());
         g.observe(&window(1000, 2.0, 0));
-        // Recovery at 200 MiB/s (100 MiB in 0.5 s) pushes the p99 to 5 ms: cut to 60 %.
-        let cut = g.observe(&window(1000, 5.0, 100)).unwrap();
-        assert_eq!(cut, (200.0 * 0.6 * MIB as f64) as u64);
-        // Still too slow: cut again, from what it did.
-        let again = g.observe(&window(1000, 3.0, 60)).unwrap();
+        // Starting at the floor (4 MiB in 0.5 s), within the target: it grows, by half the
+        // floor while that is more than an eighth.
+        let mut limit = 8 * MIB;
+        for _ in 0..20 {
+            let used_mib = limit / MIB / 2;
+            let next = g.observe(&window(1000, 2.1, used_mib)).unwrap();
+            assert_eq!(next, limit + (limit / 8).max(4 * MIB));
+            limit = next;
+        }
+        assert!(limit > 100 * MIB, "{limit}");
+        // Now it pushes the p99 to 5 ms: cut to 60 % of what it did.
+        let used = limit / MIB / 2;
+        let cut = g.observe(&window(1000, 5.0, used)).unwrap();
+        assert_eq!(cut, ((used * 2 * MIB) as f64 * 0.6) as u64);
+        // Still too slow: cut again.
+        let again = g.observe(&window(1000, 3.0, cut / MIB / 2)).unwrap();
         assert!(again < cut, "{again} {cut}");
         // Within the target: it grows by an eighth.
-        let grown = g.observe(&window(1000, 2.2, 36)).unwrap();
+        let grown = g.observe(&window(1000, 2.2, again / MIB / 2)).unwrap();
         assert_eq!(grown, again + again / 8);
         // Clients leave: recovery runs free.
         assert_eq!(g.observe(&window(3, 9.0, 400)), None);
