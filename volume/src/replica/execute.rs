@@ -244,10 +244,7 @@ async fn run(vol: &ReplicaVolume, req: &Request) -> Result<(Bytes, Option<u32>),
         if fua {
             vol.versions.sync().await?;
         }
-        let whole = whole_extents(vol, h.offset, len);
-        if !whole.is_empty() {
-            vol.intent.rewritten(whole.start, whole.end).await?;
-        }
+        vol.intent.rewrote(h.offset, len, vol.local.size()).await?;
     }
     Ok((Bytes::new(), None))
 }

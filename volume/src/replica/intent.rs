@@ -61,6 +61,10 @@ impl ExtentIntent {
 #[derive(Default)]
 struct State {
     extents: HashMap<u64, ExtentIntent>,
+    /// Per suspect extent, the blocks written whole since it became suspect (in memory only:
+    /// a restart forgets them and the extent stays suspect). Once they cover the extent, its
+    /// contents are known again, as after one write of the whole extent.
+    covered: HashMap<u64, Vec<u64>>,
     /// Extents a mutation waits to see marked, for the next sync to write.
     pending: Vec<u64>,
     /// Incremented when a flush starts.
@@ -253,7 +257,59 @@ impl IntentLog {
     /// A mutation of extents `first..end`, still under way, failed: what they hold is unknown
     /// until rewritten whole (a failed write may have torn the blocks it did not finish).
     pub async fn failed(&self, first: u64, end: u64) -> io::Result<()> {
+        {
+            let mut state = self.state.lock().expect("intent state");
+            for e in first..end {
+                state.covered.remove(&e);
+            }
+        }
         self.set_suspect(first, end, true).await
+    }
+
+    /// A mutation, still under way, wrote `[offset, offset + len)` of a volume of
+    /// `volume_bytes`: the extents it covers whole are known again ([`IntentLog::rewritten`]),
+    /// and so is a suspect extent whose blocks the writes since it became suspect covered
+    /// whole between them (a copy in several pieces). Blocks written only in part do not
+    /// count: their rest was read back from the old, perhaps torn, contents.
+    pub async fn rewrote(&self, offset: u64, len: u64, volume_bytes: u64) -> io::Result<()> {
+        const BLOCK: u64 = crate::store::BLOCK_SIZE_BYTES;
+        let first_block = offset.div_ceil(BLOCK);
+        let end_block = (offset + len) / BLOCK;
+        let mut known = Vec::new();
+        {
+            let mut state = self.state.lock().expect("intent state");
+            let per_extent = EXTENT_SIZE_BYTES / BLOCK;
+            let mut b = first_block;
+            while b < end_block {
+                let e = b / per_extent;
+                let extent_end = ((e + 1) * per_extent).min(end_block);
+                let suspect = state.extents.get(&e).is_some_and(|i| i.suspect);
+                if suspect {
+                    let blocks_in_extent = (volume_bytes.saturating_sub(e * EXTENT_SIZE_BYTES))
+                        .min(EXTENT_SIZE_BYTES)
+                        / BLOCK;
+                    let bits = state
+                        .covered
+                        .entry(e)
+                        .or_insert_with(|| vec![0; per_extent.div_ceil(64) as usize]);
+                    for block in b..extent_end {
+                        let i = block - e * per_extent;
+                        bits[(i / 64) as usize] |= 1 << (i % 64);
+                    }
+                    let whole = (0..blocks_in_extent)
+                        .all(|i| bits[(i / 64) as usize] & (1 << (i % 64)) != 0);
+                    if whole {
+                        state.covered.remove(&e);
+                        known.push(e);
+                    }
+                }
+                b = extent_end;
+            }
+        }
+        for e in known {
+            self.set_suspect(e, e + 1, false).await?;
+        }
+        Ok(())
     }
 
     async fn set_suspect(&self, first: u64, end: u64, suspect: bool) -> io::Result<()> {
@@ -411,6 +467,52 @@ mod tests {
         let later = reopen(dir.path(), false).await;
         assert_eq!(later.suspect(3, 2), vec![false, true]);
         assert!(later.suspect(10, 1)[0]);
+    }
+
+    #[tokio::test]
+    async fn pieces_that_cover_a_suspect_extent_between_them_make_it_known_again() {
+        const E: u64 = EXTENT_SIZE_BYTES;
+        const PIECE: u64 = 512 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).await;
+        drop(log.mutate(2, 4).await.unwrap());
+        drop(log);
+        let log = reopen(dir.path(), true).await;
+        assert_eq!(log.suspect(2, 2), vec![true, true]);
+        let write = |offset: u64, len: u64| {
+            let log = &log;
+            async move {
+                let e = offset / E;
+                let m = log.mutate(e, (offset + len).div_ceil(E)).await.unwrap();
+                log.rewrote(offset, len, SIZE).await.unwrap();
+                drop(m);
+            }
+        };
+        // Seven of eight pieces, and the last one a byte short of its last block: suspect.
+        for p in 0..7 {
+            write(2 * E + p * PIECE, PIECE).await;
+        }
+        write(2 * E + 7 * PIECE, PIECE - 1).await;
+        assert!(
+            log.suspect(2, 1)[0],
+            "a block written in part does not count"
+        );
+        write(2 * E + 7 * PIECE, PIECE).await;
+        assert!(!log.suspect(2, 1)[0], "covered whole");
+        // A failure between pieces forgets what the earlier pieces covered.
+        for p in 0..4 {
+            write(3 * E + p * PIECE, PIECE).await;
+        }
+        let m = log.mutate(3, 4).await.unwrap();
+        log.failed(3, 4).await.unwrap();
+        drop(m);
+        for p in 4..8 {
+            write(3 * E + p * PIECE, PIECE).await;
+        }
+        assert!(log.suspect(3, 1)[0]);
+        drop(log);
+        let later = reopen(dir.path(), false).await;
+        assert_eq!(later.suspect(2, 2), vec![false, true], "durably so");
     }
 
     #[tokio::test]

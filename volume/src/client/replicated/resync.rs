@@ -460,8 +460,31 @@ impl Inner {
     }
 
     /// Copies `[offset, offset + len)` (within one extent) from replica `s` to replica `t`,
-    /// stamped `version`; the caller holds the range. Returns the bytes copied.
+    /// stamped `version`; the caller holds the range. Returns the bytes copied. The copy goes
+    /// as [`COPY_PIECE_BYTES`] requests, one after the other: the work of a copy reaches the
+    /// replicas and this process in slices a client's request waits behind one of at most,
+    /// not in one burst of an extent (the target's *suspect* mark is cleared once the pieces
+    /// cover the extent, see `replica::intent`).
     pub(super) async fn copy_stamped(
+        &self,
+        s: &Replica,
+        t: &Replica,
+        offset: u64,
+        len: u32,
+        version: WriteVersion,
+    ) -> Result<u64, VolumeError> {
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(COPY_PIECE_BYTES);
+            self.copy_piece(s, t, offset + u64::from(at), n, version)
+                .await?;
+            at += n;
+        }
+        Ok(u64::from(len))
+    }
+
+    /// One request's worth of [`Inner::copy_stamped`].
+    async fn copy_piece(
         &self,
         s: &Replica,
         t: &Replica,
@@ -500,6 +523,9 @@ impl Inner {
         Ok(u64::from(len))
     }
 }
+
+/// Bytes of one request of a copy (see [`Inner::copy_stamped`]).
+const COPY_PIECE_BYTES: u32 = 512 * 1024;
 
 // Keep the lock granularity and the extent size compatible: an extent is whole lock blocks.
 const _: () = assert!(EXTENT_SIZE_BYTES.is_multiple_of(LOCK_BLOCK_BYTES));
