@@ -11,6 +11,7 @@
 
 pub mod schedule;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -52,8 +53,9 @@ impl ScrubView {
 
 /// Scrubs the PGs of `due` on the attached volume, [`PGS_IN_FLIGHT`] at a time, and reports
 /// them as it goes (every [`REPORT_EVERY`], and at the end). Starts no PG once `stop()` says
-/// so or the attachment is superseded, and reports what it finished. Returns the volume's
-/// record as the last report left it.
+/// so, the attachment is superseded or something failed, lets those under way finish, and
+/// reports what it finished (unless it failed). Returns the volume's record as the last report
+/// left it.
 pub(crate) async fn run(
     attached: &Attached,
     client: &Client,
@@ -72,9 +74,15 @@ pub(crate) async fn run(
     let mut pending = Vec::new();
     let mut last_report = Instant::now();
     let mut record = None;
-    let stopped = || stop() || attached.superseded.refusal().is_some();
+    // Set on the first failure: no PG starts after it.
+    let mut failed: Option<anyhow::Error> = None;
+    let halted = AtomicBool::new(false);
+    let stopped =
+        || halted.load(Ordering::Relaxed) || stop() || attached.superseded.refusal().is_some();
     // A few PGs at once: one PG of a small volume holds few extents, and the replicas'
-    // disks are kept busy across the gaps between them.
+    // disks are kept busy across the gaps between them. The stream is always drained: a PG's
+    // scrub dropped mid-way could leave a repair's write in flight after its range lock is
+    // given back, where a client's later write to the same blocks could overtake it.
     let mut scrubs = futures::stream::iter(due.pgs.iter().copied())
         .map(|pg| async move {
             if stopped() {
@@ -86,10 +94,16 @@ pub(crate) async fn run(
     let mut done = 0;
     while let Some(scrubbed) = scrubs.next().await {
         let Some((pg, t)) = scrubbed else {
-            tracing::info!(volume = %attached.name, kind, done, "scrub stopped");
-            break;
+            continue;
         };
-        let t = t.map_err(|e| anyhow::anyhow!("scrub PG {pg}: {e}"))?;
+        let t = match t {
+            Ok(t) => t,
+            Err(e) => {
+                halted.store(true, Ordering::Relaxed);
+                failed.get_or_insert(anyhow::anyhow!("scrub PG {pg}: {e}"));
+                continue;
+            }
+        };
         done += 1;
         m.scrubs.get_or_create(&labels).inc();
         m.scrub_bytes.get_or_create(&labels).inc_by(t.bytes_checked);
@@ -106,21 +120,27 @@ pub(crate) async fn run(
             unrepaired: t.unrepaired,
         });
         let last = done == due.pgs.len();
-        if last || last_report.elapsed() >= REPORT_EVERY {
+        if failed.is_none() && (last || last_report.elapsed() >= REPORT_EVERY) {
             let pgs = std::mem::take(&mut pending);
             let fulfils = if last { due.fulfils } else { None };
             match report(attached, client, (due.deep, started_ms), pgs, fulfils).await {
                 Ok(v) => record = Some(v),
                 Err(status) => {
                     attached.superseded.note(&attached.name, &status);
-                    return Err(anyhow::anyhow!("report the scrub: {}", status.message()));
+                    halted.store(true, Ordering::Relaxed);
+                    failed = Some(anyhow::anyhow!("report the scrub: {}", status.message()));
                 }
             }
             last_report = Instant::now();
         }
     }
+    drop(scrubs);
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if done < due.pgs.len() {
-        // What was scrubbed before the stop is reported; the rest stays due.
+        // Stopped: what was scrubbed is reported; the rest stays due.
+        tracing::info!(volume = %attached.name, kind, done, "scrub stopped");
         if !pending.is_empty()
             && let Ok(v) = report(attached, client, (due.deep, started_ms), pending, None).await
         {

@@ -9,6 +9,7 @@
 //! volume's own resync holds) against their p99 with no recovery, and sets the rate.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -36,6 +37,8 @@ struct State {
 #[derive(Debug)]
 pub struct RecoveryPace {
     state: Mutex<State>,
+    /// Set once a governor takes a window: until then client IO is not timed at all.
+    observed: AtomicBool,
 }
 
 impl Default for RecoveryPace {
@@ -51,6 +54,7 @@ impl Default for RecoveryPace {
                 client_ios: 0,
                 recovery_bytes: 0,
             }),
+            observed: AtomicBool::new(false),
         }
     }
 }
@@ -97,7 +101,14 @@ impl RecoveryPace {
         }
     }
 
-    /// A client IO finished after `latency`.
+    /// Whether a governor looks at the client latencies (see [`RecoveryPace::client_done`]).
+    pub fn observed(&self) -> bool {
+        self.observed.load(Ordering::Relaxed)
+    }
+
+    /// A client IO finished after `latency`. Only worth calling while [`observed`].
+    ///
+    /// [`observed`]: RecoveryPace::observed
     pub fn client_done(&self, latency: Duration) {
         let mut s = self.state.lock().expect("pace");
         s.client_ios += 1;
@@ -108,6 +119,7 @@ impl RecoveryPace {
 
     /// What the window since the last call saw, and a new window.
     pub fn take_window(&self) -> Window {
+        self.observed.store(true, Ordering::Relaxed);
         let mut s = self.state.lock().expect("pace");
         let now = Instant::now();
         let mut latencies = std::mem::take(&mut s.latencies_ns);

@@ -247,13 +247,6 @@ impl IntentLog {
         (first..end).all(|e| state.extents[&e].marked)
     }
 
-    /// A mutation, still under way, wrote extents `first..end` whole: their contents are
-    /// known again. They stay marked. (Written without a sync: a lost write leaves them
-    /// suspect, which costs a copy.)
-    pub async fn rewritten(&self, first: u64, end: u64) -> io::Result<()> {
-        self.set_suspect(first, end, false).await
-    }
-
     /// A mutation of extents `first..end`, still under way, failed: what they hold is unknown
     /// until rewritten whole (a failed write may have torn the blocks it did not finish).
     pub async fn failed(&self, first: u64, end: u64) -> io::Result<()> {
@@ -267,10 +260,11 @@ impl IntentLog {
     }
 
     /// A mutation, still under way, wrote `[offset, offset + len)` of a volume of
-    /// `volume_bytes`: the extents it covers whole are known again ([`IntentLog::rewritten`]),
-    /// and so is a suspect extent whose blocks the writes since it became suspect covered
-    /// whole between them (a copy in several pieces). Blocks written only in part do not
-    /// count: their rest was read back from the old, perhaps torn, contents.
+    /// `volume_bytes`: a suspect extent it covers whole is known again, and so is one whose
+    /// blocks the writes since it became suspect covered whole between them (a copy in
+    /// several pieces). They stay marked. Blocks written only in part do not count: their
+    /// rest was read back from the old, perhaps torn, contents. (Written without a sync: a
+    /// lost write leaves the extent suspect, which costs a copy.)
     pub async fn rewrote(&self, offset: u64, len: u64, volume_bytes: u64) -> io::Result<()> {
         const BLOCK: u64 = crate::store::BLOCK_SIZE_BYTES;
         let first_block = offset.div_ceil(BLOCK);
@@ -459,7 +453,10 @@ mod tests {
         }
         assert!(again.suspect(3, 1)[0]);
         let rewrite = again.mutate(3, 4).await.unwrap();
-        again.rewritten(3, 4).await.unwrap();
+        again
+            .rewrote(3 * EXTENT_SIZE_BYTES, EXTENT_SIZE_BYTES, SIZE)
+            .await
+            .unwrap();
         drop(rewrite);
         assert_eq!(again.suspect(3, 2), vec![false, true]);
         drop(again);

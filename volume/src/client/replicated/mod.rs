@@ -378,6 +378,18 @@ impl Inner {
     }
 
     /// The current members of `group`.
+    /// When a client IO starts, if a governor looks at client latencies (`client::pace`).
+    fn timed(&self) -> Option<tokio::time::Instant> {
+        self.pool.pace().observed().then(tokio::time::Instant::now)
+    }
+
+    /// A client IO that started at `started` (see [`Inner::timed`]) finished.
+    fn client_done(&self, started: Option<tokio::time::Instant>) {
+        if let Some(t) = started {
+            self.pool.pace().client_done(t.elapsed());
+        }
+    }
+
     fn members(&self, group: usize) -> Members {
         Arc::clone(&self.groups[group].read().expect("group members"))
     }
@@ -404,9 +416,9 @@ impl BlockVolume for ReplicatedVolume {
     fn read(&self, offset: u64, len: u32) -> VolFuture<Bytes> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let started = tokio::time::Instant::now();
+            let started = inner.timed();
             let read = Arc::clone(&inner).read(offset, len).await;
-            inner.pool.pace().client_done(started.elapsed());
+            inner.client_done(started);
             read
         })
     }
@@ -414,7 +426,7 @@ impl BlockVolume for ReplicatedVolume {
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> VolFuture<()> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let started = tokio::time::Instant::now();
+            let started = inner.timed();
             if data.len() > IO_SIZE_MAX_BYTES as usize {
                 return Err(VolumeError::TooLarge {
                     len: data.len() as u64,
@@ -430,7 +442,7 @@ impl BlockVolume for ReplicatedVolume {
                     Request::write(inner.header(Op::Write, p.offset, p.len, flags, v), payload)
                 })
                 .await;
-            inner.pool.pace().client_done(started.elapsed());
+            inner.client_done(started);
             written
         })
     }

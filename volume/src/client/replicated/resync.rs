@@ -491,7 +491,7 @@ impl Inner {
         offset: u64,
         len: u32,
         version: WriteVersion,
-    ) -> Result<u64, VolumeError> {
+    ) -> Result<(), VolumeError> {
         let e = offset / EXTENT_SIZE_BYTES;
         let (source, target) = (&s.background, &t.background);
         let read = self.header(Op::Read, offset, len, RECOVERY, WriteVersion::NONE);
@@ -520,7 +520,7 @@ impl Inner {
         };
         tracing::debug!(volume = %self.config.volume, extent = e, from = %source.addr(), to = %target.addr(), ?version, zeros = write.header.op == Op::WriteZeroes, "copying");
         self.answered(t.background_mutation(write).await, target.addr())?;
-        Ok(u64::from(len))
+        Ok(())
     }
 }
 

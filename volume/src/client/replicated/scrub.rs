@@ -262,7 +262,9 @@ impl Inner {
                     .await
                 } else {
                     whole_extent_copied = true;
-                    self.copy_extent_over(source, &bad.replica, copies, e).await
+                    self.copy_extent_over(source, &bad.replica, copies, e)
+                        .await
+                        .map(|_| 0)
                 };
                 match copied {
                     Ok(_) => {
@@ -316,6 +318,7 @@ impl Inner {
             .iter()
             .find(|c| c.version.version == newest && clean(c) == Some(digest))
             .expect("a copy voted for the digest");
+        let mut everywhere = false;
         for c in copies {
             let differs = match clean(c) {
                 Some(d) => d != digest || c.version.version != newest,
@@ -327,8 +330,16 @@ impl Inner {
             }
             tally.divergent += 1;
             tracing::warn!(volume = %self.config.volume, group, extent = e, replica = %c.replica.addr(), version = ?c.version.version, from = %source.replica.addr(), newest = ?newest, "scrub: copy differs from the current one");
+            if everywhere {
+                // An earlier copy of this pass rewrote every live copy, this one too.
+                tally.repaired += 1;
+                continue;
+            }
             match self.copy_extent_over(source, &c.replica, copies, e).await {
-                Ok(_) => tally.repaired += 1,
+                Ok(all) => {
+                    everywhere = all;
+                    tally.repaired += 1;
+                }
                 Err(why) => {
                     tally.unrepaired += 1;
                     tracing::error!(volume = %self.config.volume, group, extent = e, replica = %c.replica.addr(), error = %why, "scrub: divergent copy not repaired");
@@ -342,28 +353,32 @@ impl Inner {
     /// version than the source (one that took a write that was never acknowledged: the source
     /// outranks it), the source's contents are written over every live copy, the source's
     /// own included, under a fresh version of this writer, or the copies would be left
-    /// differing in version and the next deep scrub would copy the newer one back.
+    /// differing in version and the next deep scrub would copy the newer one back. Returns
+    /// whether it did so.
     async fn copy_extent_over(
         &self,
         source: &Copy,
         target: &Replica,
         copies: &[Copy],
         e: u64,
-    ) -> Result<u64, VolumeError> {
+    ) -> Result<bool, VolumeError> {
         let offset = e * EXTENT_SIZE_BYTES;
         let len = (self.size() - offset).min(EXTENT_SIZE_BYTES) as u32;
         let newer = copies
             .iter()
             .any(|c| c.rank().is_some() && c.version.version > source.version.version);
         if !newer {
-            return self.copy_range(&source.replica, target, offset, len).await;
+            return self
+                .copy_range(&source.replica, target, offset, len)
+                .await
+                .map(|_| false);
         }
         let version = self.next_version();
         for c in copies.iter().filter(|c| c.rank().is_some()) {
             self.copy_stamped(&source.replica, &c.replica, offset, len, version)
                 .await?;
         }
-        Ok(u64::from(len))
+        Ok(true)
     }
 
     /// Asks `replica` to check `[offset, offset + len)` against its checksums. As a probe: a
