@@ -29,6 +29,8 @@ struct State {
     refilled: Instant,
     window_start: Instant,
     latencies_ns: Vec<u64>,
+    /// Client IOs started and not finished (or given up).
+    client_in_flight: u64,
     client_ios: u64,
     recovery_bytes: u64,
 }
@@ -51,6 +53,7 @@ impl Default for RecoveryPace {
                 refilled: now,
                 window_start: now,
                 latencies_ns: Vec::new(),
+                client_in_flight: 0,
                 client_ios: 0,
                 recovery_bytes: 0,
             }),
@@ -101,20 +104,23 @@ impl RecoveryPace {
         }
     }
 
-    /// Whether a governor looks at the client latencies (see [`RecoveryPace::client_done`]).
+    /// Whether a governor looks at the client latencies (see [`RecoveryPace::client_io`]).
     pub fn observed(&self) -> bool {
         self.observed.load(Ordering::Relaxed)
     }
 
-    /// A client IO finished after `latency`. Only worth calling while [`observed`].
-    ///
-    /// [`observed`]: RecoveryPace::observed
-    pub fn client_done(&self, latency: Duration) {
-        let mut s = self.state.lock().expect("pace");
-        s.client_ios += 1;
-        if s.latencies_ns.len() < SAMPLES_MAX {
-            s.latencies_ns.push(latency.as_nanos() as u64);
+    /// A client IO starts: timed, and counted as in flight until the guard goes, while a
+    /// governor looks (`None` otherwise: no one would read the time).
+    pub fn client_io(&self) -> Option<ClientIo<'_>> {
+        if !self.observed() {
+            return None;
         }
+        self.state.lock().expect("pace").client_in_flight += 1;
+        Some(ClientIo {
+            pace: self,
+            started: Instant::now(),
+            done: false,
+        })
     }
 
     /// What the window since the last call saw, and a new window.
@@ -131,6 +137,7 @@ impl RecoveryPace {
         };
         let w = Window {
             span_ns: now.duration_since(s.window_start).as_nanos() as u64,
+            client_in_flight: s.client_in_flight,
             client_ios: s.client_ios,
             client_p99_ns: p99,
             recovery_ios: u64::from(s.recovery_bytes > 0),
@@ -140,6 +147,36 @@ impl RecoveryPace {
         s.client_ios = 0;
         s.recovery_bytes = 0;
         w
+    }
+}
+
+/// One client IO, from [`RecoveryPace::client_io`]: in flight until dropped, and its latency
+/// is one of the window's once [`ClientIo::done`].
+#[derive(Debug)]
+pub struct ClientIo<'a> {
+    pace: &'a RecoveryPace,
+    started: Instant,
+    done: bool,
+}
+
+impl ClientIo<'_> {
+    /// The IO finished (well or not): its latency counts.
+    pub fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for ClientIo<'_> {
+    fn drop(&mut self) {
+        let mut s = self.pace.state.lock().expect("pace");
+        s.client_in_flight -= 1;
+        if self.done {
+            s.client_ios += 1;
+            if s.latencies_ns.len() < SAMPLES_MAX {
+                s.latencies_ns
+                    .push(self.started.elapsed().as_nanos() as u64);
+            }
+        }
     }
 }
 
@@ -171,17 +208,33 @@ mod tests {
         assert_eq!(t0.elapsed(), Duration::ZERO);
     }
 
-    #[test]
-    fn a_window_reports_the_clients_p99_and_starts_afresh() {
+    #[tokio::test(start_paused = true)]
+    async fn a_window_reports_the_clients_p99_those_in_flight_and_starts_afresh() {
         let pace = RecoveryPace::default();
-        for us in 1..=1000 {
-            pace.client_done(Duration::from_micros(us));
+        assert!(
+            pace.client_io().is_none(),
+            "not timed before a governor looks"
+        );
+        pace.take_window();
+        let stuck = pace.client_io().expect("timed");
+        for _ in 1..=1000 {
+            let io = pace.client_io().expect("timed");
+            tokio::time::advance(Duration::from_micros(1)).await;
+            io.done();
         }
         let w = pace.take_window();
         assert_eq!(w.client_ios, 1000);
-        assert_eq!(w.client_p99_ns, 990_000);
+        assert_eq!(w.client_in_flight, 1);
+        // The i-th IO took 1 µs; the p99 is the 990th smallest.
+        assert_eq!(w.client_p99_ns, 1_000);
         assert_eq!(w.recovery_bytes, 0);
+        // One given up (its caller went away): no latency, no longer in flight.
+        let gone = pace.client_io().expect("timed");
+        drop(gone);
         let next = pace.take_window();
         assert_eq!((next.client_ios, next.client_p99_ns), (0, 0));
+        assert_eq!(next.client_in_flight, 1);
+        stuck.done();
+        assert_eq!(pace.take_window().client_in_flight, 0);
     }
 }

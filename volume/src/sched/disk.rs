@@ -50,6 +50,8 @@ const LATENCY_SAMPLES_MAX: usize = 20_000;
 struct State {
     mclock: Mclock<QueueKey, Waiting>,
     in_flight: usize,
+    /// Client requests waiting for a turn or holding one.
+    client_pending: u64,
     /// The time a wake-up is armed for, if one is.
     timer_at: Option<u64>,
     /// Specs of classes and volumes set by the operator; the rest use the class default.
@@ -79,6 +81,9 @@ impl Drop for Turn {
         if let Some(sched) = self.sched.take() {
             let mut s = sched.state.lock().expect("scheduler lock");
             s.in_flight -= 1;
+            if self.class == Class::Client {
+                s.client_pending -= 1;
+            }
             let w = &mut s.window;
             match self.class {
                 Class::Client => {
@@ -105,6 +110,7 @@ impl DiskScheduler {
             state: Mutex::new(State {
                 mclock: Mclock::default(),
                 in_flight: 0,
+                client_pending: 0,
                 timer_at: None,
                 class_specs: BTreeMap::new(),
                 counts: BTreeMap::new(),
@@ -153,6 +159,7 @@ impl DiskScheduler {
     pub fn take_window(&self) -> Window {
         let mut s = self.state.lock().expect("scheduler lock");
         let w = std::mem::take(&mut s.window);
+        let pending = s.client_pending;
         let span = std::mem::replace(&mut s.window_since, Instant::now()).elapsed();
         drop(s);
         let mut ns = w.client_ns;
@@ -164,6 +171,7 @@ impl DiskScheduler {
         };
         Window {
             span_ns: span.as_nanos() as u64,
+            client_in_flight: pending,
             client_ios: w.client_ios,
             client_p99_ns: p99,
             recovery_ios: w.recovery_ios,
@@ -239,6 +247,9 @@ impl DiskScheduler {
                     .set_spec(key, spec)
                     .expect("class specs are checked when set");
             }
+            if class == Class::Client {
+                s.client_pending += 1;
+            }
             let now = self.now();
             s.mclock.push(key, (tx, len, Instant::now()), len, now);
             self.pump(&mut s);
@@ -278,6 +289,9 @@ impl DiskScheduler {
                         Err(mut turn) => {
                             turn.sched = None;
                             s.in_flight -= 1;
+                            if turn.class == Class::Client {
+                                s.client_pending -= 1;
+                            }
                         }
                     }
                 }
@@ -396,22 +410,46 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_window_counts_the_clients_still_waiting_or_at_the_disk() {
+        let sched = DiskScheduler::new(1);
+        let held = sched.turn(Class::Client, 1, 4096).await;
+        // A second client waits behind the first (one place); a third gives up waiting.
+        let waiting = tokio::spawn({
+            let sched = Arc::clone(&sched);
+            async move { drop(sched.turn(Class::Client, 2, 4096).await) }
+        });
+        let gone = tokio::spawn({
+            let sched = Arc::clone(&sched);
+            async move { drop(sched.turn(Class::Client, 3, 4096).await) }
+        });
+        tokio::task::yield_now().await;
+        gone.abort();
+        let w = sched.take_window();
+        assert_eq!((w.client_ios, w.client_in_flight), (0, 3));
+        drop(held);
+        waiting.await.unwrap();
+        let w = sched.take_window();
+        assert_eq!((w.client_ios, w.client_in_flight), (2, 0));
+    }
+
     /// Runs client IOs of `client_ms` each (and, with `recovery`, 1 MiB recovery IOs of 2 ms
     /// each beside them) until `until`.
+    /// The two go side by side, neither waiting for the other.
     async fn load(sched: &Arc<DiskScheduler>, until: Instant, client_ms: u64, recovery: bool) {
-        while Instant::now() < until {
-            let client = async {
+        let clients = async {
+            while Instant::now() < until {
                 let _t = sched.turn(Class::Client, 1, 4096).await;
                 tokio::time::sleep(Duration::from_millis(client_ms)).await;
-            };
-            let copy = async {
-                if recovery {
-                    let _t = sched.turn(Class::Recovery, 1, 1 << 20).await;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            };
-            tokio::join!(client, copy);
-        }
+            }
+        };
+        let copies = async {
+            while recovery && Instant::now() < until {
+                let _t = sched.turn(Class::Recovery, 1, 1 << 20).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::join!(clients, copies);
     }
 
     #[tokio::test(start_paused = true)]

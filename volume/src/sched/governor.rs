@@ -5,10 +5,14 @@
 //! is now; the disk scheduler measures and applies.
 //!
 //! The rule is additive increase, multiplicative decrease, on bytes per second of recovery:
-//! - no client IO in the window: nothing to protect, no limit;
-//! - clients and no recovery: the window's client p99 feeds the idle baseline, and the limit
-//!   is at least set, at the floor, so that recovery starting beside clients earns its rate
-//!   rather than bursting at full speed until the first cut;
+//! - no client IO finished in the window or in flight at its end: nothing to protect, no
+//!   limit;
+//! - clients, and no limit yet (recovery ran free, or there was none): the limit is set at the
+//!   floor, so that recovery beside clients earns its rate rather than bursting at full speed
+//!   until the first cut, however harmless the first window looked;
+//! - clients that finished too few IOs for a p99: none (starved), the floor; some, the limit
+//!   stays;
+//! - clients and no recovery: the window's client p99 feeds the idle baseline;
 //! - both: over the target, the limit drops to 60 % of what recovery did in the window; under
 //!   it, it rises by an eighth (at least half the floor), unless it is far above what recovery
 //!   uses. It never goes below the floor, so a rebuild always progresses.
@@ -44,6 +48,8 @@ impl Default for GovernorConfig {
 pub struct Window {
     /// Length of the window, in ns.
     pub span_ns: u64,
+    /// Client IOs asked and not finished when the window ended.
+    pub client_in_flight: u64,
     /// Client IOs completed, and their p99 latency (waiting in the scheduler included), in ns.
     pub client_ios: u64,
     pub client_p99_ns: u64,
@@ -101,46 +107,59 @@ impl Governor {
     /// Takes one window and returns the recovery limit from now on.
     pub fn observe(&mut self, w: &Window) -> Option<u64> {
         let floor = self.config.floor_bytes_per_sec;
-        let probing = std::mem::take(&mut self.probing);
-        if w.client_ios < self.config.min_client_ios {
+        if w.client_ios == 0 && w.client_in_flight == 0 {
+            // No client anywhere in the window: nothing to protect.
+            self.probing = false;
             self.limit = None;
             return self.limit;
         }
+        let Some(limit) = self.limit else {
+            // Clients and recovery meet (recovery ran free, there was no one to protect):
+            // recovery starts at the floor and earns its rate, whatever this first window
+            // saw. A burst at full speed until the first cut can cost a short rebuild's
+            // clients their p99, and clients it starves finish too few IOs to judge by.
+            if w.recovery_ios == 0 && w.client_ios >= self.config.min_client_ios {
+                self.fold_baseline(w.client_p99_ns);
+            }
+            self.limit = Some(floor);
+            self.probing = self.baseline_ns.is_none();
+            return self.limit;
+        };
+        if w.client_ios < self.config.min_client_ios {
+            // Clients asked but finished too few IOs for a p99 (they are few, or starved):
+            // starved (none finished) drops recovery to the floor; otherwise the limit stays.
+            self.limit = Some(if w.client_ios == 0 { floor } else { limit });
+            return self.limit;
+        }
+        let probing = std::mem::take(&mut self.probing);
         if w.recovery_ios == 0 || probing {
             // Without recovery, or with it held at the floor: what clients have alone.
             self.fold_baseline(w.client_p99_ns);
             if w.recovery_ios == 0 {
-                // Recovery that starts beside clients starts at the floor and earns its rate:
-                // a burst at full speed before the first cut can cost a short rebuild's
-                // clients their p99.
-                self.limit = Some(self.limit.unwrap_or(floor));
                 return self.limit;
             }
         }
         let Some(target) = self.target_ns() else {
+            // Recovery started before any quiet window: held at the floor for one, whose
+            // client p99 is the baseline.
             self.probing = true;
             self.limit = Some(floor);
             return self.limit;
         };
         let secs = (w.span_ns.max(1) as f64) / 1e9;
         let used = (w.recovery_bytes as f64 / secs) as u64;
-        self.limit = if w.client_p99_ns > target {
-            let from = self.limit.map_or(used, |l| l.min(used.max(floor)));
-            Some((from as f64 * 0.6) as u64).map(|l| l.max(floor))
+        self.limit = Some(if w.client_p99_ns > target {
+            let from = limit.min(used.max(floor));
+            ((from as f64 * 0.6) as u64).max(floor)
         } else {
-            match self.limit {
-                None => None,
-                Some(l) => {
-                    let raised = l + (l / 8).max(floor / 2);
-                    // Far above what recovery uses, it is not what holds recovery back: kept.
-                    Some(if raised <= used.saturating_mul(4).max(floor * 4) {
-                        raised
-                    } else {
-                        l
-                    })
-                }
+            let raised = limit + (limit / 8).max(floor / 2);
+            // Far above what recovery uses, it is not what holds recovery back: kept.
+            if raised <= used.saturating_mul(4).max(floor * 4) {
+                raised
+            } else {
+                limit
             }
-        };
+        });
         self.limit
     }
 }
@@ -155,6 +174,7 @@ mod tests {
     fn window(client_ios: u64, p99_ms: f64, recovery_mib: u64) -> Window {
         Window {
             span_ns: 500 * MS,
+            client_in_flight: 0,
             client_ios,
             client_p99_ns: (p99_ms * MS as f64) as u64,
             recovery_ios: recovery_mib / 4,
@@ -196,7 +216,47 @@ mod tests {
         let grown = g.observe(&window(1000, 2.2, again / MIB / 2)).unwrap();
         assert_eq!(grown, again + again / 8);
         // Clients leave: recovery runs free.
-        assert_eq!(g.observe(&window(3, 9.0, 400)), None);
+        assert_eq!(g.observe(&window(0, 0.0, 400)), None);
+    }
+
+    #[test]
+    fn clients_too_few_to_judge_keep_the_limit_and_starved_ones_drop_it_to_the_floor() {
+        let mut g = Governor::new(GovernorConfig::default());
+        g.observe(&window(1000, 2.0, 0));
+        let mut limit = 8 * MIB;
+        while limit < 64 * MIB {
+            limit = g.observe(&window(1000, 2.0, limit / MIB / 2)).unwrap();
+        }
+        // A handful of IOs, however slow: no p99 to judge by, the limit stays.
+        assert_eq!(g.observe(&window(3, 9.0, 30)), Some(limit));
+        // Clients asked and none finished: starved, recovery goes to the floor.
+        let starved = Window {
+            client_in_flight: 8,
+            client_ios: 0,
+            ..window(0, 0.0, 60)
+        };
+        assert_eq!(g.observe(&starved), Some(8 * MIB));
+        assert_eq!(
+            g.baseline_ns(),
+            Some(2 * MS),
+            "a starved window is no baseline"
+        );
+    }
+
+    #[test]
+    fn clients_that_come_to_recovery_running_free_put_it_at_the_floor() {
+        let mut g = Governor::new(GovernorConfig::default());
+        g.observe(&window(1000, 2.0, 0));
+        assert_eq!(
+            g.observe(&window(0, 0.0, 400)),
+            None,
+            "no clients, no limit"
+        );
+        // The clients' first window beside it happened to be fine: the floor all the same.
+        assert_eq!(g.observe(&window(1000, 2.0, 200)), Some(8 * MIB));
+        assert_eq!(g.observe(&window(0, 0.0, 400)), None);
+        // Or it hurt: the floor too, not 60 % of the free rate.
+        assert_eq!(g.observe(&window(1000, 9.0, 200)), Some(8 * MIB));
     }
 
     #[test]

@@ -378,18 +378,6 @@ impl Inner {
     }
 
     /// The current members of `group`.
-    /// When a client IO starts, if a governor looks at client latencies (`client::pace`).
-    fn timed(&self) -> Option<tokio::time::Instant> {
-        self.pool.pace().observed().then(tokio::time::Instant::now)
-    }
-
-    /// A client IO that started at `started` (see [`Inner::timed`]) finished.
-    fn client_done(&self, started: Option<tokio::time::Instant>) {
-        if let Some(t) = started {
-            self.pool.pace().client_done(t.elapsed());
-        }
-    }
-
     fn members(&self, group: usize) -> Members {
         Arc::clone(&self.groups[group].read().expect("group members"))
     }
@@ -416,9 +404,11 @@ impl BlockVolume for ReplicatedVolume {
     fn read(&self, offset: u64, len: u32) -> VolFuture<Bytes> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let started = inner.timed();
+            let timed = inner.pool.pace().client_io();
             let read = Arc::clone(&inner).read(offset, len).await;
-            inner.client_done(started);
+            if let Some(io) = timed {
+                io.done();
+            }
             read
         })
     }
@@ -426,7 +416,7 @@ impl BlockVolume for ReplicatedVolume {
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> VolFuture<()> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let started = inner.timed();
+            let timed = inner.pool.pace().client_io();
             if data.len() > IO_SIZE_MAX_BYTES as usize {
                 return Err(VolumeError::TooLarge {
                     len: data.len() as u64,
@@ -442,7 +432,9 @@ impl BlockVolume for ReplicatedVolume {
                     Request::write(inner.header(Op::Write, p.offset, p.len, flags, v), payload)
                 })
                 .await;
-            inner.client_done(started);
+            if let Some(io) = timed {
+                io.done();
+            }
             written
         })
     }
