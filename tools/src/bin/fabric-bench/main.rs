@@ -20,6 +20,7 @@ use clap::Parser;
 use serde_json::Value;
 use tools::prometheus::{parse_prometheus_text, sample, scrape};
 
+mod burn;
 mod cpu;
 mod disk;
 mod driver;

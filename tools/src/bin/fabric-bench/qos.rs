@@ -8,6 +8,11 @@
 //! `bench` is rebuilt (fio is interrupted then, so the figure covers the rebuild only); then
 //! node 3 is marked out and `bench` rebuilds again with no client, for the rebuild's idle
 //! rate; last, with fio flooding `bench` at depth 32 beside it.
+//!
+//! With the governed pace, a control too: the client alone beside pure computation that keeps
+//! busy half the cores the rebuild took alone (what a rebuild at half its idle rate would cost
+//! the CPUs), at normal priority and at `SCHED_IDLE`, so the rebuild's figure can be read
+//! against what any work of that size costs the client on this host.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,6 +22,7 @@ use anyhow::Context;
 use serde_json::Value;
 use tools::prometheus::{parse_prometheus_text, sample, scrape};
 
+use super::burn::{Burner, Priority};
 use super::{Args, Server, fabricctl_json, fio, free_port, prefill, wait_listening};
 
 const CLIENT_BYTES: u64 = 256 << 20;
@@ -48,6 +54,16 @@ struct Round {
     cpu_idle: f64,
     cpu_rebuilding: f64,
     cpu_rebuild_alone: f64,
+    control: Option<Control>,
+}
+
+/// The client beside pure computation of `cores` cores (see the module docs).
+struct Control {
+    cores: f64,
+    /// The client alone again, just before (two nodes are out by then).
+    alone: P99,
+    normal: P99,
+    idle_priority: P99,
 }
 
 /// Busy and total jiffies of all the host's CPUs so far (/proc/stat).
@@ -223,9 +239,32 @@ fn round(
     eprintln!("[{pace}] node 3 out, bench rebuilds with no client");
     let before = resync()?;
     ctl(&["node", "out", "3"])?;
-    let ((), cpu_rebuild_alone) = cpu_busy(|| rebuilt(Instant::now()))?;
+    let cluster_before = super::cpu::cluster_cpu(cluster.child.id())?;
+    let alone_started = Instant::now();
+    let ((), cpu_rebuild_alone) = cpu_busy(|| rebuilt(alone_started))?;
+    let rebuild_cores = super::cpu::cluster_cpu(cluster.child.id())?
+        .since(&cluster_before)
+        .total()
+        / alone_started.elapsed().as_secs_f64();
     let (bytes, seconds) = settled(before)?;
     let idle_rebuild_mib_s = bytes / f64::from(1 << 20) / seconds.max(1e-3);
+
+    let control = if pace == "governed" {
+        let cores = rebuild_cores / 2.0;
+        eprintln!("[{pace}] client beside pure computation on {cores:.2} cores");
+        let beside = |priority| -> anyhow::Result<P99> {
+            let _burn = Burner::start(cores, priority)?;
+            client_run(port, args.runtime)
+        };
+        Some(Control {
+            cores,
+            alone: client_run(port, args.runtime)?,
+            normal: beside(Priority::Normal)?,
+            idle_priority: beside(Priority::Idle)?,
+        })
+    } else {
+        None
+    };
 
     eprintln!("[{pace}] client while bench is flooded at depth 32");
     let mut flood_args = nbd_args(port, "bench");
@@ -255,6 +294,7 @@ fn round(
         cpu_idle,
         cpu_rebuilding,
         cpu_rebuild_alone,
+        control,
     })
 }
 
@@ -307,6 +347,20 @@ pub(crate) fn qos(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> any
             r.cpu_rebuilding * 100.0,
             r.cpu_rebuild_alone * 100.0
         );
+    }
+    for r in &rounds {
+        if let Some(c) = &r.control {
+            println!(
+                "control ({}): client beside pure computation on {:.2} cores (half the idle \
+                 rebuild's): p99 {:.2} x alone at normal priority, {:.2} x at SCHED_IDLE \
+                 (alone {:.0} µs)",
+                r.pace,
+                c.cores,
+                c.normal.worse() / c.alone.worse(),
+                c.idle_priority.worse() / c.alone.worse(),
+                c.alone.worse(),
+            );
+        }
     }
     println!(
         "targets: p99 during rebuild <= 1.2 x idle while the rebuild keeps >= 0.5 x its idle rate; \
