@@ -53,6 +53,15 @@ pub enum Error {
         end: usize,
         available: usize,
     },
+    /// An int8 encoder was asked for without a calibration that fits it.
+    #[error("calibration: {0}")]
+    Calibration(String),
+    /// A tokenizer file could not be read or used.
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    /// One input of a batch cannot be run (too long, empty, an id outside the vocabulary).
+    #[error("input {index}: {message}")]
+    Input { index: usize, message: String },
     /// Input handed to a model does not have the model's input width.
     #[error("input has {found} values per row, the model expects {expected}")]
     InputWidth { expected: usize, found: usize },

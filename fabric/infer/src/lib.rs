@@ -10,20 +10,24 @@
 //!   bf16 (f32 accumulate) or int8 (i32 accumulate), blocking for cache and fanning out over
 //!   rayon for large shapes.
 //! - [`model`] loads a TOML description plus safetensors weights and runs it row by row.
+//! - [`bert`] is a BERT encoder for sentence embeddings (all-MiniLM-L6-v2) on that engine.
 //!
 //! Start reading at [`gemm::Engine`], then `gemm/driver.rs` (blocking and threads) and
 //! `amx/micro.rs` (the tile microkernel).
 
 mod aligned;
 pub mod amx;
+pub mod bert;
 pub mod bf16;
 pub mod cpu;
+pub mod embedder;
 mod error;
 pub mod gemm;
 mod kernels;
 pub mod model;
 pub mod pack;
 pub mod quant;
+pub mod store;
 
 pub use cpu::{Features, Path};
 pub use error::Error;

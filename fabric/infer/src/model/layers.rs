@@ -26,6 +26,12 @@ pub enum Layer {
         weight: PackedI8,
         scales: Vec<f32>,
         bias: Option<Vec<f32>>,
+        /// Per input channel, what x is multiplied by before it is quantized (the weights
+        /// were divided by it): evens out channels of outsized activations, which would
+        /// otherwise take a row's whole int8 range.
+        smooth: Option<Vec<f32>>,
+        /// Rows int8 would serve badly, computed in bf16 instead.
+        outliers: Option<OutlierRows>,
     },
     LayerNorm {
         gamma: Vec<f32>,
@@ -35,6 +41,50 @@ pub enum Layer {
     Relu,
     Gelu,
     Softmax,
+}
+
+/// Rows whose largest |x| is more than `ratio` times their mean |x| (a token whose few
+/// massive activations would leave the rest of its row a handful of int8 levels) go through
+/// `weight`, the same (smoothed) weights in bf16.
+#[derive(Debug)]
+pub struct OutlierRows {
+    pub weight: PackedBf16,
+    pub ratio: f32,
+}
+
+impl OutlierRows {
+    /// The rows of `x` (each `width` wide) to compute in bf16.
+    fn rows(&self, x: &[f32], width: usize) -> Vec<usize> {
+        x.chunks_exact(width)
+            .enumerate()
+            .filter(|(_, row)| {
+                let (max, sum) = row
+                    .iter()
+                    .fold((0f32, 0f32), |(m, s), v| (m.max(v.abs()), s + v.abs()));
+                max * width as f32 > self.ratio * sum
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Overwrites those rows of `y` (`n` wide, bias not yet added) with their bf16 product.
+    fn apply(&self, engine: &Engine, x: &[f32], width: usize, y: &mut [f32]) {
+        let rows = self.rows(x, width);
+        if rows.is_empty() {
+            return;
+        }
+        let n = self.weight.n();
+        let gathered: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| &x[r * width..(r + 1) * width])
+            .copied()
+            .collect();
+        let mut out = vec![0f32; rows.len() * n];
+        engine.bf16(rows.len(), &gathered, &self.weight, &mut out);
+        for (r, row) in rows.iter().zip(out.chunks_exact(n)) {
+            y[r * n..(r + 1) * n].copy_from_slice(row);
+        }
+    }
 }
 
 impl Layer {
@@ -68,7 +118,14 @@ impl Layer {
                 weight,
                 scales,
                 bias,
+                smooth,
+                outliers,
             } => {
+                if let Some(smooth) = smooth {
+                    for row in x.chunks_mut(width) {
+                        row.iter_mut().zip(smooth).for_each(|(v, s)| *v *= s);
+                    }
+                }
                 let mut q = vec![0i8; x.len()];
                 let row_scales = quantize_rows(&x, width, &mut q);
                 let mut acc = vec![0i32; rows * weight.n()];
@@ -76,6 +133,9 @@ impl Layer {
                 let mut y: Vec<f32> = Vec::with_capacity(acc.len());
                 for (row, sx) in acc.chunks(weight.n()).zip(&row_scales) {
                     y.extend(row.iter().zip(scales).map(|(v, sw)| *v as f32 * sx * sw));
+                }
+                if let Some(outliers) = outliers {
+                    outliers.apply(engine, &x, width, &mut y);
                 }
                 add_bias(&mut y, bias.as_deref());
                 y

@@ -113,6 +113,8 @@ impl Model {
                         weight: PackedI8::from_n_by_k(out, width, &w),
                         scales,
                         bias,
+                        smooth: None,
+                        outliers: None,
                     }
                 }
                 RawLayer::LayerNorm { weight, bias, eps } => Layer::LayerNorm {

@@ -144,6 +144,11 @@ impl WeightsFile {
         Ok((found, values))
     }
 
+    /// Whether the file holds a tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.parse().is_ok_and(|st| st.tensor(name).is_ok())
+    }
+
     /// An F32 tensor of exactly `shape`.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, Error> {
         let shape: Vec<Option<usize>> = shape.iter().map(|s| Some(*s)).collect();

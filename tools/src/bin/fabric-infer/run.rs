@@ -1,5 +1,5 @@
-//! `fabric-infer`: runs a dense model (TOML description + safetensors weights) over a file of
-//! input vectors and writes the outputs, in batches, with a progress bar.
+//! `fabric-infer run`: runs a dense model (TOML description + safetensors weights) over a
+//! file of input vectors and writes the outputs, in batches, with a progress bar.
 //!
 //! Input and output formats: `f32` (raw little-endian f32, whole rows back to back) or `jsonl`
 //! (one JSON array of numbers per line). The format follows the file extension unless given.
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use infer::{Engine, Model};
+use infer::Model;
 
 /// Most rows run through the model at once.
 const BATCH_ROWS_MAX: usize = 1 << 16;
@@ -23,8 +23,7 @@ enum Format {
 }
 
 #[derive(Parser)]
-#[command(about = "Run a dense model over a file of input vectors")]
-struct Args {
+pub(crate) struct Args {
     /// The model description (TOML); it names its safetensors file.
     #[arg(long)]
     model: PathBuf,
@@ -43,9 +42,8 @@ struct Args {
     /// Rows per batch.
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Kernel path: amx, avx512, avx2, scalar or auto (default: FABRIC_INFER_KERNEL, else auto).
-    #[arg(long)]
-    kernel: Option<String>,
+    #[command(flatten)]
+    kernel: super::Kernel,
 }
 
 fn format_of(path: &Path, given: Option<Format>) -> Format {
@@ -113,19 +111,12 @@ fn write_rows(out: &mut impl Write, format: Format, width: usize, values: &[f32]
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+pub(crate) fn run(args: Args) -> Result<()> {
     ensure!(
         (1..=BATCH_ROWS_MAX).contains(&args.batch),
         "--batch must be 1..={BATCH_ROWS_MAX}"
     );
-    let engine = match &args.kernel {
-        Some(name) => match infer::Path::parse(name)? {
-            Some(path) => Engine::new(path)?,
-            None => Engine::detect()?,
-        },
-        None => Engine::detect()?,
-    };
+    let engine = args.kernel.engine()?;
     let model =
         Model::load(&args.model).with_context(|| format!("load model {}", args.model.display()))?;
     let (width, out_width) = (model.input_width(), model.output_width());
