@@ -4,6 +4,10 @@
 //!
 //! ONNX Runtime runs through `tools/scripts/ort_gemm.py` when python3 can import onnxruntime,
 //! onnx and numpy; otherwise a skip line is printed.
+//!
+//! With `--model NAME`, the whole sentence-embedding model instead (`model.rs`).
+
+mod model;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -39,6 +43,12 @@ struct Args {
     /// Do not run ONNX Runtime.
     #[arg(long)]
     no_ort: bool,
+    /// Benchmark this stored embedding model (f32, bf16, int8) against ONNX Runtime instead.
+    #[arg(long)]
+    model: Option<String>,
+    /// The model store, for `--model`.
+    #[arg(long, env = "FABRIC_MODEL_STORE", default_value = "models")]
+    store: std::path::PathBuf,
 }
 
 #[derive(Clone, Copy)]
@@ -89,7 +99,7 @@ fn shapes(which: &str, quick: bool) -> Result<Vec<Shape>> {
     Ok(out)
 }
 
-fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
+pub(crate) fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
     f(); // warm-up: page faults, rayon spin-up
     let mut t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
@@ -241,6 +251,9 @@ fn main() -> Result<()> {
             .context("set the rayon thread count")?;
     }
     let threads = rayon::current_num_threads();
+    if let Some(name) = &args.model {
+        return model::run(&args, name, threads);
+    }
     let host = Features::host();
     let shapes = shapes(&args.shapes, args.quick)?;
     println!(
