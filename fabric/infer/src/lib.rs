@@ -22,6 +22,7 @@ pub mod bf16;
 pub mod cpu;
 pub mod embedder;
 mod error;
+pub mod fastmath;
 pub mod gemm;
 mod kernels;
 pub mod model;

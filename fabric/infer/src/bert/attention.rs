@@ -92,23 +92,11 @@ fn head(
     let mut p = vec![0f32; len * len];
     engine.f32(len, &q, &k, &mut p);
     for row in p.chunks_exact_mut(len) {
-        softmax(row);
+        crate::fastmath::softmax_in_place(row);
     }
     let mut ctx = vec![0f32; len * d];
     engine.f32(len, &p, &v, &mut ctx);
     ctx
-}
-
-/// In place, shifted by the row's maximum so large scores do not overflow.
-fn softmax(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let mut sum = 0.0;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 #[cfg(test)]
