@@ -36,7 +36,7 @@ pub fn exp(x: f32) -> f32 {
 pub fn erf(x: f32) -> f32 {
     const A: [f32; 6] = [
         0.070_523_08,
-        0.042_282_012,
+        0.042_282_01,
         0.009_270_527,
         0.000_152_014_3,
         0.000_276_567_2,
@@ -57,16 +57,17 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Runs `body` compiled for AVX2 and FMA when the CPU has them, else as built.
+/// Defines `$name`, which runs `body` compiled for AVX2 and FMA when the CPU has them (as
+/// `$avx2`), else as built.
 macro_rules! dispatch {
-    ($name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*), $body:expr) => {
+    ($name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?, $body:block) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        fn $avx2($($arg: $ty),*) {
+        fn $avx2($($arg: $ty),*) $(-> $ret)? {
             $body
         }
 
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
@@ -78,6 +79,7 @@ macro_rules! dispatch {
         }
     };
 }
+pub(crate) use dispatch;
 
 dispatch!(gelu_in_place, gelu_in_place_avx2, (x: &mut [f32]), {
     for v in x.iter_mut() {

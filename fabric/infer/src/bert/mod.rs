@@ -303,6 +303,11 @@ fn linear(
         },
         Dtype::Int8 => {
             assert!(k <= INT8_DEPTH_MAX, "int8 depth {k} over {INT8_DEPTH_MAX}");
+            // Lopsided rows go through the weights as they are, in bf16.
+            let outliers = OutlierRows {
+                weight: PackedBf16::from_n_by_k(n, k, &w),
+                ratio: OUTLIER_RATIO,
+            };
             let smooth = reach.map(|reach| {
                 let mut w_max = vec![0f32; k];
                 for row in w.chunks_exact(k) {
@@ -334,10 +339,7 @@ fn linear(
                 scales,
                 bias,
                 smooth,
-                outliers: Some(OutlierRows {
-                    weight: PackedBf16::from_n_by_k(n, k, &w),
-                    ratio: OUTLIER_RATIO,
-                }),
+                outliers: Some(outliers),
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use crate::gemm::Engine;
 use crate::pack::{PackedBf16, PackedF32, PackedI8};
-use crate::quant::quantize_rows;
+use crate::quant::quantize_rows_smoothed;
 
 /// One step of a model.
 #[derive(Debug)]
@@ -43,9 +43,9 @@ pub enum Layer {
     Softmax,
 }
 
-/// Rows whose largest |x| is more than `ratio` times their mean |x| (a token whose few
-/// massive activations would leave the rest of its row a handful of int8 levels) go through
-/// `weight`, the same (smoothed) weights in bf16.
+/// Rows whose (smoothed) largest |x| is more than `ratio` times their mean |x| — a token whose
+/// few massive activations would leave the rest of its row a handful of int8 levels — go
+/// through `weight`, the layer's weights as they were before smoothing, in bf16.
 #[derive(Debug)]
 pub struct OutlierRows {
     pub weight: PackedBf16,
@@ -53,23 +53,8 @@ pub struct OutlierRows {
 }
 
 impl OutlierRows {
-    /// The rows of `x` (each `width` wide) to compute in bf16.
-    fn rows(&self, x: &[f32], width: usize) -> Vec<usize> {
-        x.chunks_exact(width)
-            .enumerate()
-            .filter(|(_, row)| {
-                let (max, sum) = row
-                    .iter()
-                    .fold((0f32, 0f32), |(m, s), v| (m.max(v.abs()), s + v.abs()));
-                max * width as f32 > self.ratio * sum
-            })
-            .map(|(i, _)| i)
-            .collect()
-    }
-
-    /// Overwrites those rows of `y` (`n` wide, bias not yet added) with their bf16 product.
-    fn apply(&self, engine: &Engine, x: &[f32], width: usize, y: &mut [f32]) {
-        let rows = self.rows(x, width);
+    /// Overwrites `rows` of `y` (`n` wide, bias not yet added) with their bf16 product.
+    fn apply(&self, engine: &Engine, x: &[f32], width: usize, rows: &[usize], y: &mut [f32]) {
         if rows.is_empty() {
             return;
         }
@@ -86,6 +71,17 @@ impl OutlierRows {
         }
     }
 }
+
+crate::fastmath::dispatch!(
+    dequantize_row,
+    dequantize_row_avx2,
+    (acc: &[i32], sx: f32, scales: &[f32], y: &mut [f32]),
+    {
+        for ((y, a), sw) in y.iter_mut().zip(acc).zip(scales) {
+            *y = *a as f32 * sx * sw;
+        }
+    }
+);
 
 impl Layer {
     /// Output width for an input of `width` values per row.
@@ -121,21 +117,23 @@ impl Layer {
                 smooth,
                 outliers,
             } => {
-                if let Some(smooth) = smooth {
-                    for row in x.chunks_mut(width) {
-                        row.iter_mut().zip(smooth).for_each(|(v, s)| *v *= s);
-                    }
-                }
                 let mut q = vec![0i8; x.len()];
-                let row_scales = quantize_rows(&x, width, &mut q);
-                let mut acc = vec![0i32; rows * weight.n()];
+                let quant = quantize_rows_smoothed(&x, width, smooth.as_deref(), &mut q);
+                let n = weight.n();
+                let mut acc = vec![0i32; rows * n];
                 engine.i8(rows, &q, weight, &mut acc);
-                let mut y: Vec<f32> = Vec::with_capacity(acc.len());
-                for (row, sx) in acc.chunks(weight.n()).zip(&row_scales) {
-                    y.extend(row.iter().zip(scales).map(|(v, sw)| *v as f32 * sx * sw));
+                let mut y = vec![0f32; rows * n];
+                for ((y, acc), r) in y.chunks_exact_mut(n).zip(acc.chunks_exact(n)).zip(&quant) {
+                    dequantize_row(acc, r.scale, scales, y);
                 }
                 if let Some(outliers) = outliers {
-                    outliers.apply(engine, &x, width, &mut y);
+                    let lopsided: Vec<usize> = quant
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.spread > outliers.ratio)
+                        .map(|(i, _)| i)
+                        .collect();
+                    outliers.apply(engine, &x, width, &lopsided, &mut y);
                 }
                 add_bias(&mut y, bias.as_deref());
                 y
