@@ -49,16 +49,29 @@ crate::fastmath::dispatch!(
     quantize_row_avx2,
     (row: &[f32], smooth: Option<&[f32]>, q: &mut [i8]) -> RowQuant,
     {
-        // Eight running maxima and sums, so the passes vectorise.
+        // Eight running maxima and sums, so the pass vectorises.
         let (mut max, mut sum) = ([0f32; 8], [0f32; 8]);
-        let mut lane = |i: usize, v: f32| {
-            let a = v.abs();
-            max[i % 8] = max[i % 8].max(a);
-            sum[i % 8] += a;
+        let mut take = |c: &[f32], s: &[f32]| {
+            for j in 0..8 {
+                let a = (c[j] * s[j]).abs();
+                max[j] = max[j].max(a);
+                sum[j] += a;
+            }
         };
+        let ones = [1f32; 8];
+        let rest = row.len() - row.len() % 8;
         match smooth {
-            Some(s) => row.iter().zip(s).enumerate().for_each(|(i, (v, s))| lane(i, v * s)),
-            None => row.iter().enumerate().for_each(|(i, v)| lane(i, *v)),
+            Some(sm) => {
+                for (c, s) in row.chunks_exact(8).zip(sm.chunks_exact(8)) {
+                    take(c, s);
+                }
+            }
+            None => row.chunks_exact(8).for_each(|c| take(c, &ones)),
+        }
+        for (i, v) in row.iter().enumerate().skip(rest) {
+            let a = (v * smooth.map_or(1.0, |s| s[i])).abs();
+            max[0] = max[0].max(a);
+            sum[0] += a;
         }
         let max = max.iter().fold(0f32, |m, v| m.max(*v));
         let sum: f32 = sum.iter().sum();
@@ -70,7 +83,12 @@ crate::fastmath::dispatch!(
         let inv = 1.0 / scale;
         // Adding and taking away 1.5 · 2²³ rounds to nearest (ties to even) in any lane.
         const ROUND: f32 = 12_582_912.0;
-        let quant = |v: f32| (((v * inv) + ROUND) - ROUND).clamp(-QUANT_MAX, QUANT_MAX) as i8;
+        // The integer is in the low bits of `x + 1.5 · 2²³` (|x| ≤ 127): reading them back
+        // needs no float-to-int conversion, which does not vectorise with its NaN checks.
+        let quant = |v: f32| {
+            let x = (v * inv).clamp(-QUANT_MAX, QUANT_MAX) + ROUND;
+            (x.to_bits() as i32 - ROUND.to_bits() as i32) as i8
+        };
         match smooth {
             Some(s) => {
                 for ((d, v), s) in q.iter_mut().zip(row).zip(s) {
