@@ -178,6 +178,34 @@ fn ceiling(family: &str, runs: usize) -> Result<f64> {
 /// ONNX Runtime G(FL)OP/s keyed by (m, k, n, kind).
 type OrtResults = HashMap<(usize, usize, usize, String), f64>;
 
+/// Runs `script` with `request` as JSON on its stdin; its stdout, or why it failed (the
+/// script's last line on stderr).
+pub(crate) fn python_json(script: &str, request: &serde_json::Value) -> Result<String, String> {
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("python3: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(request.to_string().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{script} exited with {}: {}",
+            out.status,
+            stderr.lines().last().unwrap_or("")
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// ONNX Runtime timings, or why they are missing.
 fn onnx_runtime(shapes: &[Shape], threads: usize, runs: usize) -> Result<OrtResults, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ort_gemm.py");
@@ -198,24 +226,9 @@ fn onnx_runtime(shapes: &[Shape], threads: usize, runs: usize) -> Result<OrtResu
         Err(e) => return Err(format!("python3 not runnable: {e}")),
     }
     let request = serde_json::json!({ "threads": threads, "runs": runs, "shapes": shapes.iter().map(|s| [s.m, s.k, s.n]).collect::<Vec<_>>() });
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(request.to_string().as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("{script} exited with {}", out.status));
-    }
+    let stdout = python_json(script, &request)?;
     let mut result = HashMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let key = |f: &str| v[f].as_u64().unwrap_or(0) as usize;
         let (m, k, n) = (key("m"), key("k"), key("n"));
@@ -335,11 +348,12 @@ fn main() -> Result<()> {
     }
 
     println!("\nratios (same run; '-' = a side is missing on this CPU or skipped):");
-    let ratio_defs: [(&str, &str, &str, f64); 7] = [
+    let ratio_defs: [(&str, &str, &str, f64); 8] = [
         ("AMX bf16 / AVX-512 f32", "amx-bf16", "avx512-f32", 8.0),
         ("AMX int8 / AVX-512 VNNI", "amx-int8", "avx512-vnni", 3.0),
         ("AMX int8 / ORT int8", "amx-int8", "ort-int8", 1.0),
-        ("AVX-512 f32 / ORT f32", "avx512-f32", "ort-f32", 0.0),
+        ("AVX-512 f32 / ORT f32", "avx512-f32", "ort-f32", 0.9),
+        ("AVX-512 VNNI / ORT int8", "avx512-vnni", "ort-int8", 0.9),
         ("AVX2 f32 / ORT f32", "avx2-f32", "ort-f32", 0.0),
         ("AVX2 int8 / ORT int8", "avx2-int8", "ort-int8", 0.0),
         ("AVX2 int8 / AVX2 f32", "avx2-int8", "avx2-f32", 0.0),

@@ -5,16 +5,13 @@
 //! f32 vectors (which match a float64 reference within 1e-4, `fabric/infer/tests/minilm.rs`)
 //! over the test corpus. ONNX Runtime runs through `tools/scripts/ort_minilm.py`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use anyhow::{Context, Result, bail};
 use infer::Engine;
 use infer::bert::{CALIBRATION_TEXTS, Dtype};
 use infer::embedder::Embedder;
 use infer::store::Store;
 
-use super::{Args, median_seconds};
+use super::{Args, median_seconds, python_json};
 
 /// The texts accuracy is compared on.
 const CORPUS: &str = include_str!("../../../../fabric/infer/tests/data/corpus.txt");
@@ -104,23 +101,7 @@ fn onnx_runtime(args: &Args, name: &str, threads: usize) -> Result<Vec<(Row, Vec
             {"batch": LATENCY.0, "tokens": LATENCY.1},
         ],
     });
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("python3: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(request.to_string().as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
+    let stdout = python_json(script, &request)?;
     let mut rows = Vec::new();
     for kind in ["fp32", "int8"] {
         let mut row = Row {
@@ -130,7 +111,7 @@ fn onnx_runtime(args: &Args, name: &str, threads: usize) -> Result<Vec<(Row, Vec
             worst_cosine: None,
         };
         let mut vectors = Vec::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for line in stdout.lines() {
             let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
             if v["kind"] != kind {
                 continue;
