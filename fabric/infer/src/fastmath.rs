@@ -57,17 +57,17 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Defines `$name`, which runs `body` compiled for AVX2 and FMA when the CPU has them (as
-/// `$avx2`), else as built.
+/// Defines `$name` (with visibility `$vis`), which runs `body` compiled for AVX2 and FMA when
+/// the CPU has them (as `$avx2`), else as built.
 macro_rules! dispatch {
-    ($name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?, $body:block) => {
+    ($vis:vis $name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?, $body:block) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         fn $avx2($($arg: $ty),*) $(-> $ret)? {
             $body
         }
 
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
@@ -81,13 +81,13 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
-dispatch!(gelu_in_place, gelu_in_place_avx2, (x: &mut [f32]), {
+dispatch!(pub gelu_in_place, gelu_in_place_avx2, (x: &mut [f32]), {
     for v in x.iter_mut() {
         *v = gelu(*v);
     }
 });
 
-dispatch!(softmax_in_place, softmax_in_place_avx2, (row: &mut [f32]), {
+dispatch!(pub softmax_in_place, softmax_in_place_avx2, (row: &mut [f32]), {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
     for v in row.iter_mut() {
         *v = exp(*v - max);

