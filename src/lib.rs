@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -19,8 +20,8 @@ pub mod vm;
 /// How long a starting `fabricd` may take to start serving. Longer than the launcher's own
 /// limit on forming a cluster (60 s), so that a slow start ends in the launcher's specific error.
 pub const START_TIMEOUT_MS: u64 = 90_000;
-/// Lines of each child's log file shown when a start fails.
-const START_FAILURE_LOG_LINES: usize = 40;
+/// Lines of each child's log file shown when a start (or a test) fails.
+const FAILURE_LOG_LINES: usize = 40;
 
 /// The workspace's own directory (for files the tests check, like the dashboard).
 pub fn workspace_root() -> PathBuf {
@@ -206,6 +207,9 @@ impl DevNode {
             .env("FABRIC_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, which the nodes and the gateway it starts join: a kill
+            // reaches all of them at once (see `kill9`).
+            .process_group(0)
             .spawn()
             .context("spawn fabricd")?;
         // Collect both streams; tests look for log lines (checksum errors, shutdown).
@@ -246,20 +250,20 @@ impl DevNode {
             {
                 bail!(
                     "fabricd exited during start with {status}:\n{}",
-                    self.start_report()
+                    self.report()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!(
             "fabricd did not start listening within {START_TIMEOUT_MS} ms:\n{}",
-            self.start_report()
+            self.report()
         )
     }
 
-    /// What a failed start leaves to read: the launcher's output and the tail of the log file
-    /// of every child it started (`node-ID/fabricd.log`, `gateway/fabricd.log`).
-    fn start_report(&mut self) -> String {
+    /// What a failure leaves to read: the launcher's output and the tail of the log file of
+    /// every child it started (`node-ID/fabricd.log`, `gateway/fabricd.log`).
+    pub fn report(&mut self) -> String {
         let mut report = self.logs().join("\n");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.data_dir)
             .into_iter()
@@ -272,7 +276,7 @@ impl DevNode {
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(START_FAILURE_LOG_LINES)..];
+            let tail = &lines[lines.len().saturating_sub(FAILURE_LOG_LINES)..];
             report.push_str(&format!(
                 "\n--- {} (last {} lines)\n",
                 file.display(),
@@ -305,11 +309,20 @@ impl DevNode {
         }
     }
 
-    /// `kill -9`: no chance to flush anything.
+    /// `kill -9` of the launcher and every process it started: no chance to flush anything.
+    /// (Killing only the launcher would leave its children to stop on their own, which takes
+    /// a gateway whose nodes are gone tens of seconds of retries.) Returns once all are gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            let group = c.id() as i32;
+            // SAFETY: signalling the process group our own child leads.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
             let _ = c.wait();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // SAFETY: signal 0 only asks whether any member of the group is left.
+            while unsafe { libc::kill(-group, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 

@@ -359,3 +359,33 @@ fn a_volume_that_loses_its_only_replica_fails_alone_and_the_gateways_other_volum
     );
     qemu_io_ok(&uri("vm1"), "read -P 0x4 1M 1M");
 }
+
+/// A gateway whose cluster is gone cannot flush or detach on SIGTERM and keeps retrying; a
+/// second signal ends that at once, with a failing exit status and the reason in its log.
+#[test]
+fn a_second_stop_signal_ends_a_gateway_stuck_flushing_to_a_cluster_that_is_gone() {
+    let Some((_serial, dir, data, mut dev)) = cluster() else {
+        return;
+    };
+    create(&data, "vm1", "64MiB");
+    let log = dir.path().join("gateway-a.log");
+    let gw = Gateway::start(&data, "host-a", &["--volume", "vm1"], &log);
+    qemu_io_ok(&gw.uri("vm1"), "write -P 0x5a 0 1M");
+    dev.kill9();
+    let pid = gw.pid() as i32;
+    // SAFETY: signalling the gateway child by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_secs(2));
+    let still = std::fs::read_to_string(&log).unwrap();
+    assert!(still.contains("gateway stopping"), "{still}");
+    let second = Instant::now();
+    let status = gw.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "{:?} after the second signal: {text}",
+        second.elapsed()
+    );
+    assert!(!status.success(), "{status}: {text}");
+    assert!(text.contains("second stop signal"), "{text}");
+}

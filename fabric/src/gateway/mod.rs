@@ -274,7 +274,17 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     stop.wait().await;
     tracing::info!("gateway stopping: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
-    let _ = serving.await;
-    background.shutdown().await;
-    volumes.shutdown().await
+    let graceful = async {
+        let _ = serving.await;
+        background.shutdown().await;
+        volumes.shutdown().await
+    };
+    // With its nodes gone, the last flush and detach retry for tens of seconds: a second
+    // signal ends the wait (what was acknowledged is on the replicas already).
+    tokio::select! {
+        done = graceful => done,
+        _ = stop.wait() => anyhow::bail!(
+            "a second stop signal came before the volumes were flushed and detached"
+        ),
+    }
 }
