@@ -20,10 +20,12 @@ pub(crate) enum Priority {
     Idle,
 }
 
-/// Burner threads, one per core, running until dropped.
+/// Burner threads, one per core, running until [`Burner::finish`] (or dropped).
 pub(crate) struct Burner {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    started: Instant,
+    /// Each returns the CPU time its thread got, in seconds.
+    threads: Vec<JoinHandle<f64>>,
 }
 
 impl Burner {
@@ -43,10 +45,35 @@ impl Burner {
                     assert_eq!(rc, 0, "SCHED_IDLE: {}", std::io::Error::last_os_error());
                 }
                 spin(&stop, duty);
+                thread_cpu_seconds()
             }));
         }
-        Ok(Burner { stop, threads })
+        Ok(Burner {
+            stop,
+            started: Instant::now(),
+            threads,
+        })
     }
+
+    /// Stops the threads; returns the cores they got on average. At `SCHED_IDLE` this is
+    /// what the other threads of the host left, which may be less than asked for.
+    pub fn finish(mut self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let seconds: f64 = self.threads.drain(..).filter_map(|t| t.join().ok()).sum();
+        seconds / self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// The CPU time the calling thread has used, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the calling thread's CPU clock into a valid timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// Busy for `duty` of every period until `stop`.

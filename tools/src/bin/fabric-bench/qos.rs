@@ -64,6 +64,9 @@ struct Control {
     alone: P99,
     normal: P99,
     idle_priority: P99,
+    /// The cores the computation got beside the client, at each priority.
+    normal_cores: f64,
+    idle_cores: f64,
 }
 
 /// Busy and total jiffies of all the host's CPUs so far (/proc/stat).
@@ -252,15 +255,21 @@ fn round(
     let control = if pace == "governed" {
         let cores = rebuild_cores / 2.0;
         eprintln!("[{pace}] client beside pure computation on {cores:.2} cores");
-        let beside = |priority| -> anyhow::Result<P99> {
-            let _burn = Burner::start(cores, priority)?;
-            client_run(port, args.runtime)
+        let beside = |priority| -> anyhow::Result<(P99, f64)> {
+            let burn = Burner::start(cores, priority)?;
+            let p99 = client_run(port, args.runtime)?;
+            Ok((p99, burn.finish()))
         };
+        let alone = client_run(port, args.runtime)?;
+        let (normal, normal_cores) = beside(Priority::Normal)?;
+        let (idle_priority, idle_cores) = beside(Priority::Idle)?;
         Some(Control {
             cores,
-            alone: client_run(port, args.runtime)?,
-            normal: beside(Priority::Normal)?,
-            idle_priority: beside(Priority::Idle)?,
+            alone,
+            normal,
+            idle_priority,
+            normal_cores,
+            idle_cores,
         })
     } else {
         None
@@ -351,13 +360,15 @@ pub(crate) fn qos(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> any
     for r in &rounds {
         if let Some(c) = &r.control {
             println!(
-                "control ({}): client beside pure computation on {:.2} cores (half the idle \
-                 rebuild's): p99 {:.2} x alone at normal priority, {:.2} x at SCHED_IDLE \
-                 (alone {:.0} µs)",
+                "control ({}): client beside pure computation asking for {:.2} cores (half the \
+                 idle rebuild's): p99 {:.2} x alone at normal priority (it got {:.2} cores), \
+                 {:.2} x at SCHED_IDLE (it got {:.2} cores); alone {:.0} µs",
                 r.pace,
                 c.cores,
                 c.normal.worse() / c.alone.worse(),
+                c.normal_cores,
                 c.idle_priority.worse() / c.alone.worse(),
+                c.idle_cores,
                 c.alone.worse(),
             );
         }
