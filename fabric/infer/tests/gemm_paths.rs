@@ -170,6 +170,40 @@ fn large_shape_runs_parallel_and_matches_single_threaded() {
 }
 
 #[test]
+fn a_short_m_is_split_by_columns_and_matches_single_threaded() {
+    // One row panel, half of it padding: the parallel driver cuts the columns instead, and the
+    // kernels skip the padded rows.
+    let (m, k, n) = (13, 384, 1536);
+    for engine in engines(false) {
+        check_int8(engine, m, k, n, 7);
+        check_bf16(engine, m, k, n, 7);
+        let mut rng = Rng(9);
+        let (a, w) = (rng.f32s(m * k), rng.f32s(k * n));
+        let packed = PackedF32::from_k_by_n(k, n, &w);
+        let (mut par, mut single) = (vec![0f32; m * n], vec![0f32; m * n]);
+        engine.f32(m, &a, &packed, &mut par);
+        engine
+            .with_parallelism(Parallelism::Single)
+            .f32(m, &a, &packed, &mut single);
+        assert_eq!(par, single, "{}", engine.label());
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| {
+                (0..k)
+                    .map(|kk| a[(i / n) * k + kk] * w[kk * n + i % n])
+                    .sum()
+            })
+            .collect();
+        for (got, want) in par.iter().zip(&want) {
+            assert!(
+                (got - want).abs() < 1e-3,
+                "{}: {got} vs {want}",
+                engine.label()
+            );
+        }
+    }
+}
+
+#[test]
 fn int8_extremes_do_not_overflow_or_saturate() {
     // -128 · -128 summed over K is where i16 shortcuts (vpmaddubsw) saturate.
     let (m, k, n) = (3, 1000, 5);

@@ -24,6 +24,8 @@ pub(crate) struct Job<'a, A, B, C> {
     pub b: &'a [B],
     pub steps: usize,
     pub step_len: usize,
+    /// Rows of A (and C) that hold values; the rest of the last row panel is padding.
+    pub rows: usize,
     pub row_panels: usize,
     pub col_panels: usize,
     /// Padded C: `row_panels * 32` rows of `ldc >= col_panels * 32` elements.
@@ -44,13 +46,14 @@ pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
     job: Job<'_, A, B, C>,
     parallel: bool,
     init: impl Fn() -> S + Sync,
-    block: impl Fn(&mut S, *const A, *const B, usize, *mut C, usize) + Sync,
+    block: impl Fn(&mut S, *const A, *const B, usize, *mut C, usize, usize) + Sync,
 ) {
     let Job {
         a,
         b,
         steps,
         step_len,
+        rows: a_rows,
         row_panels,
         col_panels,
         c,
@@ -85,8 +88,14 @@ pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
         1
     };
     let rows_per_task = row_panels.div_ceil(threads).clamp(1, TASK_ROW_PANELS_MAX);
-    let cols_per_task = col_panels.min(TASK_COL_PANELS_MAX);
     let row_tasks = row_panels.div_ceil(rows_per_task);
+    // Fewer row tasks than threads (a short M): the columns are cut finer, so every thread
+    // gets a share.
+    let col_tasks = col_panels
+        .div_ceil(TASK_COL_PANELS_MAX)
+        .max(threads.div_ceil(row_tasks))
+        .min(col_panels);
+    let cols_per_task = col_panels.div_ceil(col_tasks);
     let tasks = row_tasks * col_panels.div_ceil(cols_per_task);
     let shared = SharedC(c.as_mut_ptr());
 
@@ -106,7 +115,8 @@ pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
                     // SAFETY: block (i, j) lies inside C (asserted above) and belongs to this
                     // task alone: tasks partition the row panels × column panels grid.
                     let pc = unsafe { c.0.add(i * BLOCK_ROWS * ldc + j * BLOCK_COLS) };
-                    block(&mut state, pa, pb, ks, pc, ldc);
+                    let real = a_rows.saturating_sub(i * BLOCK_ROWS).min(BLOCK_ROWS);
+                    block(&mut state, pa, pb, ks, pc, ldc, real);
                 }
             }
         }

@@ -111,12 +111,13 @@ impl Engine {
         let pa = pack_a(Geometry::F32, m, k, a, parallel, |x| x);
         let kernel = kernels::f32_block(self.path.for_f32());
         with_padded_c(m, n, c, |job_c, ldc| {
-            // SAFETY: the driver hands every call one 32 × 32 block of C and whole panels.
+            // SAFETY: the driver hands every call one 32 × 32 block of C, whole panels, and the
+            // block's rows that hold A's rows.
             driver::run(
                 job(Geometry::F32, m, k, n, &pa, b.data(), job_c, ldc),
                 parallel,
                 || (),
-                |_, a, b, s, c, ldc| unsafe { kernel(a, b, s, c, ldc) },
+                |_, a, b, s, c, ldc, rows| unsafe { kernel(a, b, s, c, ldc, rows) },
             );
         });
     }
@@ -132,13 +133,13 @@ impl Engine {
             let job = job(Geometry::Bf16, m, k, n, &pa, b.data(), job_c, ldc);
             match (self.path, self.tiles) {
                 (Path::Amx, Tiles::Hardware) => {
-                    driver::run(job, parallel, hw_tiles, |t, a, b, s, c, ldc| {
+                    driver::run(job, parallel, hw_tiles, |t, a, b, s, c, ldc, _| {
                         // SAFETY: tiles configured with TileConfig::blocks on this thread; one block.
                         unsafe { micro::bf16_block(t, a, b, s, c, ldc) }
                     })
                 }
                 (Path::Amx, Tiles::Emulated) => {
-                    driver::run(job, parallel, emu_tiles, |t, a, b, s, c, ldc| {
+                    driver::run(job, parallel, emu_tiles, |t, a, b, s, c, ldc, _| {
                         // SAFETY: as above, on the software tiles.
                         unsafe { micro::bf16_block(t, a, b, s, c, ldc) }
                     })
@@ -150,7 +151,7 @@ impl Engine {
                         job,
                         parallel,
                         || (),
-                        |_, a, b, s, c, ldc| unsafe { kernel(a, b, s, c, ldc) },
+                        |_, a, b, s, c, ldc, rows| unsafe { kernel(a, b, s, c, ldc, rows) },
                     )
                 }
             }
@@ -168,13 +169,13 @@ impl Engine {
             let job = job(Geometry::I8, m, k, n, &pa, b.data(), job_c, ldc);
             match (self.path, self.tiles) {
                 (Path::Amx, Tiles::Hardware) => {
-                    driver::run(job, parallel, hw_tiles, |t, a, b, s, c, ldc| {
+                    driver::run(job, parallel, hw_tiles, |t, a, b, s, c, ldc, _| {
                         // SAFETY: tiles configured with TileConfig::blocks on this thread; one block.
                         unsafe { micro::i8_block(t, a, b, s, c, ldc) }
                     })
                 }
                 (Path::Amx, Tiles::Emulated) => {
-                    driver::run(job, parallel, emu_tiles, |t, a, b, s, c, ldc| {
+                    driver::run(job, parallel, emu_tiles, |t, a, b, s, c, ldc, _| {
                         // SAFETY: as above, on the software tiles.
                         unsafe { micro::i8_block(t, a, b, s, c, ldc) }
                     })
@@ -186,7 +187,7 @@ impl Engine {
                         job,
                         parallel,
                         || (),
-                        |_, a, b, s, c, ldc| unsafe { kernel(a, b, s, c, ldc) },
+                        |_, a, b, s, c, ldc, rows| unsafe { kernel(a, b, s, c, ldc, rows) },
                     );
                     if offset_a {
                         // The kernel computed Σ (a + 128)·b; padded columns have zero sums.
@@ -232,6 +233,7 @@ fn job<'a, A, B, C>(
         b,
         steps: geo.steps(k),
         step_len: geo.step_len(),
+        rows: m,
         row_panels: blocks(m),
         col_panels: blocks(n),
         c,

@@ -20,9 +20,10 @@ pub(crate) unsafe fn f32_block(
     steps: usize,
     c: *mut f32,
     ldc: usize,
+    rows: usize,
 ) {
     for half in 0..BLOCK_COLS / SUB_COLS {
-        for rg in 0..BLOCK_ROWS / SUB_ROWS {
+        for rg in 0..rows.min(BLOCK_ROWS).div_ceil(SUB_ROWS) {
             let mut acc = [[_mm256_setzero_ps(); 2]; SUB_ROWS];
             for s in 0..steps {
                 // SAFETY: step s of each panel holds 32 values; offsets stay below 32.
@@ -54,12 +55,13 @@ pub(crate) unsafe fn bf16_block(
     steps: usize,
     c: *mut f32,
     ldc: usize,
+    rows: usize,
 ) {
     let geo = Geometry::Bf16;
     let pairs = geo.k_step() / 2;
     let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
     for half in 0..BLOCK_COLS / SUB_COLS {
-        for rg in 0..BLOCK_ROWS / SUB_ROWS {
+        for rg in 0..rows.min(BLOCK_ROWS).div_ceil(SUB_ROWS) {
             let mut acc = [[_mm256_setzero_ps(); 2]; SUB_ROWS];
             for s in 0..steps {
                 for p in 0..pairs {
@@ -112,11 +114,18 @@ const I8_SUB_ROWS: usize = 2;
 /// # Safety
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX2.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn i8_block(a: *const i8, b: *const i8, steps: usize, c: *mut i32, ldc: usize) {
+pub(crate) unsafe fn i8_block(
+    a: *const i8,
+    b: *const i8,
+    steps: usize,
+    c: *mut i32,
+    ldc: usize,
+    rows: usize,
+) {
     let geo = Geometry::I8;
     let quads = geo.k_step() / 4;
     for half in 0..BLOCK_COLS / SUB_COLS {
-        for rg in 0..BLOCK_ROWS / I8_SUB_ROWS {
+        for rg in 0..rows.min(BLOCK_ROWS).div_ceil(I8_SUB_ROWS) {
             // acc[r][g]: lanes (2j, 2j+1) are two partial sums of column half*16 + 4g + j.
             let mut acc = [[_mm256_setzero_si256(); 4]; I8_SUB_ROWS];
             for s in 0..steps {

@@ -19,8 +19,9 @@ pub(crate) unsafe fn f32_block(
     steps: usize,
     c: *mut f32,
     ldc: usize,
+    rows: usize,
 ) {
-    for rg in 0..BLOCK_ROWS / SUB_ROWS {
+    for rg in 0..rows.min(BLOCK_ROWS).div_ceil(SUB_ROWS) {
         let mut acc = [[_mm512_setzero_ps(); 2]; SUB_ROWS];
         for s in 0..steps {
             // SAFETY: step s of each panel holds 32 values.
@@ -59,9 +60,10 @@ pub(crate) unsafe fn bf16_block(
     steps: usize,
     c: *mut f32,
     ldc: usize,
+    rows: usize,
 ) {
     let geo = Geometry::Bf16;
-    for rg in 0..BLOCK_ROWS / SUB_ROWS {
+    for rg in 0..rows.min(BLOCK_ROWS).div_ceil(SUB_ROWS) {
         let mut acc = [[_mm512_setzero_ps(); 2]; SUB_ROWS];
         for s in 0..steps {
             for p in 0..geo.k_step() / 2 {
@@ -106,10 +108,17 @@ pub(crate) unsafe fn bf16_block(
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and
 /// AVX512-VNNI.
 #[target_feature(enable = "avx512f,avx512vnni")]
-pub(crate) unsafe fn i8_block(a: *const i8, b: *const i8, steps: usize, c: *mut i32, ldc: usize) {
+pub(crate) unsafe fn i8_block(
+    a: *const i8,
+    b: *const i8,
+    steps: usize,
+    c: *mut i32,
+    ldc: usize,
+    rows: usize,
+) {
     let geo = Geometry::I8;
     let to_unsigned = 0x8080_8080u32;
-    for rg in 0..BLOCK_ROWS / SUB_ROWS {
+    for rg in 0..rows.min(BLOCK_ROWS).div_ceil(SUB_ROWS) {
         let mut acc = [[_mm512_setzero_si512(); 2]; SUB_ROWS];
         for s in 0..steps {
             for q in 0..geo.k_step() / 4 {

@@ -1,10 +1,12 @@
 //! Block kernels for the vector paths: each computes one `BLOCK_ROWS × BLOCK_COLS` block of C
 //! from one packed A panel and one packed B panel (see [`crate::pack`]).
 //!
-//! Contract shared by every kernel: `c[r * ldc + j] += Σ_k a[r][k] · b[k][j]` for r, j < 32 over
-//! `steps` packed steps; `a` and `b` point at `steps * step_len` readable elements; `c` at 32 rows
-//! of `ldc >= 32` writable elements. The AMX kernels keep the same contract but live in
-//! [`crate::amx`], because they need per-thread tile state.
+//! Contract shared by every kernel: `c[r * ldc + j] += Σ_k a[r][k] · b[k][j]` for j < 32 and at
+//! least every r < `rows` (≤ 32) over `steps` packed steps; rows from `rows` on are A's zero
+//! padding, which a kernel may skip (in whole register groups) or compute. `a` and `b` point at
+//! `steps * step_len` readable elements; `c` at 32 rows of `ldc >= 32` writable elements. The
+//! AMX kernels keep the same contract (computing all 32 rows) but live in [`crate::amx`],
+//! because they need per-thread tile state.
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
@@ -14,8 +16,8 @@ pub(crate) mod scalar;
 
 use crate::Path;
 
-/// One block kernel: `(a_panel, b_panel, steps, c_block, ldc)`.
-pub(crate) type Block<A, B, C> = unsafe fn(*const A, *const B, usize, *mut C, usize);
+/// One block kernel: `(a_panel, b_panel, steps, c_block, ldc, rows)`.
+pub(crate) type Block<A, B, C> = unsafe fn(*const A, *const B, usize, *mut C, usize, usize);
 
 /// The f32 block kernel for a (non-AMX) path.
 pub(crate) fn f32_block(path: Path) -> Block<f32, f32, f32> {

@@ -12,6 +12,7 @@ pub(crate) unsafe fn f32_block(
     steps: usize,
     c: *mut f32,
     ldc: usize,
+    _rows: usize,
 ) {
     // SAFETY: the caller guarantees `steps * step_len` readable elements behind a and b.
     let (a, b) = unsafe { panels(a, b, steps, Geometry::F32) };
@@ -39,6 +40,7 @@ pub(crate) unsafe fn bf16_block(
     steps: usize,
     c: *mut f32,
     ldc: usize,
+    _rows: usize,
 ) {
     let geo = Geometry::Bf16;
     // SAFETY: as in f32_block.
@@ -65,7 +67,14 @@ pub(crate) unsafe fn bf16_block(
 
 /// # Safety
 /// See the block-kernel contract in [`crate::kernels`].
-pub(crate) unsafe fn i8_block(a: *const i8, b: *const i8, steps: usize, c: *mut i32, ldc: usize) {
+pub(crate) unsafe fn i8_block(
+    a: *const i8,
+    b: *const i8,
+    steps: usize,
+    c: *mut i32,
+    ldc: usize,
+    _rows: usize,
+) {
     let geo = Geometry::I8;
     // SAFETY: as in f32_block.
     let (a, b) = unsafe { panels(a, b, steps, geo) };
