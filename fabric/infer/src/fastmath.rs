@@ -57,8 +57,8 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Defines `$name` (with visibility `$vis`), which runs `body` compiled for AVX2 and FMA when
-/// the CPU has them (as `$avx2`), else as built.
+/// Defines `$name` (with visibility `$vis`), which runs `body` compiled for AVX-512 (its
+/// `wide` copy) or for AVX2 and FMA (as `$avx2`) when the CPU has them, else as built.
 macro_rules! dispatch {
     ($vis:vis $name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?, $body:block) => {
         #[cfg(target_arch = "x86_64")]
@@ -69,11 +69,25 @@ macro_rules! dispatch {
 
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
             {
-                // SAFETY: the CPU has the features the copy was compiled for.
-                return unsafe { $avx2($($arg),*) };
+                #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
+                fn wide($($arg: $ty),*) $(-> $ret)? {
+                    $body
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has the features the copy was compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { $avx2($($arg),*) };
+                }
             }
             $body
         }
@@ -88,7 +102,20 @@ dispatch!(pub gelu_in_place, gelu_in_place_avx2, (x: &mut [f32]), {
 });
 
 dispatch!(pub softmax_in_place, softmax_in_place_avx2, (row: &mut [f32]), {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    // Sixteen running maxima, so the comparisons vectorise (a single fold of f32::max,
+    // with its NaN rule, stays scalar).
+    let mut maxes = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, v) in maxes.iter_mut().zip(c) {
+            *m = if *v > *m { *v } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&maxes)
+        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
     for v in row.iter_mut() {
         *v = exp(*v - max);
     }
@@ -104,6 +131,32 @@ dispatch!(pub softmax_in_place, softmax_in_place_avx2, (row: &mut [f32]), {
     let inv = 1.0 / sum;
     for v in row.iter_mut() {
         *v *= inv;
+    }
+});
+
+dispatch!(pub layer_norm_row, layer_norm_row_avx2, (row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32), {
+    let width = row.len() as f32;
+    // Eight running sums, so the adds vectorise.
+    let mut sums = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(c) {
+            *s += v;
+        }
+    }
+    let mean = (sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()) / width;
+    let mut squares = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (s, v) in squares.iter_mut().zip(c) {
+            *s += (v - mean) * (v - mean);
+        }
+    }
+    let rest: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    let var = (squares.iter().sum::<f32>() + rest) / width;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+        *v = (*v - mean) * inv * g + b;
     }
 });
 

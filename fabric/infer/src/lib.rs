@@ -25,6 +25,7 @@ mod error;
 pub mod fastmath;
 pub mod gemm;
 mod kernels;
+pub mod memory;
 pub mod model;
 pub mod pack;
 pub mod quant;

@@ -109,6 +109,7 @@ impl Encoder {
         dtype: Dtype,
         calibration: Option<&Calibration>,
     ) -> Result<Encoder, Error> {
+        crate::memory::keep_activations_in_heap();
         let prefix = if weights.has("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
@@ -365,8 +366,12 @@ fn linear(
     }
 }
 
+/// `y += x` (the residual), in parallel chunks.
 fn add(y: &mut [f32], x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+    const CHUNK: usize = 1 << 14;
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(a, b)| *a += b));
 }
 
 /// Mean of each sequence's rows, then scaled to unit length (a zero mean stays zero).

@@ -5,6 +5,8 @@
 //! chunks of `kc` steps sized so one A panel chunk stays in L1 (`PANEL_BYTES_MAX`), the task's
 //! B panels for that chunk stay in L2, and each block kernel call accumulates into C.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::pack::{BLOCK_COLS, BLOCK_ROWS};
@@ -82,28 +84,11 @@ pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
     }
     let elem_bytes = size_of::<A>().max(1);
     let kc = (PANEL_BYTES_MAX / (step_len * elem_bytes)).max(1);
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let rows_per_task = row_panels.div_ceil(threads).clamp(1, TASK_ROW_PANELS_MAX);
-    let row_tasks = row_panels.div_ceil(rows_per_task);
-    // Fewer row tasks than threads (a short M): the columns are cut finer, so every thread
-    // gets a share.
-    let col_tasks = col_panels
-        .div_ceil(TASK_COL_PANELS_MAX)
-        .max(threads.div_ceil(row_tasks))
-        .min(col_panels);
-    let cols_per_task = col_panels.div_ceil(col_tasks);
-    let tasks = row_tasks * col_panels.div_ceil(cols_per_task);
+    let split = Split::new(row_panels, col_panels, parallel);
     let shared = SharedC(c.as_mut_ptr());
 
     let task = |t: usize| {
-        let rows =
-            (t % row_tasks) * rows_per_task..((t % row_tasks + 1) * rows_per_task).min(row_panels);
-        let cols =
-            (t / row_tasks) * cols_per_task..((t / row_tasks + 1) * cols_per_task).min(col_panels);
+        let (rows, cols) = split.task(t);
         let mut state = init();
         let c = &shared;
         for k0 in (0..steps).step_by(kc) {
@@ -121,9 +106,130 @@ pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
             }
         }
     };
-    if parallel && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
+    split.for_each(task);
+}
+
+/// How C's row panels × column panels are cut into tasks.
+struct Split {
+    row_panels: usize,
+    col_panels: usize,
+    rows_per_task: usize,
+    row_tasks: usize,
+    cols_per_task: usize,
+    tasks: usize,
+    parallel: bool,
+}
+
+impl Split {
+    fn new(row_panels: usize, col_panels: usize, parallel: bool) -> Split {
+        let threads = if parallel {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let rows_per_task = row_panels.div_ceil(threads).clamp(1, TASK_ROW_PANELS_MAX);
+        let row_tasks = row_panels.div_ceil(rows_per_task);
+        // Fewer row tasks than threads (a short M): the columns are cut finer, so every
+        // thread gets a share.
+        let col_tasks = col_panels
+            .div_ceil(TASK_COL_PANELS_MAX)
+            .max(threads.div_ceil(row_tasks))
+            .min(col_panels)
+            .max(1);
+        let cols_per_task = col_panels.div_ceil(col_tasks).max(1);
+        Split {
+            row_panels,
+            col_panels,
+            rows_per_task,
+            row_tasks,
+            cols_per_task,
+            tasks: row_tasks * col_panels.div_ceil(cols_per_task),
+            parallel,
+        }
     }
+
+    /// The row panels and column panels of task `t`.
+    fn task(&self, t: usize) -> (Range<usize>, Range<usize>) {
+        let (r, c) = (t % self.row_tasks, t / self.row_tasks);
+        (
+            r * self.rows_per_task..((r + 1) * self.rows_per_task).min(self.row_panels),
+            c * self.cols_per_task..((c + 1) * self.cols_per_task).min(self.col_panels),
+        )
+    }
+
+    /// Runs every task, on the rayon pool when parallel.
+    fn for_each(&self, task: impl Fn(usize) + Sync + Send) {
+        if self.parallel && self.tasks > 1 {
+            (0..self.tasks).into_par_iter().for_each(task);
+        } else {
+            (0..self.tasks).for_each(task);
+        }
+    }
+}
+
+/// K values per call of the in-place f32 kernel: its B chunk (32 columns × 4 bytes each)
+/// stays in L1 while its row groups sweep it.
+const ROWS_KC: usize = 128;
+
+/// `c = a · b` in f32 with A read in place by `kernel` (see `kernels::avx512_rows`): `a` is
+/// `m × k` row-major, `b` the packed f32 panels of `col_panels` × 32 columns, `c` holds `m`
+/// rows of `ldc >= col_panels * 32`. Every element of C is written (no zeroing needed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_f32_rows(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    col_panels: usize,
+    c: &mut [f32],
+    ldc: usize,
+    parallel: bool,
+) {
+    use crate::kernels::avx512_rows::{Store, f32_rows};
+    assert_eq!(a.len(), m * k, "A must be m × k");
+    assert_eq!(
+        b.len(),
+        col_panels * k * BLOCK_COLS,
+        "packed B has the wrong length"
+    );
+    assert!(
+        ldc >= col_panels * BLOCK_COLS,
+        "ldc too small for the column panels"
+    );
+    assert!(c.len() >= m.saturating_sub(1) * ldc + col_panels * BLOCK_COLS || m == 0);
+    if m == 0 || col_panels == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let split = Split::new(m.div_ceil(BLOCK_ROWS), col_panels, parallel);
+    let shared = SharedC(c.as_mut_ptr());
+    split.for_each(|t| {
+        let (row_panels, cols) = split.task(t);
+        let c = &shared;
+        for k0 in (0..k).step_by(ROWS_KC) {
+            let ks = ROWS_KC.min(k - k0);
+            let store = if k0 == 0 {
+                Store::Overwrite
+            } else {
+                Store::Accumulate
+            };
+            for i in row_panels.clone() {
+                let rows = (m - i * BLOCK_ROWS).min(BLOCK_ROWS);
+                let pa = a[i * BLOCK_ROWS * k + k0..].as_ptr();
+                for j in cols.clone() {
+                    let pb = b[(j * k + k0) * BLOCK_COLS..].as_ptr();
+                    // SAFETY: the CPU has AVX-512F (the engine's path); A's rows i·32.. hold
+                    // `rows` rows of k values from k0 (asserted lengths); block (i, j) of C
+                    // has `rows` rows of 32 values inside C and belongs to this task alone.
+                    unsafe {
+                        let pc = c.0.add(i * BLOCK_ROWS * ldc + j * BLOCK_COLS);
+                        f32_rows(pa, k, pb, ks, pc, ldc, rows, store);
+                    }
+                }
+            }
+        }
+    });
 }

@@ -108,6 +108,22 @@ impl Engine {
         let (k, n) = (b.k(), b.n());
         check_shapes(m, k, n, a.len(), c.len());
         let parallel = self.parallel(m, k, n);
+        #[cfg(target_arch = "x86_64")]
+        if self.path.for_f32() == Path::Avx512 {
+            // A read where it lies: f32 needs no packing (see `kernels::avx512_rows`).
+            let col_panels = blocks(n);
+            if n.is_multiple_of(BLOCK_COLS) {
+                driver::run_f32_rows(m, k, a, b.data(), col_panels, c, n, parallel);
+            } else {
+                let ldc = col_panels * BLOCK_COLS;
+                let mut wide = AlignedVec::<f32>::zeroed(m * ldc);
+                driver::run_f32_rows(m, k, a, b.data(), col_panels, &mut wide, ldc, parallel);
+                for (dst, src) in c.chunks_mut(n.max(1)).zip(wide.chunks(ldc)) {
+                    dst.copy_from_slice(&src[..n]);
+                }
+            }
+            return;
+        }
         let pa = pack_a(Geometry::F32, m, k, a, parallel, |x| x);
         let kernel = kernels::f32_block(self.path.for_f32());
         with_padded_c(m, n, c, |job_c, ldc| {

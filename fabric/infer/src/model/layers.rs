@@ -3,6 +3,8 @@
 //! GELU uses the tanh approximation (as in GPT-2 and BERT's fast path): it needs no `erf`,
 //! and differs from the exact form by under 1e-3 everywhere.
 
+use rayon::prelude::*;
+
 use crate::gemm::Engine;
 use crate::pack::{PackedBf16, PackedF32, PackedI8};
 use crate::quant::quantize_rows_smoothed;
@@ -139,15 +141,13 @@ impl Layer {
                 y
             }
             Layer::LayerNorm { gamma, beta, eps } => {
-                for row in x.chunks_mut(width) {
-                    let mean = row.iter().sum::<f32>() / width as f32;
-                    let var =
-                        row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
-                    let inv = 1.0 / (var + eps).sqrt();
-                    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                        *v = (*v - mean) * inv * g + b;
+                let norm = |rows: &mut [f32]| {
+                    for row in rows.chunks_mut(width.max(1)) {
+                        crate::fastmath::layer_norm_row(row, gamma, beta, *eps);
                     }
-                }
+                };
+                x.par_chunks_mut((width * ROWS_PER_TASK).max(1))
+                    .for_each(norm);
                 x
             }
             Layer::Relu => {
@@ -180,11 +180,17 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
+/// Rows one rayon task of an element-wise step takes.
+const ROWS_PER_TASK: usize = 64;
+
 fn add_bias(y: &mut [f32], bias: Option<&[f32]>) {
-    if let Some(bias) = bias {
-        for row in y.chunks_mut(bias.len()) {
-            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-        }
+    if let Some(bias) = bias.filter(|b| !b.is_empty()) {
+        y.par_chunks_mut(bias.len() * ROWS_PER_TASK)
+            .for_each(|rows| {
+                for row in rows.chunks_mut(bias.len()) {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+            });
     }
 }
 

@@ -1,0 +1,110 @@
+//! The AVX-512 f32 kernel that reads A where it lies (row-major, `lda` apart) instead of from
+//! a packed panel: f32 A needs no conversion, so packing it only cost a pass over A. It
+//! computes `rows` (≤ 32) rows × 32 columns of C over `steps` values of K, 12 rows at a time:
+//! 24 accumulators, the two B vectors of a step and the broadcast A value fill 27 of the 32
+//! registers, and each step's B pair is loaded once for 24 FMAs.
+
+use std::arch::x86_64::*;
+
+use crate::pack::{BLOCK_COLS, TILE_ROWS};
+
+/// Rows of C held in registers at once.
+const GROUP_ROWS: usize = 12;
+
+/// How a kernel call treats C: the first K chunk overwrites it (no zeroing pass), later ones
+/// add to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Store {
+    Overwrite,
+    Accumulate,
+}
+
+/// `c[r][j] (+)= Σ_s a[r·lda + s] · b[s][j]` for r < `rows`, j < 32.
+///
+/// # Safety
+/// The CPU has AVX-512F; `a` holds `rows` rows of `steps` readable values `lda` apart; `b`
+/// is `steps × 32` readable values (a packed f32 B panel from its step); `c` holds `rows` rows
+/// of 32 writable values `ldc` apart.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)] // a kernel's raw operands, as the block kernels take them
+pub(crate) unsafe fn f32_rows(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    steps: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    store: Store,
+) {
+    let mut r0 = 0;
+    while r0 < rows {
+        let here = (rows - r0).min(GROUP_ROWS);
+        // SAFETY: rows r0..r0+here lie inside what the caller vouched for.
+        unsafe {
+            let (a, c) = (a.add(r0 * lda), c.add(r0 * ldc));
+            match here {
+                12 => group::<12>(a, lda, b, steps, c, ldc, store),
+                11 => group::<11>(a, lda, b, steps, c, ldc, store),
+                10 => group::<10>(a, lda, b, steps, c, ldc, store),
+                9 => group::<9>(a, lda, b, steps, c, ldc, store),
+                8 => group::<8>(a, lda, b, steps, c, ldc, store),
+                7 => group::<7>(a, lda, b, steps, c, ldc, store),
+                6 => group::<6>(a, lda, b, steps, c, ldc, store),
+                5 => group::<5>(a, lda, b, steps, c, ldc, store),
+                4 => group::<4>(a, lda, b, steps, c, ldc, store),
+                3 => group::<3>(a, lda, b, steps, c, ldc, store),
+                2 => group::<2>(a, lda, b, steps, c, ldc, store),
+                _ => group::<1>(a, lda, b, steps, c, ldc, store),
+            }
+        }
+        r0 += here;
+    }
+}
+
+/// `R` rows of [`f32_rows`].
+///
+/// # Safety
+/// As [`f32_rows`], for `R` rows.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn group<const R: usize>(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    steps: usize,
+    c: *mut f32,
+    ldc: usize,
+    store: Store,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for s in 0..steps {
+        // SAFETY: step s of the panel holds 32 values; row r of A has `steps` values.
+        unsafe {
+            let bp = b.add(s * BLOCK_COLS);
+            let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(TILE_ROWS)));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r * lda + s));
+                acc_r[0] = _mm512_fmadd_ps(av, b0, acc_r[0]);
+                acc_r[1] = _mm512_fmadd_ps(av, b1, acc_r[1]);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        // SAFETY: row r of C has 32 writable values.
+        unsafe {
+            let cp = c.add(r * ldc);
+            let hi = cp.add(TILE_ROWS);
+            match store {
+                Store::Overwrite => {
+                    _mm512_storeu_ps(cp, acc_r[0]);
+                    _mm512_storeu_ps(hi, acc_r[1]);
+                }
+                Store::Accumulate => {
+                    _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
+                    _mm512_storeu_ps(hi, _mm512_add_ps(_mm512_loadu_ps(hi), acc_r[1]));
+                }
+            }
+        }
+    }
+}
