@@ -38,11 +38,16 @@ pub fn quantize_rows_smoothed(
     if let Some(s) = smooth {
         assert_eq!(s.len(), width, "one smoothing factor per channel");
     }
-    x.chunks(width)
-        .zip(out.chunks_mut(width))
+    use rayon::prelude::*;
+    x.par_chunks(width)
+        .zip(out.par_chunks_mut(width))
+        .with_min_len(ROWS_PER_TASK)
         .map(|(row, q)| quantize_row(row, smooth, q))
         .collect()
 }
+
+/// Rows one rayon task quantizes at least.
+const ROWS_PER_TASK: usize = 64;
 
 crate::fastmath::dispatch!(
     quantize_row,

@@ -180,7 +180,13 @@ impl Engine {
         check_shapes(m, k, n, a.len(), c.len());
         assert!(k <= INT8_DEPTH_MAX, "int8 depth {k} exceeds INT8_DEPTH_MAX");
         let parallel = self.parallel(m, k, n);
-        let pa = pack_a(Geometry::I8, m, k, a, parallel, |x| x);
+        // The VNNI kernel reads A's bytes as unsigned: packed offset by 128 (`a ^ 0x80`).
+        let offset_a = self.path != Path::Amx && kernels::i8_block(self.path).1;
+        let pa = if offset_a {
+            pack_a(Geometry::I8, m, k, a, parallel, |x: i8| x ^ i8::MIN)
+        } else {
+            pack_a(Geometry::I8, m, k, a, parallel, |x| x)
+        };
         with_padded_c(m, n, c, |job_c, ldc| {
             let job = job(Geometry::I8, m, k, n, &pa, b.data(), job_c, ldc);
             match (self.path, self.tiles) {
@@ -207,10 +213,16 @@ impl Engine {
                     );
                     if offset_a {
                         // The kernel computed Σ (a + 128)·b; padded columns have zero sums.
-                        for row in job_c.chunks_mut(ldc) {
+                        let correct = |row: &mut [i32]| {
                             for (v, sum) in row.iter_mut().zip(b.col_sums()) {
                                 *v -= 128 * sum;
                             }
+                        };
+                        if parallel {
+                            use rayon::prelude::*;
+                            job_c.par_chunks_mut(ldc).for_each(correct);
+                        } else {
+                            job_c.chunks_mut(ldc).for_each(correct);
                         }
                     }
                 }

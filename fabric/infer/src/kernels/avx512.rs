@@ -1,14 +1,18 @@
 //! AVX-512 block kernels: f32 with FMA, bf16 with `vdpbf16ps` (pairs of K per 32-bit lane, f32
 //! accumulate), int8 with VNNI `vpdpbusd`. Each B tile row of the packed layout is exactly one
-//! zmm. `vpdpbusd` multiplies *unsigned* A bytes by signed B bytes, so A is offset by 128 here
-//! and the GEMM driver subtracts `128 · Σ_k b[k][j]` afterwards (exact in i32).
+//! zmm. `vpdpbusd` multiplies *unsigned* A bytes by signed B bytes, so the engine packs A offset
+//! by 128 for it and subtracts `128 · Σ_k b[k][j]` afterwards (exact in i32).
 
 use std::arch::x86_64::*;
 
 use crate::pack::{BLOCK_COLS, BLOCK_ROWS, Geometry, TILE_ROWS};
 
-/// Rows of C held in registers at once (16 zmm accumulators for 32 columns).
+/// Rows of C held in registers at once by the f32 block kernel (16 zmm accumulators for 32
+/// columns).
 const SUB_ROWS: usize = 8;
+/// Rows of C held at once by the bf16 and int8 kernels: 24 accumulators, the two B vectors
+/// of a K group and the broadcast A value fill 27 of the 32 registers.
+const GROUP_ROWS: usize = 12;
 
 /// # Safety
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F.
@@ -62,47 +66,85 @@ pub(crate) unsafe fn bf16_block(
     ldc: usize,
     rows: usize,
 ) {
+    let rows = rows.min(BLOCK_ROWS);
+    let mut r0 = 0;
+    while r0 < rows {
+        let here = (rows - r0).min(GROUP_ROWS);
+        // SAFETY: rows r0..r0+here of the block, as the caller vouched for all 32.
+        unsafe {
+            match here {
+                12 => bf16_group::<12>(a, b, steps, c, ldc, r0),
+                8..=11 => bf16_group::<8>(a, b, steps, c, ldc, r0),
+                4..=7 => bf16_group::<4>(a, b, steps, c, ldc, r0),
+                _ => bf16_group::<1>(a, b, steps, c, ldc, r0),
+            }
+        }
+        r0 += if here >= 12 {
+            12
+        } else if here >= 8 {
+            8
+        } else if here >= 4 {
+            4
+        } else {
+            1
+        };
+    }
+}
+
+/// Rows `r0..r0 + R` of [`bf16_block`].
+///
+/// # Safety
+/// As [`bf16_block`], with `r0 + R <= 32`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn bf16_group<const R: usize>(
+    a: *const u16,
+    b: *const u16,
+    steps: usize,
+    c: *mut f32,
+    ldc: usize,
+    r0: usize,
+) {
     let geo = Geometry::Bf16;
-    for rg in 0..rows.min(BLOCK_ROWS).div_ceil(SUB_ROWS) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; SUB_ROWS];
-        for s in 0..steps {
-            for p in 0..geo.k_step() / 2 {
-                // SAFETY: tile row p of both B tiles (64 bytes each) and one A pair per row lie
-                // inside step s. __m512i and __m512bh are both 64 plain bytes.
-                unsafe {
-                    let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(
-                        b.add(s * geo.step_len() + geo.b_index(0, 2 * p)).cast(),
-                    ));
-                    let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(
-                        b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 2 * p))
-                            .cast(),
-                    ));
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let ap = a.add(s * geo.step_len() + geo.a_index(rg * SUB_ROWS + r, 2 * p));
-                        let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(
-                            ap.cast::<i32>().read_unaligned(),
-                        ));
-                        acc_r[0] = _mm512_dpbf16_ps(acc_r[0], pair, b0);
-                        acc_r[1] = _mm512_dpbf16_ps(acc_r[1], pair, b1);
-                    }
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for s in 0..steps {
+        for p in 0..geo.k_step() / 2 {
+            // SAFETY: tile row p of both B tiles (64 bytes each) and one A pair per row lie
+            // inside step s. __m512i and __m512bh are both 64 plain bytes.
+            unsafe {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(
+                    b.add(s * geo.step_len() + geo.b_index(0, 2 * p)).cast(),
+                ));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(
+                    b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 2 * p))
+                        .cast(),
+                ));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let ap = a.add(s * geo.step_len() + geo.a_index(r0 + r, 2 * p));
+                    let pair: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(ap.cast::<i32>().read_unaligned()));
+                    acc_r[0] = _mm512_dpbf16_ps(acc_r[0], pair, b0);
+                    acc_r[1] = _mm512_dpbf16_ps(acc_r[1], pair, b1);
                 }
             }
         }
-        for (r, acc_r) in acc.iter().enumerate() {
-            // SAFETY: row rg*8+r of the C block has 32 writable f32.
-            unsafe {
-                let cp = c.add((rg * SUB_ROWS + r) * ldc);
-                _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
-                _mm512_storeu_ps(
-                    cp.add(TILE_ROWS),
-                    _mm512_add_ps(_mm512_loadu_ps(cp.add(TILE_ROWS)), acc_r[1]),
-                );
-            }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        // SAFETY: row r0+r of the C block has 32 writable f32.
+        unsafe {
+            let cp = c.add((r0 + r) * ldc);
+            _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
+            _mm512_storeu_ps(
+                cp.add(TILE_ROWS),
+                _mm512_add_ps(_mm512_loadu_ps(cp.add(TILE_ROWS)), acc_r[1]),
+            );
         }
     }
 }
 
-/// Computes `Σ (a + 128) · b` per element of the block (see the module docs).
+/// Computes `Σ a · b` per element of the block with A's bytes read as *unsigned*: the
+/// engine packs A offset by 128 (`a ^ 0x80`) for this kernel and subtracts `128 · Σ_k b[k][j]`
+/// afterwards (see the module docs).
 ///
 /// # Safety
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and
@@ -116,46 +158,79 @@ pub(crate) unsafe fn i8_block(
     ldc: usize,
     rows: usize,
 ) {
+    let rows = rows.min(BLOCK_ROWS);
+    let mut r0 = 0;
+    while r0 < rows {
+        let here = (rows - r0).min(GROUP_ROWS);
+        // SAFETY: rows r0..r0+here of the block, as the caller vouched for all 32.
+        unsafe {
+            match here {
+                12 => i8_group::<12>(a, b, steps, c, ldc, r0),
+                8..=11 => i8_group::<8>(a, b, steps, c, ldc, r0),
+                4..=7 => i8_group::<4>(a, b, steps, c, ldc, r0),
+                _ => i8_group::<1>(a, b, steps, c, ldc, r0),
+            }
+        }
+        r0 += if here >= 12 {
+            12
+        } else if here >= 8 {
+            8
+        } else if here >= 4 {
+            4
+        } else {
+            1
+        };
+    }
+}
+
+/// Rows `r0..r0 + R` of [`i8_block`].
+///
+/// # Safety
+/// As [`i8_block`], with `r0 + R <= 32`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn i8_group<const R: usize>(
+    a: *const i8,
+    b: *const i8,
+    steps: usize,
+    c: *mut i32,
+    ldc: usize,
+    r0: usize,
+) {
     let geo = Geometry::I8;
-    let to_unsigned = 0x8080_8080u32;
-    for rg in 0..rows.min(BLOCK_ROWS).div_ceil(SUB_ROWS) {
-        let mut acc = [[_mm512_setzero_si512(); 2]; SUB_ROWS];
-        for s in 0..steps {
-            for q in 0..geo.k_step() / 4 {
-                // SAFETY: tile row q of both B tiles and one A quad per row lie inside step s.
-                unsafe {
-                    let b0 = _mm512_loadu_si512(
-                        b.add(s * geo.step_len() + geo.b_index(0, 4 * q)).cast(),
-                    );
-                    let b1 = _mm512_loadu_si512(
-                        b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 4 * q))
-                            .cast(),
-                    );
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let ap = a.add(s * geo.step_len() + geo.a_index(rg * SUB_ROWS + r, 4 * q));
-                        let quad = _mm512_set1_epi32(
-                            (ap.cast::<u32>().read_unaligned() ^ to_unsigned) as i32,
-                        );
-                        acc_r[0] = _mm512_dpbusd_epi32(acc_r[0], quad, b0);
-                        acc_r[1] = _mm512_dpbusd_epi32(acc_r[1], quad, b1);
-                    }
+    let mut acc = [[_mm512_setzero_si512(); 2]; R];
+    for s in 0..steps {
+        for q in 0..geo.k_step() / 4 {
+            // SAFETY: tile row q of both B tiles and one A quad per row lie inside step s.
+            unsafe {
+                let b0 =
+                    _mm512_loadu_si512(b.add(s * geo.step_len() + geo.b_index(0, 4 * q)).cast());
+                let b1 = _mm512_loadu_si512(
+                    b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 4 * q))
+                        .cast(),
+                );
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let ap = a.add(s * geo.step_len() + geo.a_index(r0 + r, 4 * q));
+                    let quad = _mm512_set1_epi32(ap.cast::<i32>().read_unaligned());
+                    acc_r[0] = _mm512_dpbusd_epi32(acc_r[0], quad, b0);
+                    acc_r[1] = _mm512_dpbusd_epi32(acc_r[1], quad, b1);
                 }
             }
         }
-        for (r, acc_r) in acc.iter().enumerate() {
-            // SAFETY: row rg*8+r of the C block has 32 writable i32.
-            unsafe {
-                let cp = c.add((rg * SUB_ROWS + r) * ldc);
-                let hi = cp.add(TILE_ROWS);
-                _mm512_storeu_si512(
-                    cp.cast(),
-                    _mm512_add_epi32(_mm512_loadu_si512(cp.cast()), acc_r[0]),
-                );
-                _mm512_storeu_si512(
-                    hi.cast(),
-                    _mm512_add_epi32(_mm512_loadu_si512(hi.cast()), acc_r[1]),
-                );
-            }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        // SAFETY: row r0+r of the C block has 32 writable i32.
+        unsafe {
+            let cp = c.add((r0 + r) * ldc);
+            let hi = cp.add(TILE_ROWS);
+            _mm512_storeu_si512(
+                cp.cast(),
+                _mm512_add_epi32(_mm512_loadu_si512(cp.cast()), acc_r[0]),
+            );
+            _mm512_storeu_si512(
+                hi.cast(),
+                _mm512_add_epi32(_mm512_loadu_si512(hi.cast()), acc_r[1]),
+            );
         }
     }
 }

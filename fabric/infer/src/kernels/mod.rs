@@ -45,8 +45,9 @@ pub(crate) fn bf16_block(path: Path) -> Block<u16, u16, f32> {
     }
 }
 
-/// The int8 block kernel for a non-AMX path, and whether it computes `(a + 128) · b` (the
-/// unsigned×signed VNNI form) so that the caller must subtract `128 · Σ_k b[k][j]`.
+/// The int8 block kernel for a non-AMX path, and whether it reads A's bytes as unsigned (the
+/// VNNI form): then A must be packed offset by 128 (`a ^ 0x80`) and the caller subtract
+/// `128 · Σ_k b[k][j]`.
 pub(crate) fn i8_block(path: Path) -> (Block<i8, i8, i32>, bool) {
     match path {
         #[cfg(target_arch = "x86_64")]

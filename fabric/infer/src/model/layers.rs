@@ -125,9 +125,11 @@ impl Layer {
                 let mut acc = vec![0i32; rows * n];
                 engine.i8(rows, &q, weight, &mut acc);
                 let mut y = vec![0f32; rows * n];
-                for ((y, acc), r) in y.chunks_exact_mut(n).zip(acc.chunks_exact(n)).zip(&quant) {
-                    dequantize_row(acc, r.scale, scales, y);
-                }
+                y.par_chunks_exact_mut(n)
+                    .zip(acc.par_chunks_exact(n))
+                    .zip(&quant)
+                    .with_min_len(ROWS_PER_TASK)
+                    .for_each(|((y, acc), r)| dequantize_row(acc, r.scale, scales, y));
                 if let Some(outliers) = outliers {
                     let lopsided: Vec<usize> = quant
                         .iter()
