@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::gemm::Engine;
 use crate::pack::{PackedBf16, PackedF32, PackedI8};
-use crate::quant::quantize_rows_smoothed;
+use crate::quant::{RowQuant, quantize_rows_smoothed};
 
 /// One step of a model.
 #[derive(Debug)]
@@ -46,31 +46,46 @@ pub enum Layer {
 }
 
 /// Rows whose (smoothed) largest |x| is more than `ratio` times their mean |x| — a token whose
-/// few massive activations would leave the rest of its row a handful of int8 levels — go
-/// through `weight`, the layer's weights as they were before smoothing, in bf16.
+/// few massive activations would leave the rest of its row a handful of int8 levels — are
+/// quantized twice: the row, then what its int8 form missed (at most half a step of the
+/// first scale) with a scale of its own, both through the same int8 GEMM, the two products
+/// summed. The row keeps about 15 bits where it needs them, with no second copy of the
+/// weights.
 #[derive(Debug)]
 pub struct OutlierRows {
-    pub weight: PackedBf16,
     pub ratio: f32,
 }
 
 impl OutlierRows {
-    /// Overwrites `rows` of `y` (`n` wide, bias not yet added) with their bf16 product.
-    fn apply(&self, engine: &Engine, x: &[f32], width: usize, rows: &[usize], y: &mut [f32]) {
-        if rows.is_empty() {
-            return;
+    /// Appends to `q` the residual rows of the rows of `x` (`width` wide, already quantized
+    /// into `q` as `quant` says) over the ratio; returns (row, residual scale) per such row,
+    /// in the order appended.
+    fn residuals(
+        &self,
+        x: &[f32],
+        width: usize,
+        smooth: Option<&[f32]>,
+        quant: &[RowQuant],
+        q: &mut Vec<i8>,
+    ) -> Vec<(usize, f32)> {
+        let mut out = Vec::new();
+        let mut residual = vec![0f32; width];
+        let mut rq = vec![0i8; width];
+        for (i, r) in quant.iter().enumerate() {
+            if r.spread <= self.ratio {
+                continue;
+            }
+            let row = &x[i * width..][..width];
+            let first = &q[i * width..][..width];
+            for (c, (d, (v, q1))) in residual.iter_mut().zip(row.iter().zip(first)).enumerate() {
+                let smoothed = v * smooth.map_or(1.0, |s| s[c]);
+                *d = smoothed - f32::from(*q1) * r.scale;
+            }
+            let scale = quantize_rows_smoothed(&residual, width, None, &mut rq)[0].scale;
+            q.extend_from_slice(&rq);
+            out.push((i, scale));
         }
-        let n = self.weight.n();
-        let gathered: Vec<f32> = rows
-            .iter()
-            .flat_map(|r| &x[r * width..(r + 1) * width])
-            .copied()
-            .collect();
-        let mut out = vec![0f32; rows.len() * n];
-        engine.bf16(rows.len(), &gathered, &self.weight, &mut out);
-        for (r, row) in rows.iter().zip(out.chunks_exact(n)) {
-            y[r * n..(r + 1) * n].copy_from_slice(row);
-        }
+        out
     }
 }
 
@@ -121,23 +136,27 @@ impl Layer {
             } => {
                 let mut q = vec![0i8; x.len()];
                 let quant = quantize_rows_smoothed(&x, width, smooth.as_deref(), &mut q);
+                let residuals = match outliers {
+                    Some(o) => o.residuals(&x, width, smooth.as_deref(), &quant, &mut q),
+                    None => Vec::new(),
+                };
                 let n = weight.n();
-                let mut acc = vec![0i32; rows * n];
-                engine.i8(rows, &q, weight, &mut acc);
+                let all = rows + residuals.len();
+                let mut acc = vec![0i32; all * n];
+                engine.i8(all, &q, weight, &mut acc);
                 let mut y = vec![0f32; rows * n];
                 y.par_chunks_exact_mut(n)
                     .zip(acc.par_chunks_exact(n))
                     .zip(&quant)
                     .with_min_len(ROWS_PER_TASK)
                     .for_each(|((y, acc), r)| dequantize_row(acc, r.scale, scales, y));
-                if let Some(outliers) = outliers {
-                    let lopsided: Vec<usize> = quant
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| r.spread > outliers.ratio)
-                        .map(|(i, _)| i)
-                        .collect();
-                    outliers.apply(engine, &x, width, &lopsided, &mut y);
+                let mut part = vec![0f32; n];
+                for (extra, &(row, scale)) in residuals.iter().enumerate() {
+                    dequantize_row(&acc[(rows + extra) * n..][..n], scale, scales, &mut part);
+                    y[row * n..(row + 1) * n]
+                        .iter_mut()
+                        .zip(&part)
+                        .for_each(|(y, p)| *y += p);
                 }
                 add_bias(&mut y, bias.as_deref());
                 y

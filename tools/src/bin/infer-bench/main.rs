@@ -49,6 +49,10 @@ struct Args {
     /// The model store, for `--model`.
     #[arg(long, env = "FABRIC_MODEL_STORE", default_value = "models")]
     store: std::path::PathBuf,
+    /// With `--model`: time only these dtypes (comma-separated; default f32,bf16,int8). f32
+    /// always runs too, as the reference the others' cosines are measured against.
+    #[arg(long, value_delimiter = ',')]
+    dtype: Vec<String>,
 }
 
 #[derive(Clone, Copy)]

@@ -150,15 +150,27 @@ pub(crate) fn run(args: &Args, name: &str, threads: usize) -> Result<()> {
     let mut dims = 0;
     let mut tokenize_ms = 0.0;
     let mut f32_batch_ms = 0.0;
+    let mut wanted = Vec::new();
+    for name in &args.dtype {
+        wanted.push(
+            Dtype::parse(name)
+                .with_context(|| format!("--dtype {name}: one of f32, bf16, int8"))?,
+        );
+    }
     for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
+        if !wanted.is_empty() && dtype != Dtype::F32 && !wanted.contains(&dtype) {
+            continue;
+        }
+        let timed = wanted.is_empty() || wanted.contains(&dtype);
         let embedder = Embedder::open(&model, &engine, dtype)?;
         dims = embedder.dims();
         let big = sequences(&embedder, THROUGHPUT.0, THROUGHPUT.1)?;
         let small = sequences(&embedder, LATENCY.0, LATENCY.1)?;
-        let batch_s = median_seconds(args.runs, || {
+        let runs = if timed { args.runs } else { 1 };
+        let batch_s = median_seconds(runs, || {
             embedder.embed_ids(&engine, &big).expect("embed");
         });
-        let latency_s = median_seconds(args.runs, || {
+        let latency_s = median_seconds(runs, || {
             embedder.embed_ids(&engine, &small).expect("embed");
         });
         let vectors = embedder.embed(&engine, &texts)?;
@@ -223,22 +235,26 @@ pub(crate) fn run(args: &Args, name: &str, threads: usize) -> Result<()> {
     );
     if ort_rows.len() == 2 {
         let (o32, o8) = (&ort_rows[0], &ort_rows[1]);
-        let ratio = |a: f64, b: f64| a / b;
+        let ours = |dtype: Dtype| rows.iter().find(|r| r.label == format!("fabric {dtype}"));
         println!("ratios (same run):");
-        println!(
-            "  f32 / ORT fp32 throughput {:.2} (target >= 1.0); batch-1 latency ORT fp32 / f32 {:.2} (target >= 1.0)",
-            ratio(rows[0].sentences_per_s, o32.sentences_per_s),
-            ratio(o32.latency_ms, rows[0].latency_ms)
-        );
-        println!(
-            "  int8 / ORT int8 throughput {:.2} (target >= 1.0, at equal or better cosine: {} vs {}); batch-1 latency ORT int8 / int8 {:.2}",
-            ratio(rows[2].sentences_per_s, o8.sentences_per_s),
-            rows[2]
-                .worst_cosine
-                .map_or("-".into(), |c| format!("{c:.5}")),
-            o8.worst_cosine.map_or("-".into(), |c| format!("{c:.5}")),
-            ratio(o8.latency_ms, rows[2].latency_ms)
-        );
+        if let Some(f) = ours(Dtype::F32)
+            .filter(|_| args.dtype.is_empty() || args.dtype.iter().any(|d| d == "f32"))
+        {
+            println!(
+                "  f32 / ORT fp32 throughput {:.2} (target >= 1.0); batch-1 latency ORT fp32 / f32 {:.2} (target >= 1.0)",
+                f.sentences_per_s / o32.sentences_per_s,
+                o32.latency_ms / f.latency_ms
+            );
+        }
+        if let Some(i) = ours(Dtype::Int8) {
+            println!(
+                "  int8 / ORT int8 throughput {:.2} (target >= 1.0, at equal or better cosine: {} vs {}); batch-1 latency ORT int8 / int8 {:.2}",
+                i.sentences_per_s / o8.sentences_per_s,
+                i.worst_cosine.map_or("-".into(), |c| format!("{c:.5}")),
+                o8.worst_cosine.map_or("-".into(), |c| format!("{c:.5}")),
+                o8.latency_ms / i.latency_ms
+            );
+        }
     }
     if rows.is_empty() {
         bail!("nothing measured");
