@@ -87,6 +87,9 @@ fn head(
         m
     };
     let q = slice(0, scale);
+    if len <= SHORT_TOKENS_MAX {
+        return short_head(&q, &slice(hidden, 1.0), &slice(2 * hidden, 1.0), len, d);
+    }
     let k = PackedF32::from_n_by_k(len, d, &slice(hidden, 1.0));
     let v = PackedF32::from_k_by_n(len, d, &slice(2 * hidden, 1.0));
     let mut p = vec![0f32; len * len];
@@ -97,6 +100,44 @@ fn head(
     let mut ctx = vec![0f32; len * d];
     engine.f32(len, &p, &v, &mut ctx);
     ctx
+}
+
+/// Sequences up to this many tokens attend without the GEMM engine: their products are a few
+/// thousand multiply-adds per head, less than packing K and V for the engine would cost.
+const SHORT_TOKENS_MAX: usize = 32;
+
+/// One head of a short sequence from its `len × d` Q (already scaled), K and V, row-major.
+fn short_head(q: &[f32], k: &[f32], v: &[f32], len: usize, d: usize) -> Vec<f32> {
+    let mut ctx = vec![0f32; len * d];
+    let mut p = vec![0f32; len];
+    for (qi, out) in q.chunks_exact(d).zip(ctx.chunks_exact_mut(d)) {
+        for (pj, kj) in p.iter_mut().zip(k.chunks_exact(d)) {
+            *pj = dot(qi, kj);
+        }
+        crate::fastmath::softmax_in_place(&mut p);
+        for (pj, vj) in p.iter().zip(v.chunks_exact(d)) {
+            out.iter_mut().zip(vj).for_each(|(o, x)| *o += pj * x);
+        }
+    }
+    ctx
+}
+
+/// `Σ a·b` with eight running sums, so it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            sums[i] += x[i] * y[i];
+        }
+    }
+    sums.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]

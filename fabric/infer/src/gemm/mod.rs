@@ -20,8 +20,9 @@ use crate::pack::{
 use crate::{Error, Path, bf16};
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: fanning out would cost
-/// more than it saves.
-pub const PARALLEL_MACS_MIN: usize = 1 << 22;
+/// more than it saves. (A batch of one short sentence makes GEMMs of a few million, which
+/// stream megabytes of weights: two threads stream them faster than one.)
+pub const PARALLEL_MACS_MIN: usize = 1 << 20;
 
 /// Whether a GEMM may use the rayon pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
