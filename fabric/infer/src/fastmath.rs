@@ -18,7 +18,9 @@ pub fn exp(x: f32) -> f32 {
     // Adding and taking away 1.5 · 2²³ rounds to an integer in any vector lane.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // n = round(x / ln 2) sits in the low bits of t (|n| ≤ 127, far below 2²²).
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let u = (x - n * LN2_HI) - n * LN2_LO;
     // e^u for |u| ≤ ln2/2, Taylor to u⁷ (error under 6e-9).
     let p = 1.0
@@ -27,7 +29,10 @@ pub fn exp(x: f32) -> f32 {
                 + u * (1.0 / 6.0
                     + u * (1.0 / 24.0
                         + u * (1.0 / 120.0 + u * (1.0 / 720.0 + u * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n built in the exponent bits, n read from t's bits: a float-to-int cast (with its
+    // NaN and range checks) would keep the loop from vectorising.
+    let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     p * scale
 }
 

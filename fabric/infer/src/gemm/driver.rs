@@ -28,6 +28,9 @@ pub(crate) struct Job<'a, A, B, C> {
     pub step_len: usize,
     /// Rows of A (and C) that hold values; the rest of the last row panel is padding.
     pub rows: usize,
+    /// The kernel writes C's rows below `rows` only: C need not be padded to whole row
+    /// panels (else it holds `row_panels * 32` rows).
+    pub exact_rows: bool,
     pub row_panels: usize,
     pub col_panels: usize,
     /// Padded C: `row_panels * 32` rows of `ldc >= col_panels * 32` elements.
@@ -43,12 +46,14 @@ unsafe impl<C: Send> Send for SharedC<C> {}
 unsafe impl<C: Send> Sync for SharedC<C> {}
 
 /// Runs `job`: for each task, `init` makes per-thread kernel state (AMX tiles) and `block`
-/// computes one block with the kernel contract of [`crate::kernels`].
+/// computes one block with the kernel contract of [`crate::kernels`]; its last argument says
+/// whether this is the block's first K chunk (which a kernel that overwrites C stores
+/// rather than adds).
 pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
     job: Job<'_, A, B, C>,
     parallel: bool,
     init: impl Fn() -> S + Sync,
-    block: impl Fn(&mut S, *const A, *const B, usize, *mut C, usize, usize) + Sync,
+    block: impl Fn(&mut S, *const A, *const B, usize, *mut C, usize, usize, bool) + Sync,
 ) {
     let Job {
         a,
@@ -56,6 +61,7 @@ pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
         steps,
         step_len,
         rows: a_rows,
+        exact_rows,
         row_panels,
         col_panels,
         c,
@@ -65,8 +71,13 @@ pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
         ldc >= col_panels * BLOCK_COLS,
         "ldc too small for the column panels"
     );
+    let c_rows = if exact_rows {
+        a_rows
+    } else {
+        row_panels * BLOCK_ROWS
+    };
     assert!(
-        c.len() >= row_panels * BLOCK_ROWS * ldc,
+        c_rows == 0 || c.len() >= (c_rows - 1) * ldc + col_panels * BLOCK_COLS,
         "C too small for the row panels"
     );
     assert_eq!(
@@ -101,7 +112,7 @@ pub(crate) fn run<A: Sync, B: Sync, C: Send, S>(
                     // task alone: tasks partition the row panels × column panels grid.
                     let pc = unsafe { c.0.add(i * BLOCK_ROWS * ldc + j * BLOCK_COLS) };
                     let real = a_rows.saturating_sub(i * BLOCK_ROWS).min(BLOCK_ROWS);
-                    block(&mut state, pa, pb, ks, pc, ldc, real);
+                    block(&mut state, pa, pb, ks, pc, ldc, real, k0 == 0);
                 }
             }
         }
@@ -206,30 +217,51 @@ pub(crate) fn run_f32_rows(
     }
     let split = Split::new(m.div_ceil(BLOCK_ROWS), col_panels, parallel);
     let shared = SharedC(c.as_mut_ptr());
+    // One block: rows of panel i × column panel j over K from k0.
+    let block = |i: usize, j: usize, k0: usize| {
+        let ks = ROWS_KC.min(k - k0);
+        let store = if k0 == 0 {
+            Store::Overwrite
+        } else {
+            Store::Accumulate
+        };
+        let rows = (m - i * BLOCK_ROWS).min(BLOCK_ROWS);
+        let pa = a[i * BLOCK_ROWS * k + k0..].as_ptr();
+        let pb = b[(j * k + k0) * BLOCK_COLS..].as_ptr();
+        let c = &shared;
+        // SAFETY: the CPU has AVX-512F (the engine's path); A's rows i·32.. hold `rows` rows
+        // of k values from k0 (asserted lengths); block (i, j) of C has `rows` rows of 32
+        // values inside C and belongs to this task alone.
+        unsafe {
+            let pc = c.0.add(i * BLOCK_ROWS * ldc + j * BLOCK_COLS);
+            f32_rows(pa, k, pb, ks, pc, ldc, rows, store);
+        }
+    };
     split.for_each(|t| {
         let (row_panels, cols) = split.task(t);
-        let c = &shared;
-        for k0 in (0..k).step_by(ROWS_KC) {
-            let ks = ROWS_KC.min(k - k0);
-            let store = if k0 == 0 {
-                Store::Overwrite
-            } else {
-                Store::Accumulate
-            };
-            for i in row_panels.clone() {
-                let rows = (m - i * BLOCK_ROWS).min(BLOCK_ROWS);
-                let pa = a[i * BLOCK_ROWS * k + k0..].as_ptr();
-                for j in cols.clone() {
-                    let pb = b[(j * k + k0) * BLOCK_COLS..].as_ptr();
-                    // SAFETY: the CPU has AVX-512F (the engine's path); A's rows i·32.. hold
-                    // `rows` rows of k values from k0 (asserted lengths); block (i, j) of C
-                    // has `rows` rows of 32 values inside C and belongs to this task alone.
-                    unsafe {
-                        let pc = c.0.add(i * BLOCK_ROWS * ldc + j * BLOCK_COLS);
-                        f32_rows(pa, k, pb, ks, pc, ldc, rows, store);
+        if row_panels.len() <= FEW_ROW_PANELS {
+            // Few rows (a short batch): the work is streaming B from memory, so each column
+            // panel is read start to end, one contiguous stream, while A stays in cache.
+            for j in cols {
+                for k0 in (0..k).step_by(ROWS_KC) {
+                    for i in row_panels.clone() {
+                        block(i, j, k0);
+                    }
+                }
+            }
+        } else {
+            // Many rows: a K chunk of the task's B panels is reused from cache by every row
+            // panel, and a chunk of A's rows by every column panel.
+            for k0 in (0..k).step_by(ROWS_KC) {
+                for i in row_panels.clone() {
+                    for j in cols.clone() {
+                        block(i, j, k0);
                     }
                 }
             }
         }
     });
 }
+
+/// Row panels up to which a task streams B panel by panel (see `run_f32_rows`).
+const FEW_ROW_PANELS: usize = 2;

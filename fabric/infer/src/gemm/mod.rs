@@ -13,6 +13,8 @@ use crate::amx::emu::EmuTiles;
 use crate::amx::hw::HwTiles;
 use crate::amx::{TileConfig, micro, request_permission};
 use crate::kernels;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::avx512_rows::Store;
 use crate::pack::{
     BLOCK_COLS, BLOCK_ROWS, Geometry, INT8_DEPTH_MAX, PackedBf16, PackedF32, PackedI8, blocks,
     pack_a,
@@ -112,17 +114,9 @@ impl Engine {
         #[cfg(target_arch = "x86_64")]
         if self.path.for_f32() == Path::Avx512 {
             // A read where it lies: f32 needs no packing (see `kernels::avx512_rows`).
-            let col_panels = blocks(n);
-            if n.is_multiple_of(BLOCK_COLS) {
-                driver::run_f32_rows(m, k, a, b.data(), col_panels, c, n, parallel);
-            } else {
-                let ldc = col_panels * BLOCK_COLS;
-                let mut wide = AlignedVec::<f32>::zeroed(m * ldc);
-                driver::run_f32_rows(m, k, a, b.data(), col_panels, &mut wide, ldc, parallel);
-                for (dst, src) in c.chunks_mut(n.max(1)).zip(wide.chunks(ldc)) {
-                    dst.copy_from_slice(&src[..n]);
-                }
-            }
+            with_exact_c(m, n, c, |c, ldc| {
+                driver::run_f32_rows(m, k, a, b.data(), blocks(n), c, ldc, parallel);
+            });
             return;
         }
         let pa = pack_a(Geometry::F32, m, k, a, parallel, |x| x);
@@ -134,7 +128,7 @@ impl Engine {
                 job(Geometry::F32, m, k, n, &pa, b.data(), job_c, ldc),
                 parallel,
                 || (),
-                |_, a, b, s, c, ldc, rows| unsafe { kernel(a, b, s, c, ldc, rows) },
+                |_, a, b, s, c, ldc, rows, _| unsafe { kernel(a, b, s, c, ldc, rows) },
             );
         });
     }
@@ -146,17 +140,43 @@ impl Engine {
         check_shapes(m, k, n, a.len(), c.len());
         let parallel = self.parallel(m, k, n);
         let pa = pack_a(Geometry::Bf16, m, k, a, parallel, bf16::from_f32);
+        #[cfg(target_arch = "x86_64")]
+        if self.path == Path::Avx512 {
+            if k == 0 {
+                c.fill(0.0);
+                return;
+            }
+            with_exact_c(m, n, c, |job_c, ldc| {
+                let job = driver::Job {
+                    exact_rows: true,
+                    ..job(Geometry::Bf16, m, k, n, &pa, b.data(), job_c, ldc)
+                };
+                driver::run(
+                    job,
+                    parallel,
+                    || (),
+                    |_, a, b, s, c, ldc, rows, first| {
+                        // SAFETY: one block of C (its `rows` rows) and whole panels per call; the
+                        // engine's path says the CPU has AVX-512 BF16.
+                        unsafe {
+                            kernels::avx512::bf16_block(a, b, s, c, ldc, rows, Store::first(first))
+                        }
+                    },
+                );
+            });
+            return;
+        }
         with_padded_c(m, n, c, |job_c, ldc| {
             let job = job(Geometry::Bf16, m, k, n, &pa, b.data(), job_c, ldc);
             match (self.path, self.tiles) {
                 (Path::Amx, Tiles::Hardware) => {
-                    driver::run(job, parallel, hw_tiles, |t, a, b, s, c, ldc, _| {
+                    driver::run(job, parallel, hw_tiles, |t, a, b, s, c, ldc, _, _| {
                         // SAFETY: tiles configured with TileConfig::blocks on this thread; one block.
                         unsafe { micro::bf16_block(t, a, b, s, c, ldc) }
                     })
                 }
                 (Path::Amx, Tiles::Emulated) => {
-                    driver::run(job, parallel, emu_tiles, |t, a, b, s, c, ldc, _| {
+                    driver::run(job, parallel, emu_tiles, |t, a, b, s, c, ldc, _, _| {
                         // SAFETY: as above, on the software tiles.
                         unsafe { micro::bf16_block(t, a, b, s, c, ldc) }
                     })
@@ -168,7 +188,7 @@ impl Engine {
                         job,
                         parallel,
                         || (),
-                        |_, a, b, s, c, ldc, rows| unsafe { kernel(a, b, s, c, ldc, rows) },
+                        |_, a, b, s, c, ldc, rows, _| unsafe { kernel(a, b, s, c, ldc, rows) },
                     )
                 }
             }
@@ -181,51 +201,72 @@ impl Engine {
         check_shapes(m, k, n, a.len(), c.len());
         assert!(k <= INT8_DEPTH_MAX, "int8 depth {k} exceeds INT8_DEPTH_MAX");
         let parallel = self.parallel(m, k, n);
-        // The VNNI kernel reads A's bytes as unsigned: packed offset by 128 (`a ^ 0x80`).
-        let offset_a = self.path != Path::Amx && kernels::i8_block(self.path).1;
-        let pa = if offset_a {
-            pack_a(Geometry::I8, m, k, a, parallel, |x: i8| x ^ i8::MIN)
-        } else {
-            pack_a(Geometry::I8, m, k, a, parallel, |x| x)
-        };
+        #[cfg(target_arch = "x86_64")]
+        if self.path == Path::Avx512 {
+            if k == 0 {
+                c.fill(0);
+                return;
+            }
+            // The VNNI kernel reads A's bytes as unsigned: packed offset by 128 (`a ^ 0x80`),
+            // and `128 · Σ_k b[k][j]` taken off after.
+            let pa = pack_a(Geometry::I8, m, k, a, parallel, |x: i8| x ^ i8::MIN);
+            with_exact_c(m, n, c, |job_c, ldc| {
+                let job = driver::Job {
+                    exact_rows: true,
+                    ..job(Geometry::I8, m, k, n, &pa, b.data(), job_c, ldc)
+                };
+                driver::run(
+                    job,
+                    parallel,
+                    || (),
+                    |_, a, b, s, c, ldc, rows, first| {
+                        // SAFETY: one block of C (its `rows` rows) and whole panels per call; the
+                        // engine's path says the CPU has AVX-512 VNNI.
+                        unsafe {
+                            kernels::avx512::i8_block(a, b, s, c, ldc, rows, Store::first(first))
+                        }
+                    },
+                );
+                let correct = |row: &mut [i32]| {
+                    for (v, sum) in row.iter_mut().zip(b.col_sums()) {
+                        *v -= 128 * sum;
+                    }
+                };
+                let rows = &mut job_c[..m * ldc];
+                if parallel {
+                    use rayon::prelude::*;
+                    rows.par_chunks_mut(ldc).for_each(correct);
+                } else {
+                    rows.chunks_mut(ldc).for_each(correct);
+                }
+            });
+            return;
+        }
+        let pa = pack_a(Geometry::I8, m, k, a, parallel, |x| x);
         with_padded_c(m, n, c, |job_c, ldc| {
             let job = job(Geometry::I8, m, k, n, &pa, b.data(), job_c, ldc);
             match (self.path, self.tiles) {
                 (Path::Amx, Tiles::Hardware) => {
-                    driver::run(job, parallel, hw_tiles, |t, a, b, s, c, ldc, _| {
+                    driver::run(job, parallel, hw_tiles, |t, a, b, s, c, ldc, _, _| {
                         // SAFETY: tiles configured with TileConfig::blocks on this thread; one block.
                         unsafe { micro::i8_block(t, a, b, s, c, ldc) }
                     })
                 }
                 (Path::Amx, Tiles::Emulated) => {
-                    driver::run(job, parallel, emu_tiles, |t, a, b, s, c, ldc, _| {
+                    driver::run(job, parallel, emu_tiles, |t, a, b, s, c, ldc, _, _| {
                         // SAFETY: as above, on the software tiles.
                         unsafe { micro::i8_block(t, a, b, s, c, ldc) }
                     })
                 }
                 (path, _) => {
-                    let (kernel, offset_a) = kernels::i8_block(path);
+                    let kernel = kernels::i8_block(path);
                     // SAFETY: one 32 × 32 block of C and whole panels per call.
                     driver::run(
                         job,
                         parallel,
                         || (),
-                        |_, a, b, s, c, ldc, rows| unsafe { kernel(a, b, s, c, ldc, rows) },
+                        |_, a, b, s, c, ldc, rows, _| unsafe { kernel(a, b, s, c, ldc, rows) },
                     );
-                    if offset_a {
-                        // The kernel computed Σ (a + 128)·b; padded columns have zero sums.
-                        let correct = |row: &mut [i32]| {
-                            for (v, sum) in row.iter_mut().zip(b.col_sums()) {
-                                *v -= 128 * sum;
-                            }
-                        };
-                        if parallel {
-                            use rayon::prelude::*;
-                            job_c.par_chunks_mut(ldc).for_each(correct);
-                        } else {
-                            job_c.chunks_mut(ldc).for_each(correct);
-                        }
-                    }
                 }
             }
         });
@@ -263,10 +304,32 @@ fn job<'a, A, B, C>(
         steps: geo.steps(k),
         step_len: geo.step_len(),
         rows: m,
+        exact_rows: false,
         row_panels: blocks(m),
         col_panels: blocks(n),
         c,
         ldc,
+    }
+}
+
+/// Runs `f` on a C of `m` rows whose columns are whole blocks, for kernels that write every
+/// element of their rows (no zeroing, no row padding): the caller's buffer when `n` is a
+/// multiple of 32, else a wider scratch copied back after.
+fn with_exact_c<C: Zeroable + Default + Copy>(
+    m: usize,
+    n: usize,
+    c: &mut [C],
+    f: impl FnOnce(&mut [C], usize),
+) {
+    if n.is_multiple_of(BLOCK_COLS) {
+        f(c, n);
+        return;
+    }
+    let ldc = blocks(n) * BLOCK_COLS;
+    let mut wide = AlignedVec::<C>::zeroed(m * ldc);
+    f(&mut wide, ldc);
+    for (dst, src) in c.chunks_mut(n.max(1)).zip(wide.chunks(ldc)) {
+        dst.copy_from_slice(&src[..n]);
     }
 }
 

@@ -1,63 +1,23 @@
-//! AVX-512 block kernels: f32 with FMA, bf16 with `vdpbf16ps` (pairs of K per 32-bit lane, f32
-//! accumulate), int8 with VNNI `vpdpbusd`. Each B tile row of the packed layout is exactly one
+//! AVX-512 block kernels (f32's is `avx512_rows`): bf16 with `vdpbf16ps` (pairs of K per
+//! 32-bit lane, f32 accumulate), int8 with VNNI `vpdpbusd`. Both compute exactly the rows they
+//! are asked for and overwrite C on a block's first K chunk. Each B tile row of the packed layout is exactly one
 //! zmm. `vpdpbusd` multiplies *unsigned* A bytes by signed B bytes, so the engine packs A offset
 //! by 128 for it and subtracts `128 · Σ_k b[k][j]` afterwards (exact in i32).
 
 use std::arch::x86_64::*;
 
-use crate::pack::{BLOCK_COLS, BLOCK_ROWS, Geometry, TILE_ROWS};
+use super::avx512_rows::Store;
+use crate::pack::{BLOCK_ROWS, Geometry, TILE_ROWS};
 
-/// Rows of C held in registers at once by the f32 block kernel (16 zmm accumulators for 32
-/// columns).
-const SUB_ROWS: usize = 8;
 /// Rows of C held at once by the bf16 and int8 kernels: 24 accumulators, the two B vectors
 /// of a K group and the broadcast A value fill 27 of the 32 registers.
 const GROUP_ROWS: usize = 12;
 
 /// # Safety
-/// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn f32_block(
-    a: *const f32,
-    b: *const f32,
-    steps: usize,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-) {
-    for rg in 0..rows.min(BLOCK_ROWS).div_ceil(SUB_ROWS) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; SUB_ROWS];
-        for s in 0..steps {
-            // SAFETY: step s of each panel holds 32 values.
-            unsafe {
-                let bp = b.add(s * BLOCK_COLS);
-                let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(TILE_ROWS)));
-                let ap = a.add(s * BLOCK_ROWS + rg * SUB_ROWS);
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*ap.add(r));
-                    acc_r[0] = _mm512_fmadd_ps(av, b0, acc_r[0]);
-                    acc_r[1] = _mm512_fmadd_ps(av, b1, acc_r[1]);
-                }
-            }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            // SAFETY: row rg*8+r of the C block has 32 writable f32.
-            unsafe {
-                let cp = c.add((rg * SUB_ROWS + r) * ldc);
-                _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
-                _mm512_storeu_ps(
-                    cp.add(TILE_ROWS),
-                    _mm512_add_ps(_mm512_loadu_ps(cp.add(TILE_ROWS)), acc_r[1]),
-                );
-            }
-        }
-    }
-}
-
-/// # Safety
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and
 /// AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)] // a kernel's raw operands, as the block kernels take them
 pub(crate) unsafe fn bf16_block(
     a: *const u16,
     b: *const u16,
@@ -65,6 +25,7 @@ pub(crate) unsafe fn bf16_block(
     c: *mut f32,
     ldc: usize,
     rows: usize,
+    store: Store,
 ) {
     let rows = rows.min(BLOCK_ROWS);
     let mut r0 = 0;
@@ -73,10 +34,10 @@ pub(crate) unsafe fn bf16_block(
         // SAFETY: rows r0..r0+here of the block, as the caller vouched for all 32.
         unsafe {
             match here {
-                12 => bf16_group::<12>(a, b, steps, c, ldc, r0),
-                8..=11 => bf16_group::<8>(a, b, steps, c, ldc, r0),
-                4..=7 => bf16_group::<4>(a, b, steps, c, ldc, r0),
-                _ => bf16_group::<1>(a, b, steps, c, ldc, r0),
+                12 => bf16_group::<12>(a, b, steps, c, ldc, r0, store),
+                8..=11 => bf16_group::<8>(a, b, steps, c, ldc, r0, store),
+                4..=7 => bf16_group::<4>(a, b, steps, c, ldc, r0, store),
+                _ => bf16_group::<1>(a, b, steps, c, ldc, r0, store),
             }
         }
         r0 += if here >= 12 {
@@ -104,6 +65,7 @@ unsafe fn bf16_group<const R: usize>(
     c: *mut f32,
     ldc: usize,
     r0: usize,
+    store: Store,
 ) {
     let geo = Geometry::Bf16;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -133,11 +95,17 @@ unsafe fn bf16_group<const R: usize>(
         // SAFETY: row r0+r of the C block has 32 writable f32.
         unsafe {
             let cp = c.add((r0 + r) * ldc);
-            _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
-            _mm512_storeu_ps(
-                cp.add(TILE_ROWS),
-                _mm512_add_ps(_mm512_loadu_ps(cp.add(TILE_ROWS)), acc_r[1]),
-            );
+            let hi = cp.add(TILE_ROWS);
+            match store {
+                Store::Overwrite => {
+                    _mm512_storeu_ps(cp, acc_r[0]);
+                    _mm512_storeu_ps(hi, acc_r[1]);
+                }
+                Store::Accumulate => {
+                    _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
+                    _mm512_storeu_ps(hi, _mm512_add_ps(_mm512_loadu_ps(hi), acc_r[1]));
+                }
+            }
         }
     }
 }
@@ -150,6 +118,7 @@ unsafe fn bf16_group<const R: usize>(
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and
 /// AVX512-VNNI.
 #[target_feature(enable = "avx512f,avx512vnni")]
+#[allow(clippy::too_many_arguments)] // a kernel's raw operands, as the block kernels take them
 pub(crate) unsafe fn i8_block(
     a: *const i8,
     b: *const i8,
@@ -157,6 +126,7 @@ pub(crate) unsafe fn i8_block(
     c: *mut i32,
     ldc: usize,
     rows: usize,
+    store: Store,
 ) {
     let rows = rows.min(BLOCK_ROWS);
     let mut r0 = 0;
@@ -165,10 +135,10 @@ pub(crate) unsafe fn i8_block(
         // SAFETY: rows r0..r0+here of the block, as the caller vouched for all 32.
         unsafe {
             match here {
-                12 => i8_group::<12>(a, b, steps, c, ldc, r0),
-                8..=11 => i8_group::<8>(a, b, steps, c, ldc, r0),
-                4..=7 => i8_group::<4>(a, b, steps, c, ldc, r0),
-                _ => i8_group::<1>(a, b, steps, c, ldc, r0),
+                12 => i8_group::<12>(a, b, steps, c, ldc, r0, store),
+                8..=11 => i8_group::<8>(a, b, steps, c, ldc, r0, store),
+                4..=7 => i8_group::<4>(a, b, steps, c, ldc, r0, store),
+                _ => i8_group::<1>(a, b, steps, c, ldc, r0, store),
             }
         }
         r0 += if here >= 12 {
@@ -196,6 +166,7 @@ unsafe fn i8_group<const R: usize>(
     c: *mut i32,
     ldc: usize,
     r0: usize,
+    store: Store,
 ) {
     let geo = Geometry::I8;
     let mut acc = [[_mm512_setzero_si512(); 2]; R];
@@ -223,14 +194,22 @@ unsafe fn i8_group<const R: usize>(
         unsafe {
             let cp = c.add((r0 + r) * ldc);
             let hi = cp.add(TILE_ROWS);
-            _mm512_storeu_si512(
-                cp.cast(),
-                _mm512_add_epi32(_mm512_loadu_si512(cp.cast()), acc_r[0]),
-            );
-            _mm512_storeu_si512(
-                hi.cast(),
-                _mm512_add_epi32(_mm512_loadu_si512(hi.cast()), acc_r[1]),
-            );
+            match store {
+                Store::Overwrite => {
+                    _mm512_storeu_si512(cp.cast(), acc_r[0]);
+                    _mm512_storeu_si512(hi.cast(), acc_r[1]);
+                }
+                Store::Accumulate => {
+                    _mm512_storeu_si512(
+                        cp.cast(),
+                        _mm512_add_epi32(_mm512_loadu_si512(cp.cast()), acc_r[0]),
+                    );
+                    _mm512_storeu_si512(
+                        hi.cast(),
+                        _mm512_add_epi32(_mm512_loadu_si512(hi.cast()), acc_r[1]),
+                    );
+                }
+            }
         }
     }
 }

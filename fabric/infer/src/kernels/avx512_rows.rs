@@ -19,6 +19,17 @@ pub(crate) enum Store {
     Accumulate,
 }
 
+impl Store {
+    /// Overwrite for a block's first K chunk, accumulate for the rest.
+    pub(crate) fn first(first: bool) -> Store {
+        if first {
+            Store::Overwrite
+        } else {
+            Store::Accumulate
+        }
+    }
+}
+
 /// `c[r][j] (+)= Σ_s a[r·lda + s] · b[s][j]` for r < `rows`, j < 32.
 ///
 /// # Safety

@@ -21,11 +21,10 @@ use crate::Path;
 /// One block kernel: `(a_panel, b_panel, steps, c_block, ldc, rows)`.
 pub(crate) type Block<A, B, C> = unsafe fn(*const A, *const B, usize, *mut C, usize, usize);
 
-/// The f32 block kernel for a (non-AMX) path.
+/// The f32 block kernel for a path without its own (AVX-512, and AMX which uses it for f32,
+/// read A in place: `avx512_rows`).
 pub(crate) fn f32_block(path: Path) -> Block<f32, f32, f32> {
     match path {
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => avx512::f32_block,
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => avx2::f32_block,
         Path::Scalar => scalar::f32_block,
@@ -33,28 +32,23 @@ pub(crate) fn f32_block(path: Path) -> Block<f32, f32, f32> {
     }
 }
 
-/// The bf16 block kernel for a non-AMX path.
+/// The bf16 block kernel for a path without its own (AMX and AVX-512 are called directly).
 pub(crate) fn bf16_block(path: Path) -> Block<u16, u16, f32> {
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => avx512::bf16_block,
-        #[cfg(target_arch = "x86_64")]
         Path::Avx2 => avx2::bf16_block,
         Path::Scalar => scalar::bf16_block,
-        other => unreachable!("no vector bf16 block kernel for {other}"),
+        other => unreachable!("no generic bf16 block kernel for {other}"),
     }
 }
 
-/// The int8 block kernel for a non-AMX path, and whether it reads A's bytes as unsigned (the
-/// VNNI form): then A must be packed offset by 128 (`a ^ 0x80`) and the caller subtract
-/// `128 · Σ_k b[k][j]`.
-pub(crate) fn i8_block(path: Path) -> (Block<i8, i8, i32>, bool) {
+/// The int8 block kernel for a path without its own (AMX and AVX-512 VNNI, whose kernel reads
+/// A unsigned, are called directly).
+pub(crate) fn i8_block(path: Path) -> Block<i8, i8, i32> {
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => (avx512::i8_block, true),
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => (avx2::i8_block, false),
-        Path::Scalar => (scalar::i8_block, false),
-        other => unreachable!("no vector int8 block kernel for {other}"),
+        Path::Avx2 => avx2::i8_block,
+        Path::Scalar => scalar::i8_block,
+        other => unreachable!("no generic int8 block kernel for {other}"),
     }
 }

@@ -100,6 +100,17 @@ crate::fastmath::dispatch!(
     }
 );
 
+crate::fastmath::dispatch!(
+    dequantize_row_biased,
+    dequantize_row_biased_avx2,
+    (acc: &[i32], sx: f32, scales: &[f32], bias: &[f32], y: &mut [f32]),
+    {
+        for (((y, a), sw), b) in y.iter_mut().zip(acc).zip(scales).zip(bias) {
+            *y = *a as f32 * sx * sw + b;
+        }
+    }
+);
+
 impl Layer {
     /// Output width for an input of `width` values per row.
     pub fn out_width(&self, width: usize) -> usize {
@@ -145,11 +156,13 @@ impl Layer {
                 let mut acc = vec![0i32; all * n];
                 engine.i8(all, &q, weight, &mut acc);
                 let mut y = vec![0f32; rows * n];
+                let zeros = vec![0f32; n];
+                let bias = bias.as_deref().unwrap_or(&zeros);
                 y.par_chunks_exact_mut(n)
                     .zip(acc.par_chunks_exact(n))
                     .zip(&quant)
                     .with_min_len(ROWS_PER_TASK)
-                    .for_each(|((y, acc), r)| dequantize_row(acc, r.scale, scales, y));
+                    .for_each(|((y, acc), r)| dequantize_row_biased(acc, r.scale, scales, bias, y));
                 let mut part = vec![0f32; n];
                 for (extra, &(row, scale)) in residuals.iter().enumerate() {
                     dequantize_row(&acc[(rows + extra) * n..][..n], scale, scales, &mut part);
@@ -158,7 +171,6 @@ impl Layer {
                         .zip(&part)
                         .for_each(|(y, p)| *y += p);
                 }
-                add_bias(&mut y, bias.as_deref());
                 y
             }
             Layer::LayerNorm { gamma, beta, eps } => {
