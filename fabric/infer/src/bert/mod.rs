@@ -240,12 +240,25 @@ impl Encoder {
         Ok(())
     }
 
-    /// The forward pass; `observe` sees the input of every dense layer.
+    /// The forward pass; `observe` sees the input of every dense layer. It runs on a thread
+    /// of the rayon pool: each of its parallel steps then starts on the pool's own queue, where
+    /// an idle worker takes its share at once, instead of being handed to the pool from outside
+    /// and waiting for a sleeping worker to wake (in a short batch, a step lasts about as long
+    /// as that wake-up, and the second thread came too late to help).
     fn forward(
         &self,
         engine: &Engine,
         sequences: &[&[u32]],
-        observe: &mut dyn FnMut(usize, Site, &[f32]),
+        observe: &mut (dyn FnMut(usize, Site, &[f32]) + Send),
+    ) -> Result<Vec<f32>, Error> {
+        rayon::scope(|_| self.forward_here(engine, sequences, observe))
+    }
+
+    fn forward_here(
+        &self,
+        engine: &Engine,
+        sequences: &[&[u32]],
+        observe: &mut (dyn FnMut(usize, Site, &[f32]) + Send),
     ) -> Result<Vec<f32>, Error> {
         self.check(sequences)?;
         let h = self.config.hidden_size;
