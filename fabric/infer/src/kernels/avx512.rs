@@ -6,12 +6,31 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512_rows::Store;
+use super::avx512_rows::{Store, store_row};
 use crate::pack::{BLOCK_ROWS, Geometry, TILE_ROWS};
 
 /// Rows of C held at once by the bf16 and int8 kernels: 24 accumulators, the two B vectors
 /// of a K group and the broadcast A value fill 27 of the 32 registers.
 const GROUP_ROWS: usize = 12;
+
+/// The register groups `(first row, rows)` that cover a block's first `rows` rows exactly:
+/// twelve at a time, then eight, four and one.
+fn row_groups(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let rows = rows.min(BLOCK_ROWS);
+    let mut r0 = 0;
+    std::iter::from_fn(move || {
+        let size = match rows - r0 {
+            0 => return None,
+            GROUP_ROWS.. => GROUP_ROWS,
+            8..GROUP_ROWS => 8,
+            4..8 => 4,
+            _ => 1,
+        };
+        let group = (r0, size);
+        r0 += size;
+        Some(group)
+    })
+}
 
 /// # Safety
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and
@@ -27,28 +46,16 @@ pub(crate) unsafe fn bf16_block(
     rows: usize,
     store: Store,
 ) {
-    let rows = rows.min(BLOCK_ROWS);
-    let mut r0 = 0;
-    while r0 < rows {
-        let here = (rows - r0).min(GROUP_ROWS);
-        // SAFETY: rows r0..r0+here of the block, as the caller vouched for all 32.
+    for (r0, size) in row_groups(rows) {
+        // SAFETY: rows r0..r0+size of the block, which the caller vouched for.
         unsafe {
-            match here {
+            match size {
                 12 => bf16_group::<12>(a, b, steps, c, ldc, r0, store),
-                8..=11 => bf16_group::<8>(a, b, steps, c, ldc, r0, store),
-                4..=7 => bf16_group::<4>(a, b, steps, c, ldc, r0, store),
+                8 => bf16_group::<8>(a, b, steps, c, ldc, r0, store),
+                4 => bf16_group::<4>(a, b, steps, c, ldc, r0, store),
                 _ => bf16_group::<1>(a, b, steps, c, ldc, r0, store),
             }
         }
-        r0 += if here >= 12 {
-            12
-        } else if here >= 8 {
-            8
-        } else if here >= 4 {
-            4
-        } else {
-            1
-        };
     }
 }
 
@@ -93,20 +100,7 @@ unsafe fn bf16_group<const R: usize>(
     }
     for (r, acc_r) in acc.iter().enumerate() {
         // SAFETY: row r0+r of the C block has 32 writable f32.
-        unsafe {
-            let cp = c.add((r0 + r) * ldc);
-            let hi = cp.add(TILE_ROWS);
-            match store {
-                Store::Overwrite => {
-                    _mm512_storeu_ps(cp, acc_r[0]);
-                    _mm512_storeu_ps(hi, acc_r[1]);
-                }
-                Store::Accumulate => {
-                    _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
-                    _mm512_storeu_ps(hi, _mm512_add_ps(_mm512_loadu_ps(hi), acc_r[1]));
-                }
-            }
-        }
+        unsafe { store_row(c.add((r0 + r) * ldc), acc_r, store) }
     }
 }
 
@@ -128,28 +122,16 @@ pub(crate) unsafe fn i8_block(
     rows: usize,
     store: Store,
 ) {
-    let rows = rows.min(BLOCK_ROWS);
-    let mut r0 = 0;
-    while r0 < rows {
-        let here = (rows - r0).min(GROUP_ROWS);
-        // SAFETY: rows r0..r0+here of the block, as the caller vouched for all 32.
+    for (r0, size) in row_groups(rows) {
+        // SAFETY: rows r0..r0+size of the block, which the caller vouched for.
         unsafe {
-            match here {
+            match size {
                 12 => i8_group::<12>(a, b, steps, c, ldc, r0, store),
-                8..=11 => i8_group::<8>(a, b, steps, c, ldc, r0, store),
-                4..=7 => i8_group::<4>(a, b, steps, c, ldc, r0, store),
+                8 => i8_group::<8>(a, b, steps, c, ldc, r0, store),
+                4 => i8_group::<4>(a, b, steps, c, ldc, r0, store),
                 _ => i8_group::<1>(a, b, steps, c, ldc, r0, store),
             }
         }
-        r0 += if here >= 12 {
-            12
-        } else if here >= 8 {
-            8
-        } else if here >= 4 {
-            4
-        } else {
-            1
-        };
     }
 }
 

@@ -103,18 +103,28 @@ unsafe fn group<const R: usize>(
     }
     for (r, acc_r) in acc.iter().enumerate() {
         // SAFETY: row r of C has 32 writable values.
-        unsafe {
-            let cp = c.add(r * ldc);
-            let hi = cp.add(TILE_ROWS);
-            match store {
-                Store::Overwrite => {
-                    _mm512_storeu_ps(cp, acc_r[0]);
-                    _mm512_storeu_ps(hi, acc_r[1]);
-                }
-                Store::Accumulate => {
-                    _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc_r[0]));
-                    _mm512_storeu_ps(hi, _mm512_add_ps(_mm512_loadu_ps(hi), acc_r[1]));
-                }
+        unsafe { store_row(c.add(r * ldc), acc_r, store) }
+    }
+}
+
+/// Writes (or adds) one row's two accumulators to the 32 f32 at `cp`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `cp` points at 32 writable f32.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn store_row(cp: *mut f32, acc: &[__m512; 2], store: Store) {
+    // SAFETY: both halves lie inside the 32 values the caller vouched for.
+    unsafe {
+        let hi = cp.add(TILE_ROWS);
+        match store {
+            Store::Overwrite => {
+                _mm512_storeu_ps(cp, acc[0]);
+                _mm512_storeu_ps(hi, acc[1]);
+            }
+            Store::Accumulate => {
+                _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc[0]));
+                _mm512_storeu_ps(hi, _mm512_add_ps(_mm512_loadu_ps(hi), acc[1]));
             }
         }
     }
