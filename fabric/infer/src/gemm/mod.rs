@@ -146,24 +146,17 @@ impl Engine {
                 c.fill(0.0);
                 return;
             }
-            with_exact_c(m, n, c, |job_c, ldc| {
-                let job = driver::Job {
-                    exact_rows: true,
-                    ..job(Geometry::Bf16, m, k, n, &pa, b.data(), job_c, ldc)
-                };
-                driver::run(
-                    job,
-                    parallel,
-                    || (),
-                    |_, a, b, s, c, ldc, rows, first| {
-                        // SAFETY: one block of C (its `rows` rows) and whole panels per call; the
-                        // engine's path says the CPU has AVX-512 BF16.
-                        unsafe {
-                            kernels::avx512::bf16_block(a, b, s, c, ldc, rows, Store::first(first))
-                        }
-                    },
-                );
-            });
+            // SAFETY: the engine's path says the CPU has AVX-512 BF16.
+            unsafe {
+                run_exact(
+                    (Geometry::Bf16, m, k, n, parallel),
+                    &pa,
+                    b.data(),
+                    c,
+                    kernels::avx512::bf16_block,
+                    |_, _| {},
+                )
+            };
             return;
         }
         with_padded_c(m, n, c, |job_c, ldc| {
@@ -210,36 +203,29 @@ impl Engine {
             // The VNNI kernel reads A's bytes as unsigned: packed offset by 128 (`a ^ 0x80`),
             // and `128 · Σ_k b[k][j]` taken off after.
             let pa = pack_a(Geometry::I8, m, k, a, parallel, |x: i8| x ^ i8::MIN);
-            with_exact_c(m, n, c, |job_c, ldc| {
-                let job = driver::Job {
-                    exact_rows: true,
-                    ..job(Geometry::I8, m, k, n, &pa, b.data(), job_c, ldc)
-                };
-                driver::run(
-                    job,
-                    parallel,
-                    || (),
-                    |_, a, b, s, c, ldc, rows, first| {
-                        // SAFETY: one block of C (its `rows` rows) and whole panels per call; the
-                        // engine's path says the CPU has AVX-512 VNNI.
-                        unsafe {
-                            kernels::avx512::i8_block(a, b, s, c, ldc, rows, Store::first(first))
+            let correct = |row: &mut [i32]| {
+                for (v, sum) in row.iter_mut().zip(b.col_sums()) {
+                    *v -= 128 * sum;
+                }
+            };
+            // SAFETY: the engine's path says the CPU has AVX-512 VNNI.
+            unsafe {
+                run_exact(
+                    (Geometry::I8, m, k, n, parallel),
+                    &pa,
+                    b.data(),
+                    c,
+                    kernels::avx512::i8_block,
+                    |rows, ldc| {
+                        if parallel {
+                            use rayon::prelude::*;
+                            rows.par_chunks_mut(ldc).for_each(correct);
+                        } else {
+                            rows.chunks_mut(ldc).for_each(correct);
                         }
                     },
-                );
-                let correct = |row: &mut [i32]| {
-                    for (v, sum) in row.iter_mut().zip(b.col_sums()) {
-                        *v -= 128 * sum;
-                    }
-                };
-                let rows = &mut job_c[..m * ldc];
-                if parallel {
-                    use rayon::prelude::*;
-                    rows.par_chunks_mut(ldc).for_each(correct);
-                } else {
-                    rows.chunks_mut(ldc).for_each(correct);
-                }
-            });
+                )
+            };
             return;
         }
         let pa = pack_a(Geometry::I8, m, k, a, parallel, |x| x);
@@ -310,6 +296,44 @@ fn job<'a, A, B, C>(
         c,
         ldc,
     }
+}
+
+/// One of the AVX-512 kernels that compute exactly the rows asked for and overwrite C on a
+/// block's first K chunk: `(a_panel, b_panel, steps, c_block, ldc, rows, store)`.
+#[cfg(target_arch = "x86_64")]
+type ExactBlock<A, B, C> = unsafe fn(*const A, *const B, usize, *mut C, usize, usize, Store);
+
+/// `c = a · b` for `(geometry, m, k, n, parallel)` with an [`ExactBlock`] kernel over packed
+/// `a` and `b`; `after` then sees C's `m` rows (and their stride) before they are copied out.
+///
+/// # Safety
+/// The CPU has the features `kernel` was compiled for; `k > 0`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_exact<A: Sync, B: Sync, C: Zeroable + Default + Copy + Send>(
+    (geo, m, k, n, parallel): (Geometry, usize, usize, usize, bool),
+    a: &[A],
+    b: &[B],
+    c: &mut [C],
+    kernel: ExactBlock<A, B, C>,
+    after: impl FnOnce(&mut [C], usize),
+) {
+    with_exact_c(m, n, c, |job_c, ldc| {
+        let job = driver::Job {
+            exact_rows: true,
+            ..job(geo, m, k, n, a, b, job_c, ldc)
+        };
+        driver::run(
+            job,
+            parallel,
+            || (),
+            |_, a, b, s, c, ldc, rows, first| {
+                // SAFETY: one block of C (its `rows` rows) and whole panels per call; the caller
+                // vouched for the CPU.
+                unsafe { kernel(a, b, s, c, ldc, rows, Store::first(first)) }
+            },
+        );
+        after(&mut job_c[..m * ldc], ldc);
+    });
 }
 
 /// Runs `f` on a C of `m` rows whose columns are whole blocks, for kernels that write every
