@@ -240,18 +240,28 @@ impl Encoder {
         Ok(())
     }
 
-    /// The forward pass; `observe` sees the input of every dense layer. It runs on a thread
-    /// of the rayon pool: each of its parallel steps then starts on the pool's own queue, where
-    /// an idle worker takes its share at once, instead of being handed to the pool from outside
-    /// and waiting for a sleeping worker to wake (in a short batch, a step lasts about as long
-    /// as that wake-up, and the second thread came too late to help).
+    /// The forward pass; `observe` sees the input of every dense layer.
+    ///
+    /// A short batch runs on a thread of the rayon pool: each of its parallel steps then
+    /// starts on the pool's own queue, where an idle worker takes its share at once, instead
+    /// of being handed to the pool from outside and waiting for a sleeping worker to wake (a
+    /// short batch's step lasts about as long as that wake-up, and the second thread came too
+    /// late to help). A long batch stays on the calling thread: its steps dwarf the wake-up,
+    /// and its activations (tens of MiB) come from the allocator's main heap, which keeps
+    /// them (`crate::memory`); a pool thread's own arena maps and unmaps heaps of at most
+    /// 64 MiB, and faulting them in again cost int8 a quarter of its throughput.
     fn forward(
         &self,
         engine: &Engine,
         sequences: &[&[u32]],
         observe: &mut (dyn FnMut(usize, Site, &[f32]) + Send),
     ) -> Result<Vec<f32>, Error> {
-        rayon::scope(|_| self.forward_here(engine, sequences, observe))
+        let tokens: usize = sequences.iter().map(|s| s.len()).sum();
+        if tokens <= POOL_TOKENS_MAX {
+            rayon::scope(|_| self.forward_here(engine, sequences, observe))
+        } else {
+            self.forward_here(engine, sequences, observe)
+        }
     }
 
     fn forward_here(
@@ -295,6 +305,9 @@ impl Encoder {
         Ok(pool(&x, &lens, h))
     }
 }
+
+/// Batches of up to this many tokens run on a rayon thread (see `Encoder::forward`).
+const POOL_TOKENS_MAX: usize = 256;
 
 /// A row of an int8 layer's input whose largest |x| exceeds this many times its mean |x| is
 /// quantized twice (see [`OutlierRows`]): on the test corpus, one row of a sequence in the
