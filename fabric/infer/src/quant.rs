@@ -50,7 +50,7 @@ pub fn quantize_rows_smoothed(
 const ROWS_PER_TASK: usize = 64;
 
 crate::fastmath::dispatch!(
-    quantize_row,
+    pub(crate) quantize_row,
     quantize_row_avx2,
     (row: &[f32], smooth: Option<&[f32]>, q: &mut [i8]) -> RowQuant,
     {

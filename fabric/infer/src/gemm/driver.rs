@@ -3,7 +3,8 @@
 //! C is cut into tasks: a range of row panels × a range of column panels, each task writing
 //! only its own blocks (so tasks run in parallel without locks). Inside a task, K is walked in
 //! chunks of `kc` steps sized so one A panel chunk stays in L1 (`PANEL_BYTES_MAX`), the task's
-//! B panels for that chunk stay in L2, and each block kernel call accumulates into C.
+//! B panels for that chunk stay in L2, and each block kernel call adds its chunk to C (or, for
+//! kernels that overwrite, writes the block's first chunk).
 
 use std::ops::Range;
 
@@ -33,7 +34,8 @@ pub(crate) struct Job<'a, A, B, C> {
     pub exact_rows: bool,
     pub row_panels: usize,
     pub col_panels: usize,
-    /// Padded C: `row_panels * 32` rows of `ldc >= col_panels * 32` elements.
+    /// C: `row_panels * 32` rows (`rows` with `exact_rows`) of `ldc >= col_panels * 32`
+    /// elements.
     pub c: &'a mut [C],
     pub ldc: usize,
 }
@@ -220,11 +222,7 @@ pub(crate) fn run_f32_rows(
     // One block: rows of panel i × column panel j over K from k0.
     let block = |i: usize, j: usize, k0: usize| {
         let ks = ROWS_KC.min(k - k0);
-        let store = if k0 == 0 {
-            Store::Overwrite
-        } else {
-            Store::Accumulate
-        };
+        let store = Store::first(k0 == 0);
         let rows = (m - i * BLOCK_ROWS).min(BLOCK_ROWS);
         let pa = a[i * BLOCK_ROWS * k + k0..].as_ptr();
         let pb = b[(j * k + k0) * BLOCK_COLS..].as_ptr();

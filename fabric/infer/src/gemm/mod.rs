@@ -142,10 +142,6 @@ impl Engine {
         let pa = pack_a(Geometry::Bf16, m, k, a, parallel, bf16::from_f32);
         #[cfg(target_arch = "x86_64")]
         if self.path == Path::Avx512 {
-            if k == 0 {
-                c.fill(0.0);
-                return;
-            }
             // SAFETY: the engine's path says the CPU has AVX-512 BF16.
             unsafe {
                 run_exact(
@@ -196,10 +192,6 @@ impl Engine {
         let parallel = self.parallel(m, k, n);
         #[cfg(target_arch = "x86_64")]
         if self.path == Path::Avx512 {
-            if k == 0 {
-                c.fill(0);
-                return;
-            }
             // The VNNI kernel reads A's bytes as unsigned: packed offset by 128 (`a ^ 0x80`),
             // and `128 · Σ_k b[k][j]` taken off after.
             let pa = pack_a(Geometry::I8, m, k, a, parallel, |x: i8| x ^ i8::MIN);
@@ -307,7 +299,7 @@ type ExactBlock<A, B, C> = unsafe fn(*const A, *const B, usize, *mut C, usize, u
 /// `a` and `b`; `after` then sees C's `m` rows (and their stride) before they are copied out.
 ///
 /// # Safety
-/// The CPU has the features `kernel` was compiled for; `k > 0`.
+/// The CPU has the features `kernel` was compiled for.
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_exact<A: Sync, B: Sync, C: Zeroable + Default + Copy + Send>(
     (geo, m, k, n, parallel): (Geometry, usize, usize, usize, bool),
@@ -317,6 +309,11 @@ unsafe fn run_exact<A: Sync, B: Sync, C: Zeroable + Default + Copy + Send>(
     kernel: ExactBlock<A, B, C>,
     after: impl FnOnce(&mut [C], usize),
 ) {
+    if k == 0 {
+        // No K chunk, so no kernel call writes C.
+        c.fill(C::default());
+        return;
+    }
     with_exact_c(m, n, c, |job_c, ldc| {
         let job = driver::Job {
             exact_rows: true,
@@ -352,7 +349,12 @@ fn with_exact_c<C: Zeroable + Default + Copy>(
     let ldc = blocks(n) * BLOCK_COLS;
     let mut wide = AlignedVec::<C>::zeroed(m * ldc);
     f(&mut wide, ldc);
-    for (dst, src) in c.chunks_mut(n.max(1)).zip(wide.chunks(ldc)) {
+    copy_back(c, n, &wide, ldc);
+}
+
+/// Copies the first `n` values of each `ldc`-long row of `wide` into the rows of `c`.
+fn copy_back<C: Copy>(c: &mut [C], n: usize, wide: &[C], ldc: usize) {
+    for (dst, src) in c.chunks_mut(n.max(1)).zip(wide.chunks(ldc.max(1))) {
         dst.copy_from_slice(&src[..n]);
     }
 }
@@ -373,9 +375,7 @@ fn with_padded_c<C: Zeroable + Default>(
     let ldc = blocks(n) * BLOCK_COLS;
     let mut padded = AlignedVec::<C>::zeroed(blocks(m) * BLOCK_ROWS * ldc);
     f(&mut padded, ldc);
-    for (dst, src) in c.chunks_mut(n.max(1)).zip(padded.chunks(ldc.max(1))) {
-        dst.copy_from_slice(&src[..n]);
-    }
+    copy_back(c, n, &padded, ldc);
 }
 
 /// Largest difference between the bf16 GEMM and an exact product of the *bf16-rounded*

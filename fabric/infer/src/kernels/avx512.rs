@@ -6,31 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512_rows::{Store, store_row};
-use crate::pack::{BLOCK_ROWS, Geometry, TILE_ROWS};
-
-/// Rows of C held at once by the bf16 and int8 kernels: 24 accumulators, the two B vectors
-/// of a K group and the broadcast A value fill 27 of the 32 registers.
-const GROUP_ROWS: usize = 12;
-
-/// The register groups `(first row, rows)` that cover a block's first `rows` rows exactly:
-/// twelve at a time, then eight, four and one.
-fn row_groups(rows: usize) -> impl Iterator<Item = (usize, usize)> {
-    let rows = rows.min(BLOCK_ROWS);
-    let mut r0 = 0;
-    std::iter::from_fn(move || {
-        let size = match rows - r0 {
-            0 => return None,
-            GROUP_ROWS.. => GROUP_ROWS,
-            8..GROUP_ROWS => 8,
-            4..8 => 4,
-            _ => 1,
-        };
-        let group = (r0, size);
-        r0 += size;
-        Some(group)
-    })
-}
+use super::avx512_rows::{Store, row_groups, store_row};
+use crate::pack::{Geometry, TILE_ROWS};
 
 /// # Safety
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and

@@ -6,9 +6,10 @@
 
 use std::arch::x86_64::*;
 
-use crate::pack::{BLOCK_COLS, TILE_ROWS};
+use crate::pack::{BLOCK_COLS, BLOCK_ROWS, TILE_ROWS};
 
-/// Rows of C held in registers at once.
+/// Rows of C held in registers at once by every AVX-512 kernel: 24 accumulators, the two B
+/// vectors of a step and the broadcast A value fill 27 of the 32 registers.
 const GROUP_ROWS: usize = 12;
 
 /// How a kernel call treats C: the first K chunk overwrites it (no zeroing pass), later ones
@@ -48,29 +49,38 @@ pub(crate) unsafe fn f32_rows(
     rows: usize,
     store: Store,
 ) {
-    let mut r0 = 0;
-    while r0 < rows {
-        let here = (rows - r0).min(GROUP_ROWS);
-        // SAFETY: rows r0..r0+here lie inside what the caller vouched for.
+    for (r0, size) in row_groups(rows) {
+        // SAFETY: rows r0..r0+size lie inside what the caller vouched for.
         unsafe {
             let (a, c) = (a.add(r0 * lda), c.add(r0 * ldc));
-            match here {
+            match size {
                 12 => group::<12>(a, lda, b, steps, c, ldc, store),
-                11 => group::<11>(a, lda, b, steps, c, ldc, store),
-                10 => group::<10>(a, lda, b, steps, c, ldc, store),
-                9 => group::<9>(a, lda, b, steps, c, ldc, store),
                 8 => group::<8>(a, lda, b, steps, c, ldc, store),
-                7 => group::<7>(a, lda, b, steps, c, ldc, store),
-                6 => group::<6>(a, lda, b, steps, c, ldc, store),
-                5 => group::<5>(a, lda, b, steps, c, ldc, store),
                 4 => group::<4>(a, lda, b, steps, c, ldc, store),
-                3 => group::<3>(a, lda, b, steps, c, ldc, store),
-                2 => group::<2>(a, lda, b, steps, c, ldc, store),
                 _ => group::<1>(a, lda, b, steps, c, ldc, store),
             }
         }
-        r0 += here;
     }
+}
+
+/// The register groups `(first row, rows)` that cover a block's first `rows` (≤ 32) rows
+/// exactly: twelve at a time, then eight, four and one. Every AVX-512 kernel holds its rows
+/// in these groups.
+pub(crate) fn row_groups(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let rows = rows.min(BLOCK_ROWS);
+    let mut r0 = 0;
+    std::iter::from_fn(move || {
+        let size = match rows - r0 {
+            0 => return None,
+            GROUP_ROWS.. => GROUP_ROWS,
+            8..GROUP_ROWS => 8,
+            4..8 => 4,
+            _ => 1,
+        };
+        let group = (r0, size);
+        r0 += size;
+        Some(group)
+    })
 }
 
 /// `R` rows of [`f32_rows`].

@@ -21,8 +21,8 @@ use crate::Path;
 /// One block kernel: `(a_panel, b_panel, steps, c_block, ldc, rows)`.
 pub(crate) type Block<A, B, C> = unsafe fn(*const A, *const B, usize, *mut C, usize, usize);
 
-/// The f32 block kernel for a path without its own (AVX-512, and AMX which uses it for f32,
-/// read A in place: `avx512_rows`).
+/// The f32 block kernel for a path that packs A (AVX-512, and AMX for f32, read A in place
+/// with `avx512_rows` instead).
 pub(crate) fn f32_block(path: Path) -> Block<f32, f32, f32> {
     match path {
         #[cfg(target_arch = "x86_64")]

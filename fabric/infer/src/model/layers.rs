@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::gemm::Engine;
 use crate::pack::{PackedBf16, PackedF32, PackedI8};
-use crate::quant::{RowQuant, quantize_rows_smoothed};
+use crate::quant::{RowQuant, quantize_row, quantize_rows_smoothed};
 
 /// One step of a model.
 #[derive(Debug)]
@@ -81,7 +81,7 @@ impl OutlierRows {
                 let smoothed = v * smooth.map_or(1.0, |s| s[c]);
                 *d = smoothed - f32::from(*q1) * r.scale;
             }
-            let scale = quantize_rows_smoothed(&residual, width, None, &mut rq)[0].scale;
+            let scale = quantize_row(&residual, None, &mut rq).scale;
             q.extend_from_slice(&rq);
             out.push((i, scale));
         }
@@ -92,17 +92,6 @@ impl OutlierRows {
 crate::fastmath::dispatch!(
     dequantize_row,
     dequantize_row_avx2,
-    (acc: &[i32], sx: f32, scales: &[f32], y: &mut [f32]),
-    {
-        for ((y, a), sw) in y.iter_mut().zip(acc).zip(scales) {
-            *y = *a as f32 * sx * sw;
-        }
-    }
-);
-
-crate::fastmath::dispatch!(
-    dequantize_row_biased,
-    dequantize_row_biased_avx2,
     (acc: &[i32], sx: f32, scales: &[f32], bias: &[f32], y: &mut [f32]),
     {
         for (((y, a), sw), b) in y.iter_mut().zip(acc).zip(scales).zip(bias) {
@@ -162,14 +151,13 @@ impl Layer {
                     .zip(acc.par_chunks_exact(n))
                     .zip(&quant)
                     .with_min_len(ROWS_PER_TASK)
-                    .for_each(|((y, acc), r)| dequantize_row_biased(acc, r.scale, scales, bias, y));
-                let mut part = vec![0f32; n];
+                    .for_each(|((y, acc), r)| dequantize_row(acc, r.scale, scales, bias, y));
+                // A residual row's product is added to its row's (the bias is in already).
+                let mut first = vec![0f32; n];
                 for (extra, &(row, scale)) in residuals.iter().enumerate() {
-                    dequantize_row(&acc[(rows + extra) * n..][..n], scale, scales, &mut part);
-                    y[row * n..(row + 1) * n]
-                        .iter_mut()
-                        .zip(&part)
-                        .for_each(|(y, p)| *y += p);
+                    let y = &mut y[row * n..(row + 1) * n];
+                    first.copy_from_slice(y);
+                    dequantize_row(&acc[(rows + extra) * n..][..n], scale, scales, &first, y);
                 }
                 y
             }
