@@ -281,6 +281,8 @@ pub enum CommandV1 {
         pgs: Vec<super::model::PgScrubReport>,
         fulfils: Option<u64>,
     },
+    /// A change of inference models or jobs (see `meta::infer`).
+    Infer(super::infer::command::InferCommand),
 }
 
 impl From<CommandV1> for Command {
@@ -311,6 +313,8 @@ pub enum Applied {
         epoch: u64,
         changed: bool,
     },
+    InferModel(Box<super::infer::model::InferModel>),
+    InferJob(Box<super::infer::model::Job>),
 }
 
 /// Why a command changed nothing. Deterministic: every member refuses the same command alike.
@@ -553,6 +557,7 @@ impl std::fmt::Display for CommandV1 {
                     pgs.len()
                 )
             }
+            CommandV1::Infer(c) => c.fmt(f),
         }
     }
 }

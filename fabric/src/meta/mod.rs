@@ -29,6 +29,7 @@ pub mod command;
 pub mod detector;
 pub mod drift;
 pub mod handover;
+pub mod infer;
 pub mod launch;
 pub mod liveness;
 pub mod member;

@@ -75,6 +75,9 @@ pub struct ClusterState {
     /// `state_trust`).
     #[serde(default)]
     pub trust_roots: Vec<String>,
+    /// Inference models and jobs (see `meta::infer`).
+    #[serde(default)]
+    pub infer: super::infer::model::InferState,
     /// Which records recent commands changed, for `Watch` deltas (derived, never stored).
     #[serde(skip)]
     pub journal: Journal,
@@ -180,6 +183,7 @@ impl ClusterState {
             CommandV1::RequestScrub { name, deep, at_ms } => {
                 self.request_scrub(name, *deep, *at_ms)
             }
+            CommandV1::Infer(c) => self.apply_infer(c),
             CommandV1::ReportScrub {
                 volume,
                 attach_epoch,
@@ -686,7 +690,11 @@ impl ClusterState {
     /// its proposer may have missed); a newer one, or 0, was never granted. A detached volume
     /// keeps its latest epoch: its last holder may still finish (a resync, a detach retry)
     /// until someone attaches again.
-    fn check_attach_epoch(&self, volume: &str, attach_epoch: u64) -> Result<(), CommandError> {
+    pub(in crate::meta) fn check_attach_epoch(
+        &self,
+        volume: &str,
+        attach_epoch: u64,
+    ) -> Result<(), CommandError> {
         let current = self
             .volumes
             .get(volume)
@@ -947,6 +955,8 @@ fn changed_by(c: &CommandV1) -> Option<Change> {
         | CommandV1::SetAuditLimits(_)
         | CommandV1::AuditCosign { .. }
         | CommandV1::AuditDenied { .. } => None,
+        // Jobs are read by their own calls, not followed over `Watch`.
+        CommandV1::Infer(_) => None,
         CommandV1::Audited { command, .. } => changed_by(command),
     }
 }
