@@ -75,6 +75,9 @@ impl Node {
         let keys = CapabilityKeys::new(vec![cell_key().verifying_key()]).unwrap();
         let config = ReplicaConfig {
             capabilities: Some(Arc::new(keys)),
+            // Here the gateway `host-a` stands for the storage nodes that may read replicas
+            // without an attach.
+            scan_readers: Some(|peer| peer == GATEWAY),
             ..ReplicaConfig::default()
         };
         let server = ReplicaServer::new(Arc::new(store), config);
@@ -526,4 +529,48 @@ async fn a_presentation_takes_effect_for_the_frames_pipelined_behind_it() {
     statuses.sort_by_key(|&(id, _)| id);
     assert_eq!(statuses, [(1, Status::Ok), (2, Status::Ok)]);
     assert_eq!(node.epoch().await, 1);
+}
+
+/// A SCAN_READ of `[offset, offset + len)` of `VOL`, at no epoch.
+fn scan_read(offset: u64, len: u32) -> Request {
+    Request::new(RequestHeader {
+        op: Op::ScanRead,
+        flags: volume::sched::class::Class::Inference.flags(),
+        request_id: 0,
+        volume: VOL,
+        offset,
+        len,
+        payload_crc: 0,
+        attach_epoch: 0,
+        version: WriteVersion::NONE,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_reads_need_no_attach_but_only_admitted_peers_make_them() {
+    let nodes = three_nodes().await;
+    let (vol, pool, _recorder) = client(&nodes, 1);
+    pool.capabilities().set(&valid(GATEWAY, 1));
+    vol.write(8192, pattern(8192, 7), false).await.unwrap();
+    vol.flush().await.unwrap();
+    let node = &nodes[1];
+    // An admitted peer reads without presenting anything, and fences nobody.
+    let mut reader = Raw::connect(node.addr).await;
+    let reply = reader.send(scan_read(8192, 8192)).await;
+    assert_eq!(reply.header.status, Status::Ok);
+    assert_eq!(reply.payload, pattern(8192, 7));
+    assert_eq!(node.epoch().await, 1);
+    // Out of the volume, or across an extent boundary: refused, and the connection lives on.
+    for (offset, len) in [(SIZE - 4096, 8192), (EXTENT_SIZE_BYTES - 4096, 8192)] {
+        let reply = reader.send(scan_read(offset, len)).await;
+        assert_eq!(reply.header.status, Status::OutOfRange, "{offset}+{len}");
+    }
+    // Anyone else is refused, with the reason.
+    let mut other = Raw::connect(node.other_addr).await;
+    let reply = other.send(scan_read(8192, 4096)).await;
+    assert_unauthorized(&reply, "may not SCAN_READ", "scan read by host-b");
+    // The writer goes on.
+    vol.write(0, pattern(4096, 9), true).await.unwrap();
+    let reply = reader.send(scan_read(0, 4096)).await;
+    assert_eq!(reply.payload, pattern(4096, 9));
 }

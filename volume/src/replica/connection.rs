@@ -95,7 +95,11 @@ where
     let (tx, rx) = mpsc::channel::<Outgoing>(in_flight_max);
     let mut writer = AbortOnDrop(tokio::spawn(write_replies(w, rx)));
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let mut grants = Grants::new(server.config.capabilities.clone(), peer);
+    let mut grants = Grants::new(
+        server.config.capabilities.clone(),
+        peer,
+        server.config.scan_readers,
+    );
 
     let ending = loop {
         let req = match decode_request(&mut buf) {

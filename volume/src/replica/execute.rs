@@ -121,6 +121,26 @@ pub(super) async fn execute(server: &ReplicaServer, req: Request) -> Reply {
             Err(e) => Reply::status(h.op, h.request_id, Status::Error, e.errno(), 0),
         };
     }
+    if h.op == Op::ScanRead {
+        // Not fenced: who may ask was checked by the connection (see `grants`).
+        if h.len == 0
+            || h.len > PAYLOAD_MAX_BYTES
+            || !in_range(&vol, h.op, h.offset, h.len)
+            || h.extents().count() != 1
+        {
+            return refuse(Status::OutOfRange);
+        }
+        let _turn = server
+            .scheduler()
+            .turn(class, h.volume.0, io_bytes(&h))
+            .await;
+        return match vol.local.read_with_crc(h.offset, h.len).await {
+            Ok((data, Some(crc))) => Reply::ok_with_crc(h.op, h.request_id, data, crc),
+            Ok((data, None)) => Reply::ok(h.op, h.request_id, data),
+            Err(VolumeError::Checksum { .. }) => refuse(Status::Checksum),
+            Err(e) => Reply::status(h.op, h.request_id, Status::Error, e.errno(), 0),
+        };
+    }
     if h.op != Op::Flush && !in_range(&vol, h.op, h.offset, h.len) {
         return refuse(Status::OutOfRange);
     }
@@ -289,6 +309,7 @@ async fn store(
         | Op::Digest
         | Op::BlockStatus
         | Op::Scrub
+        | Op::ScanRead
         | Op::Capability => {
             unreachable!("answered before admission")
         }

@@ -43,6 +43,8 @@ pub enum Refusal {
     },
     #[error("the connection holds capabilities for {VOLUMES_PER_CONNECTION_MAX} volumes already")]
     TooManyVolumes,
+    #[error("peer {peer} may not SCAN_READ: only storage nodes read replicas without an attach")]
+    NotAScanReader { peer: String },
     #[error("this connection presented no capability for volume {volume}")]
     NotPresented { volume: VolumeId },
     #[error(
@@ -61,6 +63,8 @@ pub(super) struct Grants {
     keys: Option<Arc<CapabilityKeys>>,
     /// The connection's authenticated principal (from its TLS certificate), if any.
     peer: Option<String>,
+    /// Who may SCAN_READ (`None`: anyone).
+    scan_readers: Option<fn(&str) -> bool>,
     epochs: HashMap<VolumeId, u64>,
     /// Requests refused so far; the first is logged as a warning, the rest quietly, so a
     /// misbehaving client cannot flood the log.
@@ -68,10 +72,15 @@ pub(super) struct Grants {
 }
 
 impl Grants {
-    pub(super) fn new(keys: Option<Arc<CapabilityKeys>>, peer: Option<String>) -> Grants {
+    pub(super) fn new(
+        keys: Option<Arc<CapabilityKeys>>,
+        peer: Option<String>,
+        scan_readers: Option<fn(&str) -> bool>,
+    ) -> Grants {
         Grants {
             keys,
             peer,
+            scan_readers,
             epochs: HashMap::new(),
             refused: 0,
         }
@@ -157,6 +166,14 @@ impl Grants {
     }
 
     fn admits(&self, h: &RequestHeader) -> Result<(), Refusal> {
+        if h.op == Op::ScanRead
+            && let Some(may) = self.scan_readers
+            && !self.peer.as_deref().is_some_and(may)
+        {
+            return Err(Refusal::NotAScanReader {
+                peer: self.peer_name().to_owned(),
+            });
+        }
         if self.keys.is_none() || !h.op.fenced() {
             return Ok(());
         }
@@ -194,7 +211,7 @@ mod tests {
 
     fn grants(peer: Option<&str>) -> Grants {
         let keys = CapabilityKeys::new(vec![key().verifying_key()]).unwrap();
-        Grants::new(Some(Arc::new(keys)), peer.map(str::to_owned))
+        Grants::new(Some(Arc::new(keys)), peer.map(str::to_owned), None)
     }
 
     fn present(g: &mut Grants, volume: u64, epoch: u64, signed: &SignedCapability) -> Reply {
@@ -293,7 +310,7 @@ mod tests {
 
     #[test]
     fn without_keys_everything_is_admitted_as_before() {
-        let mut g = Grants::new(None, None);
+        let mut g = Grants::new(None, None, None);
         assert!(g.refuse(&flush(7, u64::MAX)).is_none());
         let junk = Request::capability(1, VolumeId(7), 3, Bytes::from_static(b"junk"));
         assert_eq!(g.present(&junk, 0).header.status, Status::Ok);

@@ -76,6 +76,9 @@ pub struct ReplicaConfig {
     pub capabilities: Option<Arc<CapabilityKeys>>,
     /// Requests the disk scheduler lets reach the store at once ([`crate::sched::disk`]).
     pub disk_queue_depth: usize,
+    /// Who may SCAN_READ: given the connection's authenticated principal, whether it may read
+    /// any volume without an attach. `None`: anyone (simulations, plain-TCP clusters).
+    pub scan_readers: Option<fn(&str) -> bool>,
 }
 
 impl Default for ReplicaConfig {
@@ -84,6 +87,7 @@ impl Default for ReplicaConfig {
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
             capabilities: None,
             disk_queue_depth: crate::sched::disk::DEPTH_DEFAULT,
+            scan_readers: None,
         }
     }
 }
@@ -280,6 +284,32 @@ impl ReplicaServer {
                 u64::from_str_radix(hex, 16).ok().map(VolumeId)
             })
             .collect()
+    }
+
+    /// Reads `[offset, offset + len)` of this node's replica of volume `id` for a computation
+    /// on this node, behind a turn of the disk scheduler in `class` (as a SCAN_READ from the
+    /// network would be), checking every block. At most one extent's worth.
+    pub async fn read_local(
+        &self,
+        id: VolumeId,
+        offset: u64,
+        len: u32,
+        class: crate::sched::class::Class,
+    ) -> Result<bytes::Bytes, crate::volume::VolumeError> {
+        use crate::volume::VolumeError;
+        if len > crate::wire::PAYLOAD_MAX_BYTES {
+            return Err(VolumeError::TooLarge {
+                len: u64::from(len),
+                max: u64::from(crate::wire::PAYLOAD_MAX_BYTES),
+            });
+        }
+        let vol = self
+            .volume(id)
+            .await
+            .map_err(|e| VolumeError::Io(e.to_string()))?
+            .ok_or_else(|| VolumeError::Io(format!("this replica holds no volume {id}")))?;
+        let _turn = self.scheduler().turn(class, id.0, u64::from(len)).await;
+        vol.local.read(offset, len).await
     }
 
     /// The replica state of volume `id`, opened on first use; `None` if the store does not

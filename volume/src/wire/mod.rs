@@ -137,6 +137,12 @@ pub enum Op {
     /// [`crate::wire::scrub`]'s verdict, the bad blocks or the range's crc32c. Not fenced: it
     /// only reads, and moves no data.
     Scrub = 11,
+    /// Reads a range (within one extent) for a computation near the data, in the inference
+    /// class unless the flags say otherwise. Not fenced, so it takes no attach epoch and
+    /// needs no capability: a storage node reads another's replica without attaching the
+    /// volume (which would fence its writer). A replica serves it only to the peers its
+    /// [`crate::replica::ReplicaConfig::scan_readers`] admits.
+    ScanRead = 12,
 }
 
 impl Op {
@@ -153,6 +159,7 @@ impl Op {
             9 => Op::BlockStatus,
             10 => Op::Capability,
             11 => Op::Scrub,
+            12 => Op::ScanRead,
             _ => return None,
         })
     }

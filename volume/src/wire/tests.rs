@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn op() -> impl Strategy<Value = Op> {
-    (1u8..=11).prop_map(|v| Op::from_u8(v).expect("1..=11 are ops"))
+    (1u8..=12).prop_map(|v| Op::from_u8(v).expect("1..=12 are ops"))
 }
 
 fn status() -> impl Strategy<Value = Status> {
@@ -317,7 +317,7 @@ fn an_unauthorized_reply_carries_its_reason_cut_at_a_character() {
 
 #[test]
 fn only_the_ops_that_pass_the_fence_are_fenced() {
-    let fenced: Vec<Op> = (1..=11)
+    let fenced: Vec<Op> = (1..=12)
         .filter_map(Op::from_u8)
         .filter(|op| op.fenced())
         .collect();
@@ -325,5 +325,5 @@ fn only_the_ops_that_pass_the_fence_are_fenced() {
         fenced,
         [Op::Read, Op::Write, Op::Flush, Op::Trim, Op::WriteZeroes]
     );
-    assert_eq!(Op::from_u8(12), None);
+    assert_eq!(Op::from_u8(13), None);
 }
