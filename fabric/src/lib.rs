@@ -21,6 +21,7 @@ pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod drift;
+pub mod embed;
 pub mod gateway;
 pub mod hex;
 pub mod identity;
