@@ -2,7 +2,7 @@
 //! tonic clients and servers from the resulting descriptor set.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/raft.proto", "proto/meta.proto"];
+    let files = ["proto/raft.proto", "proto/infer.proto", "proto/meta.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1045,6 +1045,8 @@ async fn start_storage(
             let advertised =
                 endpoint.advertised(listener.local_addr().context("local data address")?);
             let storage = crate::storage::Storage::start(
+                id,
+                dir,
                 &dir.join("store"),
                 listener,
                 endpoints.clone(),

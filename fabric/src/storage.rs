@@ -41,8 +41,11 @@ pub struct Storage {
 
 impl Storage {
     /// Opens the store in `dir`, serves replica traffic on `listener` and starts the agent that
-    /// creates the cluster's volumes (asking the metadata members at `endpoints`).
+    /// creates the cluster's volumes (asking the metadata members at `endpoints`), and node
+    /// `node`'s inference worker (its models in `node_dir/models`).
     pub async fn start(
+        node: u64,
+        node_dir: &Path,
         dir: &Path,
         listener: tokio::net::TcpListener,
         endpoints: Vec<String>,
@@ -64,6 +67,8 @@ impl Storage {
         let keys = keys.map(|(keys, _)| keys);
         let config = ReplicaConfig {
             capabilities: keys.clone(),
+            // With TLS, only storage nodes read replicas without an attach (inference).
+            scan_readers: transport.tls().map(|_| is_storage_node as fn(&str) -> bool),
             ..ReplicaConfig::default()
         };
         let server = ReplicaServer::new(Arc::new(store), config);
@@ -104,6 +109,14 @@ impl Storage {
             std::time::Duration::from_millis(RECOVERY_WINDOW_MS),
             stopped.clone(),
         ));
+        tasks.spawn({
+            let (server, node_dir) = (Arc::clone(&server), node_dir.to_path_buf());
+            let (endpoints, transport, stop) =
+                (endpoints.clone(), transport.clone(), stopped.clone());
+            async move {
+                crate::embed::worker::run(node, server, &node_dir, endpoints, transport, stop).await
+            }
+        });
         tasks.spawn(follow_volumes(
             Arc::clone(&server),
             endpoints,
@@ -189,6 +202,12 @@ async fn follow_volumes(
         }
     }
     subscription.abort();
+}
+
+/// Whether the peer principal `peer` is a storage node of the cluster.
+fn is_storage_node(peer: &str) -> bool {
+    peer.parse::<crate::identity::Principal>()
+        .is_ok_and(|p| matches!(p.kind(), crate::identity::PrincipalKind::Node(_)))
 }
 
 /// What this node's disk scheduler honours of a volume's QoS: its reservation and weight.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod drift;
 pub mod group;
 pub mod identity;
+pub mod infer;
 pub mod join_token;
 pub mod movement;
 pub mod nbd_probe;

@@ -2,12 +2,14 @@
 //!
 //! A record is a line: it starts at the volume's first byte or just after a `\n` or a NUL, and
 //! ends before the next of either (NUL too, since a volume holding a text file reads as zeros
-//! past its end). A record belongs to the task whose range holds its first byte; the task
-//! reads it whole even where it runs on into the next extent (up to [`RECORD_BYTES_MAX`]: a
-//! longer one is cut there, and its length says so), and skips the end of the record that
-//! started before its range. So every record of the volume is read by exactly one task.
-//! Lines that are empty or only white space are no records; for `jsonl:FIELD`, a line that is
-//! not a JSON object with a string `FIELD` is skipped and counted.
+//! past its end). A record belongs to the task whose range holds the byte before it (the
+//! line end it follows; the volume's first record is the first task's), so a task decides
+//! from its own bytes alone which records are its: those starting after its first byte, up
+//! to and including one starting just past its end. It reads them whole even where they run
+//! on into the next extent (up to [`RECORD_BYTES_MAX`]: a longer one is cut there, and its
+//! length says so). So every record of the volume is read by exactly one task. Lines that
+//! are empty or only white space are no records; for `jsonl:FIELD`, a line that is not a
+//! JSON object with a string `FIELD` is skipped and counted.
 
 use crate::meta::infer::model::RecordFormat;
 
@@ -33,12 +35,10 @@ fn ends_line(b: u8) -> bool {
     b == b'\n' || b == 0
 }
 
-/// Input bytes `buf_start..buf_start + buf.len()` as read for the task `start..end`.
+/// Input bytes `start..start + buf.len()` as read for the task `start..end`: its range,
+/// and as much after it as its last record needed.
 pub struct Window<'a> {
     pub buf: &'a [u8],
-    /// The input offset of `buf[0]`: the byte before `start` when `start > 0` (to tell whether
-    /// a record starts at `start`), else 0.
-    pub buf_start: u64,
     pub start: u64,
     pub end: u64,
     /// `buf` reaches the end of the volume.
@@ -46,53 +46,60 @@ pub struct Window<'a> {
 }
 
 impl Window<'_> {
-    /// Where in `buf` the task's first record may start.
+    /// Where in `buf` the task's first record starts: at 0 for the volume's first task, else
+    /// after the first line end in its range.
     fn first_line(&self) -> usize {
-        let at = (self.start - self.buf_start) as usize;
         if self.start == 0 {
             return 0;
         }
-        debug_assert_eq!(at, 1, "the window starts one byte before the task");
-        // A record starts at `start` only if the byte before it ended a line.
-        if ends_line(self.buf[0]) {
-            return at;
-        }
-        match self.buf[at..].iter().position(|&b| ends_line(b)) {
-            Some(i) => at + i + 1,
-            None => self.buf.len(),
+        let range = ((self.end - self.start) as usize).min(self.buf.len());
+        match self.buf[..range].iter().position(|&b| ends_line(b)) {
+            Some(i) => i + 1,
+            None => usize::MAX,
         }
     }
 
-    /// Whether the record that starts last in the task's range runs past `buf`: the task then
-    /// reads on (at most [`RECORD_BYTES_MAX`] past its end) before it cuts its records.
+    /// Where in `buf` the task's last record starts: after the last line end in its range.
+    fn last_line(&self) -> Option<usize> {
+        let first = self.first_line();
+        let range = ((self.end - self.start) as usize).min(self.buf.len());
+        if first == usize::MAX {
+            return None;
+        }
+        Some(
+            match self.buf[..range].iter().rposition(|&b| ends_line(b)) {
+                Some(i) => (i + 1).max(first),
+                None => first,
+            },
+        )
+    }
+
+    /// Whether the task's last record runs past `buf`: the task then reads on (at most
+    /// [`RECORD_BYTES_MAX`] past its end) before it cuts its records.
     pub fn needs_more(&self) -> bool {
         if self.at_volume_end {
             return false;
         }
-        let end = (self.end - self.buf_start) as usize;
-        let read_past = (self.buf_start + self.buf.len() as u64).saturating_sub(self.end);
-        if end > self.buf.len() || read_past >= RECORD_BYTES_MAX {
+        let range = (self.end - self.start) as usize;
+        let read_past = (self.buf.len() as u64).saturating_sub(range as u64);
+        if self.buf.len() < range || read_past >= RECORD_BYTES_MAX {
             return false;
         }
-        // The last line start before `end`; does its line end within `buf`?
-        let first = self.first_line();
-        if first >= end {
-            return false;
+        match self.last_line() {
+            Some(last) => !self.buf[last..].iter().any(|&b| ends_line(b)),
+            None => false,
         }
-        let last_start = match self.buf[first..end].iter().rposition(|&b| ends_line(b)) {
-            Some(i) => first + i + 1,
-            None => first,
-        };
-        last_start < end && !self.buf[last_start..].iter().any(|&b| ends_line(b))
     }
 
     /// The task's records.
     pub fn cut(&self, format: &RecordFormat) -> Cut {
         let mut out = Cut::default();
-        let end = ((self.end - self.buf_start) as usize).min(self.buf.len());
+        let Some(last) = self.last_line() else {
+            return out;
+        };
         let limit = RECORD_BYTES_MAX as usize;
         let mut p = self.first_line();
-        while p < end {
+        while p <= last && p < self.buf.len() {
             let line_end = self.buf[p..]
                 .iter()
                 .position(|&b| ends_line(b))
@@ -105,7 +112,7 @@ impl Window<'_> {
             if !line.iter().all(u8::is_ascii_whitespace) {
                 match text_of(line, format) {
                     Some(text) => out.records.push(Record {
-                        offset: self.buf_start + p as u64,
+                        offset: self.start + p as u64,
                         len: (q - p) as u32,
                         text,
                     }),
@@ -149,12 +156,10 @@ mod tests {
         let mut start = 0;
         while start < size {
             let end = (start + extent).min(size);
-            let buf_start = start.saturating_sub(1);
             let mut read_to = end;
             loop {
                 let w = Window {
-                    buf: &volume[buf_start as usize..read_to as usize],
-                    buf_start,
+                    buf: &volume[start as usize..read_to as usize],
                     start,
                     end,
                     at_volume_end: read_to == size,

@@ -245,11 +245,25 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let detector = Detector::new(cfg.liveness.clone());
     let drift: Arc<super::drift::DriftTable> = Arc::default();
+    let infer = {
+        let own = Arc::new(super::client::Client::new(
+            vec![addr.to_string()],
+            cfg.transport.clone(),
+        ));
+        let pool = crate::replica_dial::replica_pool(
+            &cfg.transport,
+            volume::client::PoolConfig::default(),
+        )
+        .map_err(|e| StartError::Config(format!("replica pool: {e}")))?;
+        crate::embed::leader::InferLeader::new(cfg.id, &cfg.data_dir, own, pool)
+            .map_err(|e| StartError::Config(format!("inference: {e:#}")))?
+    };
     let metadata = MetadataServer::new(MetadataService {
         member: Arc::clone(&member),
         detector: Arc::clone(&detector),
         drift: Arc::clone(&drift),
         signer: cfg.signer.clone(),
+        infer: Arc::clone(&infer),
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -286,6 +300,11 @@ pub async fn start(cfg: MemberConfig) -> Result<RunningMember, StartError> {
     form_group(&raft, &cfg, &addr).await?;
     let mut background = vec![
         join_server,
+        tokio::spawn(crate::embed::leader::run(
+            Arc::clone(&member),
+            infer,
+            stop_tx.subscribe(),
+        )),
         tokio::spawn(Arc::clone(&detector).run(Arc::clone(&member), stop_tx.subscribe())),
         tokio::spawn(super::snapshots::run(
             Arc::clone(&member),

@@ -109,6 +109,9 @@ enum Cmd {
     /// Scrubs: ask for one (`start`), and what each PG's scrubs found (`status`).
     #[command(subcommand)]
     Scrub(tools::scrub::ScrubCmd),
+    /// Inference near the data: models, embed jobs on the nodes holding the replicas, search.
+    #[command(subcommand)]
+    Infer(tools::infer::InferCmd),
 }
 
 #[derive(Subcommand)]
@@ -548,6 +551,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::CellKey(cmd) => reply(tools::rotation::cell_key(cmd, &client).await?),
         Cmd::Trust(cmd) => reply(tools::rotation::trust(cmd, &client, &cert_dir).await?),
         Cmd::Scrub(cmd) => reply(tools::scrub::run(cmd, &client).await?),
+        Cmd::Infer(cmd) => reply(tools::infer::run(cmd, &client, cli.json).await?),
         Cmd::Volume(VolumeCmd::Qos(cmd)) => reply(tools::qos::qos(cmd, &client).await?),
         Cmd::Volume(VolumeCmd::Residency { name, out }) => {
             reply(tools::residency::statement(&client, &name, out.as_deref()).await?)

@@ -66,6 +66,9 @@ pub struct DiskScheduler {
     state: Mutex<State>,
     depth: usize,
     started: Instant,
+    /// The last judged window's client p99 was above the governor's target (see
+    /// [`DiskScheduler::clients_over_target`]).
+    over_target: std::sync::atomic::AtomicBool,
 }
 
 /// A request's turn at the disk: it holds one of the `depth` places until dropped.
@@ -119,6 +122,7 @@ impl DiskScheduler {
             }),
             depth,
             started: Instant::now(),
+            over_target: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -199,6 +203,9 @@ impl DiskScheduler {
             let window = self.take_window();
             let before = governor.limit();
             let limit = governor.observe(&window);
+            let over = governor.over_target(&window);
+            self.over_target
+                .store(over, std::sync::atomic::Ordering::Relaxed);
             if limit != before {
                 tracing::debug!(?limit, client_p99_us = window.client_p99_ns / 1000, target_us = ?governor.target_ns().map(|t| t / 1000), "recovery limit");
             }
@@ -213,6 +220,12 @@ impl DiskScheduler {
                 tracing::warn!(error = %e, "recovery limit not applied");
             }
         }
+    }
+
+    /// Whether clients' latency on this disk was above the governor's target in the last
+    /// window it judged: background work that yields to clients (inference) pauses while so.
+    pub fn clients_over_target(&self) -> bool {
+        self.over_target.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The recovery class's limit in bytes per second, as its governor sets it (`None`: none).

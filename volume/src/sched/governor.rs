@@ -91,6 +91,12 @@ impl Governor {
     }
 
     /// The client p99 the limit aims to stay under, in ns, once there is a baseline.
+    /// Whether `w` saw enough client IOs to judge, with a p99 above the target.
+    pub fn over_target(&self, w: &Window) -> bool {
+        w.client_ios >= self.config.min_client_ios
+            && self.target_ns().is_some_and(|t| w.client_p99_ns > t)
+    }
+
     pub fn target_ns(&self) -> Option<u64> {
         self.baseline_ns
             .map(|b| (b * self.config.target_ratio) as u64)

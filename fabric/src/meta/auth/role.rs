@@ -28,8 +28,9 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         PoolList,
         VolumeList,
         VolumeGet,
+        InferView,
     ];
-    let volume_user = [VolumeAttach, VolumeDetach, ReplicaReport];
+    let volume_user = [VolumeAttach, VolumeDetach, ReplicaReport, InferSearch];
     let volume_admin = [
         VolumeCreate,
         VolumeResize,
@@ -37,6 +38,7 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         VolumeScrub,
         VolumeDelete,
         VolumeForceAttach,
+        InferJobCreate,
     ];
     let operator = [
         DriftAccept,
@@ -47,6 +49,8 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         PoolDelete,
         BalancePlan,
         BalanceApply,
+        InferModelAdd,
+        InferJobCancel,
     ];
     let verbs: Vec<Verb> = match name {
         // Everything, the policy itself included.
@@ -62,7 +66,7 @@ pub fn built_in(name: &str) -> Option<BTreeSet<Verb>> {
         "storage-node" => [
             &view[..],
             &volume_user,
-            &[NodeRegister, NodeHeartbeat, NodeRenewCertificate],
+            &[NodeRegister, NodeHeartbeat, NodeRenewCertificate, InferWork],
         ]
         .concat(),
         // Reads everything, the policy and the audit trail included, and cosigns the audit

@@ -82,6 +82,12 @@ verbs! {
     DriftAccept => "drift.accept" at Cluster,
     CellKeyRotate => "cell_key.rotate" at Cluster,
     CaRotate => "ca.rotate" at Cluster,
+    InferModelAdd => "infer.model.add" at Cluster,
+    InferView => "infer.view" at Cluster,
+    InferJobCreate => "infer.job.create" at Volume,
+    InferJobCancel => "infer.job.cancel" at Cluster,
+    InferSearch => "infer.search" at Volume,
+    InferWork => "infer.work" at Cluster,
 }
 
 impl fmt::Display for Verb {

@@ -68,7 +68,7 @@ impl std::fmt::Display for RecordFormat {
 }
 
 /// The numbers the model computes with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ComputeDtype {
     F32,
     Bf16,

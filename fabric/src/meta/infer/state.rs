@@ -194,7 +194,8 @@ impl ClusterState {
             .get(&input.spec.pool)
             .map(|p| p.spec.pg_count)
             .ok_or_else(|| CommandError::NotFound(format!("pool {}", input.spec.pool)))?;
-        let extent = input.spec.extent_size_bytes;
+        // The data path's extent (what `pg_of` places), whatever the volume's record says.
+        let extent = volume::wire::EXTENT_SIZE_BYTES;
         let extents = input.spec.size_bytes.div_ceil(extent);
         if extents > TASKS_PER_JOB_MAX {
             return Err(invalid(format!(

@@ -8,6 +8,8 @@ pub mod authz;
 mod capability;
 pub mod convert;
 mod drift;
+mod infer;
+pub mod infer_convert;
 pub mod join;
 mod policy;
 mod renew;
@@ -56,6 +58,8 @@ pub struct MetadataService {
     pub drift: Arc<super::drift::DriftTable>,
     /// The CA of `fabricd node --ca-dir`, which renews nodes' certificates.
     pub signer: Option<Arc<crate::identity::ca::CertificateAuthority>>,
+    /// Embed jobs, while this member leads (see `crate::embed`).
+    pub infer: Arc<crate::embed::leader::InferLeader>,
 }
 
 impl MetadataService {
@@ -175,6 +179,85 @@ pub fn role_name(state: ServerState) -> &'static str {
 
 #[tonic::async_trait]
 impl Metadata for MetadataService {
+    async fn add_infer_model(
+        &self,
+        req: Request<tonic::Streaming<pb::InferModelChunk>>,
+    ) -> Result<Response<pb::InferModel>, Status> {
+        self.infer_add_model(req).await
+    }
+
+    async fn list_infer_models(
+        &self,
+        req: Request<pb::ListInferModelsRequest>,
+    ) -> Result<Response<pb::InferModels>, Status> {
+        self.infer_list_models(req).await
+    }
+
+    type FetchInferModelFileStream = infer::FileStream;
+
+    async fn fetch_infer_model_file(
+        &self,
+        req: Request<pb::FetchInferModelFileRequest>,
+    ) -> Result<Response<Self::FetchInferModelFileStream>, Status> {
+        self.infer_fetch_model_file(req).await
+    }
+
+    async fn create_infer_job(
+        &self,
+        req: Request<pb::CreateInferJobRequest>,
+    ) -> Result<Response<pb::InferJob>, Status> {
+        self.infer_create_job(req).await
+    }
+
+    async fn list_infer_jobs(
+        &self,
+        req: Request<pb::ListInferJobsRequest>,
+    ) -> Result<Response<pb::InferJobs>, Status> {
+        self.infer_list_jobs(req).await
+    }
+
+    async fn get_infer_job(
+        &self,
+        req: Request<pb::GetInferJobRequest>,
+    ) -> Result<Response<pb::InferJob>, Status> {
+        self.infer_get_job(req).await
+    }
+
+    async fn cancel_infer_job(
+        &self,
+        req: Request<pb::GetInferJobRequest>,
+    ) -> Result<Response<pb::InferJob>, Status> {
+        self.infer_cancel_job(req).await
+    }
+
+    async fn poll_infer_work(
+        &self,
+        req: Request<pb::PollInferWorkRequest>,
+    ) -> Result<Response<pb::InferWork>, Status> {
+        self.infer_poll(req).await
+    }
+
+    async fn submit_infer_output(
+        &self,
+        req: Request<pb::SubmitInferOutputRequest>,
+    ) -> Result<Response<pb::InferJob>, Status> {
+        self.infer_submit(req).await
+    }
+
+    async fn release_infer_task(
+        &self,
+        req: Request<pb::ReleaseInferTaskRequest>,
+    ) -> Result<Response<pb::InferJob>, Status> {
+        self.infer_release(req).await
+    }
+
+    async fn search_vectors(
+        &self,
+        req: Request<pb::SearchVectorsRequest>,
+    ) -> Result<Response<pb::SearchVectorsReply>, Status> {
+        self.infer_search(req).await
+    }
+
     async fn status(
         &self,
         req: Request<pb::StatusRequest>,

@@ -1,0 +1,117 @@
+//! Reading a volume's replicas from a storage node, without attaching it: SCAN_READ of the
+//! extent's current replicas (in the inference class), one extent at a time.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use volume::client::ReplicaPool;
+use volume::sched::class::Class;
+use volume::wire::{
+    EXTENT_SIZE_BYTES, Op, PAYLOAD_MAX_BYTES, Request, RequestHeader, Status, VolumeId,
+    WriteVersion,
+};
+
+/// A volume as a reader finds it: its id, size, and the data addresses of the current
+/// replicas of each of its pool's PGs.
+#[derive(Clone, Debug)]
+pub struct VolumeReplicas {
+    pub id: u64,
+    pub size: u64,
+    /// `holders[pg]`.
+    pub holders: Vec<Vec<SocketAddr>>,
+}
+
+impl VolumeReplicas {
+    /// The current replicas of the extent holding `offset`.
+    pub fn of(&self, offset: u64) -> &[SocketAddr] {
+        if self.holders.is_empty() {
+            return &[];
+        }
+        let extent = offset / EXTENT_SIZE_BYTES;
+        let pg = volume::client::pg_of(VolumeId(self.id), extent, self.holders.len());
+        &self.holders[pg]
+    }
+}
+
+/// SCAN_READ of `[offset, offset + len)` (within one extent) from the replica at `addr`.
+pub async fn scan_read(
+    pool: &ReplicaPool,
+    addr: SocketAddr,
+    volume: u64,
+    offset: u64,
+    len: u32,
+) -> anyhow::Result<Bytes> {
+    let header = RequestHeader {
+        op: Op::ScanRead,
+        flags: Class::Inference.flags(),
+        request_id: 0,
+        volume: VolumeId(volume),
+        offset,
+        len,
+        payload_crc: 0,
+        attach_epoch: 0,
+        version: WriteVersion::NONE,
+    };
+    let reply = pool
+        .background_link(addr)
+        .call(Request::new(header))
+        .await
+        .with_context(|| format!("scan read from {addr}"))?;
+    if reply.header.status != Status::Ok {
+        bail!(
+            "scan read of volume {volume} at {offset}+{len} from {addr}: {:?}{}",
+            reply.header.status,
+            reply
+                .reason()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    if reply.payload.len() != len as usize {
+        bail!(
+            "scan read from {addr}: {} bytes for {len}",
+            reply.payload.len()
+        );
+    }
+    Ok(reply.payload)
+}
+
+/// `[offset, offset + len)` of `v` (clamped to its size), extent by extent, each from the
+/// first of its current replicas that answers. Also returns the replica each piece came
+/// from, with the piece's extent.
+pub async fn read_range(
+    pool: &ReplicaPool,
+    v: &VolumeReplicas,
+    offset: u64,
+    len: u64,
+) -> anyhow::Result<(Bytes, Vec<(u64, SocketAddr)>)> {
+    let end = offset.saturating_add(len).min(v.size);
+    let mut out = BytesMut::with_capacity(end.saturating_sub(offset) as usize);
+    let mut sources = Vec::new();
+    let mut at = offset;
+    while at < end {
+        let extent_end = (at / EXTENT_SIZE_BYTES + 1) * EXTENT_SIZE_BYTES;
+        let piece = (end.min(extent_end) - at).min(u64::from(PAYLOAD_MAX_BYTES)) as u32;
+        let mut last = None;
+        let mut got = None;
+        for &addr in v.of(at) {
+            match scan_read(pool, addr, v.id, at, piece).await {
+                Ok(data) => {
+                    got = Some((data, addr));
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let Some((data, addr)) = got else {
+            return Err(last.unwrap_or_else(|| {
+                anyhow::anyhow!("volume {}: no current replica holds offset {at}", v.id)
+            }));
+        };
+        out.extend_from_slice(&data);
+        sources.push((at / EXTENT_SIZE_BYTES, addr));
+        at += u64::from(piece);
+    }
+    Ok((out.freeze(), sources))
+}
