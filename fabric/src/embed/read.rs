@@ -53,9 +53,11 @@ pub async fn scan_read(
         attach_epoch: 0,
         version: WriteVersion::NONE,
     };
+    // As a probe: a replica that once timed out is asked all the same (a task's read is one
+    // request, and a busy node answers again later).
     let reply = pool
         .background_link(addr)
-        .call(Request::new(header))
+        .probe(Request::new(header))
         .await
         .with_context(|| format!("scan read from {addr}"))?;
     if reply.header.status != Status::Ok {

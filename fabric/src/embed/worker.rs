@@ -112,7 +112,7 @@ pub async fn run(
         };
         let work = ctx
             .client
-            .call(|mut c| {
+            .call_leader(|mut c| {
                 let poll = poll.clone();
                 async move { c.poll_infer_work(poll).await }
             })
@@ -184,7 +184,7 @@ impl Ctx {
         };
         let released = self
             .client
-            .call(|mut c| {
+            .call_leader(|mut c| {
                 let req = req.clone();
                 async move { c.release_infer_task(req).await }
             })
@@ -303,7 +303,9 @@ impl Ctx {
         let store = self.embedders.store.clone();
         let models = self
             .client
-            .call(|mut c| async move { c.list_infer_models(pb::ListInferModelsRequest {}).await })
+            .call_leader(
+                |mut c| async move { c.list_infer_models(pb::ListInferModelsRequest {}).await },
+            )
             .await
             .map_err(|s| anyhow::anyhow!("list models: {}", s.message()))?;
         let model = models
@@ -324,7 +326,7 @@ impl Ctx {
             };
             let mut stream = self
                 .client
-                .call(|mut c| {
+                .call_leader(|mut c| {
                     let req = req.clone();
                     async move { c.fetch_infer_model_file(req).await }
                 })
@@ -349,6 +351,8 @@ impl Ctx {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("infer-{i}"))
+                // The kernel runs these last when the node's own threads want the CPU.
+                .start_handler(|_| lower_priority())
                 .build()?,
         );
         pools.insert(threads, Arc::clone(&pool));
@@ -374,6 +378,9 @@ impl Ctx {
         let threads = (cpus * item.cpu_share_pct as usize)
             .div_ceil(100)
             .clamp(1, cpus);
+        // The share in cores; with fewer cores' worth than threads (a quarter of two cores is
+        // half of one thread), each batch is followed by a pause that keeps the average there.
+        let share_cores = cpus as f64 * f64::from(item.cpu_share_pct) / 100.0;
         let pool = self.threads(threads)?;
         let embedders = Arc::clone(&self.embedders);
         let (model, id) = (item.model.clone(), item.model_id.clone());
@@ -401,6 +408,7 @@ impl Ctx {
                     Arc::clone(&embedder),
                     Arc::clone(&self.embedders),
                 );
+                let batch_started = Instant::now();
                 let (flat, used) = tokio::task::spawn_blocking(move || {
                     let before = pool_cpu_ns(&pool);
                     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -409,6 +417,10 @@ impl Ctx {
                 })
                 .await?;
                 cpu_ns += used;
+                let at_share = Duration::from_secs_f64(used as f64 / 1e9 / share_cores);
+                if let Some(pause) = at_share.checked_sub(batch_started.elapsed()) {
+                    tokio::time::sleep(pause).await;
+                }
                 let flat = flat?;
                 let dim = item.dim as usize;
                 for (r, v) in batch.iter().zip(flat.chunks_exact(dim)) {
@@ -455,7 +467,7 @@ impl Ctx {
             report: Some(report),
         };
         self.client
-            .call(|mut c| {
+            .call_leader(|mut c| {
                 let req = req.clone();
                 async move { c.submit_infer_output(req).await }
             })
@@ -471,6 +483,16 @@ impl Ctx {
             "inference task done"
         );
         Ok(())
+    }
+}
+
+/// Makes the calling thread the kernel's last choice (nice 19): inference yields the CPU to
+/// the threads that serve replicas and clients.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread; a failure only leaves its priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
     }
 }
 

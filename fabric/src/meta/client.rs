@@ -74,6 +74,8 @@ pub struct Client {
     endpoints: Vec<String>,
     channels: PeerChannels,
     current: AtomicUsize,
+    /// The leader's address, as last found (for [`Client::call_leader`]).
+    leader: std::sync::Mutex<Option<String>>,
     pub retry_deadline: Duration,
     /// How long one attempt may take before the call moves on to the next member. A member
     /// cut off by a partition that drops packets does not refuse the connection, so this is
@@ -103,6 +105,7 @@ impl Client {
             endpoints,
             channels: PeerChannels::new(transport),
             current: AtomicUsize::new(0),
+            leader: std::sync::Mutex::new(None),
             retry_deadline: Duration::from_millis(CALL_RETRY_DEADLINE_MS),
             attempt_deadline: Duration::from_millis(ATTEMPT_DEADLINE_MS),
         }
@@ -153,6 +156,43 @@ impl Client {
             let _ = self
                 .current
                 .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+        }
+    }
+
+    /// Runs `call` against the leader itself (found through the members, and again whenever
+    /// it fails in a way that means "not now / not here"), for the calls only the leader
+    /// answers. The endpoints may name a single member.
+    pub async fn call_leader<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(MetadataClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        loop {
+            let known = self.leader.lock().expect("leader").clone();
+            let addr = match known {
+                Some(a) => a,
+                None => {
+                    let a = self.leader_status().await?.rpc_addr;
+                    *self.leader.lock().expect("leader") = Some(a.clone());
+                    a
+                }
+            };
+            let attempt =
+                tokio::time::timeout(self.attempt_deadline, call(self.endpoint(&addr)?)).await;
+            let status = match attempt {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded(format!(
+                    "no answer from {addr} within {} ms",
+                    self.attempt_deadline.as_millis()
+                )),
+            };
+            if !retriable(&status) || started.elapsed() >= self.retry_deadline {
+                return Err(status);
+            }
+            *self.leader.lock().expect("leader") = None;
             tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
         }
     }
