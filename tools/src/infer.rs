@@ -289,9 +289,16 @@ pub fn job_json(j: &pb::InferJob) -> Value {
                    "remote_bytes": remote, "cpu_s": *cpu as f64 / 1e3})
         })
         .collect();
+    let running: Vec<Value> = j
+        .tasks
+        .iter()
+        .filter(|t| t.state == "running")
+        .map(|t| json!({"task": t.index, "node": t.node, "local": t.local, "attempt": t.attempt}))
+        .collect();
     json!({
         "id": j.id,
         "state": j.state,
+        "running": running,
         "reason": j.reason,
         "input": j.input,
         "output": j.output,
