@@ -262,7 +262,7 @@ fn model_json(m: &pb::InferModel) -> Value {
 
 /// A job's figures: totals, rates, locality, and per node.
 pub fn job_json(j: &pb::InferJob) -> Value {
-    let t = j.totals.clone().unwrap_or_default();
+    let t = j.totals.unwrap_or_default();
     let read = t.local_bytes + t.remote_bytes;
     let end = if j.finished_ms > 0 {
         j.finished_ms
@@ -272,7 +272,7 @@ pub fn job_json(j: &pb::InferJob) -> Value {
     let secs = end.saturating_sub(j.created_ms) as f64 / 1e3;
     let mut per_node = std::collections::BTreeMap::<u64, (u64, u64, u64, u64, u64)>::new();
     for task in j.tasks.iter().filter(|t| t.state == "done") {
-        let r = task.report.clone().unwrap_or_default();
+        let r = task.report.unwrap_or_default();
         let e = per_node.entry(task.node).or_default();
         *e = (
             e.0 + 1,
@@ -337,7 +337,7 @@ async fn follow(client: &Client, id: u64, as_json: bool) -> anyhow::Result<Reply
     loop {
         let j = get(client, id).await?;
         if let Some(bar) = &bar {
-            let t = j.totals.clone().unwrap_or_default();
+            let t = j.totals.unwrap_or_default();
             bar.set_length(u64::from(j.task_count));
             bar.set_position(u64::from(j.tasks_done));
             bar.set_message(format!("{} records", t.records));

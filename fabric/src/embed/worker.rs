@@ -112,10 +112,7 @@ pub async fn run(
         };
         let work = ctx
             .client
-            .call_leader(|mut c| {
-                let poll = poll.clone();
-                async move { c.poll_infer_work(poll).await }
-            })
+            .call_leader(|mut c| async move { c.poll_infer_work(poll).await })
             .await;
         let items = match work {
             Ok(w) => w.items,

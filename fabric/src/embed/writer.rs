@@ -70,7 +70,7 @@ impl Writer {
             .get(SEGMENT_HEADER_BYTES..SEGMENT_HEADER_BYTES + h.body_bytes as usize)
             .context("segment shorter than its header says")?;
         segment::decode_records(&h, body, 0)?;
-        let report = req.report.clone().unwrap_or_default();
+        let report = req.report.unwrap_or_default();
         ensure!(
             h.layout.job == job.id
                 && h.task == req.task
