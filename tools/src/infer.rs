@@ -312,6 +312,7 @@ pub fn job_json(j: &pb::InferJob) -> Value {
         "locality": if read > 0 { ((t.local_bytes as f64 / read as f64) * 1e4).round() / 1e4 } else { 1.0 },
         "local_bytes": t.local_bytes,
         "remote_bytes": t.remote_bytes,
+        "sent_bytes": t.sent_bytes,
         "network_bytes": t.remote_bytes + t.sent_bytes,
         "output_bytes": j.out_next,
         "cpu_s": t.cpu_ms as f64 / 1e3,

@@ -24,6 +24,7 @@ mod burn;
 mod cpu;
 mod disk;
 mod driver;
+mod infer;
 mod qos;
 mod scrub;
 mod tls;
@@ -87,6 +88,15 @@ struct Args {
     /// an idle cluster against fio's sequential read of the same replica files.
     #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver", "tls", "qos"])]
     scrub: bool,
+    /// Instead of the IO jobs: an embed job over `--size` of text on a 4-node cluster against
+    /// the same model in one process reading the volume over NBD, and a client's 4 KiB p99
+    /// with the job running against idle.
+    #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver", "tls", "qos", "scrub"])]
+    infer: bool,
+    /// With `--infer`: the model store holding `minilm` (as `fabric-infer model import`
+    /// makes it).
+    #[arg(long, default_value = "target/models/store")]
+    model_store: PathBuf,
 }
 
 /// One fio job shape.
@@ -367,6 +377,11 @@ fn main() -> anyhow::Result<()> {
     }
     if args.qos {
         let result = qos::qos(&args, size, &scratch, &fabricd);
+        std::fs::remove_dir_all(&scratch).ok();
+        return result;
+    }
+    if args.infer {
+        let result = infer::infer(&args, size, &scratch, &fabricd);
         std::fs::remove_dir_all(&scratch).ok();
         return result;
     }

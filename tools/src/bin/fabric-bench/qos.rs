@@ -29,9 +29,9 @@ const CLIENT_BYTES: u64 = 256 << 20;
 
 /// p99 completion latencies of a client run, in µs.
 #[derive(Clone, Copy, Debug)]
-struct P99 {
-    read_us: f64,
-    write_us: f64,
+pub(super) struct P99 {
+    pub(super) read_us: f64,
+    pub(super) write_us: f64,
 }
 
 impl P99 {
@@ -100,13 +100,16 @@ fn nbd_args(port: u16, volume: &str) -> Vec<String> {
 }
 
 /// fio 4 KiB randrw 50/50 at depth 8 on the client volume for `runtime` s.
-fn client_run(port: u16, runtime: u32) -> anyhow::Result<P99> {
+pub(super) fn client_run(port: u16, runtime: u32) -> anyhow::Result<P99> {
     p99_of(&fio(&client_args(port, runtime), &[])?)
 }
 
 /// The same client, from now until `done` returns, then stopped (fio reports what it saw
 /// when interrupted): latency while something else runs, and only then.
-fn client_while(port: u16, done: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<P99> {
+pub(super) fn client_while(
+    port: u16,
+    done: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<P99> {
     let child = Command::new("fio")
         .args(client_args(port, 3600))
         .arg("--output-format=json")
