@@ -5,9 +5,9 @@
 //! placement, has a free task slot and asked for work recently (its worker runs). Among those:
 //! CPUs with AMX or AVX-512 first, then the least busy, then a spread that differs per task, so
 //! a job's reads fall on every replica of a PG rather than on its primary. When every holder
-//! is busy, the task waits for one at most `locality_wait_ms` (delay scheduling, bounded: a
-//! wait that outlasts a task only idles the cluster), then goes to any free node, which reads
-//! the extent from a holder over the network: a remote task. A task running on a node that is
+//! is busy, the task waits for one (delay scheduling) as long as the job's longest task took so
+//! far, between 2 and 30 s (bounded: a wait that outlasts a task only idles the cluster), then
+//! goes to any free node, which reads the extent from a holder over the network: a remote task. A task running on a node that is
 //! down, out, gone, or whose worker fell silent is released, and runs again elsewhere.
 
 use std::collections::BTreeMap;
@@ -31,8 +31,12 @@ pub struct Worker {
 /// The planner's knobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanConfig {
-    /// Longest a task waits for a busy holder before it may run remotely.
+    /// How long a task waits for a busy holder before it may run remotely: the longest any of
+    /// its job's tasks took so far (a holder is then likely free again within that), at least
+    /// this...
     pub locality_wait_ms: u64,
+    /// ...and at most this.
+    pub locality_wait_max_ms: u64,
     /// A worker silent this long is taken for dead: its tasks are released.
     pub worker_silent_ms: u64,
 }
@@ -41,6 +45,7 @@ impl Default for PlanConfig {
     fn default() -> Self {
         PlanConfig {
             locality_wait_ms: 2_000,
+            locality_wait_max_ms: 30_000,
             worker_silent_ms: 15_000,
         }
     }
@@ -114,46 +119,79 @@ pub fn plan(
         .filter(|(n, _)| usable(**n).is_ok())
         .map(|(n, w)| (*n, *w))
         .collect();
-    for job in state.infer.jobs.values().filter(|j| j.running()) {
-        let mut given = Vec::new();
-        for (i, task) in job.tasks.iter().enumerate() {
-            let TaskState::Pending { since_ms } = task.state else {
+    // Two passes: every pending task that a free holder can take, first; only then remote
+    // tasks, on the slots left. In one pass, a node freeing a slot took the first task that
+    // had waited, remotely, though a later one was its own (a job's locality fell to 0.81).
+    let pending: Vec<(&super::model::Job, usize, u64, Vec<NodeId>)> = state
+        .infer
+        .jobs
+        .values()
+        .filter(|j| j.running())
+        .flat_map(|job| {
+            job.tasks
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, task)| match task.state {
+                    TaskState::Pending { since_ms } => Some((job, i, since_ms, task.pg)),
+                    _ => None,
+                })
+        })
+        .map(|(job, i, since, pg)| (job, i, since, state.current_holders(&job.spec.input, pg)))
+        .collect();
+    let mut left = Vec::new();
+    for local in [true, false] {
+        for &(job, i, since_ms, ref holders) in &pending {
+            if !local && !left.contains(&(job.id, i)) {
                 continue;
-            };
-            let holders = state.current_holders(&job.spec.input, task.pg);
+            }
             let has_slot = |n: NodeId, w: &Worker| busy.get(&n).copied().unwrap_or(0) < w.slots;
-            let pick = |local: bool| {
-                free.iter()
-                    .filter(|(n, w)| has_slot(*n, w) && holders.contains(n) == local)
-                    .min_by_key(|(n, w)| {
-                        let load = busy.get(n).copied().unwrap_or(0);
-                        (!w.fast, load, spread(job.id, i as u32, *n))
-                    })
-                    .map(|(n, _)| *n)
-            };
-            let local = pick(true);
-            // Waiting makes sense only while some holder could take it.
+            let pick = free
+                .iter()
+                .filter(|(n, w)| has_slot(*n, w) && holders.contains(n) == local)
+                .min_by_key(|(n, w)| {
+                    let load = busy.get(n).copied().unwrap_or(0);
+                    (!w.fast, load, spread(job.id, i as u32, *n))
+                })
+                .map(|(n, _)| *n);
+            // Remote only once it waited, or while no holder could take it at all.
             let holder_alive = free.iter().any(|(n, _)| holders.contains(n));
-            let waited = now_ms.saturating_sub(since_ms) >= cfg.locality_wait_ms;
-            let chosen = match local {
-                Some(n) => Some((n, true)),
-                None if waited || !holder_alive => pick(false).map(|n| (n, false)),
-                None => None,
+            let waited = now_ms.saturating_sub(since_ms) >= locality_wait(job, cfg);
+            let chosen = match pick {
+                Some(n) if local || waited || !holder_alive => Some(n),
+                _ => None,
             };
-            if let Some((node, local)) = chosen {
-                *busy.entry(node).or_default() += 1;
-                given.push(Assignment {
-                    task: i as u32,
-                    node,
-                    local,
-                });
+            match chosen {
+                Some(node) => {
+                    *busy.entry(node).or_default() += 1;
+                    out.assign.entry(job.id).or_default().push(Assignment {
+                        task: i as u32,
+                        node,
+                        local,
+                    });
+                }
+                None if local => left.push((job.id, i)),
+                None => {}
             }
         }
-        if !given.is_empty() {
-            out.assign.insert(job.id, given);
-        }
+    }
+    for given in out.assign.values_mut() {
+        given.sort_by_key(|a| a.task);
     }
     out
+}
+
+/// How long `job`'s pending tasks wait for a holder (see [`PlanConfig`]).
+fn locality_wait(job: &super::model::Job, cfg: PlanConfig) -> u64 {
+    let longest = job
+        .tasks
+        .iter()
+        .filter_map(|t| match t.state {
+            TaskState::Done(o) => Some(o.report.elapsed_ms),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    longest.clamp(cfg.locality_wait_ms, cfg.locality_wait_max_ms)
 }
 
 /// A tie-break that differs per task, so equally loaded holders share a job's tasks.

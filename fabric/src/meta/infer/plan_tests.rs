@@ -99,6 +99,8 @@ fn a_task_waits_for_a_busy_holder_then_runs_remotely() {
     let other = (1..=4).find(|n| !holders.contains(n)).unwrap();
     // Every holder of task 0's PG is busy with one slot; the fourth node is free.
     let mut w = workers(&[1, 2, 3, 4], 1, 100);
+    // The free node has slots to spare after it took the pending tasks it holds itself.
+    w.get_mut(&other).unwrap().slots = 16;
     let cfg = PlanConfig::default();
     // Fill the holders with other tasks whose PG they hold.
     let mut busy = BTreeSet::new();
@@ -137,7 +139,13 @@ fn a_task_waits_for_a_busy_holder_then_runs_remotely() {
     let late = plan(&s, &w, 0, 10 + cfg.locality_wait_ms, cfg);
     let remote: Vec<_> = late.assign[&job.id].iter().filter(|a| !a.local).collect();
     assert!(remote.iter().all(|a| a.node == other), "{remote:?}");
-    assert!(!remote.is_empty());
+    assert!(remote.iter().any(|a| a.task == 0), "{remote:?}");
+    // It took the tasks it holds locally first.
+    let own = late.assign[&job.id]
+        .iter()
+        .filter(|a| a.local && a.node == other)
+        .count();
+    assert!(own > 0);
     apply_plan(&mut s, &late, 10 + cfg.locality_wait_ms);
 }
 

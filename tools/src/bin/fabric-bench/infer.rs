@@ -2,11 +2,13 @@
 //! one process, and what the job costs a client, in one run.
 //!
 //! A fresh `fabricd dev --nodes 4` serving `text` (`--size` of generated sentences, 3
-//! replicas) and `client` (256 MiB). The client's fio 4 KiB randrw 50/50 at depth 8 gives its
-//! read and write p99 idle, then while `fabricctl infer embed` runs over `text` at its CPU share
-//! (25 % of each node's cores). The baseline is the same model in this process with every
-//! core, reading the whole volume over NBD (nbdcopy), cutting the same records, and writing its
-//! vectors back over NBD to a volume of the same pool.
+//! replicas) and `client` (256 MiB). First `fabricctl infer embed` runs over `text` alone, at
+//! its CPU share (25 % of each node's cores: the four nodes share this host, so together they
+//! may use all of it), for its throughput, locality and bytes moved. The baseline is the same
+//! model in this process with every core, reading the whole volume over NBD (nbdcopy), cutting
+//! the same records, and writing its vectors back over NBD to a volume of the same pool. Last,
+//! the client's fio 4 KiB randrw 50/50 at depth 8 gives its read and write p99 alone, then for
+//! as long again beside a second run of the job (cancelled after).
 //!
 //! Network bytes, counted alike for both: input read from another node's replica (the job's
 //! remote reads; all of the baseline's, whose process holds no replica), the vectors sent to
@@ -145,12 +147,9 @@ pub(crate) fn infer(args: &Args, size: u64, dir: &Path, fabricd: &Path) -> anyho
         256 << 20,
     )?;
 
-    eprintln!("client alone for {} s", args.runtime);
-    let idle = client_run(port, args.runtime)?;
-    eprintln!("client beside the embed job");
-    let mut job = serde_json::Value::Null;
-    let busy = client_while(port, || {
-        job = ctl(&[
+    eprintln!("the embed job, alone");
+    let embed = |out: &str, wait: bool| {
+        let mut what = vec![
             "infer",
             "embed",
             "--volume",
@@ -158,15 +157,30 @@ pub(crate) fn infer(args: &Args, size: u64, dir: &Path, fabricd: &Path) -> anyho
             "--model",
             "minilm",
             "--out-volume",
-            "text.vec",
-            "--wait",
-        ])?;
-        Ok(())
-    })?;
+            out,
+        ];
+        if wait {
+            what.push("--wait");
+        }
+        ctl(&what)
+    };
+    let job = embed("text.vec", true)?;
     ensure!(job["state"] == "done", "the job did not finish: {job}");
 
     eprintln!("baseline: the same model in this process, over NBD");
     let base = baseline(args, &uri, dir)?;
+
+    eprintln!("client alone for {} s", args.runtime);
+    let idle = client_run(port, args.runtime)?;
+    eprintln!("client beside the embed job for {} s", args.runtime);
+    let second = embed("text.vec2", false)?;
+    let second_id = second["id"].to_string();
+    let busy = client_while(port, || {
+        std::thread::sleep(std::time::Duration::from_secs(u64::from(args.runtime)));
+        Ok(())
+    })?;
+    let during = ctl(&["infer", "status", &second_id])?;
+    ctl(&["infer", "cancel", &second_id]).ok();
 
     let num = |k: &str| job[k].as_f64().unwrap_or(0.0);
     let job_network =
@@ -212,11 +226,13 @@ pub(crate) fn infer(args: &Args, size: u64, dir: &Path, fabricd: &Path) -> anyho
     );
     let p = |x: P99| format!("read {:.0} us, write {:.0} us", x.read_us, x.write_us);
     println!(
-        "  client 4k randrw p99: idle {}; with the job {}: {:.2} x read, {:.2} x write (target <= 1.1)",
+        "  client 4k randrw p99: idle {}; with the job {}: {:.2} x read, {:.2} x write (target <= 1.1); the job meanwhile: {} records, {:.0} CPU s",
         p(idle),
         p(busy),
         busy.read_us / idle.read_us,
-        busy.write_us / idle.write_us
+        busy.write_us / idle.write_us,
+        during["records"],
+        during["cpu_s"].as_f64().unwrap_or(0.0),
     );
     Ok(())
 }
