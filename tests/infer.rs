@@ -197,6 +197,33 @@ fn check_records(got: &BTreeMap<u64, (u32, Vec<f32>)>, records: &[(u64, String)]
     );
 }
 
+/// `fabricctl infer model add minilm` from the store at `store`.
+fn add_model(data: &Path, store: &Path) {
+    let store = store.to_str().expect("a UTF-8 path");
+    fabricctl(data, &["infer", "model", "add", "minilm", "--store", store]);
+}
+
+/// `fabricctl infer embed` of `docs` into `out` at `share` % of the cores; with `wait`, until
+/// it ends.
+fn embed(data: &Path, out: &str, share: &str, wait: bool) -> serde_json::Value {
+    let mut args = vec![
+        "infer",
+        "embed",
+        "--volume",
+        "docs",
+        "--model",
+        "minilm",
+        "--out-volume",
+        out,
+        "--cpu-share",
+        share,
+    ];
+    if wait {
+        args.push("--wait");
+    }
+    fabricctl(data, &args)
+}
+
 fn start(data: &Path) -> DevNode {
     DevNode::start_with(data, "docs:64MiB", &["--nodes", "4"]).expect("start dev")
 }
@@ -218,33 +245,8 @@ fn an_embed_job_reads_local_replicas_matches_one_process_and_its_vectors_answer_
     let regions = [0, (16 << 20) - 2048, (36 << 20) - 700, (60 << 20) - 5000];
     let (image, records) = corpus(&regions, 150, 1, 2);
     write_image(&dev, "docs", &image, dir.path());
-    fabricctl(
-        &data,
-        &[
-            "infer",
-            "model",
-            "add",
-            "minilm",
-            "--store",
-            store.to_str().unwrap(),
-        ],
-    );
-    let job = fabricctl(
-        &data,
-        &[
-            "infer",
-            "embed",
-            "--volume",
-            "docs",
-            "--model",
-            "minilm",
-            "--out-volume",
-            "docs.vec",
-            "--cpu-share",
-            "100",
-            "--wait",
-        ],
-    );
+    add_model(&data, &store);
+    let job = embed(&data, "docs.vec", "100", true);
     eprintln!("{job:#}");
     assert_eq!(job["state"], "done");
     assert_eq!(job["records"], records.len());
@@ -325,33 +327,9 @@ fn a_job_survives_a_killed_node_and_never_reads_a_stale_replica() {
     let regions: Vec<u64> = (0..16).map(|e| (e << 22) + 100).collect();
     let (image, records) = corpus(&regions, 60, 2, 0);
     write_image(&dev, "docs", &image, dir.path());
-    fabricctl(
-        &data,
-        &[
-            "infer",
-            "model",
-            "add",
-            "minilm",
-            "--store",
-            store.to_str().unwrap(),
-        ],
-    );
+    add_model(&data, &store);
     // A quarter of the cores: the job runs long enough to lose a node mid-way.
-    let job = fabricctl(
-        &data,
-        &[
-            "infer",
-            "embed",
-            "--volume",
-            "docs",
-            "--model",
-            "minilm",
-            "--out-volume",
-            "docs.vec",
-            "--cpu-share",
-            "25",
-        ],
-    );
+    let job = embed(&data, "docs.vec", "25", false);
     let id = job["id"].to_string();
     // Node 4 (storage only: the Raft voters stay) is killed while it runs a task.
     wait_status(&data, &id, "task on node 4", |s| {
@@ -376,22 +354,7 @@ fn a_job_survives_a_killed_node_and_never_reads_a_stale_replica() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut restarted = node.spawn().expect("restart node 4");
-    let job = fabricctl(
-        &data,
-        &[
-            "infer",
-            "embed",
-            "--volume",
-            "docs",
-            "--model",
-            "minilm",
-            "--out-volume",
-            "docs.vec2",
-            "--cpu-share",
-            "100",
-            "--wait",
-        ],
-    );
+    let job = embed(&data, "docs.vec2", "100", true);
     assert_eq!(job["state"], "done", "{job:#}");
     check_records(&read_output(&dev, "docs.vec2", dir.path()), &records);
     let _ = restarted.kill();

@@ -162,13 +162,7 @@ pub async fn run(member: Arc<Member>, leader: Arc<InferLeader>, mut stop: watch:
         leader.in_term(term, now);
         let (workers, since) = leader.table();
         let (planned, ended) = member.sm.read(|s, _| {
-            let ended: Vec<u64> = s
-                .infer
-                .jobs
-                .values()
-                .filter(|j| !j.running())
-                .map(|j| j.id)
-                .collect();
+            let ended = s.infer.finished();
             (plan(s, &workers, since, now, PlanConfig::default()), ended)
         });
         leader.writer.let_go(&ended).await;

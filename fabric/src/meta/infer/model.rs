@@ -261,3 +261,14 @@ pub struct InferState {
     pub jobs: std::collections::BTreeMap<u64, Job>,
     pub next_job_id: u64,
 }
+
+impl InferState {
+    /// The ids of the jobs that ended, oldest first.
+    pub fn finished(&self) -> Vec<u64> {
+        self.jobs
+            .values()
+            .filter(|j| !j.running())
+            .map(|j| j.id)
+            .collect()
+    }
+}

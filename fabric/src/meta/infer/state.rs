@@ -236,13 +236,7 @@ impl ClusterState {
 
     /// Keeps at most [`FINISHED_JOBS_KEPT`] finished jobs, dropping the oldest.
     fn forget_old_jobs(&mut self) {
-        let finished: Vec<u64> = self
-            .infer
-            .jobs
-            .values()
-            .filter(|j| !j.running())
-            .map(|j| j.id)
-            .collect();
+        let finished = self.infer.finished();
         let excess = finished.len().saturating_sub(FINISHED_JOBS_KEPT);
         for id in finished.into_iter().take(excess) {
             self.infer.jobs.remove(&id);
