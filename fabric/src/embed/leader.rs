@@ -95,6 +95,26 @@ fn replicas(state: &ClusterState, volume: &str, pg: u32) -> Vec<pb::InferReplica
         .collect()
 }
 
+/// Volume `name` as a reader of its replicas finds it: its id, size, and the data addresses of
+/// the current replicas of each PG of its pool.
+pub fn volume_replicas(state: &ClusterState, name: &str) -> Option<super::read::VolumeReplicas> {
+    let v = state.volumes.get(name)?;
+    let pg_count = state.pools.get(&v.spec.pool)?.spec.pg_count;
+    let holders = (0..pg_count)
+        .map(|pg| {
+            replicas(state, name, pg)
+                .iter()
+                .filter_map(|r| r.data_addr.parse().ok())
+                .collect()
+        })
+        .collect();
+    Some(super::read::VolumeReplicas {
+        id: v.id,
+        size: v.spec.size_bytes,
+        holders,
+    })
+}
+
 /// The tasks running on `node`, with what it needs to run them.
 pub fn work_for(state: &ClusterState, node: NodeId) -> pb::InferWork {
     let mut items = Vec::new();

@@ -79,41 +79,44 @@ pub async fn scan_read(
     Ok(reply.payload)
 }
 
+/// SCAN_READ of `[offset, offset + len)` (within one extent) from the first of `replicas`
+/// that answers, and which one did.
+pub async fn read_piece(
+    pool: &ReplicaPool,
+    replicas: &[SocketAddr],
+    volume: u64,
+    offset: u64,
+    len: u32,
+) -> anyhow::Result<(Bytes, SocketAddr)> {
+    let mut last = None;
+    for &addr in replicas {
+        match scan_read(pool, addr, volume, offset, len).await {
+            Ok(data) => return Ok((data, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        anyhow::anyhow!("volume {volume}: no current replica holds offset {offset}")
+    }))
+}
+
 /// `[offset, offset + len)` of `v` (clamped to its size), extent by extent, each from the
-/// first of its current replicas that answers. Also returns the replica each piece came
-/// from, with the piece's extent.
+/// first of its current replicas that answers.
 pub async fn read_range(
     pool: &ReplicaPool,
     v: &VolumeReplicas,
     offset: u64,
     len: u64,
-) -> anyhow::Result<(Bytes, Vec<(u64, SocketAddr)>)> {
+) -> anyhow::Result<Bytes> {
     let end = offset.saturating_add(len).min(v.size);
     let mut out = BytesMut::with_capacity(end.saturating_sub(offset) as usize);
-    let mut sources = Vec::new();
     let mut at = offset;
     while at < end {
         let extent_end = (at / EXTENT_SIZE_BYTES + 1) * EXTENT_SIZE_BYTES;
         let piece = (end.min(extent_end) - at).min(u64::from(PAYLOAD_MAX_BYTES)) as u32;
-        let mut last = None;
-        let mut got = None;
-        for &addr in v.of(at) {
-            match scan_read(pool, addr, v.id, at, piece).await {
-                Ok(data) => {
-                    got = Some((data, addr));
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let Some((data, addr)) = got else {
-            return Err(last.unwrap_or_else(|| {
-                anyhow::anyhow!("volume {}: no current replica holds offset {at}", v.id)
-            }));
-        };
+        let (data, _) = read_piece(pool, v.of(at), v.id, at, piece).await?;
         out.extend_from_slice(&data);
-        sources.push((at / EXTENT_SIZE_BYTES, addr));
         at += u64::from(piece);
     }
-    Ok((out.freeze(), sources))
+    Ok(out.freeze())
 }

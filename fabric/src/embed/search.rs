@@ -89,7 +89,7 @@ pub async fn search(
     })
     .await??;
     let pool = &leader.pool;
-    let (head, _) = read_range(pool, output, 0, OUTPUT_HEADER_BYTES).await?;
+    let head = read_range(pool, output, 0, OUTPUT_HEADER_BYTES).await?;
     let header = segment::decode_volume_header(&head).context("output volume header")?;
     ensure!(
         header.layout.job == job.id && header.layout.dim as usize == q.len(),
@@ -133,7 +133,7 @@ pub async fn search(
     best.truncate(k);
     let mut hits = Vec::with_capacity(best.len());
     for h in best {
-        let (text, _) = read_range(pool, input, h.offset, u64::from(h.len)).await?;
+        let text = read_range(pool, input, h.offset, u64::from(h.len)).await?;
         hits.push(pb::SearchHit {
             score: f64::from(h.score),
             offset: h.offset,
@@ -159,7 +159,7 @@ async fn read_more(
 ) -> anyhow::Result<()> {
     ensure!(*read_to < end, "the output ends inside a segment at {end}");
     let next = ((*read_to / EXTENT_SIZE_BYTES + 1) * EXTENT_SIZE_BYTES).min(end);
-    let (data, _) = read_range(pool, output, *read_to, next - *read_to).await?;
+    let data = read_range(pool, output, *read_to, next - *read_to).await?;
     buf.extend_from_slice(&data);
     *read_to = next;
     Ok(())

@@ -26,7 +26,7 @@ use volume::sched::class::Class;
 use volume::wire::VolumeId;
 
 use super::embedders::Embedders;
-use super::read::{VolumeReplicas, read_range};
+use super::read::read_piece;
 use super::records::{RECORD_BYTES_MAX, Window};
 use super::segment::{Layout, VectorRecord, encode_segment};
 use crate::identity::Transport;
@@ -163,7 +163,7 @@ pub async fn run(
     tasks.shutdown().await;
 }
 
-/// The replicas of `holders` as a reader of volume `id` finds them.
+/// The node and the data address of each of `holders`.
 fn addresses(holders: &[pb::InferReplica]) -> Vec<(u64, std::net::SocketAddr)> {
     holders
         .iter()
@@ -234,18 +234,13 @@ impl Ctx {
             return Ok(());
         }
         let replicas = addresses(holders);
-        let only = VolumeReplicas {
-            id: item.input_id,
-            size: item.input_size,
-            holders: vec![replicas.iter().map(|(_, a)| *a).collect()],
-        };
-        let (data, sources) = read_range(&self.pool, &only, offset, len).await?;
+        let addrs: Vec<_> = replicas.iter().map(|(_, a)| *a).collect();
+        let (data, from) =
+            read_piece(&self.pool, &addrs, item.input_id, offset, len as u32).await?;
         into.data.extend_from_slice(&data);
         into.remote_bytes += len;
-        for (_, addr) in sources {
-            if let Some((node, _)) = replicas.iter().find(|(_, a)| *a == addr) {
-                into.read_from.push(pb::InferReadFrom { pg, node: *node });
-            }
+        if let Some((node, _)) = replicas.iter().find(|(_, a)| *a == from) {
+            into.read_from.push(pb::InferReadFrom { pg, node: *node });
         }
         Ok(())
     }

@@ -56,14 +56,12 @@ impl Writer {
         self.outputs.lock().await
     }
 
-    /// Checks `req`'s segment against `job` and writes it at the job's next free byte, then
-    /// the volume header; returns the command that records it.
-    pub(crate) async fn write(
-        &self,
-        outputs: &mut HashMap<u64, Attached>,
+    /// Checks `req`'s segment against `job`: whole, every crc32c right, and the task's. A
+    /// segment refused here is bad input; nothing was written.
+    pub(crate) fn check(
         job: &Job,
         req: &pb::SubmitInferOutputRequest,
-    ) -> anyhow::Result<Written> {
+    ) -> anyhow::Result<segment::SegmentHeader> {
         let seg = &req.segment;
         let h = segment::decode_segment_header(seg, 0)?;
         let body = seg
@@ -89,6 +87,20 @@ impl Writer {
             report.records,
             job.dim
         );
+        Ok(h)
+    }
+
+    /// Writes `req`'s segment (checked by [`Writer::check`], whose header is `h`) at the job's
+    /// next free byte, then the volume header; returns the command that records it.
+    pub(crate) async fn write(
+        &self,
+        outputs: &mut HashMap<u64, Attached>,
+        job: &Job,
+        req: &pb::SubmitInferOutputRequest,
+        h: &segment::SegmentHeader,
+    ) -> anyhow::Result<Written> {
+        let seg = &req.segment;
+        let report = req.report.unwrap_or_default();
         let attached = self.attached(outputs, job).await?;
         let offset = job.out_next;
         let end = offset + seg.len() as u64;

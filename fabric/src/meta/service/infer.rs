@@ -10,7 +10,7 @@ use super::MetadataService;
 use super::infer_convert::{job_out, job_spec_in, model_in, model_out};
 use crate::embed::models::{CHUNK_BYTES, Incoming, served_file};
 use crate::meta::auth::Verb;
-use crate::meta::command::{Applied, CommandError, CommandV1};
+use crate::meta::command::{Applied, CommandV1};
 use crate::meta::infer::command::InferCommand;
 use crate::meta::infer::model::Job;
 
@@ -241,18 +241,15 @@ impl MetadataService {
                 r.task, r.job, r.attempt
             )));
         }
-        let written = match self.infer.writer.write(&mut outputs, &job, &r).await {
-            Ok(w) => w,
-            Err(e) => {
-                let status = Status::unavailable(format!("{e:#}"));
-                if e.downcast_ref::<crate::embed::segment::FormatError>()
-                    .is_some()
-                {
-                    return Err(Status::invalid_argument(format!("{e:#}")));
-                }
-                return Err(status);
-            }
-        };
+        let header = crate::embed::writer::Writer::check(&job, &r)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        // An output that cannot be attached or written now may be later: the node retries.
+        let written = self
+            .infer
+            .writer
+            .write(&mut outputs, &job, &r, &header)
+            .await
+            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
         match self.write(&auth, infer(written.complete)).await {
             Ok(applied) => {
                 let job = job_of(applied)?;
@@ -307,66 +304,29 @@ impl MetadataService {
         self.authorize_volume(&req, Verb::InferSearch, &vectors)
             .await?;
         let r = req.into_inner();
-        let job = self
-            .member
-            .sm
-            .read(|s, _| {
-                s.infer
-                    .jobs
-                    .values()
-                    .rev()
-                    .find(|j| j.spec.output == r.vectors)
-                    .cloned()
-                    .map(|j| {
-                        let nodes = s.nodes.clone();
-                        let holders = |volume: &str, pgs: u32| -> Vec<Vec<std::net::SocketAddr>> {
-                            (0..pgs)
-                                .map(|pg| {
-                                    s.current_holders(volume, pg)
-                                        .iter()
-                                        .filter_map(|n| {
-                                            nodes.get(n)?.registration.data_addr.parse().ok()
-                                        })
-                                        .collect()
-                                })
-                                .collect()
-                        };
-                        let pgs_of = |volume: &str| {
-                            s.volumes
-                                .get(volume)
-                                .and_then(|v| s.pools.get(&v.spec.pool))
-                                .map_or(0, |p| p.spec.pg_count)
-                        };
-                        let input = crate::embed::read::VolumeReplicas {
-                            id: j.input_id,
-                            size: s
-                                .volumes
-                                .get(&j.spec.input)
-                                .map_or(0, |v| v.spec.size_bytes),
-                            holders: holders(&j.spec.input, pgs_of(&j.spec.input)),
-                        };
-                        let output = crate::embed::read::VolumeReplicas {
-                            id: j.output_id,
-                            size: s
-                                .volumes
-                                .get(&j.spec.output)
-                                .map_or(0, |v| v.spec.size_bytes),
-                            holders: holders(&j.spec.output, pgs_of(&j.spec.output)),
-                        };
-                        (j, input, output)
-                    })
-            })
-            .ok_or_else(|| {
-                Status::not_found(format!("no inference job wrote volume {}", r.vectors))
-            })?;
-        let (job, input, output) = job;
+        let found = self.member.sm.read(|s, _| {
+            let job = s
+                .infer
+                .jobs
+                .values()
+                .rev()
+                .find(|j| j.spec.output == r.vectors)?;
+            let input = crate::embed::leader::volume_replicas(s, &job.spec.input)?;
+            let output = crate::embed::leader::volume_replicas(s, &job.spec.output)?;
+            Some((job.clone(), input, output))
+        });
+        let (job, input, output) = found.ok_or_else(|| {
+            Status::not_found(format!(
+                "no inference job wrote volume {} (or its input is gone)",
+                r.vectors
+            ))
+        })?;
         let k = r.k.clamp(1, 1000) as usize;
+        // Every failure is this search's (a replica that does not answer, an output that does
+        // not decode): reported, not retried on another member.
         let found = crate::embed::search::search(&self.infer, &job, &input, &output, &r.query, k)
             .await
-            .map_err(|e| match e.downcast_ref::<CommandError>() {
-                Some(_) => Status::failed_precondition(format!("{e:#}")),
-                None => Status::unavailable(format!("{e:#}")),
-            })?;
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         Ok(Response::new(found))
     }
 }
