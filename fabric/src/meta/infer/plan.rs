@@ -6,9 +6,15 @@
 //! CPUs with AMX or AVX-512 first, then the least busy, then a spread that differs per task, so
 //! a job's reads fall on every replica of a PG rather than on its primary. When every holder
 //! is busy, the task waits for one (delay scheduling) as long as the job's longest task took so
-//! far, between 2 and 30 s (bounded: a wait that outlasts a task only idles the cluster), then
-//! goes to any free node, which reads the extent from a holder over the network: a remote task. A task running on a node that is
-//! down, out, gone, or whose worker fell silent is released, and runs again elsewhere.
+//! far, between 30 s and 10 min, then goes to any free node, which reads the extent from a
+//! holder over the network: a remote task. Tasks differ a hundredfold (an extent of zeros
+//! takes a second, one of text minutes), so a short wait sends the long tasks' neighbours
+//! remote whenever a node finished its short ones (a 16-task job lost 6 % of its locality to
+//! one such task). Inference is background work at a CPU share: a node that idles a while
+//! costs little, a remote read costs the network the job is placed to spare. Until one of the
+//! job's tasks has finished, nothing says how long a holder stays busy (the first tasks also
+//! load the model), so the wait is the longest. A task running on a node
+//! that is down, out, gone, or whose worker fell silent is released, and runs again elsewhere.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +39,7 @@ pub struct Worker {
 pub struct PlanConfig {
     /// How long a task waits for a busy holder before it may run remotely: the longest any of
     /// its job's tasks took so far (a holder is then likely free again within that), at least
-    /// this...
+    /// this, and the most (below) while none has finished...
     pub locality_wait_ms: u64,
     /// ...and at most this.
     pub locality_wait_max_ms: u64,
@@ -44,8 +50,8 @@ pub struct PlanConfig {
 impl Default for PlanConfig {
     fn default() -> Self {
         PlanConfig {
-            locality_wait_ms: 2_000,
-            locality_wait_max_ms: 30_000,
+            locality_wait_ms: 30_000,
+            locality_wait_max_ms: 600_000,
             worker_silent_ms: 15_000,
         }
     }
@@ -182,16 +188,16 @@ pub fn plan(
 
 /// How long `job`'s pending tasks wait for a holder (see [`PlanConfig`]).
 fn locality_wait(job: &super::model::Job, cfg: PlanConfig) -> u64 {
-    let longest = job
-        .tasks
+    job.tasks
         .iter()
         .filter_map(|t| match t.state {
             TaskState::Done(o) => Some(o.report.elapsed_ms),
             _ => None,
         })
         .max()
-        .unwrap_or(0);
-    longest.clamp(cfg.locality_wait_ms, cfg.locality_wait_max_ms)
+        .map_or(cfg.locality_wait_max_ms, |longest| {
+            longest.clamp(cfg.locality_wait_ms, cfg.locality_wait_max_ms)
+        })
 }
 
 /// A tie-break that differs per task, so equally loaded holders share a job's tasks.

@@ -124,19 +124,23 @@ fn a_task_waits_for_a_busy_holder_then_runs_remotely() {
         }
     }
     assert_eq!(busy.len(), 3, "every holder busy");
-    // Not yet waited: task 0 stays pending (other tasks may go to the free node).
-    let early = plan(&s, &w, 0, 10 + cfg.locality_wait_ms - 1, cfg);
-    let early_0 = early
-        .assign
-        .get(&job.id)
-        .into_iter()
-        .flatten()
-        .find(|a| a.task == 0);
-    assert!(early_0.is_none_or(|a| a.local), "{early_0:?}");
+    // No task of the job has finished, so nothing says how long a holder stays busy: task 0
+    // waits the longest wait, not the shortest.
+    let wait = cfg.locality_wait_max_ms;
+    for at in [10 + cfg.locality_wait_ms, 10 + wait - 1] {
+        w.values_mut().for_each(|x| x.seen_ms = at);
+        let early = plan(&s, &w, 0, at, cfg);
+        let early_0 = early
+            .assign
+            .get(&job.id)
+            .into_iter()
+            .flatten()
+            .find(|a| a.task == 0);
+        assert!(early_0.is_none_or(|a| a.local), "at {at}: {early_0:?}");
+    }
     // After the wait, it may run remotely on the free node.
-    w.values_mut()
-        .for_each(|x| x.seen_ms = 10 + cfg.locality_wait_ms);
-    let late = plan(&s, &w, 0, 10 + cfg.locality_wait_ms, cfg);
+    w.values_mut().for_each(|x| x.seen_ms = 10 + wait);
+    let late = plan(&s, &w, 0, 10 + wait, cfg);
     let remote: Vec<_> = late.assign[&job.id].iter().filter(|a| !a.local).collect();
     assert!(remote.iter().all(|a| a.node == other), "{remote:?}");
     assert!(remote.iter().any(|a| a.task == 0), "{remote:?}");
@@ -146,7 +150,44 @@ fn a_task_waits_for_a_busy_holder_then_runs_remotely() {
         .filter(|a| a.local && a.node == other)
         .count();
     assert!(own > 0);
-    apply_plan(&mut s, &late, 10 + cfg.locality_wait_ms);
+    apply_plan(&mut s, &late, 10 + wait);
+}
+
+#[test]
+fn the_wait_for_a_holder_is_the_longest_finished_task_within_its_bounds() {
+    let mut s = cluster();
+    let job = start(&mut s);
+    let cfg = PlanConfig::default();
+    let mut job = s.infer.jobs[&job.id].clone();
+    assert_eq!(
+        locality_wait(&job, cfg),
+        cfg.locality_wait_max_ms,
+        "none finished"
+    );
+    let finished = |elapsed_ms| {
+        TaskState::Done(TaskOutput {
+            node: 1,
+            offset: 0,
+            bytes: 0,
+            report: TaskReport {
+                elapsed_ms,
+                ..TaskReport::default()
+            },
+        })
+    };
+    job.tasks[0].state = finished(50_000);
+    job.tasks[1].state = finished(70_000);
+    assert_eq!(locality_wait(&job, cfg), 70_000);
+    job.tasks[1].state = finished(100);
+    assert_eq!(locality_wait(&job, cfg), 50_000);
+    job.tasks[0].state = finished(10);
+    assert_eq!(locality_wait(&job, cfg), cfg.locality_wait_ms, "at least");
+    job.tasks[2].state = finished(3_600_000);
+    assert_eq!(
+        locality_wait(&job, cfg),
+        cfg.locality_wait_max_ms,
+        "at most"
+    );
 }
 
 #[test]
