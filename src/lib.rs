@@ -194,6 +194,26 @@ impl DevNode {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The pid of the gateway process the cluster runs (a child started as `fabricd gateway`).
+    pub fn gateway_pid(&self) -> u32 {
+        let parent = self.pid();
+        let child_of = |pid: u32| -> Option<u32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid ...`: the command may hold spaces, so split after it.
+            let after = &stat[stat.rfind(')')? + 1..];
+            after.split_whitespace().nth(1)?.parse().ok()
+        };
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&pid| {
+                child_of(pid) == Some(parent)
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"gateway"))
+            })
+            .unwrap_or_else(|| panic!("no gateway child of {parent}"))
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut child = Command::new(workspace_bin("fabricd"))
             .arg("dev")

@@ -291,6 +291,26 @@ fn an_embed_job_reads_local_replicas_matches_one_process_and_its_vectors_answer_
     assert_eq!(hits.len(), 3);
 }
 
+/// Whether node `id` is up, as the cluster sees it.
+fn node_up(data: &Path, id: u64) -> bool {
+    fabricctl(data, &["node", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["id"] == id && n["health"] == "up")
+}
+
+/// How many PGs of `volume` have a stale replica on `node`.
+fn stale_on(data: &Path, volume: &str, node: u64) -> usize {
+    let shown = fabricctl(data, &["volume", "show", volume]);
+    shown["replica_state"]["stale"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["nodes"].as_array().unwrap().iter().any(|n| n == node))
+        .count()
+}
+
 /// Waits until `job`'s status says `pred`, and returns that status.
 fn wait_status(
     data: &Path,
@@ -345,17 +365,46 @@ fn a_job_survives_a_killed_node_and_never_reads_a_stale_replica() {
     assert_eq!(done["records"], records.len());
     check_records(&read_output(&dev, "docs.vec", dir.path()), &records);
 
-    // New records over the old ones while node 4 is away: its replicas of the PGs written are
-    // stale. It comes back, and a job starts at once: what it embeds must be the new text.
+    // New records over the old ones while node 4 is away: its replicas of every PG (every
+    // extent is written) are stale. The gateway, the volume's writer and so the one that
+    // would resync them, is stopped before node 4 comes back, so they stay stale for the
+    // whole job: node 4 may run tasks, but never on its own replica, and what the job embeds
+    // must be the new text.
     let (image, records) = corpus(&regions, 45, 3, 0);
     write_image(&dev, "docs", &image, dir.path());
+    let gateway = dev.gateway_pid().to_string();
+    run(Command::new("kill").args(["-STOP", &gateway])).unwrap();
     let mut node = Command::new(&argv[0]);
     node.args(&argv[1..])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut restarted = node.spawn().expect("restart node 4");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !node_up(&data, 4) {
+        assert!(Instant::now() < deadline, "node 4 not up again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its worker has asked the leader for work since (idle workers ask every 5 s).
+    std::thread::sleep(Duration::from_millis(
+        fabric::embed::worker::IDLE_POLL_INTERVAL_MS + 1_000,
+    ));
+    let stale = stale_on(&data, "docs", 4);
+    assert!(stale > 0, "node 4 holds stale replicas of the volume's PGs");
     let job = embed(&data, "docs.vec2", "100", true);
     assert_eq!(job["state"], "done", "{job:#}");
+    let on_4 = job["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == 4)
+        .map_or(0, |n| n["local_bytes"].as_u64().unwrap());
+    assert_eq!(on_4, 0, "node 4 read its stale replicas: {job:#}");
+    assert_eq!(
+        stale_on(&data, "docs", 4),
+        stale,
+        "still stale when the job ended"
+    );
+    run(Command::new("kill").args(["-CONT", &gateway])).unwrap();
     check_records(&read_output(&dev, "docs.vec2", dir.path()), &records);
     let _ = restarted.kill();
     let _ = restarted.wait();
