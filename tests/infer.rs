@@ -246,8 +246,15 @@ fn an_embed_job_reads_local_replicas_matches_one_process_and_its_vectors_answer_
     let (image, records) = corpus(&regions, 150, 1, 2);
     write_image(&dev, "docs", &image, dir.path());
     add_model(&data, &store);
+    // An output smaller than its vectors (about 470 KiB): the leader, whose node certificate
+    // may not resize volumes, grows it on the job's authority.
+    fabricctl(&data, &["volume", "create", "docs.vec", "--size", "256KiB"]);
     let job = embed(&data, "docs.vec", "100", true);
     eprintln!("{job:#}");
+    let grown = fabricctl(&data, &["volume", "show", "docs.vec"])["size_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(grown >= 4 << 20, "output grown to {grown} bytes");
     assert_eq!(job["state"], "done");
     assert_eq!(job["records"], records.len());
     assert_eq!(job["tasks"], "16/16");

@@ -4,7 +4,9 @@
 //! names the attach epoch, so a writer that lost the volume to a newer attach cannot record
 //! anything). A segment written but not recorded is overwritten by the next one: the output
 //! holds each task once. The volume grows as the job needs (it is thin, so its size costs
-//! nothing until written).
+//! nothing until written): the leader resizes it as its own action, audited as
+//! `member/ID volume.resize`, on the authority of the job's creator, who was allowed
+//! `infer.job.create` on the output (the leader's node certificate may not resize volumes).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +22,10 @@ use volume::client::ReplicaPool;
 use super::segment::{self, Layout, SEGMENT_HEADER_BYTES, VolumeHeader};
 use crate::gateway::{Attached, Opening, detach, open_volume, resync_round};
 use crate::meta::client::Client;
+use crate::meta::command::CommandV1;
 use crate::meta::infer::command::{InferCommand, ReadFrom};
 use crate::meta::infer::model::{Job, TaskOutput, TaskState};
+use crate::meta::member::Member;
 
 /// Longest a growing output waits for its replicas to hold the new size.
 const GROW_WAIT_MS: u64 = 30_000;
@@ -94,6 +98,7 @@ impl Writer {
     /// next free byte, then the volume header; returns the command that records it.
     pub(crate) async fn write(
         &self,
+        member: &Member,
         outputs: &mut HashMap<u64, Attached>,
         job: &Job,
         req: &pb::SubmitInferOutputRequest,
@@ -104,7 +109,7 @@ impl Writer {
         let attached = self.attached(outputs, job).await?;
         let offset = job.out_next;
         let end = offset + seg.len() as u64;
-        self.grow(&attached, end).await?;
+        self.grow(member, &attached, end).await?;
         let (done, totals) = job.totals();
         let header = VolumeHeader {
             layout: Layout {
@@ -185,23 +190,19 @@ impl Writer {
     }
 
     /// Grows the output to hold `end` bytes: at least doubling, in whole extents.
-    async fn grow(&self, attached: &Attached, end: u64) -> anyhow::Result<()> {
+    async fn grow(&self, member: &Member, attached: &Attached, end: u64) -> anyhow::Result<()> {
         let size = attached.volume.size();
         if end <= size {
             return Ok(());
         }
         let extent = volume::wire::EXTENT_SIZE_BYTES;
         let want = end.max(size.saturating_mul(2)).div_ceil(extent) * extent;
-        let req = pb::ResizeVolumeRequest {
+        let resize = CommandV1::ResizeVolume {
             name: attached.name.clone(),
             size_bytes: want,
-            request_id: crate::meta::client::new_request_id(),
         };
-        self.client
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.resize_volume(req).await }
-            })
+        member
+            .write_own("volume.resize", format!("volume/{}", attached.name), resize)
             .await
             .with_context(|| format!("grow output volume {} to {want} bytes", attached.name))?;
         let started = Instant::now();

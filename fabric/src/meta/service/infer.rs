@@ -247,7 +247,7 @@ impl MetadataService {
         let written = self
             .infer
             .writer
-            .write(&mut outputs, &job, &r, &header)
+            .write(&self.member, &mut outputs, &job, &r, &header)
             .await
             .map_err(|e| Status::unavailable(format!("{e:#}")))?;
         match self.write(&auth, infer(written.complete)).await {
