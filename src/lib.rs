@@ -488,6 +488,15 @@ pub fn gateway_identity_as(data_dir: &Path, name: &str, role: &str) -> PathBuf {
     dir
 }
 
+/// Whether node `id` of the cluster in `data_dir` is up, as the cluster sees it.
+pub fn node_up(data_dir: &Path, id: u64) -> bool {
+    fabricctl(data_dir, &["node", "list"])
+        .as_array()
+        .expect("node list")
+        .iter()
+        .any(|n| n["id"] == id && n["health"] == "up")
+}
+
 /// The command line process `pid` was started with (to start it again the same way).
 pub fn command_line(pid: u32) -> Vec<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline"))

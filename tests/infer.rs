@@ -15,8 +15,8 @@ use fabric::embed::segment::{
     SEGMENT_HEADER_BYTES, decode_records, decode_segment_header, decode_volume_header,
 };
 use fabric_suite::{
-    DevNode, command_line, fabricctl, node_pid, one_cluster_at_a_time, run, tools, unavailable,
-    workspace_bin,
+    DevNode, command_line, fabricctl, node_pid, node_up, one_cluster_at_a_time, run, tools,
+    unavailable, workspace_bin,
 };
 
 const VOLUME_BYTES: u64 = 64 << 20;
@@ -296,15 +296,6 @@ fn an_embed_job_reads_local_replicas_matches_one_process_and_its_vectors_answer_
     assert_eq!(hits[0]["offset"], needle, "{found:#}");
     assert_eq!(hits[0]["text"], NEEDLE);
     assert_eq!(hits.len(), 3);
-}
-
-/// Whether node `id` is up, as the cluster sees it.
-fn node_up(data: &Path, id: u64) -> bool {
-    fabricctl(data, &["node", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|n| n["id"] == id && n["health"] == "up")
 }
 
 /// How many PGs of `volume` have a stale replica on `node`.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use fabric_suite::{fabricctl, issue_cert, workspace_bin};
+use fabric_suite::{fabricctl, issue_cert, node_up, workspace_bin};
 use serde_json::Value;
 
 /// The gRPC address of the first member, from the cluster's description.
@@ -66,14 +66,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn node_up(data: &Path, id: u64) -> bool {
-    fabricctl(data, &["node", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|n| n["id"] == id && n["health"] == "up")
 }
 
 #[test]
