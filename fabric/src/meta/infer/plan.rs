@@ -13,8 +13,8 @@
 //! one such task). Inference is background work at a CPU share: a node that idles a while
 //! costs little, a remote read costs the network the job is placed to spare. Until one of the
 //! job's tasks has finished, nothing says how long a holder stays busy (the first tasks also
-//! load the model), so the wait is the longest. A task running on a node
-//! that is down, out, gone, or whose worker fell silent is released, and runs again elsewhere.
+//! load the model), so the wait is the longest. A task running on a node that is down, out,
+//! gone, or whose worker fell silent is released, and runs again elsewhere.
 
 use std::collections::BTreeMap;
 
@@ -144,12 +144,24 @@ pub fn plan(
         })
         .map(|(job, i, since, pg)| (job, i, since, state.current_holders(&job.spec.input, pg)))
         .collect();
+    // Each job's wait, once: it scans the job's tasks.
+    let waits: BTreeMap<u64, u64> = state
+        .infer
+        .jobs
+        .values()
+        .filter(|j| j.running())
+        .map(|j| (j.id, locality_wait(j, cfg)))
+        .collect();
+    // Indices into `pending` of the tasks no holder took, for the remote pass.
     let mut left = Vec::new();
     for local in [true, false] {
-        for &(job, i, since_ms, ref holders) in &pending {
-            if !local && !left.contains(&(job.id, i)) {
-                continue;
-            }
+        let round: Vec<usize> = if local {
+            (0..pending.len()).collect()
+        } else {
+            std::mem::take(&mut left)
+        };
+        for at in round {
+            let (job, i, since_ms, ref holders) = pending[at];
             let has_slot = |n: NodeId, w: &Worker| busy.get(&n).copied().unwrap_or(0) < w.slots;
             let pick = free
                 .iter()
@@ -161,7 +173,7 @@ pub fn plan(
                 .map(|(n, _)| *n);
             // Remote only once it waited, or while no holder could take it at all.
             let holder_alive = free.iter().any(|(n, _)| holders.contains(n));
-            let waited = now_ms.saturating_sub(since_ms) >= locality_wait(job, cfg);
+            let waited = now_ms.saturating_sub(since_ms) >= waits[&job.id];
             let chosen = match pick {
                 Some(n) if local || waited || !holder_alive => Some(n),
                 _ => None,
@@ -175,7 +187,7 @@ pub fn plan(
                         local,
                     });
                 }
-                None if local => left.push((job.id, i)),
+                None if local => left.push(at),
                 None => {}
             }
         }
