@@ -175,7 +175,10 @@ fn stop_stress(guest: &mut Guest) -> u64 {
         .wait_powered_off(STEP_TIMEOUT)
         .unwrap_or_else(|e| panic!("stress step: {e:#}"));
     assert_no_io_error(guest);
-    guest.last_round()
+    guest
+        .value("rounds")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rounds reported at stop\n{}", guest.tail()))
 }
 
 /// `e2fsck -fn` of a raw copy of the file system: forced full check, changing nothing; exit 0

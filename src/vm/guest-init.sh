@@ -11,8 +11,8 @@
 #   fabric.step=stress  writes round after round, each a new 16 KiB file, its sha256 appended
 #                       to /data/stress/sums, then sync; prints "round N" once a round is
 #                       synced (numbered on from earlier stress boots). Stops when a line
-#                       arrives on the console, or fails after fabric.rounds_max rounds in
-#                       all (the host never said stop).
+#                       arrives on the console and prints "rounds N", the last synced round;
+#                       fails after fabric.rounds_max rounds in all (the host never said stop).
 #
 # Every step ends with "done" and a clean power-off (file system synced and remounted read
 # only, so it needs no journal recovery), or with "FAIL reason".
@@ -72,6 +72,9 @@ read)
     say "verified $rounds rounds"
     ;;
 stress)
+    # The console must not echo the host's stop line: the echo lands in the middle of
+    # whatever line the guest is printing and breaks its marker.
+    stty -echo </dev/console
     (
         read -r _
         touch /tmp/stop
@@ -88,6 +91,8 @@ stress)
         sync
         say "round $n"
     done
+    # Printed after the stop line was read, so nothing else is typed on the console now.
+    say "rounds $n"
     ;;
 *)
     fail "unknown step '$step'"
