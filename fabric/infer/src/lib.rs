@@ -8,7 +8,7 @@
 //!   (B in the VNNI pair/quad layout, padded to whole tiles).
 //! - [`gemm`] is the entry point: [`Engine`] multiplies activations by packed weights in f32,
 //!   bf16 (f32 accumulate) or int8 (i32 accumulate), blocking for cache and fanning out over
-//!   rayon for large shapes.
+//!   the threads of a [`team`] for large shapes.
 //! - [`model`] loads a TOML description plus safetensors weights and runs it row by row.
 //! - [`bert`] is a BERT encoder for sentence embeddings (all-MiniLM-L6-v2) on that engine.
 //!
@@ -30,6 +30,7 @@ pub mod model;
 pub mod pack;
 pub mod quant;
 pub mod store;
+pub mod team;
 
 pub use cpu::{Features, Path};
 pub use error::Error;

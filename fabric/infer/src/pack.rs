@@ -136,7 +136,6 @@ pub(crate) fn pack_a<S: Copy + Sync, T: Zeroable + Send>(
     parallel: bool,
     convert: impl Fn(S) -> T + Sync,
 ) -> AlignedVec<T> {
-    use rayon::prelude::*;
     assert_eq!(a.len(), m * k, "A must hold m * k values");
     let steps = geo.steps(k);
     let panel_len = steps * geo.step_len();
@@ -163,7 +162,7 @@ pub(crate) fn pack_a<S: Copy + Sync, T: Zeroable + Send>(
         return out;
     }
     if parallel {
-        out.par_chunks_mut(panel_len).enumerate().for_each(fill);
+        crate::team::chunks_mut(&mut out, panel_len, |p, panel| fill((p, panel)));
     } else {
         out.chunks_mut(panel_len).enumerate().for_each(fill);
     }

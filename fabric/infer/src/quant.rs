@@ -38,15 +38,18 @@ pub fn quantize_rows_smoothed(
     if let Some(s) = smooth {
         assert_eq!(s.len(), width, "one smoothing factor per channel");
     }
-    use rayon::prelude::*;
-    x.par_chunks(width)
-        .zip(out.par_chunks_mut(width))
-        .with_min_len(ROWS_PER_TASK)
-        .map(|(row, q)| quantize_row(row, smooth, q))
-        .collect()
+    let part = width * ROWS_PER_TASK;
+    let parts = crate::team::map_chunks_mut(out, part, |t, q| {
+        x[t * part..][..q.len()]
+            .chunks(width)
+            .zip(q.chunks_mut(width))
+            .map(|(row, q)| quantize_row(row, smooth, q))
+            .collect::<Vec<_>>()
+    });
+    parts.into_iter().flatten().collect()
 }
 
-/// Rows one rayon task quantizes at least.
+/// Rows one task quantizes at most.
 const ROWS_PER_TASK: usize = 64;
 
 crate::fastmath::dispatch!(

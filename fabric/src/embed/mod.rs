@@ -8,5 +8,6 @@ pub mod read;
 pub mod records;
 pub mod search;
 pub mod segment;
+pub mod threads;
 pub mod worker;
 pub mod writer;

@@ -29,6 +29,7 @@ use super::embedders::Embedders;
 use super::read::read_piece;
 use super::records::{RECORD_BYTES_MAX, Window};
 use super::segment::{Layout, VectorRecord, encode_segment};
+use super::threads::InferThreads;
 use crate::identity::Transport;
 use crate::meta::client::Client;
 use crate::meta::service::infer_convert::{dtype_in, format_in, model_in, out_dtype_in};
@@ -56,8 +57,8 @@ struct Ctx {
     compute: tokio::sync::Mutex<()>,
     /// One model fetch at a time.
     fetching: tokio::sync::Mutex<()>,
-    /// Thread pools by size.
-    threads: Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>,
+    /// Inference threads by count.
+    threads: Mutex<HashMap<usize, Arc<InferThreads>>>,
 }
 
 type Key = (u64, u32, u32);
@@ -343,22 +344,15 @@ impl Ctx {
         Ok(())
     }
 
-    /// A pool of `threads` inference threads.
-    fn threads(&self, threads: usize) -> anyhow::Result<Arc<rayon::ThreadPool>> {
-        let mut pools = self.threads.lock().expect("thread pools");
-        if let Some(p) = pools.get(&threads) {
-            return Ok(Arc::clone(p));
+    /// `threads` inference threads, started once and kept.
+    fn threads(&self, threads: usize) -> anyhow::Result<Arc<InferThreads>> {
+        let mut all = self.threads.lock().expect("inference threads");
+        if let Some(t) = all.get(&threads) {
+            return Ok(Arc::clone(t));
         }
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(|i| format!("infer-{i}"))
-                // The kernel runs these only when nothing else of the machine wants the CPU.
-                .start_handler(|_| lower_priority())
-                .build()?,
-        );
-        pools.insert(threads, Arc::clone(&pool));
-        Ok(pool)
+        let started = Arc::new(InferThreads::start(threads)?);
+        all.insert(threads, Arc::clone(&started));
+        Ok(started)
     }
 
     async fn run_task(&self, item: &pb::InferWorkItem) -> anyhow::Result<()> {
@@ -405,19 +399,14 @@ impl Ctx {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 let texts: Vec<String> = batch.iter().map(|r| r.text.clone()).collect();
-                let (pool, embedder, embedders) = (
-                    Arc::clone(&pool),
-                    Arc::clone(&embedder),
-                    Arc::clone(&self.embedders),
-                );
+                let (embedder, embedders) = (Arc::clone(&embedder), Arc::clone(&self.embedders));
                 let batch_started = Instant::now();
-                let (flat, used) = tokio::task::spawn_blocking(move || {
-                    let before = pool_cpu_ns(&pool);
-                    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                    let out = pool.install(|| embedder.embed(&embedders.engine, &refs));
-                    (out, pool_cpu_ns(&pool).saturating_sub(before))
-                })
-                .await?;
+                let (flat, used) = pool
+                    .run(move || {
+                        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                        embedder.embed(&embedders.engine, &refs)
+                    })
+                    .await?;
                 cpu_ns += used;
                 let at_share = Duration::from_secs_f64(used as f64 / 1e9 / share_cores);
                 if let Some(pause) = at_share.checked_sub(batch_started.elapsed()) {
@@ -486,36 +475,4 @@ impl Ctx {
         );
         Ok(())
     }
-}
-
-/// Puts the calling thread in `SCHED_IDLE` (nice 19 if that is refused): inference yields the
-/// CPU to the threads that serve replicas and clients. At nice 19 a client beside an embed job
-/// saw its p99 at 3.5 x idle on this 2-core host (BENCHMARKS.md).
-fn lower_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain syscalls on the calling thread (pid 0); a failure only leaves its priority.
-    unsafe {
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-        }
-    }
-}
-
-/// CPU time the threads of `pool` used so far, in ns.
-fn pool_cpu_ns(pool: &rayon::ThreadPool) -> u64 {
-    pool.broadcast(|_| thread_cpu_ns()).into_iter().sum()
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    if rc != 0 {
-        return 0;
-    }
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }

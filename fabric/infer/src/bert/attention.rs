@@ -4,9 +4,7 @@
 //! so attention is per sequence and per head: scores `Q·Kᵀ/√d` over the sequence's own
 //! tokens, a row softmax, then `P·V`. Both products run on the GEMM engine (K and V packed
 //! per job, which costs `L × d` against the `L² × d` of the product), one job per sequence
-//! and head, the jobs spread over rayon.
-
-use rayon::prelude::*;
+//! and head, the jobs spread over the engine's threads.
 
 use crate::gemm::{Engine, Parallelism};
 use crate::pack::PackedF32;
@@ -44,10 +42,9 @@ pub(crate) fn attend(
         .collect();
     // Each job is small: one thread each, the jobs themselves are the parallelism.
     let single = engine.with_parallelism(Parallelism::Single);
-    let contexts: Vec<Vec<f32>> = jobs
-        .par_iter()
-        .map(|&job| head(&single, qkv, &Shape { hidden, d, scale }, job))
-        .collect();
+    let contexts: Vec<Vec<f32>> = crate::team::map(jobs.len(), |i| {
+        head(&single, qkv, &Shape { hidden, d, scale }, jobs[i])
+    });
     let mut out = vec![0f32; tokens * hidden];
     for (&(start, _, h), ctx) in jobs.iter().zip(&contexts) {
         for (i, row) in ctx.chunks_exact(d).enumerate() {

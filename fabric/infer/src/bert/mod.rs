@@ -17,8 +17,6 @@ mod calibration;
 pub mod config;
 pub mod tokenizer;
 
-use rayon::prelude::*;
-
 pub use calibration::{Calibration, TEXTS as CALIBRATION_TEXTS};
 pub use config::BertConfig;
 pub use tokenizer::TextTokenizer;
@@ -240,35 +238,13 @@ impl Encoder {
         Ok(())
     }
 
-    /// The forward pass; `observe` sees the input of every dense layer.
-    ///
-    /// A short batch runs on a thread of the rayon pool: each of its parallel steps then
-    /// starts on the pool's own queue, where an idle worker takes its share at once, instead
-    /// of being handed to the pool from outside and waiting for a sleeping worker to wake (a
-    /// short batch's step lasts about as long as that wake-up, and the second thread came too
-    /// late to help). A long batch stays on the calling thread: its steps dwarf the wake-up,
-    /// and its activations (tens of MiB) come from the allocator's main heap, which keeps
-    /// them (`crate::memory`); a pool thread's own arena maps and unmaps heaps of at most
-    /// 64 MiB, and faulting them in again cost int8 a quarter of its throughput.
+    /// The forward pass; `observe` sees the input of every dense layer. It runs on the
+    /// calling thread, whose parallel steps the engine's team ([`crate::team`]) joins.
     fn forward(
         &self,
         engine: &Engine,
         sequences: &[&[u32]],
-        observe: &mut (dyn FnMut(usize, Site, &[f32]) + Send),
-    ) -> Result<Vec<f32>, Error> {
-        let tokens: usize = sequences.iter().map(|s| s.len()).sum();
-        if tokens <= POOL_TOKENS_MAX {
-            rayon::scope(|_| self.forward_here(engine, sequences, observe))
-        } else {
-            self.forward_here(engine, sequences, observe)
-        }
-    }
-
-    fn forward_here(
-        &self,
-        engine: &Engine,
-        sequences: &[&[u32]],
-        observe: &mut (dyn FnMut(usize, Site, &[f32]) + Send),
+        observe: &mut dyn FnMut(usize, Site, &[f32]),
     ) -> Result<Vec<f32>, Error> {
         self.check(sequences)?;
         let h = self.config.hidden_size;
@@ -295,8 +271,9 @@ impl Encoder {
             x = b.attention_norm.apply(engine, tokens, h, a);
             observe(i, Site::Up, &x);
             let mut up = b.up.apply(engine, tokens, h, x.clone());
-            up.par_chunks_mut(inter * 16)
-                .for_each(crate::fastmath::gelu_in_place);
+            crate::team::chunks_mut(&mut up, inter * 16, |_, rows| {
+                crate::fastmath::gelu_in_place(rows)
+            });
             observe(i, Site::Down, &up);
             let mut down = b.down.apply(engine, tokens, inter, up);
             add(&mut down, &x);
@@ -305,9 +282,6 @@ impl Encoder {
         Ok(pool(&x, &lens, h))
     }
 }
-
-/// Batches of up to this many tokens run on a rayon thread (see `Encoder::forward`).
-const POOL_TOKENS_MAX: usize = 256;
 
 /// A row of an int8 layer's input whose largest |x| exceeds this many times its mean |x| is
 /// quantized twice (see [`OutlierRows`]): on the test corpus, one row of a sequence in the
@@ -393,9 +367,9 @@ fn linear(
 /// `y += x` (the residual), in parallel chunks.
 fn add(y: &mut [f32], x: &[f32]) {
     const CHUNK: usize = 1 << 14;
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(a, b)| *a += b));
+    crate::team::chunks_mut(y, CHUNK, |i, y| {
+        y.iter_mut().zip(&x[i * CHUNK..]).for_each(|(a, b)| *a += b)
+    });
 }
 
 /// Mean of each sequence's rows, then scaled to unit length (a zero mean stays zero).

@@ -8,8 +8,6 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use crate::pack::{BLOCK_COLS, BLOCK_ROWS};
 
 /// Bytes of one packed panel chunk a block kernel streams per call: small enough that the A
@@ -135,11 +133,7 @@ struct Split {
 
 impl Split {
     fn new(row_panels: usize, col_panels: usize, parallel: bool) -> Split {
-        let threads = if parallel {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
+        let threads = if parallel { crate::team::threads() } else { 1 };
         let rows_per_task = row_panels.div_ceil(threads).clamp(1, TASK_ROW_PANELS_MAX);
         let row_tasks = row_panels.div_ceil(rows_per_task);
         // Fewer row tasks than threads (a short M): the columns are cut finer, so every
@@ -170,10 +164,10 @@ impl Split {
         )
     }
 
-    /// Runs every task, on the rayon pool when parallel.
-    fn for_each(&self, task: impl Fn(usize) + Sync + Send) {
+    /// Runs every task, on the engine's threads when parallel.
+    fn for_each(&self, task: impl Fn(usize) + Sync) {
         if self.parallel && self.tasks > 1 {
-            (0..self.tasks).into_par_iter().for_each(task);
+            crate::team::for_each(self.tasks, task);
         } else {
             (0..self.tasks).for_each(task);
         }

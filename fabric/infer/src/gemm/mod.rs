@@ -26,7 +26,11 @@ use crate::{Error, Path, bf16};
 /// stream megabytes of weights: two threads stream them faster than one.)
 pub const PARALLEL_MACS_MIN: usize = 1 << 20;
 
-/// Whether a GEMM may use the rayon pool.
+/// Rows of C one task of the VNNI correction takes.
+#[cfg(target_arch = "x86_64")]
+const CORRECT_ROWS: usize = 16;
+
+/// Whether a GEMM may use the engine's threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parallelism {
     /// Parallel when the shape has at least [`PARALLEL_MACS_MIN`] multiply-adds.
@@ -210,8 +214,9 @@ impl Engine {
                     kernels::avx512::i8_block,
                     |rows, ldc| {
                         if parallel {
-                            use rayon::prelude::*;
-                            rows.par_chunks_mut(ldc).for_each(correct);
+                            crate::team::chunks_mut(rows, ldc * CORRECT_ROWS, |_, rows| {
+                                rows.chunks_mut(ldc).for_each(correct)
+                            });
                         } else {
                             rows.chunks_mut(ldc).for_each(correct);
                         }

@@ -3,8 +3,6 @@
 //! GELU uses the tanh approximation (as in GPT-2 and BERT's fast path): it needs no `erf`,
 //! and differs from the exact form by under 1e-3 everywhere.
 
-use rayon::prelude::*;
-
 use crate::gemm::Engine;
 use crate::pack::{PackedBf16, PackedF32, PackedI8};
 use crate::quant::{RowQuant, quantize_row, quantize_rows_smoothed};
@@ -147,11 +145,13 @@ impl Layer {
                 let mut y = vec![0f32; rows * n];
                 let zeros = vec![0f32; n];
                 let bias = bias.as_deref().unwrap_or(&zeros);
-                y.par_chunks_exact_mut(n)
-                    .zip(acc.par_chunks_exact(n))
-                    .zip(&quant)
-                    .with_min_len(ROWS_PER_TASK)
-                    .for_each(|((y, acc), r)| dequantize_row(acc, r.scale, scales, bias, y));
+                crate::team::chunks_mut(&mut y, n * ROWS_PER_TASK, |t, ys| {
+                    let first = t * ROWS_PER_TASK;
+                    for (i, y) in ys.chunks_exact_mut(n).enumerate() {
+                        let (acc, r) = (&acc[(first + i) * n..][..n], &quant[first + i]);
+                        dequantize_row(acc, r.scale, scales, bias, y);
+                    }
+                });
                 // A residual row's product is added to its row's (the bias is in already).
                 let mut first = vec![0f32; n];
                 for (extra, &(row, scale)) in residuals.iter().enumerate() {
@@ -167,8 +167,7 @@ impl Layer {
                         crate::fastmath::layer_norm_row(row, gamma, beta, *eps);
                     }
                 };
-                x.par_chunks_mut((width * ROWS_PER_TASK).max(1))
-                    .for_each(norm);
+                crate::team::chunks_mut(&mut x, width * ROWS_PER_TASK, |_, rows| norm(rows));
                 x
             }
             Layer::Relu => {
@@ -201,17 +200,16 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
-/// Rows one rayon task of an element-wise step takes.
+/// Rows one task of an element-wise step takes.
 const ROWS_PER_TASK: usize = 64;
 
 fn add_bias(y: &mut [f32], bias: Option<&[f32]>) {
     if let Some(bias) = bias.filter(|b| !b.is_empty()) {
-        y.par_chunks_mut(bias.len() * ROWS_PER_TASK)
-            .for_each(|rows| {
-                for row in rows.chunks_mut(bias.len()) {
-                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                }
-            });
+        crate::team::chunks_mut(y, bias.len() * ROWS_PER_TASK, |_, rows| {
+            for row in rows.chunks_mut(bias.len()) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        });
     }
 }
 

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use infer::amx::TileConfig;
 use infer::amx::hw::HwTiles;
+use infer::team::Team;
 use infer::{Engine, Features, PackedBf16, PackedF32, PackedI8, Path};
 
 /// Largest shape (multiply-adds) the scalar path is timed on: it is ~100× slower.
@@ -104,7 +105,7 @@ fn shapes(which: &str, quick: bool) -> Result<Vec<Shape>> {
 }
 
 pub(crate) fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up: page faults, rayon spin-up
+    f(); // warm-up: page faults, threads started
     let mut t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();
@@ -163,16 +164,22 @@ fn ours(path: Path, family: &str, s: Shape, runs: usize) -> Result<f64> {
 fn ceiling(family: &str, runs: usize) -> Result<f64> {
     // One tdp on 16×16 outputs over a 64-byte K row: bf16 K = 32, int8 K = 64.
     let ops_per_tdp = 2.0 * 16.0 * 16.0 * if family == "bf16" { 32.0 } else { 64.0 };
-    let threads = rayon::current_num_threads();
+    let threads = infer::team::threads();
     HwTiles::configure(&TileConfig::blocks())?; // surfaces a permission error here, once
+    let loop_on_tiles = || {
+        let mut tiles =
+            HwTiles::configure(&TileConfig::blocks()).expect("permission granted above");
+        if family == "bf16" {
+            tiles.register_only_bf16(CEILING_ITERS)
+        } else {
+            tiles.register_only_i8(CEILING_ITERS)
+        }
+    };
     let secs = median_seconds(runs, || {
-        rayon::broadcast(|_| {
-            let mut tiles =
-                HwTiles::configure(&TileConfig::blocks()).expect("permission granted above");
-            if family == "bf16" {
-                tiles.register_only_bf16(CEILING_ITERS)
-            } else {
-                tiles.register_only_i8(CEILING_ITERS)
+        // One loop per thread, each on a thread of its own.
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(loop_on_tiles);
             }
         });
     });
@@ -261,15 +268,17 @@ const COLUMNS: [(&str, Path, &str); 10] = [
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(t) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .context("set the rayon thread count")?;
-    }
-    let threads = rayon::current_num_threads();
+    let team = match args.threads {
+        Some(t) => std::sync::Arc::new(Team::new(t).context("start the threads")?),
+        None => infer::team::current(),
+    };
+    team.install(|| bench(&args))
+}
+
+fn bench(args: &Args) -> Result<()> {
+    let threads = infer::team::threads();
     if let Some(name) = &args.model {
-        return model::run(&args, name, threads);
+        return model::run(args, name, threads);
     }
     let host = Features::host();
     let shapes = shapes(&args.shapes, args.quick)?;
