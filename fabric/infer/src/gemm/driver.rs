@@ -16,6 +16,8 @@ pub(crate) const PANEL_BYTES_MAX: usize = 32 * 1024;
 /// Column panels per task: the B chunk a task reuses across its rows (16 × 32 KiB = 512 KiB,
 /// a fraction of L2).
 const TASK_COL_PANELS_MAX: usize = 16;
+/// Below this many tasks per thread, their count is made a multiple of the threads.
+const FEW_TASKS_PER_THREAD: usize = 4;
 /// Row panels per task at most, so large M still yields several tasks per thread.
 const TASK_ROW_PANELS_MAX: usize = 8;
 
@@ -138,11 +140,19 @@ impl Split {
         let row_tasks = row_panels.div_ceil(rows_per_task);
         // Fewer row tasks than threads (a short M): the columns are cut finer, so every
         // thread gets a share.
-        let col_tasks = col_panels
+        let mut col_tasks = col_panels
             .div_ceil(TASK_COL_PANELS_MAX)
             .max(threads.div_ceil(row_tasks))
             .min(col_panels)
             .max(1);
+        // A few tasks are dealt out evenly: three equal tasks on two threads take as long as
+        // four would, a third of the work done by one thread alone.
+        while row_tasks * col_tasks < threads * FEW_TASKS_PER_THREAD
+            && !(row_tasks * col_tasks).is_multiple_of(threads)
+            && col_tasks < col_panels
+        {
+            col_tasks += 1;
+        }
         let cols_per_task = col_panels.div_ceil(col_tasks).max(1);
         Split {
             row_panels,
@@ -257,3 +267,30 @@ pub(crate) fn run_f32_rows(
 
 /// Row panels up to which a task streams B panel by panel (see `run_f32_rows`).
 const FEW_ROW_PANELS: usize = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_short_batch_is_cut_into_tasks_that_two_threads_share_evenly() {
+        let team = Arc::new(crate::team::Team::new(2).expect("team"));
+        team.install(|| {
+            // One row panel (a batch of one sentence) × the model's widths in column panels.
+            for col_panels in [12, 36, 48] {
+                let split = Split::new(1, col_panels, true);
+                assert!(
+                    split.tasks.is_multiple_of(2),
+                    "{col_panels}: {}",
+                    split.tasks
+                );
+                let sizes: Vec<usize> = (0..split.tasks).map(|t| split.task(t).1.len()).collect();
+                assert_eq!(sizes.iter().sum::<usize>(), col_panels);
+                assert!(sizes.iter().all(|s| *s == sizes[0]), "{sizes:?}");
+            }
+            // Many rows: enough tasks already.
+            assert!(Split::new(128, 12, true).tasks >= 8);
+        });
+    }
+}

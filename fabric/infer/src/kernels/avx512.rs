@@ -9,6 +9,16 @@ use std::arch::x86_64::*;
 use super::avx512_rows::{Store, row_groups, store_row};
 use crate::pack::{Geometry, TILE_ROWS};
 
+/// Asks for the B lines a page (4 KiB) past `p0` and `p1`, the two tile rows a step reads
+/// next (see `avx512_rows::PREFETCH_STEPS`). A hint only: nothing past B's end is read.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn prefetch_ahead(p0: *const i8, p1: *const i8) {
+    const AHEAD_BYTES: usize = 4096;
+    _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(AHEAD_BYTES));
+    _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(AHEAD_BYTES));
+}
+
 /// # Safety
 /// The block-kernel contract in [`crate::kernels`], and the CPU must have AVX-512F and
 /// AVX512-BF16.
@@ -58,13 +68,13 @@ unsafe fn bf16_group<const R: usize>(
             // SAFETY: tile row p of both B tiles (64 bytes each) and one A pair per row lie
             // inside step s. __m512i and __m512bh are both 64 plain bytes.
             unsafe {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(
-                    b.add(s * geo.step_len() + geo.b_index(0, 2 * p)).cast(),
-                ));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(
-                    b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 2 * p))
-                        .cast(),
-                ));
+                let (p0, p1) = (
+                    b.add(s * geo.step_len() + geo.b_index(0, 2 * p)),
+                    b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 2 * p)),
+                );
+                prefetch_ahead(p0.cast(), p1.cast());
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(p0.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(p1.cast()));
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let ap = a.add(s * geo.step_len() + geo.a_index(r0 + r, 2 * p));
                     let pair: __m512bh =
@@ -133,12 +143,13 @@ unsafe fn i8_group<const R: usize>(
         for q in 0..geo.k_step() / 4 {
             // SAFETY: tile row q of both B tiles and one A quad per row lie inside step s.
             unsafe {
-                let b0 =
-                    _mm512_loadu_si512(b.add(s * geo.step_len() + geo.b_index(0, 4 * q)).cast());
-                let b1 = _mm512_loadu_si512(
-                    b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 4 * q))
-                        .cast(),
+                let (p0, p1) = (
+                    b.add(s * geo.step_len() + geo.b_index(0, 4 * q)),
+                    b.add(s * geo.step_len() + geo.b_index(TILE_ROWS, 4 * q)),
                 );
+                prefetch_ahead(p0.cast(), p1.cast());
+                let b0 = _mm512_loadu_si512(p0.cast());
+                let b1 = _mm512_loadu_si512(p1.cast());
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let ap = a.add(s * geo.step_len() + geo.a_index(r0 + r, 4 * q));
                     let quad = _mm512_set1_epi32(ap.cast::<i32>().read_unaligned());
