@@ -29,6 +29,7 @@ pub mod memory;
 pub mod model;
 pub mod pack;
 pub mod quant;
+mod scratch;
 pub mod store;
 pub mod team;
 

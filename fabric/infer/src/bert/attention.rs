@@ -45,7 +45,8 @@ pub(crate) fn attend(
     let contexts: Vec<Vec<f32>> = crate::team::map(jobs.len(), |i| {
         head(&single, qkv, &Shape { hidden, d, scale }, jobs[i])
     });
-    let mut out = vec![0f32; tokens * hidden];
+    // Every row's heads are written below: a reused buffer needs no zeroing.
+    let mut out = crate::scratch::take(tokens * hidden);
     for (&(start, _, h), ctx) in jobs.iter().zip(&contexts) {
         for (i, row) in ctx.chunks_exact(d).enumerate() {
             let at = (start + i) * hidden + h * d;

@@ -27,6 +27,7 @@ use crate::model::Layer;
 use crate::model::layers::OutlierRows;
 use crate::model::tensors::WeightsFile;
 use crate::pack::{INT8_DEPTH_MAX, PackedBf16, PackedF32, PackedI8};
+use crate::scratch;
 
 /// How the dense layers compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -263,23 +264,32 @@ impl Encoder {
         let inter = self.config.intermediate_size;
         for (i, b) in self.blocks.iter().enumerate() {
             observe(i, Site::Qkv, &x);
-            let qkv = b.qkv.apply(engine, tokens, h, x.clone());
+            let qkv = b.qkv.apply(engine, tokens, h, scratch::copy_of(&x));
             let context = attention::attend(engine, &qkv, &lens, heads, h);
+            scratch::give(qkv);
             observe(i, Site::AttentionOut, &context);
             let mut a = b.attention_out.apply(engine, tokens, h, context);
             add(&mut a, &x);
-            x = b.attention_norm.apply(engine, tokens, h, a);
+            scratch::give(std::mem::replace(
+                &mut x,
+                b.attention_norm.apply(engine, tokens, h, a),
+            ));
             observe(i, Site::Up, &x);
-            let mut up = b.up.apply(engine, tokens, h, x.clone());
+            let mut up = b.up.apply(engine, tokens, h, scratch::copy_of(&x));
             crate::team::chunks_mut(&mut up, inter * 16, |_, rows| {
                 crate::fastmath::gelu_in_place(rows)
             });
             observe(i, Site::Down, &up);
             let mut down = b.down.apply(engine, tokens, inter, up);
             add(&mut down, &x);
-            x = b.out_norm.apply(engine, tokens, h, down);
+            scratch::give(std::mem::replace(
+                &mut x,
+                b.out_norm.apply(engine, tokens, h, down),
+            ));
         }
-        Ok(pool(&x, &lens, h))
+        let pooled = pool(&x, &lens, h);
+        scratch::give(x);
+        Ok(pooled)
     }
 }
 

@@ -6,6 +6,7 @@
 use crate::gemm::Engine;
 use crate::pack::{PackedBf16, PackedF32, PackedI8};
 use crate::quant::{RowQuant, quantize_row, quantize_rows_smoothed};
+use crate::scratch;
 
 /// One step of a model.
 #[derive(Debug)]
@@ -114,14 +115,16 @@ impl Layer {
         assert_eq!(x.len(), rows * width, "activations must be rows × width");
         match self {
             Layer::LinearBf16 { weight, bias } => {
-                let mut y = vec![0f32; rows * weight.n()];
+                let mut y = scratch::take(rows * weight.n());
                 engine.bf16(rows, &x, weight, &mut y);
+                scratch::give(x);
                 add_bias(&mut y, bias.as_deref());
                 y
             }
             Layer::LinearF32 { weight, bias } => {
-                let mut y = vec![0f32; rows * weight.n()];
+                let mut y = scratch::take(rows * weight.n());
                 engine.f32(rows, &x, weight, &mut y);
+                scratch::give(x);
                 add_bias(&mut y, bias.as_deref());
                 y
             }
@@ -132,7 +135,7 @@ impl Layer {
                 smooth,
                 outliers,
             } => {
-                let mut q = vec![0i8; x.len()];
+                let mut q = scratch::take(x.len());
                 let quant = quantize_rows_smoothed(&x, width, smooth.as_deref(), &mut q);
                 let residuals = match outliers {
                     Some(o) => o.residuals(&x, width, smooth.as_deref(), &quant, &mut q),
@@ -140,9 +143,10 @@ impl Layer {
                 };
                 let n = weight.n();
                 let all = rows + residuals.len();
-                let mut acc = vec![0i32; all * n];
+                let mut acc = scratch::take(all * n);
                 engine.i8(all, &q, weight, &mut acc);
-                let mut y = vec![0f32; rows * n];
+                scratch::give(q);
+                let mut y = scratch::take(rows * n);
                 let zeros = vec![0f32; n];
                 let bias = bias.as_deref().unwrap_or(&zeros);
                 crate::team::chunks_mut(&mut y, n * ROWS_PER_TASK, |t, ys| {
@@ -159,6 +163,8 @@ impl Layer {
                     first.copy_from_slice(y);
                     dequantize_row(&acc[(rows + extra) * n..][..n], scale, scales, &first, y);
                 }
+                scratch::give(acc);
+                scratch::give(x);
                 y
             }
             Layer::LayerNorm { gamma, beta, eps } => {
