@@ -60,10 +60,14 @@ pub(crate) fn take<T: Scratch>(len: usize) -> Vec<T> {
     v
 }
 
-/// A copy of `src` in a buffer from the pool.
-pub(crate) fn copy_of<T: Scratch>(src: &[T]) -> Vec<T> {
+/// A copy of `src` in a buffer from the pool, copied in parallel.
+pub(crate) fn copy_of<T: Scratch + Send + Sync>(src: &[T]) -> Vec<T> {
+    const CHUNK_BYTES: usize = 256 << 10;
+    let chunk = (CHUNK_BYTES / size_of::<T>()).max(1);
     let mut v = take(src.len());
-    v.copy_from_slice(src);
+    crate::team::chunks_mut(&mut v, chunk, |i, d| {
+        d.copy_from_slice(&src[i * chunk..][..d.len()])
+    });
     v
 }
 

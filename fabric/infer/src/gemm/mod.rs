@@ -27,8 +27,9 @@ use crate::{Error, Path, bf16};
 pub const PARALLEL_MACS_MIN: usize = 1 << 20;
 
 /// Rows of C one task of the VNNI correction takes.
-#[cfg(target_arch = "x86_64")]
 const CORRECT_ROWS: usize = 16;
+/// What the VNNI path adds to A's bytes (see [`Engine::i8_offset`]).
+pub(crate) const OFFSET: i32 = 128;
 
 /// Whether a GEMM may use the engine's threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,20 +191,36 @@ impl Engine {
 
     /// `c = a · b` in int8 with exact i32 accumulation. `a` is `m × b.k()`, `c` is `m × b.n()`.
     pub fn i8(&self, m: usize, a: &[i8], b: &PackedI8, c: &mut [i32]) {
+        if self.i8_offset(m, a, b, c) {
+            let correct = |row: &mut [i32]| {
+                for (v, sum) in row.iter_mut().zip(b.col_sums()) {
+                    *v -= OFFSET * sum;
+                }
+            };
+            let n = b.n().max(1);
+            if self.parallel(m, b.k(), b.n()) {
+                crate::team::chunks_mut(c, n * CORRECT_ROWS, |_, rows| {
+                    rows.chunks_mut(n).for_each(correct)
+                });
+            } else {
+                c.chunks_mut(n).for_each(correct);
+            }
+        }
+    }
+
+    /// [`Engine::i8`] without the last pass of the VNNI path: when this returns true, column
+    /// j of `c` holds `a · b + OFFSET · Σ_k b[k][j]` (`PackedI8::col_sums`), for the caller to
+    /// take off where it reads `c` anyway (the int8 layer's dequantization), which spares a
+    /// pass over all of C; false means `c` is exact.
+    pub(crate) fn i8_offset(&self, m: usize, a: &[i8], b: &PackedI8, c: &mut [i32]) -> bool {
         let (k, n) = (b.k(), b.n());
         check_shapes(m, k, n, a.len(), c.len());
         assert!(k <= INT8_DEPTH_MAX, "int8 depth {k} exceeds INT8_DEPTH_MAX");
         let parallel = self.parallel(m, k, n);
         #[cfg(target_arch = "x86_64")]
         if self.path == Path::Avx512 {
-            // The VNNI kernel reads A's bytes as unsigned: packed offset by 128 (`a ^ 0x80`),
-            // and `128 · Σ_k b[k][j]` taken off after.
+            // The VNNI kernel reads A's bytes as unsigned: packed offset by 128 (`a ^ 0x80`).
             let pa = pack_a(Geometry::I8, m, k, a, parallel, |x: i8| x ^ i8::MIN);
-            let correct = |row: &mut [i32]| {
-                for (v, sum) in row.iter_mut().zip(b.col_sums()) {
-                    *v -= 128 * sum;
-                }
-            };
             // SAFETY: the engine's path says the CPU has AVX-512 VNNI.
             unsafe {
                 run_exact(
@@ -212,18 +229,10 @@ impl Engine {
                     b.data(),
                     c,
                     kernels::avx512::i8_block,
-                    |rows, ldc| {
-                        if parallel {
-                            crate::team::chunks_mut(rows, ldc * CORRECT_ROWS, |_, rows| {
-                                rows.chunks_mut(ldc).for_each(correct)
-                            });
-                        } else {
-                            rows.chunks_mut(ldc).for_each(correct);
-                        }
-                    },
+                    |_, _| {},
                 )
             };
-            return;
+            return k > 0;
         }
         let pa = pack_a(Geometry::I8, m, k, a, parallel, |x| x);
         with_padded_c(m, n, c, |job_c, ldc| {
@@ -253,6 +262,7 @@ impl Engine {
                 }
             }
         });
+        false
     }
 }
 

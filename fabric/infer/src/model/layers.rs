@@ -91,10 +91,21 @@ impl OutlierRows {
 crate::fastmath::dispatch!(
     dequantize_row,
     dequantize_row_avx2,
-    (acc: &[i32], sx: f32, scales: &[f32], bias: &[f32], y: &mut [f32]),
+    (acc: &[i32], offset: Option<&[i32]>, sx: f32, scales: &[f32], bias: &[f32], y: &mut [f32]),
     {
-        for (((y, a), sw), b) in y.iter_mut().zip(acc).zip(scales).zip(bias) {
-            *y = *a as f32 * sx * sw + b;
+        // `offset`: the column sums `Engine::i8_offset` left in, times `OFFSET`.
+        match offset {
+            Some(sums) => {
+                for ((((y, a), s), sw), b) in y.iter_mut().zip(acc).zip(sums).zip(scales).zip(bias)
+                {
+                    *y = (*a - crate::gemm::OFFSET * s) as f32 * sx * sw + b;
+                }
+            }
+            None => {
+                for (((y, a), sw), b) in y.iter_mut().zip(acc).zip(scales).zip(bias) {
+                    *y = *a as f32 * sx * sw + b;
+                }
+            }
         }
     }
 );
@@ -144,7 +155,10 @@ impl Layer {
                 let n = weight.n();
                 let all = rows + residuals.len();
                 let mut acc = scratch::take(all * n);
-                engine.i8(all, &q, weight, &mut acc);
+                // The VNNI path's offset comes off here, in the pass that reads C anyway.
+                let offset = engine
+                    .i8_offset(all, &q, weight, &mut acc)
+                    .then(|| weight.col_sums());
                 scratch::give(q);
                 let mut y = scratch::take(rows * n);
                 let zeros = vec![0f32; n];
@@ -153,7 +167,7 @@ impl Layer {
                     let first = t * ROWS_PER_TASK;
                     for (i, y) in ys.chunks_exact_mut(n).enumerate() {
                         let (acc, r) = (&acc[(first + i) * n..][..n], &quant[first + i]);
-                        dequantize_row(acc, r.scale, scales, bias, y);
+                        dequantize_row(acc, offset, r.scale, scales, bias, y);
                     }
                 });
                 // A residual row's product is added to its row's (the bias is in already).
@@ -161,7 +175,8 @@ impl Layer {
                 for (extra, &(row, scale)) in residuals.iter().enumerate() {
                     let y = &mut y[row * n..(row + 1) * n];
                     first.copy_from_slice(y);
-                    dequantize_row(&acc[(rows + extra) * n..][..n], scale, scales, &first, y);
+                    let acc = &acc[(rows + extra) * n..][..n];
+                    dequantize_row(acc, offset, scale, scales, &first, y);
                 }
                 scratch::give(acc);
                 scratch::give(x);
