@@ -8,13 +8,16 @@ transformer optimizer (model_type="bert") can fuse it into Attention, SkipLayerN
 EmbedLayerNormalization and BiasGelu. The optimized fp32 model is then quantized with
 quantize_dynamic(per_channel=True, weight_type=QInt8), the usual dynamic int8 path.
 
-Reads a JSON request on stdin:
+Reads a JSON request, one line, on stdin:
     {"model_dir": DIR, "cache_dir": DIR, "threads": T, "runs": R,
      "texts": [optional texts to embed], "bench": [{"batch": B, "tokens": L}, ...]}
 and prints JSON lines on stdout:
     {"kind": "build", ...}                        versions, fused-op counts, model paths
     {"kind": "fp32"|"int8", "embeddings": [...]}   one per kind when "texts" is given
     {"kind": "fp32"|"int8", "batch": B, "tokens": L, "median_s": s, "sentences_per_s": x}
+With "serve": true in the request it then prints {"kind": "ready"} and times one shape per
+line read from stdin, {"kind": K, "batch": B, "tokens": L, "runs": R, "warmup": W}, answering with a line
+as above, until stdin closes: the caller alternates its own timings with these.
 Exits with status 3 and a reason on stderr when onnxruntime, onnx, numpy or tokenizers is missing.
 """
 import json
@@ -245,7 +248,7 @@ def bench_ids(tokenizer, tokens):
 
 
 def main():
-    req = json.load(sys.stdin)
+    req = json.loads(sys.stdin.readline())  # one line: with "serve", more follow
     threads, runs = int(req.get("threads", 1)), int(req.get("runs", 10))
     model_dir = req["model_dir"]
     paths, info = prepare_models(model_dir, req["cache_dir"])
@@ -261,27 +264,40 @@ def main():
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sessions = {}
     for kind in ("fp32", "int8"):
         sess = ort.InferenceSession(str(paths[kind]), opts, providers=["CPUExecutionProvider"])
+        sessions[kind] = sess
         if req.get("texts"):
             # One unpadded sequence per run, exactly what the float64 reference computes.
             embs = [sess.run(["embeddings"], feeds([tokenizer.encode(t).ids]))[0][0].tolist()
                     for t in req["texts"]]
             print(json.dumps({"kind": kind, "embeddings": embs}), flush=True)
         for shape in req.get("bench", []):
-            batch, tokens = int(shape["batch"]), int(shape["tokens"])
-            inputs = feeds([bench_ids(tokenizer, tokens)] * batch)
-            for _ in range(3):  # warm-up: weight prepacking, allocator arenas
-                sess.run(None, inputs)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                sess.run(None, inputs)
-                times.append(time.perf_counter() - t0)
-            median = float(np.median(times))
-            print(json.dumps({"kind": kind, "batch": batch, "tokens": tokens, "threads": threads,
-                              "runs": runs, "median_s": median, "min_s": min(times),
-                              "sentences_per_s": batch / median}), flush=True)
+            timed(sess, kind, tokenizer, int(shape["batch"]), int(shape["tokens"]), runs, threads)
+    if req.get("serve"):
+        print(json.dumps({"kind": "ready"}), flush=True)
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            timed(sessions[cmd["kind"]], cmd["kind"], tokenizer, int(cmd["batch"]),
+                  int(cmd["tokens"]), int(cmd.get("runs", runs)), threads,
+                  warmup=int(cmd.get("warmup", 3)))
+
+
+def timed(sess, kind, tokenizer, batch, tokens, runs, threads, warmup=3):
+    """Times `runs` runs of `batch` sequences of `tokens` ids and prints the result line."""
+    inputs = feeds([bench_ids(tokenizer, tokens)] * batch)
+    for _ in range(warmup):  # weight prepacking, allocator arenas
+        sess.run(None, inputs)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, inputs)
+        times.append(time.perf_counter() - t0)
+    median = float(np.median(times))
+    print(json.dumps({"kind": kind, "batch": batch, "tokens": tokens, "threads": threads,
+                      "runs": runs, "median_s": median, "min_s": min(times),
+                      "sentences_per_s": batch / median}), flush=True)
 
 
 if __name__ == "__main__":

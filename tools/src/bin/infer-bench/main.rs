@@ -8,6 +8,7 @@
 //! With `--model NAME`, the whole sentence-embedding model instead (`model.rs`).
 
 mod model;
+mod paired;
 
 use std::collections::HashMap;
 use std::io::Write;

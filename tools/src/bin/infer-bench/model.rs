@@ -11,7 +11,8 @@ use infer::bert::{CALIBRATION_TEXTS, Dtype};
 use infer::embedder::Embedder;
 use infer::store::Store;
 
-use super::{Args, median_seconds, python_json};
+use super::paired::{OrtServer, summary};
+use super::{Args, median_seconds};
 
 /// The texts accuracy is compared on.
 const CORPUS: &str = include_str!("../../../../fabric/infer/tests/data/corpus.txt");
@@ -82,8 +83,13 @@ struct Row {
     worst_cosine: Option<f64>,
 }
 
-/// ONNX Runtime's rows (`fp32`, `int8`) and vectors of the corpus, or why there are none.
-fn onnx_runtime(args: &Args, name: &str, threads: usize) -> Result<Vec<(Row, Vec<f32>)>, String> {
+/// ONNX Runtime's rows (`fp32`, `int8`) and vectors of the corpus, and the script left
+/// serving for paired rounds; or why there are none.
+fn onnx_runtime(
+    args: &Args,
+    name: &str,
+    threads: usize,
+) -> Result<(Vec<(Row, Vec<f32>)>, OrtServer), String> {
     let store = Store::new(&args.store);
     let model = store.open(name).map_err(|e| e.to_string())?;
     // The ONNX files it builds, kept between runs (they depend only on the weights).
@@ -101,7 +107,8 @@ fn onnx_runtime(args: &Args, name: &str, threads: usize) -> Result<Vec<(Row, Vec
             {"batch": LATENCY.0, "tokens": LATENCY.1},
         ],
     });
-    let stdout = python_json(script, &request)?;
+    let (server, lines) = OrtServer::start(script, request).map_err(|e| format!("{e:#}"))?;
+    let stdout = lines.concat();
     let mut rows = Vec::new();
     for kind in ["fp32", "int8"] {
         let mut row = Row {
@@ -130,7 +137,7 @@ fn onnx_runtime(args: &Args, name: &str, threads: usize) -> Result<Vec<(Row, Vec
         }
         rows.push((row, vectors));
     }
-    Ok(rows)
+    Ok((rows, server))
 }
 
 pub(crate) fn run(args: &Args, name: &str, threads: usize) -> Result<()> {
@@ -150,6 +157,7 @@ pub(crate) fn run(args: &Args, name: &str, threads: usize) -> Result<()> {
     let mut dims = 0;
     let mut tokenize_ms = 0.0;
     let mut f32_batch_ms = 0.0;
+    let mut kept = std::collections::HashMap::new();
     let mut wanted = Vec::new();
     for name in &args.dtype {
         wanted.push(
@@ -163,6 +171,7 @@ pub(crate) fn run(args: &Args, name: &str, threads: usize) -> Result<()> {
         }
         let timed = wanted.is_empty() || wanted.contains(&dtype);
         let embedder = Embedder::open(&model, &engine, dtype)?;
+        let embedder = kept.entry(dtype).or_insert(embedder);
         dims = embedder.dims();
         let big = sequences(&embedder, THROUGHPUT.0, THROUGHPUT.1)?;
         let small = sequences(&embedder, LATENCY.0, LATENCY.1)?;
@@ -199,8 +208,10 @@ pub(crate) fn run(args: &Args, name: &str, threads: usize) -> Result<()> {
         onnx_runtime(args, name, threads)
     };
     let mut ort_rows = Vec::new();
+    let mut server = None;
     match ort {
-        Ok(o) => {
+        Ok((o, s)) => {
+            server = Some(s);
             for (mut row, vectors) in o {
                 if vectors.len() == f32_vectors.len() {
                     row.worst_cosine = Some(worst_cosine(&f32_vectors, &vectors, dims));
@@ -258,6 +269,65 @@ pub(crate) fn run(args: &Args, name: &str, threads: usize) -> Result<()> {
     }
     if rows.is_empty() {
         bail!("nothing measured");
+    }
+    if let Some(server) = &mut server {
+        paired_rounds(args, &engine, &kept, server)?;
+    }
+    Ok(())
+}
+
+/// Rounds in which each shape is timed by us and then by ONNX Runtime (see `paired`).
+const PAIRED_ROUNDS: usize = 7;
+/// The pause between one side's timing and the other's.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Times f32 and int8 against ONNX Runtime's fp32 and int8 in [`PAIRED_ROUNDS`] paired
+/// rounds and prints the median and range of each ratio.
+fn paired_rounds(
+    args: &Args,
+    engine: &Engine,
+    kept: &std::collections::HashMap<Dtype, Embedder>,
+    server: &mut OrtServer,
+) -> Result<()> {
+    // A round's batch timings are a few runs each: seven rounds of the full count would take
+    // minutes.
+    let batch_runs = args.runs.div_ceil(3).max(3);
+    println!(
+        "paired rounds ({PAIRED_ROUNDS}; in each, a shape timed by us, then at once by ONNX Runtime; {batch_runs} runs of the batch, {} of batch 1):",
+        args.runs
+    );
+    for (dtype, kind) in [(Dtype::F32, "fp32"), (Dtype::Int8, "int8")] {
+        let Some(embedder) = kept.get(&dtype) else {
+            continue;
+        };
+        let big = sequences(embedder, THROUGHPUT.0, THROUGHPUT.1)?;
+        let small = sequences(embedder, LATENCY.0, LATENCY.1)?;
+        let (mut throughput, mut latency) = (Vec::new(), Vec::new());
+        // Each side's threads spin a while after its last run (ONNX Runtime's by default,
+        // ours for `infer::team::SPIN_DEFAULT`): a pause lets them stop before the other
+        // side is timed.
+        let settle = || std::thread::sleep(SETTLE);
+        for _ in 0..PAIRED_ROUNDS {
+            let ours = median_seconds(batch_runs, || {
+                embedder.embed_ids(engine, &big).expect("embed");
+            });
+            settle();
+            let theirs = server.time(kind, THROUGHPUT, batch_runs)?;
+            settle();
+            throughput.push(theirs / ours);
+            let ours = median_seconds(args.runs, || {
+                embedder.embed_ids(engine, &small).expect("embed");
+            });
+            settle();
+            let theirs = server.time(kind, LATENCY, args.runs)?;
+            settle();
+            latency.push(theirs / ours);
+        }
+        println!(
+            "  {dtype} / ORT {kind}: throughput {} (target >= 1.0); batch-1 latency ORT / ours {} (target >= 1.0)",
+            summary(&throughput),
+            summary(&latency)
+        );
     }
     Ok(())
 }
