@@ -83,13 +83,12 @@ struct Row {
     worst_cosine: Option<f64>,
 }
 
+/// ONNX Runtime's rows, each with its vectors of the corpus.
+type OrtRows = Vec<(Row, Vec<f32>)>;
+
 /// ONNX Runtime's rows (`fp32`, `int8`) and vectors of the corpus, and the script left
 /// serving for paired rounds; or why there are none.
-fn onnx_runtime(
-    args: &Args,
-    name: &str,
-    threads: usize,
-) -> Result<(Vec<(Row, Vec<f32>)>, OrtServer), String> {
+fn onnx_runtime(args: &Args, name: &str, threads: usize) -> Result<(OrtRows, OrtServer), String> {
     let store = Store::new(&args.store);
     let model = store.open(name).map_err(|e| e.to_string())?;
     // The ONNX files it builds, kept between runs (they depend only on the weights).
@@ -173,8 +172,8 @@ pub(crate) fn run(args: &Args, name: &str, threads: usize) -> Result<()> {
         let embedder = Embedder::open(&model, &engine, dtype)?;
         let embedder = kept.entry(dtype).or_insert(embedder);
         dims = embedder.dims();
-        let big = sequences(&embedder, THROUGHPUT.0, THROUGHPUT.1)?;
-        let small = sequences(&embedder, LATENCY.0, LATENCY.1)?;
+        let big = sequences(embedder, THROUGHPUT.0, THROUGHPUT.1)?;
+        let small = sequences(embedder, LATENCY.0, LATENCY.1)?;
         let runs = if timed { args.runs } else { 1 };
         let batch_s = median_seconds(runs, || {
             embedder.embed_ids(&engine, &big).expect("embed");
