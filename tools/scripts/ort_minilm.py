@@ -287,7 +287,10 @@ def main():
 def timed(sess, kind, tokenizer, batch, tokens, runs, threads, warmup=3):
     """Times `runs` runs of `batch` sequences of `tokens` ids and prints the result line."""
     inputs = feeds([bench_ids(tokenizer, tokens)] * batch)
+    start = time.perf_counter()
     for _ in range(warmup):  # weight prepacking, allocator arenas
+        sess.run(None, inputs)
+    while time.perf_counter() - start < 0.05:  # as infer-bench: threads woken after a sleep
         sess.run(None, inputs)
     times = []
     for _ in range(runs):

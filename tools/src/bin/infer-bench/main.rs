@@ -105,8 +105,17 @@ fn shapes(which: &str, quick: bool) -> Result<Vec<Shape>> {
     Ok(out)
 }
 
+/// Warm-up before a timing: at least one call, and calls for this long. A worker thread that
+/// slept (the engine's, between two timings) took 2–8 ms to run again after it was woken on
+/// these virtual machines, and a GEMM of 100 µs timed meanwhile ran on one thread.
+const WARM_UP: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub(crate) fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up: page faults, threads started
+    let warming = Instant::now();
+    f(); // page faults, threads woken
+    while warming.elapsed() < WARM_UP {
+        f();
+    }
     let mut t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();
