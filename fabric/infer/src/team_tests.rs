@@ -105,7 +105,9 @@ fn sleeping_workers_wake_for_the_next_loop_and_a_dropped_team_ends_them() {
         t.install(|| {
             for_each(64, |i| {
                 ran_on.lock().unwrap().insert(std::thread::current().id());
-                if i % 8 == 0 {
+                // Long enough (about 64 ms a loop) for a woken worker to come back even on a
+                // busy host (2-8 ms on these machines).
+                if i % 2 == 0 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             })
