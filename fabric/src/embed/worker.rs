@@ -377,7 +377,7 @@ impl Ctx {
         // The share in cores; with fewer cores' worth than threads (a quarter of two cores is
         // half of one thread), each batch is followed by a pause that keeps the average there.
         let share_cores = cpus as f64 * f64::from(item.cpu_share_pct) / 100.0;
-        let pool = self.threads(threads)?;
+        let infer_threads = self.threads(threads)?;
         let embedders = Arc::clone(&self.embedders);
         let (model, id) = (item.model.clone(), item.model_id.clone());
         let embedder =
@@ -401,7 +401,7 @@ impl Ctx {
                 let texts: Vec<String> = batch.iter().map(|r| r.text.clone()).collect();
                 let (embedder, embedders) = (Arc::clone(&embedder), Arc::clone(&self.embedders));
                 let batch_started = Instant::now();
-                let (flat, used) = pool
+                let (flat, used) = infer_threads
                     .run(move || {
                         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                         embedder.embed(&embedders.engine, &refs)

@@ -155,7 +155,6 @@ impl Engine {
                     b.data(),
                     c,
                     kernels::avx512::bf16_block,
-                    |_, _| {},
                 )
             };
             return;
@@ -229,7 +228,6 @@ impl Engine {
                     b.data(),
                     c,
                     kernels::avx512::i8_block,
-                    |_, _| {},
                 )
             };
             return k > 0;
@@ -311,7 +309,7 @@ fn job<'a, A, B, C>(
 type ExactBlock<A, B, C> = unsafe fn(*const A, *const B, usize, *mut C, usize, usize, Store);
 
 /// `c = a · b` for `(geometry, m, k, n, parallel)` with an [`ExactBlock`] kernel over packed
-/// `a` and `b`; `after` then sees C's `m` rows (and their stride) before they are copied out.
+/// `a` and `b`.
 ///
 /// # Safety
 /// The CPU has the features `kernel` was compiled for.
@@ -322,7 +320,6 @@ unsafe fn run_exact<A: Sync, B: Sync, C: Zeroable + Default + Copy + Send>(
     b: &[B],
     c: &mut [C],
     kernel: ExactBlock<A, B, C>,
-    after: impl FnOnce(&mut [C], usize),
 ) {
     if k == 0 {
         // No K chunk, so no kernel call writes C.
@@ -344,7 +341,6 @@ unsafe fn run_exact<A: Sync, B: Sync, C: Zeroable + Default + Copy + Send>(
                 unsafe { kernel(a, b, s, c, ldc, rows, Store::first(first)) }
             },
         );
-        after(&mut job_c[..m * ldc], ldc);
     });
 }
 

@@ -53,7 +53,8 @@ impl OrtServer {
     fn line(&mut self) -> Result<String> {
         let mut line = String::new();
         if self.stdout.read_line(&mut line)? == 0 {
-            bail!("{} ended before answering", "ort_minilm.py");
+            let status = self.child.wait()?;
+            bail!("ort_minilm.py ended ({status}) before answering");
         }
         Ok(line)
     }
