@@ -25,6 +25,7 @@ mod cpu;
 mod disk;
 mod driver;
 mod infer;
+mod neighbour;
 mod qos;
 mod scrub;
 mod tls;
@@ -80,7 +81,8 @@ struct Args {
     baseline_fabricd: Option<PathBuf>,
     /// Instead of the IO jobs: a client's 4 KiB p99 idle, during a rebuild (with the
     /// gateway's fixed resync pace, then with recovery governed by the nodes' schedulers), and
-    /// beside a neighbour's flood; the rebuild's rate under load and idle. `--size` is the
+    /// beside a neighbour's flood with and without its QoS limit (`--rounds` rounds, at least
+    /// 3); the rebuild's rate under load and idle. `--size` is the
     /// volume rebuilt.
     #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver", "tls"])]
     qos: bool,
