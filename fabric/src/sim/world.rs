@@ -194,6 +194,7 @@ async fn run(seed: u64, options: SimOptions) -> SimReport {
         rng,
         faults: &mut faults,
         down: BTreeMap::new(),
+        power_lost: BTreeSet::new(),
         clients: 2,
         writers: vec![Arc::clone(&first)],
     };
@@ -513,6 +514,10 @@ struct World<'a> {
     faults: &'a mut Vec<String>,
     /// Nodes down, with when they come back.
     down: BTreeMap<usize, Instant>,
+    /// Nodes that lost power and that a writer still counts as a live replica of some PG:
+    /// the writer has not noticed yet that they lost what they had not flushed, so they hold
+    /// no current copy of those writes, whatever the writer's acting set says.
+    power_lost: BTreeSet<u64>,
     clients: u32,
     /// The drivers, for the replicas they still write to.
     writers: Vec<Arc<SimClient>>,
@@ -576,6 +581,12 @@ impl World<'_> {
     /// other (the removal of the others waits for the metadata service).
     fn holds_a_last_copy(&self, id: u64) -> bool {
         let addr = self.nodes.iter().find(|n| n.id == id).map(|n| n.addr);
+        let wrecked: Vec<SocketAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != id && self.power_lost.contains(&n.id))
+            .map(|n| n.addr)
+            .collect();
         let state = self.meta.state();
         let v = &state.volumes[VOLUME];
         let pgs = &state.pools[&v.spec.pool].map.pgs;
@@ -588,9 +599,36 @@ impl World<'_> {
                             && w.volume
                                 .live_replicas(g)
                                 .iter()
+                                .filter(|live| !wrecked.contains(live))
                                 .all(|&live| Some(live) == addr)
                     }))
         })
+    }
+
+    /// Forgets the power losses every writer has noticed: a node no writer counts as live
+    /// any more comes back only through a resync, which leaves it current again.
+    fn forget_noticed_power_losses(&mut self) {
+        let groups = {
+            let state = self.meta.state();
+            state.pools[&state.volumes[VOLUME].spec.pool].map.pgs.len()
+        };
+        let noticed: Vec<u64> = self
+            .power_lost
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let Some(addr) = self.nodes.iter().find(|n| n.id == id).map(|n| n.addr) else {
+                    return true;
+                };
+                !self.writers.iter().any(|w| {
+                    w.volume.fenced_by().is_none()
+                        && (0..groups).any(|g| w.volume.live_replicas(g).contains(&addr))
+                })
+            })
+            .collect();
+        for id in noticed {
+            self.power_lost.remove(&id);
+        }
     }
 
     /// Starts the crashed nodes whose time to come back has come.
@@ -628,7 +666,9 @@ impl World<'_> {
                 // (a block device promises durability only at FLUSH or FUA, and the checker
                 // does not model that), so there it is a process kill instead.
                 let power_loss = self.rng.random_bool(0.3);
+                self.forget_noticed_power_losses();
                 let how = if power_loss && !self.holds_a_last_copy(self.nodes[n].id) {
+                    self.power_lost.insert(self.nodes[n].id);
                     Crash::PowerLoss
                 } else {
                     Crash::Kill
