@@ -24,7 +24,7 @@ use fabric::embed::records::Window;
 use fabric::embed::segment::{Layout, VectorRecord, encode_segment};
 use fabric::meta::infer::model::{RecordFormat, VectorDtype};
 
-use super::qos::{P99, client_run, client_while};
+use super::client::{Client, P99};
 use super::{Args, Server, fabricctl_json, free_port, wait_listening};
 
 const OUTPUT_REPLICAS: f64 = 3.0;
@@ -171,11 +171,12 @@ pub(crate) fn infer(args: &Args, size: u64, dir: &Path, fabricd: &Path) -> anyho
     let base = baseline(args, &uri, dir)?;
 
     eprintln!("client alone for {} s", args.runtime);
-    let idle = client_run(port, args.runtime)?;
+    let client = Client { port, iops: None };
+    let idle = client.run(args.runtime)?;
     eprintln!("client beside the embed job for {} s", args.runtime);
     let second = embed("text.vec2", false)?;
     let second_id = second["id"].to_string();
-    let busy = client_while(port, || {
+    let busy = client.run_while(|| {
         std::thread::sleep(std::time::Duration::from_secs(u64::from(args.runtime)));
         Ok(())
     })?;

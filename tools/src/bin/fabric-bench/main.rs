@@ -21,6 +21,7 @@ use serde_json::Value;
 use tools::prometheus::{parse_prometheus_text, sample, scrape};
 
 mod burn;
+mod client;
 mod cpu;
 mod disk;
 mod driver;
@@ -86,6 +87,11 @@ struct Args {
     /// volume rebuilt.
     #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver", "tls"])]
     qos: bool,
+    /// With `--qos`: hold the client to this many IOs a second (half reads, half writes)
+    /// instead of letting depth 8 go as fast as it can, to see the scheduler on a host whose
+    /// CPUs the client does not keep busy.
+    #[arg(long, requires = "qos")]
+    client_iops: Option<u32>,
     /// Instead of the IO jobs: a scrub of a 3-replica volume of `--size`, written whole, on
     /// an idle cluster against fio's sequential read of the same replica files.
     #[arg(long, conflicts_with_all = ["rebuild", "replicated", "driver", "tls", "qos"])]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::client::{Client, P99, nbd_args};
 use super::fio;
-use super::qos::{P99, client_run, nbd_args};
 
 /// The flooding volume's IOPS limit in the limited phase (the noisy neighbour).
 pub(super) const NEIGHBOUR_IOPS_LIMIT: u64 = 1_000;
@@ -31,10 +31,10 @@ pub(super) struct NeighbourRound {
     pub(super) limited_iops: f64,
 }
 
-/// The three phases, `rounds` times (at least [`ROUNDS_MIN`]), on the cluster serving `port`;
+/// The three phases, `rounds` times (at least [`ROUNDS_MIN`]), on the cluster `client` uses;
 /// `ctl` runs fabricctl on it.
 pub(super) fn neighbour(
-    port: u16,
+    client: Client,
     runtime: u32,
     rounds: usize,
     flood_bytes: u64,
@@ -50,14 +50,14 @@ pub(super) fn neighbour(
     let mut out = Vec::new();
     for round in 1..=rounds.max(ROUNDS_MIN) {
         eprintln!("[neighbour {round}] client alone");
-        let alone = client_run(port, runtime)?;
+        let alone = client.run(runtime)?;
         eprintln!("[neighbour {round}] client beside bench flooded at depth 32, no limit");
-        let (unlimited, unlimited_iops) = beside_flood(port, runtime, flood_bytes)?;
+        let (unlimited, unlimited_iops) = beside_flood(client, runtime, flood_bytes)?;
         qos("bench", "--iops-limit", NEIGHBOUR_IOPS_LIMIT)?;
         eprintln!(
             "[neighbour {round}] client beside the flood held to {NEIGHBOUR_IOPS_LIMIT} IOPS"
         );
-        let (limited, limited_iops) = beside_flood(port, runtime, flood_bytes)?;
+        let (limited, limited_iops) = beside_flood(client, runtime, flood_bytes)?;
         qos("bench", "--iops-limit", 0)?;
         out.push(NeighbourRound {
             alone,
@@ -72,8 +72,8 @@ pub(super) fn neighbour(
 
 /// The client's p99 while fio floods `bench` with 4 KiB random writes at depth 32 (started a
 /// second before the client and ended a second after it), and the flood's IOPS.
-fn beside_flood(port: u16, runtime: u32, flood_bytes: u64) -> anyhow::Result<(P99, f64)> {
-    let mut flood_args = nbd_args(port, "bench");
+fn beside_flood(client: Client, runtime: u32, flood_bytes: u64) -> anyhow::Result<(P99, f64)> {
+    let mut flood_args = nbd_args(client.port, "bench");
     flood_args.extend([
         "--name=flood".to_string(),
         "--rw=randwrite".into(),
@@ -85,7 +85,7 @@ fn beside_flood(port: u16, runtime: u32, flood_bytes: u64) -> anyhow::Result<(P9
     ]);
     let flood = std::thread::spawn(move || fio(&flood_args, &[]));
     std::thread::sleep(Duration::from_secs(1));
-    let p99 = client_run(port, runtime);
+    let p99 = client.run(runtime);
     let report = flood.join().expect("fio thread")?;
     let iops = report["jobs"][0]["write"]["iops"]
         .as_f64()

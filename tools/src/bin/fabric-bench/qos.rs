@@ -13,34 +13,21 @@
 //! With the governed pace, a control too: the client alone beside pure computation that keeps
 //! busy half the cores the rebuild took alone (what a rebuild at half its idle rate would cost
 //! the CPUs), at normal priority and at `SCHED_IDLE`, so the rebuild's figure can be read
-//! against what any work of that size costs the client on this host.
+//! against what any work of that size costs the client on this host; and beside plain IO on
+//! a file of the same disk at the rate such a rebuild reads and writes, with no CPU work of
+//! the cluster's, to tell the disk's share from the CPUs'.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::Value;
 use tools::prometheus::{parse_prometheus_text, sample, scrape};
 
 use super::burn::{Burner, Priority};
+use super::client::{CLIENT_BYTES, Client, P99, nbd_args};
 use super::neighbour::NeighbourRound;
 use super::{Args, Server, fabricctl_json, fio, free_port, prefill, wait_listening};
-
-const CLIENT_BYTES: u64 = 256 << 20;
-
-/// p99 completion latencies of a client run, in µs.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct P99 {
-    pub(super) read_us: f64,
-    pub(super) write_us: f64,
-}
-
-impl P99 {
-    pub(super) fn worse(&self) -> f64 {
-        self.read_us.max(self.write_us)
-    }
-}
 
 struct Round {
     pace: &'static str,
@@ -70,6 +57,11 @@ struct Control {
     /// The cores the computation got beside the client, at each priority.
     normal_cores: f64,
     idle_cores: f64,
+    /// The client beside plain IO on a file of the same disk, at half the idle rebuild's
+    /// rate read and as much written (what a rebuild at half its idle rate asks of the
+    /// disk, with none of the cluster's CPU work), in 512 KiB requests.
+    disk: P99,
+    disk_mib_s: f64,
 }
 
 /// Busy and total jiffies of all the host's CPUs so far (/proc/stat).
@@ -93,71 +85,6 @@ fn cpu_busy<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)
     let out = f()?;
     let (b1, t1) = cpu_jiffies()?;
     Ok((out, (b1 - b0) as f64 / (t1 - t0).max(1) as f64))
-}
-
-pub(super) fn nbd_args(port: u16, volume: &str) -> Vec<String> {
-    vec![
-        "--ioengine=nbd".into(),
-        format!("--uri=nbd://127.0.0.1:{port}/{volume}"),
-    ]
-}
-
-/// fio 4 KiB randrw 50/50 at depth 8 on the client volume for `runtime` s.
-pub(super) fn client_run(port: u16, runtime: u32) -> anyhow::Result<P99> {
-    p99_of(&fio(&client_args(port, runtime), &[])?)
-}
-
-/// The same client, from now until `done` returns, then stopped (fio reports what it saw
-/// when interrupted): latency while something else runs, and only then.
-pub(super) fn client_while(
-    port: u16,
-    done: impl FnOnce() -> anyhow::Result<()>,
-) -> anyhow::Result<P99> {
-    let child = Command::new("fio")
-        .args(client_args(port, 3600))
-        .arg("--output-format=json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run fio")?;
-    let waited = done();
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().context("wait for fio")?;
-    waited?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let start = text.find('{').context("fio printed no JSON")?;
-    p99_of(&serde_json::from_str(&text[start..]).context("parse fio JSON")?)
-}
-
-fn p99_of(v: &Value) -> anyhow::Result<P99> {
-    let p99 = |side: &str| -> anyhow::Result<f64> {
-        v["jobs"][0][side]["clat_ns"]["percentile"]["99.000000"]
-            .as_f64()
-            .map(|ns| ns / 1000.0)
-            .with_context(|| format!("fio {side} p99"))
-    };
-    Ok(P99 {
-        read_us: p99("read")?,
-        write_us: p99("write")?,
-    })
-}
-
-fn client_args(port: u16, runtime: u32) -> Vec<String> {
-    let mut args = nbd_args(port, "client");
-    args.extend([
-        "--name=client".to_string(),
-        "--rw=randrw".into(),
-        "--rwmixread=50".into(),
-        "--bs=4k".into(),
-        "--iodepth=8".into(),
-        format!("--size={CLIENT_BYTES}"),
-        format!("--runtime={runtime}"),
-        "--time_based=1".into(),
-        "--randrepeat=0".into(),
-        "--norandommap=1".into(),
-    ]);
-    args
 }
 
 fn round(
@@ -185,6 +112,10 @@ fn round(
             .context("start fabricd dev --nodes 5")?,
     };
     wait_listening(port, &mut cluster.child, "fabricd dev --nodes 5")?;
+    let client = Client {
+        port,
+        iops: args.client_iops,
+    };
     let target = |volume: &str| super::Target {
         label: "fabric",
         fio_args: nbd_args(port, volume),
@@ -234,13 +165,13 @@ fn round(
     };
 
     eprintln!("[{pace}] client alone");
-    let (idle, cpu_idle) = cpu_busy(|| client_run(port, args.runtime))?;
+    let (idle, cpu_idle) = cpu_busy(|| client.run(args.runtime))?;
 
     eprintln!("[{pace}] client while node 2 is out and bench rebuilds");
     let before = resync()?;
     ctl(&["node", "out", "2"])?;
     let started = Instant::now();
-    let (rebuilding, cpu_rebuilding) = cpu_busy(|| client_while(port, || rebuilt(started)))?;
+    let (rebuilding, cpu_rebuilding) = cpu_busy(|| client.run_while(|| rebuilt(started)))?;
     let rebuild_ms = started.elapsed().as_millis() as u64;
     let (bytes, seconds) = settled(before)?;
     let rebuild_mib_s = bytes / f64::from(1 << 20) / seconds.max(1e-3);
@@ -263,12 +194,15 @@ fn round(
         eprintln!("[{pace}] client beside pure computation on {cores:.2} cores");
         let beside = |priority| -> anyhow::Result<(P99, f64)> {
             let burn = Burner::start(cores, priority)?;
-            let p99 = client_run(port, args.runtime)?;
+            let p99 = client.run(args.runtime)?;
             Ok((p99, burn.finish()))
         };
-        let alone = client_run(port, args.runtime)?;
+        let alone = client.run(args.runtime)?;
         let (normal, normal_cores) = beside(Priority::Normal)?;
         let (idle_priority, idle_cores) = beside(Priority::Idle)?;
+        let disk_mib_s = idle_rebuild_mib_s / 2.0;
+        eprintln!("[{pace}] client beside plain file IO at {disk_mib_s:.0} MiB/s read and written");
+        let disk = beside_disk_io(&client, args.runtime, dir, disk_mib_s)?;
         Some(Control {
             cores,
             alone,
@@ -276,6 +210,8 @@ fn round(
             idle_priority,
             normal_cores,
             idle_cores,
+            disk,
+            disk_mib_s,
         })
     } else {
         None
@@ -283,7 +219,7 @@ fn round(
 
     let neighbour = if pace == "governed" {
         Some(super::neighbour::neighbour(
-            port,
+            client,
             args.runtime,
             args.rounds,
             size,
@@ -309,14 +245,49 @@ fn round(
     })
 }
 
+/// The client's p99 beside fio reading and writing 512 KiB blocks at random in a file of
+/// `dir`, at `mib_s` MiB/s each way, depth 4, O_DIRECT through io_uring.
+fn beside_disk_io(client: &Client, runtime: u32, dir: &Path, mib_s: f64) -> anyhow::Result<P99> {
+    let file = dir.join("plain-io.dat");
+    let common = [
+        "--name=plain".to_string(),
+        format!("--filename={}", file.display()),
+        "--size=1GiB".into(),
+        "--bs=512k".into(),
+        "--direct=1".into(),
+        "--ioengine=io_uring".into(),
+        "--iodepth=4".into(),
+    ];
+    let mut lay_out = common.to_vec();
+    lay_out.push("--rw=write".into());
+    fio(&lay_out, &[])?;
+    let mut load = common.to_vec();
+    load.extend([
+        "--rw=randrw".into(),
+        format!("--rate={}k", (mib_s * 1024.0).max(1.0) as u64),
+        format!("--runtime={}", runtime + 2),
+        "--time_based=1".into(),
+    ]);
+    let load = std::thread::spawn(move || fio(&load, &[]));
+    std::thread::sleep(Duration::from_secs(1));
+    let p99 = client.run(runtime);
+    load.join().expect("fio thread")?;
+    std::fs::remove_file(&file).ok();
+    p99
+}
+
 pub(crate) fn qos(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Result<()> {
     let mut rounds = Vec::new();
     for pace in ["fixed", "governed"] {
         rounds.push(round(args, size, &scratch.join(pace), fabricd, pace)?);
     }
     println!(
-        "client 4k randrw 50/50 qd8 p99 (µs, read/write), {} s runs; rebuild of {} after node out",
-        args.runtime, args.size
+        "client 4k randrw 50/50 qd8{} p99 (µs, read/write), {} s runs; rebuild of {} after node out",
+        args.client_iops
+            .map(|n| format!(" held to {n} IOPS"))
+            .unwrap_or_default(),
+        args.runtime,
+        args.size
     );
     println!(
         "  {:<9} {:>13} {:>17} {:>9} {:>12} {:>11} {:>9}",
@@ -361,6 +332,14 @@ pub(crate) fn qos(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> any
                 c.idle_priority.worse() / c.alone.worse(),
                 c.idle_cores,
                 c.alone.worse(),
+            );
+            println!(
+                "control ({}): client beside plain file IO on the same disk, {:.0} MiB/s read \
+                 and as much written in 512 KiB requests (half the idle rebuild's rate, none of \
+                 its CPU work): p99 {:.2} x alone",
+                r.pace,
+                c.disk_mib_s,
+                c.disk.worse() / c.alone.worse(),
             );
         }
     }
