@@ -517,7 +517,7 @@ struct World<'a> {
     /// Nodes that lost power and that a writer still counts as a live replica of some PG:
     /// the writer has not noticed yet that they lost what they had not flushed, so they hold
     /// no current copy of those writes, whatever the writer's acting set says.
-    power_lost: BTreeSet<u64>,
+    power_lost: BTreeSet<SocketAddr>,
     clients: u32,
     /// The drivers, for the replicas they still write to.
     writers: Vec<Arc<SimClient>>,
@@ -578,15 +578,10 @@ impl World<'_> {
 
     /// Whether node `id` holds the last current replica of a PG of the volume: the only one
     /// the metadata lists as current, or a current one beside which a driver writes to no
-    /// other (the removal of the others waits for the metadata service).
+    /// other (the removal of the others waits for the metadata service) but ones that lost
+    /// power unnoticed.
     fn holds_a_last_copy(&self, id: u64) -> bool {
         let addr = self.nodes.iter().find(|n| n.id == id).map(|n| n.addr);
-        let wrecked: Vec<SocketAddr> = self
-            .nodes
-            .iter()
-            .filter(|n| n.id != id && self.power_lost.contains(&n.id))
-            .map(|n| n.addr)
-            .collect();
         let state = self.meta.state();
         let v = &state.volumes[VOLUME];
         let pgs = &state.pools[&v.spec.pool].map.pgs;
@@ -599,7 +594,7 @@ impl World<'_> {
                             && w.volume
                                 .live_replicas(g)
                                 .iter()
-                                .filter(|live| !wrecked.contains(live))
+                                .filter(|live| !self.power_lost.contains(live))
                                 .all(|&live| Some(live) == addr)
                     }))
         })
@@ -612,23 +607,13 @@ impl World<'_> {
             let state = self.meta.state();
             state.pools[&state.volumes[VOLUME].spec.pool].map.pgs.len()
         };
-        let noticed: Vec<u64> = self
-            .power_lost
-            .iter()
-            .copied()
-            .filter(|&id| {
-                let Some(addr) = self.nodes.iter().find(|n| n.id == id).map(|n| n.addr) else {
-                    return true;
-                };
-                !self.writers.iter().any(|w| {
-                    w.volume.fenced_by().is_none()
-                        && (0..groups).any(|g| w.volume.live_replicas(g).contains(&addr))
-                })
+        let writers = &self.writers;
+        self.power_lost.retain(|addr| {
+            writers.iter().any(|w| {
+                w.volume.fenced_by().is_none()
+                    && (0..groups).any(|g| w.volume.live_replicas(g).contains(addr))
             })
-            .collect();
-        for id in noticed {
-            self.power_lost.remove(&id);
-        }
+        });
     }
 
     /// Starts the crashed nodes whose time to come back has come.
@@ -668,7 +653,7 @@ impl World<'_> {
                 let power_loss = self.rng.random_bool(0.3);
                 self.forget_noticed_power_losses();
                 let how = if power_loss && !self.holds_a_last_copy(self.nodes[n].id) {
-                    self.power_lost.insert(self.nodes[n].id);
+                    self.power_lost.insert(self.nodes[n].addr);
                     Crash::PowerLoss
                 } else {
                     Crash::Kill

@@ -69,6 +69,24 @@ impl Client {
         p99_of(&serde_json::from_str(&text[start..]).context("parse fio JSON")?)
     }
 
+    /// A run of `runtime` s beside fio running `load` (its job options, without a runtime),
+    /// started a second before the client and ended a second after it; the load's report.
+    pub(super) fn run_beside(
+        &self,
+        runtime: u32,
+        mut load: Vec<String>,
+    ) -> anyhow::Result<(P99, Value)> {
+        load.extend([
+            format!("--runtime={}", runtime + 2),
+            "--time_based=1".into(),
+        ]);
+        let load = std::thread::spawn(move || fio(&load, &[]));
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let p99 = self.run(runtime);
+        let report = load.join().expect("fio thread")?;
+        Ok((p99?, report))
+    }
+
     fn args(&self, runtime: u32) -> Vec<String> {
         let mut args = nbd_args(self.port, "client");
         args.extend([

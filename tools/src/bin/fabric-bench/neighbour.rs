@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::client::{Client, P99, nbd_args};
-use super::fio;
 
 /// The flooding volume's IOPS limit in the limited phase (the noisy neighbour).
 pub(super) const NEIGHBOUR_IOPS_LIMIT: u64 = 1_000;
@@ -73,24 +72,19 @@ pub(super) fn neighbour(
 /// The client's p99 while fio floods `bench` with 4 KiB random writes at depth 32 (started a
 /// second before the client and ended a second after it), and the flood's IOPS.
 fn beside_flood(client: Client, runtime: u32, flood_bytes: u64) -> anyhow::Result<(P99, f64)> {
-    let mut flood_args = nbd_args(client.port, "bench");
-    flood_args.extend([
+    let mut flood = nbd_args(client.port, "bench");
+    flood.extend([
         "--name=flood".to_string(),
         "--rw=randwrite".into(),
         "--bs=4k".into(),
         "--iodepth=32".into(),
         format!("--size={flood_bytes}"),
-        format!("--runtime={}", runtime + 2),
-        "--time_based=1".into(),
     ]);
-    let flood = std::thread::spawn(move || fio(&flood_args, &[]));
-    std::thread::sleep(Duration::from_secs(1));
-    let p99 = client.run(runtime);
-    let report = flood.join().expect("fio thread")?;
+    let (p99, report) = client.run_beside(runtime, flood)?;
     let iops = report["jobs"][0]["write"]["iops"]
         .as_f64()
         .context("flood's write IOPS")?;
-    Ok((p99?, iops))
+    Ok((p99, iops))
 }
 
 /// Prints the rounds and their medians.

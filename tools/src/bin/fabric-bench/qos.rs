@@ -265,15 +265,10 @@ fn beside_disk_io(client: &Client, runtime: u32, dir: &Path, mib_s: f64) -> anyh
     load.extend([
         "--rw=randrw".into(),
         format!("--rate={}k", (mib_s * 1024.0).max(1.0) as u64),
-        format!("--runtime={}", runtime + 2),
-        "--time_based=1".into(),
     ]);
-    let load = std::thread::spawn(move || fio(&load, &[]));
-    std::thread::sleep(Duration::from_secs(1));
-    let p99 = client.run(runtime);
-    load.join().expect("fio thread")?;
+    let p99 = client.run_beside(runtime, load);
     std::fs::remove_file(&file).ok();
-    p99
+    Ok(p99?.0)
 }
 
 pub(crate) fn qos(args: &Args, size: u64, scratch: &Path, fabricd: &Path) -> anyhow::Result<()> {
